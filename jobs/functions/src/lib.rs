@@ -1,0 +1,1 @@
+//! Example function libraries for rfaas (the serverless core fills this in).

@@ -1,0 +1,8 @@
+//! Every environment variable rfaas reads, in one place.
+
+/// Fabric provider: `shm` (default), `tcp` or `verbs`.
+pub const PROVIDER: &str = "RFAAS_PROVIDER";
+/// RDMA device name for the verbs provider (default: the first device found), e.g. `mlx5_0`.
+pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
+/// Log filter, as for `tracing_subscriber::EnvFilter` (e.g. `info`, `rfaas=debug`).
+pub const LOG: &str = "RUST_LOG";

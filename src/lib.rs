@@ -1,0 +1,35 @@
+//! # rfaas — serverless functions for supercomputers, invoked in microseconds over RDMA
+//!
+//! A Rust successor of rFaaS (Copik et al., IPDPS'23). Idle cores on cluster nodes are rented out
+//! as leases; clients write a function's input straight into an executor's memory with one RDMA
+//! write-with-immediate, the executor runs the function and writes the result straight back.
+//!
+//! ## Quick start
+//!
+//! ```text
+//! make demo      # install what is needed, build, run the main job (local cluster on shm)
+//! make test      # install what is needed, build, run the whole test suite
+//! ```
+//!
+//! ## Crate layout
+//!
+//! * [`rdma`] — the fabric layer: one verbs-shaped API over shared memory, TCP, and (feature
+//!   `verbs`) InfiniBand/RoCE verbs.
+//! * [`pin`] — pinning threads to cores.
+//! * [`env`] — every environment variable rfaas reads.
+//!
+//! ## Features
+//!
+//! | feature | what it adds | build dependencies (Debian) |
+//! |---|---|---|
+//! | (default) | shm and tcp providers, managers, client, benchmarks: pure Rust | — |
+//! | `verbs` | the InfiniBand/RoCE provider (`rdma-sys`, rdma_cm) | `libibverbs-dev librdmacm-dev libclang-dev` |
+//! | `hwloc` | topology-aware pinning near the NIC (`hwlocality`) | `libhwloc-dev libudev-dev` |
+//! | `mpi` | the MPI client layer (rsmpi over OpenMPI) | `libopenmpi-dev libclang-dev` |
+//!
+//! At run time `verbs` needs `libibverbs1 librdmacm1` (and a device to do anything useful),
+//! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
+
+pub mod env;
+pub mod pin;
+pub mod rdma;

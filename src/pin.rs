@@ -1,0 +1,74 @@
+//! Pinning threads to cores.
+//!
+//! Without the `hwloc` feature this is plain `sched_setaffinity` inside the cpuset the process was
+//! started with (the one Slurm or taskset gave it). Core numbers are OS CPU indices.
+
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+
+/// Pinning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    /// The core is not in this process's allowed set.
+    #[error("core {core} is not in this process's cpuset {allowed:?}")]
+    NotAllowed {
+        /// The core asked for.
+        core: usize,
+        /// The cores this process may use.
+        allowed: Vec<usize>,
+    },
+    /// The system call failed.
+    #[error("sched_setaffinity: {0}")]
+    Os(#[from] nix::Error),
+}
+
+/// The cores this process may run on, in ascending order.
+pub fn allowed_cores() -> Vec<usize> {
+    match sched_getaffinity(Pid::from_raw(0)) {
+        Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Pins the calling thread to `core`.
+pub fn pin_current_thread(core: usize) -> Result<(), PinError> {
+    let allowed = allowed_cores();
+    if !allowed.contains(&core) {
+        return Err(PinError::NotAllowed { core, allowed });
+    }
+    let mut set = CpuSet::new();
+    set.set(core)?;
+    sched_setaffinity(Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// The core the calling thread runs on right now.
+pub fn current_core() -> Option<usize> {
+    // sched_getcpu is not in nix; read it from /proc/thread-self/stat
+    // (field 39) to stay in safe code.
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(36)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_to_an_allowed_core_and_rejects_others() {
+        let allowed = allowed_cores();
+        assert!(!allowed.is_empty());
+        let core = *allowed.last().unwrap();
+        std::thread::spawn(move || {
+            pin_current_thread(core).unwrap();
+            for _ in 0..1000 {
+                std::hint::spin_loop();
+            }
+            assert_eq!(current_core(), Some(core));
+        })
+        .join()
+        .unwrap();
+        assert!(matches!(pin_current_thread(100_000), Err(PinError::NotAllowed { .. })));
+    }
+}

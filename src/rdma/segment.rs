@@ -1,0 +1,211 @@
+//! Shared-memory segments: sealed memfds mapped `MAP_SHARED`.
+//!
+//! The shm provider keeps every remotely accessible region, every incoming-completion ring and
+//! every completion queue's notification word in one of these, and passes the fd to peers over a
+//! Unix socket. Segments are sealed against shrinking and growing, and a peer checks the seals
+//! before it maps one, so the owner can never make the peer's accesses fault (SIGBUS).
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+
+use super::error::{FabricError, Result};
+
+/// A mapped shared-memory segment. Unmapped on drop; the memory lives on while any process
+/// still maps it or holds its fd.
+#[derive(Debug)]
+pub struct Segment {
+    ptr: NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+    writable: bool,
+}
+
+// SAFETY: the segment is plain shared memory; the pointer is valid for the segment's lifetime in
+// every thread, and all concurrent access goes through raw pointers or atomics.
+unsafe impl Send for Segment {}
+// SAFETY: as above: `&Segment` only exposes the address, never a Rust reference to the bytes.
+unsafe impl Sync for Segment {}
+
+const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+fn os_err(context: &str) -> FabricError {
+    FabricError::io(context, std::io::Error::last_os_error())
+}
+
+fn page_round(len: usize) -> usize {
+    let page = 4096;
+    len.max(1).div_ceil(page) * page
+}
+
+impl Segment {
+    /// Creates a zeroed, sealed segment of at least `len` bytes (rounded up to pages), mapped
+    /// read-write. `populate` pre-faults every page (registered memory must not fault on the
+    /// hot path).
+    pub fn create(name: &str, len: usize, populate: bool) -> Result<Segment> {
+        let len = page_round(len);
+        let cname = CString::new(name).map_err(|_| FabricError::Invalid("segment name".into()))?;
+        // SAFETY: `cname` is a valid NUL-terminated string; flags are valid memfd flags.
+        let raw = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if raw < 0 {
+            return Err(os_err("memfd_create"));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let size = libc::off_t::try_from(len).map_err(|_| FabricError::Invalid("segment too large".into()))?;
+        // SAFETY: `fd` is an open memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(os_err("ftruncate memfd"));
+        }
+        // SAFETY: `fd` is an open memfd created with MFD_ALLOW_SEALING.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } != 0 {
+            return Err(os_err("seal memfd"));
+        }
+        Self::map(fd, len, true, populate)
+    }
+
+    /// Maps a segment received from a peer, after checking that it is sealed against resizing
+    /// and at least `min_len` bytes long. `writable` maps it read-write, else read-only.
+    pub fn attach(fd: OwnedFd, min_len: usize, writable: bool) -> Result<Segment> {
+        // SAFETY: `fd` is an open descriptor; F_GET_SEALS takes no argument.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) != (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) {
+            return Err(FabricError::Handshake("peer segment is not sealed against resizing".into()));
+        }
+        // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `fd` is open and `st` is a valid out-pointer.
+        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(os_err("fstat peer segment"));
+        }
+        let size = usize::try_from(st.st_size).unwrap_or(0);
+        if size < min_len || size == 0 {
+            return Err(FabricError::Handshake(format!(
+                "peer segment has {size} bytes, expected at least {min_len}"
+            )));
+        }
+        Self::map(fd, size, writable, false)
+    }
+
+    fn map(fd: OwnedFd, len: usize, writable: bool, populate: bool) -> Result<Segment> {
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
+        // SAFETY: mapping a whole open memfd at an address the kernel picks; the result is
+        // checked against MAP_FAILED before use.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), 0) };
+        if p == libc::MAP_FAILED {
+            return Err(os_err("mmap segment"));
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
+        Ok(Segment { ptr, len, fd, writable })
+    }
+
+    /// First byte of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for a zero-length segment (never: segments are at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// True when mapped read-write.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The memfd (to pass to a peer that may write).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A read-only descriptor of the same memory, for peers that may only read it.
+    pub fn readonly_fd(&self) -> Result<OwnedFd> {
+        let path = CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+            .map_err(|_| FabricError::Invalid("fd path".into()))?;
+        // SAFETY: `path` is a valid NUL-terminated path; the flags open it read-only.
+        let raw = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(os_err("reopen segment read-only"));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping made in `map`, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Private anonymous memory, page aligned and pre-faulted: for regions that peers never touch,
+/// and for the tcp provider, whose peers reach memory through the progress thread.
+#[derive(Debug)]
+pub struct PrivateMem {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain memory accessed through raw pointers and atomics only.
+unsafe impl Send for PrivateMem {}
+// SAFETY: as above.
+unsafe impl Sync for PrivateMem {}
+
+impl PrivateMem {
+    /// Allocates `len` zeroed bytes (rounded up to pages).
+    pub fn new(len: usize) -> Result<PrivateMem> {
+        let len = page_round(len);
+        // SAFETY: anonymous private mapping; result checked against MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_err("mmap anonymous"));
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
+        Ok(PrivateMem { ptr, len })
+    }
+
+    /// First byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes (a multiple of the page size).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for zero length (never).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for PrivateMem {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
