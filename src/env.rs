@@ -6,3 +6,6 @@ pub const PROVIDER: &str = "RFAAS_PROVIDER";
 pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
 /// Log filter, as for `tracing_subscriber::EnvFilter` (e.g. `info`, `rfaas=debug`).
 pub const LOG: &str = "RUST_LOG";
+/// Size in bytes of each shm arena (the sparse shared memory that remotely accessible regions are
+/// carved from; default 64 GiB of address space, only touched pages use memory).
+pub const SHM_ARENA_BYTES: &str = "RFAAS_SHM_ARENA_BYTES";

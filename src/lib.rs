@@ -30,6 +30,7 @@
 //! At run time `verbs` needs `libibverbs1 librdmacm1` (and a device to do anything useful),
 //! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
 
+pub mod bench;
 pub mod env;
 pub mod pin;
 pub mod rdma;

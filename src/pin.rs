@@ -25,7 +25,9 @@ pub enum PinError {
 /// The cores this process may run on, in ascending order.
 pub fn allowed_cores() -> Vec<usize> {
     match sched_getaffinity(Pid::from_raw(0)) {
-        Ok(set) => (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect(),
+        Ok(set) => (0..CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
         Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
     }
 }
@@ -69,6 +71,9 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(matches!(pin_current_thread(100_000), Err(PinError::NotAllowed { .. })));
+        assert!(matches!(
+            pin_current_thread(100_000),
+            Err(PinError::NotAllowed { .. })
+        ));
     }
 }

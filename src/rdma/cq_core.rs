@@ -16,7 +16,10 @@ pub(crate) struct CqCore {
 
 impl CqCore {
     pub(crate) fn new(depth: u32, notifier: Notifier) -> CqCore {
-        CqCore { local: ArrayQueue::new(depth.max(1) as usize), notifier }
+        CqCore {
+            local: ArrayQueue::new(depth.max(1) as usize),
+            notifier,
+        }
     }
 
     /// Queues a completion and wakes a waiter that armed for it. Returns false when the queue is

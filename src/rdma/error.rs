@@ -71,7 +71,10 @@ pub enum FabricError {
 impl FabricError {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
-        FabricError::Io { context: context.into(), source: source.into() }
+        FabricError::Io {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 }
 

@@ -42,6 +42,7 @@
 pub mod error;
 pub mod notify;
 pub mod provider;
+pub mod raw_floor;
 pub mod segment;
 pub mod shm;
 pub mod tcp;

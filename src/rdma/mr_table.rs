@@ -83,8 +83,19 @@ impl TableView {
     /// `need`. Returns where they are, or the completion status of the failed access
     /// (`remote` selects RemoteAccess vs LocalProtection).
     #[inline]
-    pub(crate) fn check(&self, key: u32, addr: u64, len: u64, need: Access, remote: bool) -> std::result::Result<Resolved, WcStatus> {
-        let fail = if remote { WcStatus::RemoteAccess } else { WcStatus::LocalProtection };
+    pub(crate) fn check(
+        &self,
+        key: u32,
+        addr: u64,
+        len: u64,
+        need: Access,
+        remote: bool,
+    ) -> std::result::Result<Resolved, WcStatus> {
+        let fail = if remote {
+            WcStatus::RemoteAccess
+        } else {
+            WcStatus::LocalProtection
+        };
         let (slot, gen) = split_key(key);
         if slot >= self.cap {
             return Err(fail);
@@ -104,7 +115,9 @@ impl TableView {
         if !access.contains(need) {
             return Err(fail);
         }
-        let Some(offset) = addr.checked_sub(base) else { return Err(fail) };
+        let Some(offset) = addr.checked_sub(base) else {
+            return Err(fail);
+        };
         match offset.checked_add(len) {
             Some(end) if end <= rlen => Ok(Resolved { slot, base, offset }),
             _ => Err(fail),
@@ -153,7 +166,10 @@ impl MrTable {
         let view = unsafe { TableView::new(entries, cap) };
         MrTable {
             view,
-            alloc: Mutex::new(Alloc { free: (0..cap).rev().collect(), gens: vec![0; cap] }),
+            alloc: Mutex::new(Alloc {
+                free: (0..cap).rev().collect(),
+                gens: vec![0; cap],
+            }),
         }
     }
 
@@ -166,7 +182,10 @@ impl MrTable {
     pub(crate) fn register(&self, base: u64, len: u64, access: Access) -> Result<u32> {
         let mut a = self.alloc.lock().unwrap_or_else(|p| p.into_inner());
         let slot = a.free.pop().ok_or_else(|| {
-            FabricError::Invalid(format!("too many memory regions (at most {})", self.view.cap))
+            FabricError::Invalid(format!(
+                "too many memory regions (at most {})",
+                self.view.cap
+            ))
         })?;
         if slot >= (u32::MAX >> GEN_BITS) as usize {
             return Err(FabricError::Invalid("memory region table too large".into()));
@@ -210,7 +229,10 @@ impl HeapMrTable {
         // SAFETY: the boxed slice holds `cap` zeroed entries and moves with (and outlives the
         // use of) the table; a boxed slice's heap address is stable across moves of the box.
         let table = unsafe { MrTable::new(entries.as_ptr(), cap) };
-        HeapMrTable { table, _entries: entries }
+        HeapMrTable {
+            table,
+            _entries: entries,
+        }
     }
 }
 
@@ -228,16 +250,46 @@ mod tests {
     #[test]
     fn keys_check_bounds_rights_and_generation() {
         let t = HeapMrTable::new(4);
-        let k = t.register(0x1000, 100, Access::REMOTE_WRITE | Access::LOCAL_WRITE).unwrap();
+        let k = t
+            .register(0x1000, 100, Access::REMOTE_WRITE | Access::LOCAL_WRITE)
+            .unwrap();
         let v = t.view();
-        assert_eq!(v.check(k, 0x1000, 100, Access::REMOTE_WRITE, true).unwrap().offset, 0);
-        assert_eq!(v.check(k, 0x1010, 10, Access::REMOTE_WRITE, true).unwrap().offset, 0x10);
-        assert_eq!(v.check(k, 0x1000, 101, Access::REMOTE_WRITE, true), Err(WcStatus::RemoteAccess));
-        assert_eq!(v.check(k, 0xfff, 1, Access::REMOTE_WRITE, true), Err(WcStatus::RemoteAccess));
-        assert_eq!(v.check(k, 0x1000, 8, Access::REMOTE_READ, true), Err(WcStatus::RemoteAccess));
-        assert_eq!(v.check(k, 0x1000, 8, Access::REMOTE_READ, false), Err(WcStatus::LocalProtection));
-        assert_eq!(v.check(k ^ 1, 0x1000, 8, Access::REMOTE_WRITE, true), Err(WcStatus::RemoteAccess));
-        assert_eq!(v.check(u32::MAX, 0x1000, 8, Access::REMOTE_WRITE, true), Err(WcStatus::RemoteAccess));
+        assert_eq!(
+            v.check(k, 0x1000, 100, Access::REMOTE_WRITE, true)
+                .unwrap()
+                .offset,
+            0
+        );
+        assert_eq!(
+            v.check(k, 0x1010, 10, Access::REMOTE_WRITE, true)
+                .unwrap()
+                .offset,
+            0x10
+        );
+        assert_eq!(
+            v.check(k, 0x1000, 101, Access::REMOTE_WRITE, true),
+            Err(WcStatus::RemoteAccess)
+        );
+        assert_eq!(
+            v.check(k, 0xfff, 1, Access::REMOTE_WRITE, true),
+            Err(WcStatus::RemoteAccess)
+        );
+        assert_eq!(
+            v.check(k, 0x1000, 8, Access::REMOTE_READ, true),
+            Err(WcStatus::RemoteAccess)
+        );
+        assert_eq!(
+            v.check(k, 0x1000, 8, Access::REMOTE_READ, false),
+            Err(WcStatus::LocalProtection)
+        );
+        assert_eq!(
+            v.check(k ^ 1, 0x1000, 8, Access::REMOTE_WRITE, true),
+            Err(WcStatus::RemoteAccess)
+        );
+        assert_eq!(
+            v.check(u32::MAX, 0x1000, 8, Access::REMOTE_WRITE, true),
+            Err(WcStatus::RemoteAccess)
+        );
         t.deregister(k);
         assert!(v.check(k, 0x1000, 8, Access::REMOTE_WRITE, true).is_err());
         let k2 = t.register(0x1000, 100, Access::REMOTE_WRITE).unwrap();
@@ -250,6 +302,9 @@ mod tests {
         let t = HeapMrTable::new(2);
         t.register(0, 1, Access::LOCAL_WRITE).unwrap();
         t.register(0, 1, Access::LOCAL_WRITE).unwrap();
-        assert!(matches!(t.register(0, 1, Access::LOCAL_WRITE), Err(FabricError::Invalid(_))));
+        assert!(matches!(
+            t.register(0, 1, Access::LOCAL_WRITE),
+            Err(FabricError::Invalid(_))
+        ));
     }
 }

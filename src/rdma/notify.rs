@@ -59,9 +59,17 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         // Round up so that a sub-millisecond remainder still sleeps instead of spinning.
-        let ms = if left.is_zero() { 0 } else { left.as_micros().div_ceil(1000) };
+        let ms = if left.is_zero() {
+            0
+        } else {
+            left.as_micros().div_ceil(1000)
+        };
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: `pfd` is a valid pollfd array of length 1.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };
         if r > 0 {
@@ -86,17 +94,28 @@ impl Notifier {
     pub fn new_local() -> Result<Notifier> {
         let word = Box::new(AtomicU32::new(DISARMED));
         let armed: *const AtomicU32 = &*word;
-        Ok(Notifier { armed, _backing: Backing::Heap(word), efd: new_eventfd()? })
+        Ok(Notifier {
+            armed,
+            _backing: Backing::Heap(word),
+            efd: new_eventfd()?,
+        })
     }
 
     /// A notifier whose word is the 4 bytes at `offset` of a shared segment.
     /// Panics when the word is outside the segment or misaligned.
     pub fn in_segment(seg: Arc<Segment>, offset: usize, efd: OwnedFd) -> Notifier {
-        assert!(offset % 4 == 0 && offset + 4 <= seg.len(), "notify word outside segment");
+        assert!(
+            offset % 4 == 0 && offset + 4 <= seg.len(),
+            "notify word outside segment"
+        );
         // SAFETY: in bounds and aligned (checked above); the segment outlives the pointer since
         // the Notifier keeps the Arc.
         let armed = unsafe { seg.as_ptr().add(offset).cast::<AtomicU32>() };
-        Notifier { armed, _backing: Backing::Shared(seg), efd }
+        Notifier {
+            armed,
+            _backing: Backing::Shared(seg),
+            efd,
+        }
     }
 
     fn word(&self) -> &AtomicU32 {
@@ -111,13 +130,19 @@ impl Notifier {
 
     /// Duplicates the eventfd (to pass to a peer).
     pub fn dup_fd(&self) -> Result<OwnedFd> {
-        self.efd.try_clone().map_err(|e| FabricError::io("dup eventfd", e))
+        self.efd
+            .try_clone()
+            .map_err(|e| FabricError::io("dup eventfd", e))
     }
 
     /// Arms for the next completion (`solicited_only`: the next solicited one or an error).
     /// The caller must poll once more after arming, before it waits.
     pub fn arm(&self, solicited_only: bool) {
-        let v = if solicited_only { ARMED_SOLICITED } else { ARMED_ALL };
+        let v = if solicited_only {
+            ARMED_SOLICITED
+        } else {
+            ARMED_ALL
+        };
         self.word().store(v, Ordering::SeqCst);
         // Pairs with the fence in `signal`: either the producer sees the arm, or the waiter's
         // next poll sees the completion.
@@ -135,7 +160,9 @@ impl Notifier {
         if a == DISARMED || (a == ARMED_SOLICITED && !urgent) {
             return;
         }
-        if w.compare_exchange(a, DISARMED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if w.compare_exchange(a, DISARMED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             self.kick();
         }
     }

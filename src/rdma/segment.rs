@@ -54,7 +54,8 @@ impl Segment {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let size = libc::off_t::try_from(len).map_err(|_| FabricError::Invalid("segment too large".into()))?;
+        let size = libc::off_t::try_from(len)
+            .map_err(|_| FabricError::Invalid("segment too large".into()))?;
         // SAFETY: `fd` is an open memfd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(os_err("ftruncate memfd"));
@@ -71,8 +72,13 @@ impl Segment {
     pub fn attach(fd: OwnedFd, min_len: usize, writable: bool) -> Result<Segment> {
         // SAFETY: `fd` is an open descriptor; F_GET_SEALS takes no argument.
         let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-        if seals < 0 || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) != (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) {
-            return Err(FabricError::Handshake("peer segment is not sealed against resizing".into()));
+        if seals < 0
+            || seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+                != (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW)
+        {
+            return Err(FabricError::Handshake(
+                "peer segment is not sealed against resizing".into(),
+            ));
         }
         // SAFETY: an all-zero `stat` is a valid value for fstat to overwrite.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -90,7 +96,11 @@ impl Segment {
     }
 
     fn map(fd: OwnedFd, len: usize, writable: bool, populate: bool) -> Result<Segment> {
-        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
         // SAFETY: mapping a whole open memfd at an address the kernel picks; the result is
         // checked against MAP_FAILED before use.
@@ -99,7 +109,12 @@ impl Segment {
             return Err(os_err("mmap segment"));
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
-        Ok(Segment { ptr, len, fd, writable })
+        Ok(Segment {
+            ptr,
+            len,
+            fd,
+            writable,
+        })
     }
 
     /// First byte of the mapping.

@@ -66,7 +66,11 @@ impl RemoteBuf {
     /// A sub-buffer starting `off` bytes into this one, `len` bytes long (not bounds-checked: the
     /// target checks every access against the registered region).
     pub fn slice(&self, off: u32, len: u32) -> RemoteBuf {
-        RemoteBuf { addr: self.addr + u64::from(off), rkey: self.rkey, len }
+        RemoteBuf {
+            addr: self.addr + u64::from(off),
+            rkey: self.rkey,
+            len,
+        }
     }
 
     /// Little-endian wire encoding.
@@ -266,7 +270,11 @@ pub struct QpCaps {
 
 impl Default for QpCaps {
     fn default() -> Self {
-        QpCaps { max_send_wr: 64, max_recv_wr: 64, max_msg_size: 4096 }
+        QpCaps {
+            max_send_wr: 64,
+            max_recv_wr: 64,
+            max_msg_size: 4096,
+        }
     }
 }
 

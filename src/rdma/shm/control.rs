@@ -1,0 +1,151 @@
+//! The control thread of a shm domain: watches every connection's socket and fails the queue
+//! pair as soon as its peer goes away (exit, crash, SIGKILL, or `disconnect`).
+//!
+//! The data path never makes a system call, so it cannot notice a dead peer by itself; this
+//! thread does, in one `epoll_wait`, and then moves the queue pair to the error state and wakes
+//! waiters so that outstanding receives flush.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use super::qp::QpShared;
+use crate::rdma::error::{FabricError, Result};
+
+#[derive(Debug)]
+struct Shared {
+    epfd: OwnedFd,
+    conns: Mutex<HashMap<u64, Weak<QpShared>>>,
+    next: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// Handle on the control thread; stops and joins it on drop.
+#[derive(Debug)]
+pub(crate) struct Control {
+    sh: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Control {
+    pub(crate) fn start() -> Result<Control> {
+        // SAFETY: plain epoll instance creation; result checked.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(FabricError::io(
+                "epoll_create1",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let sh = Arc::new(Shared {
+            epfd,
+            conns: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        });
+        let s2 = sh.clone();
+        let thread = std::thread::Builder::new()
+            .name("rfaas-shm-ctl".into())
+            .spawn(move || run(&s2))
+            .map_err(|e| FabricError::io("spawn shm control thread", e))?;
+        Ok(Control {
+            sh,
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts watching a queue pair's socket; returns the token to `forget` it with.
+    pub(crate) fn watch(&self, qp: &Arc<QpShared>, sock: RawFd) -> Result<u64> {
+        let token = self.sh.next.fetch_add(1, Ordering::Relaxed);
+        self.sh
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token, Arc::downgrade(qp));
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll fd, valid socket fd owned by the queue pair, valid event pointer.
+        let r = unsafe {
+            libc::epoll_ctl(self.sh.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, sock, &mut ev)
+        };
+        if r != 0 {
+            self.forget(token);
+            return Err(FabricError::io(
+                "epoll_ctl add",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// Stops watching (the socket is removed from epoll when it is closed).
+    pub(crate) fn forget(&self, token: u64) {
+        self.sh
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&token);
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.sh.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(sh: &Shared) {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
+    while !sh.stop.load(Ordering::Acquire) {
+        // SAFETY: `events` is a valid buffer of 32 entries; 100 ms timeout so `stop` is seen.
+        let n = unsafe { libc::epoll_wait(sh.epfd.as_raw_fd(), events.as_mut_ptr(), 32, 100) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!("shm control thread: epoll_wait: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            continue;
+        }
+        for ev in &events[..n as usize] {
+            let token = ev.u64;
+            let qp = sh
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&token);
+            let Some(qp) = qp.and_then(|w| w.upgrade()) else {
+                continue;
+            };
+            // Nothing is sent on the socket after the handshake: any event means the peer closed
+            // it (exit, crash or disconnect).
+            let fd = qp.sock.as_raw_fd();
+            // SAFETY: removing a still-open socket that this epoll instance watches.
+            unsafe {
+                libc::epoll_ctl(
+                    sh.epfd.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+            if !qp.closed.load(Ordering::Acquire) {
+                tracing::info!(
+                    qp = qp.qp_num,
+                    peer_pid = qp.peer.pid,
+                    "shm peer disconnected"
+                );
+            }
+            qp.fail();
+        }
+    }
+}
