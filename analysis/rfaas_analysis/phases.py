@@ -1,0 +1,35 @@
+"""Cold-start phases: the median (nearest-rank p50) of each phase column per group.
+
+Phase columns are every ``*_ns`` column other than ``latency_ns`` and the
+non-phase names in ``schema.NOT_PHASES`` (``duration_ns``, ``timestamp_ns``,
+...), in the order the file has them.  Only rows with at least one phase value
+count.  Note that medians of the phases need not add up to the median of
+``latency_ns``; the table shows both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import schema
+from .percentiles import percentile
+
+
+def phase_table(raw: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Return (table, phase column names).  The table is empty when no row has phases."""
+    phases = schema.phase_columns(raw.columns)
+    keys = list(schema.GROUP_KEYS)
+    columns = keys + ["count"] + [f"p50_{c}" for c in phases] + ["p50_latency_ns"]
+    if raw.empty or not phases:
+        return pd.DataFrame(columns=columns), phases
+    rows = raw[raw[phases].notna().any(axis=1)]
+    out = []
+    for key, g in rows.groupby(keys, sort=True):
+        rec = dict(zip(keys, key)) | {"count": len(g)}
+        for c in phases:
+            v = np.sort(g[c].dropna().to_numpy())
+            rec[f"p50_{c}"] = percentile(v, 50).item() if v.size else np.nan
+        rec["p50_latency_ns"] = percentile(np.sort(g["latency_ns"].to_numpy()), 50).item()
+        out.append(rec)
+    return pd.DataFrame(out, columns=columns), phases
