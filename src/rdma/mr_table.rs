@@ -67,11 +67,6 @@ impl TableView {
         TableView { entries, cap }
     }
 
-    /// Number of slots.
-    pub(crate) fn capacity(&self) -> usize {
-        self.cap
-    }
-
     #[inline]
     fn entry(&self, slot: usize) -> &Entry {
         debug_assert!(slot < self.cap);
@@ -122,24 +117,6 @@ impl TableView {
             Some(end) if end <= rlen => Ok(Resolved { slot, base, offset }),
             _ => Err(fail),
         }
-    }
-
-    /// The generation currently registered in `slot`, if any.
-    pub(crate) fn slot_info(&self, slot: usize) -> Option<(u32, u64, u64, Access)> {
-        if slot >= self.cap {
-            return None;
-        }
-        let e = self.entry(slot);
-        let s = e.state.load(Ordering::Acquire);
-        if s & VALID == 0 {
-            return None;
-        }
-        Some((
-            (s >> 32) as u32,
-            e.base.load(Ordering::Relaxed),
-            e.len.load(Ordering::Relaxed),
-            Access::from_bits_truncate(((s & 0xFFFF_FFFF) >> 1) as u32),
-        ))
     }
 }
 

@@ -145,11 +145,8 @@ mod tests {
             "freed ranges coalesce back into one"
         );
         // SAFETY: test code; the whole arena is carved now; reading its first byte.
-        assert_eq!(
-            unsafe { *a.seg.as_ptr().add(o1) },
-            0,
-            "freed pages come back zeroed"
-        );
+        let first = unsafe { *a.seg.as_ptr().add(o1) };
+        assert_eq!(first, 0, "freed pages come back zeroed");
         assert!(a.alloc(1).is_err());
     }
 }

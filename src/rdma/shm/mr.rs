@@ -15,7 +15,8 @@ enum Backing {
         off: usize,
         alloc_len: usize,
     },
-    Private(PrivateMem),
+    /// Kept to own (and unmap on drop) the region's memory.
+    Private(#[allow(dead_code)] PrivateMem),
 }
 
 /// A registered shm region. Deregistered (and its memory returned) on drop.
