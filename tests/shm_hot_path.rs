@@ -60,23 +60,39 @@ fn shm_round_trips_do_not_allocate() {
     let client = ShmFabric::new().unwrap();
     let listener = server.listen("127.0.0.1:0").unwrap();
     let addr = listener.local_addr();
-    let srv_buf = server.alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE).unwrap();
-    let cli_buf = client.alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE).unwrap();
+    let srv_buf = server
+        .alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+        .unwrap();
+    let cli_buf = client
+        .alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+        .unwrap();
     let ccq = client.create_cq(64).unwrap();
-    let recvs: Vec<RecvWr> = (0..32).map(|i| RecvWr { wr_id: i, sge: None }).collect();
+    let recvs: Vec<RecvWr> = (0..32)
+        .map(|i| RecvWr {
+            wr_id: i,
+            sge: None,
+        })
+        .collect();
     const ROUNDS: u32 = 20_000;
     const WARMUP: u32 = 1_000;
 
     let srv_remote = srv_buf.remote(0, 64);
     let server_thread = std::thread::spawn(move || {
         let scq = server.create_cq(64).unwrap();
-        let req = listener.next_request(Duration::from_secs(5)).unwrap().unwrap();
+        let req = listener
+            .next_request(Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
         let back = rfaas::rdma::RemoteBuf::from_bytes(req.private_data()).unwrap();
         let qp = req.accept(QpInit::new(&scq), &recvs, &[]).unwrap();
         for _ in 0..WARMUP + ROUNDS {
             let wc = spin_one(&scq);
             assert!(wc.is_ok());
-            qp.post_recv(&RecvWr { wr_id: wc.wr_id, sge: None }).unwrap();
+            qp.post_recv(&RecvWr {
+                wr_id: wc.wr_id,
+                sge: None,
+            })
+            .unwrap();
             let wr = SendWr {
                 wr_id: 0,
                 op: Op::WriteImm(back, wc.imm.unwrap()),
@@ -87,9 +103,22 @@ fn shm_round_trips_do_not_allocate() {
         }
         qp
     });
-    let recvs: Vec<RecvWr> = (0..32).map(|i| RecvWr { wr_id: i, sge: None }).collect();
+    let recvs: Vec<RecvWr> = (0..32)
+        .map(|i| RecvWr {
+            wr_id: i,
+            sge: None,
+        })
+        .collect();
     let pd = cli_buf.remote(0, 64).to_bytes();
-    let (qp, _) = client.connect(&addr, QpInit::new(&ccq), &recvs, &pd, Duration::from_secs(5)).unwrap();
+    let (qp, _) = client
+        .connect(
+            &addr,
+            QpInit::new(&ccq),
+            &recvs,
+            &pd,
+            Duration::from_secs(5),
+        )
+        .unwrap();
     for i in 0..WARMUP + ROUNDS {
         if i == WARMUP {
             COUNTING.store(true, Ordering::SeqCst);
@@ -103,10 +132,17 @@ fn shm_round_trips_do_not_allocate() {
         qp.post_send(&wr).unwrap();
         let wc = spin_one(&ccq);
         assert_eq!(wc.imm, Some(i));
-        qp.post_recv(&RecvWr { wr_id: wc.wr_id, sge: None }).unwrap();
+        qp.post_recv(&RecvWr {
+            wr_id: wc.wr_id,
+            sge: None,
+        })
+        .unwrap();
     }
     COUNTING.store(false, Ordering::SeqCst);
     let allocs = ALLOCS.load(Ordering::SeqCst);
     let _server_qp = server_thread.join().unwrap();
-    assert_eq!(allocs, 0, "{allocs} allocations during {ROUNDS} shm round trips");
+    assert_eq!(
+        allocs, 0,
+        "{allocs} allocations during {ROUNDS} shm round trips"
+    );
 }
