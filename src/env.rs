@@ -9,3 +9,5 @@ pub const LOG: &str = "RUST_LOG";
 /// Size in bytes of each shm arena (the sparse shared memory that remotely accessible regions are
 /// carved from; default 64 GiB of address space, only touched pages use memory).
 pub const SHM_ARENA_BYTES: &str = "RFAAS_SHM_ARENA_BYTES";
+/// Tests only: path of a prebuilt `libfunctions.so` (otherwise the tests build it).
+pub const TEST_FUNCTIONS_LIB: &str = "RFAAS_TEST_FUNCTIONS_LIB";
