@@ -404,3 +404,39 @@ impl LibraryCache {
         self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+impl FunctionTable {
+    /// Calls function `index` in place on registered memory: `in_len` input bytes at `in_off` of
+    /// `input`, and `out_cap` bytes at `out_off` of `output` as the output buffer. This is how an
+    /// executor runs a function on the bytes a client wrote, with no copy.
+    ///
+    /// Both regions are borrowed mutably, so no other thread of this process touches them during
+    /// the call. Peers can write registered memory at any time; the rfaas protocol's credits keep
+    /// them off these ranges while the function runs (a client reuses an input slot only after its
+    /// result arrived, and the output range is the one reserved for that slot). Out-of-range
+    /// offsets panic.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_in_regions<I: crate::rdma::MemoryRegion, O: crate::rdma::MemoryRegion>(
+        &self,
+        index: usize,
+        input: &mut I,
+        in_off: usize,
+        in_len: usize,
+        output: &mut O,
+        out_off: usize,
+        out_cap: usize,
+    ) -> FunctionStatus {
+        assert!(in_off.checked_add(in_len).is_some_and(|e| e <= input.len()), "input range outside its region");
+        assert!(out_off.checked_add(out_cap).is_some_and(|e| e <= output.len()), "output range outside its region");
+        // SAFETY: both ranges lie inside their regions (checked above), which stay mapped while
+        // borrowed; `&mut` on both regions rules out other local users and (borrowck) aliasing of
+        // the two; peers stay off these ranges by the protocol invariant documented above.
+        let (inp, out) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(input.as_ptr().add(in_off), in_len),
+                std::slice::from_raw_parts_mut(output.as_ptr().add(out_off), out_cap),
+            )
+        };
+        self.call(index, inp, out)
+    }
+}

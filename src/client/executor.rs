@@ -1,0 +1,534 @@
+//! An allocation seen from the client: connections to its workers and the invocation API.
+//!
+//! # Threads
+//!
+//! [`Executor`] is `Send + Sync`. Each worker connection sits behind its own mutex; a call locks
+//! one worker for as long as it waits for its result (uncontended, that lock costs one atomic
+//! instruction). Several threads can therefore invoke at once, each on a different worker: the
+//! blocking [`Executor::invoke`] picks a free worker by itself, and [`Executor::invoke_on`] names
+//! one. Calls on the same worker from several threads take turns. For many calls in flight on one
+//! worker, use [`Executor::submit`] and [`Executor::wait`].
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::error::{ClientError, InvokeError};
+use super::manager::ManagerClient;
+use crate::control::api::{Allocation, AllocationRequest, WorkerAccept, WorkerConnect, TOKEN_LEN};
+use crate::protocol::invocation::FLAG_SOLICITED_REPLY;
+use crate::protocol::{InvocationHeader, RequestImm, SlotTable, Status, HEADER_LEN};
+use crate::rdma::{
+    Access, CompletionQueue, Fabric, MemoryRegion, Op, QpCaps, QpInit, QpTimeouts, QueuePair,
+    RecvWr, SendFlags, SendWr, Wc, WcOpcode,
+};
+
+/// What to allocate.
+#[derive(Clone, Debug)]
+pub struct AllocationSpec {
+    /// The function library (shared object bytes; it travels to the executor manager).
+    pub library: Vec<u8>,
+    /// Function names; their order gives the [`FunctionId`]s.
+    pub functions: Vec<String>,
+    /// Workers (cores).
+    pub cores: u32,
+    /// Largest input in bytes.
+    pub input_capacity: u32,
+    /// Largest output in bytes.
+    pub output_capacity: u32,
+    /// Invocations in flight per worker (1..=256).
+    pub slots: u32,
+    /// -1 always hot, 0 always warm, > 0 hot for that many ms after each invocation.
+    pub hot_timeout_ms: i64,
+    /// Lease from the resource manager, if any.
+    pub lease: Option<String>,
+}
+
+impl AllocationSpec {
+    /// One core, 4 KiB in and out, 4 slots, hot for 100 ms after work.
+    pub fn new(library: Vec<u8>, functions: &[&str]) -> AllocationSpec {
+        AllocationSpec {
+            library,
+            functions: functions.iter().map(|s| s.to_string()).collect(),
+            cores: 1,
+            input_capacity: 4096,
+            output_capacity: 4096,
+            slots: 4,
+            hot_timeout_ms: 100,
+            lease: None,
+        }
+    }
+}
+
+/// Client-side behaviour.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientOptions {
+    /// How long a call waits for its result.
+    pub timeout: Duration,
+    /// How long a waiting call busy-polls before it sleeps on the completion queue.
+    pub spin: Duration,
+    /// How long connecting to the workers may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            spin: Duration::from_millis(20),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the time of an allocation went (client view), in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocationTimings {
+    /// Uploading the library (or finding it cached) and the allocation request, end to end.
+    pub request_ns: u64,
+    /// Part of the request: the manager spawning the executor until it was ready.
+    pub spawn_ns: u64,
+    /// Part of the spawn: the executor loading the library and resolving functions.
+    pub code_load_ns: u64,
+    /// Connecting the fabric to every worker.
+    pub connect_ns: u64,
+}
+
+/// A function of the allocation (its index in the requested names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FunctionId(pub u16);
+
+/// An invocation in flight, from [`Executor::submit`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "wait for the result, or its slot stays busy"]
+pub struct Pending {
+    worker: usize,
+    slot: u8,
+    id: u32,
+}
+
+impl Pending {
+    /// The worker it runs on.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+struct Conn<F: Fabric> {
+    qp: F::Qp,
+    cq: F::Cq,
+    staging: F::Mr,
+    results: F::Mr,
+    remote: WorkerAccept,
+    table: SlotTable,
+    lens: Vec<u32>,
+    dead: Option<String>,
+    stride: usize,
+    out_cap: usize,
+}
+
+impl<F: Fabric> Conn<F> {
+    /// Posts one invocation; returns its slot and id.
+    #[inline]
+    fn submit(&mut self, func: FunctionId, input: &[u8], out_len: usize, solicited: bool) -> Result<(u8, u32), InvokeError> {
+        if let Some(why) = &self.dead {
+            return Err(InvokeError::ExecutorGone(why.clone()));
+        }
+        let (slot, id) = self.table.acquire().ok_or(InvokeError::Busy)?;
+        let off = slot as usize * self.stride;
+        let out_cap = out_len.min(self.out_cap) as u32;
+        let header = InvocationHeader {
+            id,
+            function: func.0,
+            flags: if solicited { FLAG_SOLICITED_REPLY } else { 0 },
+            payload_len: input.len() as u32,
+            output: self.results.remote(slot as usize * self.out_cap, out_cap),
+        };
+        let mut raw = [0u8; HEADER_LEN];
+        header.encode(&mut raw);
+        self.staging.write(off, &raw);
+        self.staging.write(off + HEADER_LEN, input);
+        let total = (HEADER_LEN + input.len()) as u32;
+        let wr = SendWr {
+            wr_id: u64::from(slot),
+            op: Op::WriteImm(self.remote.input.slice(u32::from(slot) * self.remote.stride, total), RequestImm::encode(slot, id)),
+            sge: Some(self.staging.sge(off, total)),
+            flags: if solicited { SendFlags::SOLICITED } else { SendFlags::empty() },
+        };
+        if let Err(e) = self.qp.post_send(&wr) {
+            self.table.release(slot);
+            return Err(InvokeError::ExecutorGone(e.to_string()));
+        }
+        Ok((slot, id))
+    }
+
+    /// Takes completions off the queue; returns how many.
+    #[inline]
+    fn progress(&mut self) -> usize {
+        let mut wcs = [Wc::EMPTY; 16];
+        let n = self.cq.poll(&mut wcs);
+        for wc in &wcs[..n] {
+            self.on_completion(wc);
+        }
+        n
+    }
+
+    fn on_completion(&mut self, wc: &Wc) {
+        if !wc.is_ok() {
+            if self.dead.is_none() {
+                tracing::warn!(status = ?wc.status, "worker connection failed");
+                self.dead = Some(format!("connection to the worker failed ({:?})", wc.status));
+            }
+            return;
+        }
+        if wc.opcode != WcOpcode::RecvWriteImm {
+            return;
+        }
+        let _ = self.qp.post_recv(&RecvWr { wr_id: 0, sge: None });
+        match self.table.complete(wc.imm.unwrap_or(0)) {
+            Ok(c) => self.lens[c.slot as usize] = wc.byte_len,
+            Err(e) => tracing::warn!("result dropped: {e}"),
+        }
+    }
+
+    /// The result of `(slot, id)` if it arrived (copied into `out`, slot freed).
+    #[inline]
+    fn take(&mut self, slot: u8, id: u32, out: &mut [u8]) -> Option<Result<usize, InvokeError>> {
+        match self.table.result(slot, id) {
+            Ok(Some(status)) => {
+                let len = self.lens[slot as usize] as usize;
+                let r = if status != Status::Ok {
+                    Err(InvokeError::Status(status))
+                } else if len > out.len() {
+                    Err(InvokeError::Invalid(format!("result of {len} bytes for a {}-byte buffer", out.len())))
+                } else {
+                    self.results.read(slot as usize * self.out_cap, &mut out[..len]);
+                    Ok(len)
+                };
+                self.table.release(slot);
+                Some(r)
+            }
+            Ok(None) => {
+                let why = self.dead.clone()?;
+                self.table.release(slot);
+                Some(Err(InvokeError::ExecutorGone(why)))
+            }
+            Err(e) => Some(Err(InvokeError::Invalid(e.to_string()))),
+        }
+    }
+
+    /// Waits for `(slot, id)`: spins for `spin`, then sleeps on the completion queue.
+    fn wait(&mut self, slot: u8, id: u32, out: &mut [u8], timeout: Duration, spin: Duration) -> Result<usize, InvokeError> {
+        let start = Instant::now();
+        let mut k = 0u32;
+        loop {
+            self.progress();
+            if let Some(r) = self.take(slot, id, out) {
+                return r;
+            }
+            k = k.wrapping_add(1);
+            if k % 256 != 0 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                // The slot stays busy: the executor may still answer into it.
+                return Err(InvokeError::Timeout(timeout));
+            }
+            if waited >= spin {
+                let mut wcs = [Wc::EMPTY; 16];
+                let left = timeout - waited;
+                match self.cq.poll_wait(&mut wcs, left.min(Duration::from_millis(100)), Duration::ZERO) {
+                    Ok(n) => wcs[..n].iter().for_each(|wc| self.on_completion(wc)),
+                    Err(e) => self.dead = Some(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// An allocation: workers on one executor manager's node, connected and ready to invoke.
+pub struct Executor<F: Fabric> {
+    manager: ManagerClient,
+    allocation: Allocation,
+    functions: Vec<String>,
+    workers: Vec<Mutex<Conn<F>>>,
+    next: AtomicUsize,
+    opts: ClientOptions,
+    input_capacity: usize,
+    output_capacity: usize,
+    timings: AllocationTimings,
+    released: AtomicBool,
+    _fabric: F,
+}
+
+impl<F: Fabric> Executor<F> {
+    /// Uploads the library (unless cached), allocates `spec.cores` workers on `manager`, and
+    /// connects to every worker over `fabric`.
+    pub fn allocate(fabric: F, manager: &ManagerClient, spec: &AllocationSpec, opts: ClientOptions) -> Result<Self, ClientError> {
+        if spec.functions.is_empty() || spec.functions.len() > usize::from(u16::MAX) {
+            return Err(ClientError::Invalid("between 1 and 65535 function names".into()));
+        }
+        let t0 = Instant::now();
+        let hash = manager.upload_library(&spec.library)?;
+        let req = AllocationRequest {
+            library: hash.to_hex(),
+            functions: spec.functions.clone(),
+            cores: spec.cores,
+            input_capacity: spec.input_capacity,
+            output_capacity: spec.output_capacity,
+            slots: spec.slots,
+            hot_timeout_ms: spec.hot_timeout_ms,
+            lease: spec.lease.clone(),
+            client: format!("pid {}", std::process::id()),
+        };
+        let allocation = manager.allocate(&req)?;
+        let request_ns = t0.elapsed().as_nanos() as u64;
+        let released = AtomicBool::new(false);
+        let connect = || -> Result<Vec<Mutex<Conn<F>>>, ClientError> {
+            if allocation.provider != fabric.provider() {
+                return Err(ClientError::Config(format!(
+                    "the executor speaks {}, this client {}",
+                    allocation.provider,
+                    fabric.provider()
+                )));
+            }
+            let token: [u8; TOKEN_LEN] = hex::decode(&allocation.token)
+                .ok()
+                .and_then(|t| t.try_into().ok())
+                .ok_or_else(|| ClientError::Config("malformed allocation token".into()))?;
+            (0..allocation.workers.len())
+                .map(|w| connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts).map(Mutex::new))
+                .collect()
+        };
+        let t1 = Instant::now();
+        let workers = match connect() {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = manager.deallocate(allocation.id);
+                return Err(e);
+            }
+        };
+        let timings = AllocationTimings {
+            request_ns,
+            spawn_ns: allocation.spawn_ns,
+            code_load_ns: allocation.code_load_ns,
+            connect_ns: t1.elapsed().as_nanos() as u64,
+        };
+        Ok(Executor {
+            manager: manager.clone(),
+            allocation,
+            functions: spec.functions.clone(),
+            workers,
+            next: AtomicUsize::new(0),
+            opts,
+            input_capacity: spec.input_capacity as usize,
+            output_capacity: spec.output_capacity as usize,
+            timings,
+            released,
+            _fabric: fabric,
+        })
+    }
+
+    /// The allocation as the manager granted it.
+    pub fn allocation(&self) -> &Allocation {
+        &self.allocation
+    }
+
+    /// Where the time to allocate went.
+    pub fn timings(&self) -> AllocationTimings {
+        self.timings
+    }
+
+    /// Largest input of one call, bytes.
+    pub fn input_capacity(&self) -> usize {
+        self.input_capacity
+    }
+
+    /// Largest output of one call, bytes.
+    pub fn output_capacity(&self) -> usize {
+        self.output_capacity
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The id of a function by name.
+    pub fn function(&self, name: &str) -> Result<FunctionId, ClientError> {
+        self.functions
+            .iter()
+            .position(|f| f == name)
+            .map(|i| FunctionId(i as u16))
+            .ok_or_else(|| ClientError::UnknownFunction(name.to_string()))
+    }
+
+    fn check(&self, input: &[u8]) -> Result<(), InvokeError> {
+        if input.len() > self.input_capacity {
+            return Err(InvokeError::InputTooLarge { len: input.len(), capacity: self.input_capacity });
+        }
+        Ok(())
+    }
+
+    fn lock(&self, w: usize) -> Result<MutexGuard<'_, Conn<F>>, InvokeError> {
+        let m = self.workers.get(w).ok_or_else(|| InvokeError::Invalid(format!("no worker {w}")))?;
+        Ok(m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs `func` on `input` on some free worker, waits for the result, copies it into `output`
+    /// and returns its length. `output.len()` (capped at the allocation's output capacity) is the
+    /// capacity the function may fill.
+    pub fn invoke(&self, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+        let n = self.workers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            if let Ok(mut c) = self.workers[(start + k) % n].try_lock() {
+                return self.call(&mut c, func, input, output);
+            }
+        }
+        let mut c = self.lock(start % n)?;
+        self.call(&mut c, func, input, output)
+    }
+
+    /// Runs `func` on worker `worker` and waits for the result.
+    pub fn invoke_on(&self, worker: usize, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+        let mut c = self.lock(worker)?;
+        self.call(&mut c, func, input, output)
+    }
+
+    fn call(&self, c: &mut Conn<F>, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+        self.check(input)?;
+        let deadline = Instant::now() + self.opts.timeout;
+        let (slot, id) = loop {
+            match c.submit(func, input, output.len(), false) {
+                Err(InvokeError::Busy) => {
+                    // Every slot holds a submitted call: make progress until one frees up.
+                    if Instant::now() >= deadline {
+                        return Err(InvokeError::Timeout(self.opts.timeout));
+                    }
+                    c.progress();
+                    std::thread::yield_now();
+                }
+                r => break r?,
+            }
+        };
+        c.wait(slot, id, output, deadline.saturating_duration_since(Instant::now()), self.opts.spin)
+    }
+
+    /// Posts `func` on `input` to `worker` (or a round-robin one) and returns at once; collect
+    /// the result with [`Executor::wait`] or [`Executor::poll`]. [`InvokeError::Busy`] when all
+    /// of that worker's slots are in use.
+    pub fn submit(&self, worker: Option<usize>, func: FunctionId, input: &[u8], output_len: usize) -> Result<Pending, InvokeError> {
+        self.check(input)?;
+        let w = worker.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+        let mut c = self.lock(w)?;
+        c.progress();
+        let (slot, id) = c.submit(func, input, output_len, true)?;
+        Ok(Pending { worker: w, slot, id })
+    }
+
+    /// Waits for a submitted invocation; copies its result into `output`.
+    pub fn wait(&self, p: Pending, output: &mut [u8]) -> Result<usize, InvokeError> {
+        let mut c = self.lock(p.worker)?;
+        c.wait(p.slot, p.id, output, self.opts.timeout, self.opts.spin)
+    }
+
+    /// The result of a submitted invocation if it has arrived (`Ok(None)` while it runs).
+    pub fn poll(&self, p: &Pending, output: &mut [u8]) -> Result<Option<usize>, InvokeError> {
+        let mut c = self.lock(p.worker)?;
+        c.progress();
+        c.take(p.slot, p.id, output).transpose()
+    }
+
+    /// Runs `func` once on every worker in parallel, input `i` on worker `i`; one result each.
+    pub fn invoke_parallel(&self, func: FunctionId, inputs: &[&[u8]], outputs: &mut [&mut [u8]]) -> Vec<Result<usize, InvokeError>> {
+        if inputs.len() != outputs.len() || inputs.len() > self.workers.len() {
+            let e = InvokeError::Invalid(format!("{} inputs, {} outputs, {} workers", inputs.len(), outputs.len(), self.workers.len()));
+            return vec![Err(e); inputs.len()];
+        }
+        let mut guards: Vec<_> = (0..inputs.len()).map(|w| self.lock(w)).collect();
+        let posted: Vec<Result<(u8, u32), InvokeError>> = guards
+            .iter_mut()
+            .zip(inputs.iter().zip(outputs.iter()))
+            .map(|(g, (inp, out))| match g {
+                Ok(c) => self.check(inp).and_then(|_| c.submit(func, inp, out.len(), false)),
+                Err(e) => Err(e.clone()),
+            })
+            .collect();
+        guards
+            .iter_mut()
+            .zip(posted)
+            .zip(outputs.iter_mut())
+            .map(|((g, p), out)| {
+                let c = g.as_mut().map_err(|e| e.clone())?;
+                let (slot, id) = p?;
+                c.wait(slot, id, out, self.opts.timeout, self.opts.spin)
+            })
+            .collect()
+    }
+
+    /// Disconnects from the workers and releases the allocation.
+    pub fn deallocate(self) -> Result<(), ClientError> {
+        self.release()
+    }
+
+    fn release(&self) -> Result<(), ClientError> {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        for w in &self.workers {
+            w.lock().unwrap_or_else(|p| p.into_inner()).qp.disconnect();
+        }
+        self.manager.deallocate(self.allocation.id)
+    }
+}
+
+impl<F: Fabric> Drop for Executor<F> {
+    fn drop(&mut self) {
+        if let Err(e) = self.release() {
+            tracing::debug!("releasing allocation {}: {e}", self.allocation.id);
+        }
+    }
+}
+
+fn connect_worker<F: Fabric>(
+    fabric: &F,
+    address: &str,
+    token: &[u8; TOKEN_LEN],
+    worker: u32,
+    spec: &AllocationSpec,
+    opts: &ClientOptions,
+) -> Result<Conn<F>, ClientError> {
+    let slots = spec.slots.clamp(1, crate::protocol::MAX_SLOTS);
+    let stride = HEADER_LEN + spec.input_capacity as usize;
+    let out_cap = spec.output_capacity as usize;
+    let cq = fabric.create_cq(4 * slots + 16)?;
+    let staging = fabric.alloc_mr(stride * slots as usize, Access::LOCAL_WRITE)?;
+    let results = fabric.alloc_mr(out_cap * slots as usize, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
+    let recvs: Vec<RecvWr> = (0..u64::from(slots)).map(|i| RecvWr { wr_id: i, sge: None }).collect();
+    let caps = QpCaps { max_send_wr: 2 * slots + 8, max_recv_wr: slots, max_msg_size: 256 };
+    let init = QpInit { send_cq: &cq, recv_cq: &cq, caps, timeouts: QpTimeouts::default() };
+    let hello = WorkerConnect { token: *token, worker }.encode();
+    let (qp, pd) = fabric.connect(address, init, &recvs, &hello, opts.connect_timeout)?;
+    let remote = WorkerAccept::decode(&pd).ok_or_else(|| ClientError::Config("worker sent malformed accept data".into()))?;
+    if remote.slots < slots || (remote.stride as usize) < stride {
+        return Err(ClientError::Config(format!(
+            "worker offers {} slots of {} bytes, this client needs {slots} of {stride}",
+            remote.slots, remote.stride
+        )));
+    }
+    Ok(Conn {
+        qp,
+        cq,
+        staging,
+        results,
+        remote,
+        table: SlotTable::new(slots, 0),
+        lens: vec![0; slots as usize],
+        dead: None,
+        stride,
+        out_cap: out_cap.max(1),
+    })
+}

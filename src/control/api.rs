@@ -1,0 +1,262 @@
+//! Messages of the executor manager's HTTP API (`/v1/...`) and of the executor process protocol.
+//!
+//! | method | path | body → answer |
+//! |---|---|---|
+//! | `PUT` | `/v1/libraries/{sha256}` | raw library bytes → [`LibraryStored`] (cached by content hash) |
+//! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise |
+//! | `POST` | `/v1/allocations` | [`AllocationRequest`] → [`Allocation`] |
+//! | `DELETE` | `/v1/allocations/{id}` | → 204 |
+//! | `GET` | `/v1/allocations/{id}` | → [`AllocationStatus`] |
+//! | `GET` | `/v1/status` | → [`ManagerStatus`] |
+//! | `GET` | `/v1/health` | → `{"ok":true}` (no authentication) |
+//!
+//! Errors are [`ApiError`] JSON bodies with a 4xx/5xx status.
+
+use serde::{Deserialize, Serialize};
+
+use crate::rdma::Provider;
+
+/// Largest library an executor manager accepts.
+pub const MAX_LIBRARY_BYTES: usize = 256 << 20;
+/// Bytes of a per-allocation token.
+pub const TOKEN_LEN: usize = 32;
+
+/// An error answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// Answer to a library upload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LibraryStored {
+    /// SHA-256 of the bytes, hex.
+    pub hash: String,
+    /// Bytes stored.
+    pub bytes: u64,
+}
+
+/// A client asks for cores on this node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllocationRequest {
+    /// SHA-256 (hex) of a library uploaded before.
+    pub library: String,
+    /// Function names to resolve; their order defines the function indices.
+    pub functions: Vec<String>,
+    /// Worker threads (one per core).
+    pub cores: u32,
+    /// Largest invocation payload in bytes (per input slot, header not included).
+    pub input_capacity: u32,
+    /// Largest result in bytes.
+    pub output_capacity: u32,
+    /// Input slots per worker (invocations in flight per worker), 1..=256.
+    pub slots: u32,
+    /// -1 always hot, 0 always warm, > 0 hot until that many milliseconds pass without work.
+    pub hot_timeout_ms: i64,
+    /// Lease this allocation belongs to (from the resource manager), if any.
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// Free text naming the client, for logs.
+    #[serde(default)]
+    pub client: String,
+}
+
+/// One worker of an allocation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// Worker index (what a client names in its connect private data).
+    pub index: u32,
+    /// OS CPU the worker thread is pinned to.
+    pub core: u32,
+}
+
+/// The executor manager's answer to an allocation: what the client needs to connect.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Allocation {
+    /// Allocation id on this executor manager.
+    pub id: u64,
+    /// Hex token the client presents when it connects to the workers.
+    pub token: String,
+    /// Fabric provider of the executor.
+    pub provider: Provider,
+    /// Fabric address the executor listens on.
+    pub address: String,
+    /// Pid of the executor process.
+    pub pid: u32,
+    /// Workers, one per core.
+    pub workers: Vec<WorkerInfo>,
+    /// Nanoseconds spent by the manager: spawning the process until it reported ready.
+    pub spawn_ns: u64,
+    /// Nanoseconds the executor took to load the library and resolve the functions.
+    pub code_load_ns: u64,
+}
+
+/// State of an allocation, as the executor manager sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AllocationStatus {
+    /// Allocation id.
+    pub id: u64,
+    /// `running`, `exited` (with a reason), or `released`.
+    pub state: String,
+    /// Why the executor ended, when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Cores it holds (or held).
+    pub cores: Vec<u32>,
+    /// Nanoseconds spent executing functions (billing).
+    pub execution_ns: u64,
+    /// Nanoseconds spent hot-polling (billing).
+    pub hot_polling_ns: u64,
+}
+
+/// The executor manager's view of its node.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManagerStatus {
+    /// Node name.
+    pub node: String,
+    /// Cores it may rent out.
+    pub cores_total: u32,
+    /// Cores free now.
+    pub cores_free: u32,
+    /// Memory it may rent out, bytes.
+    pub memory_total: u64,
+    /// Memory free now, bytes.
+    pub memory_free: u64,
+    /// Live and recently ended allocations.
+    pub allocations: Vec<AllocationStatus>,
+}
+
+/// What an executor manager sends an executor process on its standard input (one JSON document),
+/// so that nothing secret appears on a command line.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecutorConfig {
+    /// Allocation id (for logs).
+    pub allocation: u64,
+    /// Hex token clients must present.
+    pub token: String,
+    /// Path of the cached library.
+    pub library_path: String,
+    /// Its SHA-256 (hex), checked again before loading.
+    pub library_hash: String,
+    /// Function names, in index order.
+    pub functions: Vec<String>,
+    /// Cores to pin the workers to, one per worker.
+    pub cores: Vec<u32>,
+    /// Payload capacity of an input slot.
+    pub input_capacity: u32,
+    /// Output capacity.
+    pub output_capacity: u32,
+    /// Input slots per worker.
+    pub slots: u32,
+    /// Hot/warm policy.
+    pub hot_timeout_ms: i64,
+    /// Fabric provider.
+    pub provider: Provider,
+    /// Address to listen on (port 0: pick one).
+    pub listen: String,
+    /// Where to add billing: the manager's fabric address and the 16-byte record
+    /// (execution ns, hot-polling ns) to fetch-add into. `None` disables billing.
+    #[serde(default)]
+    pub billing: Option<BillingTarget>,
+    /// How long to wait for the client to connect every worker before giving up, ms.
+    pub connect_timeout_ms: u64,
+}
+
+/// A billing record in the executor manager's registered memory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BillingTarget {
+    /// Fabric address of the manager's billing listener.
+    pub address: String,
+    /// The record: address, rkey, length 16.
+    pub addr: u64,
+    /// Remote key.
+    pub rkey: u32,
+}
+
+/// What an executor prints as the first line of its standard output once it is ready (or failed).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ExecutorEvent {
+    /// Listening; clients may connect.
+    Ready {
+        /// Fabric address clients connect to.
+        address: String,
+        /// Nanoseconds to load the library and resolve the functions.
+        code_load_ns: u64,
+    },
+    /// Could not start.
+    Failed {
+        /// Why.
+        error: String,
+    },
+}
+
+/// Private data a client sends when it connects a queue pair to a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerConnect {
+    /// The allocation token.
+    pub token: [u8; TOKEN_LEN],
+    /// Which worker.
+    pub worker: u32,
+}
+
+impl WorkerConnect {
+    /// Wire length (fits the 55 bytes verbs allows).
+    pub const LEN: usize = TOKEN_LEN + 4;
+
+    /// Encodes.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..TOKEN_LEN].copy_from_slice(&self.token);
+        b[TOKEN_LEN..].copy_from_slice(&self.worker.to_le_bytes());
+        b
+    }
+
+    /// Decodes; `None` when the length is wrong.
+    pub fn decode(b: &[u8]) -> Option<WorkerConnect> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        let mut token = [0u8; TOKEN_LEN];
+        token.copy_from_slice(&b[..TOKEN_LEN]);
+        Some(WorkerConnect { token, worker: u32::from_le_bytes(b[TOKEN_LEN..].try_into().ok()?) })
+    }
+}
+
+/// Private data a worker answers a connect with: where its input slots are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerAccept {
+    /// The input region: `slots` slots of `stride` bytes each, slot `i` at `addr + i * stride`.
+    pub input: crate::rdma::RemoteBuf,
+    /// Bytes per slot (header plus input capacity).
+    pub stride: u32,
+    /// Slots.
+    pub slots: u32,
+}
+
+impl WorkerAccept {
+    /// Wire length.
+    pub const LEN: usize = 24;
+
+    /// Encodes.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[..16].copy_from_slice(&self.input.to_bytes());
+        b[16..20].copy_from_slice(&self.stride.to_le_bytes());
+        b[20..].copy_from_slice(&self.slots.to_le_bytes());
+        b
+    }
+
+    /// Decodes; `None` when the length is wrong.
+    pub fn decode(b: &[u8]) -> Option<WorkerAccept> {
+        if b.len() != Self::LEN {
+            return None;
+        }
+        Some(WorkerAccept {
+            input: crate::rdma::RemoteBuf::from_bytes(&b[..16])?,
+            stride: u32::from_le_bytes(b[16..20].try_into().ok()?),
+            slots: u32::from_le_bytes(b[20..].try_into().ok()?),
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! The invocation protocol (data plane), as pure encoding and state machines with no I/O.
+//!
+//! An invocation is ONE write-with-immediate of `[header | payload]` into a free input slot of a
+//! worker; the result is ONE write-with-immediate of the output into the caller's region. See
+//! [`invocation`] for the wire format, [`slots`] for the client's credit and id bookkeeping, and
+//! [`polling`] for the executor's hot/warm schedule.
+
+pub mod invocation;
+pub mod polling;
+pub mod slots;
+
+pub use invocation::{InvocationHeader, ProtocolError, RequestImm, ResultImm, Status, HEADER_LEN, MAX_SLOTS};
+pub use polling::{PollMode, PollSchedule};
+pub use slots::{SlotTable, Completion};
