@@ -250,7 +250,7 @@ impl<F: Fabric> Conn<F> {
 
 /// An allocation: workers on one executor manager's node, connected and ready to invoke.
 pub struct Executor<F: Fabric> {
-    manager: ManagerClient,
+    manager: Option<ManagerClient>,
     allocation: Allocation,
     functions: Vec<String>,
     workers: Vec<Mutex<Conn<F>>>,
@@ -285,48 +285,71 @@ impl<F: Fabric> Executor<F> {
         };
         let allocation = manager.allocate(&req)?;
         let request_ns = t0.elapsed().as_nanos() as u64;
-        let released = AtomicBool::new(false);
-        let connect = || -> Result<Vec<Mutex<Conn<F>>>, ClientError> {
-            if allocation.provider != fabric.provider() {
-                return Err(ClientError::Config(format!(
-                    "the executor speaks {}, this client {}",
-                    allocation.provider,
-                    fabric.provider()
-                )));
+        let id = allocation.id;
+        match Self::connect(fabric, Some(manager.clone()), allocation, spec, None, opts) {
+            Ok(mut e) => {
+                e.timings.request_ns = request_ns;
+                Ok(e)
             }
-            let token: [u8; TOKEN_LEN] = hex::decode(&allocation.token)
-                .ok()
-                .and_then(|t| t.try_into().ok())
-                .ok_or_else(|| ClientError::Config("malformed allocation token".into()))?;
-            (0..allocation.workers.len())
-                .map(|w| connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts).map(Mutex::new))
-                .collect()
-        };
+            Err(err) => {
+                let _ = manager.deallocate(id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Connects to (some of) the workers of an allocation made elsewhere, e.g. by another MPI
+    /// rank: `workers` picks which (all when `None`); worker `i` of the result is the `i`-th of
+    /// them. With `manager`, [`Executor::deallocate`] and drop release the allocation; without,
+    /// they only disconnect.
+    pub fn connect(
+        fabric: F,
+        manager: Option<ManagerClient>,
+        allocation: Allocation,
+        spec: &AllocationSpec,
+        workers: Option<&[usize]>,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        if allocation.provider != fabric.provider() {
+            return Err(ClientError::Config(format!(
+                "the executor speaks {}, this client {}",
+                allocation.provider,
+                fabric.provider()
+            )));
+        }
+        let token: [u8; TOKEN_LEN] = hex::decode(&allocation.token)
+            .ok()
+            .and_then(|t| t.try_into().ok())
+            .ok_or_else(|| ClientError::Config("malformed allocation token".into()))?;
+        let all: Vec<usize> = (0..allocation.workers.len()).collect();
+        let chosen = workers.unwrap_or(&all);
         let t1 = Instant::now();
-        let workers = match connect() {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = manager.deallocate(allocation.id);
-                return Err(e);
-            }
-        };
+        let conns = chosen
+            .iter()
+            .map(|&w| {
+                if w >= allocation.workers.len() {
+                    return Err(ClientError::Invalid(format!("allocation has no worker {w}")));
+                }
+                connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts).map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let timings = AllocationTimings {
-            request_ns,
+            request_ns: 0,
             spawn_ns: allocation.spawn_ns,
             code_load_ns: allocation.code_load_ns,
             connect_ns: t1.elapsed().as_nanos() as u64,
         };
         Ok(Executor {
-            manager: manager.clone(),
+            released: AtomicBool::new(manager.is_none()),
+            manager,
             allocation,
             functions: spec.functions.clone(),
-            workers,
+            workers: conns,
             next: AtomicUsize::new(0),
             opts,
             input_capacity: spec.input_capacity as usize,
             output_capacity: spec.output_capacity as usize,
             timings,
-            released,
             _fabric: fabric,
         })
     }
@@ -475,13 +498,16 @@ impl<F: Fabric> Executor<F> {
     }
 
     fn release(&self) -> Result<(), ClientError> {
-        if self.released.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
         for w in &self.workers {
             w.lock().unwrap_or_else(|p| p.into_inner()).qp.disconnect();
         }
-        self.manager.deallocate(self.allocation.id)
+        if self.released.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        match &self.manager {
+            Some(m) => m.deallocate(self.allocation.id),
+            None => Ok(()),
+        }
     }
 }
 
