@@ -11,3 +11,6 @@ pub const LOG: &str = "RUST_LOG";
 pub const SHM_ARENA_BYTES: &str = "RFAAS_SHM_ARENA_BYTES";
 /// Tests only: path of a prebuilt `libfunctions.so` (otherwise the tests build it).
 pub const TEST_FUNCTIONS_LIB: &str = "RFAAS_TEST_FUNCTIONS_LIB";
+/// The cluster file (`cluster.json`, written by `rfaas local-cluster start` or a batch script) that
+/// clients, benchmarks and `rfaas status` read when no `--cluster FILE` is given.
+pub const CLUSTER: &str = "RFAAS_CLUSTER";

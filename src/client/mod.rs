@@ -18,10 +18,12 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod error;
 mod executor;
 mod manager;
 
+pub use cluster::{invoke_once, Cluster};
 pub use error::{ClientError, InvokeError};
 pub use executor::{AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending};
 pub use manager::ManagerClient;

@@ -58,7 +58,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 pub use error::{FabricError, Result};
-pub use provider::Provider;
+pub use provider::{FabricUser, Provider};
 pub use types::{
     Access, Op, QpCaps, QpTimeouts, RecvWr, RemoteBuf, SendFlags, SendWr, Sge, Wc, WcOpcode,
     WcStatus,
@@ -69,8 +69,8 @@ pub use types::{
 pub const MAX_PRIVATE_DATA: usize = 1024;
 
 /// A fabric domain: the factory for memory regions, completion queues and connections of one
-/// provider. Cheap to share between threads.
-pub trait Fabric: Send + Sync + Sized + 'static {
+/// provider. Cheap to clone (clones share the domain) and to share between threads.
+pub trait Fabric: Clone + Send + Sync + Sized + 'static {
     /// Registered memory.
     type Mr: MemoryRegion;
     /// Completion queue.
@@ -130,7 +130,12 @@ impl<F: Fabric> Copy for QpInit<'_, F> {}
 impl<'a, F: Fabric> QpInit<'a, F> {
     /// Default sizes and timers, one completion queue for both directions.
     pub fn new(cq: &'a F::Cq) -> Self {
-        QpInit { send_cq: cq, recv_cq: cq, caps: QpCaps::default(), timeouts: QpTimeouts::default() }
+        QpInit {
+            send_cq: cq,
+            recv_cq: cq,
+            caps: QpCaps::default(),
+            timeouts: QpTimeouts::default(),
+        }
     }
 }
 
@@ -264,17 +269,29 @@ pub trait MemoryRegion: Send + Sync {
 
     /// The remote view of `len` bytes at `off`, to hand to a peer.
     fn remote(&self, off: usize, len: u32) -> RemoteBuf {
-        RemoteBuf { addr: self.as_ptr() as u64 + off as u64, rkey: self.rkey(), len }
+        RemoteBuf {
+            addr: self.as_ptr() as u64 + off as u64,
+            rkey: self.rkey(),
+            len,
+        }
     }
 
     /// A local SGE over `len` bytes at `off`.
     fn sge(&self, off: usize, len: u32) -> Sge {
-        Sge { addr: self.as_ptr() as u64 + off as u64, len, lkey: self.lkey() }
+        Sge {
+            addr: self.as_ptr() as u64 + off as u64,
+            len,
+            lkey: self.lkey(),
+        }
     }
 
     /// Copies `src` into the region at `off`. Panics when out of bounds.
     fn write(&self, off: usize, src: &[u8]) {
-        assert!(off.checked_add(src.len()).is_some_and(|end| end <= self.len()), "write out of bounds");
+        assert!(
+            off.checked_add(src.len())
+                .is_some_and(|end| end <= self.len()),
+            "write out of bounds"
+        );
         // SAFETY: the range lies inside the region (checked above), which stays mapped while
         // `self` lives; `src` is a distinct Rust slice, so the ranges cannot overlap.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(off), src.len()) }
@@ -282,16 +299,25 @@ pub trait MemoryRegion: Send + Sync {
 
     /// Copies bytes at `off` out of the region into `dst`. Panics when out of bounds.
     fn read(&self, off: usize, dst: &mut [u8]) {
-        assert!(off.checked_add(dst.len()).is_some_and(|end| end <= self.len()), "read out of bounds");
+        assert!(
+            off.checked_add(dst.len())
+                .is_some_and(|end| end <= self.len()),
+            "read out of bounds"
+        );
         // SAFETY: as in `write`; the bytes may be concurrently written by a peer, which at worst
         // yields a torn copy of plain bytes, never invalid Rust values.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(off), dst.as_mut_ptr(), dst.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(off), dst.as_mut_ptr(), dst.len())
+        }
     }
 
     /// The 8-byte word at `off` as an atomic (peers may update it with remote atomics).
     /// Panics when `off` is out of bounds or not 8-byte aligned.
     fn atomic_u64(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= self.len(), "atomic word out of bounds or misaligned");
+        assert!(
+            off % 8 == 0 && off + 8 <= self.len(),
+            "atomic word out of bounds or misaligned"
+        );
         // SAFETY: the word is inside the region, 8-byte aligned (regions are page aligned), and
         // lives as long as `&self`; all concurrent accessors use atomic instructions.
         unsafe { AtomicU64::from_ptr(self.as_ptr().add(off).cast::<u64>()) }

@@ -1,0 +1,114 @@
+//! `rfaas`: the executor manager, the executor process, a local cluster, and cluster status.
+//! See `rfaas --help`; the work is done by [`rfaas::manager`], [`rfaas::executor`] and
+//! [`rfaas::cluster`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use rfaas::cluster::{local, status};
+use tracing_subscriber::EnvFilter;
+
+/// Serverless functions for supercomputers, invoked in microseconds over RDMA.
+#[derive(Parser)]
+#[command(name = "rfaas", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run an executor manager: rent this node's cores to clients, one executor per allocation.
+    ExecutorManager(Box<rfaas::manager::ManagerArgs>),
+    /// The executor process (started by an executor manager; reads its configuration on stdin).
+    #[command(hide = true)]
+    Executor,
+    /// Start or stop executor managers on this machine (127.0.0.1), in the background.
+    LocalCluster {
+        #[command(subcommand)]
+        command: LocalCluster,
+    },
+    /// Show every executor manager's cores, memory and allocations.
+    Status(status::StatusArgs),
+}
+
+#[derive(Subcommand)]
+enum LocalCluster {
+    /// Start N executor managers; returns once all are ready, having written DIR/cluster.json.
+    Start(local::StartArgs),
+    /// Stop the managers started in DIR and every process they spawned.
+    Stop(local::StopArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Executor) {
+        "warn"
+    } else {
+        "info"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env(rfaas::env::LOG)
+                .unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole chain on one line, never a backtrace: these are errors for people.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::ExecutorManager(args) => rfaas::manager::run(&args).context("executor manager")?,
+        // The executor already reported its failure to the manager on stdout.
+        Command::Executor => {
+            return Ok(if rfaas::executor::main_stdin().is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::LocalCluster {
+            command: LocalCluster::Start(args),
+        } => {
+            let cluster = local::start(&args).context("local-cluster start")?;
+            for m in &cluster.executor_managers {
+                println!("{}  http://{}  ({})", m.name, m.http, m.node);
+            }
+            println!(
+                "cluster ready ({}): {}",
+                cluster.provider,
+                local::RunDir::new(&args.run_dir).cluster_file().display()
+            );
+        }
+        Command::LocalCluster {
+            command: LocalCluster::Stop(args),
+        } => match local::stop(&args).context("local-cluster stop")? {
+            Some(s) => println!(
+                "stopped {} executor manager(s) ({} killed)",
+                s.managers, s.killed
+            ),
+            None => println!("no local cluster running in {}", args.run_dir.display()),
+        },
+        Command::Status(args) => {
+            let (table, all_ok) = status::run(&args).context("status")?;
+            print!("{table}");
+            return Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

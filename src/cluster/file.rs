@@ -1,0 +1,147 @@
+//! [`ClusterFile`]: `cluster.json`, what every client and benchmark reads to find the executor
+//! managers (`--cluster FILE`, or the `RFAAS_CLUSTER` environment variable).
+//!
+//! ```json
+//! {
+//!   "version": 1,
+//!   "provider": "shm",
+//!   "secret_file": "/tmp/rfaas/secret",
+//!   "executor_managers": [
+//!     { "name": "em-0", "http": "127.0.0.1:40123", "node": "host-1" }
+//!   ]
+//! }
+//! ```
+//!
+//! `secret_file` names the cluster secret (mode 0600); a relative path is relative to the
+//! cluster file. The secret itself is never in this file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+use crate::rdma::Provider;
+
+/// One executor manager of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerEntry {
+    /// Unique name within the cluster (e.g. `em-0`).
+    pub name: String,
+    /// Its HTTP API, `host:port`.
+    pub http: String,
+    /// The node it runs on.
+    pub node: String,
+}
+
+/// The contents of `cluster.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Format version ([`ClusterFile::VERSION`]).
+    pub version: u32,
+    /// Fabric provider of the cluster's executors.
+    pub provider: Provider,
+    /// The cluster secret file.
+    pub secret_file: PathBuf,
+    /// The executor managers.
+    pub executor_managers: Vec<ManagerEntry>,
+}
+
+impl ClusterFile {
+    /// The format version this build writes and reads.
+    pub const VERSION: u32 = 1;
+
+    /// The cluster file to use: `explicit` (a `--cluster` flag), else `$RFAAS_CLUSTER`.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ClusterError> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        match std::env::var_os(crate::env::CLUSTER) {
+            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+            _ => Err(ClusterError::NoClusterFile),
+        }
+    }
+
+    /// Reads the cluster file `explicit`, or the one `$RFAAS_CLUSTER` names.
+    pub fn from_args(explicit: Option<&Path>) -> Result<(PathBuf, ClusterFile), ClusterError> {
+        let path = Self::locate(explicit)?;
+        let file = Self::load(&path)?;
+        Ok((path, file))
+    }
+
+    /// Reads and checks a cluster file; a relative `secret_file` becomes relative to it.
+    pub fn load(path: &Path) -> Result<ClusterFile, ClusterError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
+            context: format!("read cluster file {}", path.display()),
+            source,
+        })?;
+        let mut file: ClusterFile =
+            serde_json::from_str(&text).map_err(|e| ClusterError::BadFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        if file.version != Self::VERSION {
+            return Err(ClusterError::BadFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "version {} (this build reads version {})",
+                    file.version,
+                    Self::VERSION
+                ),
+            });
+        }
+        if file.secret_file.is_relative() {
+            if let Some(dir) = path.parent() {
+                file.secret_file = dir.join(&file.secret_file);
+            }
+        }
+        Ok(file)
+    }
+
+    /// Writes the file atomically.
+    pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
+        crate::manager::write_json_atomic(path, self).map_err(|source| ClusterError::Io {
+            context: format!("write {}", path.display()),
+            source,
+        })
+    }
+
+    /// Reads the cluster secret.
+    pub fn secret(&self) -> Result<String, ClusterError> {
+        Ok(crate::control::secret::read_secret_file(&self.secret_file)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_relative_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        let f = ClusterFile {
+            version: 1,
+            provider: Provider::Tcp,
+            secret_file: "secret".into(),
+            executor_managers: vec![ManagerEntry {
+                name: "em-0".into(),
+                http: "127.0.0.1:1".into(),
+                node: "n".into(),
+            }],
+        };
+        f.write(&path).unwrap();
+        let back = ClusterFile::load(&path).unwrap();
+        assert_eq!(back.secret_file, dir.path().join("secret"));
+        assert_eq!(back.executor_managers, f.executor_managers);
+        assert_eq!(ClusterFile::locate(Some(&path)).unwrap(), path);
+        std::fs::write(
+            &path,
+            r#"{"version":2,"provider":"shm","secret_file":"s","executor_managers":[]}"#,
+        )
+        .unwrap();
+        assert!(ClusterFile::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+    }
+}

@@ -1,0 +1,487 @@
+//! A local cluster: N executor managers on 127.0.0.1, in the background
+//! (`rfaas local-cluster start|stop`).
+//!
+//! Layout of the run directory (mode 0700):
+//!
+//! ```text
+//! DIR/secret          the cluster secret (0600), created once and kept
+//! DIR/cluster.json    what clients read (--cluster DIR/cluster.json)
+//! DIR/pids            "<pid> <name>" per manager (each leads its own session and process group)
+//! DIR/em-N.json       manager N's ready file: its HTTP address and pid
+//! DIR/em-N/           manager N's run directory (library cache, executor logs)
+//! DIR/logs/em-N.log   manager N's log (stdout and stderr)
+//! ```
+//!
+//! Each manager gets its own cores (the cpuset of `start` split evenly, or `--cores-per-node`),
+//! so two allocations never share a core even across managers. `stop` SIGTERMs every manager
+//! (which stops its executors), waits, SIGKILLs the process groups of any left, and checks in
+//! `/proc` that no process of those groups remains.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+
+use super::file::{ClusterFile, ManagerEntry};
+use super::{procs, ClusterError};
+use crate::manager::config::format_cpulist;
+use crate::manager::ReadyInfo;
+use crate::rdma::Provider;
+
+/// `rfaas local-cluster start`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    /// Run directory: cluster.json, secret, pids, logs/ (created; mode 0700).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// Fabric provider of the executors: shm (one node) or tcp.
+    #[arg(long, default_value = "shm")]
+    pub provider: Provider,
+    /// Executor managers to start (all on 127.0.0.1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nodes: u32,
+    /// Cores each manager rents out (default: this process's cores divided evenly).
+    #[arg(long, value_name = "K")]
+    pub cores_per_node: Option<u32>,
+    /// Memory each manager rents out (bytes or with a unit, e.g. 2GiB; default: MemTotal).
+    #[arg(long, value_name = "SIZE")]
+    pub memory_per_node: Option<String>,
+    /// A TOML config file passed to every manager (flags set by this command win).
+    #[arg(long, value_name = "FILE")]
+    pub manager_config: Option<PathBuf>,
+    /// How long to wait for every manager to be ready, seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    pub timeout_s: u64,
+}
+
+/// `rfaas local-cluster stop`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StopArgs {
+    /// Run directory given to `start`.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// How long managers get to stop their executors and exit before they are killed, seconds.
+    #[arg(long, default_value_t = 15, value_name = "S")]
+    pub timeout_s: u64,
+}
+
+/// Paths in a run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    /// The run directory `dir`.
+    pub fn new(dir: &Path) -> RunDir {
+        RunDir(dir.to_path_buf())
+    }
+    /// `DIR/cluster.json`.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.0.join("cluster.json")
+    }
+    /// `DIR/secret`.
+    pub fn secret(&self) -> PathBuf {
+        self.0.join("secret")
+    }
+    /// `DIR/pids`.
+    pub fn pids(&self) -> PathBuf {
+        self.0.join("pids")
+    }
+    /// `DIR/logs`.
+    pub fn logs(&self) -> PathBuf {
+        self.0.join("logs")
+    }
+    /// `DIR/logs/<name>.log`.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    /// `DIR/<name>.json`.
+    pub fn ready_file(&self, name: &str) -> PathBuf {
+        self.0.join(format!("{name}.json"))
+    }
+    /// `DIR/<name>/`.
+    pub fn manager_dir(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let context = context.into();
+    move |source| ClusterError::Io { context, source }
+}
+
+/// Splits `cores` into `nodes` disjoint sets of `per_node` (default: an even share).
+pub fn split_cores(
+    cores: &[u32],
+    nodes: u32,
+    per_node: Option<u32>,
+) -> Result<Vec<Vec<u32>>, ClusterError> {
+    if nodes == 0 {
+        return Err(ClusterError::Invalid("--nodes must be at least 1".into()));
+    }
+    let per = per_node.unwrap_or(cores.len() as u32 / nodes);
+    if per == 0 || (per as usize) * (nodes as usize) > cores.len() {
+        return Err(ClusterError::Invalid(format!(
+            "{nodes} executor managers × {} cores need {} cores, but this process may use {} ({}); \
+             give fewer --nodes or --cores-per-node",
+            per.max(1),
+            per.max(1) as usize * nodes as usize,
+            cores.len(),
+            format_cpulist(cores)
+        )));
+    }
+    Ok(cores
+        .chunks(per as usize)
+        .take(nodes as usize)
+        .map(<[u32]>::to_vec)
+        .collect())
+}
+
+/// The pids file: `(pid, name)` per manager.
+pub fn read_pids(path: &Path) -> Result<Option<Vec<(i32, String)>>, ClusterError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("read {}", path.display()))(e)),
+    };
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut parts = line.split_whitespace();
+        let pid = parts
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|p| *p > 1);
+        let (Some(pid), Some(name)) = (pid, parts.next()) else {
+            return Err(ClusterError::Invalid(format!(
+                "{}: bad line {line:?}",
+                path.display()
+            )));
+        };
+        out.push((pid, name.to_string()));
+    }
+    Ok(Some(out))
+}
+
+/// Whether `pid` is still the executor manager that was started as the leader of its own
+/// process group (and not some other process that reused the pid).
+fn is_our_manager(pid: i32) -> bool {
+    procs::stat(pid).is_some_and(|s| s.pgrp == pid && s.state != 'Z')
+        && procs::cmdline(pid).is_some_and(|c| c.iter().any(|a| a == "executor-manager"))
+}
+
+/// Whether `pid` is an executor process (`<exe> executor`).
+fn is_executor(pid: i32) -> bool {
+    procs::cmdline(pid).is_some_and(|c| c.len() == 2 && c[1] == "executor")
+}
+
+/// The last lines of a log, for an error message.
+fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn healthy(http: &str) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(1)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    agent
+        .get(format!("http://{http}/v1/health"))
+        .call()
+        .is_ok_and(|r| r.status().is_success())
+}
+
+/// Starts a local cluster; returns the cluster file written.
+pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
+    let dir = RunDir::new(&args.run_dir);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.logs())
+        .map_err(io(format!("create {}", dir.logs().display())))?;
+    if let Some(pids) = read_pids(&dir.pids())? {
+        if pids.iter().any(|(pid, _)| is_our_manager(*pid)) {
+            return Err(ClusterError::AlreadyRunning(args.run_dir.clone()));
+        }
+        let _ = fs::remove_file(dir.pids());
+    }
+    let _ = fs::remove_file(dir.cluster_file());
+    let groups = split_cores(
+        &crate::pin::allowed_cores()
+            .into_iter()
+            .map(|c| c as u32)
+            .collect::<Vec<_>>(),
+        args.nodes,
+        args.cores_per_node,
+    )?;
+    if dir.secret().exists() {
+        crate::control::secret::read_secret_file(&dir.secret())?;
+    } else {
+        crate::control::secret::create_secret_file(&dir.secret())?;
+    }
+    let secret_file = fs::canonicalize(dir.secret()).map_err(io("resolve the secret file"))?;
+    let exe = std::env::current_exe().map_err(io("find this executable"))?;
+    let node = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
+
+    let mut started: Vec<(String, Child)> = Vec::new();
+    let result = (|| {
+        for (i, cores) in groups.iter().enumerate() {
+            let name = format!("em-{i}");
+            let ready = dir.ready_file(&name);
+            let _ = fs::remove_file(&ready);
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.log(&name))
+                .map_err(io(format!("open {}", dir.log(&name).display())))?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("executor-manager");
+            if let Some(c) = &args.manager_config {
+                cmd.arg("--config").arg(c);
+            }
+            cmd.args([
+                "--node",
+                &node,
+                "--listen",
+                "127.0.0.1:0",
+                "--provider",
+                args.provider.name(),
+            ])
+            .args([
+                "--fabric-host",
+                "127.0.0.1",
+                "--cores",
+                &format_cpulist(cores),
+            ])
+            .arg("--secret-file")
+            .arg(&secret_file)
+            .arg("--run-dir")
+            .arg(dir.manager_dir(&name))
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg("--new-session");
+            if let Some(m) = &args.memory_per_node {
+                cmd.args(["--memory", m]);
+            }
+            let err_log = log.try_clone().map_err(io("duplicate the log file"))?;
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(log))
+                .stderr(Stdio::from(err_log))
+                .spawn()
+                .map_err(io(format!("start {} executor-manager", exe.display())))?;
+            started.push((name, child));
+        }
+        wait_ready(&dir, &mut started, Duration::from_secs(args.timeout_s))
+    })();
+    let entries = match result {
+        Ok(entries) => entries,
+        Err(e) => {
+            // Take down whatever did start.
+            for (_, child) in &mut started {
+                let pid = Pid::from_raw(child.id() as i32);
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = child.wait();
+            }
+            return Err(e);
+        }
+    };
+    let pids: String = started
+        .iter()
+        .map(|(name, c)| format!("{} {name}\n", c.id()))
+        .collect();
+    fs::write(dir.pids(), pids).map_err(io(format!("write {}", dir.pids().display())))?;
+    let cluster = ClusterFile {
+        version: ClusterFile::VERSION,
+        provider: args.provider,
+        secret_file,
+        executor_managers: entries,
+    };
+    cluster.write(&dir.cluster_file())?;
+    Ok(cluster)
+}
+
+fn wait_ready(
+    dir: &RunDir,
+    started: &mut [(String, Child)],
+    timeout: Duration,
+) -> Result<Vec<ManagerEntry>, ClusterError> {
+    let deadline = Instant::now() + timeout;
+    let mut ready: Vec<Option<ManagerEntry>> = vec![None; started.len()];
+    loop {
+        for (i, (name, child)) in started.iter_mut().enumerate() {
+            if ready[i].is_some() {
+                continue;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = dir.log(name);
+                return Err(ClusterError::ManagerDied {
+                    name: name.clone(),
+                    status: crate::manager::spawn::exit_reason(status),
+                    log: log.clone(),
+                    tail: tail(&log, 10),
+                });
+            }
+            let info = fs::read(dir.ready_file(name))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<ReadyInfo>(&b).ok());
+            if let Some(info) = info {
+                if healthy(&info.http) {
+                    ready[i] = Some(ManagerEntry {
+                        name: name.clone(),
+                        http: info.http,
+                        node: info.node,
+                    });
+                }
+            }
+        }
+        if ready.iter().all(Option::is_some) {
+            return Ok(ready.into_iter().flatten().collect());
+        }
+        if Instant::now() >= deadline {
+            let (name, _) = &started[ready.iter().position(Option::is_none).unwrap_or(0)];
+            return Err(ClusterError::NotReady {
+                name: name.clone(),
+                timeout,
+                log: dir.log(name),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    /// Managers that were running and were stopped.
+    pub managers: usize,
+    /// Of those, how many had to be killed.
+    pub killed: usize,
+}
+
+/// Stops the local cluster in `args.run_dir` and everything it spawned; `None` when no cluster
+/// was running there.
+pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
+    let dir = RunDir::new(&args.run_dir);
+    let Some(pids) = read_pids(&dir.pids())? else {
+        return Ok(None);
+    };
+    type Pids = Vec<(i32, String)>;
+    let (ours, gone): (Pids, Pids) = pids.into_iter().partition(|(pid, _)| is_our_manager(*pid));
+    for (pid, name) in &ours {
+        tracing::debug!(pid, name, "SIGTERM");
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
+    while ours.iter().any(|(pid, _)| procs::alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut killed = 0;
+    for (pid, name) in &ours {
+        if procs::alive(*pid) {
+            tracing::warn!(
+                pid,
+                name,
+                "executor manager still running after {}s; killing its process group",
+                args.timeout_s
+            );
+            killed += 1;
+        }
+    }
+    // Anything left in the managers' process groups (executors included) goes now.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        // Everything in the groups of our managers; in the groups of managers that died
+        // before (killed?), only executors (the group id may have been reused since).
+        let left: Vec<procs::ProcStat> = ours
+            .iter()
+            .flat_map(|(pid, _)| procs::members(*pid))
+            .chain(
+                gone.iter()
+                    .flat_map(|(pid, _)| procs::members(*pid))
+                    .filter(|p| is_executor(p.pid)),
+            )
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(ClusterError::Survivors(
+                left.iter().map(|p| p.pid).collect(),
+            ));
+        }
+        for p in &left {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for path in [dir.pids(), dir.cluster_file()] {
+        let _ = fs::remove_file(path);
+    }
+    for (_, name) in ours.iter().chain(&gone) {
+        let _ = fs::remove_file(dir.ready_file(name));
+    }
+    Ok(Some(Stopped {
+        managers: ours.len(),
+        killed,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_cores_evenly_or_refuses() {
+        assert_eq!(
+            split_cores(&[0, 1, 2, 3], 2, None).unwrap(),
+            vec![vec![0, 1], vec![2, 3]]
+        );
+        assert_eq!(
+            split_cores(&[0, 1, 2, 3, 4], 2, Some(1)).unwrap(),
+            vec![vec![0], vec![1]]
+        );
+        assert_eq!(
+            split_cores(&[0, 1, 2], 1, None).unwrap(),
+            vec![vec![0, 1, 2]]
+        );
+        let e = split_cores(&[0, 1], 3, None).unwrap_err().to_string();
+        assert!(
+            e.contains("3 executor managers") && e.contains("0-1"),
+            "{e}"
+        );
+        assert!(split_cores(&[0, 1], 1, Some(3)).is_err());
+        assert!(split_cores(&[0, 1], 0, None).is_err());
+    }
+
+    #[test]
+    fn pid_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pids");
+        assert_eq!(read_pids(&p).unwrap(), None);
+        fs::write(&p, "123 em-0\n456 em-1\n").unwrap();
+        assert_eq!(
+            read_pids(&p).unwrap().unwrap(),
+            vec![(123, "em-0".into()), (456, "em-1".into())]
+        );
+        fs::write(&p, "1 em-0\n").unwrap();
+        assert!(read_pids(&p).is_err(), "pid 1 is never ours");
+    }
+}

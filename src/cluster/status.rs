@@ -1,0 +1,251 @@
+//! `rfaas status`: every executor manager's cores, memory and allocations, as a table.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{ClusterFile, ManagerEntry};
+use super::ClusterError;
+use crate::control::api::{ApiError, ManagerStatus};
+
+/// `rfaas status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Cluster file (default: $RFAAS_CLUSTER).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// Per-manager timeout, milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+}
+
+/// Asks one manager for its status.
+pub fn query(
+    entry: &ManagerEntry,
+    secret: &str,
+    timeout: Duration,
+) -> Result<ManagerStatus, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(format!("http://{}/v1/status", entry.http))
+        .header("Authorization", &format!("Bearer {secret}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        let msg = serde_json::from_str::<ApiError>(&body)
+            .map(|e| e.error)
+            .unwrap_or(body);
+        return Err(format!("HTTP {}: {msg}", resp.status().as_u16()));
+    }
+    resp.body_mut()
+        .read_json::<ManagerStatus>()
+        .map_err(|e| format!("bad answer: {e}"))
+}
+
+/// Bytes for people: `512 B`, `3.0 MiB`, `23.4 GiB`.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Nanoseconds for people: `850 ns`, `12.3 µs`, `4.0 ms`, `2.5 s`.
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} µs", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.1} s", ns as f64 / 1e9),
+    }
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, s)| format!("{s:<w$}", w = widths[c]))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// Renders the status of a cluster: one row per manager, then its allocations.
+pub fn render(
+    cluster: &ClusterFile,
+    statuses: &[(ManagerEntry, Result<ManagerStatus, String>)],
+) -> String {
+    let mut out = format!(
+        "provider {}, {} executor manager(s)\n\n",
+        cluster.provider,
+        statuses.len()
+    );
+    let mut rows = vec![[
+        "MANAGER",
+        "NODE",
+        "HTTP",
+        "CORES FREE/TOTAL",
+        "MEMORY FREE/TOTAL",
+        "ALLOCATIONS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (e, st) in statuses {
+        rows.push(match st {
+            Ok(s) => {
+                let live = s
+                    .allocations
+                    .iter()
+                    .filter(|a| matches!(a.state.as_str(), "starting" | "running" | "stopping"))
+                    .count();
+                vec![
+                    e.name.clone(),
+                    s.node.clone(),
+                    e.http.clone(),
+                    format!("{}/{}", s.cores_free, s.cores_total),
+                    format!(
+                        "{} / {}",
+                        human_bytes(s.memory_free),
+                        human_bytes(s.memory_total)
+                    ),
+                    format!("{live} live, {} ended", s.allocations.len() - live),
+                ]
+            }
+            Err(err) => vec![
+                e.name.clone(),
+                e.node.clone(),
+                e.http.clone(),
+                "-".into(),
+                "-".into(),
+                format!("unreachable: {err}"),
+            ],
+        });
+    }
+    out.push_str(&table(&rows));
+    let mut allocs = vec![[
+        "MANAGER",
+        "ALLOCATION",
+        "STATE",
+        "CORES",
+        "EXECUTION",
+        "HOT POLLING",
+        "REASON",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (e, st) in statuses {
+        for a in st.iter().flat_map(|s| &s.allocations) {
+            allocs.push(vec![
+                e.name.clone(),
+                a.id.to_string(),
+                a.state.clone(),
+                crate::manager::config::format_cpulist(&a.cores),
+                human_ns(a.execution_ns),
+                human_ns(a.hot_polling_ns),
+                a.reason.clone().unwrap_or_else(|| "-".into()),
+            ]);
+        }
+    }
+    if allocs.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&allocs));
+    }
+    out
+}
+
+/// Queries every manager of the cluster; the rendered table, and whether all answered.
+pub fn run(args: &StatusArgs) -> Result<(String, bool), ClusterError> {
+    let (_, cluster) = ClusterFile::from_args(args.cluster.as_deref())?;
+    let secret = cluster.secret()?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let statuses: Vec<_> = cluster
+        .executor_managers
+        .iter()
+        .map(|e| (e.clone(), query(e, &secret, timeout)))
+        .collect();
+    let ok = statuses.iter().all(|(_, s)| s.is_ok());
+    Ok((render(&cluster, &statuses), ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::api::AllocationStatus;
+    use crate::rdma::Provider;
+
+    #[test]
+    fn renders_a_readable_table() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_ns(850), "850 ns");
+        assert_eq!(human_ns(2_500_000_000), "2.5 s");
+        let e = |n: &str| ManagerEntry {
+            name: n.into(),
+            http: "127.0.0.1:1".into(),
+            node: "host".into(),
+        };
+        let cluster = ClusterFile {
+            version: 1,
+            provider: Provider::Shm,
+            secret_file: "s".into(),
+            executor_managers: vec![],
+        };
+        let st = ManagerStatus {
+            node: "host".into(),
+            cores_total: 2,
+            cores_free: 1,
+            memory_total: 1 << 30,
+            memory_free: 1 << 29,
+            allocations: vec![AllocationStatus {
+                id: 3,
+                state: "exited".into(),
+                reason: Some("killed by signal 11 (SIGSEGV)".into()),
+                cores: vec![0],
+                execution_ns: 1500,
+                hot_polling_ns: 0,
+            }],
+        };
+        let text = render(
+            &cluster,
+            &[
+                (e("em-0"), Ok(st)),
+                (e("em-1"), Err("connection refused".into())),
+            ],
+        );
+        assert!(
+            text.contains("em-0") && text.contains("1/2") && text.contains("512.0 MiB / 1.0 GiB"),
+            "{text}"
+        );
+        assert!(text.contains("unreachable: connection refused"), "{text}");
+        assert!(
+            text.contains("SIGSEGV") && text.contains("1.5 µs"),
+            "{text}"
+        );
+    }
+}

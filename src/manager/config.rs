@@ -1,0 +1,556 @@
+//! The executor manager's configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! # rfaas executor-manager --config em.toml
+//! node = "node-7"                 # default: the host name
+//! listen = "0.0.0.0:10000"        # HTTP API (port 0 picks one; see ready_file)
+//! provider = "tcp"                # shm | tcp | verbs (default: $RFAAS_PROVIDER, else shm)
+//! fabric_host = "10.0.0.7"        # where executors and the billing listener bind
+//! cores = "2-15"                  # cores it may rent: a cpulist or [2, 3, 4]; default: its cpuset
+//! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
+//! secret_file = "/run/rfaas/secret"  # cluster secret, mode 0600 (required)
+//! run_dir = "/tmp/rfaas-em"       # executor logs (run_dir/logs), library cache (run_dir/cache)
+//! executor_start_timeout_ms = 10000    # spawn until the executor reports ready
+//! executor_connect_timeout_ms = 10000  # ready until the client connected every worker
+//! max_allocations = 64            # live allocations at once (default: one per core)
+//! request_timeout_ms = 10000      # to send a request's head, and then its body
+//! stop_grace_ms = 2000            # SIGTERM to SIGKILL of an executor
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a default). Every key has a
+//! flag of the same name (`--fabric-host`, ...); a flag wins over the file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::control::api::MAX_LIBRARY_BYTES;
+use crate::rdma::Provider;
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Command line of `rfaas executor-manager`.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(after_help = "\
+The config file takes every flag as a key, with '_' for '-':
+
+  node = \"node-7\"
+  listen = \"0.0.0.0:10000\"
+  provider = \"tcp\"
+  fabric_host = \"10.0.0.7\"
+  cores = \"2-15\"
+  memory = \"32GiB\"
+  secret_file = \"/run/rfaas/secret\"   # mode 0600; never put the secret on a command line
+  run_dir = \"/tmp/rfaas-em\"
+
+Stops cleanly on SIGTERM or SIGINT: its executors get SIGTERM, then SIGKILL after stop_grace_ms.
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
+pub struct ManagerArgs {
+    /// TOML configuration file (every key can also be given as a flag, which wins).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name reported to clients and in the cluster file (default: the host name).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Address of the HTTP API, host:port (port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Fabric provider of the executors and of billing: shm, tcp or verbs.
+    #[arg(long)]
+    pub provider: Option<Provider>,
+    /// Host (address) the executors' and the billing listener's fabric endpoints bind to.
+    #[arg(long, value_name = "HOST")]
+    pub fabric_host: Option<String>,
+    /// Cores it may rent out, as a cpulist (e.g. 2-7,12). Default: this process's cpuset.
+    #[arg(long, value_name = "CPULIST")]
+    pub cores: Option<String>,
+    /// Memory it may rent out: bytes, or with a unit (512MiB, 4GiB, 8G). Default: MemTotal.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Library cache directory (default RUN_DIR/cache).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// How long an executor may take to report ready, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub executor_start_timeout_ms: Option<u64>,
+    /// How long an executor waits for its client to connect every worker, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub executor_connect_timeout_ms: Option<u64>,
+    /// Most live allocations at once (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub max_allocations: Option<u32>,
+    /// How long a client may take to send a request's head, and then its body, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Grace between SIGTERM and SIGKILL when an executor is stopped, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub stop_grace_ms: Option<u64>,
+    /// Largest library upload accepted, bytes (at most 256 MiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_library_bytes: Option<usize>,
+    /// Ended allocations remembered for status queries.
+    #[arg(long, value_name = "N")]
+    pub keep_ended: Option<usize>,
+    /// Write {node, http, pid} as JSON to this file once the API is up (for launchers).
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Start a new session (detach from the terminal); used by `rfaas local-cluster start`.
+    #[arg(long, hide = true)]
+    pub new_session: bool,
+}
+
+/// The configuration file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node: Option<String>,
+    listen: Option<String>,
+    provider: Option<Provider>,
+    fabric_host: Option<String>,
+    cores: Option<CoresValue>,
+    memory: Option<SizeValue>,
+    secret_file: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    executor_start_timeout_ms: Option<u64>,
+    executor_connect_timeout_ms: Option<u64>,
+    max_allocations: Option<u32>,
+    request_timeout_ms: Option<u64>,
+    stop_grace_ms: Option<u64>,
+    max_library_bytes: Option<usize>,
+    keep_ended: Option<usize>,
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum CoresValue {
+    List(Vec<u32>),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+/// The resolved configuration of an executor manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagerConfig {
+    /// Node name.
+    pub node: String,
+    /// HTTP listen address.
+    pub listen: String,
+    /// Fabric provider.
+    pub provider: Provider,
+    /// Host the fabric endpoints bind to.
+    pub fabric_host: String,
+    /// Cores it may rent, ascending, distinct.
+    pub cores: Vec<u32>,
+    /// Memory it may rent, bytes.
+    pub memory: u64,
+    /// Cluster secret file.
+    pub secret_file: PathBuf,
+    /// Run directory (logs).
+    pub run_dir: PathBuf,
+    /// Library cache directory.
+    pub cache_dir: PathBuf,
+    /// Spawn to ready.
+    pub executor_start_timeout: Duration,
+    /// Ready to every worker connected (passed to the executor).
+    pub executor_connect_timeout: Duration,
+    /// Live allocations at once.
+    pub max_allocations: u32,
+    /// Request head, then body.
+    pub request_timeout: Duration,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    /// Largest library upload.
+    pub max_library_bytes: usize,
+    /// Ended allocations remembered.
+    pub keep_ended: usize,
+    /// Where to announce readiness.
+    pub ready_file: Option<PathBuf>,
+}
+
+impl ManagerConfig {
+    /// Reads the file named by `--config` (if any), applies the flags, fills defaults and checks.
+    pub fn load(args: &ManagerArgs) -> Result<ManagerConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        // Relative paths in a file are relative to the file.
+        let base = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+
+        let node = args.node.clone().or(file.node).unwrap_or_else(default_node);
+        let listen = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:10000".into());
+        let provider = match args.provider.or(file.provider) {
+            Some(p) => p,
+            None => Provider::from_env().map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        };
+        let fabric_host = args
+            .fabric_host
+            .clone()
+            .or(file.fabric_host)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let cores = match (&args.cores, file.cores) {
+            (Some(list), _) => parse_cpulist(list)?,
+            (None, Some(CoresValue::Text(list))) => parse_cpulist(&list)?,
+            (None, Some(CoresValue::List(mut v))) => {
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            (None, None) => crate::pin::allowed_cores()
+                .into_iter()
+                .map(|c| c as u32)
+                .collect(),
+        };
+        let memory = match (&args.memory, file.memory) {
+            (Some(s), _) => parse_size(s)?,
+            (None, Some(SizeValue::Text(s))) => parse_size(&s)?,
+            (None, Some(SizeValue::Bytes(b))) => b,
+            (None, None) => total_memory(),
+        };
+        let secret_file = args
+            .secret_file
+            .clone()
+            .or(file.secret_file.map(rel))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "no secret file: give --secret-file FILE or secret_file in the config".into(),
+                )
+            })?;
+        let run_dir = args
+            .run_dir
+            .clone()
+            .or(file.run_dir.map(rel))
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("rfaas-em-{node}")));
+        let cache_dir = args
+            .cache_dir
+            .clone()
+            .or(file.cache_dir.map(rel))
+            .unwrap_or_else(|| run_dir.join("cache"));
+        let ms = Duration::from_millis;
+        let cfg = ManagerConfig {
+            max_allocations: args
+                .max_allocations
+                .or(file.max_allocations)
+                .unwrap_or(cores.len() as u32),
+            node,
+            listen,
+            provider,
+            fabric_host,
+            cores,
+            memory,
+            secret_file,
+            run_dir,
+            cache_dir,
+            executor_start_timeout: ms(args
+                .executor_start_timeout_ms
+                .or(file.executor_start_timeout_ms)
+                .unwrap_or(10_000)),
+            executor_connect_timeout: ms(args
+                .executor_connect_timeout_ms
+                .or(file.executor_connect_timeout_ms)
+                .unwrap_or(10_000)),
+            request_timeout: ms(args
+                .request_timeout_ms
+                .or(file.request_timeout_ms)
+                .unwrap_or(10_000)),
+            stop_grace: ms(args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(2_000)),
+            max_library_bytes: args
+                .max_library_bytes
+                .or(file.max_library_bytes)
+                .unwrap_or(MAX_LIBRARY_BYTES),
+            keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(100),
+            ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.node.is_empty() || self.node.len() > 128 {
+            return bad(format!(
+                "node name {:?} must have 1 to 128 characters",
+                self.node
+            ));
+        }
+        if self.cores.is_empty() {
+            return bad("no cores to rent out".into());
+        }
+        let allowed: Vec<u32> = crate::pin::allowed_cores()
+            .into_iter()
+            .map(|c| c as u32)
+            .collect();
+        if let Some(c) = self.cores.iter().find(|c| !allowed.contains(c)) {
+            return bad(format!(
+                "core {c} is not in this process's cpuset {}: executors could not be pinned there",
+                format_cpulist(&allowed)
+            ));
+        }
+        if self.max_allocations == 0 {
+            return bad("max_allocations must be at least 1".into());
+        }
+        if self.memory == 0 {
+            return bad("memory must be positive".into());
+        }
+        if self.max_library_bytes == 0 || self.max_library_bytes > MAX_LIBRARY_BYTES {
+            return bad(format!(
+                "max_library_bytes must be in 1..={MAX_LIBRARY_BYTES}"
+            ));
+        }
+        for (name, d) in [
+            ("executor_start_timeout_ms", self.executor_start_timeout),
+            ("executor_connect_timeout_ms", self.executor_connect_timeout),
+            ("request_timeout_ms", self.request_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+fn default_node() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Parses a Linux cpulist (`0-3,8,10-11`) into ascending distinct core numbers.
+pub fn parse_cpulist(s: &str) -> Result<Vec<u32>, ConfigError> {
+    let bad = || ConfigError::Invalid(format!("bad core list {s:?}: expected e.g. 0-3,8,10-11"));
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (
+                a.trim().parse::<u32>().map_err(|_| bad())?,
+                b.trim().parse::<u32>().map_err(|_| bad())?,
+            ),
+            None => {
+                let c = part.parse::<u32>().map_err(|_| bad())?;
+                (c, c)
+            }
+        };
+        if lo > hi || hi - lo > 65_536 {
+            return Err(bad());
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    if out.is_empty() {
+        return Err(bad());
+    }
+    Ok(out)
+}
+
+/// Formats core numbers as a cpulist (`0-3,8`).
+pub fn format_cpulist(cores: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < cores.len() {
+        let mut j = i;
+        while j + 1 < cores.len() && cores[j + 1] == cores[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            cores[i].to_string()
+        } else {
+            format!("{}-{}", cores[i], cores[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// Parses a size: plain bytes, or a number with a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`,
+/// `T`/`TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let bad = || {
+        ConfigError::Invalid(format!(
+            "bad size {s:?}: expected bytes or e.g. 512MiB, 4GiB, 8G"
+        ))
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n = u64::from_str(num).map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// The node's MemTotal, bytes (1 GiB when /proc/meminfo cannot be read).
+pub fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(1 << 30, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpulists_and_sizes() {
+        assert_eq!(
+            parse_cpulist("0-3,8, 10-11,2").unwrap(),
+            vec![0, 1, 2, 3, 8, 10, 11]
+        );
+        assert_eq!(format_cpulist(&[0, 1, 2, 3, 8, 10, 11]), "0-3,8,10-11");
+        assert_eq!(format_cpulist(&[5]), "5");
+        for bad in ["", "a", "3-1", "1-", "-"] {
+            assert!(parse_cpulist(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("2 GB").unwrap(), 2_000_000_000);
+        assert!(
+            parse_size("4X").is_err()
+                && parse_size("GiB").is_err()
+                && parse_size("99999999999T").is_err()
+        );
+        assert!(total_memory() > 0);
+    }
+
+    #[test]
+    fn file_then_flags_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("em.toml");
+        let allowed = crate::pin::allowed_cores();
+        let (first, last) = (allowed[0] as u32, *allowed.last().unwrap() as u32);
+        std::fs::write(
+            &path,
+            format!(
+                "node = \"n1\"\nprovider = \"tcp\"\ncores = [{last}, {first}, {first}]\nmemory = \"1GiB\"\n\
+                 secret_file = \"secret\"\nstop_grace_ms = 50\n"
+            ),
+        )
+        .unwrap();
+        let mut args = ManagerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!(cfg.node, "n1");
+        assert_eq!(cfg.provider, Provider::Tcp);
+        let mut want = vec![first, last];
+        want.dedup();
+        assert_eq!(cfg.cores, want);
+        assert_eq!(cfg.memory, 1 << 30);
+        assert_eq!(cfg.secret_file, dir.path().join("secret"));
+        assert_eq!(cfg.stop_grace, Duration::from_millis(50));
+        assert_eq!(cfg.max_allocations, want.len() as u32);
+        assert_eq!(cfg.cache_dir, cfg.run_dir.join("cache"));
+
+        args.cores = Some(first.to_string());
+        args.node = Some("n2".into());
+        args.memory = Some("64MiB".into());
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!(
+            (cfg.node.as_str(), cfg.cores.clone(), cfg.memory),
+            ("n2", vec![first], 64 << 20)
+        );
+        args.cores = Some("100000".into());
+        let err = ManagerConfig::load(&args).unwrap_err();
+        assert!(err.to_string().contains("cpuset"), "{err}");
+
+        std::fs::write(&path, "nodee = \"typo\"\nsecret_file = \"s\"\n").unwrap();
+        let err = ManagerConfig::load(&ManagerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("nodee"), "{err}");
+
+        let err = ManagerConfig::load(&ManagerArgs::default()).unwrap_err();
+        assert!(err.to_string().contains("secret"), "{err}");
+        let err = ManagerConfig::load(&ManagerArgs {
+            secret_file: Some("s".into()),
+            max_allocations: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_allocations"), "{err}");
+    }
+}

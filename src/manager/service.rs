@@ -1,0 +1,623 @@
+//! [`Service`]: what the executor manager does, without HTTP: store libraries, allocate (reserve
+//! cores → spawn → wait for ready), deallocate, report status, shut down.
+//!
+//! The registry ([`super::registry`]) decides; this module acts (processes, billing, files) and
+//! tells the registry what happened. Every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::control::api::{
+    Allocation, AllocationRequest, AllocationStatus, ExecutorConfig, ExecutorEvent, LibraryStored,
+    ManagerStatus, WorkerInfo, TOKEN_LEN,
+};
+use crate::control::secret::new_token;
+use crate::function::ContentHash;
+use crate::protocol::MAX_SLOTS;
+
+use super::billing::Billing;
+use super::config::ManagerConfig;
+use super::libraries::Libraries;
+use super::memory::allocation_bytes;
+use super::registry::{Registry, RegistryError, Spec, State, StopAction};
+use super::spawn::{self, ExecutorHandle, StopRequest};
+use super::ManagerError;
+
+/// Largest input or output capacity an allocation may ask for (per slot), bytes.
+pub const MAX_CAPACITY: u32 = 1 << 30;
+/// Most functions one allocation may resolve.
+pub const MAX_FUNCTIONS: usize = 1024;
+/// Longest function name, bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest `client` / `lease` text, bytes.
+pub const MAX_LABEL: usize = 256;
+
+/// Why a request failed; [`ServiceError::status`] is its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// The request is malformed or asks for something impossible (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such library or allocation (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Not enough free capacity now (409).
+    #[error("{0}")]
+    NoCapacity(String),
+    /// The executor refused the allocation (bad library, unknown function...) (422).
+    #[error("{0}")]
+    ExecutorFailed(String),
+    /// The manager is shutting down (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something on this node failed (500).
+    #[error("{0}")]
+    Internal(String),
+    /// A bounded wait ran out (504).
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl ServiceError {
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            ServiceError::BadRequest(_) => 400,
+            ServiceError::NotFound(_) => 404,
+            ServiceError::NoCapacity(_) => 409,
+            ServiceError::ExecutorFailed(_) => 422,
+            ServiceError::Unavailable(_) => 503,
+            ServiceError::Internal(_) => 500,
+            ServiceError::Timeout(_) => 504,
+        }
+    }
+}
+
+impl From<RegistryError> for ServiceError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::TooManyCores { .. } | RegistryError::TooMuchMemory { .. } => {
+                ServiceError::BadRequest(e.to_string())
+            }
+            RegistryError::Cores(_)
+            | RegistryError::Memory(_)
+            | RegistryError::TooManyAllocations { .. } => ServiceError::NoCapacity(e.to_string()),
+            RegistryError::NotFound(_) => ServiceError::NotFound(e.to_string()),
+            RegistryError::NotLive { .. } => ServiceError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Checks an allocation request; returns the library's hash.
+pub fn validate(req: &AllocationRequest) -> Result<ContentHash, ServiceError> {
+    let bad = |m: String| Err(ServiceError::BadRequest(m));
+    let hash: ContentHash = match req.library.parse() {
+        Ok(h) => h,
+        Err(_) => {
+            return bad(
+                "library must be the SHA-256 (64 hex digits) of a library uploaded before".into(),
+            )
+        }
+    };
+    if req.cores == 0 {
+        return bad("cores must be at least 1".into());
+    }
+    if req.slots == 0 || req.slots > MAX_SLOTS {
+        return bad(format!(
+            "slots must be in 1..={MAX_SLOTS}, not {}",
+            req.slots
+        ));
+    }
+    for (name, v) in [
+        ("input_capacity", req.input_capacity),
+        ("output_capacity", req.output_capacity),
+    ] {
+        if v == 0 || v > MAX_CAPACITY {
+            return bad(format!(
+                "{name} must be in 1..={MAX_CAPACITY} bytes, not {v}"
+            ));
+        }
+    }
+    if req.hot_timeout_ms < -1 {
+        return bad(format!(
+            "hot_timeout_ms must be -1 (always hot), 0 (always warm) or a positive number of ms, not {}",
+            req.hot_timeout_ms
+        ));
+    }
+    if req.functions.is_empty() || req.functions.len() > MAX_FUNCTIONS {
+        return bad(format!(
+            "functions must name 1 to {MAX_FUNCTIONS} functions"
+        ));
+    }
+    if let Some(f) = req
+        .functions
+        .iter()
+        .find(|f| f.is_empty() || f.len() > MAX_NAME || f.contains('\0'))
+    {
+        return bad(format!(
+            "invalid function name {:?}: 1 to {MAX_NAME} bytes, no NUL",
+            f.chars().take(40).collect::<String>()
+        ));
+    }
+    if req.client.len() > MAX_LABEL || req.lease.as_ref().is_some_and(|l| l.len() > MAX_LABEL) {
+        return bad(format!(
+            "client and lease must have at most {MAX_LABEL} bytes"
+        ));
+    }
+    Ok(hash)
+}
+
+/// The executor manager's state and actions.
+pub struct Service {
+    cfg: ManagerConfig,
+    exe: PathBuf,
+    logs: PathBuf,
+    libraries: Libraries,
+    billing: Billing,
+    registry: Mutex<Registry>,
+    handles: Mutex<HashMap<u64, ExecutorHandle>>,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("node", &self.cfg.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// Creates the run directory, opens the library cache and the billing endpoint. `exe` is the
+    /// executable to run executors from (the manager's own).
+    pub fn start(cfg: ManagerConfig, exe: PathBuf) -> Result<Service, ManagerError> {
+        let logs = cfg.run_dir.join("logs");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&logs)
+            .map_err(|source| ManagerError::Io {
+                context: format!("create {}", logs.display()),
+                source,
+            })?;
+        let libraries = Libraries::open(&cfg.cache_dir)?;
+        let billing = Billing::start(cfg.provider, &cfg.fabric_host, cfg.max_allocations as usize)?;
+        let registry = Registry::new(
+            cfg.cores.iter().copied(),
+            cfg.memory,
+            cfg.max_allocations,
+            cfg.keep_ended,
+        );
+        Ok(Service {
+            cfg,
+            exe,
+            logs,
+            libraries,
+            billing,
+            registry: Mutex::new(registry),
+            handles: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.cfg
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handles(&self) -> MutexGuard<'_, HashMap<u64, ExecutorHandle>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a library whose hash the client named; `Ok((stored, newly_written))`.
+    pub async fn store_library(
+        self: &Arc<Self>,
+        hash: &str,
+        bytes: axum::body::Bytes,
+    ) -> Result<(LibraryStored, bool), ServiceError> {
+        let want: ContentHash = hash.parse().map_err(|_| {
+            ServiceError::BadRequest(format!("{hash:?} is not a SHA-256 (64 hex digits)"))
+        })?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let got = ContentHash::of(&bytes);
+            if got != want {
+                return Err(ServiceError::BadRequest(format!(
+                    "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
+                )));
+            }
+            let cached = me
+                .libraries
+                .store(&bytes)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let new = cached.outcome != crate::function::StoreOutcome::Reused;
+            tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
+            Ok((
+                LibraryStored {
+                    hash: got.to_hex(),
+                    bytes: bytes.len() as u64,
+                },
+                new,
+            ))
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+    }
+
+    /// Whether the library `hash` is cached (and intact).
+    pub async fn has_library(self: &Arc<Self>, hash: &str) -> Result<bool, ServiceError> {
+        let Ok(hash) = hash.parse::<ContentHash>() else {
+            return Ok(false);
+        };
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.libraries.path(&hash).is_ok())
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))
+    }
+
+    /// Allocates: validate, reserve, spawn, wait until the executor is ready. Runs to the end
+    /// even if the caller goes away (spawn it as a task): a half-made allocation never leaks.
+    pub async fn allocate(
+        self: Arc<Self>,
+        req: AllocationRequest,
+    ) -> Result<Allocation, ServiceError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable(
+                "the executor manager is shutting down".into(),
+            ));
+        }
+        let hash = validate(&req)?;
+        let me = self.clone();
+        let library_path = tokio::task::spawn_blocking(move || me.libraries.path(&hash))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|_| {
+                ServiceError::NotFound(format!(
+                    "unknown library {hash}: upload it first with PUT /v1/libraries/{hash}"
+                ))
+            })?;
+        let memory = allocation_bytes(
+            req.cores,
+            req.slots,
+            req.input_capacity,
+            req.output_capacity,
+        );
+        let spec = Spec {
+            cores: req.cores,
+            memory,
+            client: req.client.clone(),
+        };
+        let res = self.registry().reserve(spec, Instant::now())?;
+        let id = res.id;
+        let token = match new_token() {
+            Ok(t) => t,
+            Err(e) => {
+                self.registry()
+                    .start_failed(id, &e.to_string(), Instant::now());
+                return Err(ServiceError::Internal(e.to_string()));
+            }
+        };
+        let mut raw = [0u8; TOKEN_LEN];
+        hex::decode_to_slice(&token, &mut raw).expect("new_token is hex of TOKEN_LEN bytes");
+        let billing = self.billing.open(res.billing_slot, raw);
+        let exec_cfg = ExecutorConfig {
+            allocation: id,
+            token: token.clone(),
+            library_path: library_path.display().to_string(),
+            library_hash: hash.to_hex(),
+            functions: req.functions.clone(),
+            cores: res.cores.clone(),
+            input_capacity: req.input_capacity,
+            output_capacity: req.output_capacity,
+            slots: req.slots,
+            hot_timeout_ms: req.hot_timeout_ms,
+            provider: self.cfg.provider,
+            listen: format!("{}:0", self.cfg.fabric_host),
+            billing: Some(billing),
+            connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
+        };
+        tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
+
+        let t0 = Instant::now();
+        let log = self.logs.join(format!("executor-{id}.log"));
+        let mut child = match spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("allocation {id}: {e}");
+                tracing::error!("{msg}");
+                self.billing.close(res.billing_slot);
+                self.registry().start_failed(id, &msg, Instant::now());
+                return Err(ServiceError::Internal(msg));
+            }
+        };
+        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        let pid = child.id().unwrap_or(0);
+        self.registry().spawned(id, pid);
+        let (stdout_tx, stdout_rx) = spawn::stdout_open();
+        let mut stdout_tx = Some(stdout_tx);
+        let handle = {
+            let me = self.clone();
+            let (slot, log) = (res.billing_slot, log.clone());
+            spawn::supervise(child, stdout_rx, move |how| me.reaped(id, slot, &how, &log))
+        };
+        self.handles().insert(id, handle.clone());
+
+        let started = async {
+            if self.shutting_down.load(Ordering::Acquire) {
+                return Err(ServiceError::Unavailable(
+                    "the executor manager is shutting down".into(),
+                ));
+            }
+            let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+                return Err(ServiceError::Internal(
+                    "executor spawned without pipes".into(),
+                ));
+            };
+            spawn::send_config(stdin, &exec_cfg, self.cfg.executor_start_timeout)
+                .await
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            spawn::first_event(stdout, self.cfg.executor_start_timeout)
+                .await
+                .map_err(|e| {
+                    let timeout = matches!(e, spawn::StartError::Timeout(_));
+                    let msg = format!("allocation {id}: {e}{}", log_tail(&log));
+                    if timeout {
+                        ServiceError::Timeout(msg)
+                    } else {
+                        ServiceError::Internal(msg)
+                    }
+                })
+        };
+        let outcome = match started.await {
+            Ok((
+                ExecutorEvent::Ready {
+                    address,
+                    code_load_ns,
+                },
+                rest,
+            )) => match self.registry().ready(id) {
+                Ok(()) => {
+                    let me = self.clone();
+                    let open = stdout_tx.take().expect("stdout is drained once");
+                    spawn::drain_stdout(id, rest, open, move |error| {
+                        tracing::warn!(allocation = id, "executor failed: {error}");
+                        me.registry().report_error(id, &error);
+                    });
+                    Ok((address, code_load_ns))
+                }
+                Err(e) => Err(ServiceError::from(e)),
+            },
+            Ok((ExecutorEvent::Failed { error }, _)) => Err(ServiceError::ExecutorFailed(format!(
+                "the executor could not start: {error}"
+            ))),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok((address, code_load_ns)) => {
+                let spawn_ns = t0.elapsed().as_nanos() as u64;
+                tracing::info!(allocation = id, pid, %address, spawn_ns, code_load_ns, "executor ready");
+                Ok(Allocation {
+                    id,
+                    token,
+                    provider: self.cfg.provider,
+                    address,
+                    pid,
+                    workers: res
+                        .cores
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &core)| WorkerInfo {
+                            index: i as u32,
+                            core,
+                        })
+                        .collect(),
+                    spawn_ns,
+                    code_load_ns,
+                })
+            }
+            Err(err) => {
+                drop(stdout_tx.take());
+                tracing::warn!(allocation = id, pid, "allocation failed: {err}");
+                self.registry()
+                    .start_failed(id, &err.to_string(), Instant::now());
+                // The executor is about to exit (it reported failure or died) or still alive
+                // (timeout); either way it goes now, and its cores come back before we answer.
+                let exiting = !matches!(err, ServiceError::Timeout(_));
+                if !exiting || handle.wait_exit(Duration::from_millis(500)).await.is_none() {
+                    handle.request_stop(StopRequest::Kill);
+                    handle.wait_exit(Duration::from_secs(5)).await;
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Called by the supervisor the moment an executor is gone: frees its resources.
+    fn reaped(&self, id: u64, billing_slot: usize, how: &str, log: &std::path::Path) {
+        let billing = self.billing.close(billing_slot);
+        let now = Instant::now();
+        let mut reg = self.registry();
+        let freed = reg.exited(id, how, billing, now);
+        let record = reg.get(id).cloned();
+        drop(reg);
+        self.handles().remove(&id);
+        if let (Some(freed), Some(r)) = (freed, record) {
+            let reason = r.reason.as_deref().unwrap_or(how);
+            let held = r.held_for(now);
+            match freed.state {
+                State::Exited if how != "exited with status 0" => {
+                    tracing::warn!(allocation = id, cores = ?freed.cores, ?held, "executor {reason}; cores free again (log: {})", log.display())
+                }
+                _ => {
+                    tracing::info!(allocation = id, state = freed.state.name(), cores = ?freed.cores, ?held, execution_ns = billing.0, hot_polling_ns = billing.1, "executor {reason}; cores free again")
+                }
+            }
+        }
+        if std::fs::metadata(log).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(log);
+        }
+    }
+
+    /// Releases allocation `id`: SIGTERM, SIGKILL after the grace period; returns once the
+    /// executor is gone and its cores are free.
+    pub async fn deallocate(&self, id: u64) -> Result<(), ServiceError> {
+        let action = self.registry().stop(id)?;
+        let handle = self.handles().get(&id).cloned();
+        match action {
+            StopAction::AlreadyEnded(_) | StopAction::NoProcessYet => return Ok(()),
+            StopAction::Signal(_) | StopAction::AlreadyStopping => {}
+        }
+        let Some(handle) = handle else { return Ok(()) };
+        if matches!(action, StopAction::Signal(_)) {
+            tracing::info!(allocation = id, pid = handle.pid, "releasing");
+            handle.request_stop(StopRequest::Graceful(self.cfg.stop_grace));
+        }
+        let limit = self.cfg.stop_grace + Duration::from_secs(5);
+        match handle.wait_exit(limit).await {
+            Some(_) => Ok(()),
+            None => Err(ServiceError::Timeout(format!(
+                "executor {} of allocation {id} did not exit within {limit:?}",
+                handle.pid
+            ))),
+        }
+    }
+
+    fn status_of(&self, r: &super::registry::Record) -> AllocationStatus {
+        let (execution_ns, hot_polling_ns) = if r.state.is_live() {
+            self.billing.read(r.billing_slot)
+        } else {
+            r.billing
+        };
+        AllocationStatus {
+            id: r.id,
+            state: r.state.name().to_string(),
+            reason: r.reason.clone(),
+            cores: r.cores.clone(),
+            execution_ns,
+            hot_polling_ns,
+        }
+    }
+
+    /// One allocation.
+    pub fn allocation(&self, id: u64) -> Result<AllocationStatus, ServiceError> {
+        let reg = self.registry();
+        reg.get(id)
+            .map(|r| self.status_of(r))
+            .ok_or_else(|| ServiceError::NotFound(format!("no allocation {id}")))
+    }
+
+    /// The node's cores, memory and allocations.
+    pub fn status(&self) -> ManagerStatus {
+        let reg = self.registry();
+        ManagerStatus {
+            node: self.cfg.node.clone(),
+            cores_total: reg.cores().total(),
+            cores_free: reg.cores().free(),
+            memory_total: reg.memory().total(),
+            memory_free: reg.memory().free(),
+            allocations: reg.records().map(|r| self.status_of(r)).collect(),
+        }
+    }
+
+    /// Refuses new allocations, stops every executor (SIGTERM, SIGKILL after the grace period)
+    /// and waits, bounded, until they are gone.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let handles: Vec<(u64, ExecutorHandle)> = self
+            .handles()
+            .iter()
+            .map(|(id, h)| (*id, h.clone()))
+            .collect();
+        if handles.is_empty() {
+            return;
+        }
+        tracing::info!(executors = handles.len(), "stopping every executor");
+        for (id, h) in &handles {
+            let _ = self.registry().stop(*id);
+            h.request_stop(StopRequest::Graceful(self.cfg.stop_grace));
+        }
+        let deadline = Instant::now() + self.cfg.stop_grace + Duration::from_secs(3);
+        for (id, h) in &handles {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if h.wait_exit(left).await.is_none() {
+                tracing::error!(
+                    allocation = id,
+                    pid = h.pid,
+                    "executor still there after SIGKILL"
+                );
+            }
+        }
+    }
+}
+
+/// The last lines of an executor's log, for an error message (" Its log ...: ...").
+fn log_tail(log: &std::path::Path) -> String {
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return format!(" (its log {} is empty)", log.display());
+    }
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
+    let start = tail.char_indices().rev().nth(600).map_or(0, |(i, _)| i);
+    format!(". Its log {} ends: {}", log.display(), &tail[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> AllocationRequest {
+        AllocationRequest {
+            library: "ab".repeat(32),
+            functions: vec!["echo".into()],
+            cores: 1,
+            input_capacity: 64,
+            output_capacity: 64,
+            slots: 4,
+            hot_timeout_ms: -1,
+            lease: None,
+            client: "t".into(),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(validate(&req()).is_ok());
+        type Change = fn(&mut AllocationRequest);
+        let cases: Vec<(Change, &str)> = vec![
+            (|r| r.library = "nope".into(), "SHA-256"),
+            (|r| r.cores = 0, "cores"),
+            (|r| r.slots = 0, "slots"),
+            (|r| r.slots = 257, "slots"),
+            (|r| r.input_capacity = 0, "input_capacity"),
+            (|r| r.output_capacity = MAX_CAPACITY + 1, "output_capacity"),
+            (|r| r.hot_timeout_ms = -2, "hot_timeout_ms"),
+            (|r| r.functions.clear(), "functions"),
+            (|r| r.functions = vec![String::new()], "function name"),
+            (|r| r.client = "x".repeat(300), "client"),
+        ];
+        for (change, word) in cases {
+            let mut r = req();
+            change(&mut r);
+            let e = validate(&r).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains(word), "{e} should mention {word}");
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Helpers for tests that run real `rfaas` processes on 127.0.0.1: an executor manager on a
+//! temporary directory (killed with everything it spawned on drop), plain HTTP requests, the
+//! example function library, and `/proc` checks. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::{kill, killpg, Signal};
+use nix::unistd::Pid;
+use rfaas::manager::ReadyInfo;
+
+/// The `rfaas` binary under test.
+pub fn rfaas_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_rfaas")
+}
+
+/// Polls `f` every 10 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    rfaas::cluster::procs::alive(pid)
+}
+
+/// Live processes in process group (or session) `id`.
+pub fn group_members(id: i32) -> Vec<i32> {
+    rfaas::cluster::procs::members(id)
+        .into_iter()
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The cores this test process may use.
+pub fn cores() -> Vec<u32> {
+    rfaas::pin::allowed_cores()
+        .into_iter()
+        .map(|c| c as u32)
+        .collect()
+}
+
+/// An executor manager process on a temporary directory.
+pub struct Manager {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub http: String,
+    pub secret: String,
+    pub log: PathBuf,
+}
+
+/// Options of a test manager (TOML keys of its config file).
+pub struct ManagerOptions {
+    pub provider: &'static str,
+    pub cores: Vec<u32>,
+    pub extra: String,
+}
+
+impl Default for ManagerOptions {
+    fn default() -> Self {
+        ManagerOptions {
+            provider: "shm",
+            cores: cores(),
+            extra: "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\n".into(),
+        }
+    }
+}
+
+impl Manager {
+    /// Starts a manager with default options.
+    pub fn start() -> Manager {
+        Manager::start_with(ManagerOptions::default())
+    }
+
+    /// Starts a manager and waits (bounded) until its API answers.
+    pub fn start_with(opts: ManagerOptions) -> Manager {
+        let dir = tempfile::tempdir().unwrap();
+        let secret_path = dir.path().join("secret");
+        let secret = rfaas::control::secret::create_secret_file(&secret_path).unwrap();
+        let cores: Vec<String> = opts.cores.iter().map(u32::to_string).collect();
+        let config = format!(
+            "node = \"test-node\"\nlisten = \"127.0.0.1:0\"\nprovider = \"{}\"\nfabric_host = \"127.0.0.1\"\n\
+             cores = [{}]\nsecret_file = \"secret\"\nrun_dir = \"run\"\nready_file = \"ready.json\"\n{}",
+            opts.provider,
+            cores.join(", "),
+            opts.extra
+        );
+        fs::write(dir.path().join("em.toml"), config).unwrap();
+        let log = dir.path().join("manager.log");
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new(rfaas_bin())
+            .args(["executor-manager", "--new-session", "--config"])
+            .arg(dir.path().join("em.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut m = Manager {
+            dir,
+            child,
+            http: String::new(),
+            secret,
+            log,
+        };
+        let ready = m.dir.path().join("ready.json");
+        let info: ReadyInfo = wait_for(
+            Duration::from_secs(20),
+            "the executor manager's ready file",
+            || {
+                if let Ok(Some(st)) = m.child.try_wait() {
+                    panic!(
+                        "executor manager exited ({st}) before it was ready:\n{}",
+                        m.log_text()
+                    );
+                }
+                serde_json::from_slice(&fs::read(&ready).ok()?).ok()
+            },
+        );
+        m.http = info.http;
+        m
+    }
+
+    /// The manager's log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its pid (also its process group and session).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// A request with the right secret.
+    pub fn call(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String) {
+        http(&self.http, method, path, Some(&self.secret), body)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> rfaas::control::api::ManagerStatus {
+        let (code, body) = self.call("GET", "/v1/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Uploads a library; its hash.
+    pub fn upload(&self, lib: &[u8]) -> String {
+        let hash = rfaas::function::ContentHash::of(lib).to_hex();
+        let (code, body) = self.call("PUT", &format!("/v1/libraries/{hash}"), Some(lib));
+        assert!(code == 201 || code == 200, "{code} {body}");
+        hash
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        wait_exit(&mut self.child, timeout)
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.pid());
+        if let Ok(None) = self.child.try_wait() {
+            let _ = kill(pid, Signal::SIGTERM);
+            if wait_exit(&mut self.child, Duration::from_secs(5)).is_none() {
+                let _ = killpg(pid, Signal::SIGKILL);
+                let _ = self.child.wait();
+            }
+        }
+        // Whatever it left behind (nothing, if it works) goes too.
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+}
+
+/// One HTTP/1.1 request with ureq: `(status, body)`.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let req = ureq::http::Request::builder().method(method).uri(&url);
+    let req = match secret {
+        Some(s) => req.header("Authorization", format!("Bearer {s}")),
+        None => req,
+    };
+    let resp = match body {
+        Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+        None => agent.run(req.body(()).unwrap()),
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    (code, text)
+}
+
+/// Writes raw bytes to `addr` and reads until the server closes or `timeout`; the response
+/// text and how long it took.
+pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Duration) {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(timeout)).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
+}
+
+/// An allocation request body.
+pub fn alloc_body(library: &str, functions: &[&str], cores: u32) -> String {
+    serde_json::json!({
+        "library": library,
+        "functions": functions,
+        "cores": cores,
+        "input_capacity": 4096,
+        "output_capacity": 4096,
+        "slots": 4,
+        "hot_timeout_ms": 0,
+        "client": "executor_manager test",
+    })
+    .to_string()
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn newest_source() -> SystemTime {
+    fn walk(path: &Path, newest: &mut SystemTime) {
+        let Ok(meta) = fs::metadata(path) else { return };
+        if meta.is_dir() {
+            for entry in fs::read_dir(path).unwrap().flatten() {
+                walk(&entry.path(), newest);
+            }
+        } else if let Ok(m) = meta.modified() {
+            *newest = (*newest).max(m);
+        }
+    }
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for p in [
+        "src",
+        "Cargo.toml",
+        "jobs/functions/src",
+        "jobs/functions/Cargo.toml",
+    ] {
+        walk(&repo().join(p), &mut newest);
+    }
+    newest
+}
+
+/// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, a fresh
+/// `target/<profile>/libfunctions.so`, or built into a target directory of this test's own.
+pub fn functions_library() -> &'static [u8] {
+    static LIB: OnceLock<Vec<u8>> = OnceLock::new();
+    LIB.get_or_init(|| {
+        if let Some(path) = std::env::var_os(rfaas::env::TEST_FUNCTIONS_LIB) {
+            return fs::read(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", PathBuf::from(path).display()));
+        }
+        let exe = std::env::current_exe().unwrap();
+        let deps = exe.parent().unwrap();
+        let profile_dir = deps.parent().unwrap();
+        let newest = newest_source();
+        let fresh = [
+            profile_dir.join("libfunctions.so"),
+            deps.join("libfunctions.so"),
+        ]
+        .into_iter()
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .filter(|(m, _)| *m >= newest)
+        .max();
+        if let Some((_, path)) = fresh {
+            return fs::read(path).unwrap();
+        }
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("functions-target");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "rfaas-functions",
+                "--lib",
+                "--manifest-path",
+            ])
+            .arg(repo().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .output()
+            .expect("run cargo to build the example function library");
+        assert!(
+            out.status.success(),
+            "cargo build -p rfaas-functions failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::read(target.join("debug/libfunctions.so")).unwrap()
+    })
+}
