@@ -1154,6 +1154,7 @@ fn peer_main(role: &str) -> i32 {
     let provider = std::env::var(PEER_PROVIDER).unwrap_or_default();
     let r = match provider.as_str() {
         "shm" => peer_role(role, &addr, || ShmFabric::new().expect("shm domain")),
+        "tcp" => peer_role(role, &addr, || rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")),
         other => Err(format!("unknown provider {other}")),
     };
     match r {
@@ -1285,6 +1286,30 @@ fn main() {
             cross_process_echo,
             peer_killed,
             other_uid_refused,
+        ]
+    );
+    fn tcp() -> rfaas::rdma::tcp::TcpFabric {
+        rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")
+    }
+    suite!(
+        trials,
+        "tcp",
+        tcp,
+        [
+            send_recv,
+            write_imm_sizes,
+            write_then_imm_ordering,
+            read,
+            atomics,
+            access_errors,
+            local_protection,
+            rnr_timeout,
+            rnr_then_post,
+            shared_cq_64,
+            blocking_wait,
+            bad_handshakes,
+            cross_process_echo,
+            peer_killed,
         ]
     );
     libtest_mimic::run(&args, trials).exit();

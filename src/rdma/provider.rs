@@ -48,11 +48,7 @@ impl Provider {
     pub fn run<U: FabricUser>(self, user: U) -> Result<U::Output> {
         match self {
             Provider::Shm => Ok(user.run(super::shm::ShmFabric::new()?)),
-            // TEMP(lead): restored once the tcp provider lands.
-            Provider::Tcp => Err(FabricError::Unavailable {
-                provider: "tcp",
-                reason: "tcp provider is being written".into(),
-            }),
+            Provider::Tcp => Ok(user.run(super::tcp::TcpFabric::new()?)),
             #[cfg(feature = "verbs")]
             Provider::Verbs => Ok(user.run(super::verbs::VerbsFabric::open_default()?)),
             #[cfg(not(feature = "verbs"))]
