@@ -32,6 +32,31 @@ enum Command {
     },
     /// Show every executor manager's cores, memory and allocations.
     Status(status::StatusArgs),
+    /// Run one function once on one core and write its output to stdout.
+    Invoke(InvokeArgs),
+}
+
+/// `rfaas invoke`: allocate one core, run one function on one input, release.
+#[derive(clap::Args)]
+struct InvokeArgs {
+    /// cluster.json (default: $RFAAS_CLUSTER).
+    #[arg(long)]
+    cluster: Option<std::path::PathBuf>,
+    /// The function library (a shared object with the rFaaS C ABI).
+    #[arg(long)]
+    library: std::path::PathBuf,
+    /// Function name in the library.
+    #[arg(long)]
+    function: String,
+    /// Input file, or - for standard input (default: empty input).
+    #[arg(long)]
+    input: Option<std::path::PathBuf>,
+    /// Largest output accepted, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    output_capacity: u32,
+    /// Seconds to wait for the result.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -100,6 +125,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ),
             None => println!("no local cluster running in {}", args.run_dir.display()),
         },
+        Command::Invoke(a) => {
+            let input = match a.input.as_deref() {
+                None => Vec::new(),
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("read stdin")?;
+                    v
+                }
+                Some(p) => std::fs::read(p).with_context(|| format!("read input {}", p.display()))?,
+            };
+            let cluster = rfaas::client::Cluster::open(a.cluster.as_deref()).context("cluster")?;
+            let timeout = std::time::Duration::from_secs(a.timeout_s);
+            let out = rfaas::client::invoke_once(&cluster, &a.library, &a.function, &input, a.output_capacity, timeout)
+                .context("invoke")?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out).context("write output")?;
+        }
         Command::Status(args) => {
             let (table, all_ok) = status::run(&args).context("status")?;
             print!("{table}");

@@ -231,6 +231,10 @@ impl<F: Fabric> Conn<F> {
                 std::hint::spin_loop();
                 continue;
             }
+            if k % 4096 == 0 {
+                // Let the executor run if it shares this core.
+                std::thread::yield_now();
+            }
             let waited = start.elapsed();
             if waited >= timeout {
                 // The slot stays busy: the executor may still answer into it.

@@ -89,6 +89,7 @@ impl<F: Fabric> Worker<F> {
         let mut exec_ns = 0u64;
         let mut hot_ns = 0u64;
         let mut last_flush = 0u64;
+        let mut last_yield = 0u64;
         loop {
             let mode = sched.mode(now_ns());
             let start = now_ns();
@@ -103,7 +104,17 @@ impl<F: Fabric> Worker<F> {
                         std::hint::spin_loop();
                     }
                     if n == 0 {
-                        hot_ns += now_ns() - start;
+                        let t = now_ns();
+                        hot_ns += t - start;
+                        // After 50 µs without work, let a thread that shares this core run (an
+                        // oversubscribed node, or the client on a 2-core machine). Never while
+                        // calls keep coming, so it costs the hot path nothing.
+                        if t - last_yield > 50_000 {
+                            std::thread::yield_now();
+                            last_yield = t;
+                        }
+                    } else {
+                        last_yield = now_ns();
                     }
                     n
                 }

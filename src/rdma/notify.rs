@@ -88,6 +88,36 @@ pub fn wait_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
     }
 }
 
+/// Waits until `a` or `b` is readable or `timeout` passes; `Ok(false)` on timeout. Retries on
+/// EINTR. (A worker thread waits on its socket and on a stop eventfd with this.)
+pub fn wait_either_readable(a: RawFd, b: RawFd, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = if left.is_zero() { 0 } else { left.as_micros().div_ceil(1000) };
+        let ms = i32::try_from(ms).unwrap_or(i32::MAX);
+        let mut pfd = [
+            libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: `pfd` is a valid pollfd array of length 2.
+        let r = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r == 0 {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(FabricError::io("poll", err));
+        }
+    }
+}
+
 impl Notifier {
     /// A notifier whose word lives on the heap (for providers whose producers are threads of
     /// this process).

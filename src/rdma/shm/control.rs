@@ -17,6 +17,8 @@ use crate::rdma::error::{FabricError, Result};
 #[derive(Debug)]
 struct Shared {
     epfd: OwnedFd,
+    /// Registered in epoll under token 0; written on drop so the thread stops at once.
+    stop_fd: OwnedFd,
     conns: Mutex<HashMap<u64, Weak<QpShared>>>,
     next: AtomicU64,
     stop: AtomicBool,
@@ -41,8 +43,15 @@ impl Control {
         }
         // SAFETY: `raw` is a fresh descriptor nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let stop_fd = crate::rdma::notify::new_eventfd()?;
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        // SAFETY: valid epoll fd, valid eventfd, valid event pointer.
+        if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, stop_fd.as_raw_fd(), &mut ev) } != 0 {
+            return Err(FabricError::io("epoll_ctl add", std::io::Error::last_os_error()));
+        }
         let sh = Arc::new(Shared {
             epfd,
+            stop_fd,
             conns: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -97,6 +106,7 @@ impl Control {
 impl Drop for Control {
     fn drop(&mut self) {
         self.sh.stop.store(true, Ordering::Release);
+        let _ = nix::unistd::write(&self.sh.stop_fd, &1u64.to_ne_bytes());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -106,8 +116,8 @@ impl Drop for Control {
 fn run(sh: &Shared) {
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 32];
     while !sh.stop.load(Ordering::Acquire) {
-        // SAFETY: `events` is a valid buffer of 32 entries; 100 ms timeout so `stop` is seen.
-        let n = unsafe { libc::epoll_wait(sh.epfd.as_raw_fd(), events.as_mut_ptr(), 32, 100) };
+        // SAFETY: `events` is a valid buffer of 32 entries; the stop eventfd wakes it on drop.
+        let n = unsafe { libc::epoll_wait(sh.epfd.as_raw_fd(), events.as_mut_ptr(), 32, 1000) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -118,6 +128,9 @@ fn run(sh: &Shared) {
         }
         for ev in &events[..n as usize] {
             let token = ev.u64;
+            if token == 0 {
+                continue; // the stop eventfd; the loop condition sees `stop`
+            }
             let qp = sh
                 .conns
                 .lock()

@@ -19,7 +19,7 @@ use super::wire::{self, Hello, Kind, NUM_FDS};
 use super::{Domain, ShmFabric, TABLE_CAP};
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::mr_table::{Entry, TableView, ENTRY_SIZE};
-use crate::rdma::notify::{new_eventfd, wait_readable, Notifier};
+use crate::rdma::notify::{new_eventfd, wait_either_readable, Notifier};
 use crate::rdma::segment::Segment;
 use crate::rdma::{ConnRequest, Listener, QpInit, RecvWr, MAX_PRIVATE_DATA};
 
@@ -32,6 +32,8 @@ const MAX_INFLIGHT: usize = 64;
 struct LShared {
     rx: Mutex<mpsc::Receiver<ShmRequest>>,
     efd: OwnedFd,
+    /// Written on drop so the accept thread stops at once.
+    stop_fd: OwnedFd,
     stop: AtomicBool,
     inflight: AtomicUsize,
 }
@@ -124,6 +126,7 @@ impl ShmListener {
         let sh = Arc::new(LShared {
             rx: Mutex::new(rx),
             efd: new_eventfd()?,
+            stop_fd: new_eventfd()?,
             stop: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
         });
@@ -158,7 +161,8 @@ fn accept_loop(
     tx: &mpsc::Sender<ShmRequest>,
 ) {
     while !sh.stop.load(Ordering::Acquire) {
-        match wait_readable(sock.as_raw_fd(), Duration::from_millis(100)) {
+        match wait_either_readable(sock.as_raw_fd(), sh.stop_fd.as_raw_fd(), Duration::from_secs(1)) {
+            Ok(true) if sh.stop.load(Ordering::Acquire) => break,
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
@@ -432,6 +436,7 @@ impl Listener<ShmFabric> for ShmListener {
 impl Drop for ShmListener {
     fn drop(&mut self) {
         self.sh.stop.store(true, Ordering::Release);
+        let _ = nix::unistd::write(&self.sh.stop_fd, &1u64.to_ne_bytes());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
