@@ -26,8 +26,9 @@ use crate::rdma::{
 /// What to allocate.
 #[derive(Clone, Debug)]
 pub struct AllocationSpec {
-    /// The function library (shared object bytes; it travels to the executor manager).
-    pub library: Vec<u8>,
+    /// The function library (shared object bytes; it travels to the executor manager). Private
+    /// so that its cached hash stays right: see [`AllocationSpec::set_library`].
+    library: Vec<u8>,
     /// Function names; their order gives the [`FunctionId`]s.
     pub functions: Vec<String>,
     /// Workers (cores).
@@ -42,6 +43,8 @@ pub struct AllocationSpec {
     pub hot_timeout_ms: i64,
     /// Lease from the resource manager, if any.
     pub lease: Option<String>,
+    /// The library's content hash, computed once (hashing megabytes costs milliseconds).
+    hash: std::sync::OnceLock<crate::function::ContentHash>,
 }
 
 impl AllocationSpec {
@@ -56,7 +59,24 @@ impl AllocationSpec {
             slots: 4,
             hot_timeout_ms: 100,
             lease: None,
+            hash: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Replaces the library (and forgets its cached hash).
+    pub fn set_library(&mut self, library: Vec<u8>) {
+        self.library = library;
+        self.hash = std::sync::OnceLock::new();
+    }
+
+    /// The library's bytes.
+    pub fn library(&self) -> &[u8] {
+        &self.library
+    }
+
+    /// The library's content hash.
+    pub fn library_hash(&self) -> crate::function::ContentHash {
+        *self.hash.get_or_init(|| crate::function::ContentHash::of(&self.library))
     }
 }
 
@@ -275,7 +295,7 @@ impl<F: Fabric> Executor<F> {
             return Err(ClientError::Invalid("between 1 and 65535 function names".into()));
         }
         let t0 = Instant::now();
-        let hash = manager.upload_library(&spec.library)?;
+        let hash = manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
         let req = AllocationRequest {
             library: hash.to_hex(),
             functions: spec.functions.clone(),

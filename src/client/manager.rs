@@ -63,7 +63,11 @@ impl ManagerClient {
 
     /// Uploads a library unless the manager has it already; returns its content hash.
     pub fn upload_library(&self, bytes: &[u8]) -> Result<ContentHash, ClientError> {
-        let hash = ContentHash::of(bytes);
+        self.upload_library_with_hash(bytes, ContentHash::of(bytes))
+    }
+
+    /// [`Self::upload_library`] when the hash is already known.
+    pub fn upload_library_with_hash(&self, bytes: &[u8], hash: ContentHash) -> Result<ContentHash, ClientError> {
         let url = format!("{}/v1/libraries/{}", self.base, hash.to_hex());
         let head = self.agent.head(&url).header("Authorization", &self.auth).call().map_err(|e| self.http_err(e))?;
         if head.status() == StatusCode::OK {

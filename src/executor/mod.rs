@@ -103,9 +103,8 @@ fn validate(cfg: &ExecutorConfig) -> Result<[u8; TOKEN_LEN], ExecutorError> {
 /// Loads the library named by the configuration and resolves the requested functions.
 fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
     let hash: ContentHash = cfg.library_hash.parse().map_err(|e| ExecutorError::Config(format!("{e:?}")))?;
-    let path = Path::new(&cfg.library_path);
-    let dir = path.parent().ok_or_else(|| ExecutorError::Config("library path has no directory".into()))?;
-    let lib = FunctionLibrary::open_cached(dir, &hash)?;
+    // The manager verified this file's hash just before it spawned us.
+    let lib = FunctionLibrary::open_verified(hash, Path::new(&cfg.library_path).to_path_buf())?;
     Ok(lib.resolve(&cfg.functions)?)
 }
 
