@@ -15,6 +15,9 @@
 //!
 //! * [`rdma`] — the fabric layer: one verbs-shaped API over shared memory, TCP, and (feature
 //!   `verbs`) InfiniBand/RoCE verbs.
+//! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
+//!   cache and the loader.
+//! * [`bench`] — benchmarks (fabric floor ping-pong, raw floors) behind the thin binaries.
 //! * [`pin`] — pinning threads to cores.
 //! * [`env`] — every environment variable rfaas reads.
 //!
@@ -31,6 +34,13 @@
 //! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
 
 pub mod bench;
+pub mod client;
+pub mod cluster;
+pub mod control;
 pub mod env;
+pub mod executor;
+pub mod function;
+pub mod manager;
 pub mod pin;
+pub mod protocol;
 pub mod rdma;

@@ -1,0 +1,82 @@
+# rfaas: the two commands of the README's Quick start are `make demo` and `make test`.
+# Both run scripts/setup.sh first (idempotent: installs only missing system packages, Rust if
+# absent, and the Python requirements of analysis/), then build with all features.
+#
+#   make demo    set up, build (release, all features), run the main job, save its CSV in results/
+#   make test    set up, build (all features), run the whole test suite (cargo + pytest)
+#   make lint    rustfmt check and clippy with warnings denied
+#   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
+#   make clean   remove build outputs and results
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := demo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+CARGO        ?= cargo
+FEATURES     ?= --all-features
+# cargo test threads: the machines this runs on have 2 cores, and many tests run two processes
+TEST_THREADS ?= 2
+PYTHON       ?= python3
+RESULTS      ?= results
+
+# The main job (for now: the fabric floor benchmark). Sizes in bytes; each size stops after
+# BENCH_MAX_TIME seconds whatever BENCH_ITERS says, so the demo ends in well under 2 minutes.
+BENCH_PROVIDERS ?= shm-raw,shm,tcp-raw,tcp,memcpy
+BENCH_SIZES     ?= 64,4096,1048576
+BENCH_ITERS     ?= 20000
+BENCH_WARMUP    ?= 1000
+BENCH_MAX_TIME  ?= 2
+# `make bench`: the same modes, more iterations
+BENCH_ITERS_FULL    ?= 200000
+BENCH_MAX_TIME_FULL ?= 5
+PINGPONG        := target/release/fabric_pingpong
+
+.PHONY: setup build build-debug demo test lint bench clean
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release $(FEATURES) --workspace
+
+build-debug: setup
+	$(CARGO) build $(FEATURES) --workspace
+
+# Runs the benchmark binary with $(1)=iterations $(2)=max seconds per size. CSV goes to
+# $(RESULTS)/fabric_pingpong-<time>.csv (and fabric_pingpong.csv, the latest), stderr (summary,
+# errors) to the .summary.txt next to it; both are printed afterwards, the CSV as a table.
+define run_pingpong
+	@mkdir -p $(RESULTS)
+	@stamp=$$(date +%Y%m%d-%H%M%S); \
+	csv=$(RESULTS)/fabric_pingpong-$$stamp.csv; \
+	summary=$${csv%.csv}.summary.txt; \
+	echo "running: fabric_pingpong --provider $(BENCH_PROVIDERS) --sizes $(BENCH_SIZES) --iterations $(1) --max-time-per-size $(2)"; \
+	status=0; \
+	$(PINGPONG) --provider $(BENCH_PROVIDERS) --sizes $(BENCH_SIZES) --iterations $(1) \
+	    --warmup $(BENCH_WARMUP) --max-time-per-size $(2) > $$csv 2> $$summary || status=$$?; \
+	cp $$csv $(RESULTS)/fabric_pingpong.csv; \
+	echo; echo "fabric round trips in ns (CSV: $$csv):"; \
+	awk -F, '{ printf "  %-8s %14s %10s %10s %10s %10s\n", $$1, $$2, $$3, $$4, $$5, $$6 }' $$csv; \
+	echo; cat $$summary; \
+	exit $$status
+endef
+
+demo: build
+	$(call run_pingpong,$(BENCH_ITERS),$(BENCH_MAX_TIME))
+
+bench:
+	$(CARGO) build --release $(FEATURES) --bin fabric_pingpong
+	$(call run_pingpong,$(BENCH_ITERS_FULL),$(BENCH_MAX_TIME_FULL))
+
+test: build-debug
+	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)
+	if [ -d analysis/tests ]; then $(PYTHON) -m pytest -q analysis/tests; fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(RESULTS)

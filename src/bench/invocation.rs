@@ -1,0 +1,478 @@
+//! Invocation benchmarks with the rFaaS names: `warm_benchmark`, `cold_benchmark` and
+//! `parallel_invocations`, against a cluster file's executor managers.
+//!
+//! Each writes tidy CSV, one row per measurement (header [`INVOCATION_HEADER`], plus one `*_ns`
+//! column per phase for cold starts), a JSON metadata file beside it, and prints a p50/p99/p99.9
+//! summary per (mode, payload) from merged HDR histograms.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+
+use super::stats::Latencies;
+use crate::client::{AllocationSpec, ClientError, ClientOptions, Cluster};
+use crate::rdma::{Fabric, FabricUser};
+
+/// Columns every invocation benchmark writes, in order.
+pub const INVOCATION_HEADER: &str =
+    "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns";
+/// The phases of a cold start, as extra columns of `cold_benchmark`.
+pub const COLD_PHASES: [&str; 5] = ["allocation_ns", "spawn_ns", "code_load_ns", "connect_ns", "first_invocation_ns"];
+
+/// Flags all three benchmarks share.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct CommonArgs {
+    /// cluster.json written by `rfaas local-cluster start` or the Slurm script (default: $RFAAS_CLUSTER).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// Function to invoke (from the library).
+    #[arg(long, default_value = "empty")]
+    pub function: String,
+    /// Payload sizes in bytes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    pub sizes: Vec<usize>,
+    /// Measured invocations (or allocations, for cold_benchmark) per size and mode.
+    #[arg(long, default_value_t = 1000)]
+    pub repetitions: usize,
+    /// Unmeasured invocations first, per size and mode.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: usize,
+    /// Where to write the CSV (a JSON metadata file goes beside it).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// The function library (default: libfunctions.so beside this executable).
+    #[arg(long)]
+    pub library: Option<PathBuf>,
+    /// Pin the client thread to this core (default: the last core of the cpuset).
+    #[arg(long)]
+    pub client_core: Option<usize>,
+    /// Seconds a call may take before it counts as failed.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_s: u64,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct Record {
+    /// Benchmark name.
+    pub benchmark: &'static str,
+    /// Mode (hot, warm, cached, uncached, parallel).
+    pub mode: String,
+    /// Provider name.
+    pub provider: String,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// MPI rank (0 here).
+    pub rank: u32,
+    /// MPI world size (1 here).
+    pub world_size: u32,
+    /// Executor manager (node) name.
+    pub node: String,
+    /// Worker index.
+    pub worker: usize,
+    /// Repetition.
+    pub repetition: usize,
+    /// Nanoseconds.
+    pub latency_ns: u64,
+    /// Cold-start phases, in [`COLD_PHASES`] order (empty for other benchmarks).
+    pub phases: Vec<u64>,
+}
+
+impl Record {
+    /// The CSV line (no newline).
+    pub fn csv(&self) -> String {
+        let mut s = format!(
+            "{},{},{},{},{},{},{},{},{},{}",
+            self.benchmark,
+            self.mode,
+            self.provider,
+            self.payload_bytes,
+            self.rank,
+            self.world_size,
+            self.node,
+            self.worker,
+            self.repetition,
+            self.latency_ns
+        );
+        for p in &self.phases {
+            s.push_str(&format!(",{p}"));
+        }
+        s
+    }
+}
+
+/// Benchmark failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Talking to the cluster failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// An invocation failed.
+    #[error("invocation failed: {0}")]
+    Invoke(#[from] crate::client::InvokeError),
+    /// Files.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Bad flags.
+    #[error("{0}")]
+    Usage(String),
+    /// The provider could not be opened.
+    #[error("fabric: {0}")]
+    Fabric(#[from] crate::rdma::FabricError),
+}
+
+/// Finds the function library: the flag, else `libfunctions.so` beside this executable.
+pub fn library_path(flag: Option<&Path>) -> Result<PathBuf, BenchError> {
+    if let Some(p) = flag {
+        return Ok(p.to_path_buf());
+    }
+    let exe = std::env::current_exe()?;
+    let beside = exe.parent().map(|d| d.join("libfunctions.so"));
+    match beside {
+        Some(p) if p.exists() => Ok(p),
+        _ => Err(BenchError::Usage(
+            "no --library given and no libfunctions.so beside this executable (build it: cargo build --release -p rfaas-functions)".into(),
+        )),
+    }
+}
+
+/// Writes the CSV, the metadata JSON, and prints the summary; returns the summary lines.
+pub fn finish(args: &CommonArgs, benchmark: &str, records: &[Record], extra_columns: &[&str], config: serde_json::Value) -> Result<Vec<String>, BenchError> {
+    if let Some(dir) = args.output.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)?;
+        }
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&args.output)?);
+    let mut header = INVOCATION_HEADER.to_string();
+    for c in extra_columns {
+        header.push(',');
+        header.push_str(c);
+    }
+    writeln!(f, "{header}")?;
+    for r in records {
+        writeln!(f, "{}", r.csv())?;
+    }
+    f.flush()?;
+    let meta = serde_json::json!({
+        "benchmark": benchmark,
+        "rfaas_version": env!("CARGO_PKG_VERSION"),
+        "git_rev": git_rev(),
+        "config": config,
+        "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
+        "csv": args.output.display().to_string(),
+    });
+    std::fs::write(args.output.with_extension("json"), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+    let lines = summarize(records);
+    for l in &lines {
+        println!("{l}");
+    }
+    Ok(lines)
+}
+
+fn git_rev() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// p50/p99/p99.9 per (benchmark, mode, provider, payload), from merged histograms.
+pub fn summarize(records: &[Record]) -> Vec<String> {
+    let mut groups: BTreeMap<(String, String, usize), Latencies> = BTreeMap::new();
+    for r in records {
+        groups
+            .entry((r.mode.clone(), r.provider.clone(), r.payload_bytes))
+            .or_default()
+            .record(Duration::from_nanos(r.latency_ns));
+    }
+    let mut lines = vec![format!("{:<10} {:<8} {:>10} {:>8} {:>10} {:>10} {:>10}", "mode", "provider", "payload", "count", "p50_ns", "p99_ns", "p99.9_ns")];
+    for ((mode, provider, size), h) in &groups {
+        lines.push(format!(
+            "{mode:<10} {provider:<8} {size:>10} {:>8} {:>10} {:>10} {:>10}",
+            h.count(),
+            h.quantile_ns(0.5),
+            h.quantile_ns(0.99),
+            h.quantile_ns(0.999)
+        ));
+    }
+    lines
+}
+
+fn pin_client(core: Option<usize>) {
+    let cores = crate::pin::allowed_cores();
+    let c = core.or_else(|| cores.last().copied());
+    if let Some(c) = c {
+        if let Err(e) = crate::pin::pin_current_thread(c) {
+            tracing::warn!("client not pinned: {e}");
+        }
+    }
+}
+
+fn payload(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| (i.wrapping_mul(31).wrapping_add(seed)) as u8).collect()
+}
+
+/// `warm_benchmark`: latency of invocations on an allocation kept warm, per mode and size.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct WarmArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// Modes: `hot` (hot_timeout -1, busy-polling executor) and/or `warm` (hot_timeout 0, the
+    /// executor sleeps between calls).
+    #[arg(long, value_delimiter = ',', default_value = "hot,warm")]
+    pub modes: Vec<String>,
+    /// Executor cores (invocations go round-robin over them).
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+}
+
+/// `parallel_invocations`: one invocation on every core at once, per repetition.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct ParallelArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// Executor cores, each invoked in parallel.
+    #[arg(long, default_value_t = 2)]
+    pub cores: u32,
+    /// Executor hot timeout, ms (-1 always hot, 0 always warm).
+    #[arg(long, default_value_t = -1)]
+    pub hot_timeout: i64,
+}
+
+/// `cold_benchmark`: a fresh allocation per repetition, timing every phase to the first result.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct ColdArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonArgs,
+    /// `cached` (same library every time: the manager has it) and/or `uncached` (a byte-unique
+    /// copy every time: uploaded, stored and loaded anew).
+    #[arg(long, value_delimiter = ',', default_value = "cached,uncached")]
+    pub modes: Vec<String>,
+    /// Executor hot timeout, ms.
+    #[arg(long, default_value_t = -1)]
+    pub hot_timeout: i64,
+}
+
+fn spec(library: Vec<u8>, args: &CommonArgs, cores: u32, hot_timeout_ms: i64) -> AllocationSpec {
+    let max = args.sizes.iter().copied().max().unwrap_or(64).max(1) as u32;
+    let mut s = AllocationSpec::new(library, &[args.function.as_str()]);
+    s.cores = cores;
+    s.input_capacity = max;
+    s.output_capacity = max;
+    s.slots = 1;
+    s.hot_timeout_ms = hot_timeout_ms;
+    s
+}
+
+fn opts(args: &CommonArgs) -> ClientOptions {
+    ClientOptions { timeout: Duration::from_secs(args.timeout_s.max(1)), spin: Duration::from_secs(3600), ..ClientOptions::default() }
+}
+
+/// Runs `warm_benchmark`.
+pub fn run_warm(args: &WarmArgs) -> Result<Vec<Record>, BenchError> {
+    let cluster = Cluster::open(args.common.cluster.as_deref())?;
+    let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
+    let records = cluster.provider.run(Warm { args, cluster: &cluster, library })??;
+    let cfg = serde_json::json!({"modes": args.modes, "cores": args.cores, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
+    finish(&args.common, "warm_benchmark", &records, &[], cfg)?;
+    Ok(records)
+}
+
+struct Warm<'a> {
+    args: &'a WarmArgs,
+    cluster: &'a Cluster,
+    library: Vec<u8>,
+}
+
+impl FabricUser for Warm<'_> {
+    type Output = Result<Vec<Record>, BenchError>;
+    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let c = &self.args.common;
+        pin_client(c.client_core);
+        let mut out = Vec::new();
+        for mode in &self.args.modes {
+            let hot = match mode.as_str() {
+                "hot" => -1,
+                "warm" => 0,
+                m => return Err(BenchError::Usage(format!("unknown mode {m:?} (hot, warm)"))),
+            };
+            let exec = self.cluster.allocate(&fabric, &spec(self.library.clone(), c, self.args.cores, hot), opts(c), 0)?;
+            let f = exec.function(&c.function)?;
+            let node = exec.allocation().address.clone();
+            let node = self.cluster.names.first().cloned().unwrap_or(node);
+            let mut output = vec![0u8; exec.output_capacity()];
+            for &size in &c.sizes {
+                let input = payload(size, size);
+                for i in 0..c.warmup + c.repetitions {
+                    let worker = i % exec.workers();
+                    let t = Instant::now();
+                    exec.invoke_on(worker, f, &input, &mut output)?;
+                    let ns = t.elapsed().as_nanos() as u64;
+                    if i >= c.warmup {
+                        out.push(Record {
+                            benchmark: "warm_benchmark",
+                            mode: mode.clone(),
+                            provider: fabric.provider().name().into(),
+                            payload_bytes: size,
+                            rank: 0,
+                            world_size: 1,
+                            node: node.clone(),
+                            worker,
+                            repetition: i - c.warmup,
+                            latency_ns: ns,
+                            phases: vec![],
+                        });
+                    }
+                }
+            }
+            exec.deallocate()?;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs `parallel_invocations`.
+pub fn run_parallel(args: &ParallelArgs) -> Result<Vec<Record>, BenchError> {
+    let cluster = Cluster::open(args.common.cluster.as_deref())?;
+    let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
+    let records = cluster.provider.run(Parallel { args, cluster: &cluster, library })??;
+    let cfg = serde_json::json!({"cores": args.cores, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
+    finish(&args.common, "parallel_invocations", &records, &[], cfg)?;
+    Ok(records)
+}
+
+struct Parallel<'a> {
+    args: &'a ParallelArgs,
+    cluster: &'a Cluster,
+    library: Vec<u8>,
+}
+
+impl FabricUser for Parallel<'_> {
+    type Output = Result<Vec<Record>, BenchError>;
+    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let c = &self.args.common;
+        pin_client(c.client_core);
+        let exec = self.cluster.allocate(&fabric, &spec(self.library.clone(), c, self.args.cores, self.args.hot_timeout), opts(c), 0)?;
+        let f = exec.function(&c.function)?;
+        let n = exec.workers();
+        let node = self.cluster.names.first().cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        let mut buffers: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; exec.output_capacity()]).collect();
+        for &size in &c.sizes {
+            let inputs: Vec<Vec<u8>> = (0..n).map(|w| payload(size, w)).collect();
+            let input_refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+            for i in 0..c.warmup + c.repetitions {
+                let t = Instant::now();
+                let mut outs: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
+                let results = exec.invoke_parallel(f, &input_refs, &mut outs);
+                let ns = t.elapsed().as_nanos() as u64;
+                for (w, r) in results.into_iter().enumerate() {
+                    r?;
+                    if i >= c.warmup {
+                        out.push(Record {
+                            benchmark: "parallel_invocations",
+                            mode: format!("parallel-{n}"),
+                            provider: fabric.provider().name().into(),
+                            payload_bytes: size,
+                            rank: 0,
+                            world_size: 1,
+                            node: node.clone(),
+                            worker: w,
+                            repetition: i - c.warmup,
+                            latency_ns: ns,
+                            phases: vec![],
+                        });
+                    }
+                }
+            }
+        }
+        exec.deallocate()?;
+        Ok(out)
+    }
+}
+
+/// Runs `cold_benchmark`.
+pub fn run_cold(args: &ColdArgs) -> Result<Vec<Record>, BenchError> {
+    let cluster = Cluster::open(args.common.cluster.as_deref())?;
+    let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
+    let records = cluster.provider.run(Cold { args, cluster: &cluster, library })??;
+    let cfg = serde_json::json!({"modes": args.modes, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
+    finish(&args.common, "cold_benchmark", &records, &COLD_PHASES, cfg)?;
+    Ok(records)
+}
+
+struct Cold<'a> {
+    args: &'a ColdArgs,
+    cluster: &'a Cluster,
+    library: Vec<u8>,
+}
+
+impl FabricUser for Cold<'_> {
+    type Output = Result<Vec<Record>, BenchError>;
+    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let c = &self.args.common;
+        pin_client(c.client_core);
+ let node = self.cluster.names.first().cloned().unwrap_or_default();
+        let mut out = Vec::new();
+        let mut cached_spec: Option<AllocationSpec> = None;
+        for mode in &self.args.modes {
+            if mode != "cached" && mode != "uncached" {
+                return Err(BenchError::Usage(format!("unknown mode {mode:?} (cached, uncached)")));
+            }
+            for &size in &c.sizes {
+                let input = payload(size, size);
+                // Warm-up allocations are not measured (they also put the cached library in place).
+                for i in 0..c.warmup.min(3) + c.repetitions {
+                    let mut library = self.library.clone();
+                    if mode == "uncached" {
+                        // Trailing bytes leave the ELF loadable but make its content hash new, so
+                        // the manager stores it and the executor loads it from a new file.
+                        library.extend_from_slice(&crate::control::secret::random_bytes::<16>().map_err(|e| BenchError::Usage(e.to_string()))?);
+                    }
+                    let s = match &cached_spec {
+                        Some(s) if mode == "cached" => s.clone(),
+                        _ => {
+                            let s = spec(library, c, 1, self.args.hot_timeout);
+                            if mode == "cached" {
+                                s.library_hash();
+                                cached_spec = Some(s.clone());
+                            }
+                            s
+                        }
+                    };
+                    let t0 = Instant::now();
+                    let exec = self.cluster.allocate(&fabric, &s, opts(c), 0)?;
+                    let f = exec.function(&c.function)?;
+                    let mut output = vec![0u8; exec.output_capacity()];
+                    let t1 = Instant::now();
+                    exec.invoke(f, &input, &mut output)?;
+                    let first = t1.elapsed().as_nanos() as u64;
+                    let total = t0.elapsed().as_nanos() as u64;
+                    let tm = exec.timings();
+                    exec.deallocate()?;
+                    if i >= c.warmup.min(3) {
+                        out.push(Record {
+                            benchmark: "cold_benchmark",
+                            mode: mode.clone(),
+                            provider: fabric.provider().name().into(),
+                            payload_bytes: size,
+                            rank: 0,
+                            world_size: 1,
+                            node: node.clone(),
+                            worker: 0,
+                            repetition: i - c.warmup.min(3),
+                            latency_ns: total,
+                            phases: vec![tm.request_ns, tm.spawn_ns, tm.code_load_ns, tm.connect_ns, first],
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
