@@ -52,6 +52,7 @@ pub mod verbs;
 
 pub(crate) mod cq_core;
 pub(crate) mod mr_table;
+pub(crate) mod spsc;
 
 use std::os::fd::RawFd;
 use std::sync::atomic::AtomicU64;

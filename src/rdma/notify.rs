@@ -197,6 +197,20 @@ impl Notifier {
         }
     }
 
+    /// [`Notifier::signal`] for a producer whose publication was itself a SeqCst store: that
+    /// store already orders it before this SeqCst load of the armed word, so no fence is needed.
+    #[inline]
+    pub fn signal_after_seqcst(&self, urgent: bool) {
+        let w = self.word();
+        let a = w.load(Ordering::SeqCst);
+        if a == DISARMED || (a == ARMED_SOLICITED && !urgent) {
+            return;
+        }
+        if w.compare_exchange(a, DISARMED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            self.kick();
+        }
+    }
+
     /// Writes the eventfd unconditionally (used on connection failure, and by `kick` paths that
     /// must wake whoever waits).
     pub fn kick(&self) {

@@ -108,7 +108,11 @@ impl Drop for Control {
         self.sh.stop.store(true, Ordering::Release);
         let _ = nix::unistd::write(&self.sh.stop_fd, &1u64.to_ne_bytes());
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // The control thread itself can drop the last handle on the domain (through the last
+            // queue pair it failed); it then exits on its own instead of joining itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }

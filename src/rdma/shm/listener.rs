@@ -366,6 +366,7 @@ fn assemble(
         recv_cq: init.recv_cq.sh.clone(),
         peer,
         produced: AtomicU64::new(0),
+        credit_limit: AtomicU64::new(0),
         timeouts: init.timeouts,
         sock,
         token: AtomicU64::new(0),

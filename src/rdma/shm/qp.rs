@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossbeam_queue::ArrayQueue;
 
 use super::cq::CqShared;
 use super::ring::{self, Ring};
@@ -23,6 +22,7 @@ use crate::rdma::error::{FabricError, Result};
 use crate::rdma::mr_table::TableView;
 use crate::rdma::notify::Notifier;
 use crate::rdma::segment::Segment;
+use crate::rdma::spsc::Spsc;
 use crate::rdma::{
     Access, Op, QpTimeouts, QueuePair, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
@@ -35,7 +35,7 @@ const STATE_ERROR: u32 = 1;
 pub(crate) struct RecvState {
     pub(crate) qp_num: u32,
     pub(crate) ring: Ring,
-    posted: ArrayQueue<RecvWr>,
+    posted: Spsc<RecvWr>,
     consumed: AtomicU64,
     state: AtomicU32,
     table: TableView,
@@ -49,7 +49,7 @@ impl RecvState {
         Ok(RecvState {
             qp_num,
             ring,
-            posted: ArrayQueue::new(cap),
+            posted: Spsc::new(cap, RecvWr { wr_id: 0, sge: None }),
             consumed: AtomicU64::new(0),
             state: AtomicU32::new(STATE_OK),
             table: dom.table.view(),
@@ -69,7 +69,9 @@ impl RecvState {
     /// Posts a receive (before or after the connection is up).
     pub(crate) fn post(&self, wr: &RecvWr) -> Result<()> {
         self.posted.push(*wr).map_err(|_| FabricError::QueueFull)?;
-        self.ring.posted().fetch_add(1, Ordering::Release);
+        // Only the thread that posts receives writes this counter: no locked instruction.
+        let posted = self.ring.posted();
+        posted.store(posted.load(Ordering::Relaxed) + 1, Ordering::Release);
         Ok(())
     }
 
@@ -234,6 +236,8 @@ pub(crate) struct QpShared {
     pub(crate) recv_cq: Arc<CqShared>,
     pub(crate) peer: Peer,
     pub(crate) produced: AtomicU64,
+    /// The peer's posted-receive count as last read (only the posting thread uses it).
+    pub(crate) credit_limit: AtomicU64,
     pub(crate) timeouts: QpTimeouts,
     pub(crate) sock: OwnedFd,
     pub(crate) token: AtomicU64,
@@ -297,8 +301,8 @@ impl ShmQp {
             imm: None,
             qp_num: self.sh.qp_num,
         };
-        // Room was checked before the request ran; a full queue here means concurrent posting
-        // from another queue pair sharing the CQ raced us, and the completion is lost: log it.
+        // Room was checked before a signaled request ran; a full queue here means an error
+        // completion of an unsignaled request, or another queue pair sharing the CQ raced us.
         if !self.sh.send_cq.core.push(wc, false) {
             tracing::error!(
                 qp = self.sh.qp_num,
@@ -310,14 +314,23 @@ impl ShmQp {
     /// Waits for a receive credit at the peer (receiver-not-ready), up to the RNR timeout.
     #[inline]
     fn credit(&self, n: u64) -> std::result::Result<(), WcStatus> {
+        // Credits seen last time: most sends need no look at the peer's counter (a cache line
+        // the peer writes on every receive it posts).
+        if self.sh.credit_limit.load(Ordering::Relaxed) > n {
+            return Ok(());
+        }
         let ring = &self.sh.peer.ring;
-        if ring.posted().load(Ordering::Acquire) > n {
+        let posted = ring.posted().load(Ordering::Acquire);
+        self.sh.credit_limit.store(posted, Ordering::Relaxed);
+        if posted > n {
             return Ok(());
         }
         let deadline = Instant::now() + self.sh.timeouts.rnr;
         let mut spins = 0u32;
         loop {
-            if ring.posted().load(Ordering::Acquire) > n {
+            let posted = ring.posted().load(Ordering::Acquire);
+            if posted > n {
+                self.sh.credit_limit.store(posted, Ordering::Relaxed);
                 return Ok(());
             }
             if !self.sh.recv.is_ok() || ring.closed().load(Ordering::Acquire) != 0 {
@@ -410,7 +423,7 @@ impl ShmQp {
                     },
                 );
                 sh.produced.store(n + 1, Ordering::Relaxed);
-                peer.notifier.signal(flags != 0);
+                peer.notifier.signal_after_seqcst(flags != 0);
                 (WcStatus::Success, llen)
             }
             Op::Send | Op::SendImm(_) => {
@@ -445,7 +458,7 @@ impl ShmQp {
                     },
                 );
                 sh.produced.store(n + 1, Ordering::Relaxed);
-                peer.notifier.signal(flags != 0);
+                peer.notifier.signal_after_seqcst(flags != 0);
                 (WcStatus::Success, llen)
             }
             Op::Read(rb) => {
@@ -513,7 +526,9 @@ impl QueuePair for ShmQp {
 
     #[inline]
     fn post_send(&self, wr: &SendWr) -> Result<()> {
-        if !self.sh.send_cq.core.has_room(1) {
+        // Only a signaled request is sure to need a completion entry; an error completion on a
+        // full queue is logged (the application let its queue overflow).
+        if wr.flags.contains(SendFlags::SIGNALED) && !self.sh.send_cq.core.has_room(1) {
             return Err(FabricError::QueueFull);
         }
         if !self.sh.recv.is_ok() {

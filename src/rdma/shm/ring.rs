@@ -147,7 +147,10 @@ impl Ring {
         self.word32(off + 12).store(e.imm, Ordering::Relaxed);
         self.word32(off + 16).store(e.byte_len, Ordering::Relaxed);
         self.word32(off + 20).store(e.flags, Ordering::Relaxed);
-        self.word64(off).store(n + 1, Ordering::Release);
+        // SeqCst (an `xchg` on x86, a full barrier): it orders the publication before the
+        // producer's look at the waiter's armed word (`Notifier::signal_after_seqcst`), which is
+        // cheaper than a Release store followed by a separate fence.
+        self.word64(off).store(n + 1, Ordering::SeqCst);
     }
 
     /// Owner: message `n` if it has been published.
