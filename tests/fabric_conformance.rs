@@ -1154,7 +1154,9 @@ fn peer_main(role: &str) -> i32 {
     let provider = std::env::var(PEER_PROVIDER).unwrap_or_default();
     let r = match provider.as_str() {
         "shm" => peer_role(role, &addr, || ShmFabric::new().expect("shm domain")),
-        "tcp" => peer_role(role, &addr, || rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")),
+        "tcp" => peer_role(role, &addr, || {
+            rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")
+        }),
         other => Err(format!("unknown provider {other}")),
     };
     match r {

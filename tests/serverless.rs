@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{functions_library, Manager, ManagerOptions};
-use rfaas::client::{AllocationSpec, ClientError, ClientOptions, Executor, InvokeError, ManagerClient};
+use rfaas::client::{
+    AllocationSpec, ClientError, ClientOptions, Executor, InvokeError, ManagerClient,
+};
 use rfaas::control::api::{WorkerConnect, TOKEN_LEN};
 use rfaas::protocol::Status;
 use rfaas::rdma::shm::ShmFabric;
@@ -16,7 +18,10 @@ use rfaas::rdma::tcp::TcpFabric;
 use rfaas::rdma::{Fabric, FabricError, QpInit};
 
 fn manager(provider: &'static str) -> Manager {
-    Manager::start_with(ManagerOptions { provider, ..ManagerOptions::default() })
+    Manager::start_with(ManagerOptions {
+        provider,
+        ..ManagerOptions::default()
+    })
 }
 
 fn fnv1a(bytes: &[u8]) -> [u8; 8] {
@@ -45,38 +50,62 @@ fn every_function_and_size<F: Fabric>(fabric: F, provider: &'static str) {
     let m = manager(provider);
     let client = ManagerClient::new(&m.http, &m.secret);
     const MIB: u32 = 1 << 20;
-    let s = spec(&["empty", "echo", "checksum", "black_scholes", "sleep_us"], MIB);
+    let s = spec(
+        &["empty", "echo", "checksum", "black_scholes", "sleep_us"],
+        MIB,
+    );
     let exec = Executor::allocate(fabric, &client, &s, ClientOptions::default()).expect("allocate");
     let [empty, echo, checksum, bs, sleep] =
-        ["empty", "echo", "checksum", "black_scholes", "sleep_us"].map(|f| exec.function(f).unwrap());
+        ["empty", "echo", "checksum", "black_scholes", "sleep_us"]
+            .map(|f| exec.function(f).unwrap());
     let mut out = vec![0u8; MIB as usize];
     for len in [0usize, 1, 4096, MIB as usize] {
         let input = payload(len);
-        assert_eq!(exec.invoke(empty, &input, &mut out).unwrap(), len, "empty returns the input length ({len} B)");
+        assert_eq!(
+            exec.invoke(empty, &input, &mut out).unwrap(),
+            len,
+            "empty returns the input length ({len} B)"
+        );
         let n = exec.invoke(echo, &input, &mut out).unwrap();
         assert_eq!(&out[..n], &input[..], "echo of {len} B");
         let n = exec.invoke(checksum, &input, &mut out).unwrap();
         assert_eq!(&out[..n], &fnv1a(&input), "checksum of {len} B");
     }
     // Black-Scholes: S=100, K=100, r=0.05, sigma=0.2, T=1 -> call 10.4506, put 5.5735.
-    let opt: Vec<u8> = [100.0f64, 100.0, 0.05, 0.2, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let opt: Vec<u8> = [100.0f64, 100.0, 0.05, 0.2, 1.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let n = exec.invoke(bs, &opt, &mut out).unwrap();
     assert_eq!(n, 16);
     let call = f64::from_le_bytes(out[..8].try_into().unwrap());
     let put = f64::from_le_bytes(out[8..16].try_into().unwrap());
-    assert!((call - 10.4506).abs() < 1e-3 && (put - 5.5735).abs() < 1e-3, "call {call} put {put}");
+    assert!(
+        (call - 10.4506).abs() < 1e-3 && (put - 5.5735).abs() < 1e-3,
+        "call {call} put {put}"
+    );
     let t = Instant::now();
-    exec.invoke(sleep, &20_000u64.to_le_bytes(), &mut out).unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(20), "sleep_us(20 ms) took {:?}", t.elapsed());
+    exec.invoke(sleep, &20_000u64.to_le_bytes(), &mut out)
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(20),
+        "sleep_us(20 ms) took {:?}",
+        t.elapsed()
+    );
     // One byte over the input capacity: refused before it is sent, with the sizes in the error.
     let over = payload(MIB as usize + 1);
     match exec.invoke(echo, &over, &mut out) {
-        Err(InvokeError::InputTooLarge { len, capacity }) => assert_eq!((len, capacity), (MIB as usize + 1, MIB as usize)),
+        Err(InvokeError::InputTooLarge { len, capacity }) => {
+            assert_eq!((len, capacity), (MIB as usize + 1, MIB as usize))
+        }
         other => panic!("oversized input gave {other:?}"),
     }
     // An output one byte larger than the caller's buffer: the executor refuses to write it.
     let input = payload(100);
-    assert_eq!(exec.invoke(echo, &input, &mut out[..99]), Err(InvokeError::Status(Status::OutputTooLarge)));
+    assert_eq!(
+        exec.invoke(echo, &input, &mut out[..99]),
+        Err(InvokeError::Status(Status::OutputTooLarge))
+    );
     // And the allocation still works afterwards.
     let n = exec.invoke(echo, b"still fine", &mut out).unwrap();
     assert_eq!(&out[..n], b"still fine");
@@ -143,34 +172,74 @@ fn tcp_100k_invocations_with_calls_in_flight() {
 fn unknown_functions_and_the_c_library() {
     let m = manager("shm");
     let client = ManagerClient::new(&m.http, &m.secret);
-    let err = Executor::allocate(ShmFabric::new().unwrap(), &client, &spec(&["echo", "no_such_fn"], 64), ClientOptions::default())
-        .err()
-        .expect("an unknown function name must fail the allocation");
-    assert!(err.to_string().contains("no_such_fn"), "error does not name the function: {err}");
-    assert_eq!(m.status().cores_free, m.status().cores_total, "cores came back");
+    let err = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &spec(&["echo", "no_such_fn"], 64),
+        ClientOptions::default(),
+    )
+    .err()
+    .expect("an unknown function name must fail the allocation");
+    assert!(
+        err.to_string().contains("no_such_fn"),
+        "error does not name the function: {err}"
+    );
+    assert_eq!(
+        m.status().cores_free,
+        m.status().cores_total,
+        "cores came back"
+    );
 
-    let exec = Executor::allocate(ShmFabric::new().unwrap(), &client, &spec(&["echo"], 64), ClientOptions::default()).unwrap();
+    let exec = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &spec(&["echo"], 64),
+        ClientOptions::default(),
+    )
+    .unwrap();
     let mut out = [0u8; 64];
-    assert_eq!(exec.invoke(rfaas::client::FunctionId(5), b"x", &mut out), Err(InvokeError::Status(Status::UnknownFunction)));
-    assert!(matches!(exec.function("nope"), Err(ClientError::UnknownFunction(_))));
+    assert_eq!(
+        exec.invoke(rfaas::client::FunctionId(5), b"x", &mut out),
+        Err(InvokeError::Status(Status::UnknownFunction))
+    );
+    assert!(matches!(
+        exec.function("nope"),
+        Err(ClientError::UnknownFunction(_))
+    ));
     drop(exec);
 
     let c_lib = c_library();
     let mut s = AllocationSpec::new(c_lib, &["echo_c", "checksum_c"]);
     s.hot_timeout_ms = 0;
-    let exec = Executor::allocate(ShmFabric::new().unwrap(), &client, &s, ClientOptions::default()).unwrap();
+    let exec = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &s,
+        ClientOptions::default(),
+    )
+    .unwrap();
     let input = payload(1000);
     let mut out = vec![0u8; 4096];
-    let n = exec.invoke(exec.function("echo_c").unwrap(), &input, &mut out).unwrap();
+    let n = exec
+        .invoke(exec.function("echo_c").unwrap(), &input, &mut out)
+        .unwrap();
     assert_eq!(&out[..n], &input[..]);
-    let n = exec.invoke(exec.function("checksum_c").unwrap(), &input, &mut out).unwrap();
+    let n = exec
+        .invoke(exec.function("checksum_c").unwrap(), &input, &mut out)
+        .unwrap();
     assert_eq!(n, 8);
 }
 
 fn c_library() -> Vec<u8> {
     let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serverless-c");
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
-    let st = Command::new("make").arg("-s").arg("-C").arg(&src).arg(format!("OUT={}", out_dir.display())).status().expect("run make");
+    let st = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&src)
+        .arg(format!("OUT={}", out_dir.display()))
+        .status()
+        .expect("run make");
     assert!(st.success(), "building the C library failed");
     std::fs::read(out_dir.join("libfunctions_c.so")).unwrap()
 }
@@ -198,16 +267,36 @@ fn a_wrong_token_is_rejected() {
     let alloc = client.allocate(&req).unwrap();
     let fabric = ShmFabric::new().unwrap();
     let cq = fabric.create_cq(16).unwrap();
-    let bad = WorkerConnect { token: [0x42; TOKEN_LEN], worker: 0 }.encode();
-    match fabric.connect(&alloc.address, QpInit::new(&cq), &[], &bad, Duration::from_secs(5)) {
+    let bad = WorkerConnect {
+        token: [0x42; TOKEN_LEN],
+        worker: 0,
+    }
+    .encode();
+    match fabric.connect(
+        &alloc.address,
+        QpInit::new(&cq),
+        &[],
+        &bad,
+        Duration::from_secs(5),
+    ) {
         Err(FabricError::Rejected(why)) => assert!(why.contains("token"), "reason: {why}"),
         Err(e) => panic!("wrong token gave {e}"),
         Ok(_) => panic!("a wrong token was accepted"),
     }
     // The real client still gets in.
-    let exec = Executor::connect(fabric, Some(client), alloc, &s, None, ClientOptions::default()).unwrap();
+    let exec = Executor::connect(
+        fabric,
+        Some(client),
+        alloc,
+        &s,
+        None,
+        ClientOptions::default(),
+    )
+    .unwrap();
     let mut out = [0u8; 8];
-    let n = exec.invoke(exec.function("echo").unwrap(), b"ok", &mut out).unwrap();
+    let n = exec
+        .invoke(exec.function("echo").unwrap(), b"ok", &mut out)
+        .unwrap();
     assert_eq!(&out[..n], b"ok");
 }
 
@@ -216,22 +305,34 @@ fn a_wrong_token_is_rejected() {
 fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
     let mut m = manager(provider);
     let client = ManagerClient::new(&m.http, &m.secret);
-    let opts = ClientOptions { timeout: Duration::from_secs(5), ..ClientOptions::default() };
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
     let exec = Executor::allocate(fabric, &client, &spec(&["echo", "sleep_us"], 64), opts).unwrap();
     let echo = exec.function("echo").unwrap();
     let sleep = exec.function("sleep_us").unwrap();
     let mut out = [0u8; 64];
     exec.invoke(echo, b"before", &mut out).unwrap();
     // A call in flight when the manager dies.
-    let pending = exec.submit(Some(0), sleep, &500_000u64.to_le_bytes(), 64).unwrap();
+    let pending = exec
+        .submit(Some(0), sleep, &500_000u64.to_le_bytes(), 64)
+        .unwrap();
     m.child.kill().unwrap();
     let _ = m.child.wait();
     let t = Instant::now();
     let r = exec.wait(pending, &mut out);
-    assert!(matches!(r, Err(InvokeError::ExecutorGone(_))), "in-flight call gave {r:?}");
+    assert!(
+        matches!(r, Err(InvokeError::ExecutorGone(_))),
+        "in-flight call gave {r:?}"
+    );
     let r = exec.invoke(echo, b"after", &mut out);
     assert!(r.is_err(), "a call after the manager died succeeded");
-    assert!(t.elapsed() < Duration::from_secs(3), "errors took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "errors took {:?}",
+        t.elapsed()
+    );
     drop(exec); // deallocation fails (the manager is gone) without hanging
 }
 
@@ -252,7 +353,13 @@ fn threads_share_an_executor() {
     let client = ManagerClient::new(&m.http, &m.secret);
     let mut s = spec(&["echo"], 64);
     s.cores = common::cores().len().min(2) as u32;
-    let exec = Executor::allocate(ShmFabric::new().unwrap(), &client, &s, ClientOptions::default()).unwrap();
+    let exec = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &s,
+        ClientOptions::default(),
+    )
+    .unwrap();
     let echo = exec.function("echo").unwrap();
     std::thread::scope(|sc| {
         for t in 0..4u32 {

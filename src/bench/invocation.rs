@@ -20,7 +20,13 @@ use crate::rdma::{Fabric, FabricUser};
 pub const INVOCATION_HEADER: &str =
     "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns";
 /// The phases of a cold start, as extra columns of `cold_benchmark`.
-pub const COLD_PHASES: [&str; 5] = ["allocation_ns", "spawn_ns", "code_load_ns", "connect_ns", "first_invocation_ns"];
+pub const COLD_PHASES: [&str; 5] = [
+    "allocation_ns",
+    "spawn_ns",
+    "code_load_ns",
+    "connect_ns",
+    "first_invocation_ns",
+];
 
 /// Flags all three benchmarks share.
 #[derive(ClapArgs, Clone, Debug)]
@@ -140,7 +146,13 @@ pub fn library_path(flag: Option<&Path>) -> Result<PathBuf, BenchError> {
 }
 
 /// Writes the CSV, the metadata JSON, and prints the summary; returns the summary lines.
-pub fn finish(args: &CommonArgs, benchmark: &str, records: &[Record], extra_columns: &[&str], config: serde_json::Value) -> Result<Vec<String>, BenchError> {
+pub fn finish(
+    args: &CommonArgs,
+    benchmark: &str,
+    records: &[Record],
+    extra_columns: &[&str],
+    config: serde_json::Value,
+) -> Result<Vec<String>, BenchError> {
     if let Some(dir) = args.output.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
@@ -165,7 +177,10 @@ pub fn finish(args: &CommonArgs, benchmark: &str, records: &[Record], extra_colu
         "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
         "csv": args.output.display().to_string(),
     });
-    std::fs::write(args.output.with_extension("json"), serde_json::to_string_pretty(&meta).unwrap_or_default())?;
+    std::fs::write(
+        args.output.with_extension("json"),
+        serde_json::to_string_pretty(&meta).unwrap_or_default(),
+    )?;
     let lines = summarize(records);
     for l in &lines {
         println!("{l}");
@@ -174,8 +189,13 @@ pub fn finish(args: &CommonArgs, benchmark: &str, records: &[Record], extra_colu
 }
 
 fn git_rev() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// p50/p99/p99.9 per (benchmark, mode, provider, payload), from merged histograms.
@@ -187,7 +207,10 @@ pub fn summarize(records: &[Record]) -> Vec<String> {
             .or_default()
             .record(Duration::from_nanos(r.latency_ns));
     }
-    let mut lines = vec![format!("{:<10} {:<8} {:>10} {:>8} {:>10} {:>10} {:>10}", "mode", "provider", "payload", "count", "p50_ns", "p99_ns", "p99.9_ns")];
+    let mut lines = vec![format!(
+        "{:<10} {:<8} {:>10} {:>8} {:>10} {:>10} {:>10}",
+        "mode", "provider", "payload", "count", "p50_ns", "p99_ns", "p99.9_ns"
+    )];
     for ((mode, provider, size), h) in &groups {
         lines.push(format!(
             "{mode:<10} {provider:<8} {size:>10} {:>8} {:>10} {:>10} {:>10}",
@@ -211,7 +234,9 @@ fn pin_client(core: Option<usize>) {
 }
 
 fn payload(len: usize, seed: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(31).wrapping_add(seed)) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed)) as u8)
+        .collect()
 }
 
 /// `warm_benchmark`: latency of invocations on an allocation kept warm, per mode and size.
@@ -270,14 +295,22 @@ fn spec(library: Vec<u8>, args: &CommonArgs, cores: u32, hot_timeout_ms: i64) ->
 }
 
 fn opts(args: &CommonArgs) -> ClientOptions {
-    ClientOptions { timeout: Duration::from_secs(args.timeout_s.max(1)), spin: Duration::from_secs(3600), ..ClientOptions::default() }
+    ClientOptions {
+        timeout: Duration::from_secs(args.timeout_s.max(1)),
+        spin: Duration::from_secs(3600),
+        ..ClientOptions::default()
+    }
 }
 
 /// Runs `warm_benchmark`.
 pub fn run_warm(args: &WarmArgs) -> Result<Vec<Record>, BenchError> {
     let cluster = Cluster::open(args.common.cluster.as_deref())?;
     let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
-    let records = cluster.provider.run(Warm { args, cluster: &cluster, library })??;
+    let records = cluster.provider.run(Warm {
+        args,
+        cluster: &cluster,
+        library,
+    })??;
     let cfg = serde_json::json!({"modes": args.modes, "cores": args.cores, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
     finish(&args.common, "warm_benchmark", &records, &[], cfg)?;
     Ok(records)
@@ -301,7 +334,12 @@ impl FabricUser for Warm<'_> {
                 "warm" => 0,
                 m => return Err(BenchError::Usage(format!("unknown mode {m:?} (hot, warm)"))),
             };
-            let exec = self.cluster.allocate(&fabric, &spec(self.library.clone(), c, self.args.cores, hot), opts(c), 0)?;
+            let exec = self.cluster.allocate(
+                &fabric,
+                &spec(self.library.clone(), c, self.args.cores, hot),
+                opts(c),
+                0,
+            )?;
             let f = exec.function(&c.function)?;
             let node = exec.allocation().address.clone();
             let node = self.cluster.names.first().cloned().unwrap_or(node);
@@ -340,7 +378,11 @@ impl FabricUser for Warm<'_> {
 pub fn run_parallel(args: &ParallelArgs) -> Result<Vec<Record>, BenchError> {
     let cluster = Cluster::open(args.common.cluster.as_deref())?;
     let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
-    let records = cluster.provider.run(Parallel { args, cluster: &cluster, library })??;
+    let records = cluster.provider.run(Parallel {
+        args,
+        cluster: &cluster,
+        library,
+    })??;
     let cfg = serde_json::json!({"cores": args.cores, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
     finish(&args.common, "parallel_invocations", &records, &[], cfg)?;
     Ok(records)
@@ -357,7 +399,17 @@ impl FabricUser for Parallel<'_> {
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = &self.args.common;
         pin_client(c.client_core);
-        let exec = self.cluster.allocate(&fabric, &spec(self.library.clone(), c, self.args.cores, self.args.hot_timeout), opts(c), 0)?;
+        let exec = self.cluster.allocate(
+            &fabric,
+            &spec(
+                self.library.clone(),
+                c,
+                self.args.cores,
+                self.args.hot_timeout,
+            ),
+            opts(c),
+            0,
+        )?;
         let f = exec.function(&c.function)?;
         let n = exec.workers();
         let node = self.cluster.names.first().cloned().unwrap_or_default();
@@ -400,7 +452,11 @@ impl FabricUser for Parallel<'_> {
 pub fn run_cold(args: &ColdArgs) -> Result<Vec<Record>, BenchError> {
     let cluster = Cluster::open(args.common.cluster.as_deref())?;
     let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
-    let records = cluster.provider.run(Cold { args, cluster: &cluster, library })??;
+    let records = cluster.provider.run(Cold {
+        args,
+        cluster: &cluster,
+        library,
+    })??;
     let cfg = serde_json::json!({"modes": args.modes, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
     finish(&args.common, "cold_benchmark", &records, &COLD_PHASES, cfg)?;
     Ok(records)
@@ -417,12 +473,14 @@ impl FabricUser for Cold<'_> {
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = &self.args.common;
         pin_client(c.client_core);
- let node = self.cluster.names.first().cloned().unwrap_or_default();
+        let node = self.cluster.names.first().cloned().unwrap_or_default();
         let mut out = Vec::new();
         let mut cached_spec: Option<AllocationSpec> = None;
         for mode in &self.args.modes {
             if mode != "cached" && mode != "uncached" {
-                return Err(BenchError::Usage(format!("unknown mode {mode:?} (cached, uncached)")));
+                return Err(BenchError::Usage(format!(
+                    "unknown mode {mode:?} (cached, uncached)"
+                )));
             }
             for &size in &c.sizes {
                 let input = payload(size, size);
@@ -432,7 +490,10 @@ impl FabricUser for Cold<'_> {
                     if mode == "uncached" {
                         // Trailing bytes leave the ELF loadable but make its content hash new, so
                         // the manager stores it and the executor loads it from a new file.
-                        library.extend_from_slice(&crate::control::secret::random_bytes::<16>().map_err(|e| BenchError::Usage(e.to_string()))?);
+                        library.extend_from_slice(
+                            &crate::control::secret::random_bytes::<16>()
+                                .map_err(|e| BenchError::Usage(e.to_string()))?,
+                        );
                     }
                     let s = match &cached_spec {
                         Some(s) if mode == "cached" => s.clone(),
@@ -467,7 +528,13 @@ impl FabricUser for Cold<'_> {
                             worker: 0,
                             repetition: i - c.warmup.min(3),
                             latency_ns: total,
-                            phases: vec![tm.request_ns, tm.spawn_ns, tm.code_load_ns, tm.connect_ns, first],
+                            phases: vec![
+                                tm.request_ns,
+                                tm.spawn_ns,
+                                tm.code_load_ns,
+                                tm.connect_ns,
+                                first,
+                            ],
                         });
                     }
                 }

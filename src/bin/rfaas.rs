@@ -130,15 +130,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 None => Vec::new(),
                 Some(p) if p.as_os_str() == "-" => {
                     let mut v = Vec::new();
-                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v).context("read stdin")?;
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut v)
+                        .context("read stdin")?;
                     v
                 }
-                Some(p) => std::fs::read(p).with_context(|| format!("read input {}", p.display()))?,
+                Some(p) => {
+                    std::fs::read(p).with_context(|| format!("read input {}", p.display()))?
+                }
             };
             let cluster = rfaas::client::Cluster::open(a.cluster.as_deref()).context("cluster")?;
             let timeout = std::time::Duration::from_secs(a.timeout_s);
-            let out = rfaas::client::invoke_once(&cluster, &a.library, &a.function, &input, a.output_capacity, timeout)
-                .context("invoke")?;
+            let out = rfaas::client::invoke_once(
+                &cluster,
+                &a.library,
+                &a.function,
+                &input,
+                a.output_capacity,
+                timeout,
+            )
+            .context("invoke")?;
             std::io::Write::write_all(&mut std::io::stdout(), &out).context("write output")?;
         }
         Command::Status(args) => {

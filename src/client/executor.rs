@@ -76,7 +76,9 @@ impl AllocationSpec {
 
     /// The library's content hash.
     pub fn library_hash(&self) -> crate::function::ContentHash {
-        *self.hash.get_or_init(|| crate::function::ContentHash::of(&self.library))
+        *self
+            .hash
+            .get_or_init(|| crate::function::ContentHash::of(&self.library))
     }
 }
 
@@ -150,7 +152,13 @@ struct Conn<F: Fabric> {
 impl<F: Fabric> Conn<F> {
     /// Posts one invocation; returns its slot and id.
     #[inline]
-    fn submit(&mut self, func: FunctionId, input: &[u8], out_len: usize, solicited: bool) -> Result<(u8, u32), InvokeError> {
+    fn submit(
+        &mut self,
+        func: FunctionId,
+        input: &[u8],
+        out_len: usize,
+        solicited: bool,
+    ) -> Result<(u8, u32), InvokeError> {
         if let Some(why) = &self.dead {
             return Err(InvokeError::ExecutorGone(why.clone()));
         }
@@ -171,9 +179,18 @@ impl<F: Fabric> Conn<F> {
         let total = (HEADER_LEN + input.len()) as u32;
         let wr = SendWr {
             wr_id: u64::from(slot),
-            op: Op::WriteImm(self.remote.input.slice(u32::from(slot) * self.remote.stride, total), RequestImm::encode(slot, id)),
+            op: Op::WriteImm(
+                self.remote
+                    .input
+                    .slice(u32::from(slot) * self.remote.stride, total),
+                RequestImm::encode(slot, id),
+            ),
             sge: Some(self.staging.sge(off, total)),
-            flags: if solicited { SendFlags::SOLICITED } else { SendFlags::empty() },
+            flags: if solicited {
+                SendFlags::SOLICITED
+            } else {
+                SendFlags::empty()
+            },
         };
         if let Err(e) = self.qp.post_send(&wr) {
             self.table.release(slot);
@@ -204,7 +221,10 @@ impl<F: Fabric> Conn<F> {
         if wc.opcode != WcOpcode::RecvWriteImm {
             return;
         }
-        let _ = self.qp.post_recv(&RecvWr { wr_id: 0, sge: None });
+        let _ = self.qp.post_recv(&RecvWr {
+            wr_id: 0,
+            sge: None,
+        });
         match self.table.complete(wc.imm.unwrap_or(0)) {
             Ok(c) => self.lens[c.slot as usize] = wc.byte_len,
             Err(e) => tracing::warn!("result dropped: {e}"),
@@ -220,9 +240,13 @@ impl<F: Fabric> Conn<F> {
                 let r = if status != Status::Ok {
                     Err(InvokeError::Status(status))
                 } else if len > out.len() {
-                    Err(InvokeError::Invalid(format!("result of {len} bytes for a {}-byte buffer", out.len())))
+                    Err(InvokeError::Invalid(format!(
+                        "result of {len} bytes for a {}-byte buffer",
+                        out.len()
+                    )))
                 } else {
-                    self.results.read(slot as usize * self.out_cap, &mut out[..len]);
+                    self.results
+                        .read(slot as usize * self.out_cap, &mut out[..len]);
                     Ok(len)
                 };
                 self.table.release(slot);
@@ -238,7 +262,14 @@ impl<F: Fabric> Conn<F> {
     }
 
     /// Waits for `(slot, id)`: spins for `spin`, then sleeps on the completion queue.
-    fn wait(&mut self, slot: u8, id: u32, out: &mut [u8], timeout: Duration, spin: Duration) -> Result<usize, InvokeError> {
+    fn wait(
+        &mut self,
+        slot: u8,
+        id: u32,
+        out: &mut [u8],
+        timeout: Duration,
+        spin: Duration,
+    ) -> Result<usize, InvokeError> {
         let start = Instant::now();
         let mut k = 0u32;
         loop {
@@ -263,7 +294,11 @@ impl<F: Fabric> Conn<F> {
             if waited >= spin {
                 let mut wcs = [Wc::EMPTY; 16];
                 let left = timeout - waited;
-                match self.cq.poll_wait(&mut wcs, left.min(Duration::from_millis(100)), Duration::ZERO) {
+                match self.cq.poll_wait(
+                    &mut wcs,
+                    left.min(Duration::from_millis(100)),
+                    Duration::ZERO,
+                ) {
                     Ok(n) => wcs[..n].iter().for_each(|wc| self.on_completion(wc)),
                     Err(e) => self.dead = Some(e.to_string()),
                 }
@@ -290,9 +325,16 @@ pub struct Executor<F: Fabric> {
 impl<F: Fabric> Executor<F> {
     /// Uploads the library (unless cached), allocates `spec.cores` workers on `manager`, and
     /// connects to every worker over `fabric`.
-    pub fn allocate(fabric: F, manager: &ManagerClient, spec: &AllocationSpec, opts: ClientOptions) -> Result<Self, ClientError> {
+    pub fn allocate(
+        fabric: F,
+        manager: &ManagerClient,
+        spec: &AllocationSpec,
+        opts: ClientOptions,
+    ) -> Result<Self, ClientError> {
         if spec.functions.is_empty() || spec.functions.len() > usize::from(u16::MAX) {
-            return Err(ClientError::Invalid("between 1 and 65535 function names".into()));
+            return Err(ClientError::Invalid(
+                "between 1 and 65535 function names".into(),
+            ));
         }
         let t0 = Instant::now();
         let hash = manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
@@ -352,9 +394,12 @@ impl<F: Fabric> Executor<F> {
             .iter()
             .map(|&w| {
                 if w >= allocation.workers.len() {
-                    return Err(ClientError::Invalid(format!("allocation has no worker {w}")));
+                    return Err(ClientError::Invalid(format!(
+                        "allocation has no worker {w}"
+                    )));
                 }
-                connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts).map(Mutex::new)
+                connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts)
+                    .map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let timings = AllocationTimings {
@@ -414,20 +459,31 @@ impl<F: Fabric> Executor<F> {
 
     fn check(&self, input: &[u8]) -> Result<(), InvokeError> {
         if input.len() > self.input_capacity {
-            return Err(InvokeError::InputTooLarge { len: input.len(), capacity: self.input_capacity });
+            return Err(InvokeError::InputTooLarge {
+                len: input.len(),
+                capacity: self.input_capacity,
+            });
         }
         Ok(())
     }
 
     fn lock(&self, w: usize) -> Result<MutexGuard<'_, Conn<F>>, InvokeError> {
-        let m = self.workers.get(w).ok_or_else(|| InvokeError::Invalid(format!("no worker {w}")))?;
+        let m = self
+            .workers
+            .get(w)
+            .ok_or_else(|| InvokeError::Invalid(format!("no worker {w}")))?;
         Ok(m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs `func` on `input` on some free worker, waits for the result, copies it into `output`
     /// and returns its length. `output.len()` (capped at the allocation's output capacity) is the
     /// capacity the function may fill.
-    pub fn invoke(&self, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+    pub fn invoke(
+        &self,
+        func: FunctionId,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, InvokeError> {
         let n = self.workers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for k in 0..n {
@@ -440,12 +496,24 @@ impl<F: Fabric> Executor<F> {
     }
 
     /// Runs `func` on worker `worker` and waits for the result.
-    pub fn invoke_on(&self, worker: usize, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+    pub fn invoke_on(
+        &self,
+        worker: usize,
+        func: FunctionId,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, InvokeError> {
         let mut c = self.lock(worker)?;
         self.call(&mut c, func, input, output)
     }
 
-    fn call(&self, c: &mut Conn<F>, func: FunctionId, input: &[u8], output: &mut [u8]) -> Result<usize, InvokeError> {
+    fn call(
+        &self,
+        c: &mut Conn<F>,
+        func: FunctionId,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, InvokeError> {
         self.check(input)?;
         let deadline = Instant::now() + self.opts.timeout;
         let (slot, id) = loop {
@@ -461,19 +529,36 @@ impl<F: Fabric> Executor<F> {
                 r => break r?,
             }
         };
-        c.wait(slot, id, output, deadline.saturating_duration_since(Instant::now()), self.opts.spin)
+        c.wait(
+            slot,
+            id,
+            output,
+            deadline.saturating_duration_since(Instant::now()),
+            self.opts.spin,
+        )
     }
 
     /// Posts `func` on `input` to `worker` (or a round-robin one) and returns at once; collect
     /// the result with [`Executor::wait`] or [`Executor::poll`]. [`InvokeError::Busy`] when all
     /// of that worker's slots are in use.
-    pub fn submit(&self, worker: Option<usize>, func: FunctionId, input: &[u8], output_len: usize) -> Result<Pending, InvokeError> {
+    pub fn submit(
+        &self,
+        worker: Option<usize>,
+        func: FunctionId,
+        input: &[u8],
+        output_len: usize,
+    ) -> Result<Pending, InvokeError> {
         self.check(input)?;
-        let w = worker.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
+        let w = worker
+            .unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len());
         let mut c = self.lock(w)?;
         c.progress();
         let (slot, id) = c.submit(func, input, output_len, true)?;
-        Ok(Pending { worker: w, slot, id })
+        Ok(Pending {
+            worker: w,
+            slot,
+            id,
+        })
     }
 
     /// Waits for a submitted invocation; copies its result into `output`.
@@ -490,9 +575,19 @@ impl<F: Fabric> Executor<F> {
     }
 
     /// Runs `func` once on every worker in parallel, input `i` on worker `i`; one result each.
-    pub fn invoke_parallel(&self, func: FunctionId, inputs: &[&[u8]], outputs: &mut [&mut [u8]]) -> Vec<Result<usize, InvokeError>> {
+    pub fn invoke_parallel(
+        &self,
+        func: FunctionId,
+        inputs: &[&[u8]],
+        outputs: &mut [&mut [u8]],
+    ) -> Vec<Result<usize, InvokeError>> {
         if inputs.len() != outputs.len() || inputs.len() > self.workers.len() {
-            let e = InvokeError::Invalid(format!("{} inputs, {} outputs, {} workers", inputs.len(), outputs.len(), self.workers.len()));
+            let e = InvokeError::Invalid(format!(
+                "{} inputs, {} outputs, {} workers",
+                inputs.len(),
+                outputs.len(),
+                self.workers.len()
+            ));
             return vec![Err(e); inputs.len()];
         }
         let mut guards: Vec<_> = (0..inputs.len()).map(|w| self.lock(w)).collect();
@@ -500,7 +595,9 @@ impl<F: Fabric> Executor<F> {
             .iter_mut()
             .zip(inputs.iter().zip(outputs.iter()))
             .map(|(g, (inp, out))| match g {
-                Ok(c) => self.check(inp).and_then(|_| c.submit(func, inp, out.len(), false)),
+                Ok(c) => self
+                    .check(inp)
+                    .and_then(|_| c.submit(func, inp, out.len(), false)),
                 Err(e) => Err(e.clone()),
             })
             .collect();
@@ -556,13 +653,35 @@ fn connect_worker<F: Fabric>(
     let out_cap = spec.output_capacity as usize;
     let cq = fabric.create_cq(4 * slots + 16)?;
     let staging = fabric.alloc_mr(stride * slots as usize, Access::LOCAL_WRITE)?;
-    let results = fabric.alloc_mr(out_cap * slots as usize, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
-    let recvs: Vec<RecvWr> = (0..u64::from(slots)).map(|i| RecvWr { wr_id: i, sge: None }).collect();
-    let caps = QpCaps { max_send_wr: 2 * slots + 8, max_recv_wr: slots, max_msg_size: 256 };
-    let init = QpInit { send_cq: &cq, recv_cq: &cq, caps, timeouts: QpTimeouts::default() };
-    let hello = WorkerConnect { token: *token, worker }.encode();
+    let results = fabric.alloc_mr(
+        out_cap * slots as usize,
+        Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+    )?;
+    let recvs: Vec<RecvWr> = (0..u64::from(slots))
+        .map(|i| RecvWr {
+            wr_id: i,
+            sge: None,
+        })
+        .collect();
+    let caps = QpCaps {
+        max_send_wr: 2 * slots + 8,
+        max_recv_wr: slots,
+        max_msg_size: 256,
+    };
+    let init = QpInit {
+        send_cq: &cq,
+        recv_cq: &cq,
+        caps,
+        timeouts: QpTimeouts::default(),
+    };
+    let hello = WorkerConnect {
+        token: *token,
+        worker,
+    }
+    .encode();
     let (qp, pd) = fabric.connect(address, init, &recvs, &hello, opts.connect_timeout)?;
-    let remote = WorkerAccept::decode(&pd).ok_or_else(|| ClientError::Config("worker sent malformed accept data".into()))?;
+    let remote = WorkerAccept::decode(&pd)
+        .ok_or_else(|| ClientError::Config("worker sent malformed accept data".into()))?;
     if remote.slots < slots || (remote.stride as usize) < stride {
         return Err(ClientError::Config(format!(
             "worker offers {} slots of {} bytes, this client needs {slots} of {stride}",

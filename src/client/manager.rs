@@ -6,7 +6,9 @@ use serde::de::DeserializeOwned;
 use ureq::http::StatusCode;
 
 use super::error::ClientError;
-use crate::control::api::{Allocation, AllocationRequest, AllocationStatus, ApiError, LibraryStored, ManagerStatus};
+use crate::control::api::{
+    Allocation, AllocationRequest, AllocationStatus, ApiError, LibraryStored, ManagerStatus,
+};
 use crate::function::ContentHash;
 
 /// A connection to one executor manager, authenticated with the cluster secret.
@@ -19,7 +21,9 @@ pub struct ManagerClient {
 
 impl std::fmt::Debug for ManagerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManagerClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("ManagerClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,7 +41,11 @@ impl ManagerClient {
             .http_status_as_error(false)
             .build()
             .into();
-        ManagerClient { base, auth: format!("Bearer {secret}"), agent }
+        ManagerClient {
+            base,
+            auth: format!("Bearer {secret}"),
+            agent,
+        }
     }
 
     /// The manager's base URL.
@@ -46,19 +54,34 @@ impl ManagerClient {
     }
 
     fn http_err(&self, e: impl std::fmt::Display) -> ClientError {
-        ClientError::Http { manager: self.base.clone(), message: e.to_string() }
+        ClientError::Http {
+            manager: self.base.clone(),
+            message: e.to_string(),
+        }
     }
 
-    fn decode<T: DeserializeOwned>(&self, mut resp: ureq::http::Response<ureq::Body>) -> Result<T, ClientError> {
+    fn decode<T: DeserializeOwned>(
+        &self,
+        mut resp: ureq::http::Response<ureq::Body>,
+    ) -> Result<T, ClientError> {
         let status = resp.status();
         if status.is_success() {
-            return resp.body_mut().read_json::<T>().map_err(|e| self.http_err(format!("bad answer: {e}")));
+            return resp
+                .body_mut()
+                .read_json::<T>()
+                .map_err(|e| self.http_err(format!("bad answer: {e}")));
         }
         let message = match resp.body_mut().read_to_string() {
-            Ok(body) => serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body),
+            Ok(body) => serde_json::from_str::<ApiError>(&body)
+                .map(|e| e.error)
+                .unwrap_or(body),
             Err(e) => e.to_string(),
         };
-        Err(ClientError::Manager { manager: self.base.clone(), status: status.as_u16(), message })
+        Err(ClientError::Manager {
+            manager: self.base.clone(),
+            status: status.as_u16(),
+            message,
+        })
     }
 
     /// Uploads a library unless the manager has it already; returns its content hash.
@@ -67,13 +90,27 @@ impl ManagerClient {
     }
 
     /// [`Self::upload_library`] when the hash is already known.
-    pub fn upload_library_with_hash(&self, bytes: &[u8], hash: ContentHash) -> Result<ContentHash, ClientError> {
+    pub fn upload_library_with_hash(
+        &self,
+        bytes: &[u8],
+        hash: ContentHash,
+    ) -> Result<ContentHash, ClientError> {
         let url = format!("{}/v1/libraries/{}", self.base, hash.to_hex());
-        let head = self.agent.head(&url).header("Authorization", &self.auth).call().map_err(|e| self.http_err(e))?;
+        let head = self
+            .agent
+            .head(&url)
+            .header("Authorization", &self.auth)
+            .call()
+            .map_err(|e| self.http_err(e))?;
         if head.status() == StatusCode::OK {
             return Ok(hash);
         }
-        let resp = self.agent.put(&url).header("Authorization", &self.auth).send(bytes).map_err(|e| self.http_err(e))?;
+        let resp = self
+            .agent
+            .put(&url)
+            .header("Authorization", &self.auth)
+            .send(bytes)
+            .map_err(|e| self.http_err(e))?;
         let _: LibraryStored = self.decode(resp)?;
         Ok(hash)
     }
@@ -101,7 +138,11 @@ impl ManagerClient {
             return Ok(());
         }
         let message = resp.body_mut().read_to_string().unwrap_or_default();
-        Err(ClientError::Manager { manager: self.base.clone(), status: resp.status().as_u16(), message })
+        Err(ClientError::Manager {
+            manager: self.base.clone(),
+            status: resp.status().as_u16(),
+            message,
+        })
     }
 
     /// State of one allocation.

@@ -25,5 +25,7 @@ mod manager;
 
 pub use cluster::{invoke_once, Cluster};
 pub use error::{ClientError, InvokeError};
-pub use executor::{AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending};
+pub use executor::{
+    AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending,
+};
 pub use manager::ManagerClient;

@@ -220,7 +220,10 @@ impl WorkerConnect {
         }
         let mut token = [0u8; TOKEN_LEN];
         token.copy_from_slice(&b[..TOKEN_LEN]);
-        Some(WorkerConnect { token, worker: u32::from_le_bytes(b[TOKEN_LEN..].try_into().ok()?) })
+        Some(WorkerConnect {
+            token,
+            worker: u32::from_le_bytes(b[TOKEN_LEN..].try_into().ok()?),
+        })
     }
 }
 

@@ -19,7 +19,9 @@ pub enum SecretError {
         source: std::io::Error,
     },
     /// The file is readable by others.
-    #[error("secret file {path} has mode {mode:o}: it must be readable by its owner only (chmod 600)")]
+    #[error(
+        "secret file {path} has mode {mode:o}: it must be readable by its owner only (chmod 600)"
+    )]
     Permissions {
         /// The file.
         path: String,
@@ -43,7 +45,9 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
 
 /// A fresh random token, hex encoded.
 pub fn new_token() -> Result<String, SecretError> {
-    Ok(hex::encode(random_bytes::<{ crate::control::api::TOKEN_LEN }>()?))
+    Ok(hex::encode(random_bytes::<
+        { crate::control::api::TOKEN_LEN },
+    >()?))
 }
 
 /// Constant-time equality of two secrets.
@@ -54,12 +58,18 @@ pub fn secrets_equal(a: &[u8], b: &[u8]) -> bool {
 /// Reads a secret file, refusing one that group or others can read.
 pub fn read_secret_file(path: &Path) -> Result<String, SecretError> {
     let p = path.display().to_string();
-    let md = std::fs::metadata(path).map_err(|source| SecretError::Io { path: p.clone(), source })?;
+    let md = std::fs::metadata(path).map_err(|source| SecretError::Io {
+        path: p.clone(),
+        source,
+    })?;
     let mode = md.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(SecretError::Permissions { path: p, mode });
     }
-    let s = std::fs::read_to_string(path).map_err(|source| SecretError::Io { path: p.clone(), source })?;
+    let s = std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+        path: p.clone(),
+        source,
+    })?;
     let s = s.trim().to_string();
     if s.is_empty() {
         return Err(SecretError::Empty(p));
@@ -77,10 +87,18 @@ pub fn create_secret_file(path: &Path) -> Result<String, SecretError> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|source| SecretError::Io { path: p.clone(), source })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| SecretError::Io { path: p.clone(), source })?;
-    std::io::Write::write_all(&mut f, secret.as_bytes()).map_err(|source| SecretError::Io { path: p, source })?;
+        .map_err(|source| SecretError::Io {
+            path: p.clone(),
+            source,
+        })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        SecretError::Io {
+            path: p.clone(),
+            source,
+        }
+    })?;
+    std::io::Write::write_all(&mut f, secret.as_bytes())
+        .map_err(|source| SecretError::Io { path: p, source })?;
     Ok(secret)
 }
 
@@ -96,8 +114,15 @@ mod tests {
         assert_eq!(s.len(), 64);
         assert_eq!(read_secret_file(&p).unwrap(), s);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_secret_file(&p), Err(SecretError::Permissions { .. })));
-        assert!(secrets_equal(b"abc", b"abc") && !secrets_equal(b"abc", b"abd") && !secrets_equal(b"a", b"ab"));
+        assert!(matches!(
+            read_secret_file(&p),
+            Err(SecretError::Permissions { .. })
+        ));
+        assert!(
+            secrets_equal(b"abc", b"abc")
+                && !secrets_equal(b"abc", b"abd")
+                && !secrets_equal(b"a", b"ab")
+        );
         assert_ne!(new_token().unwrap(), new_token().unwrap());
     }
 }

@@ -26,12 +26,29 @@ pub struct Billing<F: Fabric> {
 
 impl<F: Fabric> Billing<F> {
     /// Connects to the manager's billing listener, authenticated by the allocation token.
-    pub fn connect(fabric: &F, target: &BillingTarget, token: &[u8; TOKEN_LEN]) -> Result<Self, FabricError> {
+    pub fn connect(
+        fabric: &F,
+        target: &BillingTarget,
+        token: &[u8; TOKEN_LEN],
+    ) -> Result<Self, FabricError> {
         let cq = fabric.create_cq(16)?;
         let result = fabric.alloc_mr(16, Access::LOCAL_WRITE)?;
-        let (qp, _) = fabric.connect(&target.address, QpInit::new(&cq), &[], token, Duration::from_secs(5))?;
-        let record = RemoteBuf { addr: target.addr, rkey: target.rkey, len: 16 };
-        Ok(Billing { inner: Mutex::new(Inner { qp, cq, result }), record })
+        let (qp, _) = fabric.connect(
+            &target.address,
+            QpInit::new(&cq),
+            &[],
+            token,
+            Duration::from_secs(5),
+        )?;
+        let record = RemoteBuf {
+            addr: target.addr,
+            rkey: target.rkey,
+            len: 16,
+        };
+        Ok(Billing {
+            inner: Mutex::new(Inner { qp, cq, result }),
+            record,
+        })
     }
 
     /// Adds `execution_ns` and `hot_polling_ns` to the record.
@@ -43,7 +60,10 @@ impl<F: Fabric> Billing<F> {
             }
             let wr = SendWr {
                 wr_id: i as u64,
-                op: Op::FetchAdd { remote: self.record.slice(8 * i as u32, 8), add: v },
+                op: Op::FetchAdd {
+                    remote: self.record.slice(8 * i as u32, 8),
+                    add: v,
+                },
                 sge: Some(inner.result.sge(8 * i, 8)),
                 flags: SendFlags::SIGNALED,
             };
@@ -52,7 +72,10 @@ impl<F: Fabric> Billing<F> {
                 return;
             }
             let mut wc = [Wc::EMPTY; 1];
-            match inner.cq.poll_wait(&mut wc, Duration::from_secs(1), Duration::from_micros(50)) {
+            match inner
+                .cq
+                .poll_wait(&mut wc, Duration::from_secs(1), Duration::from_micros(50))
+            {
                 Ok(1) if wc[0].is_ok() => {}
                 Ok(1) => tracing::warn!(status = ?wc[0].status, "billing update failed"),
                 _ => tracing::warn!("billing update got no completion"),

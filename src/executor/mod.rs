@@ -70,7 +70,12 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
         .map_err(|e| ExecutorError::Config(e.to_string()))
         .and_then(|cfg| run(cfg, &mut std::io::stdout()));
     if let Err(e) = &result {
-        report(&mut std::io::stdout(), &ExecutorEvent::Failed { error: e.to_string() });
+        report(
+            &mut std::io::stdout(),
+            &ExecutorEvent::Failed {
+                error: e.to_string(),
+            },
+        );
     }
     result
 }
@@ -96,13 +101,19 @@ fn validate(cfg: &ExecutorConfig) -> Result<[u8; TOKEN_LEN], ExecutorError> {
     if cfg.input_capacity == 0 || cfg.output_capacity == 0 {
         return bad("capacities must be positive");
     }
-    let token = hex::decode(&cfg.token).map_err(|_| ExecutorError::Config("token is not hex".into()))?;
-    token.try_into().map_err(|_| ExecutorError::Config(format!("token must have {TOKEN_LEN} bytes")))
+    let token =
+        hex::decode(&cfg.token).map_err(|_| ExecutorError::Config("token is not hex".into()))?;
+    token
+        .try_into()
+        .map_err(|_| ExecutorError::Config(format!("token must have {TOKEN_LEN} bytes")))
 }
 
 /// Loads the library named by the configuration and resolves the requested functions.
 fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
-    let hash: ContentHash = cfg.library_hash.parse().map_err(|e| ExecutorError::Config(format!("{e:?}")))?;
+    let hash: ContentHash = cfg
+        .library_hash
+        .parse()
+        .map_err(|e| ExecutorError::Config(format!("{e:?}")))?;
     // The manager verified this file's hash just before it spawned us.
     let lib = FunctionLibrary::open_verified(hash, Path::new(&cfg.library_path).to_path_buf())?;
     Ok(lib.resolve(&cfg.functions)?)
@@ -118,7 +129,14 @@ pub fn run(cfg: ExecutorConfig, out: &mut impl Write) -> Result<(), ExecutorErro
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    cfg.provider.run(Serve { cfg: &cfg, token, table, code_load_ns, stop, out })?
+    cfg.provider.run(Serve {
+        cfg: &cfg,
+        token,
+        table,
+        code_load_ns,
+        stop,
+        out,
+    })?
 }
 
 struct Serve<'a, W: Write> {
@@ -147,10 +165,27 @@ impl<W: Write> FabricUser for Serve<'_, W> {
             None => None,
         };
         let billing = billing.map(Arc::new);
-        report(self.out, &ExecutorEvent::Ready { address: listener.local_addr(), code_load_ns: self.code_load_ns });
-        let workers = accept_workers(&fabric, &listener, cfg, &self.token, &self.table, &self.stop)?;
+        report(
+            self.out,
+            &ExecutorEvent::Ready {
+                address: listener.local_addr(),
+                code_load_ns: self.code_load_ns,
+            },
+        );
+        let workers = accept_workers(
+            &fabric,
+            &listener,
+            cfg,
+            &self.token,
+            &self.table,
+            &self.stop,
+        )?;
         drop(listener);
-        tracing::info!(allocation = cfg.allocation, workers = workers.len(), "executor serving");
+        tracing::info!(
+            allocation = cfg.allocation,
+            workers = workers.len(),
+            "executor serving"
+        );
         let exits: Vec<WorkerExit> = std::thread::scope(|s| {
             let handles: Vec<_> = workers
                 .into_iter()
@@ -159,7 +194,10 @@ impl<W: Write> FabricUser for Serve<'_, W> {
                     s.spawn(move || w.serve(&stop, billing.as_deref()))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or(WorkerExit::Panicked)).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(WorkerExit::Panicked))
+                .collect()
         });
         tracing::info!(allocation = cfg.allocation, ?exits, "executor done");
         Ok(())
@@ -183,38 +221,90 @@ fn accept_workers<F: Fabric>(
     let mut connected = 0;
     while connected < n {
         if stop.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(ExecutorError::Config("stopped before the client connected".into()));
+            return Err(ExecutorError::Config(
+                "stopped before the client connected".into(),
+            ));
         }
         let now = Instant::now();
         if now >= deadline {
-            return Err(ExecutorError::ConnectTimeout { connected, workers: n, timeout });
+            return Err(ExecutorError::ConnectTimeout {
+                connected,
+                workers: n,
+                timeout,
+            });
         }
-        let Some(req) = listener.next_request((deadline - now).min(Duration::from_millis(100)))? else { continue };
+        let Some(req) = listener.next_request((deadline - now).min(Duration::from_millis(100)))?
+        else {
+            continue;
+        };
         let Some(hello) = WorkerConnect::decode(req.private_data()) else {
-            tracing::warn!(peer = req.peer(), "refused a connection: malformed connect data");
+            tracing::warn!(
+                peer = req.peer(),
+                "refused a connection: malformed connect data"
+            );
             req.reject("malformed connect data");
             continue;
         };
         if !secrets_equal(&hello.token, token) {
-            tracing::warn!(peer = req.peer(), "refused a connection: wrong allocation token");
+            tracing::warn!(
+                peer = req.peer(),
+                "refused a connection: wrong allocation token"
+            );
             req.reject("wrong allocation token");
             continue;
         }
         let w = hello.worker as usize;
         if w >= n || slots[w].is_some() {
-            tracing::warn!(peer = req.peer(), worker = w, "refused a connection: no such free worker");
+            tracing::warn!(
+                peer = req.peer(),
+                worker = w,
+                "refused a connection: no such free worker"
+            );
             req.reject("no such worker, or already connected");
             continue;
         }
         let cq = fabric.create_cq(4 * cfg.slots + 16)?;
-        let input = fabric.alloc_mr(stride * cfg.slots as usize, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
-        let output = fabric.alloc_mr(cfg.output_capacity as usize * cfg.slots as usize, Access::LOCAL_WRITE)?;
-        let recvs: Vec<RecvWr> = (0..u64::from(cfg.slots)).map(|i| RecvWr { wr_id: i, sge: None }).collect();
-        let accept = WorkerAccept { input: input.remote(0, input.len() as u32), stride: stride as u32, slots: cfg.slots };
-        let caps = QpCaps { max_send_wr: 2 * cfg.slots + 8, max_recv_wr: cfg.slots, max_msg_size: 256 };
-        let init = QpInit { send_cq: &cq, recv_cq: &cq, caps, timeouts: QpTimeouts::default() };
+        let input = fabric.alloc_mr(
+            stride * cfg.slots as usize,
+            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+        )?;
+        let output = fabric.alloc_mr(
+            cfg.output_capacity as usize * cfg.slots as usize,
+            Access::LOCAL_WRITE,
+        )?;
+        let recvs: Vec<RecvWr> = (0..u64::from(cfg.slots))
+            .map(|i| RecvWr {
+                wr_id: i,
+                sge: None,
+            })
+            .collect();
+        let accept = WorkerAccept {
+            input: input.remote(0, input.len() as u32),
+            stride: stride as u32,
+            slots: cfg.slots,
+        };
+        let caps = QpCaps {
+            max_send_wr: 2 * cfg.slots + 8,
+            max_recv_wr: cfg.slots,
+            max_msg_size: 256,
+        };
+        let init = QpInit {
+            send_cq: &cq,
+            recv_cq: &cq,
+            caps,
+            timeouts: QpTimeouts::default(),
+        };
         let qp = req.accept(init, &recvs, &accept.encode())?;
-        slots[w] = Some(Worker::new(w, cfg, table.clone(), qp, cq, input, output, stride));
+        slots[w] = Some(Worker::new(
+            w,
+            cfg,
+            table.clone(),
+            qp,
+            cq,
+            input,
+            output,
+            stride,
+        ));
         connected += 1;
     }
     Ok(slots.into_iter().flatten().collect())

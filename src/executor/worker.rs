@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use super::billing::Billing;
 use crate::control::api::ExecutorConfig;
 use crate::function::{FunctionStatus, FunctionTable};
-use crate::protocol::{InvocationHeader, PollMode, PollSchedule, RequestImm, ResultImm, Status, HEADER_LEN};
+use crate::protocol::{
+    InvocationHeader, PollMode, PollSchedule, RequestImm, ResultImm, Status, HEADER_LEN,
+};
 use crate::rdma::{
     CompletionQueue, Fabric, MemoryRegion, Op, QueuePair, RecvWr, SendFlags, SendWr, Wc, WcOpcode,
     WcStatus,
@@ -162,7 +164,11 @@ impl<F: Fabric> Worker<F> {
         let req = RequestImm::decode(wc.imm.unwrap_or(0));
         let slot = u32::from(req.slot);
         if slot >= self.slots {
-            tracing::warn!(worker = self.index, slot, "invocation names a slot that does not exist; ignored");
+            tracing::warn!(
+                worker = self.index,
+                slot,
+                "invocation names a slot that does not exist; ignored"
+            );
             self.repost(wc.wr_id);
             return;
         }
@@ -173,7 +179,11 @@ impl<F: Fabric> Worker<F> {
         let header = match InvocationHeader::decode(&raw, total) {
             Ok(h) if total <= self.stride => h,
             Ok(h) => {
-                tracing::warn!(worker = self.index, total, "invocation larger than its slot");
+                tracing::warn!(
+                    worker = self.index,
+                    total,
+                    "invocation larger than its slot"
+                );
                 self.repost(wc.wr_id);
                 self.reply(slot, &h, Status::BadRequest, 0);
                 return;
@@ -199,7 +209,9 @@ impl<F: Fabric> Worker<F> {
         );
         let (status, len) = match status {
             FunctionStatus::Ok(len) if len <= header.output.len => (Status::Ok, len),
-            FunctionStatus::Ok(_) | FunctionStatus::OutputTooLarge(_) => (Status::OutputTooLarge, 0),
+            FunctionStatus::Ok(_) | FunctionStatus::OutputTooLarge(_) => {
+                (Status::OutputTooLarge, 0)
+            }
             FunctionStatus::Panicked => (Status::FunctionPanicked, 0),
             FunctionStatus::UnknownFunction => (Status::UnknownFunction, 0),
             FunctionStatus::InputTooLarge(_) => (Status::BadRequest, 0),

@@ -434,8 +434,16 @@ impl FunctionTable {
         out_off: usize,
         out_cap: usize,
     ) -> FunctionStatus {
-        assert!(in_off.checked_add(in_len).is_some_and(|e| e <= input.len()), "input range outside its region");
-        assert!(out_off.checked_add(out_cap).is_some_and(|e| e <= output.len()), "output range outside its region");
+        assert!(
+            in_off.checked_add(in_len).is_some_and(|e| e <= input.len()),
+            "input range outside its region"
+        );
+        assert!(
+            out_off
+                .checked_add(out_cap)
+                .is_some_and(|e| e <= output.len()),
+            "output range outside its region"
+        );
         // SAFETY: both ranges lie inside their regions (checked above), which stay mapped while
         // borrowed; `&mut` on both regions rules out other local users and (borrowck) aliasing of
         // the two; peers stay off these ranges by the protocol invariant documented above.

@@ -122,7 +122,10 @@ impl InvocationHeader {
             output: RemoteBuf::from_bytes(&b[16..32]).ok_or(ProtocolError::Short(b.len()))?,
         };
         if h.payload_len as usize != total - HEADER_LEN {
-            return Err(ProtocolError::LengthMismatch { header: h.payload_len, arrived: total - HEADER_LEN });
+            return Err(ProtocolError::LengthMismatch {
+                header: h.payload_len,
+                arrived: total - HEADER_LEN,
+            });
         }
         Ok(h)
     }
@@ -144,7 +147,10 @@ impl RequestImm {
     }
     /// Decodes.
     pub fn decode(imm: u32) -> RequestImm {
-        RequestImm { slot: (imm & 0xff) as u8, id_low: imm >> 8 }
+        RequestImm {
+            slot: (imm & 0xff) as u8,
+            id_low: imm >> 8,
+        }
     }
 }
 
@@ -166,7 +172,11 @@ impl ResultImm {
     }
     /// Decodes.
     pub fn decode(imm: u32) -> ResultImm {
-        ResultImm { slot: (imm & 0xff) as u8, status: Status::from_u8(((imm >> 8) & 0xff) as u8), id_low: (imm >> 16) as u16 }
+        ResultImm {
+            slot: (imm & 0xff) as u8,
+            status: Status::from_u8(((imm >> 8) & 0xff) as u8),
+            id_low: (imm >> 16) as u16,
+        }
     }
 }
 
@@ -181,25 +191,56 @@ mod tests {
             function: 3,
             flags: FLAG_SOLICITED_REPLY,
             payload_len: 5,
-            output: RemoteBuf { addr: 0x1234_5678_9abc, rkey: 77, len: 4096 },
+            output: RemoteBuf {
+                addr: 0x1234_5678_9abc,
+                rkey: 77,
+                len: 4096,
+            },
         };
         let mut b = [0u8; HEADER_LEN + 5];
         h.encode(&mut b);
         assert_eq!(InvocationHeader::decode(&b, b.len()), Ok(h));
-        assert_eq!(InvocationHeader::decode(&b, b.len() - 1), Err(ProtocolError::LengthMismatch { header: 5, arrived: 4 }));
-        assert_eq!(InvocationHeader::decode(&b[..10], 10), Err(ProtocolError::Short(10)));
+        assert_eq!(
+            InvocationHeader::decode(&b, b.len() - 1),
+            Err(ProtocolError::LengthMismatch {
+                header: 5,
+                arrived: 4
+            })
+        );
+        assert_eq!(
+            InvocationHeader::decode(&b[..10], 10),
+            Err(ProtocolError::Short(10))
+        );
         b[0] = b'X';
-        assert_eq!(InvocationHeader::decode(&b, b.len()), Err(ProtocolError::BadMagic));
+        assert_eq!(
+            InvocationHeader::decode(&b, b.len()),
+            Err(ProtocolError::BadMagic)
+        );
     }
 
     #[test]
     fn immediates_round_trip_at_the_edges() {
-        for (slot, id) in [(0u8, 0u32), (255, u32::MAX), (17, 0x00ab_cdef), (1, 1 << 24)] {
+        for (slot, id) in [
+            (0u8, 0u32),
+            (255, u32::MAX),
+            (17, 0x00ab_cdef),
+            (1, 1 << 24),
+        ] {
             let r = RequestImm::decode(RequestImm::encode(slot, id));
             assert_eq!((r.slot, r.id_low), (slot, id & 0x00ff_ffff));
-            for st in [Status::Ok, Status::UnknownFunction, Status::OutputTooLarge, Status::FunctionPanicked, Status::ShuttingDown, Status::BadRequest] {
+            for st in [
+                Status::Ok,
+                Status::UnknownFunction,
+                Status::OutputTooLarge,
+                Status::FunctionPanicked,
+                Status::ShuttingDown,
+                Status::BadRequest,
+            ] {
                 let r = ResultImm::decode(ResultImm::encode(slot, st, id));
-                assert_eq!((r.slot, r.status, r.id_low), (slot, st, (id & 0xffff) as u16));
+                assert_eq!(
+                    (r.slot, r.status, r.id_low),
+                    (slot, st, (id & 0xffff) as u16)
+                );
             }
         }
     }

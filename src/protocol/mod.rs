@@ -9,6 +9,8 @@ pub mod invocation;
 pub mod polling;
 pub mod slots;
 
-pub use invocation::{InvocationHeader, ProtocolError, RequestImm, ResultImm, Status, HEADER_LEN, MAX_SLOTS};
+pub use invocation::{
+    InvocationHeader, ProtocolError, RequestImm, ResultImm, Status, HEADER_LEN, MAX_SLOTS,
+};
 pub use polling::{PollMode, PollSchedule};
-pub use slots::{SlotTable, Completion};
+pub use slots::{Completion, SlotTable};

@@ -1,8 +1,8 @@
 //! The executor worker's hot/warm schedule, driven by an injected clock (nanoseconds).
 //!
 //! `hot_timeout_ms`: -1 always hot (busy-poll), 0 always warm (block on the completion channel),
-//! > 0 hot until that many **milliseconds** pass without work, then warm until the next
-//! invocation (rFaaS compared this value in nanoseconds by mistake).
+//! a positive value: hot until that many **milliseconds** pass without work, then warm until the
+//! next invocation (rFaaS compared this value in nanoseconds by mistake).
 
 /// How a worker waits for the next invocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,7 +23,10 @@ pub struct PollSchedule {
 impl PollSchedule {
     /// A schedule that starts at `now_ns` as if work had just arrived.
     pub fn new(hot_timeout_ms: i64, now_ns: u64) -> PollSchedule {
-        PollSchedule { hot_timeout_ms, last_work_ns: now_ns }
+        PollSchedule {
+            hot_timeout_ms,
+            last_work_ns: now_ns,
+        }
     }
 
     /// Records that an invocation arrived at `now_ns`.
@@ -57,7 +60,11 @@ mod tests {
     fn timeout_is_in_milliseconds() {
         let mut s = PollSchedule::new(5, 0);
         assert_eq!(s.mode(0), PollMode::Hot);
-        assert_eq!(s.mode(4 * MS + 999_999), PollMode::Hot, "still hot just before 5 ms");
+        assert_eq!(
+            s.mode(4 * MS + 999_999),
+            PollMode::Hot,
+            "still hot just before 5 ms"
+        );
         assert_eq!(s.mode(5 * MS), PollMode::Warm);
         s.on_work(6 * MS);
         assert_eq!(s.mode(7 * MS), PollMode::Hot, "work makes it hot again");

@@ -63,7 +63,11 @@ impl SlotTable {
     /// A table of `slots` slots (1..=256), all free; ids start at `first_id`.
     pub fn new(slots: u32, first_id: u32) -> SlotTable {
         let n = slots.clamp(1, super::MAX_SLOTS) as usize;
-        SlotTable { free: (0..n).rev().map(|s| s as u8).collect(), slots: vec![Slot::Free; n], next_id: first_id }
+        SlotTable {
+            free: (0..n).rev().map(|s| s as u8).collect(),
+            slots: vec![Slot::Free; n],
+            next_id: first_id,
+        }
     }
 
     /// Number of slots.
@@ -98,13 +102,26 @@ impl SlotTable {
     /// Matches a result immediate to its invocation; the slot holds the result until `release`.
     pub fn complete(&mut self, imm: u32) -> Result<Completion, MatchError> {
         let r = ResultImm::decode(imm);
-        let cell = self.slots.get_mut(r.slot as usize).ok_or(MatchError::IdleSlot(r.slot))?;
-        let Slot::InFlight(id) = *cell else { return Err(MatchError::IdleSlot(r.slot)) };
+        let cell = self
+            .slots
+            .get_mut(r.slot as usize)
+            .ok_or(MatchError::IdleSlot(r.slot))?;
+        let Slot::InFlight(id) = *cell else {
+            return Err(MatchError::IdleSlot(r.slot));
+        };
         if (id & 0xffff) as u16 != r.id_low {
-            return Err(MatchError::WrongId { slot: r.slot, got: r.id_low, expected: id as u16 });
+            return Err(MatchError::WrongId {
+                slot: r.slot,
+                got: r.id_low,
+                expected: id as u16,
+            });
         }
         *cell = Slot::Done(id, r.status);
-        Ok(Completion { slot: r.slot, id, status: r.status })
+        Ok(Completion {
+            slot: r.slot,
+            id,
+            status: r.status,
+        })
     }
 
     /// The result of invocation `id` in `slot`: `Some(status)` once it arrived, `None` while it is
@@ -119,10 +136,13 @@ impl SlotTable {
 
     /// Invocations in flight (not yet answered): `(slot, id)`.
     pub fn pending(&self) -> impl Iterator<Item = (u8, u32)> + '_ {
-        self.slots.iter().enumerate().filter_map(|(s, st)| match st {
-            Slot::InFlight(id) => Some((s as u8, *id)),
-            _ => None,
-        })
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, st)| match st {
+                Slot::InFlight(id) => Some((s as u8, *id)),
+                _ => None,
+            })
     }
 }
 
@@ -141,22 +161,44 @@ mod tests {
         let c = t.complete(ResultImm::encode(s1, Status::Ok, i1)).unwrap();
         assert_eq!((c.slot, c.id), (s1, i1));
         assert_eq!(t.result(s1, i1), Ok(Some(Status::Ok)));
-        assert_eq!(t.acquire(), None, "a result not yet collected keeps its slot");
+        assert_eq!(
+            t.acquire(),
+            None,
+            "a result not yet collected keeps its slot"
+        );
         t.release(s1);
         assert!(t.acquire().is_some());
-        assert_eq!(t.complete(ResultImm::encode(s0, Status::OutputTooLarge, i0)).unwrap().status, Status::OutputTooLarge);
+        assert_eq!(
+            t.complete(ResultImm::encode(s0, Status::OutputTooLarge, i0))
+                .unwrap()
+                .status,
+            Status::OutputTooLarge
+        );
     }
 
     #[test]
     fn stale_and_foreign_results_are_refused() {
         let mut t = SlotTable::new(4, 10);
         let (s, id) = t.acquire().unwrap();
-        assert!(matches!(t.complete(ResultImm::encode(s, Status::Ok, id + 1)), Err(MatchError::WrongId { .. })));
-        assert_eq!(t.complete(ResultImm::encode(3, Status::Ok, id)), Err(MatchError::IdleSlot(3)));
-        assert_eq!(t.complete(ResultImm::encode(200, Status::Ok, id)), Err(MatchError::IdleSlot(200)));
+        assert!(matches!(
+            t.complete(ResultImm::encode(s, Status::Ok, id + 1)),
+            Err(MatchError::WrongId { .. })
+        ));
+        assert_eq!(
+            t.complete(ResultImm::encode(3, Status::Ok, id)),
+            Err(MatchError::IdleSlot(3))
+        );
+        assert_eq!(
+            t.complete(ResultImm::encode(200, Status::Ok, id)),
+            Err(MatchError::IdleSlot(200))
+        );
         assert_eq!(t.result(s, id), Ok(None));
         assert!(t.complete(ResultImm::encode(s, Status::Ok, id)).is_ok());
-        assert_eq!(t.complete(ResultImm::encode(s, Status::Ok, id)), Err(MatchError::IdleSlot(s)), "twice");
+        assert_eq!(
+            t.complete(ResultImm::encode(s, Status::Ok, id)),
+            Err(MatchError::IdleSlot(s)),
+            "twice"
+        );
         assert!(t.result(s, id + 1).is_err());
     }
 
@@ -166,7 +208,10 @@ mod tests {
         for k in 0..100_000u32 {
             let (s, id) = t.acquire().unwrap();
             assert_eq!(id, (u32::MAX - 2).wrapping_add(k));
-            assert_eq!(t.complete(ResultImm::encode(s, Status::Ok, id)).unwrap().id, id);
+            assert_eq!(
+                t.complete(ResultImm::encode(s, Status::Ok, id)).unwrap().id,
+                id
+            );
             t.release(s);
         }
     }

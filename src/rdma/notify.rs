@@ -94,11 +94,23 @@ pub fn wait_either_readable(a: RawFd, b: RawFd, timeout: Duration) -> Result<boo
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = if left.is_zero() { 0 } else { left.as_micros().div_ceil(1000) };
+        let ms = if left.is_zero() {
+            0
+        } else {
+            left.as_micros().div_ceil(1000)
+        };
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
         let mut pfd = [
-            libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: b, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: a,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: `pfd` is a valid pollfd array of length 2.
         let r = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
@@ -206,7 +218,9 @@ impl Notifier {
         if a == DISARMED || (a == ARMED_SOLICITED && !urgent) {
             return;
         }
-        if w.compare_exchange(a, DISARMED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+        if w.compare_exchange(a, DISARMED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             self.kick();
         }
     }

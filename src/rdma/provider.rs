@@ -8,7 +8,9 @@ use super::error::{FabricError, Result};
 use super::Fabric;
 
 /// The fabric providers rfaas knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// Shared memory between processes of one node (the default).

@@ -28,7 +28,10 @@ unsafe impl<T: Copy + Send> Sync for Spsc<T> {}
 
 impl<T: Copy> std::fmt::Debug for Spsc<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spsc").field("capacity", &self.slots.len()).field("len", &self.len()).finish()
+        f.debug_struct("Spsc")
+            .field("capacity", &self.slots.len())
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -46,7 +49,9 @@ impl<T: Copy> Spsc<T> {
 
     /// Values queued.
     pub(crate) fn len(&self) -> usize {
-        self.tail.load(Ordering::Acquire).wrapping_sub(self.head.load(Ordering::Acquire))
+        self.tail
+            .load(Ordering::Acquire)
+            .wrapping_sub(self.head.load(Ordering::Acquire))
     }
 
     /// Producer: appends `v`; `Err(v)` when full.

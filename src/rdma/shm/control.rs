@@ -44,10 +44,24 @@ impl Control {
         // SAFETY: `raw` is a fresh descriptor nothing else owns.
         let epfd = unsafe { OwnedFd::from_raw_fd(raw) };
         let stop_fd = crate::rdma::notify::new_eventfd()?;
-        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: 0 };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: 0,
+        };
         // SAFETY: valid epoll fd, valid eventfd, valid event pointer.
-        if unsafe { libc::epoll_ctl(epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, stop_fd.as_raw_fd(), &mut ev) } != 0 {
-            return Err(FabricError::io("epoll_ctl add", std::io::Error::last_os_error()));
+        if unsafe {
+            libc::epoll_ctl(
+                epfd.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                stop_fd.as_raw_fd(),
+                &mut ev,
+            )
+        } != 0
+        {
+            return Err(FabricError::io(
+                "epoll_ctl add",
+                std::io::Error::last_os_error(),
+            ));
         }
         let sh = Arc::new(Shared {
             epfd,

@@ -30,12 +30,18 @@ pub(crate) struct CqShared {
 
 impl CqShared {
     pub(crate) fn bind(&self, rs: &Arc<RecvState>) {
-        self.qps.lock().unwrap_or_else(|p| p.into_inner()).push(rs.clone());
+        self.qps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rs.clone());
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn unbind(&self, rs: &Arc<RecvState>) {
-        self.qps.lock().unwrap_or_else(|p| p.into_inner()).retain(|x| !Arc::ptr_eq(x, rs));
+        self.qps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|x| !Arc::ptr_eq(x, rs));
         self.generation.fetch_add(1, Ordering::Release);
     }
 }
@@ -59,7 +65,11 @@ impl ShmCq {
             generation: AtomicU64::new(0),
             notify_seg: seg,
         };
-        Ok(ShmCq { sh: Arc::new(sh), cursor: Cell::new(0), local: RefCell::new((0, Vec::new())) })
+        Ok(ShmCq {
+            sh: Arc::new(sh),
+            cursor: Cell::new(0),
+            local: RefCell::new((0, Vec::new())),
+        })
     }
 }
 
@@ -74,7 +84,12 @@ impl CompletionQueue for ShmCq {
         let gen = self.sh.generation.load(Ordering::Acquire);
         if gen != local.0 {
             // A queue pair came or went (rare): take a fresh copy under the lock.
-            let fresh = self.sh.qps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let fresh = self
+                .sh
+                .qps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             *local = (gen, fresh);
         }
         let qps = &local.1;
@@ -83,7 +98,11 @@ impl CompletionQueue for ShmCq {
             return n;
         }
         // Round-robin start for fairness between queue pairs (no division on this path).
-        let start = if self.cursor.get() >= len { 0 } else { self.cursor.get() };
+        let start = if self.cursor.get() >= len {
+            0
+        } else {
+            self.cursor.get()
+        };
         let mut i = start;
         for _ in 0..len {
             n += qps[i].poll_into(&mut out[n..], &self.sh.core);

@@ -161,7 +161,11 @@ fn accept_loop(
     tx: &mpsc::Sender<ShmRequest>,
 ) {
     while !sh.stop.load(Ordering::Acquire) {
-        match wait_either_readable(sock.as_raw_fd(), sh.stop_fd.as_raw_fd(), Duration::from_secs(1)) {
+        match wait_either_readable(
+            sock.as_raw_fd(),
+            sh.stop_fd.as_raw_fd(),
+            Duration::from_secs(1),
+        ) {
             Ok(true) if sh.stop.load(Ordering::Acquire) => break,
             Ok(true) => {}
             Ok(false) => continue,

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-
 use super::cq::CqShared;
 use super::ring::{self, Ring};
 use super::Domain;
@@ -49,7 +48,13 @@ impl RecvState {
         Ok(RecvState {
             qp_num,
             ring,
-            posted: Spsc::new(cap, RecvWr { wr_id: 0, sge: None }),
+            posted: Spsc::new(
+                cap,
+                RecvWr {
+                    wr_id: 0,
+                    sge: None,
+                },
+            ),
             consumed: AtomicU64::new(0),
             state: AtomicU32::new(STATE_OK),
             table: dom.table.view(),
