@@ -17,10 +17,10 @@ CARGO        ?= cargo
 FEATURES     ?= --all-features
 # cargo test threads: the machines this runs on have 2 cores, and many tests run two processes
 TEST_THREADS ?= 2
-PYTHON       ?= python3
+PYTHON       ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 RESULTS      ?= results
 
-# The main job (for now: the fabric floor benchmark). Sizes in bytes; each size stops after
+# `make bench`: the fabric floor benchmark alone. Sizes in bytes; each size stops after
 # BENCH_MAX_TIME seconds whatever BENCH_ITERS says, so the demo ends in well under 2 minutes.
 BENCH_PROVIDERS ?= shm-raw,shm,tcp-raw,tcp,memcpy
 BENCH_SIZES     ?= 64,4096,1048576
@@ -63,7 +63,7 @@ define run_pingpong
 endef
 
 demo: build
-	$(call run_pingpong,$(BENCH_ITERS),$(BENCH_MAX_TIME))
+	RESULTS=$(RESULTS) scripts/demo.sh
 
 bench:
 	$(CARGO) build --release $(FEATURES) --bin fabric_pingpong

@@ -26,7 +26,7 @@ PKGS+=(libhwloc-dev hwloc libudev-dev)
 # tests and the local cluster: Slurm started by hand, munge for its auth option
 PKGS+=(slurm-wlm munge)
 # analysis scripts and their tests
-PKGS+=(python3 python3-pip)
+PKGS+=(python3 python3-venv python3-pip)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -66,15 +66,16 @@ else
 fi
 
 # --- Python requirements ------------------------------------------------------------------------
+# In a virtual environment of the checkout (.venv), so nothing is installed into the system's
+# Python; `make` runs analysis/ with .venv/bin/python.
 if [[ -f analysis/requirements.txt && "${RFAAS_SETUP_SKIP_PYTHON:-0}" != 1 ]]; then
-    pip_args=(--quiet --disable-pip-version-check --root-user-action=ignore -r analysis/requirements.txt)
-    # Debian's own python3 refuses pip installs (PEP 668) unless told otherwise; on a throwaway
-    # build machine that is what we want. Other interpreters (pyenv, venv) need no flag.
-    if python3 -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) and sys.prefix == sys.base_prefix else 1)'; then
-        pip_args+=(--break-system-packages)
+    VENV=${RFAAS_VENV:-.venv}
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "python: creating the virtual environment $VENV"
+        python3 -m venv "$VENV"
     fi
     # Fast path: every pinned `name==version` already installed (pip itself takes seconds).
-    if python3 - analysis/requirements.txt <<'PY'
+    if "$VENV/bin/python" - analysis/requirements.txt <<'PY'
 import sys
 from importlib.metadata import version, PackageNotFoundError
 ok = True
@@ -93,9 +94,9 @@ for line in open(sys.argv[1]):
 sys.exit(0 if ok else 1)
 PY
     then
-        log "python: requirements of analysis/requirements.txt present"
+        log "python: requirements of analysis/requirements.txt present in $VENV"
     else
-        log "python: installing analysis/requirements.txt"
-        python3 -m pip install "${pip_args[@]}"
+        log "python: installing analysis/requirements.txt into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r analysis/requirements.txt
     fi
 fi

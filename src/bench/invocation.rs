@@ -19,7 +19,11 @@ use crate::rdma::{Fabric, FabricUser};
 /// Columns every invocation benchmark writes, in order.
 pub const INVOCATION_HEADER: &str =
     "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns";
-/// The phases of a cold start, as extra columns of `cold_benchmark`.
+/// The phases of a cold start, as extra columns of `cold_benchmark`. They are disjoint and add up
+/// to `latency_ns` (less the client's own bookkeeping): the allocation request without the spawn
+/// (HTTP, library check, core reservation), spawning the executor process without loading code,
+/// loading the library and resolving the functions, connecting the fabric to the worker, and the
+/// first invocation.
 pub const COLD_PHASES: [&str; 5] = [
     "allocation_ns",
     "spawn_ns",
@@ -252,6 +256,11 @@ pub struct WarmArgs {
     /// Executor cores (invocations go round-robin over them).
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
+    /// Idle time between calls, in microseconds (0: back to back). With a gap longer than the
+    /// warm spin (20 µs) a warm executor is asleep when the call comes, so this measures its
+    /// wake-up; the mode column then reads e.g. `warm+200us`.
+    #[arg(long, default_value_t = 0)]
+    pub interval_us: u64,
 }
 
 /// `parallel_invocations`: one invocation on every core at once, per repetition.
@@ -334,6 +343,10 @@ impl FabricUser for Warm<'_> {
                 "warm" => 0,
                 m => return Err(BenchError::Usage(format!("unknown mode {m:?} (hot, warm)"))),
             };
+            let label = match self.args.interval_us {
+                0 => mode.clone(),
+                us => format!("{mode}+{us}us"),
+            };
             let exec = self.cluster.allocate(
                 &fabric,
                 &spec(self.library.clone(), c, self.args.cores, hot),
@@ -348,13 +361,16 @@ impl FabricUser for Warm<'_> {
                 let input = payload(size, size);
                 for i in 0..c.warmup + c.repetitions {
                     let worker = i % exec.workers();
+                    if self.args.interval_us > 0 {
+                        std::thread::sleep(Duration::from_micros(self.args.interval_us));
+                    }
                     let t = Instant::now();
                     exec.invoke_on(worker, f, &input, &mut output)?;
                     let ns = t.elapsed().as_nanos() as u64;
                     if i >= c.warmup {
                         out.push(Record {
                             benchmark: "warm_benchmark",
-                            mode: mode.clone(),
+                            mode: label.clone(),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
                             rank: 0,
@@ -529,8 +545,8 @@ impl FabricUser for Cold<'_> {
                             repetition: i - c.warmup.min(3),
                             latency_ns: total,
                             phases: vec![
-                                tm.request_ns,
-                                tm.spawn_ns,
+                                tm.request_ns.saturating_sub(tm.spawn_ns),
+                                tm.spawn_ns.saturating_sub(tm.code_load_ns),
                                 tm.code_load_ns,
                                 tm.connect_ns,
                                 first,
