@@ -1,9 +1,12 @@
 //! Pinning threads to cores.
 //!
-//! Without the `hwloc` feature this is plain `sched_setaffinity` inside the cpuset the process was
-//! started with (the one Slurm or taskset gave it). Core numbers are OS CPU indices.
+//! With the `hwloc` feature, threads are bound through hwloc (one topology per process, loaded on
+//! first use); without it, with plain `sched_setaffinity`. Either way only inside the cpuset the
+//! process was started with (the one Slurm or taskset gave it). Core numbers are OS CPU indices.
 
-use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+#[cfg(not(feature = "hwloc"))]
+use nix::sched::sched_setaffinity;
+use nix::sched::{sched_getaffinity, CpuSet};
 use nix::unistd::Pid;
 
 /// Pinning failed.
@@ -20,6 +23,9 @@ pub enum PinError {
     /// The system call failed.
     #[error("sched_setaffinity: {0}")]
     Os(#[from] nix::Error),
+    /// hwloc could not load the topology or bind.
+    #[error("hwloc: {0}")]
+    Hwloc(String),
 }
 
 /// The cores this process may run on, in ascending order.
@@ -38,10 +44,31 @@ pub fn pin_current_thread(core: usize) -> Result<(), PinError> {
     if !allowed.contains(&core) {
         return Err(PinError::NotAllowed { core, allowed });
     }
+    bind(core)
+}
+
+#[cfg(not(feature = "hwloc"))]
+fn bind(core: usize) -> Result<(), PinError> {
     let mut set = CpuSet::new();
     set.set(core)?;
     sched_setaffinity(Pid::from_raw(0), &set)?;
     Ok(())
+}
+
+#[cfg(feature = "hwloc")]
+fn bind(core: usize) -> Result<(), PinError> {
+    use hwlocality::cpu::binding::CpuBindingFlags;
+    use std::sync::OnceLock;
+    // Loading a topology takes milliseconds: once per process. `Topology` is Sync.
+    static TOPOLOGY: OnceLock<Result<hwlocality::Topology, String>> = OnceLock::new();
+    let topo = TOPOLOGY
+        .get_or_init(|| hwlocality::Topology::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| PinError::Hwloc(e.clone()))?;
+    let mut set = hwlocality::cpu::cpuset::CpuSet::new();
+    set.set(core);
+    topo.bind_cpu(&set, CpuBindingFlags::THREAD | CpuBindingFlags::STRICT)
+        .map_err(|e| PinError::Hwloc(e.to_string()))
 }
 
 /// The core the calling thread runs on right now.
