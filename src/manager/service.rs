@@ -362,10 +362,11 @@ impl Service {
                     "executor spawned without pipes".into(),
                 ));
             };
+            let since = std::time::Instant::now();
             spawn::send_config(stdin, &exec_cfg, self.cfg.executor_start_timeout)
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            spawn::first_event(stdout, self.cfg.executor_start_timeout)
+            spawn::first_event(stdout, self.cfg.executor_start_timeout, since)
                 .await
                 .map_err(|e| {
                     let timeout = matches!(e, spawn::StartError::Timeout(_));

@@ -105,9 +105,12 @@ pub async fn send_config(
 
 /// Reads the executor's first line as an event, within `timeout`; returns the rest of its
 /// standard output too (to drain).
+/// `since` is when the configuration went out (the executor cannot answer before that): the
+/// answer counts as in time only if it came within `timeout` of it.
 pub async fn first_event(
     stdout: ChildStdout,
     timeout: Duration,
+    since: std::time::Instant,
 ) -> Result<(ExecutorEvent, BufReader<ChildStdout>), StartError> {
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
@@ -115,7 +118,14 @@ pub async fn first_event(
         let mut limited = (&mut reader).take(MAX_EVENT_LINE);
         limited.read_line(&mut line).await
     };
-    match tokio::time::timeout(timeout, read).await {
+    let left = timeout.saturating_sub(since.elapsed());
+    let r = tokio::time::timeout(left, read).await;
+    // The line may have been waiting already when this task got to run late (a loaded node):
+    // "ready within the timeout" is judged by the clock, not by who was polled first.
+    if r.is_ok() && since.elapsed() > timeout {
+        return Err(StartError::Timeout(timeout));
+    }
+    match r {
         Err(_) => Err(StartError::Timeout(timeout)),
         Ok(Err(_)) | Ok(Ok(0)) => Err(StartError::Silent),
         Ok(Ok(_)) => match serde_json::from_str::<ExecutorEvent>(line.trim()) {
