@@ -375,3 +375,56 @@ fn threads_share_an_executor() {
         }
     });
 }
+
+/// Each worker thread of an executor is pinned to its own core, the one the manager reported,
+/// as the operating system sees it (/proc/PID/task/*/status).
+#[test]
+fn workers_run_pinned_on_their_own_cores() {
+    let m = manager("shm");
+    let client = ManagerClient::new(&m.http, &m.secret);
+    let mut s = spec(&["echo"], 64);
+    s.cores = common::cores().len().min(2) as u32;
+    let exec = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &s,
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let echo = exec.function("echo").unwrap();
+    let mut out = [0u8; 8];
+    for w in 0..exec.workers() {
+        exec.invoke_on(w, echo, b"x", &mut out).unwrap(); // every worker thread is up
+    }
+    let alloc = exec.allocation().clone();
+    let mut pinned: Vec<u32> = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", alloc.pid)).unwrap() {
+        let status =
+            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if let Ok(core) = allowed.parse::<u32>() {
+            pinned.push(core); // a single core: a pinned worker (other threads may use the whole set)
+        }
+    }
+    pinned.sort();
+    let mut want: Vec<u32> = alloc.workers.iter().map(|w| w.core).collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(
+        want.len(),
+        alloc.workers.len(),
+        "two workers got the same core: {:?}",
+        alloc.workers
+    );
+    if common::cores().len() > 1 {
+        assert_eq!(
+            pinned, want,
+            "threads pinned to single cores vs the cores the manager assigned"
+        );
+    }
+}
