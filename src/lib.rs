@@ -15,10 +15,17 @@
 //!
 //! * [`rdma`] — the fabric layer: one verbs-shaped API over shared memory, TCP, and (feature
 //!   `verbs`) InfiniBand/RoCE verbs.
+//! * [`protocol`] — the invocation protocol (header, immediates, slots and credits, hot/warm
+//!   schedule) as pure state machines.
+//! * [`control`] — control-plane messages (HTTP/JSON) and secrets.
 //! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
 //!   cache and the loader.
-//! * [`bench`] — benchmarks (fabric floor ping-pong, raw floors) behind the thin binaries.
-//! * [`pin`] — pinning threads to cores.
+//! * [`executor`] — the executor process: one pinned worker thread per leased core.
+//! * [`manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
+//! * [`client`] — the client library: allocate, connect, invoke (blocking, async, parallel).
+//! * [`cluster`] — cluster files and a local cluster on one machine.
+//! * [`bench`] — the benchmarks behind the thin binaries.
+//! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
 //! * [`env`] — every environment variable rfaas reads.
 //!
 //! ## Features
