@@ -24,9 +24,9 @@
 //! * [`manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
 //! * [`client`] — the client library: allocate, connect, invoke (blocking, async, parallel).
 //! * [`cluster`] — cluster files and a local cluster on one machine.
-//! * [`bench`] — the benchmarks behind the thin binaries.
+//! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
 //! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
-//! * [`env`] — every environment variable rfaas reads.
+//! * [`env`](mod@env) — every environment variable rfaas reads.
 //!
 //! ## Features
 //!

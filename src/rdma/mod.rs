@@ -12,7 +12,7 @@
 //! * `verbs` (feature `verbs`) — InfiniBand/RoCE through `rdma-sys` and rdma_cm.
 //!
 //! Pick one at run time with [`Provider`] (CLI, config or `RFAAS_PROVIDER`) and dispatch to generic
-//! code with [`with_fabric!`](crate::with_fabric).
+//! code with [`Provider::run`] and a [`FabricUser`].
 //!
 //! # Contract (every provider, checked by `tests/fabric_conformance.rs`)
 //!
