@@ -428,3 +428,35 @@ fn workers_run_pinned_on_their_own_cores() {
         );
     }
 }
+
+/// A function that segfaults kills its executor: the client gets an error within a second and
+/// the manager gets its cores back (on tcp too; the shm case is in tests/executor_manager.rs).
+#[test]
+fn tcp_crashing_function_fails_fast_and_capacity_returns() {
+    let m = manager("tcp");
+    let client = ManagerClient::new(&m.http, &m.secret);
+    let exec = Executor::allocate(
+        TcpFabric::new().unwrap(),
+        &client,
+        &spec(&["segfault"], 64),
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let f = exec.function("segfault").unwrap();
+    let mut out = [0u8; 8];
+    let t = Instant::now();
+    let r = exec.invoke(f, b"", &mut out);
+    assert!(
+        matches!(r, Err(InvokeError::ExecutorGone(_))),
+        "segfault gave {r:?}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "error after {:?}",
+        t.elapsed()
+    );
+    common::wait_for(Duration::from_secs(2), "the cores to come back", || {
+        let st = m.status();
+        (st.cores_free == st.cores_total).then_some(())
+    });
+}
