@@ -22,6 +22,8 @@
 //!   cache and the loader.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
 //! * [`manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
+//! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
+//!   expiry, restart recovery) as a pure state machine.
 //! * [`client`] — the client library: allocate, connect, invoke (blocking, async, parallel).
 //! * [`cluster`] — cluster files and a local cluster on one machine.
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
@@ -51,3 +53,4 @@ pub mod manager;
 pub mod pin;
 pub mod protocol;
 pub mod rdma;
+pub mod scheduler;
