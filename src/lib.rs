@@ -24,6 +24,9 @@
 //! * [`manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
 //! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
 //!   expiry, restart recovery) as a pure state machine.
+//! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
+//!   behind an HTTP/JSON API, with durable state.
+//! * [`http`] — what the HTTP servers share: JSON errors, body limits, authentication.
 //! * [`client`] — the client library: allocate, connect, invoke (blocking, async, parallel).
 //! * [`cluster`] — cluster files and a local cluster on one machine.
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
@@ -49,8 +52,11 @@ pub mod control;
 pub mod env;
 pub mod executor;
 pub mod function;
+pub mod http;
+pub mod logging;
 pub mod manager;
 pub mod pin;
 pub mod protocol;
 pub mod rdma;
+pub mod resource_manager;
 pub mod scheduler;

@@ -5,16 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use rfaas::bench::{self, stats, Args};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env(rfaas::env::LOG).unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rfaas::logging::init("warn");
 
     if let Some(mode) = args.internal_server {
         // This process is the server half, started by the client below.

@@ -2,7 +2,6 @@
 //! See `parallel_invocations --help`; the work is done by [`rfaas::bench::invocation`].
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// One invocation on every core of an allocation at once, per repetition.
 ///
@@ -17,12 +16,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env(rfaas::env::LOG).unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rfaas::logging::init("warn");
     let cli = Cli::parse();
     rfaas::bench::invocation::run_parallel(&cli.args)?;
     Ok(())

@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run an executor manager: rent this node's cores to clients, one executor per allocation.
     ExecutorManager(Box<rfaas::manager::ManagerArgs>),
+    /// Run the resource manager: register executor managers, grant leases on their cores.
+    ResourceManager(Box<rfaas::resource_manager::RmArgs>),
     /// The executor process (started by an executor manager; reads its configuration on stdin).
     #[command(hide = true)]
     Executor,
@@ -95,6 +97,9 @@ fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::ExecutorManager(args) => rfaas::manager::run(&args).context("executor manager")?,
+        Command::ResourceManager(args) => {
+            rfaas::resource_manager::run(&args).context("resource manager")?
+        }
         // The executor already reported its failure to the manager on stdout.
         Command::Executor => {
             return Ok(if rfaas::executor::main_stdin().is_ok() {

@@ -6,4 +6,5 @@
 //! and a per-allocation random token for the fabric connections to an executor's workers.
 
 pub mod api;
+pub mod rm_api;
 pub mod secret;

@@ -1,7 +1,7 @@
 //! The executor manager's HTTP API (the table in [`crate::control::api`]), on axum over hyper.
 //!
 //! * Every route but `GET /v1/health` needs `Authorization: Bearer <cluster secret>` (compared
-//!   in constant time); otherwise 401 with a JSON [`ApiError`].
+//!   in constant time); otherwise 401 with a JSON [`ApiError`](crate::control::api::ApiError).
 //! * Bodies are read with a size limit (JSON: [`MAX_JSON_BYTES`]; libraries: the configured
 //!   maximum, at most [`MAX_LIBRARY_BYTES`](crate::control::api::MAX_LIBRARY_BYTES)) → 413, and a
 //!   time limit → 408. The request head must arrive within the request timeout too (hyper's
@@ -11,60 +11,29 @@
 //! * Allocation runs as a task of its own: a client that disconnects mid-allocation cannot leave
 //!   cores reserved or an executor half started.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-use crate::control::api::{AllocationRequest, ApiError};
-use crate::control::secret::secrets_equal;
+use crate::control::api::AllocationRequest;
+use crate::http::{check_bearer, parse_json, read_body};
 
 use super::service::{Service, ServiceError};
 
-/// Largest JSON request body, bytes.
-pub const MAX_JSON_BYTES: usize = 64 << 10;
-/// Most HTTP connections served at once.
-pub const MAX_CONNECTIONS: usize = 512;
+pub use crate::http::{serve, ApiFailure, MAX_CONNECTIONS, MAX_JSON_BYTES};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     service: Arc<Service>,
     secret: Arc<str>,
-}
-
-/// An error answer: a status and an [`ApiError`] body.
-#[derive(Debug)]
-pub struct ApiFailure(StatusCode, String);
-
-impl ApiFailure {
-    fn new(status: StatusCode, msg: impl Into<String>) -> ApiFailure {
-        ApiFailure(status, msg.into())
-    }
-}
-
-impl IntoResponse for ApiFailure {
-    fn into_response(self) -> Response {
-        let mut r = (self.0, Json(ApiError { error: self.1 })).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-        }
-        r
-    }
 }
 
 impl From<ServiceError> for ApiFailure {
@@ -111,64 +80,9 @@ async fn authenticate(State(st): State<AppState>, req: Request, next: Next) -> R
     if req.uri().path() == "/v1/health" {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        None => ApiFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "missing credentials: send Authorization: Bearer <cluster secret>",
-        )
-        .into_response(),
-        Some(s) if secrets_equal(s.as_bytes(), st.secret.as_bytes()) => next.run(req).await,
-        Some(_) => {
-            ApiFailure::new(StatusCode::UNAUTHORIZED, "wrong cluster secret").into_response()
-        }
-    }
-}
-
-/// Reads a body of at most `limit` bytes within `timeout`.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    timeout: Duration,
-) -> Result<Bytes, ApiFailure> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let too_big = || {
-        ApiFailure::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {limit} bytes"),
-        )
-    };
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_big());
-    }
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiFailure::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("request body not received within {timeout:?}"),
-        )),
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e)) => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return Err(too_big());
-                }
-                src = s.source();
-            }
-            Err(ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request body: {e}"),
-            ))
-        }
+    match check_bearer(req.headers(), &st.secret) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -227,12 +141,7 @@ async fn allocate(
         st.service.config().request_timeout,
     )
     .await?;
-    let req: AllocationRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiFailure::new(
-            StatusCode::BAD_REQUEST,
-            format!("bad allocation request: {e}"),
-        )
-    })?;
+    let req: AllocationRequest = parse_json(&bytes, "allocation request")?;
     let task = tokio::spawn(st.service.clone().allocate(req));
     let alloc = task
         .await
@@ -271,49 +180,4 @@ async fn deallocate(
 
 async fn status(State(st): State<AppState>) -> Response {
     Json(st.service.status()).into_response()
-}
-
-/// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1, the request head within
-/// `head_timeout`, at most [`MAX_CONNECTIONS`] connections at once.
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    head_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing a connection: {MAX_CONNECTIONS} already open");
-            continue;
-        };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(head_timeout)
-                .keep_alive(true);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-            drop(permit);
-        });
-    }
 }

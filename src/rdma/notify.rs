@@ -55,42 +55,27 @@ pub fn new_eventfd() -> Result<OwnedFd> {
 
 /// Waits until `fd` is readable or `timeout` passes; `Ok(false)` on timeout. Retries on EINTR.
 pub fn wait_readable(fd: RawFd, timeout: Duration) -> Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // Round up so that a sub-millisecond remainder still sleeps instead of spinning.
-        let ms = if left.is_zero() {
-            0
-        } else {
-            left.as_micros().div_ceil(1000)
-        };
-        let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd array of length 1.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r > 0 {
-            return Ok(true);
-        }
-        if r == 0 {
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            continue;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(FabricError::io("poll", err));
-        }
-    }
+    wait_any_readable(&[fd], timeout)
 }
 
-/// Waits until `a` or `b` is readable or `timeout` passes; `Ok(false)` on timeout. Retries on
-/// EINTR. (A worker thread waits on its socket and on a stop eventfd with this.)
+/// Waits until `a` or `b` is readable or `timeout` passes; `Ok(false)` on timeout. (A thread
+/// waits on its socket and on a stop eventfd with this.)
 pub fn wait_either_readable(a: RawFd, b: RawFd, timeout: Duration) -> Result<bool> {
+    wait_any_readable(&[a, b], timeout)
+}
+
+/// Waits until one of `fds` (at most 4) is readable or `timeout` passes; `Ok(false)` on timeout.
+/// Retries on EINTR, and rounds sub-millisecond remainders up so it sleeps instead of spinning.
+fn wait_any_readable(fds: &[RawFd], timeout: Duration) -> Result<bool> {
+    let mut pfd = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 4];
+    let n = fds.len().min(pfd.len());
+    for (p, &fd) in pfd.iter_mut().zip(fds) {
+        p.fd = fd;
+    }
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -100,20 +85,8 @@ pub fn wait_either_readable(a: RawFd, b: RawFd, timeout: Duration) -> Result<boo
             left.as_micros().div_ceil(1000)
         };
         let ms = i32::try_from(ms).unwrap_or(i32::MAX);
-        let mut pfd = [
-            libc::pollfd {
-                fd: a,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: b,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `pfd` is a valid pollfd array of length 2.
-        let r = unsafe { libc::poll(pfd.as_mut_ptr(), 2, ms) };
+        // SAFETY: `pfd` holds at least `n` valid pollfd entries.
+        let r = unsafe { libc::poll(pfd.as_mut_ptr(), n as libc::nfds_t, ms) };
         if r > 0 {
             return Ok(true);
         }

@@ -336,3 +336,159 @@ pub fn functions_library() -> &'static [u8] {
         fs::read(target.join("debug/libfunctions.so")).unwrap()
     })
 }
+
+/// A resource manager process on a temporary directory (its state file survives restarts;
+/// killed on drop).
+pub struct ResourceManager {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub http: String,
+    pub secret: String,
+    pub log: PathBuf,
+    /// Extra TOML keys of its config file.
+    pub extra: String,
+}
+
+impl ResourceManager {
+    /// Starts a resource manager whose config file has `extra` TOML keys, with a state file.
+    pub fn start(extra: &str) -> ResourceManager {
+        let dir = tempfile::tempdir().unwrap();
+        let secret =
+            rfaas::control::secret::create_secret_file(&dir.path().join("secret")).unwrap();
+        let config = format!(
+            "listen = \"127.0.0.1:0\"\nsecret_file = \"secret\"\nstate_file = \"state.json\"\n\
+             ready_file = \"ready.json\"\ntick_interval_ms = 20\n{extra}"
+        );
+        fs::write(dir.path().join("rm.toml"), config).unwrap();
+        let log = dir.path().join("rm.log");
+        let (child, http) = Self::spawn(dir.path(), &log);
+        ResourceManager {
+            dir,
+            child,
+            http,
+            secret,
+            log,
+            extra: extra.into(),
+        }
+    }
+
+    fn spawn(dir: &Path, log: &Path) -> (Child, String) {
+        let ready = dir.join("ready.json");
+        let _ = fs::remove_file(&ready);
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut child = Command::new(rfaas_bin())
+            .args(["resource-manager", "--config"])
+            .arg(dir.join("rm.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let info: rfaas::resource_manager::ReadyInfo = wait_for(
+            Duration::from_secs(20),
+            "the resource manager's ready file",
+            || {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!(
+                        "resource manager exited ({st}) before it was ready:\n{}",
+                        fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+                serde_json::from_slice(&fs::read(&ready).ok()?).ok()
+            },
+        );
+        (child, info.http)
+    }
+
+    /// `kill -9`, then a new process on the same directory (config and state file).
+    pub fn kill9_and_restart(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let (child, http) = Self::spawn(self.dir.path(), &self.log);
+        self.child = child;
+        self.http = http;
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        wait_exit(&mut self.child, timeout)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A request with the right secret and a JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> (u16, String) {
+        let body = body.map(|b| b.to_string());
+        http(
+            &self.http,
+            method,
+            path,
+            Some(&self.secret),
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
+    /// A request that must answer `code`; its JSON body.
+    pub fn expect(
+        &self,
+        code: u16,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> serde_json::Value {
+        let (c, text) = self.call(method, path, body);
+        assert_eq!(c, code, "{method} {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    }
+
+    /// `GET /v1/metrics`.
+    pub fn metrics(&self) -> serde_json::Value {
+        self.expect(200, "GET", "/v1/metrics", None)
+    }
+}
+
+impl Drop for ResourceManager {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 request with the secret and one extra header, no body: `(status, body)`.
+pub fn http_with_header(
+    addr: &str,
+    method: &str,
+    path: &str,
+    secret: &str,
+    header: (&str, &str),
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let req = ureq::http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("Authorization", format!("Bearer {secret}"))
+        .header(header.0, header.1)
+        .body(())
+        .unwrap();
+    let mut resp = agent
+        .run(req)
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = resp.status().as_u16();
+    (code, resp.body_mut().read_to_string().unwrap_or_default())
+}

@@ -1,0 +1,245 @@
+//! The resource manager's configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! # rfaas resource-manager --config rm.toml
+//! listen = "0.0.0.0:5000"          # HTTP API (port 0 picks one; see ready_file)
+//! secret_file = "/run/rfaas/secret" # cluster secret, mode 0600 (required)
+//! state_file = "/var/lib/rfaas/rm-state.json"  # durable state (none: state lives in memory)
+//! ready_file = "/run/rfaas/rm.json" # {http, pid, state_file} once the API is up
+//! default_ttl_ms = 60000           # lease TTL when a request names none
+//! max_ttl_ms = 86400000            # longest TTL granted (longer requests are clamped)
+//! heartbeat_timeout_ms = 10000     # a node silent this long is dead, its leases end
+//! adopt_ttl_ms = 60000             # TTL of a lease adopted from a re-registering node
+//! tick_interval_ms = 100           # how often expiries and deaths are checked
+//! request_timeout_ms = 10000       # to send a request's head, and then its body
+//! keep_ended = 10000               # ended leases remembered ("lease 7 has ended: expired")
+//! ```
+//!
+//! Unknown keys are errors. Every key has a flag of the same name; a flag wins over the file.
+//! Relative paths in the file are relative to the file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use crate::manager::ConfigError;
+use crate::scheduler::Config as SchedConfig;
+
+/// Command line of `rfaas resource-manager`.
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(after_help = "\
+The config file takes every flag as a key, with '_' for '-':
+
+  listen = \"0.0.0.0:5000\"
+  secret_file = \"/run/rfaas/secret\"   # mode 0600; never put the secret on a command line
+  state_file = \"/var/lib/rfaas/rm-state.json\"
+  default_ttl_ms = 60000
+  heartbeat_timeout_ms = 10000
+
+Saves its state (write, fsync, rename) after every grant, renewal, release, registration and
+expiry, and loads it at start: a restart, even after kill -9, keeps nodes and leases.
+Stops cleanly on SIGTERM or SIGINT. Logs go to stderr; set RUST_LOG for more.")]
+pub struct RmArgs {
+    /// TOML configuration file (every key can also be given as a flag, which wins).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API, host:port (port 0 picks a free one).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// File holding the cluster secret (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Durable state: loaded at start, saved after every change (none: memory only).
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Write {http, pid, state_file} as JSON to this file once the API is up.
+    #[arg(long, value_name = "FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Lease TTL when a request names none, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub default_ttl_ms: Option<u64>,
+    /// Longest lease TTL granted, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub max_ttl_ms: Option<u64>,
+    /// A node not heard of for this long is marked dead, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_timeout_ms: Option<u64>,
+    /// TTL of a lease adopted from a re-registering node, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub adopt_ttl_ms: Option<u64>,
+    /// How often expiries and missed heartbeats are checked, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub tick_interval_ms: Option<u64>,
+    /// How long a client may take to send a request's head, and then its body, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Ended leases remembered.
+    #[arg(long, value_name = "N")]
+    pub keep_ended: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    secret_file: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    ready_file: Option<PathBuf>,
+    default_ttl_ms: Option<u64>,
+    max_ttl_ms: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    adopt_ttl_ms: Option<u64>,
+    tick_interval_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    keep_ended: Option<usize>,
+}
+
+/// The resolved configuration of a resource manager.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RmConfig {
+    /// HTTP listen address.
+    pub listen: String,
+    /// Cluster secret file.
+    pub secret_file: PathBuf,
+    /// Durable state file.
+    pub state_file: Option<PathBuf>,
+    /// Where to announce readiness.
+    pub ready_file: Option<PathBuf>,
+    /// The scheduler's tunables.
+    pub scheduler: SchedConfig,
+    /// Expiry and heartbeat checks.
+    pub tick_interval: Duration,
+    /// Request head, then body.
+    pub request_timeout: Duration,
+}
+
+impl RmConfig {
+    /// Reads the file named by `--config` (if any), applies the flags, fills defaults, checks.
+    pub fn load(args: &RmArgs) -> Result<RmConfig, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let base = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let d = SchedConfig::default();
+        let scheduler = SchedConfig {
+            heartbeat_timeout_ms: args
+                .heartbeat_timeout_ms
+                .or(file.heartbeat_timeout_ms)
+                .unwrap_or(d.heartbeat_timeout_ms),
+            default_ttl_ms: args
+                .default_ttl_ms
+                .or(file.default_ttl_ms)
+                .unwrap_or(d.default_ttl_ms),
+            max_ttl_ms: args.max_ttl_ms.or(file.max_ttl_ms).unwrap_or(d.max_ttl_ms),
+            adopt_ttl_ms: args
+                .adopt_ttl_ms
+                .or(file.adopt_ttl_ms)
+                .unwrap_or(d.adopt_ttl_ms),
+            keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(d.keep_ended),
+            ..d
+        };
+        let cfg = RmConfig {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:5000".into()),
+            secret_file: args
+                .secret_file
+                .clone()
+                .or(file.secret_file.map(rel))
+                .ok_or_else(|| {
+                    ConfigError::Invalid(
+                        "no secret file: give --secret-file FILE or secret_file in the config"
+                            .into(),
+                    )
+                })?,
+            state_file: args.state_file.clone().or(file.state_file.map(rel)),
+            ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
+            scheduler,
+            tick_interval: Duration::from_millis(
+                args.tick_interval_ms
+                    .or(file.tick_interval_ms)
+                    .unwrap_or(100),
+            ),
+            request_timeout: Duration::from_millis(
+                args.request_timeout_ms
+                    .or(file.request_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        let s = &self.scheduler;
+        if s.default_ttl_ms == 0 || s.max_ttl_ms == 0 || s.adopt_ttl_ms == 0 {
+            return bad("lease TTLs must be at least 1 ms");
+        }
+        if s.default_ttl_ms > s.max_ttl_ms {
+            return bad("default_ttl_ms must not exceed max_ttl_ms");
+        }
+        if s.heartbeat_timeout_ms == 0 {
+            return bad("heartbeat_timeout_ms must be at least 1 ms");
+        }
+        if self.tick_interval.is_zero() || self.tick_interval > Duration::from_secs(60) {
+            return bad("tick_interval_ms must be between 1 and 60000");
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request_timeout_ms must be at least 1 ms");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("rm.toml");
+        std::fs::write(
+            &f,
+            "secret_file = \"s\"\nstate_file = \"state.json\"\ndefault_ttl_ms = 500\n",
+        )
+        .unwrap();
+        let args = RmArgs {
+            config: Some(f.clone()),
+            default_ttl_ms: Some(700),
+            ..RmArgs::default()
+        };
+        let c = RmConfig::load(&args).unwrap();
+        assert_eq!(c.secret_file, dir.path().join("s"));
+        assert_eq!(c.state_file, Some(dir.path().join("state.json")));
+        assert_eq!(c.scheduler.default_ttl_ms, 700);
+        assert_eq!(c.tick_interval, Duration::from_millis(100));
+        std::fs::write(&f, "secret_file = \"s\"\nttl = 5\n").unwrap();
+        let e = RmConfig::load(&args).unwrap_err().to_string();
+        assert!(e.contains("unknown field `ttl`"), "{e}");
+        assert!(RmConfig::load(&RmArgs::default())
+            .unwrap_err()
+            .to_string()
+            .contains("no secret file"));
+    }
+}

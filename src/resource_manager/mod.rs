@@ -1,0 +1,223 @@
+//! The resource manager (`rfaas resource-manager`): one per cluster, it knows which executor
+//! managers exist and which of their cores are leased, and grants leases to clients. It is not
+//! on the data path: clients holding leases keep invoking while it restarts.
+//!
+//! | file | concept |
+//! |---|---|
+//! | [`config`] | TOML file + flags → [`RmConfig`] |
+//! | [`state`] | the [`Scheduler`](crate::scheduler::Scheduler) behind a mutex, its clock, its state file |
+//! | [`server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
+//!
+//! Lifecycle: [`run`] reads the configuration and the secret, loads the state file (a corrupt
+//! one is an error, never silently replaced), saves it once (so an unwritable path fails at
+//! start), binds the listener, writes the ready file, and serves until SIGTERM or SIGINT; a
+//! background task ticks the scheduler every `tick_interval_ms` (expiries, missed heartbeats)
+//! and logs what ended. On a signal it stops accepting, saves the state, removes the ready file
+//! and exits 0. After a `kill -9`, the state file holds every change that was answered.
+//!
+//! # The API with curl
+//!
+//! Every route but `/v1/health` needs the cluster secret; messages are in
+//! [`crate::control::rm_api`]. Errors are `{"error": "..."}` with 400 (bad JSON, missing
+//! field, invalid value), 401 (secret), 403 (lease token), 404 (unknown node or lease), 408
+//! (body too slow), 409 (node dead or draining), 410 (lease ended or expired), 413 (body over
+//! 64 KiB) or 503 (no capacity).
+//!
+//! ```text
+//! RM=127.0.0.1:5000
+//! AUTH="Authorization: Bearer $(cat /run/rfaas/secret)"
+//!
+//! # Health (no secret), metrics (nodes, free/used cores, leases, grants, expiries, ...).
+//! curl -s http://$RM/v1/health
+//! curl -s -H "$AUTH" http://$RM/v1/metrics
+//!
+//! # An executor manager registers (201 the first time, 200 again), heartbeats, drains
+//! # (no new leases), resumes, deregisters (its leases end). `hosted` lists the leases it
+//! # runs after a restart: unknown ones are adopted, ended ones come back in "stale".
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes \
+//!      -d '{"name": "n1", "address": "10.0.0.1:10000", "cores": 16, "memory": 68719476736}'
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes \
+//!      -d '{"name": "n1", "address": "10.0.0.1:10000", "cores": 16, "memory": 68719476736,
+//!           "hosted": [{"lease": 7, "token": "9f2c...", "cores": 4, "memory": 0}]}'
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/heartbeat
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/drain
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/resume
+//! curl -s -H "$AUTH" -X DELETE http://$RM/v1/nodes/n1
+//! curl -s -H "$AUTH" http://$RM/v1/nodes
+//! curl -s -H "$AUTH" http://$RM/v1/nodes/n1
+//!
+//! # A client leases 8 cores (pack or spread; split over nodes if allowed; TTL in ms):
+//! # 201 {"lease": 1, "token": "...", "parts": [{"node": "n1", "address": "10.0.0.1:10000",
+//! #      "cores": 8, "memory": 0}], "ttl_ms": 30000, "expires_in_ms": 30000, ...}
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/leases \
+//!      -d '{"cores": 8, "memory_per_core": 0, "policy": "spread", "allow_split": true,
+//!           "ttl_ms": 30000, "client": "alice"}'
+//! # ... renews it within its TTL, looks at it, releases it (token in a body or a header).
+//! curl -s -H "$AUTH" -X POST http://$RM/v1/leases/1/renew -d '{"token": "..."}'
+//! curl -s -H "$AUTH" http://$RM/v1/leases/1
+//! curl -s -H "$AUTH" -X DELETE http://$RM/v1/leases/1 -d '{"token": "..."}'
+//! curl -s -H "$AUTH" -H "X-Rfaas-Lease-Token: ..." -X DELETE http://$RM/v1/leases/1
+//! # Live leases (and recently ended ones).
+//! curl -s -H "$AUTH" http://$RM/v1/leases
+//! curl -s -H "$AUTH" "http://$RM/v1/leases?ended=true"
+//!
+//! # When the cluster is full: 503
+//! # {"error": "no capacity: 64 cores requested, largest free 16 on a node, 40 free in total
+//! #  (splitting over nodes not allowed)"}
+//! ```
+
+pub mod config;
+pub mod server;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use config::{RmArgs, RmConfig};
+pub use state::{Loaded, RmState, StateError};
+
+/// Why a resource manager could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RmError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::manager::ConfigError),
+    /// The secret file is unusable.
+    #[error(transparent)]
+    Secret(#[from] crate::control::secret::SecretError),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A system call failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RmError {
+    let context = context.into();
+    move |source| RmError::Io { context, source }
+}
+
+/// What a resource manager writes to its ready file once its API is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyInfo {
+    /// HTTP address actually bound, `host:port`.
+    pub http: String,
+    /// Process id.
+    pub pid: u32,
+    /// The state file, if any.
+    pub state_file: Option<PathBuf>,
+}
+
+/// Runs a resource manager until SIGTERM or SIGINT (`rfaas resource-manager`).
+pub fn run(args: &RmArgs) -> Result<(), RmError> {
+    let cfg = RmConfig::load(args)?;
+    let secret = crate::control::secret::read_secret_file(&cfg.secret_file)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rfaas-rm")
+        .enable_all()
+        .build()
+        .map_err(io_err("start the async runtime"))?;
+    let result = rt.block_on(serve(cfg, secret));
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
+
+    let (state, loaded) = RmState::open(cfg.scheduler.clone(), cfg.state_file.clone())?;
+    let state = Arc::new(state);
+    if let (Some(path), Err(e)) = (&cfg.state_file, state.persist().await) {
+        return Err(RmError::Io {
+            context: format!("save the state to {}", path.display()),
+            source: std::io::Error::other(e),
+        });
+    }
+    match loaded {
+        Loaded::Volatile => tracing::warn!("no state_file: nodes and leases live in memory only"),
+        Loaded::Fresh => tracing::info!("starting with an empty state"),
+        Loaded::Restored { nodes, leases } => {
+            tracing::info!(nodes, leases, "state restored from the state file")
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(io_err(format!("listen on {}", cfg.listen)))?;
+    let http = listener
+        .local_addr()
+        .map_err(io_err("read the bound address"))?
+        .to_string();
+    tracing::info!("resource manager listening on http://{http}");
+
+    let persister = {
+        let st = state.clone();
+        tokio::spawn(async move { st.run_persister().await })
+    };
+    let ticker = {
+        let st = state.clone();
+        let every = cfg.tick_interval;
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                iv.tick().await;
+                for e in st.tick() {
+                    server::log_event(&e);
+                }
+            }
+        })
+    };
+
+    if let Some(path) = &cfg.ready_file {
+        let info = ReadyInfo {
+            http: http.clone(),
+            pid: std::process::id(),
+            state_file: cfg.state_file.clone(),
+        };
+        state::write_atomic(path, &info)?;
+    }
+
+    let app = server::router(state.clone(), &secret, cfg.request_timeout);
+    let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let waiter = tokio::spawn(async move {
+        let sig = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let _ = tx.send(sig);
+    });
+    let mut signal_name = "";
+    let shutdown = async {
+        signal_name = rx.await.unwrap_or("shutdown");
+    };
+    crate::http::serve(listener, app, cfg.request_timeout, shutdown).await;
+    waiter.abort();
+    ticker.abort();
+    tracing::info!("{signal_name}: saving the state and stopping");
+    let saved = state.persist().await;
+    persister.abort();
+    if let Some(path) = &cfg.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    if let (Some(path), Err(e)) = (&cfg.state_file, saved) {
+        return Err(RmError::Io {
+            context: format!("save the state to {}", path.display()),
+            source: std::io::Error::other(e),
+        });
+    }
+    tracing::info!("resource manager stopped");
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The resource manager's HTTP API (the table in [`crate::control::rm_api`]), on axum over
+//! hyper with the executor manager's limits ([`crate::http`]): Bearer cluster-secret
+//! authentication on every route but `GET /v1/health`, JSON bodies of at most
+//! [`MAX_JSON_BYTES`] (413) received within the request timeout (408), the request head within
+//! it too, JSON errors with the status of [`status_of`].
+//!
+//! A change is answered once it is in the state file ([`RmState::durable`]); a handler whose
+//! client hangs up meanwhile changes nothing more, and the change stands (a grant nobody
+//! heard of expires with its TTL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+use crate::control::rm_api::{
+    DeregisterResponse, GrantRequest, GrantResponse, LeaseList, MetricsResponse, NodeList,
+    RegisterRequest, RegisterResponse, ReleaseResponse, RenewResponse, StaleLease, TokenBody,
+    LEASE_TOKEN_HEADER,
+};
+use crate::http::{check_bearer, parse_json, read_body, ApiFailure, MAX_JSON_BYTES};
+use crate::scheduler::{Event, LeaseId, LeaseRequest, NodeInfo, SchedError};
+
+use super::state::RmState;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    state: Arc<RmState>,
+    secret: Arc<str>,
+    request_timeout: Duration,
+}
+
+/// The HTTP status of a scheduler refusal.
+pub fn status_of(e: &SchedError) -> StatusCode {
+    match e {
+        SchedError::UnknownNode(_) | SchedError::UnknownLease(_) => StatusCode::NOT_FOUND,
+        SchedError::NodeDead(_) | SchedError::NodeDraining(_) => StatusCode::CONFLICT,
+        SchedError::LeaseEnded { .. } | SchedError::LeaseExpired(_) => StatusCode::GONE,
+        SchedError::WrongToken(_) => StatusCode::FORBIDDEN,
+        SchedError::NoCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        SchedError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SchedError::Token(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn refused(e: SchedError) -> ApiFailure {
+    ApiFailure::new(status_of(&e), e.to_string())
+}
+
+/// The API's routes over `state`, authenticated with `secret`.
+pub fn router(state: Arc<RmState>, secret: &str, request_timeout: Duration) -> Router {
+    let st = AppState {
+        state,
+        secret: Arc::from(secret),
+        request_timeout,
+    };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/nodes", get(list_nodes).post(register))
+        .route("/v1/nodes/{name}", get(node).delete(deregister))
+        .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
+        .route("/v1/nodes/{name}/drain", post(drain))
+        .route("/v1/nodes/{name}/resume", post(resume))
+        .route("/v1/leases", get(list_leases).post(grant))
+        .route("/v1/leases/{id}", get(lease).delete(release))
+        .route("/v1/leases/{id}/renew", post(renew))
+        .fallback(|| async {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                "no such route; see the API table in rfaas::control::rm_api",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiFailure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(st.clone(), authenticate))
+        .with_state(st)
+}
+
+async fn authenticate(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if req.uri().path() == "/v1/health" {
+        return next.run(req).await;
+    }
+    match check_bearer(req.headers(), &st.secret) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn json_body<T: DeserializeOwned>(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    what: &str,
+) -> Result<T, ApiFailure> {
+    let bytes = read_body(headers, body, MAX_JSON_BYTES, st.request_timeout).await?;
+    parse_json(&bytes, what)
+}
+
+/// Waits until change `generation` is saved.
+async fn durable(st: &AppState, generation: u64) -> Result<(), ApiFailure> {
+    st.state.durable(generation).await.map_err(|e| {
+        ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the change was made but could not be saved to the state file: {e}"),
+        )
+    })
+}
+
+fn parse_lease(id: &str) -> Result<LeaseId, ApiFailure> {
+    id.parse().map(LeaseId).map_err(|_| {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("lease id {id:?} is not a number"),
+        )
+    })
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
+}
+
+async fn metrics(State(st): State<AppState>) -> Json<MetricsResponse> {
+    let scheduler = st.state.with(|s, _| s.metrics());
+    let (snapshots_written, snapshot_errors) = st.state.snapshot_counts();
+    Json(MetricsResponse {
+        scheduler,
+        uptime_ms: st.state.uptime_ms(),
+        snapshots_written,
+        snapshot_errors,
+    })
+}
+
+async fn register(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    let req: RegisterRequest = json_body(&st, &headers, body, "registration").await?;
+    let name = req.name.clone();
+    let info = NodeInfo {
+        name: req.name,
+        address: req.address,
+        cores: req.cores,
+        memory: req.memory,
+        hosted: req.hosted,
+    };
+    let ((r, view, timeout), generation) = st
+        .state
+        .change(|s, now| {
+            let r = s.register(info, now)?;
+            let view = s.node(&name).expect("just registered");
+            Ok((r, view, s.config().heartbeat_timeout_ms))
+        })
+        .map_err(refused)?;
+    durable(&st, generation).await?;
+    tracing::info!(
+        node = %name, address = %view.address, cores = view.cores_total, new = r.new,
+        revived = r.revived, adopted = r.adopted.len(), stale = r.stale.len(),
+        "node registered"
+    );
+    let code = if r.new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        code,
+        Json(RegisterResponse {
+            node: view,
+            new: r.new,
+            revived: r.revived,
+            adopted: r.adopted,
+            confirmed: r.confirmed,
+            stale: r
+                .stale
+                .into_iter()
+                .map(|(lease, reason)| StaleLease { lease, reason })
+                .collect(),
+            heartbeat_interval_ms: (timeout / 3).max(1),
+            heartbeat_timeout_ms: timeout,
+        }),
+    )
+        .into_response())
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let view = st
+        .state
+        .with(|s, now| {
+            s.heartbeat(&name, now)?;
+            Ok(s.node(&name).expect("known node"))
+        })
+        .map_err(refused)?;
+    Ok(Json(view).into_response())
+}
+
+async fn node_change(
+    st: AppState,
+    name: String,
+    f: fn(&mut crate::scheduler::Scheduler, &str) -> Result<(), SchedError>,
+) -> Result<Response, ApiFailure> {
+    let (view, generation) = st
+        .state
+        .change(|s, _| {
+            f(s, &name)?;
+            Ok(s.node(&name).expect("known node"))
+        })
+        .map_err(refused)?;
+    durable(&st, generation).await?;
+    tracing::info!(node = %name, state = view.state.name(), "node state changed");
+    Ok(Json(view).into_response())
+}
+
+async fn drain(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiFailure> {
+    node_change(st, name, |s, n| s.drain(n)).await
+}
+
+async fn resume(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiFailure> {
+    node_change(st, name, |s, n| s.resume(n)).await
+}
+
+async fn deregister(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiFailure> {
+    let (events, generation) = st
+        .state
+        .change(|s, _| s.deregister(&name))
+        .map_err(refused)?;
+    durable(&st, generation).await?;
+    let ended: Vec<LeaseId> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::LeaseEnded(e) => Some(e.lease),
+            Event::NodeDead { .. } => None,
+        })
+        .collect();
+    tracing::info!(node = %name, leases_ended = ended.len(), "node deregistered");
+    Ok(Json(DeregisterResponse { node: name, ended }).into_response())
+}
+
+async fn node(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiFailure> {
+    st.state
+        .with(|s, _| s.node(&name))
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| refused(SchedError::UnknownNode(name)))
+}
+
+async fn list_nodes(State(st): State<AppState>) -> Json<NodeList> {
+    Json(st.state.with(|s, now| NodeList {
+        now_ms: now.0,
+        nodes: s.nodes(),
+    }))
+}
+
+async fn grant(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    let req: GrantRequest = json_body(&st, &headers, body, "lease request").await?;
+    let client = req.client.clone();
+    let req = LeaseRequest {
+        cores: req.cores,
+        memory_per_core: req.memory_per_core,
+        policy: req.policy,
+        allow_split: req.allow_split,
+        ttl: req.ttl_ms.map(Duration::from_millis),
+        client: req.client,
+    };
+    let ((g, now), generation) = st
+        .state
+        .change(|s, now| Ok((s.grant(req, now)?, now)))
+        .map_err(|e| {
+            tracing::debug!(%client, "lease refused: {e}");
+            refused(e)
+        })?;
+    durable(&st, generation).await?;
+    tracing::debug!(lease = %g.lease, %client, parts = g.parts.len(), "lease granted");
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantResponse {
+            lease: g.lease,
+            token: g.token,
+            parts: g.parts,
+            ttl_ms: g.ttl_ms,
+            expires_in_ms: g.expires_at.0.saturating_sub(now.0),
+            expires_at_unix_ms: st.state.unix_ms(g.expires_at),
+        }),
+    )
+        .into_response())
+}
+
+async fn renew(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    let lease = parse_lease(&id)?;
+    let t: TokenBody = json_body(&st, &headers, body, "renewal").await?;
+    let ((to, now, ttl_ms), generation) = st
+        .state
+        .change(|s, now| {
+            let to = s.renew(lease, &t.token, now)?;
+            let ttl = s.lease(lease).map_or(0, |l| l.ttl_ms);
+            Ok((to, now, ttl))
+        })
+        .map_err(refused)?;
+    durable(&st, generation).await?;
+    Ok(Json(RenewResponse {
+        lease,
+        ttl_ms,
+        expires_in_ms: to.0.saturating_sub(now.0),
+        expires_at_unix_ms: st.state.unix_ms(to),
+    })
+    .into_response())
+}
+
+async fn release(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    let lease = parse_lease(&id)?;
+    let token = match headers
+        .get(LEASE_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(t) => t.trim().to_string(),
+        None => {
+            let bytes = read_body(&headers, body, MAX_JSON_BYTES, st.request_timeout).await?;
+            if bytes.is_empty() {
+                return Err(ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "send the lease token: a body {{\"token\": \"...\"}} or a header \
+                         {LEASE_TOKEN_HEADER}"
+                    ),
+                ));
+            }
+            parse_json::<TokenBody>(&bytes, "release")?.token
+        }
+    };
+    let (ended, generation) = st
+        .state
+        .change(|s, _| s.release(lease, &token))
+        .map_err(refused)?;
+    durable(&st, generation).await?;
+    tracing::debug!(%lease, "lease released");
+    Ok(Json(ReleaseResponse {
+        lease,
+        parts: ended.parts,
+    })
+    .into_response())
+}
+
+async fn lease(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiFailure> {
+    let id = parse_lease(&id)?;
+    st.state
+        .with(|s, _| s.lease(id))
+        .map(|v| Json(v).into_response())
+        .ok_or_else(|| refused(SchedError::UnknownLease(id)))
+}
+
+async fn list_leases(State(st): State<AppState>, RawQuery(q): RawQuery) -> Json<LeaseList> {
+    let with_ended = q
+        .as_deref()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "ended=true" || kv == "ended=1"));
+    Json(st.state.with(|s, now| LeaseList {
+        now_ms: now.0,
+        leases: s.leases(),
+        ended: if with_ended {
+            s.ended_leases()
+        } else {
+            Vec::new()
+        },
+    }))
+}
+
+/// Logs what a tick (or a deregistration) reports.
+pub fn log_event(e: &Event) {
+    match e {
+        Event::NodeDead {
+            node,
+            last_heartbeat,
+        } => tracing::warn!(
+            %node, last_heartbeat_ms = last_heartbeat.0,
+            "node missed its heartbeats: marked dead, its cores leave the pool"
+        ),
+        Event::LeaseEnded(e) => tracing::info!(
+            lease = %e.lease, client = %e.client, reason = %e.reason,
+            cores = e.parts.iter().map(|p| p.cores).sum::<u32>(),
+            "lease ended, capacity back"
+        ),
+    }
+}

@@ -1,0 +1,406 @@
+//! [`RmState`]: the [`Scheduler`] behind a mutex, its clock, and its durable copy.
+//!
+//! Every change that matters (registration, drain, resume, deregistration, grant, renewal,
+//! release, and the expiries and deaths a tick finds) bumps a generation number and wakes the
+//! persister task, which writes a [`Snapshot`] of the whole state to the state file atomically:
+//! a temporary file in the same directory (mode 0600: it holds lease tokens), `fsync`, rename
+//! over the old one, `fsync` of the directory. A handler answers only once a snapshot at least
+//! as new as its change is on disk ([`RmState::durable`]), so what a client was told survives a
+//! `kill -9`; concurrent changes share one write (group commit). Heartbeats are not saved: a
+//! restored scheduler gives every node a full heartbeat timeout anyway.
+//!
+//! At start the file is loaded with [`Scheduler::from_snapshot`]: nodes and live leases are
+//! known again, leases keep the time they had left, and lease ids continue after the highest
+//! ever used, so no core and no id is granted twice.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+
+use crate::scheduler::{Config, Event, Millis, SchedError, Scheduler, Snapshot, TokenSource};
+
+/// Version of the state file format.
+pub const STATE_VERSION: u32 = 1;
+
+/// The state file.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// Wall-clock time of the write, for people.
+    pub saved_at_unix_ms: u64,
+    /// The scheduler.
+    pub snapshot: Snapshot,
+}
+
+/// The state file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading or writing failed.
+    #[error("state file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a state file of this version, or inconsistent.
+    #[error("state file {path} is unusable ({message}); move it away to start empty")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How the state was obtained at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// No state file configured: memory only.
+    Volatile,
+    /// The state file did not exist: empty.
+    Fresh,
+    /// Restored from the state file.
+    Restored {
+        /// Nodes known.
+        nodes: usize,
+        /// Live leases.
+        leases: usize,
+    },
+}
+
+/// The last write of the state file.
+#[derive(Debug, Clone, Default)]
+struct Persisted {
+    generation: u64,
+    error: Option<String>,
+}
+
+struct Inner {
+    sched: Scheduler,
+    generation: u64,
+}
+
+/// The scheduler, its clock, and its durable copy.
+pub struct RmState {
+    inner: Mutex<Inner>,
+    origin: Instant,
+    origin_unix_ms: u64,
+    path: Option<PathBuf>,
+    write_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    persisted: watch::Sender<Persisted>,
+    snapshots_written: AtomicU64,
+    snapshot_errors: AtomicU64,
+}
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl RmState {
+    /// Loads `path` if it exists (an unreadable or inconsistent file is an error, never
+    /// silently replaced), or starts empty.
+    pub fn open(config: Config, path: Option<PathBuf>) -> Result<(RmState, Loaded), StateError> {
+        let origin = Instant::now();
+        let origin_unix_ms = unix_ms_now();
+        let (sched, loaded) = match &path {
+            None => {
+                // Without durable state, ids start above any this host granted before.
+                let cfg = Config {
+                    first_lease_id: config.first_lease_id.max(origin_unix_ms),
+                    ..config
+                };
+                (Scheduler::new(cfg), Loaded::Volatile)
+            }
+            Some(p) => match std::fs::read(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    (Scheduler::new(config), Loaded::Fresh)
+                }
+                Err(source) => {
+                    return Err(StateError::Io {
+                        path: p.clone(),
+                        source,
+                    })
+                }
+                Ok(bytes) => {
+                    let corrupt = |message: String| StateError::Corrupt {
+                        path: p.clone(),
+                        message,
+                    };
+                    let file: StateFile =
+                        serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+                    if file.version != STATE_VERSION {
+                        return Err(corrupt(format!(
+                            "version {}, this build reads {STATE_VERSION}",
+                            file.version
+                        )));
+                    }
+                    let s = Scheduler::from_snapshot(
+                        config,
+                        TokenSource::Random,
+                        file.snapshot,
+                        Millis::ZERO,
+                    )
+                    .map_err(|e| corrupt(e.to_string()))?;
+                    s.check_invariants().map_err(corrupt)?;
+                    let loaded = Loaded::Restored {
+                        nodes: s.nodes().len(),
+                        leases: s.live_leases(),
+                    };
+                    (s, loaded)
+                }
+            },
+        };
+        let state = RmState {
+            inner: Mutex::new(Inner {
+                sched,
+                generation: 1,
+            }),
+            origin,
+            origin_unix_ms,
+            path,
+            write_lock: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            persisted: watch::Sender::new(Persisted::default()),
+            snapshots_written: AtomicU64::new(0),
+            snapshot_errors: AtomicU64::new(0),
+        };
+        Ok((state, loaded))
+    }
+
+    /// The scheduler's clock now.
+    pub fn now(&self) -> Millis {
+        Millis::between(self.origin, Instant::now())
+    }
+
+    /// Wall-clock milliseconds since the Unix epoch of a time on the scheduler's clock.
+    pub fn unix_ms(&self, t: Millis) -> u64 {
+        self.origin_unix_ms.saturating_add(t.0)
+    }
+
+    /// Since this process started.
+    pub fn uptime_ms(&self) -> u64 {
+        self.now().0
+    }
+
+    /// The state file, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// (state-file writes that succeeded, that failed).
+    pub fn snapshot_counts(&self) -> (u64, u64) {
+        (
+            self.snapshots_written.load(Ordering::Relaxed),
+            self.snapshot_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the scheduler half changed in a way we
+        // could repair; keep serving what is there.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads or changes the scheduler without saving (queries, heartbeats).
+    pub fn with<R>(&self, f: impl FnOnce(&mut Scheduler, Millis) -> R) -> R {
+        let now = self.now();
+        f(&mut self.lock().sched, now)
+    }
+
+    /// Changes the scheduler; when `f` succeeds the change is to be saved: the answer comes
+    /// with its generation, for [`RmState::durable`].
+    pub fn change<R>(
+        &self,
+        f: impl FnOnce(&mut Scheduler, Millis) -> Result<R, SchedError>,
+    ) -> Result<(R, u64), SchedError> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let r = f(&mut inner.sched, now)?;
+        inner.generation += 1;
+        let generation = inner.generation;
+        drop(inner);
+        self.wake.notify_one();
+        Ok((r, generation))
+    }
+
+    /// Lets time pass (expiries, missed heartbeats); what happened is saved.
+    pub fn tick(&self) -> Vec<Event> {
+        let now = self.now();
+        let mut inner = self.lock();
+        let events = inner.sched.tick(now);
+        if !events.is_empty() {
+            inner.generation += 1;
+        }
+        drop(inner);
+        if !events.is_empty() {
+            self.wake.notify_one();
+        }
+        events
+    }
+
+    /// Waits until change `generation` is in the state file (at once without one); the
+    /// write's error otherwise.
+    pub async fn durable(&self, generation: u64) -> Result<(), String> {
+        if self.path.is_none() {
+            return Ok(());
+        }
+        let mut rx = self.persisted.subscribe();
+        let p = rx
+            .wait_for(|p| p.generation >= generation)
+            .await
+            .map_err(|_| "the persister stopped".to_string())?
+            .clone();
+        match p.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Writes the state file if something changed since the last successful write (or the
+    /// last one failed). Returns the write's error, if any.
+    pub async fn persist(&self) -> Result<(), String> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        let _writer = self.write_lock.lock().await;
+        let (generation, snapshot) = {
+            let inner = self.lock();
+            let last = self.persisted.borrow();
+            if inner.generation == last.generation && last.error.is_none() {
+                return Ok(());
+            }
+            drop(last);
+            let now = self.now();
+            (inner.generation, inner.sched.snapshot(now))
+        };
+        let file = StateFile {
+            version: STATE_VERSION,
+            saved_at_unix_ms: unix_ms_now(),
+            snapshot,
+        };
+        let result = tokio::task::spawn_blocking(move || write_atomic(&path, &file))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match &result {
+            Ok(()) => {
+                self.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("cannot save the state: {e}");
+            }
+        }
+        self.persisted.send_replace(Persisted {
+            generation,
+            error: result.as_ref().err().cloned(),
+        });
+        result
+    }
+
+    /// The persister: saves after every change, until the process ends.
+    pub async fn run_persister(&self) {
+        loop {
+            self.wake.notified().await;
+            let _ = self.persist().await;
+        }
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically and durably: temporary file (mode 0600) in the
+/// same directory, fsync, rename, fsync of the directory.
+pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json = serde_json::to_vec(value).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(&json).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::{LeaseRequest, NodeInfo};
+
+    fn node(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            address: format!("{name}:1"),
+            cores: 4,
+            memory: 0,
+            hosted: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn saves_and_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (st, loaded) = RmState::open(Config::default(), Some(path.clone())).unwrap();
+        assert_eq!(loaded, Loaded::Fresh);
+        st.change(|s, now| s.register(node("a"), now)).unwrap();
+        let (g, generation) = st
+            .change(|s, now| s.grant(LeaseRequest::cores(3), now))
+            .unwrap();
+        let persister = async { st.persist().await.unwrap() };
+        let ((), r) = tokio::join!(persister, st.durable(generation));
+        r.unwrap();
+        drop(st);
+        let (st, loaded) = RmState::open(Config::default(), Some(path.clone())).unwrap();
+        assert_eq!(
+            loaded,
+            Loaded::Restored {
+                nodes: 1,
+                leases: 1
+            }
+        );
+        st.with(|s, _| {
+            assert_eq!(s.metrics().cores_free, 1);
+            assert!(s.lease(g.lease).is_some());
+        });
+        let next = st
+            .change(|s, now| s.grant(LeaseRequest::cores(1), now))
+            .unwrap()
+            .0;
+        assert!(next.lease > g.lease);
+        std::fs::write(&path, b"{").unwrap();
+        let e = RmState::open(Config::default(), Some(path))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unusable"), "{e}");
+    }
+}
