@@ -112,6 +112,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: LocalCluster::Start(args),
         } => {
             let cluster = local::start(&args).context("local-cluster start")?;
+            if let Some(rm) = &cluster.resource_manager {
+                println!("rm  http://{rm}  (resource manager)");
+            }
             for m in &cluster.executor_managers {
                 println!("{}  http://{}  ({})", m.name, m.http, m.node);
             }
@@ -125,7 +128,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             command: LocalCluster::Stop(args),
         } => match local::stop(&args).context("local-cluster stop")? {
             Some(s) => println!(
-                "stopped {} executor manager(s) ({} killed)",
+                "stopped {} manager process(es) ({} killed)",
                 s.managers, s.killed
             ),
             None => println!("no local cluster running in {}", args.run_dir.display()),

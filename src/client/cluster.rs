@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::error::ClientError;
 use super::executor::{AllocationSpec, ClientOptions, Executor};
+use super::lease::{Lease, LeaseOptions, RmClient};
 use super::manager::ManagerClient;
 use crate::cluster::ClusterFile;
 use crate::rdma::{Fabric, FabricUser, Provider};
@@ -19,6 +20,19 @@ pub struct Cluster {
     pub managers: Vec<ManagerClient>,
     /// Their names (as in the file).
     pub names: Vec<String>,
+    /// The resource manager, when the cluster file names one: allocations then go through
+    /// leases.
+    pub resource_manager: Option<RmClient>,
+    secret: Secret,
+}
+
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
 }
 
 impl Cluster {
@@ -46,10 +60,61 @@ impl Cluster {
                 .iter()
                 .map(|m| m.name.clone())
                 .collect(),
+            resource_manager: file
+                .resource_manager
+                .as_deref()
+                .map(|a| RmClient::new(a, &secret)),
+            secret: Secret(secret),
         })
     }
 
+    /// Leases `cores` cores from the resource manager (an error when the cluster file names
+    /// none; the resource manager's "no capacity" message, status 503, when it is full).
+    pub fn lease(&self, cores: u32, opts: &LeaseOptions) -> Result<Lease, ClientError> {
+        let rm = self.resource_manager.as_ref().ok_or_else(|| {
+            ClientError::Config("the cluster file names no resource manager".into())
+        })?;
+        Lease::acquire(rm, cores, opts)
+    }
+
+    /// The client of the executor manager at `address` (one of the file's, or a new one).
+    pub fn manager_at(&self, address: &str) -> ManagerClient {
+        let url = format!("http://{address}");
+        self.managers
+            .iter()
+            .find(|m| m.url() == url || m.url() == address)
+            .cloned()
+            .unwrap_or_else(|| ManagerClient::new(address, &self.secret.0))
+    }
+
+    /// Allocates `spec.cores` workers under `lease`, on the first of its parts with that many
+    /// cores (a split lease takes one allocation per part).
+    pub fn allocate_leased<F: Fabric>(
+        &self,
+        fabric: &F,
+        lease: &Lease,
+        spec: &AllocationSpec,
+        opts: ClientOptions,
+    ) -> Result<Executor<F>, ClientError> {
+        let part = lease
+            .parts()
+            .iter()
+            .find(|p| p.cores >= spec.cores)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "lease {} has no part with {} cores on one node",
+                    lease.id(),
+                    spec.cores
+                ))
+            })?;
+        let mut spec = spec.clone();
+        spec.lease = Some(lease.allocation_lease());
+        Executor::allocate(fabric.clone(), &self.manager_at(&part.address), &spec, opts)
+    }
+
     /// Allocates on the first manager that has room (in file order, starting at `first`).
+    /// With a resource manager, it leases `spec.cores` cores first (renewed while the executor
+    /// lives, released after it), and allocates where the lease is (`first` is not used).
     pub fn allocate<F: Fabric>(
         &self,
         fabric: &F,
@@ -57,6 +122,12 @@ impl Cluster {
         opts: ClientOptions,
         first: usize,
     ) -> Result<Executor<F>, ClientError> {
+        if self.resource_manager.is_some() && spec.lease.is_none() {
+            let lease = self.lease(spec.cores, &LeaseOptions::default())?;
+            let mut exec = self.allocate_leased(fabric, &lease, spec, opts)?;
+            exec.hold_lease(lease);
+            return Ok(exec);
+        }
         let n = self.managers.len();
         let mut last = None;
         for k in 0..n {

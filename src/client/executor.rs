@@ -319,6 +319,9 @@ pub struct Executor<F: Fabric> {
     output_capacity: usize,
     timings: AllocationTimings,
     released: AtomicBool,
+    /// A lease taken for this allocation alone ([`super::Cluster::allocate`] with a resource
+    /// manager): released after the allocation, when the executor is dropped.
+    lease: Option<super::lease::Lease>,
     _fabric: F,
 }
 
@@ -419,8 +422,19 @@ impl<F: Fabric> Executor<F> {
             input_capacity: spec.input_capacity as usize,
             output_capacity: spec.output_capacity as usize,
             timings,
+            lease: None,
             _fabric: fabric,
         })
+    }
+
+    /// Keeps `lease` until this executor is dropped (after its allocation is released).
+    pub fn hold_lease(&mut self, lease: super::lease::Lease) {
+        self.lease = Some(lease);
+    }
+
+    /// The lease this executor holds, if any (see [`Executor::hold_lease`]).
+    pub fn lease(&self) -> Option<&super::lease::Lease> {
+        self.lease.as_ref()
     }
 
     /// The allocation as the manager granted it.

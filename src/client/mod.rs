@@ -21,6 +21,7 @@
 mod cluster;
 mod error;
 mod executor;
+mod lease;
 mod manager;
 
 pub use cluster::{invoke_once, Cluster};
@@ -28,4 +29,5 @@ pub use error::{ClientError, InvokeError};
 pub use executor::{
     AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending,
 };
+pub use lease::{Lease, LeaseOptions, RmClient};
 pub use manager::ManagerClient;

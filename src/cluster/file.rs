@@ -8,9 +8,15 @@
 //!   "secret_file": "/tmp/rfaas/secret",
 //!   "executor_managers": [
 //!     { "name": "em-0", "http": "127.0.0.1:40123", "node": "host-1" }
-//!   ]
+//!   ],
+//!   "resource_manager": "127.0.0.1:40100"
 //! }
 //! ```
+//!
+//! `resource_manager` (optional; version 1 files without it still read) is the resource
+//! manager's HTTP address: with it, clients lease cores there before allocating
+//! ([`crate::client::Cluster::lease`]), and the executor managers take only leased
+//! allocations.
 //!
 //! `secret_file` names the cluster secret (mode 0600); a relative path is relative to the
 //! cluster file. The secret itself is never in this file.
@@ -44,6 +50,9 @@ pub struct ClusterFile {
     pub secret_file: PathBuf,
     /// The executor managers.
     pub executor_managers: Vec<ManagerEntry>,
+    /// The resource manager's HTTP address, `host:port`, if the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_manager: Option<String>,
 }
 
 impl ClusterFile {
@@ -128,6 +137,7 @@ mod tests {
                 http: "127.0.0.1:1".into(),
                 node: "n".into(),
             }],
+            resource_manager: None,
         };
         f.write(&path).unwrap();
         let back = ClusterFile::load(&path).unwrap();

@@ -10,7 +10,15 @@
 //! DIR/em-N.json       manager N's ready file: its HTTP address and pid
 //! DIR/em-N/           manager N's run directory (library cache, executor logs)
 //! DIR/logs/em-N.log   manager N's log (stdout and stderr)
+//! DIR/rm.json         the resource manager's ready file (with --resource-manager)
+//! DIR/rm-state.json   the resource manager's state file (with --resource-manager)
+//! DIR/logs/rm.log     the resource manager's log
 //! ```
+//!
+//! With `--resource-manager`, a resource manager starts first (its own session, line `rm` in
+//! `pids`), every executor manager registers with it (node names `em-N`, unique), and
+//! `cluster.json` names it: clients then lease before allocating. `stop` stops the executor
+//! managers first (they deregister), then the resource manager.
 //!
 //! Each manager gets its own cores (the cpuset of `start` split evenly, or `--cores-per-node`),
 //! so two allocations never share a core even across managers. `stop` SIGTERMs every manager
@@ -57,6 +65,13 @@ pub struct StartArgs {
     /// How long to wait for every manager to be ready, seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub timeout_s: u64,
+    /// Also start a resource manager; the executor managers then take only leased allocations.
+    #[arg(long)]
+    pub resource_manager: bool,
+    /// A TOML config file for the resource manager (TTLs, heartbeat timeout; flags set by
+    /// this command win).
+    #[arg(long, value_name = "FILE")]
+    pub resource_manager_config: Option<PathBuf>,
 }
 
 /// `rfaas local-cluster stop`.
@@ -102,6 +117,10 @@ impl RunDir {
     /// `DIR/<name>.json`.
     pub fn ready_file(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.json"))
+    }
+    /// `DIR/rm-state.json`: the resource manager's state file.
+    pub fn rm_state(&self) -> PathBuf {
+        self.0.join("rm-state.json")
     }
     /// `DIR/<name>/`.
     pub fn manager_dir(&self, name: &str) -> PathBuf {
@@ -166,11 +185,83 @@ pub fn read_pids(path: &Path) -> Result<Option<Vec<(i32, String)>>, ClusterError
     Ok(Some(out))
 }
 
-/// Whether `pid` is still the executor manager that was started as the leader of its own
-/// process group (and not some other process that reused the pid).
+/// Whether `pid` is still the executor (or resource) manager that was started as the leader
+/// of its own process group (and not some other process that reused the pid).
 fn is_our_manager(pid: i32) -> bool {
     procs::stat(pid).is_some_and(|s| s.pgrp == pid && s.state != 'Z')
-        && procs::cmdline(pid).is_some_and(|c| c.iter().any(|a| a == "executor-manager"))
+        && procs::cmdline(pid).is_some_and(|c| {
+            c.iter()
+                .any(|a| a == "executor-manager" || a == "resource-manager")
+        })
+}
+
+/// Starts the resource manager and waits until it answers; returns it and its address.
+fn start_rm(
+    dir: &RunDir,
+    args: &StartArgs,
+    exe: &Path,
+    secret_file: &Path,
+) -> Result<(Child, String), ClusterError> {
+    let name = "rm";
+    let ready = dir.ready_file(name);
+    let _ = fs::remove_file(&ready);
+    // A new cluster: the state of a previous one names managers that are gone.
+    let _ = fs::remove_file(dir.rm_state());
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.log(name))
+        .map_err(io(format!("open {}", dir.log(name).display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("resource-manager");
+    if let Some(c) = &args.resource_manager_config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.args(["--listen", "127.0.0.1:0", "--secret-file"])
+        .arg(secret_file)
+        .arg("--state-file")
+        .arg(dir.rm_state())
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("--new-session");
+    let err_log = log.try_clone().map_err(io("duplicate the log file"))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err_log))
+        .spawn()
+        .map_err(io(format!("start {} resource-manager", exe.display())))?;
+    let timeout = Duration::from_secs(args.timeout_s);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = dir.log(name);
+            return Err(ClusterError::ManagerDied {
+                name: name.into(),
+                status: crate::manager::spawn::exit_reason(status),
+                tail: tail(&log, 10),
+                log,
+            });
+        }
+        let info = fs::read(&ready)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::resource_manager::ReadyInfo>(&b).ok());
+        if let Some(info) = info.filter(|i| healthy(&i.http)) {
+            return Ok((child, info.http));
+        }
+        if Instant::now() >= deadline {
+            let pid = Pid::from_raw(child.id() as i32);
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(ClusterError::NotReady {
+                name: name.into(),
+                timeout,
+                log: dir.log(name),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Whether `pid` is an executor process (`<exe> executor`).
@@ -239,8 +330,12 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
 
+    let mut rm: Option<(Child, String)> = None;
     let mut started: Vec<(String, Child)> = Vec::new();
     let result = (|| {
+        if args.resource_manager {
+            rm = Some(start_rm(&dir, args, &exe, &secret_file)?);
+        }
         for (i, cores) in groups.iter().enumerate() {
             let name = format!("em-{i}");
             let ready = dir.ready_file(&name);
@@ -255,9 +350,11 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             if let Some(c) = &args.manager_config {
                 cmd.arg("--config").arg(c);
             }
+            // Node names must be unique at a resource manager: `em-N` then.
+            let node_name = if rm.is_some() { name.as_str() } else { &node };
             cmd.args([
                 "--node",
-                &node,
+                node_name,
                 "--listen",
                 "127.0.0.1:0",
                 "--provider",
@@ -279,6 +376,9 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             if let Some(m) = &args.memory_per_node {
                 cmd.args(["--memory", m]);
             }
+            if let Some((_, addr)) = &rm {
+                cmd.args(["--resource-manager", addr]);
+            }
             let err_log = log.try_clone().map_err(io("duplicate the log file"))?;
             let child = cmd
                 .stdin(Stdio::null())
@@ -294,7 +394,11 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         Ok(entries) => entries,
         Err(e) => {
             // Take down whatever did start.
-            for (_, child) in &mut started {
+            for child in started
+                .iter_mut()
+                .map(|(_, c)| c)
+                .chain(rm.as_mut().map(|(c, _)| c))
+            {
                 let pid = Pid::from_raw(child.id() as i32);
                 let _ = killpg(pid, Signal::SIGKILL);
                 let _ = kill(pid, Signal::SIGKILL);
@@ -303,9 +407,14 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             return Err(e);
         }
     };
-    let pids: String = started
+    let pids: String = rm
         .iter()
-        .map(|(name, c)| format!("{} {name}\n", c.id()))
+        .map(|(c, _)| format!("{} rm\n", c.id()))
+        .chain(
+            started
+                .iter()
+                .map(|(name, c)| format!("{} {name}\n", c.id())),
+        )
         .collect();
     fs::write(dir.pids(), pids).map_err(io(format!("write {}", dir.pids().display())))?;
     let cluster = ClusterFile {
@@ -313,6 +422,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         provider: args.provider,
         secret_file,
         executor_managers: entries,
+        resource_manager: rm.map(|(_, addr)| addr),
     };
     cluster.write(&dir.cluster_file())?;
     Ok(cluster)
@@ -385,13 +495,20 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
     };
     type Pids = Vec<(i32, String)>;
     let (ours, gone): (Pids, Pids) = pids.into_iter().partition(|(pid, _)| is_our_manager(*pid));
-    for (pid, name) in &ours {
-        tracing::debug!(pid, name, "SIGTERM");
-        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
-    }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_s);
-    while ours.iter().any(|(pid, _)| procs::alive(*pid)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    // Executor managers first (they deregister from the resource manager), then it.
+    for rm_phase in [false, true] {
+        let phase: Vec<&(i32, String)> = ours
+            .iter()
+            .filter(|(_, n)| (n == "rm") == rm_phase)
+            .collect();
+        for (pid, name) in &phase {
+            tracing::debug!(pid, name, "SIGTERM");
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+        while phase.iter().any(|(pid, _)| procs::alive(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let mut killed = 0;
     for (pid, name) in &ours {
@@ -432,7 +549,7 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for path in [dir.pids(), dir.cluster_file()] {
+    for path in [dir.pids(), dir.cluster_file(), dir.rm_state()] {
         let _ = fs::remove_file(path);
     }
     for (_, name) in ours.iter().chain(&gone) {

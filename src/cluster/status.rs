@@ -189,8 +189,73 @@ pub fn run(args: &StatusArgs) -> Result<(String, bool), ClusterError> {
         .iter()
         .map(|e| (e.clone(), query(e, &secret, timeout)))
         .collect();
-    let ok = statuses.iter().all(|(_, s)| s.is_ok());
-    Ok((render(&cluster, &statuses), ok))
+    let mut ok = statuses.iter().all(|(_, s)| s.is_ok());
+    let mut out = render(&cluster, &statuses);
+    if let Some(addr) = &cluster.resource_manager {
+        let rm = crate::client::RmClient::new(addr, &secret);
+        match rm.nodes().and_then(|n| Ok((n, rm.leases()?))) {
+            Ok((nodes, leases)) => out.push_str(&render_rm(addr, &nodes, &leases)),
+            Err(e) => {
+                ok = false;
+                let _ = write!(out, "\nresource manager {addr}: unreachable: {e}\n");
+            }
+        }
+    }
+    Ok((out, ok))
+}
+
+/// Renders what the resource manager knows: its nodes (free and used cores) and live leases.
+pub fn render_rm(
+    addr: &str,
+    nodes: &crate::control::rm_api::NodeList,
+    leases: &crate::control::rm_api::LeaseList,
+) -> String {
+    let free: u64 = nodes
+        .nodes
+        .iter()
+        .filter(|n| n.state.name() != "dead")
+        .map(|n| u64::from(n.cores_free))
+        .sum();
+    let used: u64 = nodes.nodes.iter().map(|n| u64::from(n.cores_used)).sum();
+    let mut out = format!(
+        "\nresource manager {addr}: {} node(s), {free} cores free, {used} used, {} lease(s)\n\n",
+        nodes.nodes.len(),
+        leases.leases.len()
+    );
+    let mut rows = vec![["NODE", "STATE", "HTTP", "CORES FREE/USED/TOTAL", "LEASES"]
+        .map(String::from)
+        .to_vec()];
+    for n in &nodes.nodes {
+        rows.push(vec![
+            n.name.clone(),
+            n.state.name().to_string(),
+            n.address.clone(),
+            format!("{}/{}/{}", n.cores_free, n.cores_used, n.cores_total),
+            n.leases.to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if !leases.leases.is_empty() {
+        let mut rows = vec![["LEASE", "CLIENT", "CORES", "PARTS", "EXPIRES IN"]
+            .map(String::from)
+            .to_vec()];
+        for l in &leases.leases {
+            rows.push(vec![
+                l.id.to_string(),
+                l.client.clone(),
+                l.parts.iter().map(|p| p.cores).sum::<u32>().to_string(),
+                l.parts
+                    .iter()
+                    .map(|p| format!("{}:{}", p.node, p.cores))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                human_ns(l.expires_at.0.saturating_sub(leases.now_ms) * 1_000_000),
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -215,6 +280,7 @@ mod tests {
             provider: Provider::Shm,
             secret_file: "s".into(),
             executor_managers: vec![],
+            resource_manager: None,
         };
         let st = ManagerStatus {
             node: "host".into(),

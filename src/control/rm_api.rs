@@ -10,8 +10,8 @@
 //! | `DELETE` | `/v1/nodes/{name}` | → [`DeregisterResponse`] |
 //! | `GET` | `/v1/nodes` | → [`NodeList`] |
 //! | `POST` | `/v1/leases` | [`GrantRequest`] → 201 [`GrantResponse`] |
-//! | `GET` | `/v1/leases` | → [`LeaseList`] (`?ended=true`: recently ended ones too) |
-//! | `GET` | `/v1/leases/{id}` | → [`LeaseView`] (live or recently ended) |
+//! | `GET` | `/v1/leases` | → [`LeaseList`] (`?ended=true`: recently ended ones too; `?node=NAME`: those with a part there) |
+//! | `GET` | `/v1/leases/{id}` | → [`LeaseView`] (live or recently ended; header [`LEASE_TOKEN_HEADER`]: 403 unless it is a live lease's token) |
 //! | `POST` | `/v1/leases/{id}/renew` | [`TokenBody`] → [`RenewResponse`] |
 //! | `DELETE` | `/v1/leases/{id}` | [`TokenBody`] or header [`LEASE_TOKEN_HEADER`] → [`ReleaseResponse`] |
 //! | `GET` | `/v1/metrics` | → [`MetricsResponse`] |

@@ -15,6 +15,8 @@
 //! max_allocations = 64            # live allocations at once (default: one per core)
 //! request_timeout_ms = 10000      # to send a request's head, and then its body
 //! stop_grace_ms = 2000            # SIGTERM to SIGKILL of an executor
+//! resource_manager = "10.0.0.1:5000"  # register with this resource manager (same secret);
+//!                                 # then allocations need a lease it granted
 //! ```
 //!
 //! Unknown keys are errors (a typo must not silently fall back to a default). Every key has a
@@ -125,6 +127,10 @@ pub struct ManagerArgs {
     /// Write {node, http, pid} as JSON to this file once the API is up (for launchers).
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
+    /// HTTP address (host:port) of the resource manager to register with (same cluster
+    /// secret). When set, allocations need a lease that resource manager granted.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub resource_manager: Option<String>,
     /// Start a new session (detach from the terminal); used by `rfaas local-cluster start`.
     #[arg(long, hide = true)]
     pub new_session: bool,
@@ -151,6 +157,7 @@ struct FileConfig {
     max_library_bytes: Option<usize>,
     keep_ended: Option<usize>,
     ready_file: Option<PathBuf>,
+    resource_manager: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,6 +211,8 @@ pub struct ManagerConfig {
     pub keep_ended: usize,
     /// Where to announce readiness.
     pub ready_file: Option<PathBuf>,
+    /// The resource manager to register with (`host:port`); `None`: no leases needed.
+    pub resource_manager: Option<String>,
 }
 
 impl ManagerConfig {
@@ -318,6 +327,11 @@ impl ManagerConfig {
                 .unwrap_or(MAX_LIBRARY_BYTES),
             keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(100),
             ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
+            resource_manager: args
+                .resource_manager
+                .clone()
+                .or(file.resource_manager)
+                .filter(|a| !a.is_empty()),
         };
         cfg.validate()?;
         Ok(cfg)

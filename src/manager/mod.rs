@@ -12,6 +12,7 @@
 //! | [`spawn`] | starting executors from the manager's own executable, reaping them |
 //! | [`billing`] | fabric records executors fetch-add their execution and polling time into |
 //! | [`service`] | the actions: allocate, deallocate, status, shutdown |
+//! | [`rm`] | registration and heartbeats with the resource manager, lease checks |
 //! | [`server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
 //!
 //! Lifecycle: [`run`] reads the configuration and the secret, opens the billing endpoint and the
@@ -26,6 +27,7 @@ pub mod cores;
 pub mod libraries;
 pub mod memory;
 pub mod registry;
+pub mod rm;
 pub mod server;
 pub mod service;
 pub mod spawn;
@@ -141,6 +143,14 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
         write_json_atomic(path, &info).map_err(io_err(format!("write {}", path.display())))?;
     }
 
+    let rm_task = cfg.resource_manager.as_ref().map(|addr| {
+        let link = Arc::new(rm::RmLink::new(addr, &secret, &cfg.node));
+        service.set_rm(link.clone());
+        (
+            tokio::spawn(rm::run(service.clone(), link.clone(), http.clone())),
+            link,
+        )
+    });
     let app = server::router(service.clone(), &secret);
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
@@ -157,6 +167,15 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
     server::serve(listener, app, cfg.request_timeout, shutdown).await;
     waiter.abort();
     tracing::info!("{signal_name}: shutting down");
+    if let Some((task, link)) = rm_task {
+        task.abort();
+        // Its cores leave the pool now rather than after the heartbeat timeout.
+        match tokio::task::spawn_blocking(move || link.deregister()).await {
+            Ok(Ok(_)) => tracing::info!("deregistered from the resource manager"),
+            Ok(Err(e)) => tracing::warn!("deregistering from the resource manager: {e}"),
+            Err(_) => {}
+        }
+    }
     service.shutdown().await;
     if let Some(path) = &cfg.ready_file {
         let _ = std::fs::remove_file(path);

@@ -25,6 +25,7 @@ use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
 use super::registry::{Registry, RegistryError, Spec, State, StopAction};
+use super::rm::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
 use super::ManagerError;
 
@@ -61,6 +62,9 @@ pub enum ServiceError {
     /// A bounded wait ran out (504).
     #[error("{0}")]
     Timeout(String),
+    /// No lease granted by the resource manager covers the request (403).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ServiceError {
@@ -74,6 +78,7 @@ impl ServiceError {
             ServiceError::Unavailable(_) => 503,
             ServiceError::Internal(_) => 500,
             ServiceError::Timeout(_) => 504,
+            ServiceError::Forbidden(_) => 403,
         }
     }
 }
@@ -162,6 +167,10 @@ pub struct Service {
     registry: Mutex<Registry>,
     handles: Mutex<HashMap<u64, ExecutorHandle>>,
     shutting_down: AtomicBool,
+    /// The resource manager, when configured (set once by [`Service::set_rm`]).
+    rm: std::sync::OnceLock<Arc<RmLink>>,
+    /// Allocation id → the lease it runs under (with a resource manager).
+    leases: Mutex<HashMap<u64, LeaseHold>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -202,12 +211,56 @@ impl Service {
             registry: Mutex::new(registry),
             handles: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            rm: std::sync::OnceLock::new(),
+            leases: Mutex::new(HashMap::new()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &ManagerConfig {
         &self.cfg
+    }
+
+    /// Links the service to its resource manager: from now on allocations need its leases.
+    pub fn set_rm(&self, link: Arc<RmLink>) {
+        let _ = self.rm.set(link);
+    }
+
+    fn leases(&self) -> MutexGuard<'_, HashMap<u64, LeaseHold>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the lease entries of ended allocations (lock order: leases, then registry).
+    fn prune_leases(&self, leases: &mut HashMap<u64, LeaseHold>) {
+        let reg = self.registry();
+        leases.retain(|id, _| reg.get(*id).is_some_and(|r| r.state.is_live()));
+    }
+
+    /// The leases of the live allocations, one entry per lease.
+    pub fn hosted_leases(&self) -> Vec<LeaseHold> {
+        let mut leases = self.leases();
+        self.prune_leases(&mut leases);
+        let mut out: Vec<LeaseHold> = Vec::new();
+        for h in leases.values() {
+            if !out.iter().any(|o| o.id == h.id) {
+                out.push(h.clone());
+            }
+        }
+        out.sort_unstable_by_key(|h| h.id);
+        out
+    }
+
+    /// The live allocations running under `lease`.
+    pub fn allocations_of_lease(&self, lease: u64) -> Vec<u64> {
+        let mut leases = self.leases();
+        self.prune_leases(&mut leases);
+        let mut ids: Vec<u64> = leases
+            .iter()
+            .filter(|(_, h)| h.id == lease)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -276,6 +329,25 @@ impl Service {
             ));
         }
         let hash = validate(&req)?;
+        let hold = match (&self.cfg.resource_manager, self.rm.get()) {
+            (None, _) => None,
+            (Some(addr), None) => {
+                return Err(ServiceError::Unavailable(format!(
+                    "not linked to the resource manager {addr} yet"
+                )))
+            }
+            (Some(_), Some(link)) => {
+                let link = link.clone();
+                let (lease, client) = (req.lease.clone(), req.client.clone());
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        link.check_lease(lease.as_deref(), &client)
+                    })
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))??,
+                )
+            }
+        };
         let me = self.clone();
         let library_path = tokio::task::spawn_blocking(move || me.libraries.path(&hash))
             .await
@@ -296,7 +368,30 @@ impl Service {
             memory,
             client: req.client.clone(),
         };
-        let res = self.registry().reserve(spec, Instant::now())?;
+        let res = {
+            let mut leases = self.leases();
+            if let Some(h) = &hold {
+                self.prune_leases(&mut leases);
+                let reg = self.registry();
+                let used: u32 = leases
+                    .iter()
+                    .filter(|(_, o)| o.id == h.id)
+                    .filter_map(|(id, _)| reg.get(*id).map(|r| r.cores.len() as u32))
+                    .sum();
+                drop(reg);
+                if used + req.cores > h.cores {
+                    return Err(ServiceError::Forbidden(format!(
+                        "lease {} has {} cores on node {}, {used} in use: {} more do not fit",
+                        h.id, h.cores, self.cfg.node, req.cores
+                    )));
+                }
+            }
+            let res = self.registry().reserve(spec, Instant::now())?;
+            if let Some(h) = hold {
+                leases.insert(res.id, h);
+            }
+            res
+        };
         let id = res.id;
         let token = match new_token() {
             Ok(t) => t,

@@ -77,6 +77,9 @@ pub struct RmArgs {
     /// Ended leases remembered.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
+    /// Start a new session (detach from the terminal); used by `rfaas local-cluster start`.
+    #[arg(long, hide = true)]
+    pub new_session: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

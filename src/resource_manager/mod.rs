@@ -119,6 +119,10 @@ pub struct ReadyInfo {
 
 /// Runs a resource manager until SIGTERM or SIGINT (`rfaas resource-manager`).
 pub fn run(args: &RmArgs) -> Result<(), RmError> {
+    if args.new_session {
+        // Its own session and process group, like the executor managers of a local cluster.
+        nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
+    }
     let cfg = RmConfig::load(args)?;
     let secret = crate::control::secret::read_secret_file(&cfg.secret_file)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -381,26 +381,64 @@ async fn release(
     .into_response())
 }
 
-async fn lease(State(st): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiFailure> {
+/// One lease. With the header [`LEASE_TOKEN_HEADER`] (how an executor manager checks the
+/// lease a client presents), the token is checked too, in constant time: 403 when it is not
+/// the lease's.
+async fn lease(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiFailure> {
     let id = parse_lease(&id)?;
+    let presented = headers
+        .get(LEASE_TOKEN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| t.trim().to_string());
     st.state
-        .with(|s, _| s.lease(id))
+        .with(|s, _now| {
+            let view = s.lease(id)?;
+            let live = matches!(view.state, crate::scheduler::LeaseState::Live);
+            if let (true, Some(t)) = (live, &presented) {
+                let ok = s.lease_token_matches(id, t);
+                return Some(if ok {
+                    Ok(view)
+                } else {
+                    Err(refused(SchedError::WrongToken(id)))
+                });
+            }
+            Some(Ok(view))
+        })
+        .ok_or_else(|| refused(SchedError::UnknownLease(id)))?
         .map(|v| Json(v).into_response())
-        .ok_or_else(|| refused(SchedError::UnknownLease(id)))
 }
 
 async fn list_leases(State(st): State<AppState>, RawQuery(q): RawQuery) -> Json<LeaseList> {
     let with_ended = q
         .as_deref()
         .is_some_and(|q| q.split('&').any(|kv| kv == "ended=true" || kv == "ended=1"));
-    Json(st.state.with(|s, now| LeaseList {
-        now_ms: now.0,
-        leases: s.leases(),
-        ended: if with_ended {
-            s.ended_leases()
-        } else {
-            Vec::new()
-        },
+    // `?node=NAME`: only leases with a part on that node (what an executor manager hosts).
+    let node = q.as_deref().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("node="))
+            .map(str::to_string)
+    });
+    Json(st.state.with(|s, now| {
+        LeaseList {
+            now_ms: now.0,
+            leases: match &node {
+                None => s.leases(),
+                Some(n) => s
+                    .leases()
+                    .into_iter()
+                    .filter(|l| l.parts.iter().any(|p| &p.node == n))
+                    .collect(),
+            },
+            ended: if with_ended {
+                s.ended_leases()
+            } else {
+                Vec::new()
+            },
+        }
     }))
 }
 

@@ -498,6 +498,14 @@ impl Scheduler {
         Some(ended)
     }
 
+    /// Whether `token` is the token of live lease `id` (constant-time compare); `false` for an
+    /// unknown or ended lease. For services that check a lease someone presents.
+    pub fn lease_token_matches(&self, id: LeaseId, token: &str) -> bool {
+        self.leases
+            .get(&id)
+            .is_some_and(|l| token_matches(&l.token, token))
+    }
+
     /// Why `id` is not live (ended or unknown), checking the token of a remembered one.
     fn not_live(&self, id: LeaseId, token: &str) -> SchedError {
         match self.ended_by_id.get(&id) {

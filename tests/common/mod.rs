@@ -492,3 +492,62 @@ pub fn http_with_header(
     let code = resp.status().as_u16();
     (code, resp.body_mut().read_to_string().unwrap_or_default())
 }
+
+/// An executor manager registered with `rm` (its secret, node name `node`, `cores`); waits
+/// (bounded) until its API answers. `extra`: more TOML keys.
+pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &str) -> Manager {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(dir.path().join("secret"))
+        .unwrap();
+    f.write_all(rm.secret.as_bytes()).unwrap();
+    drop(f);
+    let cores: Vec<String> = cores.iter().map(u32::to_string).collect();
+    let config = format!(
+        "node = \"{node}\"\nlisten = \"127.0.0.1:0\"\nprovider = \"shm\"\nfabric_host = \"127.0.0.1\"\n\
+         cores = [{}]\nsecret_file = \"secret\"\nrun_dir = \"run\"\nready_file = \"ready.json\"\n\
+         resource_manager = \"{}\"\nrequest_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\n\
+         stop_grace_ms = 1000\n{extra}",
+        cores.join(", "),
+        rm.http
+    );
+    fs::write(dir.path().join("em.toml"), config).unwrap();
+    let log = dir.path().join("manager.log");
+    let out = fs::File::create(&log).unwrap();
+    let child = Command::new(rfaas_bin())
+        .args(["executor-manager", "--new-session", "--config"])
+        .arg(dir.path().join("em.toml"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut m = Manager {
+        dir,
+        child,
+        http: String::new(),
+        secret: rm.secret.clone(),
+        log,
+    };
+    let ready = m.dir.path().join("ready.json");
+    let info: ReadyInfo = wait_for(
+        Duration::from_secs(20),
+        "the executor manager's ready file",
+        || {
+            if let Ok(Some(st)) = m.child.try_wait() {
+                panic!(
+                    "executor manager exited ({st}) before it was ready:\n{}",
+                    m.log_text()
+                );
+            }
+            serde_json::from_slice(&fs::read(&ready).ok()?).ok()
+        },
+    );
+    m.http = info.http;
+    m
+}
