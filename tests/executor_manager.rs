@@ -462,6 +462,7 @@ fn local_cluster(provider: &str) {
         .args([
             "local-cluster",
             "start",
+            "--no-resource-manager",
             "--provider",
             provider,
             "--nodes",

@@ -21,7 +21,8 @@ pub const INVOCATION_HEADER: &str =
     "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns";
 /// The phases of a cold start, as extra columns of `cold_benchmark`. They are disjoint and add up
 /// to `latency_ns` (less the client's own bookkeeping): the allocation request without the spawn
-/// (HTTP, library check, core reservation), spawning the executor process without loading code,
+/// (the lease from the resource manager when there is one, HTTP, library check, core
+/// reservation), spawning the executor process without loading code,
 /// loading the library and resolving the functions, connecting the fabric to the worker, and the
 /// first invocation.
 pub const COLD_PHASES: [&str; 5] = [
@@ -492,6 +493,15 @@ impl FabricUser for Cold<'_> {
         let node = self.cluster.names.first().cloned().unwrap_or_default();
         let mut out = Vec::new();
         let mut cached_spec: Option<AllocationSpec> = None;
+        // With a resource manager the core is leased once, up front: a cold start is an
+        // allocation (a fresh executor process) inside a lease, as an application would do it.
+        let lease = match &self.cluster.resource_manager {
+            Some(_) => Some(
+                self.cluster
+                    .lease(1, &crate::client::LeaseOptions::default())?,
+            ),
+            None => None,
+        };
         for mode in &self.args.modes {
             if mode != "cached" && mode != "uncached" {
                 return Err(BenchError::Usage(format!(
@@ -523,7 +533,10 @@ impl FabricUser for Cold<'_> {
                         }
                     };
                     let t0 = Instant::now();
-                    let exec = self.cluster.allocate(&fabric, &s, opts(c), 0)?;
+                    let exec = match &lease {
+                        Some(l) => self.cluster.allocate_leased(&fabric, l, &s, opts(c))?,
+                        None => self.cluster.allocate(&fabric, &s, opts(c), 0)?,
+                    };
                     let f = exec.function(&c.function)?;
                     let mut output = vec![0u8; exec.output_capacity()];
                     let t1 = Instant::now();

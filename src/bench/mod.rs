@@ -17,6 +17,7 @@
 pub mod child;
 pub mod cli;
 pub mod invocation;
+pub mod lease;
 pub mod memcpy;
 pub mod pingpong;
 pub mod raw;

@@ -123,8 +123,11 @@ impl Cluster {
         first: usize,
     ) -> Result<Executor<F>, ClientError> {
         if self.resource_manager.is_some() && spec.lease.is_none() {
+            let t = std::time::Instant::now();
             let lease = self.lease(spec.cores, &LeaseOptions::default())?;
+            let lease_ns = t.elapsed().as_nanos() as u64;
             let mut exec = self.allocate_leased(fabric, &lease, spec, opts)?;
+            exec.count_lease_time(lease_ns);
             exec.hold_lease(lease);
             return Ok(exec);
         }

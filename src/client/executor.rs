@@ -106,7 +106,8 @@ impl Default for ClientOptions {
 /// Where the time of an allocation went (client view), in nanoseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocationTimings {
-    /// Uploading the library (or finding it cached) and the allocation request, end to end.
+    /// Leasing the cores from the resource manager (when the cluster has one), uploading the
+    /// library (or finding it cached) and the allocation request, end to end.
     pub request_ns: u64,
     /// Part of the request: the manager spawning the executor until it was ready.
     pub spawn_ns: u64,
@@ -440,6 +441,11 @@ impl<F: Fabric> Executor<F> {
     /// The allocation as the manager granted it.
     pub fn allocation(&self) -> &Allocation {
         &self.allocation
+    }
+
+    /// Adds the time spent leasing the cores to the request time.
+    pub(crate) fn count_lease_time(&mut self, ns: u64) {
+        self.timings.request_ns += ns;
     }
 
     /// Where the time to allocate went.

@@ -10,12 +10,12 @@
 //! DIR/em-N.json       manager N's ready file: its HTTP address and pid
 //! DIR/em-N/           manager N's run directory (library cache, executor logs)
 //! DIR/logs/em-N.log   manager N's log (stdout and stderr)
-//! DIR/rm.json         the resource manager's ready file (with --resource-manager)
-//! DIR/rm-state.json   the resource manager's state file (with --resource-manager)
+//! DIR/rm.json         the resource manager's ready file (unless --no-resource-manager)
+//! DIR/rm-state.json   the resource manager's state file (unless --no-resource-manager)
 //! DIR/logs/rm.log     the resource manager's log
 //! ```
 //!
-//! With `--resource-manager`, a resource manager starts first (its own session, line `rm` in
+//! Unless `--no-resource-manager` is given, a resource manager starts first (its own session, line `rm` in
 //! `pids`), every executor manager registers with it (node names `em-N`, unique), and
 //! `cluster.json` names it: clients then lease before allocating. `stop` stops the executor
 //! managers first (they deregister), then the resource manager.
@@ -65,8 +65,12 @@ pub struct StartArgs {
     /// How long to wait for every manager to be ready, seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
     pub timeout_s: u64,
-    /// Also start a resource manager; the executor managers then take only leased allocations.
+    /// Start the executor managers alone, without a resource manager (by default one starts
+    /// first, and the executor managers then take only leased allocations).
     #[arg(long)]
+    pub no_resource_manager: bool,
+    /// Start a resource manager (the default; kept for scripts that ask for it explicitly).
+    #[arg(long, hide = true, conflicts_with = "no_resource_manager")]
     pub resource_manager: bool,
     /// A TOML config file for the resource manager (TTLs, heartbeat timeout; flags set by
     /// this command win).
@@ -333,7 +337,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
     let mut rm: Option<(Child, String)> = None;
     let mut started: Vec<(String, Child)> = Vec::new();
     let result = (|| {
-        if args.resource_manager {
+        if !args.no_resource_manager {
             rm = Some(start_rm(&dir, args, &exe, &secret_file)?);
         }
         for (i, cores) in groups.iter().enumerate() {

@@ -1,0 +1,21 @@
+//! `lease_benchmark`: lease grant + release round trips against a cluster's resource manager,
+//! from one client (latency) and from many at once (grants per second).
+//! See `lease_benchmark --help`; the work is done by [`rfaas::bench::lease`].
+
+use clap::Parser;
+
+/// Lease grant + release round trips against the resource manager of a cluster file: p50/p99
+/// of one client's round trips, then grants per second with N concurrent clients.
+#[derive(Parser)]
+#[command(name = "lease_benchmark", version)]
+struct Cli {
+    #[command(flatten)]
+    args: rfaas::bench::lease::LeaseArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    rfaas::logging::init("warn");
+    let cli = Cli::parse();
+    rfaas::bench::lease::run(&cli.args)?;
+    Ok(())
+}
