@@ -10,101 +10,43 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ClientError;
-use crate::control::api::ApiError;
+use super::http::ApiClient;
 use crate::control::rm_api::{
     GrantRequest, GrantResponse, LeaseList, NodeList, PartView, Policy, ReleaseResponse,
     RenewResponse, TokenBody,
 };
 
 /// A connection to the resource manager, authenticated with the cluster secret.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RmClient {
-    base: String,
-    auth: String,
-    agent: ureq::Agent,
-}
-
-impl std::fmt::Debug for RmClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RmClient")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
+    api: ApiClient,
 }
 
 impl RmClient {
     /// A client of the resource manager at `http` (`host:port` or a URL).
     pub fn new(http: &str, secret: &str) -> RmClient {
-        let base = if http.starts_with("http://") || http.starts_with("https://") {
-            http.trim_end_matches('/').to_string()
-        } else {
-            format!("http://{http}")
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(10)))
-            .timeout_connect(Some(Duration::from_secs(3)))
-            .http_status_as_error(false)
-            .build()
-            .into();
         RmClient {
-            base,
-            auth: format!("Bearer {secret}"),
-            agent,
+            api: ApiClient::new(
+                http,
+                secret,
+                "resource manager",
+                Duration::from_secs(10),
+                Duration::from_secs(3),
+            ),
         }
     }
 
     /// Its base URL.
     pub fn url(&self) -> &str {
-        &self.base
-    }
-
-    fn decode<T: DeserializeOwned>(
-        &self,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, ClientError> {
-        let mut resp = resp.map_err(|e| ClientError::Http {
-            manager: format!("resource manager {}", self.base),
-            message: e.to_string(),
-        })?;
-        let status = resp.status();
-        if status.is_success() {
-            return resp
-                .body_mut()
-                .read_json::<T>()
-                .map_err(|e| ClientError::Http {
-                    manager: format!("resource manager {}", self.base),
-                    message: format!("bad answer: {e}"),
-                });
-        }
-        let message = match resp.body_mut().read_to_string() {
-            Ok(body) => serde_json::from_str::<ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or(body),
-            Err(e) => e.to_string(),
-        };
-        Err(ClientError::Manager {
-            manager: format!("resource manager {}", self.base),
-            status: status.as_u16(),
-            message,
-        })
+        self.api.url()
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.decode(
-            self.agent
-                .get(format!("{}{path}", self.base))
-                .header("Authorization", &self.auth)
-                .call(),
-        )
+        self.api.get(path)
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, b: &B) -> Result<T, ClientError> {
-        self.decode(
-            self.agent
-                .post(format!("{}{path}", self.base))
-                .header("Authorization", &self.auth)
-                .send_json(b),
-        )
+        self.api.post(path, b)
     }
 
     /// Asks for a lease (503 with the resource manager's "no capacity" message when full).
@@ -124,10 +66,11 @@ impl RmClient {
 
     /// Releases a lease.
     pub fn release(&self, id: u64, token: &str) -> Result<ReleaseResponse, ClientError> {
-        self.decode(
-            self.agent
-                .delete(format!("{}/v1/leases/{id}", self.base))
-                .header("Authorization", &self.auth)
+        self.api.decode(
+            self.api
+                .agent()
+                .delete(self.api.at(&format!("/v1/leases/{id}")))
+                .header("Authorization", self.api.auth())
                 .header(crate::control::rm_api::LEASE_TOKEN_HEADER, token)
                 .call(),
         )

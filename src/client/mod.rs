@@ -21,6 +21,7 @@
 mod cluster;
 mod error;
 mod executor;
+mod http;
 mod lease;
 mod manager;
 
