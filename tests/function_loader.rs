@@ -2,11 +2,9 @@
 //! and the example C library (`jobs/functions-c`, built with the system `cc`) are loaded from
 //! their bytes through the content-hash cache, resolved by name and called.
 //!
-//! The Rust library is found, in this order, at `$RFAAS_TEST_FUNCTIONS_LIB` (a setup step that
-//! built it), at `target/<profile>/[deps/]libfunctions.so` when newer than every source it is
-//! built from (`cargo test --workspace` builds it for the crate's doctests), or else built by this
-//! test with `cargo build -p rfaas-functions` into a target directory of its own (cargo holds a
-//! lock on the main one while tests run). So a clean checkout needs only `cargo test --workspace`.
+//! The Rust library comes from `common::functions_library()` (shared with the process tests):
+//! `$RFAAS_TEST_FUNCTIONS_LIB`, a `target/<profile>/libfunctions.so` newer than its sources, or
+//! one built by the test itself, so a clean checkout needs only `cargo test --workspace`.
 //!
 //! `segfault` is never called here: it would kill the test process (the executor tests call it in
 //! a separate process).
@@ -15,103 +13,24 @@
 // would: that is a raw `dlsym` + call.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rfaas::function::{
     ContentHash, FunctionError, FunctionLibrary, FunctionStatus, LibraryCache, LibraryStore,
     RawFunction, StoreOutcome,
 };
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Newest modification time of the files the Rust function library is built from.
-fn newest_source() -> SystemTime {
-    fn walk(path: &Path, newest: &mut SystemTime) {
-        let Ok(meta) = fs::metadata(path) else { return };
-        if meta.is_dir() {
-            for entry in fs::read_dir(path).unwrap().flatten() {
-                walk(&entry.path(), newest);
-            }
-        } else if let Ok(m) = meta.modified() {
-            *newest = (*newest).max(m);
-        }
-    }
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for p in [
-        "src",
-        "Cargo.toml",
-        "Cargo.lock",
-        "jobs/functions/src",
-        "jobs/functions/Cargo.toml",
-    ] {
-        walk(&repo().join(p), &mut newest);
-    }
-    newest
-}
-
-fn locate_or_build_rust_library() -> PathBuf {
-    if let Some(path) = std::env::var_os("RFAAS_TEST_FUNCTIONS_LIB") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "RFAAS_TEST_FUNCTIONS_LIB={} is not a file",
-            path.display()
-        );
-        return path;
-    }
-    // target/<profile>/deps/function_loader-<hash>
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let profile_dir = deps.parent().unwrap();
-    let newest = newest_source();
-    let fresh = [
-        profile_dir.join("libfunctions.so"),
-        deps.join("libfunctions.so"),
-    ]
-    .into_iter()
-    .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
-    .filter(|(m, _)| *m >= newest)
-    .max();
-    if let Some((_, path)) = fresh {
-        return path;
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("functions-target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "rfaas-functions",
-            "--lib",
-            "--manifest-path",
-        ])
-        .arg(repo().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("run cargo to build the example function library");
-    assert!(
-        out.status.success(),
-        "cargo build -p rfaas-functions failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = target.join("debug/libfunctions.so");
-    assert!(path.is_file(), "cargo built no {}", path.display());
-    path
-}
-
 /// The example Rust function library (`libfunctions.so`).
 fn rust_library() -> &'static [u8] {
     static LIB: OnceLock<Vec<u8>> = OnceLock::new();
-    LIB.get_or_init(|| fs::read(locate_or_build_rust_library()).unwrap())
+    LIB.get_or_init(|| common::functions_library().to_vec())
 }
 
 /// The example C function library (`libfunctions_c.so`), built with the system compiler with the
@@ -130,7 +49,7 @@ fn c_library() -> &'static [u8] {
             .arg("-fvisibility=hidden")
             .arg("-o")
             .arg(&out)
-            .arg(repo().join("jobs/functions-c/functions.c"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c/functions.c"))
             .status()
             .expect("run the system C compiler (cc)");
         assert!(status.success(), "cc failed to build functions.c");
