@@ -117,6 +117,12 @@ impl Manager {
             opts.extra
         );
         fs::write(dir.path().join("em.toml"), config).unwrap();
+        Manager::spawn_in(dir, secret)
+    }
+
+    /// Starts `rfaas executor-manager` on the `em.toml` already written in `dir` (with `secret`
+    /// in `dir/secret`) and waits (bounded) until its ready file names its API.
+    fn spawn_in(dir: tempfile::TempDir, secret: String) -> Manager {
         let log = dir.path().join("manager.log");
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(rfaas_bin())
@@ -516,38 +522,5 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
         rm.http
     );
     fs::write(dir.path().join("em.toml"), config).unwrap();
-    let log = dir.path().join("manager.log");
-    let out = fs::File::create(&log).unwrap();
-    let child = Command::new(rfaas_bin())
-        .args(["executor-manager", "--new-session", "--config"])
-        .arg(dir.path().join("em.toml"))
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut m = Manager {
-        dir,
-        child,
-        http: String::new(),
-        secret: rm.secret.clone(),
-        log,
-    };
-    let ready = m.dir.path().join("ready.json");
-    let info: ReadyInfo = wait_for(
-        Duration::from_secs(20),
-        "the executor manager's ready file",
-        || {
-            if let Ok(Some(st)) = m.child.try_wait() {
-                panic!(
-                    "executor manager exited ({st}) before it was ready:\n{}",
-                    m.log_text()
-                );
-            }
-            serde_json::from_slice(&fs::read(&ready).ok()?).ok()
-        },
-    );
-    m.http = info.http;
-    m
+    Manager::spawn_in(dir, rm.secret.clone())
 }
