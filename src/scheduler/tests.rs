@@ -1,6 +1,6 @@
 //! Scenario and randomized tests of the scheduler: no sockets, time by hand.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
@@ -695,7 +695,7 @@ fn random_walk(seed: u64, steps: u32) {
     );
     let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
     // What the clients believe they hold: lease -> (token, cores).
-    let mut held: HashMap<LeaseId, (String, u32)> = HashMap::new();
+    let mut held: BTreeMap<LeaseId, (String, u32)> = BTreeMap::new();
     let mut now = Millis(0);
     for step in 0..steps {
         now = now.plus_ms(rng.below(120));
@@ -838,12 +838,13 @@ fn random_walk(seed: u64, steps: u32) {
         assert!(m.cores_free <= m.cores_total);
     }
     let c = s.metrics().counters;
+    eprintln!("seed {seed}: {c:?}");
     assert!(
-        c.grants > 300 && c.releases > 10 && c.expiries > 10 && c.node_deaths > 0,
+        c.grants > 200 && c.releases > 50 && c.expiries > 20 && c.node_deaths > 0,
         "seed {seed}: the walk exercised too little: {c:?}"
     );
     // Everything ends: all capacity comes back.
-    for (id, (token, _)) in held.drain() {
+    for (id, (token, _)) in std::mem::take(&mut held) {
         s.release(id, &token).unwrap();
     }
     ok(&s);
@@ -852,7 +853,7 @@ fn random_walk(seed: u64, steps: u32) {
     assert_eq!(m.cores_free, m.cores_total);
 }
 
-fn forget(held: &mut HashMap<LeaseId, (String, u32)>, events: &[Event]) {
+fn forget(held: &mut BTreeMap<LeaseId, (String, u32)>, events: &[Event]) {
     for e in events {
         if let Event::LeaseEnded(e) = e {
             let (_, cores) = held.remove(&e.lease).expect("an ended lease was held");
