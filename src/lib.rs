@@ -53,10 +53,16 @@ pub mod env;
 pub mod executor;
 pub mod function;
 pub mod http;
+pub mod kernels;
 pub mod logging;
 pub mod manager;
+#[cfg(feature = "mpi")]
+pub mod mpi_glue;
 pub mod pin;
 pub mod protocol;
 pub mod rdma;
 pub mod resource_manager;
 pub mod scheduler;
+
+#[cfg(feature = "mpi")]
+pub use mpi_glue::{offload, offload_async};

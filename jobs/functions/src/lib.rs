@@ -32,9 +32,11 @@
 
 #![warn(missing_docs)]
 
-pub mod black_scholes;
+/// The Black–Scholes kernel lives in the rfaas crate ([`rfaas::kernels::black_scholes`]), so
+/// that clients can run the same code locally.
+pub use rfaas::kernels::black_scholes;
 
-pub use black_scholes::{
+pub use rfaas::kernels::black_scholes::{
     black_scholes, black_scholes_reference, decode_prices, encode_options, norm_cdf, price,
     OptionParams, Prices, OPTION_RECORD_BYTES, PRICE_RECORD_BYTES,
 };
