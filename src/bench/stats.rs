@@ -57,6 +57,27 @@ impl Latencies {
             .expect("histograms with equal bounds merge");
     }
 
+    /// The histogram in HDR's V2 wire format, to send it to another process (e.g. gathered
+    /// from MPI ranks) and merge it there.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        use hdrhistogram::serialization::Serializer;
+        let mut out = Vec::new();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&self.hist, &mut out)
+            .expect("serialising into memory cannot fail");
+        out
+    }
+
+    /// A histogram from [`Latencies::to_bytes`]; `None` when the bytes are not one.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Latencies> {
+        let hist: Histogram<u64> = hdrhistogram::serialization::Deserializer::new()
+            .deserialize(&mut &bytes[..])
+            .ok()?;
+        let mut l = Latencies::new();
+        l.hist.add(&hist).ok()?;
+        Some(l)
+    }
+
     /// The CSV row of these samples.
     pub fn row(&self, provider: &str, payload_bytes: usize) -> Row {
         Row {
@@ -183,6 +204,23 @@ mod tests {
             CSV_HEADER.split(',').count()
         );
         assert!(r.to_string().starts_with("shm,64,1000,"));
+    }
+
+    #[test]
+    fn histograms_survive_the_wire_and_merge_exactly() {
+        let (mut a, mut b) = (Latencies::new(), Latencies::new());
+        for i in 1..=500u64 {
+            a.record(Duration::from_nanos(i * 100));
+            b.record(Duration::from_nanos(100_000 + i));
+        }
+        let back = Latencies::from_bytes(&a.to_bytes()).unwrap();
+        assert_eq!(back.count(), 500);
+        assert_eq!(back.quantile_ns(0.5), a.quantile_ns(0.5));
+        let mut merged = Latencies::from_bytes(&b.to_bytes()).unwrap();
+        merged.merge(&back);
+        assert_eq!(merged.count(), 1000);
+        assert_eq!(merged.quantile_ns(0.25), a.quantile_ns(0.5));
+        assert!(Latencies::from_bytes(b"not a histogram").is_none());
     }
 
     #[test]

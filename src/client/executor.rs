@@ -63,6 +63,23 @@ impl AllocationSpec {
         }
     }
 
+    /// The allocation request for this spec (the library by its content hash, which the
+    /// manager must already have: [`super::ManagerClient::upload_library_with_hash`]).
+    /// `client` labels the allocation in the manager's logs and status.
+    pub fn request(&self, client: String) -> AllocationRequest {
+        AllocationRequest {
+            library: self.library_hash().to_hex(),
+            functions: self.functions.clone(),
+            cores: self.cores,
+            input_capacity: self.input_capacity,
+            output_capacity: self.output_capacity,
+            slots: self.slots,
+            hot_timeout_ms: self.hot_timeout_ms,
+            lease: self.lease.clone(),
+            client,
+        }
+    }
+
     /// Replaces the library (and forgets its cached hash).
     pub fn set_library(&mut self, library: Vec<u8>) {
         self.library = library;
@@ -341,19 +358,8 @@ impl<F: Fabric> Executor<F> {
             ));
         }
         let t0 = Instant::now();
-        let hash = manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
-        let req = AllocationRequest {
-            library: hash.to_hex(),
-            functions: spec.functions.clone(),
-            cores: spec.cores,
-            input_capacity: spec.input_capacity,
-            output_capacity: spec.output_capacity,
-            slots: spec.slots,
-            hot_timeout_ms: spec.hot_timeout_ms,
-            lease: spec.lease.clone(),
-            client: format!("pid {}", std::process::id()),
-        };
-        let allocation = manager.allocate(&req)?;
+        manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
+        let allocation = manager.allocate(&spec.request(format!("pid {}", std::process::id())))?;
         let request_ns = t0.elapsed().as_nanos() as u64;
         let id = allocation.id;
         match Self::connect(fabric, Some(manager.clone()), allocation, spec, None, opts) {
