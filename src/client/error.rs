@@ -7,20 +7,21 @@ use crate::protocol::Status;
 /// What can go wrong talking to executor managers and executors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The executor manager answered with an error.
-    #[error("executor manager {manager}: {status}: {message}")]
+    /// A control-plane service (an executor manager or the resource manager) answered with an
+    /// error.
+    #[error("{manager}: {status}: {message}")]
     Manager {
-        /// Its address.
+        /// What it is and its address ("executor manager http://...").
         manager: String,
         /// HTTP status.
         status: u16,
         /// Its message.
         message: String,
     },
-    /// The executor manager could not be reached.
-    #[error("executor manager {manager}: {message}")]
+    /// A control-plane service could not be reached.
+    #[error("{manager}: {message}")]
     Http {
-        /// Its address.
+        /// What it is and its address.
         manager: String,
         /// What failed.
         message: String,

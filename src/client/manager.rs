@@ -24,7 +24,7 @@ impl ManagerClient {
             api: ApiClient::new(
                 http,
                 secret,
-                "",
+                "executor manager",
                 Duration::from_secs(60),
                 Duration::from_secs(5),
             ),
