@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::collective::{all_flags, gather_bytes, scatter_bytes};
 use super::plan::divide;
-use super::report::{RankWire, SessionReport};
+use super::report::{RankReport, SessionReport};
 use super::SessionError;
 use crate::bench::stats::Latencies;
 use crate::client::{
@@ -457,16 +457,18 @@ impl Session {
         let workers = self.workers().len();
         self.execs.clear();
         let c = std::mem::take(&mut *self.counters.borrow_mut());
-        let wire = RankWire {
+        let mine = RankReport {
             rank: self.rank,
             nodes: self.nodes.clone(),
             workers,
             invocations: c.invocations,
             errors: c.errors,
             failure: c.failure,
-            histogram: hex::encode(c.latency.to_bytes()),
+            latency: c.latency,
+            execution_ns: 0,
+            hot_polling_ns: 0,
         };
-        let bytes = serde_json::to_vec(&wire).map_err(|e| SessionError::Mpi(e.to_string()))?;
+        let bytes = serde_json::to_vec(&mine).map_err(|e| SessionError::Mpi(e.to_string()))?;
         let gathered = gather_bytes(&self.comm, 0, &bytes)?;
         let Some(all) = gathered else {
             return Ok(None);
@@ -474,8 +476,7 @@ impl Session {
         let mut ranks = all
             .iter()
             .map(|b| {
-                serde_json::from_slice::<RankWire>(b)
-                    .map(RankWire::into_report)
+                serde_json::from_slice::<RankReport>(b)
                     .map_err(|e| SessionError::Mpi(format!("a rank's report: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
