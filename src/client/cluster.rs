@@ -1,5 +1,7 @@
-//! A cluster seen from a client: the executor managers named by a `cluster.json`, with the
-//! cluster secret, and one-shot invocation for the `rfaas invoke` command.
+//! A cluster seen from a client: the resource manager and executor managers named by a
+//! `cluster.json`, with the cluster secret, and one-shot invocation for the `rfaas invoke`
+//! command. A file may name the resource manager alone (as `slurm/rfaas-cluster.sh` writes it):
+//! leases then tell the client which executor managers to allocate on.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,7 +18,8 @@ use crate::rdma::{Fabric, FabricUser, Provider};
 pub struct Cluster {
     /// The provider the cluster's executors speak.
     pub provider: Provider,
-    /// One client per executor manager, in file order.
+    /// One client per executor manager, in file order (empty when the file names only the
+    /// resource manager: leases name the managers then).
     pub managers: Vec<ManagerClient>,
     /// Their names (as in the file).
     pub names: Vec<String>,
@@ -36,18 +39,24 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Cluster {
-    /// Reads `path` (or `RFAAS_CLUSTER` when `None`) and the secret it names.
+    /// Reads `path` (or `RFAAS_CLUSTER` when `None`) and the secret it names. The file must
+    /// name a resource manager, or at least one executor manager.
     pub fn open(path: Option<&Path>) -> Result<Cluster, ClientError> {
         let (_, file) =
             ClusterFile::from_args(path).map_err(|e| ClientError::Config(e.to_string()))?;
+        Self::from_file(&file)
+    }
+
+    /// The cluster described by an already loaded `file` (reads the secret it names).
+    pub fn from_file(file: &ClusterFile) -> Result<Cluster, ClientError> {
+        if file.executor_managers.is_empty() && file.resource_manager.is_none() {
+            return Err(ClientError::Config(
+                "the cluster file names neither a resource manager nor an executor manager".into(),
+            ));
+        }
         let secret = file
             .secret()
             .map_err(|e| ClientError::Config(e.to_string()))?;
-        if file.executor_managers.is_empty() {
-            return Err(ClientError::Config(
-                "the cluster file names no executor manager".into(),
-            ));
-        }
         Ok(Cluster {
             provider: file.provider,
             managers: file
@@ -198,5 +207,63 @@ impl FabricUser for Once<'_> {
         out.truncate(n);
         exec.deallocate()?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::ManagerEntry;
+
+    fn file_in(dir: &Path, managers: Vec<ManagerEntry>, rm: Option<&str>) -> ClusterFile {
+        let secret = dir.join("secret");
+        crate::control::secret::create_secret_file(&secret).unwrap();
+        ClusterFile {
+            version: ClusterFile::VERSION,
+            provider: Provider::Tcp,
+            secret_file: secret,
+            executor_managers: managers,
+            resource_manager: rm.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn opens_a_file_with_the_resource_manager_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        file_in(dir.path(), vec![], Some("127.0.0.1:5000"))
+            .write(&path)
+            .unwrap();
+        let c = Cluster::open(Some(&path)).unwrap();
+        assert!(c.managers.is_empty() && c.names.is_empty());
+        assert_eq!(c.provider, Provider::Tcp);
+        assert_eq!(
+            c.resource_manager.as_ref().unwrap().url(),
+            "http://127.0.0.1:5000"
+        );
+        // Lease parts name managers the file does not: a client is made for them.
+        assert_eq!(c.manager_at("10.0.0.2:7000").url(), "http://10.0.0.2:7000");
+        // The secret never shows in debug output.
+        let secret = std::fs::read_to_string(dir.path().join("secret")).unwrap();
+        assert!(!format!("{c:?}").contains(secret.trim()));
+    }
+
+    #[test]
+    fn refuses_a_cluster_without_managers() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Cluster::from_file(&file_in(dir.path(), vec![], None)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("neither a resource manager nor an executor manager"),
+            "{e}"
+        );
+        let em = ManagerEntry {
+            name: "em-0".into(),
+            http: "127.0.0.1:1".into(),
+            node: "n".into(),
+        };
+        let c = Cluster::from_file(&file_in(dir.path(), vec![em], None)).unwrap();
+        assert_eq!(c.names, ["em-0"]);
+        assert!(c.resource_manager.is_none());
     }
 }

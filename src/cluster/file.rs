@@ -18,6 +18,17 @@
 //! ([`crate::client::Cluster::lease`]), and the executor managers take only leased
 //! allocations.
 //!
+//! `executor_managers` may be empty, or left out, when `resource_manager` is set: a lease names
+//! the executor managers that hold its cores, so clients learn their addresses from the
+//! resource manager. That is the file `slurm/rfaas-cluster.sh` writes:
+//!
+//! ```json
+//! { "version": 1, "provider": "tcp", "secret_file": "/scratch/rfaas/secret",
+//!   "resource_manager": "10.0.0.1:40100" }
+//! ```
+//!
+//! A file that names neither a resource manager nor an executor manager is refused.
+//!
 //! `secret_file` names the cluster secret (mode 0600); a relative path is relative to the
 //! cluster file. The secret itself is never in this file.
 
@@ -48,7 +59,8 @@ pub struct ClusterFile {
     pub provider: Provider,
     /// The cluster secret file.
     pub secret_file: PathBuf,
-    /// The executor managers.
+    /// The executor managers (may be empty when `resource_manager` is set: leases name them).
+    #[serde(default)]
     pub executor_managers: Vec<ManagerEntry>,
     /// The resource manager's HTTP address, `host:port`, if the cluster has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +89,8 @@ impl ClusterFile {
         Ok((path, file))
     }
 
-    /// Reads and checks a cluster file; a relative `secret_file` becomes relative to it.
+    /// Reads and checks a cluster file; a relative `secret_file` becomes relative to it. A file
+    /// must name a resource manager, or at least one executor manager.
     pub fn load(path: &Path) -> Result<ClusterFile, ClusterError> {
         let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
             context: format!("read cluster file {}", path.display()),
@@ -96,6 +109,22 @@ impl ClusterFile {
                     file.version,
                     Self::VERSION
                 ),
+            });
+        }
+        if file
+            .resource_manager
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            return Err(ClusterError::BadFile {
+                path: path.to_path_buf(),
+                reason: "resource_manager is empty (leave it out, or give host:port)".into(),
+            });
+        }
+        if file.resource_manager.is_none() && file.executor_managers.is_empty() {
+            return Err(ClusterError::BadFile {
+                path: path.to_path_buf(),
+                reason: "it names neither a resource manager nor an executor manager".into(),
             });
         }
         if file.secret_file.is_relative() {
@@ -153,5 +182,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("version 2"));
+    }
+
+    #[test]
+    fn resource_manager_alone_is_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        // Written by a launcher (slurm/rfaas-cluster.sh): no executor_managers key at all.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"provider":"tcp","secret_file":"secret","resource_manager":"10.0.0.1:5000"}"#,
+        )
+        .unwrap();
+        let f = ClusterFile::load(&path).unwrap();
+        assert!(f.executor_managers.is_empty());
+        assert_eq!(f.resource_manager.as_deref(), Some("10.0.0.1:5000"));
+        assert_eq!(f.provider, Provider::Tcp);
+        assert_eq!(f.secret_file, dir.path().join("secret"));
+        // An empty list reads the same, and written back it round-trips.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"provider":"shm","secret_file":"/s","executor_managers":[],"resource_manager":"h:1"}"#,
+        )
+        .unwrap();
+        let f = ClusterFile::load(&path).unwrap();
+        f.write(&path).unwrap();
+        assert_eq!(ClusterFile::load(&path).unwrap(), f);
+    }
+
+    #[test]
+    fn refuses_a_file_without_managers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        for text in [
+            r#"{"version":1,"provider":"tcp","secret_file":"s","executor_managers":[]}"#,
+            r#"{"version":1,"provider":"tcp","secret_file":"s"}"#,
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let e = ClusterFile::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("neither a resource manager nor an executor manager"),
+                "{e}"
+            );
+        }
+        std::fs::write(
+            &path,
+            r#"{"version":1,"provider":"tcp","secret_file":"s","resource_manager":" "}"#,
+        )
+        .unwrap();
+        let e = ClusterFile::load(&path).unwrap_err().to_string();
+        assert!(e.contains("resource_manager is empty"), "{e}");
     }
 }
