@@ -1,4 +1,9 @@
 //! `rfaas status`: every executor manager's cores, memory and allocations, as a table.
+//!
+//! The executor managers are those the cluster file lists or, when it lists none and names a
+//! resource manager, the nodes that resource manager knows (their HTTP addresses). Per manager
+//! it shows the NIC its cores are ordered by, the cores nearest it, the order allocations take
+//! cores in and those free; per allocation, its cores in worker order.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -148,6 +153,31 @@ pub fn render(
         });
     }
     out.push_str(&table(&rows));
+    let cpus = crate::manager::config::format_cpulist;
+    let mut pinning = vec![["MANAGER", "NIC", "NEAR NIC", "CORE ORDER", "FREE CORES"]
+        .map(String::from)
+        .to_vec()];
+    for (e, st) in statuses {
+        let Ok(s) = st else { continue };
+        let or_dash = |v: &[u32]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                cpus(v)
+            }
+        };
+        pinning.push(vec![
+            e.name.clone(),
+            s.nic.clone().unwrap_or_else(|| "-".into()),
+            or_dash(&s.nic_cores),
+            or_dash(&s.core_order),
+            or_dash(&s.free_cores),
+        ]);
+    }
+    if pinning.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&pinning));
+    }
     let mut allocs = vec![[
         "MANAGER",
         "ALLOCATION",
@@ -179,22 +209,52 @@ pub fn render(
     out
 }
 
+/// The executor managers to query: the cluster file's, or, when it lists none, the nodes of
+/// the resource manager's list that are not dead.
+pub fn managers_to_query(
+    cluster: &ClusterFile,
+    nodes: Option<&crate::control::rm_api::NodeList>,
+) -> Vec<ManagerEntry> {
+    if !cluster.executor_managers.is_empty() {
+        return cluster.executor_managers.clone();
+    }
+    nodes
+        .iter()
+        .flat_map(|n| &n.nodes)
+        .filter(|n| n.state.name() != "dead")
+        .map(|n| ManagerEntry {
+            name: n.name.clone(),
+            http: n.address.clone(),
+            node: n.name.clone(),
+        })
+        .collect()
+}
+
 /// Queries every manager of the cluster; the rendered table, and whether all answered.
 pub fn run(args: &StatusArgs) -> Result<(String, bool), ClusterError> {
     let (_, cluster) = ClusterFile::from_args(args.cluster.as_deref())?;
     let secret = cluster.secret()?;
     let timeout = Duration::from_millis(args.timeout_ms);
-    let statuses: Vec<_> = cluster
-        .executor_managers
-        .iter()
-        .map(|e| (e.clone(), query(e, &secret, timeout)))
+    let rm = cluster.resource_manager.as_ref().map(|addr| {
+        let client = crate::client::RmClient::new(addr, &secret);
+        (addr, client.nodes().and_then(|n| Ok((n, client.leases()?))))
+    });
+    let nodes = match &rm {
+        Some((_, Ok((nodes, _)))) => Some(nodes),
+        _ => None,
+    };
+    let statuses: Vec<_> = managers_to_query(&cluster, nodes)
+        .into_iter()
+        .map(|e| {
+            let st = query(&e, &secret, timeout);
+            (e, st)
+        })
         .collect();
     let mut ok = statuses.iter().all(|(_, s)| s.is_ok());
     let mut out = render(&cluster, &statuses);
-    if let Some(addr) = &cluster.resource_manager {
-        let rm = crate::client::RmClient::new(addr, &secret);
-        match rm.nodes().and_then(|n| Ok((n, rm.leases()?))) {
-            Ok((nodes, leases)) => out.push_str(&render_rm(addr, &nodes, &leases)),
+    if let Some((addr, answer)) = &rm {
+        match answer {
+            Ok((nodes, leases)) => out.push_str(&render_rm(addr, nodes, leases)),
             Err(e) => {
                 ok = false;
                 let _ = write!(out, "\nresource manager {addr}: unreachable: {e}\n");
@@ -296,6 +356,10 @@ mod tests {
                 execution_ns: 1500,
                 hot_polling_ns: 0,
             }],
+            nic: Some("mlx5_0".into()),
+            nic_cores: vec![0, 1],
+            core_order: vec![0, 1],
+            free_cores: vec![1],
         };
         let text = render(
             &cluster,
@@ -313,5 +377,66 @@ mod tests {
             text.contains("SIGSEGV") && text.contains("1.5 µs"),
             "{text}"
         );
+        let pin_row = text
+            .lines()
+            .find(|l| l.starts_with("em-0") && l.contains("mlx5_0"))
+            .unwrap_or_else(|| panic!("no pinning row: {text}"));
+        let cols: Vec<&str> = pin_row.split_whitespace().collect();
+        assert_eq!(cols, ["em-0", "mlx5_0", "0-1", "0-1", "1"], "{text}");
+        assert!(
+            text.contains("NEAR NIC") && text.contains("CORE ORDER"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn older_managers_without_pinning_fields_still_parse() {
+        let old = r#"{"node":"n","cores_total":2,"cores_free":2,"memory_total":1,
+                      "memory_free":1,"allocations":[]}"#;
+        let st: ManagerStatus = serde_json::from_str(old).unwrap();
+        assert_eq!((st.nic, st.core_order.len()), (None, 0));
+    }
+
+    #[test]
+    fn managers_come_from_the_resource_manager_when_the_file_lists_none() {
+        use crate::control::rm_api::NodeList;
+        let mut cluster = ClusterFile {
+            version: 1,
+            provider: Provider::Shm,
+            secret_file: "s".into(),
+            executor_managers: vec![],
+            resource_manager: Some("127.0.0.1:5000".into()),
+        };
+        let nodes: NodeList = serde_json::from_value(serde_json::json!({
+            "now_ms": 5,
+            "nodes": [
+                {"id": 1, "name": "n1", "address": "10.0.0.1:10000", "state": "alive",
+                 "cores_total": 2, "cores_used": 0, "cores_free": 2, "memory_total": 0,
+                 "memory_used": 0, "memory_free": 0, "last_heartbeat": 4, "leases": 0},
+                {"id": 2, "name": "n2", "address": "10.0.0.2:10000", "state": "dead",
+                 "cores_total": 2, "cores_used": 0, "cores_free": 2, "memory_total": 0,
+                 "memory_used": 0, "memory_free": 0, "last_heartbeat": 1, "leases": 0}
+            ]
+        }))
+        .unwrap();
+        let got = managers_to_query(&cluster, Some(&nodes));
+        assert_eq!(
+            got,
+            vec![ManagerEntry {
+                name: "n1".into(),
+                http: "10.0.0.1:10000".into(),
+                node: "n1".into()
+            }]
+        );
+        assert!(managers_to_query(&cluster, None).is_empty());
+        cluster.executor_managers = got.clone();
+        let listed = managers_to_query(
+            &cluster,
+            Some(&NodeList {
+                now_ms: 0,
+                nodes: vec![],
+            }),
+        );
+        assert_eq!(listed, got, "a file that lists managers is used as it is");
     }
 }

@@ -102,7 +102,8 @@ pub struct AllocationStatus {
     /// Why the executor ended, when it did.
     #[serde(default)]
     pub reason: Option<String>,
-    /// Cores it holds (or held).
+    /// Cores it holds (or held), one per worker in worker order: worker `i` is pinned to
+    /// `cores[i]`.
     pub cores: Vec<u32>,
     /// Nanoseconds spent executing functions (billing).
     pub execution_ns: u64,
@@ -125,6 +126,18 @@ pub struct ManagerStatus {
     pub memory_free: u64,
     /// Live and recently ended allocations.
     pub allocations: Vec<AllocationStatus>,
+    /// The NIC its cores are ordered by (`None`: none found or named: cpuset order).
+    #[serde(default)]
+    pub nic: Option<String>,
+    /// Its cores nearest that NIC (in the cpuset of the NIC's first non-I/O ancestor).
+    #[serde(default)]
+    pub nic_cores: Vec<u32>,
+    /// Every core it rents out, in the order allocations take them (nearest the NIC first).
+    #[serde(default)]
+    pub core_order: Vec<u32>,
+    /// Its free cores, in that order.
+    #[serde(default)]
+    pub free_cores: Vec<u32>,
 }
 
 /// What an executor manager sends an executor process on its standard input (one JSON document),

@@ -189,9 +189,14 @@ impl<W: Write> FabricUser for Serve<'_, W> {
         let exits: Vec<WorkerExit> = std::thread::scope(|s| {
             let handles: Vec<_> = workers
                 .into_iter()
-                .map(|w| {
+                .enumerate()
+                .map(|(i, w)| {
                     let (stop, billing) = (self.stop.clone(), billing.clone());
-                    s.spawn(move || w.serve(&stop, billing.as_deref()))
+                    // Named so that tools (and tests) find the workers: rfaas-worker-<index>.
+                    std::thread::Builder::new()
+                        .name(format!("rfaas-worker-{i}"))
+                        .spawn_scoped(s, move || w.serve(&stop, billing.as_deref()))
+                        .expect("spawn a worker thread")
                 })
                 .collect();
             handles

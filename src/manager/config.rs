@@ -7,6 +7,8 @@
 //! provider = "tcp"                # shm | tcp | verbs (default: $RFAAS_PROVIDER, else shm)
 //! fabric_host = "10.0.0.7"        # where executors and the billing listener bind
 //! cores = "2-15"                  # cores it may rent: a cpulist or [2, 3, 4]; default: its cpuset
+//! nic = "mlx5_0"                  # order cores by this NIC (RDMA device or interface, e.g.
+//!                                 # eth0); default: the RDMA device hwloc finds, if any
 //! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
 //! secret_file = "/run/rfaas/secret"  # cluster secret, mode 0600 (required)
 //! run_dir = "/tmp/rfaas-em"       # executor logs (run_dir/logs), library cache (run_dir/cache)
@@ -66,6 +68,7 @@ The config file takes every flag as a key, with '_' for '-':
   provider = \"tcp\"
   fabric_host = \"10.0.0.7\"
   cores = \"2-15\"
+  nic = \"mlx5_0\"                  # rent the cores nearest this NIC first
   memory = \"32GiB\"
   secret_file = \"/run/rfaas/secret\"   # mode 0600; never put the secret on a command line
   run_dir = \"/tmp/rfaas-em\"
@@ -91,6 +94,10 @@ pub struct ManagerArgs {
     /// Cores it may rent out, as a cpulist (e.g. 2-7,12). Default: this process's cpuset.
     #[arg(long, value_name = "CPULIST")]
     pub cores: Option<String>,
+    /// NIC whose nearest cores are rented out first: an RDMA device (mlx5_0) or a network
+    /// interface (eth0). Default: the RDMA device hwloc finds (feature hwloc), else cpuset order.
+    #[arg(long, value_name = "NAME")]
+    pub nic: Option<String>,
     /// Memory it may rent out: bytes, or with a unit (512MiB, 4GiB, 8G). Default: MemTotal.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
@@ -145,6 +152,7 @@ struct FileConfig {
     provider: Option<Provider>,
     fabric_host: Option<String>,
     cores: Option<CoresValue>,
+    nic: Option<String>,
     memory: Option<SizeValue>,
     secret_file: Option<PathBuf>,
     run_dir: Option<PathBuf>,
@@ -185,8 +193,11 @@ pub struct ManagerConfig {
     pub provider: Provider,
     /// Host the fabric endpoints bind to.
     pub fabric_host: String,
-    /// Cores it may rent, ascending, distinct.
+    /// Cores it may rent, ascending, distinct (the order allocations take them in comes from
+    /// [`super::topology::discover`]).
     pub cores: Vec<u32>,
+    /// The NIC named to order cores by; `None`: the RDMA device found, if any.
+    pub nic: Option<String>,
     /// Memory it may rent, bytes.
     pub memory: u64,
     /// Cluster secret file.
@@ -304,6 +315,12 @@ impl ManagerConfig {
             provider,
             fabric_host,
             cores,
+            nic: args
+                .nic
+                .clone()
+                .or(file.nic)
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty()),
             memory,
             secret_file,
             run_dir,
@@ -517,7 +534,7 @@ mod tests {
             &path,
             format!(
                 "node = \"n1\"\nprovider = \"tcp\"\ncores = [{last}, {first}, {first}]\nmemory = \"1GiB\"\n\
-                 secret_file = \"secret\"\nstop_grace_ms = 50\n"
+                 secret_file = \"secret\"\nstop_grace_ms = 50\nnic = \"mlx5_0\"\n"
             ),
         )
         .unwrap();
@@ -536,11 +553,14 @@ mod tests {
         assert_eq!(cfg.stop_grace, Duration::from_millis(50));
         assert_eq!(cfg.max_allocations, want.len() as u32);
         assert_eq!(cfg.cache_dir, cfg.run_dir.join("cache"));
+        assert_eq!(cfg.nic.as_deref(), Some("mlx5_0"));
 
         args.cores = Some(first.to_string());
         args.node = Some("n2".into());
         args.memory = Some("64MiB".into());
+        args.nic = Some("eth0".into());
         let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!(cfg.nic.as_deref(), Some("eth0"), "the flag wins");
         assert_eq!(
             (cfg.node.as_str(), cfg.cores.clone(), cfg.memory),
             ("n2", vec![first], 64 << 20)

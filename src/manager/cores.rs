@@ -2,9 +2,8 @@
 //!
 //! A pure state machine (no processes, no clock). Every core has at most one owner, so two
 //! allocations never share a core; [`CorePool::release`] returns every core of an owner,
-//! whatever ended it, and is idempotent.
-
-use std::collections::BTreeMap;
+//! whatever ended it, and is idempotent. The pool keeps its cores in a preference order (cores
+//! nearest the NIC first, see [`super::topology`]): reservations take the first free ones.
 
 /// Not enough free cores.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,18 +17,22 @@ pub struct CoreShortage {
     pub total: u32,
 }
 
-/// The cores a manager rents out and their owners (allocation ids).
+/// The cores a manager rents out, in preference order, and their owners (allocation ids).
 #[derive(Debug, Clone)]
 pub struct CorePool {
-    owner: BTreeMap<u32, Option<u64>>,
+    owner: Vec<(u32, Option<u64>)>,
 }
 
 impl CorePool {
-    /// A pool of `cores` (duplicates ignored), all free.
+    /// A pool of `cores` in preference order (a repeated core keeps its first place), all free.
     pub fn new(cores: impl IntoIterator<Item = u32>) -> CorePool {
-        CorePool {
-            owner: cores.into_iter().map(|c| (c, None)).collect(),
+        let mut owner: Vec<(u32, Option<u64>)> = Vec::new();
+        for c in cores {
+            if !owner.iter().any(|(o, _)| *o == c) {
+                owner.push((c, None));
+            }
         }
+        CorePool { owner }
     }
 
     /// Cores in the pool.
@@ -39,24 +42,41 @@ impl CorePool {
 
     /// Cores without an owner.
     pub fn free(&self) -> u32 {
-        self.owner.values().filter(|o| o.is_none()).count() as u32
+        self.owner.iter().filter(|(_, o)| o.is_none()).count() as u32
     }
 
-    /// The owner of `core`, if it has one.
-    pub fn owner_of(&self, core: u32) -> Option<u64> {
-        self.owner.get(&core).copied().flatten()
+    /// Every core, in preference order.
+    pub fn order(&self) -> Vec<u32> {
+        self.owner.iter().map(|(c, _)| *c).collect()
     }
 
-    /// Cores owned by `owner`, ascending.
-    pub fn owned_by(&self, owner: u64) -> Vec<u32> {
+    /// The free cores, in preference order (the next reservation takes the first ones).
+    pub fn free_cores(&self) -> Vec<u32> {
         self.owner
             .iter()
-            .filter(|(_, o)| **o == Some(owner))
+            .filter(|(_, o)| o.is_none())
             .map(|(c, _)| *c)
             .collect()
     }
 
-    /// Gives `n` free cores (the lowest-numbered ones) to `owner`, or none at all.
+    /// The owner of `core`, if it has one.
+    pub fn owner_of(&self, core: u32) -> Option<u64> {
+        self.owner
+            .iter()
+            .find(|(c, _)| *c == core)
+            .and_then(|(_, o)| *o)
+    }
+
+    /// Cores owned by `owner`, in preference order (the order [`CorePool::reserve`] gave them).
+    pub fn owned_by(&self, owner: u64) -> Vec<u32> {
+        self.owner
+            .iter()
+            .filter(|(_, o)| *o == Some(owner))
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
+    /// Gives the first `n` free cores in preference order to `owner`, or none at all.
     pub fn reserve(&mut self, owner: u64, n: u32) -> Result<Vec<u32>, CoreShortage> {
         let free = self.free();
         if n == 0 || n > free {
@@ -66,20 +86,18 @@ impl CorePool {
                 total: self.total(),
             });
         }
-        let picked: Vec<u32> = self
-            .owner
-            .iter()
-            .filter(|(_, o)| o.is_none())
-            .map(|(c, _)| *c)
-            .take(n as usize)
-            .collect();
-        for c in &picked {
-            self.owner.insert(*c, Some(owner));
+        let mut picked = Vec::with_capacity(n as usize);
+        for (c, o) in self.owner.iter_mut().filter(|(_, o)| o.is_none()) {
+            if picked.len() == n as usize {
+                break;
+            }
+            *o = Some(owner);
+            picked.push(*c);
         }
         Ok(picked)
     }
 
-    /// Frees every core of `owner`; returns them (empty when it had none).
+    /// Frees every core of `owner`; returns them in preference order (empty when it had none).
     pub fn release(&mut self, owner: u64) -> Vec<u32> {
         let mut freed = Vec::new();
         for (c, o) in self.owner.iter_mut() {
@@ -121,6 +139,26 @@ mod tests {
         pool.release(2);
         pool.release(3);
         assert_eq!(pool.free(), 4);
+    }
+
+    #[test]
+    fn reservations_follow_the_preference_order() {
+        // Cores near the NIC (6, 7) first, then the rest.
+        let mut pool = CorePool::new([6, 7, 0, 1, 6]);
+        assert_eq!(pool.order(), vec![6, 7, 0, 1]);
+        assert_eq!(pool.reserve(1, 1).unwrap(), vec![6]);
+        assert_eq!(pool.reserve(2, 2).unwrap(), vec![7, 0]);
+        assert_eq!(pool.free_cores(), vec![1]);
+        assert_eq!(pool.owner_of(0), Some(2));
+        assert_eq!(pool.owner_of(9), None);
+        assert_eq!(pool.release(1), vec![6]);
+        assert_eq!(
+            pool.free_cores(),
+            vec![6, 1],
+            "a freed near core is preferred again"
+        );
+        assert_eq!(pool.reserve(3, 1).unwrap(), vec![6]);
+        assert_eq!(pool.owned_by(2), vec![7, 0]);
     }
 
     #[test]

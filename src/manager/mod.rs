@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`config`] | TOML file + flags → [`ManagerConfig`] |
 //! | [`cores`] | which core belongs to which allocation (pure) |
+//! | [`topology`] | the order cores are rented out in: nearest the NIC first (hwloc or sysfs) |
 //! | [`memory`] | what an allocation costs, what is left (pure) |
 //! | [`registry`] | allocation states and the resources they hold (pure, clock injected) |
 //! | [`libraries`] | the content-hash library cache (the manager never loads code) |
@@ -31,6 +32,7 @@ pub mod rm;
 pub mod server;
 pub mod service;
 pub mod spawn;
+pub mod topology;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +54,9 @@ pub enum ManagerError {
     /// The fabric provider cannot run here.
     #[error("cannot open the billing endpoint on the fabric")]
     Fabric(#[from] crate::rdma::FabricError),
+    /// The NIC named in the configuration does not exist.
+    #[error(transparent)]
+    Nic(#[from] topology::NicNotFound),
     /// The library cache is unusable.
     #[error(transparent)]
     Library(#[from] crate::function::FunctionError),

@@ -27,6 +27,7 @@ use super::memory::allocation_bytes;
 use super::registry::{Registry, RegistryError, Spec, State, StopAction};
 use super::rm::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
+use super::topology::CoreOrder;
 use super::ManagerError;
 
 /// Largest input or output capacity an allocation may ask for (per slot), bytes.
@@ -167,6 +168,8 @@ pub struct Service {
     registry: Mutex<Registry>,
     handles: Mutex<HashMap<u64, ExecutorHandle>>,
     shutting_down: AtomicBool,
+    /// The order allocations take cores in, and the NIC behind it.
+    order: CoreOrder,
     /// The resource manager, when configured (set once by [`Service::set_rm`]).
     rm: std::sync::OnceLock<Arc<RmLink>>,
     /// Allocation id → the lease it runs under (with a resource manager).
@@ -195,9 +198,11 @@ impl Service {
                 source,
             })?;
         let libraries = Libraries::open(&cfg.cache_dir)?;
+        let order = super::topology::discover(&cfg.cores, cfg.nic.as_deref())?;
+        log_core_order(&order);
         let billing = Billing::start(cfg.provider, &cfg.fabric_host, cfg.max_allocations as usize)?;
         let registry = Registry::new(
-            cfg.cores.iter().copied(),
+            order.cores.iter().copied(),
             cfg.memory,
             cfg.max_allocations,
             cfg.keep_ended,
@@ -211,6 +216,7 @@ impl Service {
             registry: Mutex::new(registry),
             handles: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            order,
             rm: std::sync::OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
         })
@@ -621,6 +627,10 @@ impl Service {
             memory_total: reg.memory().total(),
             memory_free: reg.memory().free(),
             allocations: reg.records().map(|r| self.status_of(r)).collect(),
+            nic: self.order.nic.as_ref().map(|n| n.name.clone()),
+            nic_cores: self.order.near_nic(),
+            core_order: reg.cores().order(),
+            free_cores: reg.cores().free_cores(),
         }
     }
 
@@ -652,6 +662,29 @@ impl Service {
                 );
             }
         }
+    }
+}
+
+/// Logs the order cores are rented out in, and why.
+fn log_core_order(order: &CoreOrder) {
+    use super::config::format_cpulist;
+    let cores = format_cpulist(&order.cores);
+    match &order.nic {
+        None => tracing::info!(%cores, "no RDMA NIC found: cores rented out in cpuset order"),
+        Some(nic) if nic.locality.is_none() => tracing::warn!(
+            nic = %nic.name,
+            %cores,
+            "NIC {} has no locality information ({}): cores rented out in cpuset order",
+            nic.name,
+            nic.source
+        ),
+        Some(nic) => tracing::info!(
+            nic = %nic.name,
+            source = nic.source,
+            near = %format_cpulist(&order.near_nic()),
+            %cores,
+            "cores rented out nearest the NIC first"
+        ),
     }
 }
 
