@@ -38,10 +38,10 @@ setup:
 	scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release $(FEATURES) --workspace
+	$(CARGO) build --release $(FEATURES) --workspace --bins --examples --lib
 
 build-debug: setup
-	$(CARGO) build $(FEATURES) --workspace
+	$(CARGO) build $(FEATURES) --workspace --bins --examples --lib
 
 # Runs the benchmark binary with $(1)=iterations $(2)=max seconds per size. CSV goes to
 # $(RESULTS)/fabric_pingpong-<time>.csv (and fabric_pingpong.csv, the latest), stderr (summary,

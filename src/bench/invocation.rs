@@ -158,6 +158,33 @@ pub fn finish(
     extra_columns: &[&str],
     config: serde_json::Value,
 ) -> Result<Vec<String>, BenchError> {
+    write_outputs(
+        args,
+        benchmark,
+        records,
+        extra_columns,
+        config,
+        serde_json::Map::new(),
+    )?;
+    let lines = summarize(records);
+    for l in &lines {
+        println!("{l}");
+    }
+    Ok(lines)
+}
+
+/// Writes the CSV (header [`INVOCATION_HEADER`] plus `extra_columns`, one row per record) to
+/// `args.output` and the JSON metadata beside it, with `extra`'s keys added at its top level
+/// (what `scalable_benchmark` adds: world size, MPI library, per-rank placement, ...). Prints
+/// nothing.
+pub fn write_outputs(
+    args: &CommonArgs,
+    benchmark: &str,
+    records: &[Record],
+    extra_columns: &[&str],
+    config: serde_json::Value,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), BenchError> {
     if let Some(dir) = args.output.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
@@ -174,7 +201,7 @@ pub fn finish(
         writeln!(f, "{}", r.csv())?;
     }
     f.flush()?;
-    let meta = serde_json::json!({
+    let mut meta = serde_json::json!({
         "benchmark": benchmark,
         "rfaas_version": env!("CARGO_PKG_VERSION"),
         "git_rev": git_rev(),
@@ -182,15 +209,14 @@ pub fn finish(
         "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
         "csv": args.output.display().to_string(),
     });
+    if let Some(m) = meta.as_object_mut() {
+        m.extend(extra);
+    }
     std::fs::write(
         args.output.with_extension("json"),
         serde_json::to_string_pretty(&meta).unwrap_or_default(),
     )?;
-    let lines = summarize(records);
-    for l in &lines {
-        println!("{l}");
-    }
-    Ok(lines)
+    Ok(())
 }
 
 fn git_rev() -> Option<String> {
@@ -228,7 +254,7 @@ pub fn summarize(records: &[Record]) -> Vec<String> {
     lines
 }
 
-fn pin_client(core: Option<usize>) {
+pub(crate) fn pin_client(core: Option<usize>) {
     let cores = crate::pin::allowed_cores();
     let c = core.or_else(|| cores.last().copied());
     if let Some(c) = c {
@@ -238,7 +264,7 @@ fn pin_client(core: Option<usize>) {
     }
 }
 
-fn payload(len: usize, seed: usize) -> Vec<u8> {
+pub(crate) fn payload(len: usize, seed: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i.wrapping_mul(31).wrapping_add(seed)) as u8)
         .collect()

@@ -21,6 +21,8 @@ pub mod lease;
 pub mod memcpy;
 pub mod pingpong;
 pub mod raw;
+#[cfg(feature = "mpi")]
+pub mod scalable;
 pub mod stats;
 
 use std::fmt;

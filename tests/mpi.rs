@@ -1,0 +1,481 @@
+//! The MPI layer under `mpirun` (feature `mpi`): `scalable_benchmark` with 1, 2 and 4 ranks on
+//! this 2-core machine (`--oversubscribe`, root allowed), the Black–Scholes example, and an
+//! executor killed in the middle of a run.
+//!
+//! Every test starts its own cluster (a resource manager and executor managers on shm, each
+//! renting cores 0-1, so that 4 ranks find 4 leasable cores on 2 nodes), with always-warm
+//! executors (`hot_timeout_ms` 0) so that busy-polling does not starve the two cores. Every wait
+//! is bounded; `mpirun` is killed with everything it started when a test gives up.
+
+#![cfg(feature = "mpi")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{functions_library, manager_for_rm, wait_exit, wait_for, Manager, ResourceManager};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rfaas::cluster::{ClusterFile, ManagerEntry};
+use rfaas::rdma::Provider;
+use serde_json::Value;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_scalable_benchmark");
+/// How long one `mpirun` may take before the test gives up.
+const RUN_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// A resource manager and `nodes` executor managers (`n0`, `n1`, ...) renting cores 0-1 each,
+/// the cluster file naming them all, and the function library written beside it.
+struct TestCluster {
+    rm: ResourceManager,
+    ems: Vec<Manager>,
+    file: PathBuf,
+    library: PathBuf,
+}
+
+impl TestCluster {
+    fn start(nodes: usize) -> TestCluster {
+        let rm = ResourceManager::start("heartbeat_timeout_ms = 2000\n");
+        let cores = common::cores();
+        let ems: Vec<Manager> = (0..nodes)
+            .map(|i| manager_for_rm(&rm, &format!("n{i}"), &cores, ""))
+            .collect();
+        wait_for(Duration::from_secs(15), "every node alive", || {
+            (rm.metrics()["nodes_alive"] == nodes as u64).then_some(())
+        });
+        let file = rm.dir.path().join("cluster.json");
+        ClusterFile {
+            version: 1,
+            provider: Provider::Shm,
+            secret_file: rm.dir.path().join("secret"),
+            executor_managers: ems
+                .iter()
+                .enumerate()
+                .map(|(i, m)| ManagerEntry {
+                    name: format!("n{i}"),
+                    http: m.http.clone(),
+                    node: format!("n{i}"),
+                })
+                .collect(),
+            resource_manager: Some(rm.http.clone()),
+        }
+        .write(&file)
+        .unwrap();
+        let library = rm.dir.path().join("libfunctions.so");
+        std::fs::write(&library, functions_library()).unwrap();
+        TestCluster {
+            rm,
+            ems,
+            file,
+            library,
+        }
+    }
+
+    fn out(&self, name: &str) -> PathBuf {
+        self.rm.dir.path().join(name)
+    }
+
+    /// The pid of the executor process of allocation `id` on node `node`: the process whose
+    /// standard error is that allocation's log in the node's run directory.
+    fn executor_pid(&self, node: &str, id: u64) -> Option<i32> {
+        let i: usize = node.strip_prefix('n')?.parse().ok()?;
+        let dir = std::fs::canonicalize(self.ems.get(i)?.dir.path()).ok()?;
+        let log = format!("executor-{id}.log");
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path().join("fd/2")).ok()?;
+            (target.starts_with(&dir) && target.file_name()? == log.as_str()).then_some(pid)
+        })
+    }
+}
+
+/// `mpirun --bind-to none --oversubscribe -n N program args...`, root allowed, in its own
+/// process group.
+fn mpirun(n: usize, program: &str, args: &[String]) -> Command {
+    let mut c = Command::new("mpirun");
+    // No binding: each rank pins itself off its executor's core (OpenMPI binds to one core).
+    c.args([
+        "--bind-to",
+        "none",
+        "--oversubscribe",
+        "-n",
+        &n.to_string(),
+        program,
+    ])
+    .args(args)
+    .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+    .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    .env("RUST_BACKTRACE", "0")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
+    c
+}
+
+/// mpirun and its ranks: killed (the whole process group) unless they exited.
+struct Job(Child);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Output lines as they come (stdout and stderr, in two threads), and all of them at the end.
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    all: Vec<String>,
+}
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(l);
+            }
+        });
+        Lines {
+            rx,
+            all: Vec::new(),
+        }
+    }
+
+    /// The first new line that `f` accepts, within `timeout`.
+    fn find<T>(&mut self, timeout: Duration, mut f: impl FnMut(&str) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Ok(l) = self.rx.recv_timeout(left) else {
+                return None;
+            };
+            let hit = f(&l);
+            self.all.push(l);
+            if hit.is_some() {
+                return hit;
+            }
+        }
+        None
+    }
+
+    /// Everything, once the readers are done (the process exited), bounded.
+    fn rest(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.rx.recv_timeout(left) {
+                Ok(l) => self.all.push(l),
+                Err(_) => break,
+            }
+        }
+        self.all.join("\n")
+    }
+}
+
+/// Runs a command to its end (bounded): exit status and all its output.
+fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
+    let mut job = Job(cmd.spawn().expect("run mpirun (is OpenMPI installed?)"));
+    let mut lines = Lines::of(&mut job.0);
+    let status = wait_exit(&mut job.0, RUN_TIMEOUT);
+    let text = lines.rest();
+    let status =
+        status.unwrap_or_else(|| panic!("mpirun still running after {RUN_TIMEOUT:?}:\n{text}"));
+    (status, text)
+}
+
+fn bench_args(c: &TestCluster, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "--cluster".into(),
+        c.file.display().to_string(),
+        "--library".into(),
+        c.library.display().to_string(),
+        "--function".into(),
+        "echo".into(),
+        "--output".into(),
+        out.display().to_string(),
+        "--hot-timeout-ms".into(),
+        "0".into(),
+        "--client-spin-us".into(),
+        "100".into(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// The CSV as header → column index, and the rows.
+fn read_csv(path: &Path) -> (BTreeMap<String, usize>, Vec<Vec<String>>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .enumerate()
+        .map(|(i, h)| (h.to_string(), i))
+        .collect();
+    let rows = lines
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect();
+    (header, rows)
+}
+
+/// Warm mode from `n` ranks: exactly n × R rows per size, ranks 0..n-1, world size n, and
+/// every rank on workers of its own.
+fn warm(n: usize, nodes: usize) {
+    let c = TestCluster::start(nodes);
+    let out = c.out("warm.csv");
+    let r = 40;
+    let args = bench_args(
+        &c,
+        &out,
+        &[
+            "--sizes",
+            "64,4096",
+            "--repetitions",
+            &r.to_string(),
+            "--warmup",
+            "5",
+        ],
+    );
+    let (status, text) = run_to_end(mpirun(n, BENCH, &args));
+    assert!(status.success(), "{status}:\n{text}");
+
+    let (h, rows) = read_csv(&out);
+    assert_eq!(rows.len(), 2 * n * r, "{text}");
+    for size in ["64", "4096"] {
+        let mut per_rank: BTreeMap<u32, usize> = BTreeMap::new();
+        for row in rows.iter().filter(|row| row[h["payload_bytes"]] == size) {
+            assert_eq!(row[h["benchmark"]], "scalable_benchmark");
+            assert_eq!(row[h["mode"]], "warm");
+            assert_eq!(row[h["world_size"]], n.to_string());
+            *per_rank.entry(row[h["rank"]].parse().unwrap()).or_default() += 1;
+        }
+        let want: BTreeMap<u32, usize> = (0..n as u32).map(|k| (k, r)).collect();
+        assert_eq!(per_rank, want, "rows per rank at {size} B");
+    }
+
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["world_size"], n as u64);
+    assert!(meta["mpi_library"].as_str().unwrap().contains("MPI"));
+    assert!(!meta["mpi_library"].as_str().unwrap().contains('\0'));
+    let ranks = meta["ranks"].as_array().unwrap();
+    assert_eq!(ranks.len(), n);
+    let mut seen = BTreeSet::new();
+    let mut cores = BTreeSet::new();
+    for (k, rank) in ranks.iter().enumerate() {
+        assert_eq!(rank["rank"], k as u64);
+        assert!(rank["failure"].is_null(), "{rank}");
+        let workers = rank["workers"].as_array().unwrap();
+        assert_eq!(workers.len(), 1, "{rank}");
+        for w in workers {
+            let node = w["node"].as_str().unwrap().to_string();
+            let key = (
+                node.clone(),
+                w["allocation"].as_u64().unwrap(),
+                w["worker"].as_u64().unwrap(),
+            );
+            assert!(seen.insert(key), "a worker shared by two ranks: {meta}");
+            assert!(
+                cores.insert((node, w["core"].as_u64().unwrap())),
+                "a core shared: {meta}"
+            );
+        }
+    }
+    for k in 0..n {
+        assert!(
+            text.contains(&format!("rank {k} warm 64 B: count {r}")),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("warm 4096 B: done on"),
+        "progress lines: {text}"
+    );
+}
+
+#[test]
+fn warm_one_rank() {
+    warm(1, 1);
+}
+
+#[test]
+fn warm_two_ranks() {
+    warm(2, 1);
+}
+
+#[test]
+fn warm_four_ranks_on_two_nodes() {
+    warm(4, 2);
+}
+
+#[test]
+fn throughput_and_cold_two_ranks() {
+    let c = TestCluster::start(1);
+    let out = c.out("throughput.csv");
+    let args = bench_args(
+        &c,
+        &out,
+        &[
+            "--mode",
+            "throughput",
+            "--in-flight",
+            "4",
+            "--sizes",
+            "64",
+            "--repetitions",
+            "200",
+            "--warmup",
+            "8",
+        ],
+    );
+    let (status, text) = run_to_end(mpirun(2, BENCH, &args));
+    assert!(status.success(), "{status}:\n{text}");
+    let (h, rows) = read_csv(&out);
+    assert_eq!(rows.len(), 400);
+    assert!(rows.iter().all(|r| r[h["mode"]] == "throughput"));
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    let t = &meta["throughput"][0];
+    assert_eq!(t["ranks"].as_array().unwrap().len(), 2, "{meta}");
+    assert!(
+        t["total_invocations_per_s"].as_f64().unwrap() > 0.0,
+        "{meta}"
+    );
+    assert!(text.contains("total throughput 64 B:"), "{text}");
+
+    let out = c.out("cold.csv");
+    let args = bench_args(
+        &c,
+        &out,
+        &[
+            "--mode",
+            "cold",
+            "--sizes",
+            "64",
+            "--repetitions",
+            "2",
+            "--warmup",
+            "0",
+        ],
+    );
+    let (status, text) = run_to_end(mpirun(2, BENCH, &args));
+    assert!(status.success(), "{status}:\n{text}");
+    let (h, rows) = read_csv(&out);
+    assert_eq!(rows.len(), 4, "{text}");
+    for col in rfaas::bench::invocation::COLD_PHASES {
+        assert!(h.contains_key(col), "{col} missing");
+    }
+    let ranks: BTreeSet<&str> = rows.iter().map(|r| r[h["rank"]].as_str()).collect();
+    assert_eq!(ranks, BTreeSet::from(["0", "1"]));
+}
+
+#[test]
+fn black_scholes_example_two_ranks() {
+    let example = Path::new(BENCH)
+        .parent()
+        .unwrap()
+        .join("examples/black_scholes_mpi");
+    assert!(
+        example.exists(),
+        "{} is missing: build it with `cargo build --all-features --examples`",
+        example.display()
+    );
+    let c = TestCluster::start(1);
+    let args: Vec<String> = [
+        "--cluster",
+        &c.file.display().to_string(),
+        "--library",
+        &c.library.display().to_string(),
+        "--options",
+        "20000",
+        "--batch",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (status, text) = run_to_end(mpirun(2, example.to_str().unwrap(), &args));
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(text.contains("correct on every rank"), "{text}");
+}
+
+#[test]
+fn executor_killed_mid_run_fails_that_rank_only() {
+    let c = TestCluster::start(1);
+    let out = c.out("killed.csv");
+    // About 2 s of calls per rank in a debug build: the kill lands in the measured phase.
+    let r = 300_000;
+    let args = bench_args(
+        &c,
+        &out,
+        &[
+            "--sizes",
+            "64",
+            "--repetitions",
+            &r.to_string(),
+            "--warmup",
+            "10",
+            "--timeout-s",
+            "5",
+        ],
+    );
+    let mut job = Job(mpirun(2, BENCH, &args).spawn().expect("run mpirun"));
+    let mut lines = Lines::of(&mut job.0);
+    // "[scalable_benchmark] placement: rank 1 node n0 allocation 2 worker 0 core 0"
+    let (node, id) = lines
+        .find(Duration::from_secs(30), |l| {
+            let rest = l.split("placement: rank 1 node ").nth(1)?;
+            let mut w = rest.split_whitespace();
+            let node = w.next()?.to_string();
+            let id: u64 = w.nth(1)?.parse().ok()?;
+            Some((node, id))
+        })
+        .unwrap_or_else(|| panic!("no placement line for rank 1:\n{}", lines.rest()));
+    let pid = wait_for(Duration::from_secs(5), "rank 1's executor process", || {
+        c.executor_pid(&node, id)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let status = wait_exit(&mut job.0, RUN_TIMEOUT);
+    let text = lines.rest();
+    let status = status.unwrap_or_else(|| panic!("mpirun still running:\n{text}"));
+    assert!(
+        !status.success(),
+        "a failed rank must fail the run:\n{text}"
+    );
+    assert!(text.contains("rank 1 failed:"), "{text}");
+    assert!(
+        text.contains("[scalable_benchmark] rank 1: warm 64 B:"),
+        "{text}"
+    );
+
+    let (h, rows) = read_csv(&out);
+    let rank0 = rows.iter().filter(|row| row[h["rank"]] == "0").count();
+    let rank1 = rows.iter().filter(|row| row[h["rank"]] == "1").count();
+    assert_eq!(rank0, r, "rank 0 measured everything:\n{text}");
+    eprintln!("rank 1 measured {rank1} of {r} calls before its executor died");
+    assert!(rank1 < r, "rank 1 stopped when its executor died");
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["failed_ranks"][0]["rank"], 1, "{meta}");
+    assert!(meta["ranks"][0]["failure"].is_null());
+}
