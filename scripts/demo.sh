@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The main job (`make demo`, after the release build): the fabric floor, then a local cluster on
 # shared memory (127.0.0.1), one real invocation through the CLI, the warm and cold benchmarks
-# against it, and the analysis report (table, CSV, PNG plots). Everything lands in
-# results/demo-<time>/; the cluster is stopped whatever happens.
+# against it, scalable_benchmark and the Black-Scholes example under mpirun, and the analysis
+# report (table, CSV, PNG plots). Everything lands in results/demo-<time>/; the cluster is
+# stopped whatever happens.
 #
 # Environment: REPETITIONS (warm benchmark calls per mode and size, default 20000),
-# COLD_REPETITIONS (default 20), RESULTS (default results), PYTHON (default .venv/bin/python).
+# COLD_REPETITIONS (default 20), MPI_RANKS (default 2), MPI_REPETITIONS (scalable_benchmark
+# calls per rank and size, default 5000), RESULTS (default results), PYTHON (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +15,8 @@ R=target/release
 RESULTS=${RESULTS:-results}
 REPETITIONS=${REPETITIONS:-20000}
 COLD_REPETITIONS=${COLD_REPETITIONS:-20}
+MPI_RANKS=${MPI_RANKS:-2}
+MPI_REPETITIONS=${MPI_REPETITIONS:-5000}
 PYTHON=${PYTHON:-.venv/bin/python}
 [[ -x "$PYTHON" ]] || PYTHON=python3
 out="$RESULTS/demo-$(date +%Y%m%d-%H%M%S)"
@@ -47,6 +51,21 @@ step "cold_benchmark: a fresh executor process per call, library cached and not"
 "$R/cold_benchmark" --cluster "$run/cluster.json" --library "$R/libfunctions.so" --function empty \
     --sizes 64 --repetitions "$COLD_REPETITIONS" --output "$out/cold_benchmark.csv"
 
+# OpenMPI refuses root unless told; its default binding could put a rank on its own executor's
+# core on one machine, hence --bind-to none (each rank pins itself off its workers' cores).
+if [[ $(id -u) == 0 ]]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+MPIRUN=(mpirun --oversubscribe --bind-to none -n "$MPI_RANKS")
+
+step "MPI: scalable_benchmark, $MPI_RANKS ranks sharing one lease, latency from every rank at once (one CSV)"
+"${MPIRUN[@]}" "$R/scalable_benchmark" --cluster "$run/cluster.json" --library "$R/libfunctions.so" \
+    --mode warm --hot-timeout-ms 0 --function empty --sizes 64,4096 --repetitions "$MPI_REPETITIONS" \
+    --output "$out/scalable_benchmark.csv"
+
+step "MPI: Black-Scholes, half of every rank's options offloaded, checked against a local run"
+"${MPIRUN[@]}" "$R/examples/black_scholes_mpi" --cluster "$run/cluster.json" --library "$R/libfunctions.so"
+
 "$R/rfaas" local-cluster stop --run-dir "$run"
 trap - EXIT
 
@@ -57,7 +76,7 @@ echo "fabric round trip ${fabric} ns, hot invocation ${hot} ns: overhead $((hot 
 
 step "report"
 "$PYTHON" analysis/latency.py "$out/fabric_pingpong.csv" "$out/warm_benchmark.csv" \
-    "$out/warm_idle_benchmark.csv" "$out/cold_benchmark.csv" \
+    "$out/warm_idle_benchmark.csv" "$out/cold_benchmark.csv" "$out/scalable_benchmark.csv" \
     --out "$out/report"
 echo
 echo "results: $out (CSV, JSON metadata, report/ with tables and PNG plots)"
