@@ -1,12 +1,12 @@
 //! Pinning threads to cores.
 //!
-//! With the `hwloc` feature, threads are bound through hwloc (one topology per process, loaded on
-//! first use); without it, with plain `sched_setaffinity`. Either way only inside the cpuset the
-//! process was started with (the one Slurm or taskset gave it). Core numbers are OS CPU indices.
+//! Threads are bound with `sched_setaffinity`, only inside the cpuset the process was started with
+//! (the one Slurm or taskset gave it). Core numbers are OS CPU indices. Which cores to use is the
+//! executor manager's choice, made with hwloc when the `hwloc` feature is on (nearest the NIC:
+//! [`crate::manager::topology`]); binding one thread to one core needs no topology, and loading
+//! one costs an executor 3–8 ms that its first invocation would wait for.
 
-#[cfg(not(feature = "hwloc"))]
-use nix::sched::sched_setaffinity;
-use nix::sched::{sched_getaffinity, CpuSet};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
 /// Pinning failed.
@@ -23,9 +23,6 @@ pub enum PinError {
     /// The system call failed.
     #[error("sched_setaffinity: {0}")]
     Os(#[from] nix::Error),
-    /// hwloc could not load the topology or bind.
-    #[error("hwloc: {0}")]
-    Hwloc(String),
 }
 
 /// The cores this process may run on, in ascending order.
@@ -47,28 +44,11 @@ pub fn pin_current_thread(core: usize) -> Result<(), PinError> {
     bind(core)
 }
 
-#[cfg(not(feature = "hwloc"))]
 fn bind(core: usize) -> Result<(), PinError> {
     let mut set = CpuSet::new();
     set.set(core)?;
     sched_setaffinity(Pid::from_raw(0), &set)?;
     Ok(())
-}
-
-#[cfg(feature = "hwloc")]
-fn bind(core: usize) -> Result<(), PinError> {
-    use hwlocality::cpu::binding::CpuBindingFlags;
-    use std::sync::OnceLock;
-    // Loading a topology takes milliseconds: once per process. `Topology` is Sync.
-    static TOPOLOGY: OnceLock<Result<hwlocality::Topology, String>> = OnceLock::new();
-    let topo = TOPOLOGY
-        .get_or_init(|| hwlocality::Topology::new().map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| PinError::Hwloc(e.clone()))?;
-    let mut set = hwlocality::cpu::cpuset::CpuSet::new();
-    set.set(core);
-    topo.bind_cpu(&set, CpuBindingFlags::THREAD | CpuBindingFlags::STRICT)
-        .map_err(|e| PinError::Hwloc(e.to_string()))
 }
 
 /// The core the calling thread runs on right now.
