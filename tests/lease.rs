@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, alloc_body, functions_library, manager_for_rm, wait_for, Manager, ResourceManager,
+    alive, alloc_body, functions_library, manager_for_rm, wait_for, write_cluster_file, Manager,
+    ResourceManager,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use rfaas::client::{AllocationSpec, ClientError, ClientOptions, Cluster, LeaseOptions};
-use rfaas::cluster::{ClusterFile, ManagerEntry};
+use rfaas::cluster::ClusterFile;
 use rfaas::rdma::shm::ShmFabric;
-use rfaas::rdma::Provider;
 use serde_json::{json, Value};
 
 const RM_KEYS: &str = "heartbeat_timeout_ms = 900\ndefault_ttl_ms = 5000\n";
@@ -40,24 +40,7 @@ impl Setup {
             let m = rm.metrics();
             (m["nodes_alive"] == 3).then_some(())
         });
-        let cluster_file = rm.dir.path().join("cluster.json");
-        ClusterFile {
-            version: 1,
-            provider: Provider::Shm,
-            secret_file: rm.dir.path().join("secret"),
-            executor_managers: ems
-                .iter()
-                .enumerate()
-                .map(|(i, m)| ManagerEntry {
-                    name: format!("em-{i}"),
-                    http: m.http.clone(),
-                    node: format!("n{i}"),
-                })
-                .collect(),
-            resource_manager: Some(rm.http.clone()),
-        }
-        .write(&cluster_file)
-        .unwrap();
+        let cluster_file = write_cluster_file(&rm, &ems, "em-");
         Setup {
             rm,
             ems,

@@ -18,11 +18,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{functions_library, manager_for_rm, wait_exit, wait_for, Manager, ResourceManager};
+use common::{
+    functions_library, manager_for_rm, wait_exit, wait_for, write_cluster_file, Manager,
+    ResourceManager,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rfaas::cluster::{ClusterFile, ManagerEntry};
-use rfaas::rdma::Provider;
 use serde_json::Value;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_scalable_benchmark");
@@ -48,24 +49,7 @@ impl TestCluster {
         wait_for(Duration::from_secs(15), "every node alive", || {
             (rm.metrics()["nodes_alive"] == nodes as u64).then_some(())
         });
-        let file = rm.dir.path().join("cluster.json");
-        ClusterFile {
-            version: 1,
-            provider: Provider::Shm,
-            secret_file: rm.dir.path().join("secret"),
-            executor_managers: ems
-                .iter()
-                .enumerate()
-                .map(|(i, m)| ManagerEntry {
-                    name: format!("n{i}"),
-                    http: m.http.clone(),
-                    node: format!("n{i}"),
-                })
-                .collect(),
-            resource_manager: Some(rm.http.clone()),
-        }
-        .write(&file)
-        .unwrap();
+        let file = write_cluster_file(&rm, &ems, "n");
         let library = rm.dir.path().join("libfunctions.so");
         std::fs::write(&library, functions_library()).unwrap();
         TestCluster {

@@ -524,3 +524,28 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
     fs::write(dir.path().join("em.toml"), config).unwrap();
     Manager::spawn_in(dir, rm.secret.clone())
 }
+
+/// Writes `cluster.json` in `rm`'s directory for a shm cluster of `rm` and `ems` (named
+/// `{prefix}{i}`, on nodes `n{i}`) and returns its path.
+pub fn write_cluster_file(rm: &ResourceManager, ems: &[Manager], prefix: &str) -> PathBuf {
+    use rfaas::cluster::{ClusterFile, ManagerEntry};
+    let file = rm.dir.path().join("cluster.json");
+    ClusterFile {
+        version: 1,
+        provider: rfaas::rdma::Provider::Shm,
+        secret_file: rm.dir.path().join("secret"),
+        executor_managers: ems
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ManagerEntry {
+                name: format!("{prefix}{i}"),
+                http: m.http.clone(),
+                node: format!("n{i}"),
+            })
+            .collect(),
+        resource_manager: Some(rm.http.clone()),
+    }
+    .write(&file)
+    .unwrap();
+    file
+}
