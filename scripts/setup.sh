@@ -25,6 +25,8 @@ PKGS+=(libibverbs-dev librdmacm-dev ibverbs-utils)
 PKGS+=(libhwloc-dev hwloc libudev-dev)
 # tests and the local cluster: Slurm started by hand, munge for its auth option
 PKGS+=(slurm-wlm munge)
+# `column` for the demo's tables (not in minimal images)
+PKGS+=(bsdextrautils)
 # analysis scripts and their tests
 PKGS+=(python3 python3-venv python3-pip)
 
