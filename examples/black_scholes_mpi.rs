@@ -61,7 +61,10 @@ fn main() -> Result<()> {
     }
     let universe = rfaas::mpi_glue::init()?;
     let world = universe.world();
-    let mut cfg = SessionConfig::new(library(args.library.clone())?, &["black_scholes"]);
+    let mut cfg = SessionConfig::new(
+        rfaas::bench::invocation::library_path(args.library.as_deref())?,
+        &["black_scholes"],
+    );
     cfg.cluster = args.cluster.clone();
     cfg.cores_per_rank = args.cores_per_rank;
     cfg.input_capacity = (args.batch * OPTION_RECORD_BYTES) as u32;
@@ -186,17 +189,4 @@ fn max_error(a: &[Prices], b: &[Prices]) -> f64 {
         .zip(b)
         .map(|(x, y)| (x.call - y.call).abs().max((x.put - y.put).abs()))
         .fold(0.0, f64::max)
-}
-
-fn library(flag: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(p) = flag {
-        return Ok(p);
-    }
-    let exe = std::env::current_exe()?;
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|d| d.join("libfunctions.so"))
-        .find(|p| p.exists())
-        .context("no --library given and no libfunctions.so beside or above this executable")
 }

@@ -135,19 +135,24 @@ pub enum BenchError {
     Fabric(#[from] crate::rdma::FabricError),
 }
 
-/// Finds the function library: the flag, else `libfunctions.so` beside this executable.
+/// Finds the function library: the flag, else `libfunctions.so` beside this executable or one
+/// directory up (cargo puts examples in `target/<profile>/examples/`, the library in
+/// `target/<profile>/`).
 pub fn library_path(flag: Option<&Path>) -> Result<PathBuf, BenchError> {
     if let Some(p) = flag {
         return Ok(p.to_path_buf());
     }
     let exe = std::env::current_exe()?;
-    let beside = exe.parent().map(|d| d.join("libfunctions.so"));
-    match beside {
-        Some(p) if p.exists() => Ok(p),
-        _ => Err(BenchError::Usage(
-            "no --library given and no libfunctions.so beside this executable (build it: cargo build --release -p rfaas-functions)".into(),
-        )),
-    }
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|d| d.join("libfunctions.so"))
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            BenchError::Usage(
+                "no --library given and no libfunctions.so beside or above this executable (build it: cargo build --release -p rfaas-functions)".into(),
+            )
+        })
 }
 
 /// Writes the CSV, the metadata JSON, and prints the summary; returns the summary lines.
