@@ -369,47 +369,31 @@ fn progress<C: Communicator>(comm: &C, state: &RankState, mode: &str, size: usiz
     }
 }
 
-/// Mirrors the session's round-robin so that each row names the worker that served it:
-/// `Session` takes its executors in turn, each executor its workers in turn.
+/// Takes this rank's workers in turn and names each: every call goes to the worker its row
+/// names ([`Session::offload_on`]).
 struct RoundRobin {
-    /// Per executor (allocation): its workers' (node, worker index).
-    execs: Vec<Vec<(String, usize)>>,
+    /// (node, worker index within its allocation), in [`Session::workers`] order.
+    places: Vec<(String, usize)>,
     next: usize,
-    per_exec: Vec<usize>,
 }
 
 impl RoundRobin {
     fn new(places: &[WorkerPlace]) -> RoundRobin {
-        let mut execs: Vec<Vec<(String, usize)>> = Vec::new();
-        let mut last: Option<(&str, u64)> = None;
-        for p in places {
-            let key = (p.address.as_str(), p.allocation);
-            if last != Some(key) {
-                execs.push(Vec::new());
-                last = Some(key);
-            }
-            if let Some(e) = execs.last_mut() {
-                e.push((p.node.clone(), p.worker));
-            }
-        }
-        let n = execs.len();
         RoundRobin {
-            execs,
+            places: places.iter().map(|p| (p.node.clone(), p.worker)).collect(),
             next: 0,
-            per_exec: vec![0; n],
         }
     }
 
-    /// Where the next offload goes.
-    fn take(&mut self) -> (String, usize) {
-        if self.execs.is_empty() {
-            return (String::new(), 0);
+    /// The next worker: its index in [`Session::workers`], node and worker index.
+    fn take(&mut self) -> Result<(usize, String, usize), InvokeError> {
+        if self.places.is_empty() {
+            return Err(InvokeError::Invalid("this rank has no workers".into()));
         }
-        let e = self.next % self.execs.len();
+        let w = self.next % self.places.len();
         self.next += 1;
-        let k = self.per_exec[e];
-        self.per_exec[e] += 1;
-        self.execs[e][k % self.execs[e].len()].clone()
+        let (node, worker) = self.places[w].clone();
+        Ok((w, node, worker))
     }
 }
 
@@ -473,14 +457,7 @@ fn run_session<C: Communicator>(comm: &C, args: &ScalableArgs) -> Result<Outcome
                 measured,
             };
             let r = if throughput {
-                throughput_phase(
-                    &session,
-                    args.in_flight,
-                    &c.function,
-                    phase,
-                    &mut rr,
-                    &mut state,
-                )
+                throughput_phase(&session, args.in_flight, f, phase, &mut rr, &mut state)
             } else {
                 warm_phase(&session, f, phase, &mut rr, &mut state)
             };
@@ -514,9 +491,9 @@ fn warm_phase(
     let input = payload(p.bytes, p.bytes + state.rank as usize);
     let mut output = vec![0u8; p.bytes.max(1)];
     for i in 0..p.count {
-        let (node, worker) = rr.take();
+        let (w, node, worker) = rr.take()?;
         let t = Instant::now();
-        session.offload_id(f, &input, &mut output)?;
+        session.offload_on(w, f, &input, &mut output)?;
         let ns = t.elapsed().as_nanos() as u64;
         if p.measured {
             state.record("warm", p.bytes, &node, worker, i, ns, vec![]);
@@ -531,7 +508,7 @@ fn warm_phase(
 fn throughput_phase(
     session: &Session,
     in_flight: usize,
-    function: &str,
+    f: crate::client::FunctionId,
     p: Phase,
     rr: &mut RoundRobin,
     state: &mut RankState,
@@ -543,9 +520,9 @@ fn throughput_phase(
     let start = Instant::now();
     loop {
         while flight.len() < in_flight && submitted < p.count {
-            let (node, worker) = rr.take();
+            let (w, node, worker) = rr.take()?;
             let t = Instant::now();
-            let o = session.offload_async(function, &input, output.len())?;
+            let o = session.offload_async_on(w, f, &input, output.len())?;
             flight.push_back((submitted, node, worker, t, o));
             submitted += 1;
         }
@@ -1043,20 +1020,28 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_follows_executors_then_workers() {
-        let place = |addr: &str, alloc, worker| WorkerPlace {
-            node: addr.into(),
-            address: addr.into(),
-            allocation: alloc,
+    fn round_robin_takes_every_worker_in_turn() {
+        let place = |node: &str, worker| WorkerPlace {
+            node: node.into(),
+            address: node.into(),
+            allocation: 1,
             worker,
             core: 0,
         };
-        let mut rr = RoundRobin::new(&[place("a", 1, 0), place("a", 1, 1), place("b", 1, 0)]);
-        let got: Vec<_> = (0..6).map(|_| rr.take()).collect();
-        let want = [("a", 0), ("b", 0), ("a", 1), ("b", 0), ("a", 0), ("b", 0)];
+        let mut rr = RoundRobin::new(&[place("a", 0), place("a", 1), place("b", 0)]);
+        let got: Vec<_> = (0..6).map(|_| rr.take().unwrap()).collect();
+        let want = [
+            (0, "a", 0),
+            (1, "a", 1),
+            (2, "b", 0),
+            (0, "a", 0),
+            (1, "a", 1),
+            (2, "b", 0),
+        ];
         for (g, w) in got.iter().zip(want) {
-            assert_eq!((g.0.as_str(), g.1), w);
+            assert_eq!((g.0, g.1.as_str(), g.2), w);
         }
+        assert!(RoundRobin::new(&[]).take().is_err());
     }
 
     #[test]

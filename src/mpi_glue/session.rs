@@ -138,19 +138,43 @@ impl Leader {
 
 /// This rank's executors behind one type, whatever the provider.
 trait RankExec {
-    fn invoke(&self, f: FunctionId, input: &[u8], out: &mut [u8]) -> Result<usize, InvokeError>;
-    fn submit(&self, f: FunctionId, input: &[u8], out_len: usize) -> Result<Pending, InvokeError>;
+    fn invoke_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, InvokeError>;
+    fn submit_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        out_len: usize,
+    ) -> Result<Pending, InvokeError>;
     fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError>;
     fn poll(&self, p: &Pending, out: &mut [u8]) -> Result<Option<usize>, InvokeError>;
     fn allocation(&self) -> &Allocation;
 }
 
 impl<F: Fabric> RankExec for Executor<F> {
-    fn invoke(&self, f: FunctionId, input: &[u8], out: &mut [u8]) -> Result<usize, InvokeError> {
-        Executor::invoke(self, f, input, out)
+    fn invoke_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, InvokeError> {
+        Executor::invoke_on(self, worker, f, input, out)
     }
-    fn submit(&self, f: FunctionId, input: &[u8], out_len: usize) -> Result<Pending, InvokeError> {
-        Executor::submit(self, None, f, input, out_len)
+    fn submit_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        out_len: usize,
+    ) -> Result<Pending, InvokeError> {
+        Executor::submit(self, Some(worker), f, input, out_len)
     }
     fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError> {
         Executor::wait(self, p, out)
@@ -357,17 +381,38 @@ impl Session {
             })
     }
 
-    fn pick(&self) -> Result<usize, InvokeError> {
+    /// Which executor, and which of its workers, is worker `worker` of [`Session::workers`].
+    fn locate(&self, worker: usize) -> Result<(usize, usize), InvokeError> {
         if let Some(f) = &self.counters.borrow().failure {
             return Err(InvokeError::ExecutorGone(f.clone()));
         }
-        let n = self.execs.len();
-        if n == 0 {
+        let mut w = worker;
+        for (i, e) in self.execs.iter().enumerate() {
+            let n = e.allocation().workers.len();
+            if w < n {
+                return Ok((i, w));
+            }
+            w -= n;
+        }
+        Err(InvokeError::Invalid(format!(
+            "this rank has no worker {worker} (it has {})",
+            worker - w
+        )))
+    }
+
+    /// The next worker in turn (round-robin over [`Session::workers`]).
+    fn pick(&self) -> Result<(usize, usize), InvokeError> {
+        let total: usize = self
+            .execs
+            .iter()
+            .map(|e| e.allocation().workers.len())
+            .sum();
+        if total == 0 {
             return Err(InvokeError::Invalid("this rank has no workers".into()));
         }
         let i = self.next.get();
         self.next.set(i.wrapping_add(1));
-        Ok(i % n)
+        self.locate(i % total)
     }
 
     fn clock(&self) -> Option<Instant> {
@@ -412,10 +457,30 @@ impl Session {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<usize, InvokeError> {
+        self.invoke_at(self.pick(), f, input, output)
+    }
+
+    /// [`Session::offload_id`] on worker `worker` of [`Session::workers`] (e.g. to know which
+    /// worker served each call).
+    pub fn offload_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, InvokeError> {
+        self.invoke_at(self.locate(worker), f, input, output)
+    }
+
+    fn invoke_at(
+        &self,
+        at: Result<(usize, usize), InvokeError>,
+        f: FunctionId,
+        input: &[u8],
+        output: &mut [u8],
+    ) -> Result<usize, InvokeError> {
         let start = self.clock();
-        let r = self
-            .pick()
-            .and_then(|i| self.execs[i].invoke(f, input, output));
+        let r = at.and_then(|(e, w)| self.execs[e].invoke_on(w, f, input, output));
         self.account(start, &r);
         r
     }
@@ -429,9 +494,29 @@ impl Session {
         output_len: usize,
     ) -> Result<Offload, InvokeError> {
         let f = self.function(function)?;
+        self.submit_at(self.pick()?, f, input, output_len)
+    }
+
+    /// [`Session::offload_async`] on worker `worker` of [`Session::workers`].
+    pub fn offload_async_on(
+        &self,
+        worker: usize,
+        f: FunctionId,
+        input: &[u8],
+        output_len: usize,
+    ) -> Result<Offload, InvokeError> {
+        self.submit_at(self.locate(worker)?, f, input, output_len)
+    }
+
+    fn submit_at(
+        &self,
+        (exec, worker): (usize, usize),
+        f: FunctionId,
+        input: &[u8],
+        output_len: usize,
+    ) -> Result<Offload, InvokeError> {
         let start = self.clock();
-        let exec = self.pick()?;
-        match self.execs[exec].submit(f, input, output_len) {
+        match self.execs[exec].submit_on(worker, f, input, output_len) {
             Ok(pending) => Ok(Offload {
                 exec,
                 pending,
