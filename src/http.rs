@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::control::api::ApiError;
+use crate::control::executor_manager_api::ApiError;
 use crate::control::secret::secrets_equal;
 
 /// Largest JSON request body, bytes.

@@ -21,7 +21,7 @@
 //! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
 //!   cache and the loader.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
-//! * [`manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
+//! * [`executor_manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
 //! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
 //!   expiry, restart recovery) as a pure state machine.
 //! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
@@ -51,11 +51,11 @@ pub mod cluster;
 pub mod control;
 pub mod env;
 pub mod executor;
+pub mod executor_manager;
 pub mod function;
 pub mod http;
 pub mod kernels;
 pub mod logging;
-pub mod manager;
 #[cfg(feature = "mpi")]
 pub mod mpi_glue;
 pub mod pin;

@@ -3,7 +3,7 @@
 //! Threads are bound with `sched_setaffinity`, only inside the cpuset the process was started with
 //! (the one Slurm or taskset gave it). Core numbers are OS CPU indices. Which cores to use is the
 //! executor manager's choice, made with hwloc when the `hwloc` feature is on (nearest the NIC:
-//! [`crate::manager::topology`]); binding one thread to one core needs no topology, and loading
+//! [`crate::executor_manager::topology`]); binding one thread to one core needs no topology, and loading
 //! one costs an executor 3–8 ms that its first invocation would wait for.
 
 use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use rfaas::client::{AllocationSpec, ClientOptions, Executor, ManagerClient};
-use rfaas::control::api::{Allocation, ApiError};
+use rfaas::control::executor_manager_api::{Allocation, ApiError};
 
 fn error_of(body: &str) -> String {
     serde_json::from_str::<ApiError>(body)
@@ -171,7 +171,8 @@ fn libraries_are_checked_against_their_hash() {
     assert_eq!(code, 400, "{body}");
     let (code, body) = m.call("PUT", &path, Some(&bytes));
     assert_eq!(code, 201, "{body}");
-    let stored: rfaas::control::api::LibraryStored = serde_json::from_str(&body).unwrap();
+    let stored: rfaas::control::executor_manager_api::LibraryStored =
+        serde_json::from_str(&body).unwrap();
     assert_eq!(
         (stored.hash.as_str(), stored.bytes),
         (hash.as_str(), bytes.len() as u64)
@@ -250,7 +251,7 @@ fn allocate(m: &Manager, lib: &str, functions: &[&str], cores: u32) -> Allocatio
     serde_json::from_str(&body).unwrap()
 }
 
-fn state_of(m: &Manager, id: u64) -> rfaas::control::api::AllocationStatus {
+fn state_of(m: &Manager, id: u64) -> rfaas::control::executor_manager_api::AllocationStatus {
     let (code, body) = m.call("GET", &format!("/v1/allocations/{id}"), None);
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
@@ -510,7 +511,8 @@ fn local_cluster(provider: &str) {
     for e in &cluster.executor_managers {
         let (code, body) = http(&e.http, "GET", "/v1/status", Some(&secret), None);
         assert_eq!(code, 200, "{body}");
-        let st: rfaas::control::api::ManagerStatus = serde_json::from_str(&body).unwrap();
+        let st: rfaas::control::executor_manager_api::ManagerStatus =
+            serde_json::from_str(&body).unwrap();
         all_cores.push(st.cores_total);
     }
     assert!(all_cores.iter().all(|c| *c >= 1));

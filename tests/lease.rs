@@ -242,7 +242,7 @@ fn a_killed_executor_manager_ends_its_leases_and_its_cores_leave() {
     let mut s = Setup::start(RM_KEYS);
     let cluster = s.cluster();
     let spread = LeaseOptions {
-        policy: rfaas::control::rm_api::Policy::Spread,
+        policy: rfaas::control::resource_manager_api::Policy::Spread,
         ..LeaseOptions::default()
     };
     let leases: Vec<_> = (0..3).map(|_| cluster.lease(1, &spread).unwrap()).collect();

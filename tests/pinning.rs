@@ -31,7 +31,7 @@ fn allowed_list(pid: i32, tid: i32) -> Option<Vec<u32>> {
     let list = status
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
-    rfaas::manager::config::parse_cpulist(list.trim()).ok()
+    rfaas::executor_manager::config::parse_cpulist(list.trim()).ok()
 }
 
 /// The CPU a thread last ran on (field 39 of its stat).
@@ -315,7 +315,7 @@ fn status_finds_the_managers_through_the_resource_manager() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let order = rfaas::manager::config::format_cpulist(&m.status().core_order);
+    let order = rfaas::executor_manager::config::format_cpulist(&m.status().core_order);
     let row = text
         .lines()
         .find(|l| l.starts_with("pin-node") && l.contains(&m.http))

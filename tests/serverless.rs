@@ -11,7 +11,7 @@ use common::{functions_library, Manager, ManagerOptions};
 use rfaas::client::{
     AllocationSpec, ClientError, ClientOptions, Executor, InvokeError, ManagerClient,
 };
-use rfaas::control::api::{WorkerConnect, TOKEN_LEN};
+use rfaas::control::executor_manager_api::{WorkerConnect, TOKEN_LEN};
 use rfaas::protocol::Status;
 use rfaas::rdma::shm::ShmFabric;
 use rfaas::rdma::tcp::TcpFabric;
@@ -253,7 +253,7 @@ fn a_wrong_token_is_rejected() {
     let mut s = spec(&["echo"], 64);
     s.slots = 1;
     let hash = client.upload_library(s.library()).unwrap();
-    let req = rfaas::control::api::AllocationRequest {
+    let req = rfaas::control::executor_manager_api::AllocationRequest {
         library: hash.to_hex(),
         functions: vec!["echo".into()],
         cores: 1,

@@ -1,5 +1,5 @@
 //! `rfaas`: the executor manager, the executor process, a local cluster, and cluster status.
-//! See `rfaas --help`; the work is done by [`rfaas::manager`], [`rfaas::executor`] and
+//! See `rfaas --help`; the work is done by [`rfaas::executor_manager`], [`rfaas::executor`] and
 //! [`rfaas::cluster`].
 
 use std::io::IsTerminal;
@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an executor manager: rent this node's cores to clients, one executor per allocation.
-    ExecutorManager(Box<rfaas::manager::ManagerArgs>),
+    ExecutorManager(Box<rfaas::executor_manager::ManagerArgs>),
     /// Run the resource manager: register executor managers, grant leases on their cores.
     ResourceManager(Box<rfaas::resource_manager::RmArgs>),
     /// The executor process (started by an executor manager; reads its configuration on stdin).
@@ -96,7 +96,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::ExecutorManager(args) => rfaas::manager::run(&args).context("executor manager")?,
+        Command::ExecutorManager(args) => {
+            rfaas::executor_manager::run(&args).context("executor manager")?
+        }
         Command::ResourceManager(args) => {
             rfaas::resource_manager::run(&args).context("resource manager")?
         }

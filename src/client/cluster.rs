@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::error::ClientError;
 use super::executor::{AllocationSpec, ClientOptions, Executor};
+use super::executor_manager::ManagerClient;
 use super::lease::{Lease, LeaseOptions, RmClient};
-use super::manager::ManagerClient;
 use crate::cluster::ClusterFile;
 use crate::rdma::{Fabric, FabricUser, Provider};
 

@@ -14,8 +14,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::{ClientError, InvokeError};
-use super::manager::ManagerClient;
-use crate::control::api::{Allocation, AllocationRequest, WorkerAccept, WorkerConnect, TOKEN_LEN};
+use super::executor_manager::ManagerClient;
+use crate::control::executor_manager_api::{
+    Allocation, AllocationRequest, WorkerAccept, WorkerConnect, TOKEN_LEN,
+};
 use crate::protocol::invocation::FLAG_SOLICITED_REPLY;
 use crate::protocol::{InvocationHeader, RequestImm, SlotTable, Status, HEADER_LEN};
 use crate::rdma::{

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ClientError;
-use crate::control::api::ApiError;
+use crate::control::executor_manager_api::ApiError;
 
 /// One HTTP/JSON service (an executor manager or the resource manager).
 #[derive(Clone)]

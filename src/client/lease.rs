@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::error::ClientError;
 use super::http::ApiClient;
-use crate::control::rm_api::{
+use crate::control::resource_manager_api::{
     GrantRequest, GrantResponse, LeaseList, NodeList, PartView, Policy, ReleaseResponse,
     RenewResponse, TokenBody,
 };
@@ -71,7 +71,10 @@ impl RmClient {
                 .agent()
                 .delete(self.api.at(&format!("/v1/leases/{id}")))
                 .header("Authorization", self.api.auth())
-                .header(crate::control::rm_api::LEASE_TOKEN_HEADER, token)
+                .header(
+                    crate::control::resource_manager_api::LEASE_TOKEN_HEADER,
+                    token,
+                )
                 .call(),
         )
     }

@@ -21,14 +21,14 @@
 mod cluster;
 mod error;
 mod executor;
+mod executor_manager;
 mod http;
 mod lease;
-mod manager;
 
 pub use cluster::{invoke_once, Cluster};
 pub use error::{ClientError, InvokeError};
 pub use executor::{
     AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending,
 };
+pub use executor_manager::ManagerClient;
 pub use lease::{Lease, LeaseOptions, RmClient};
-pub use manager::ManagerClient;

@@ -137,7 +137,7 @@ impl ClusterFile {
 
     /// Writes the file atomically.
     pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
-        crate::manager::write_json_atomic(path, self).map_err(|source| ClusterError::Io {
+        crate::executor_manager::write_json_atomic(path, self).map_err(|source| ClusterError::Io {
             context: format!("write {}", path.display()),
             source,
         })

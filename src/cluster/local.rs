@@ -37,8 +37,8 @@ use nix::unistd::Pid;
 
 use super::file::{ClusterFile, ManagerEntry};
 use super::{procs, ClusterError};
-use crate::manager::config::format_cpulist;
-use crate::manager::ReadyInfo;
+use crate::executor_manager::config::format_cpulist;
+use crate::executor_manager::ReadyInfo;
 use crate::rdma::Provider;
 
 /// `rfaas local-cluster start`.
@@ -242,7 +242,7 @@ fn start_rm(
             let log = dir.log(name);
             return Err(ClusterError::ManagerDied {
                 name: name.into(),
-                status: crate::manager::spawn::exit_reason(status),
+                status: crate::executor_manager::spawn::exit_reason(status),
                 tail: tail(&log, 10),
                 log,
             });
@@ -448,7 +448,7 @@ fn wait_ready(
                 let log = dir.log(name);
                 return Err(ClusterError::ManagerDied {
                     name: name.clone(),
-                    status: crate::manager::spawn::exit_reason(status),
+                    status: crate::executor_manager::spawn::exit_reason(status),
                     log: log.clone(),
                     tail: tail(&log, 10),
                 });

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::file::{ClusterFile, ManagerEntry};
 use super::ClusterError;
-use crate::control::api::{ApiError, ManagerStatus};
+use crate::control::executor_manager_api::{ApiError, ManagerStatus};
 
 /// `rfaas status`.
 #[derive(Debug, Clone, clap::Args)]
@@ -153,7 +153,7 @@ pub fn render(
         });
     }
     out.push_str(&table(&rows));
-    let cpus = crate::manager::config::format_cpulist;
+    let cpus = crate::executor_manager::config::format_cpulist;
     let mut pinning = vec![["MANAGER", "NIC", "NEAR NIC", "CORE ORDER", "FREE CORES"]
         .map(String::from)
         .to_vec()];
@@ -195,7 +195,7 @@ pub fn render(
                 e.name.clone(),
                 a.id.to_string(),
                 a.state.clone(),
-                crate::manager::config::format_cpulist(&a.cores),
+                crate::executor_manager::config::format_cpulist(&a.cores),
                 human_ns(a.execution_ns),
                 human_ns(a.hot_polling_ns),
                 a.reason.clone().unwrap_or_else(|| "-".into()),
@@ -213,7 +213,7 @@ pub fn render(
 /// the resource manager's list that are not dead.
 pub fn managers_to_query(
     cluster: &ClusterFile,
-    nodes: Option<&crate::control::rm_api::NodeList>,
+    nodes: Option<&crate::control::resource_manager_api::NodeList>,
 ) -> Vec<ManagerEntry> {
     if !cluster.executor_managers.is_empty() {
         return cluster.executor_managers.clone();
@@ -267,8 +267,8 @@ pub fn run(args: &StatusArgs) -> Result<(String, bool), ClusterError> {
 /// Renders what the resource manager knows: its nodes (free and used cores) and live leases.
 pub fn render_rm(
     addr: &str,
-    nodes: &crate::control::rm_api::NodeList,
-    leases: &crate::control::rm_api::LeaseList,
+    nodes: &crate::control::resource_manager_api::NodeList,
+    leases: &crate::control::resource_manager_api::LeaseList,
 ) -> String {
     let free: u64 = nodes
         .nodes
@@ -321,7 +321,7 @@ pub fn render_rm(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::api::AllocationStatus;
+    use crate::control::executor_manager_api::AllocationStatus;
     use crate::rdma::Provider;
 
     #[test]
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn managers_come_from_the_resource_manager_when_the_file_lists_none() {
-        use crate::control::rm_api::NodeList;
+        use crate::control::resource_manager_api::NodeList;
         let mut cluster = ClusterFile {
             version: 1,
             provider: Provider::Shm,

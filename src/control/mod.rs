@@ -5,6 +5,6 @@
 //! (`Authorization: Bearer <secret>`) between clients or resource manager and executor managers,
 //! and a per-allocation random token for the fabric connections to an executor's workers.
 
-pub mod api;
-pub mod rm_api;
+pub mod executor_manager_api;
+pub mod resource_manager_api;
 pub mod secret;

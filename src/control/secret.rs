@@ -46,7 +46,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], SecretError> {
 /// A fresh random token, hex encoded.
 pub fn new_token() -> Result<String, SecretError> {
     Ok(hex::encode(random_bytes::<
-        { crate::control::api::TOKEN_LEN },
+        { crate::control::executor_manager_api::TOKEN_LEN },
     >()?))
 }
 

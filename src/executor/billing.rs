@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::control::api::{BillingTarget, TOKEN_LEN};
+use crate::control::executor_manager_api::{BillingTarget, TOKEN_LEN};
 use crate::rdma::{
     Access, CompletionQueue, Fabric, FabricError, MemoryRegion, Op, QpInit, QueuePair, RemoteBuf,
     SendFlags, SendWr, Wc,

@@ -16,7 +16,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::control::api::{ExecutorConfig, ExecutorEvent, WorkerAccept, WorkerConnect, TOKEN_LEN};
+use crate::control::executor_manager_api::{
+    ExecutorConfig, ExecutorEvent, WorkerAccept, WorkerConnect, TOKEN_LEN,
+};
 use crate::control::secret::secrets_equal;
 use crate::function::{ContentHash, FunctionLibrary, FunctionTable};
 use crate::protocol::{HEADER_LEN, MAX_SLOTS};

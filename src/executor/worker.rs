@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::billing::Billing;
-use crate::control::api::ExecutorConfig;
+use crate::control::executor_manager_api::ExecutorConfig;
 use crate::function::{FunctionStatus, FunctionTable};
 use crate::protocol::{
     InvocationHeader, PollMode, PollSchedule, RequestImm, ResultImm, Status, HEADER_LEN,

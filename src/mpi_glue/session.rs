@@ -17,7 +17,7 @@ use crate::client::{
     AllocationSpec, ClientError, ClientOptions, Cluster, Executor, FunctionId, InvokeError, Lease,
     LeaseOptions, ManagerClient, Pending,
 };
-use crate::control::api::Allocation;
+use crate::control::executor_manager_api::Allocation;
 use crate::rdma::{Fabric, FabricUser, Provider};
 
 /// How a session is set up (the same on every rank; rank 0 reads the library).

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::manager::ConfigError;
+pub use crate::executor_manager::ConfigError;
 use crate::scheduler::Config as SchedConfig;
 
 /// Command line of `rfaas resource-manager`.

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`config`] | TOML file + flags → [`RmConfig`] |
 //! | [`state`] | the [`Scheduler`](crate::scheduler::Scheduler) behind a mutex, its clock, its state file |
-//! | [`server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
+//! | [`http_server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
 //!
 //! Lifecycle: [`run`] reads the configuration and the secret, loads the state file (a corrupt
 //! one is an error, never silently replaced), saves it once (so an unwritable path fails at
@@ -18,7 +18,7 @@
 //! # The API with curl
 //!
 //! Every route but `/v1/health` needs the cluster secret; messages are in
-//! [`crate::control::rm_api`]. Errors are `{"error": "..."}` with 400 (bad JSON, missing
+//! [`crate::control::resource_manager_api`]. Errors are `{"error": "..."}` with 400 (bad JSON, missing
 //! field, invalid value), 401 (secret), 403 (lease token), 404 (unknown node or lease), 408
 //! (body too slow), 409 (node dead or draining), 410 (lease ended or expired), 413 (body over
 //! 64 KiB) or 503 (no capacity).
@@ -67,7 +67,7 @@
 //! ```
 
 pub mod config;
-pub mod server;
+pub mod http_server;
 pub mod state;
 
 use std::path::PathBuf;
@@ -83,7 +83,7 @@ pub use state::{Loaded, RmState, StateError};
 pub enum RmError {
     /// The configuration is unusable.
     #[error(transparent)]
-    Config(#[from] crate::manager::ConfigError),
+    Config(#[from] crate::executor_manager::ConfigError),
     /// The secret file is unusable.
     #[error(transparent)]
     Secret(#[from] crate::control::secret::SecretError),
@@ -179,7 +179,7 @@ async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
             loop {
                 iv.tick().await;
                 for e in st.tick() {
-                    server::log_event(&e);
+                    http_server::log_event(&e);
                 }
             }
         })
@@ -194,7 +194,7 @@ async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
         state::write_atomic(path, &info)?;
     }
 
-    let app = server::router(state.clone(), &secret, cfg.request_timeout);
+    let app = http_server::router(state.clone(), &secret, cfg.request_timeout);
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
         let sig = tokio::select! {

@@ -48,8 +48,7 @@ pub mod lease;
 pub mod metrics;
 pub mod node;
 pub mod placement;
-#[allow(clippy::module_inception)]
-pub mod scheduler;
+pub mod state_machine;
 pub mod token;
 
 #[cfg(test)]
@@ -64,5 +63,5 @@ pub use lease::{
 pub use metrics::{Counters, Metrics};
 pub use node::{HostedLease, Node, NodeId, NodeInfo, NodeState, NodeView};
 pub use placement::Policy;
-pub use scheduler::{Config, EndedLease, Registered, Scheduler, Snapshot};
+pub use state_machine::{Config, EndedLease, Registered, Scheduler, Snapshot};
 pub use token::TokenSource;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use rfaas::manager::ReadyInfo;
+use rfaas::executor_manager::ReadyInfo;
 
 /// The `rfaas` binary under test.
 pub fn rfaas_bin() -> &'static str {
@@ -175,7 +175,7 @@ impl Manager {
     }
 
     /// `GET /v1/status`.
-    pub fn status(&self) -> rfaas::control::api::ManagerStatus {
+    pub fn status(&self) -> rfaas::control::executor_manager_api::ManagerStatus {
         let (code, body) = self.call("GET", "/v1/status", None);
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::control::api::MAX_LIBRARY_BYTES;
+use crate::control::executor_manager_api::MAX_LIBRARY_BYTES;
 use crate::rdma::Provider;
 
 /// A configuration that cannot be used.

@@ -23,8 +23,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::service::{Service, ServiceError};
-use crate::control::api::ApiError;
-use crate::control::rm_api::{
+use crate::control::executor_manager_api::ApiError;
+use crate::control::resource_manager_api::{
     HostedLease, LeaseList, LeaseView, RegisterRequest, RegisterResponse, LEASE_TOKEN_HEADER,
 };
 use crate::scheduler::LeaseState;

@@ -1,5 +1,5 @@
 //! The executor manager (`rfaas executor-manager`): one per node, it rents the node's cores to
-//! clients over an authenticated HTTP/JSON API ([`crate::control::api`]) and runs one executor
+//! clients over an authenticated HTTP/JSON API ([`crate::control::executor_manager_api`]) and runs one executor
 //! process per allocation.
 //!
 //! | file | concept |
@@ -13,8 +13,8 @@
 //! | [`spawn`] | starting executors from the manager's own executable, reaping them |
 //! | [`billing`] | fabric records executors fetch-add their execution and polling time into |
 //! | [`service`] | the actions: allocate, deallocate, status, shutdown |
-//! | [`rm`] | registration and heartbeats with the resource manager, lease checks |
-//! | [`server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
+//! | [`resource_manager_link`] | registration and heartbeats with the resource manager, lease checks |
+//! | [`http_server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
 //!
 //! Lifecycle: [`run`] reads the configuration and the secret, opens the billing endpoint and the
 //! cache, binds the HTTP listener, writes the ready file (if asked), and serves until SIGTERM or
@@ -25,11 +25,11 @@
 pub mod billing;
 pub mod config;
 pub mod cores;
+pub mod http_server;
 pub mod libraries;
 pub mod memory;
 pub mod registry;
-pub mod rm;
-pub mod server;
+pub mod resource_manager_link;
 pub mod service;
 pub mod spawn;
 pub mod topology;
@@ -149,14 +149,18 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
     }
 
     let rm_task = cfg.resource_manager.as_ref().map(|addr| {
-        let link = Arc::new(rm::RmLink::new(addr, &secret, &cfg.node));
+        let link = Arc::new(resource_manager_link::RmLink::new(addr, &secret, &cfg.node));
         service.set_rm(link.clone());
         (
-            tokio::spawn(rm::run(service.clone(), link.clone(), http.clone())),
+            tokio::spawn(resource_manager_link::run(
+                service.clone(),
+                link.clone(),
+                http.clone(),
+            )),
             link,
         )
     });
-    let app = server::router(service.clone(), &secret);
+    let app = http_server::router(service.clone(), &secret);
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
         let sig = tokio::select! {
@@ -169,7 +173,7 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
     let shutdown = async {
         signal_name = rx.await.unwrap_or("shutdown");
     };
-    server::serve(listener, app, cfg.request_timeout, shutdown).await;
+    http_server::serve(listener, app, cfg.request_timeout, shutdown).await;
     waiter.abort();
     tracing::info!("{signal_name}: shutting down");
     if let Some((task, link)) = rm_task {

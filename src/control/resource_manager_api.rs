@@ -18,7 +18,7 @@
 //! | `GET` | `/v1/health` | → `{"ok":true}` (no authentication) |
 //!
 //! Every route but `/v1/health` needs `Authorization: Bearer <cluster secret>`. Errors are
-//! [`ApiError`](super::api::ApiError) bodies: 400 malformed (bad JSON, a missing field, zero
+//! [`ApiError`](super::executor_manager_api::ApiError) bodies: 400 malformed (bad JSON, a missing field, zero
 //! cores), 401 no or wrong secret, 403 wrong lease token, 404 unknown node, lease or route,
 //! 408 body too slow, 409 node dead or draining (register again / resume), 410 lease ended or
 //! expired, 413 body over 64 KiB, 503 no capacity (the message says what is free), 500 the

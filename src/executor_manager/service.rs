@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::control::api::{
+use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, ExecutorConfig, ExecutorEvent, LibraryStored,
     ManagerStatus, WorkerInfo, TOKEN_LEN,
 };
@@ -25,7 +25,7 @@ use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
 use super::registry::{Registry, RegistryError, Spec, State, StopAction};
-use super::rm::{LeaseHold, RmLink};
+use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
 use super::topology::CoreOrder;
 use super::ManagerError;

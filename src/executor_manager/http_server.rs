@@ -1,9 +1,9 @@
-//! The executor manager's HTTP API (the table in [`crate::control::api`]), on axum over hyper.
+//! The executor manager's HTTP API (the table in [`crate::control::executor_manager_api`]), on axum over hyper.
 //!
 //! * Every route but `GET /v1/health` needs `Authorization: Bearer <cluster secret>` (compared
-//!   in constant time); otherwise 401 with a JSON [`ApiError`](crate::control::api::ApiError).
+//!   in constant time); otherwise 401 with a JSON [`ApiError`](crate::control::executor_manager_api::ApiError).
 //! * Bodies are read with a size limit (JSON: [`MAX_JSON_BYTES`]; libraries: the configured
-//!   maximum, at most [`MAX_LIBRARY_BYTES`](crate::control::api::MAX_LIBRARY_BYTES)) → 413, and a
+//!   maximum, at most [`MAX_LIBRARY_BYTES`](crate::control::executor_manager_api::MAX_LIBRARY_BYTES)) → 413, and a
 //!   time limit → 408. The request head must arrive within the request timeout too (hyper's
 //!   header-read timer), so a client that sends half a request and stalls holds nothing for
 //!   long; connections beyond [`MAX_CONNECTIONS`] are refused.
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::control::api::AllocationRequest;
+use crate::control::executor_manager_api::AllocationRequest;
 use crate::http::{check_bearer, parse_json, read_body};
 
 use super::service::{Service, ServiceError};
@@ -63,7 +63,7 @@ pub fn router(service: Arc<Service>, secret: &str) -> Router {
         .fallback(|| async {
             ApiFailure::new(
                 StatusCode::NOT_FOUND,
-                "no such route; see the API table in rfaas::control::api",
+                "no such route; see the API table in rfaas::control::executor_manager_api",
             )
         })
         .method_not_allowed_fallback(|| async {

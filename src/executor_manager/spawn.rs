@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, watch};
 
-use crate::control::api::{ExecutorConfig, ExecutorEvent};
+use crate::control::executor_manager_api::{ExecutorConfig, ExecutorEvent};
 
 /// Longest first line an executor may print.
 const MAX_EVENT_LINE: u64 = 64 << 10;

@@ -1,4 +1,4 @@
-//! The resource manager's HTTP API (the table in [`crate::control::rm_api`]), on axum over
+//! The resource manager's HTTP API (the table in [`crate::control::resource_manager_api`]), on axum over
 //! hyper with the executor manager's limits ([`crate::http`]): Bearer cluster-secret
 //! authentication on every route but `GET /v1/health`, JSON bodies of at most
 //! [`MAX_JSON_BYTES`] (413) received within the request timeout (408), the request head within
@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-use crate::control::rm_api::{
+use crate::control::resource_manager_api::{
     DeregisterResponse, GrantRequest, GrantResponse, LeaseList, MetricsResponse, NodeList,
     RegisterRequest, RegisterResponse, ReleaseResponse, RenewResponse, StaleLease, TokenBody,
     LEASE_TOKEN_HEADER,
@@ -76,7 +76,7 @@ pub fn router(state: Arc<RmState>, secret: &str, request_timeout: Duration) -> R
         .fallback(|| async {
             ApiFailure::new(
                 StatusCode::NOT_FOUND,
-                "no such route; see the API table in rfaas::control::rm_api",
+                "no such route; see the API table in rfaas::control::resource_manager_api",
             )
         })
         .method_not_allowed_fallback(|| async {

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::control::api::{BillingTarget, TOKEN_LEN};
+use crate::control::executor_manager_api::{BillingTarget, TOKEN_LEN};
 use crate::control::secret::secrets_equal;
 use crate::rdma::{
     Access, CompletionQueue, ConnRequest, Fabric, FabricError, FabricUser, Listener, MemoryRegion,

@@ -1,4 +1,4 @@
-//! The HTTP client of one executor manager's API (see [`crate::control::api`]).
+//! The HTTP client of one executor manager's API (see [`crate::control::executor_manager_api`]).
 
 use std::time::Duration;
 
@@ -6,7 +6,7 @@ use ureq::http::StatusCode;
 
 use super::error::ClientError;
 use super::http::ApiClient;
-use crate::control::api::{
+use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, LibraryStored, ManagerStatus,
 };
 use crate::function::ContentHash;

@@ -285,7 +285,7 @@ mod sysfs {
         if text.is_empty() {
             return Some(Vec::new());
         }
-        crate::manager::config::parse_cpulist(text).ok()
+        crate::executor_manager::config::parse_cpulist(text).ok()
     }
 
     /// The device directory of `name` (an RDMA device or a network interface), if it exists.
