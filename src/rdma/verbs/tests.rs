@@ -22,10 +22,24 @@ use crate::rdma::{
     SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
 
+/// Whether this machine has RDMA devices, asked of the kernel (sysfs) rather than of the code
+/// under test: it decides which outcome the tests below expect.
+fn machine_has_devices() -> bool {
+    std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
+}
+
+/// With devices `r` must succeed; without, it must be the clear "no RDMA device" error.
 fn assert_no_device_or_ok<T: std::fmt::Debug>(r: &Result<T>, what: &str) {
     match r {
-        Ok(_) => {}
+        Ok(v) => assert!(
+            machine_has_devices(),
+            "{what}: succeeded on a machine without RDMA devices: {v:?}"
+        ),
         Err(FabricError::Unavailable { provider, reason }) => {
+            assert!(
+                !machine_has_devices(),
+                "{what}: failed on a machine with RDMA devices: {reason}"
+            );
             assert_eq!(*provider, "verbs");
             assert!(
                 reason.contains("no RDMA device"),
@@ -49,8 +63,21 @@ fn open_without_a_device_says_so() {
         );
     }
     match VerbsFabric::device_names() {
-        Ok(names) => assert!(!names.is_empty()),
-        Err(e) => assert!(e.to_string().contains("no RDMA device"), "{e}"),
+        Ok(names) => {
+            assert!(machine_has_devices());
+            let mut sysfs: Vec<String> = std::fs::read_dir("/sys/class/infiniband")
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            sysfs.sort();
+            let mut names = names;
+            names.sort();
+            assert_eq!(names, sysfs, "the devices are those the kernel lists");
+        }
+        Err(e) => {
+            assert!(!machine_has_devices(), "{e}");
+            assert!(e.to_string().contains("no RDMA device"), "{e}");
+        }
     }
 }
 
@@ -62,6 +89,15 @@ fn open_default_without_a_device_says_so() {
         Err(FabricError::Unavailable { reason, .. }) if reason.contains("not found") => {
             // A device machine with RFAAS_VERBS_DEVICE naming a missing device: the reason
             // lists the ones present.
+            assert!(machine_has_devices(), "{reason}");
+            let named = std::env::var(crate::env::VERBS_DEVICE).unwrap_or_default();
+            assert!(
+                !named.trim().is_empty()
+                    && !std::path::Path::new("/sys/class/infiniband")
+                        .join(named.trim())
+                        .exists(),
+                "{reason} although {named:?} exists"
+            );
             assert!(reason.contains(crate::env::VERBS_DEVICE), "{reason}");
         }
         _ => assert_no_device_or_ok(&r, "open_default"),
@@ -72,10 +108,16 @@ fn open_default_without_a_device_says_so() {
 fn unknown_device_is_unavailable_with_the_choices() {
     match VerbsFabric::open(Some("rfaas_no_such_device0")) {
         Ok(f) => panic!("opened a device that does not exist: {f:?}"),
-        Err(FabricError::Unavailable { reason, .. }) => assert!(
-            reason.contains("no RDMA device") || reason.contains("rfaas_no_such_device0"),
-            "{reason}"
-        ),
+        Err(FabricError::Unavailable { reason, .. }) if machine_has_devices() => {
+            // The reason names the device asked for and lists those present.
+            assert!(reason.contains("rfaas_no_such_device0"), "{reason}");
+            for name in VerbsFabric::device_names().unwrap() {
+                assert!(reason.contains(&name), "{reason} does not list {name}");
+            }
+        }
+        Err(FabricError::Unavailable { reason, .. }) => {
+            assert!(reason.starts_with("no RDMA device found"), "{reason}")
+        }
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
@@ -158,10 +200,10 @@ fn pair() -> Pair {
     let client_remote = client_mr.remote(0, 4096);
     let server_remote_local = server_mr.remote(0, 4096);
 
-    let server_cq_ref = &server_cq;
     let server_recvs = recvs(1000, &server_mr);
     let (server_qp, client) = std::thread::scope(|s| {
-        // The listener is Send but not Sync: it moves to the accepting thread.
+        // The listener and the completion queue are Send but not Sync: they move to the
+        // accepting thread, and the queue comes back.
         let server = s.spawn(move || {
             let req = listener
                 .next_request(T)
@@ -178,12 +220,12 @@ fn pair() -> Pair {
             let client_remote = RemoteBuf::from_bytes(&data).unwrap();
             let qp = req
                 .accept(
-                    QpInit::new(server_cq_ref),
+                    QpInit::new(&server_cq),
                     &server_recvs,
                     &server_remote_local.to_bytes(),
                 )
                 .expect("accept");
-            (qp, client_remote)
+            (qp, client_remote, server_cq)
         });
         let mut pd = client_remote.to_bytes().to_vec();
         pd.extend_from_slice(b"hello");
@@ -202,7 +244,7 @@ fn pair() -> Pair {
     assert_eq!(reply.len(), 16, "accept private data has the exact length");
     let server_remote = RemoteBuf::from_bytes(&reply).unwrap();
     assert_eq!(server_remote, server_remote_local);
-    let (server_qp, seen_client_remote) = server_qp;
+    let (server_qp, seen_client_remote, server_cq) = server_qp;
     assert_eq!(seen_client_remote, client_remote);
     assert!(client_qp.is_connected() && server_qp.is_connected());
     Pair {
