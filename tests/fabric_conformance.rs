@@ -5,8 +5,18 @@
 //! real process boundary) re-execute this binary as the peer: `main` looks at
 //! `RFAAS_CONFORMANCE_PEER` first and runs the peer role it names.
 //!
-//! Providers: `shm` and `tcp` always; `verbs` when `RFAAS_TEST_VERBS_ADDR` names the IP address of
-//! an RDMA device on this host (and the binary is built with `--features verbs`).
+//! Providers: `shm` and `tcp` always; `verbs` when `RFAAS_VERBS_DEVICE` names an RDMA device of
+//! this host (the binary must then be built with `--features verbs`; without it a failing
+//! `verbs::not_compiled` trial says so). The verbs tests listen on `RFAAS_TEST_VERBS_ADDR` when
+//! set, otherwise on the first IP address rdma_cm binds to that device (its IPoIB or RoCE
+//! interface); peer processes inherit the device name. Every generic test runs on verbs, except
+//! `other_uid_refused`, which checks a property of shm alone. These tests have not run on an
+//! RDMA device yet (none on the development machines; soft-RoCE needs the `rdma_rxe` kernel
+//! module): `scripts/device-check.sh` runs them where there is one.
+//!
+//! ```text
+//! RFAAS_VERBS_DEVICE=mlx5_0 cargo test --features verbs --test fabric_conformance -- verbs::
+//! ```
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -103,7 +113,7 @@ fn pair<F: Fabric>(
     let b = mk();
     let cq_a = a.create_cq(1024)?;
     let cq_b = b.create_cq(1024)?;
-    let listener = a.listen("127.0.0.1:0")?;
+    let listener = a.listen(&listen_addr(&a))?;
     let addr = listener.local_addr();
     let (qp_b, qp_a, cq_a) = std::thread::scope(|s| -> Result<_, Failed> {
         let h = s.spawn(move || -> Result<(F::Qp, F::Cq), String> {
@@ -144,6 +154,19 @@ fn pair<F: Fabric>(
         qp_a,
         qp_b,
     })
+}
+
+/// The IP address the verbs tests listen on (set by `main` when it registers them).
+static VERBS_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Where a test's listener binds: loopback for the software providers, an address of the RDMA
+/// device for verbs (loopback has no RDMA device, except through soft-RoCE).
+fn listen_addr<F: Fabric>(f: &F) -> String {
+    match (f.provider(), VERBS_HOST.get()) {
+        (rfaas::rdma::Provider::Verbs, Some(host)) if host.contains(':') => format!("[{host}]:0"),
+        (rfaas::rdma::Provider::Verbs, Some(host)) => format!("{host}:0"),
+        _ => "127.0.0.1:0".to_string(),
+    }
 }
 
 fn recv_wr(id: u64) -> RecvWr {
@@ -448,7 +471,7 @@ struct Extra<F: Fabric> {
 }
 
 fn pair_extra<F: Fabric>(p: &Pair<F>, _mk: fn() -> F) -> Result<Extra<F>, Failed> {
-    let listener = p.a.listen("127.0.0.1:0")?;
+    let listener = p.a.listen(&listen_addr(&p.a))?;
     let addr = listener.local_addr();
     let peer_cq = p.a.create_cq(64)?;
     let cq = p.b.create_cq(64)?;
@@ -683,7 +706,7 @@ fn shared_cq_64<F: Fabric>(mk: fn() -> F) -> TestResult {
     let client = mk();
     let scq = server.create_cq(256)?;
     let ccq = client.create_cq(256)?;
-    let listener = server.listen("127.0.0.1:0")?;
+    let listener = server.listen(&listen_addr(&server))?;
     let addr = listener.local_addr();
     let target = server.alloc_mr(64 * 64, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let src = client.alloc_mr(64, Access::LOCAL_WRITE)?;
@@ -846,7 +869,7 @@ fn bad_handshakes<F: Fabric>(mk: fn() -> F) -> TestResult {
     let b = mk();
     let cq_a = a.create_cq(64)?;
     let cq_b = b.create_cq(64)?;
-    let listener = a.listen("127.0.0.1:0")?;
+    let listener = a.listen(&listen_addr(&a))?;
     let addr = listener.local_addr();
     // Bad peers: connect with the raw transport and misbehave.
     let _junk = raw_junk_connections(a.provider(), &addr)?;
@@ -1010,7 +1033,7 @@ fn accept_peer<F: Fabric>(
 fn cross_process_echo<F: Fabric>(mk: fn() -> F) -> TestResult {
     let f = mk();
     let cq = f.create_cq(64)?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let inbox = f.alloc_mr(1 << 20, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let src = f.alloc_mr(1 << 20, Access::LOCAL_WRITE)?;
     let _peer = KillOnDrop(spawn_peer("echo", f.provider().name(), &l.local_addr())?);
@@ -1059,7 +1082,7 @@ fn cross_process_echo<F: Fabric>(mk: fn() -> F) -> TestResult {
 fn peer_killed<F: Fabric>(mk: fn() -> F) -> TestResult {
     let f = mk();
     let cq = f.create_cq(64)?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let mut peer = KillOnDrop(spawn_peer("idle", f.provider().name(), &l.local_addr())?);
     let qp = accept_peer(&f, &l, &cq, 4, &[])?;
     // The peer is connected and idle; kill it.
@@ -1118,7 +1141,7 @@ fn other_uid_refused(_: fn() -> ShmFabric) -> TestResult {
         return Err("needs root to run a peer as another uid (CI runs as root)".into());
     }
     let f = ShmFabric::new()?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let mut peer = KillOnDrop(spawn_peer("other-uid", "shm", &l.local_addr())?);
     let status = wait_child(&mut peer.0, Duration::from_secs(10))?;
     ensure!(
@@ -1156,6 +1179,10 @@ fn peer_main(role: &str) -> i32 {
         "shm" => peer_role(role, &addr, || ShmFabric::new().expect("shm domain")),
         "tcp" => peer_role(role, &addr, || {
             rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")
+        }),
+        #[cfg(feature = "verbs")]
+        "verbs" => peer_role(role, &addr, || {
+            rfaas::rdma::verbs::VerbsFabric::open_default().expect("verbs device")
         }),
         other => Err(format!("unknown provider {other}")),
     };
@@ -1314,5 +1341,83 @@ fn main() {
             peer_killed,
         ]
     );
+    register_verbs(&mut trials);
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The device `RFAAS_VERBS_DEVICE` names, if any.
+fn named_verbs_device() -> Option<String> {
+    std::env::var(rfaas::env::VERBS_DEVICE)
+        .ok()
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+}
+
+/// Registers the suite for verbs when a device is named.
+#[cfg(feature = "verbs")]
+fn register_verbs(trials: &mut Vec<Trial>) {
+    use rfaas::rdma::verbs::VerbsFabric;
+    let Some(device) = named_verbs_device() else {
+        return;
+    };
+    let host = match std::env::var("RFAAS_TEST_VERBS_ADDR") {
+        Ok(a) if !a.trim().is_empty() => Ok(a.trim().trim_matches(['[', ']']).to_string()),
+        _ => VerbsFabric::open(Some(&device))
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                f.local_addrs()
+                    .first()
+                    .map(|ip| ip.to_string())
+                    .ok_or_else(|| format!("{device} has no IP address: set RFAAS_TEST_VERBS_ADDR"))
+            }),
+    };
+    let host = match host {
+        Ok(h) => h,
+        Err(e) => {
+            // Named but unusable: one failing trial says why, rather than a silent skip.
+            trials.push(Trial::test("verbs::device_usable", move || {
+                Err(format!("RFAAS_VERBS_DEVICE={device}: {e}").into())
+            }));
+            return;
+        }
+    };
+    let _ = VERBS_HOST.set(host);
+    fn verbs() -> VerbsFabric {
+        VerbsFabric::open_default().expect("verbs device")
+    }
+    suite!(
+        trials,
+        "verbs",
+        verbs,
+        [
+            send_recv,
+            write_imm_sizes,
+            write_then_imm_ordering,
+            read,
+            atomics,
+            access_errors,
+            local_protection,
+            rnr_timeout,
+            rnr_then_post,
+            shared_cq_64,
+            blocking_wait,
+            bad_handshakes,
+            cross_process_echo,
+            peer_killed,
+        ]
+    );
+}
+
+/// Without the feature a named device is an error, not a silent skip.
+#[cfg(not(feature = "verbs"))]
+fn register_verbs(trials: &mut Vec<Trial>) {
+    if let Some(device) = named_verbs_device() {
+        trials.push(Trial::test("verbs::not_compiled", move || {
+            Err(format!(
+                "RFAAS_VERBS_DEVICE={device} but this binary has no verbs provider: run \
+                 cargo test --features verbs --test fabric_conformance"
+            )
+            .into())
+        }));
+    }
 }

@@ -476,7 +476,9 @@ fn interface_addrs() -> Vec<IpAddr> {
                     }
                     libc::AF_INET6 => {
                         let a = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
-                        Some(IpAddr::from(a.sin6_addr.s6_addr))
+                        let ip = std::net::Ipv6Addr::from(a.sin6_addr.s6_addr);
+                        // Link-local addresses need a scope that `host:port` cannot carry.
+                        (ip.segments()[0] & 0xffc0 != 0xfe80).then_some(IpAddr::V6(ip))
                     }
                     _ => None,
                 }

@@ -128,6 +128,13 @@ impl VerbsFabric {
     pub fn local_addrs(&self) -> Vec<std::net::IpAddr> {
         self.dev.local_addrs()
     }
+
+    /// A listen address (`ip:0`) on the device [`VerbsFabric::open_default`] picks, for servers
+    /// that were given none; `None` without a device or without an IP address on it.
+    pub fn default_bind() -> Option<String> {
+        let ip = *VerbsFabric::open_default().ok()?.local_addrs().first()?;
+        Some(wire::format_addr(std::net::SocketAddr::new(ip, 0)))
+    }
 }
 
 impl Fabric for VerbsFabric {
