@@ -9,13 +9,17 @@
 //! | `PORT_ERR` | logged: connections over the port fail through their transport timers, the flush follows |
 //! | others | logged at debug level |
 //!
+//! Fabrics opened on the same device share rdma_cm's device context, so the monitors of all of
+//! them read the same event descriptor and any one may take an event: the registry of queue
+//! pairs is therefore one per process, keyed by context and queue pair number.
+//!
 //! Every event is acknowledged right after it is handled: `ibv_destroy_qp` waits for the
 //! acknowledgement of the events of its queue pair, which is what keeps the queue pair (and its
 //! id) valid while an event about it is handled.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rdma_sys::{
     ibv_ack_async_event, ibv_async_event, ibv_context, ibv_event_type, ibv_get_async_event, ibv_qp,
@@ -37,25 +41,34 @@ pub(crate) struct QpEntry {
 // module docs), which keeps it valid; librdmacm calls are thread-safe.
 unsafe impl Send for QpEntry {}
 
-/// The device's queue pairs by number. Queue pairs enter when created and leave before their id
-/// is destroyed.
+/// A queue pair's key: its device context (as an address) and its number.
+type QpKey = (usize, u32);
+
+/// The process's queue pairs by device context and number. Queue pairs enter when created and
+/// leave before their id is destroyed.
 #[derive(Default)]
 pub(crate) struct QpRegistry {
-    qps: Mutex<HashMap<u32, QpEntry>>,
+    qps: Mutex<HashMap<QpKey, QpEntry>>,
 }
 
 impl QpRegistry {
-    /// Adds queue pair `qp_num`.
-    pub fn insert(&self, qp_num: u32, entry: QpEntry) {
-        self.lock().insert(qp_num, entry);
+    /// The registry of this process.
+    pub fn global() -> &'static QpRegistry {
+        static REGISTRY: OnceLock<QpRegistry> = OnceLock::new();
+        REGISTRY.get_or_init(QpRegistry::default)
     }
 
-    /// Removes queue pair `qp_num`.
-    pub fn remove(&self, qp_num: u32) {
-        self.lock().remove(&qp_num);
+    /// Adds queue pair `qp_num` of device context `ctx`.
+    pub fn insert(&self, ctx: *mut ibv_context, qp_num: u32, entry: QpEntry) {
+        self.lock().insert((ctx as usize, qp_num), entry);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, QpEntry>> {
+    /// Removes queue pair `qp_num` of device context `ctx`.
+    pub fn remove(&self, ctx: *mut ibv_context, qp_num: u32) {
+        self.lock().remove(&(ctx as usize, qp_num));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QpKey, QpEntry>> {
         self.qps.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -129,7 +142,7 @@ union Element {
 /// # Safety
 ///
 /// `ctx` must be an open device context whose async fd was made non-blocking.
-pub(crate) unsafe fn drain(ctx: *mut ibv_context, qps: &Arc<QpRegistry>) {
+pub(crate) unsafe fn drain(ctx: *mut ibv_context, qps: &QpRegistry) {
     loop {
         let mut ev = RawAsyncEvent {
             element: Element {
@@ -147,13 +160,13 @@ pub(crate) unsafe fn drain(ctx: *mut ibv_context, qps: &Arc<QpRegistry>) {
             }
             return;
         }
-        handle(&ev, qps);
+        handle(ctx, &ev, qps);
         // SAFETY: the event came from ibv_get_async_event and is acknowledged once.
         unsafe { ibv_ack_async_event((&mut ev as *mut RawAsyncEvent).cast::<ibv_async_event>()) };
     }
 }
 
-fn handle(ev: &RawAsyncEvent, qps: &QpRegistry) {
+fn handle(ctx: *mut ibv_context, ev: &RawAsyncEvent, qps: &QpRegistry) {
     let kind = ev.event_type;
     let qp_num = if names_qp(kind) {
         // SAFETY: for queue-pair events the element is the queue pair, valid until the event is
@@ -166,7 +179,7 @@ fn handle(ev: &RawAsyncEvent, qps: &QpRegistry) {
         None
     };
     let registry = qps.lock();
-    let entry = qp_num.and_then(|n| registry.get(&n));
+    let entry = qp_num.and_then(|n| registry.get(&(ctx as usize, n)));
     match action(kind) {
         Action::NotifyEstablished => {
             if let Some(e) = entry {
@@ -189,7 +202,7 @@ fn handle(ev: &RawAsyncEvent, qps: &QpRegistry) {
         }
         Action::FailDevice => {
             tracing::error!("verbs device reported a fatal error: every connection fails");
-            for e in registry.values() {
+            for (_, e) in registry.iter().filter(|((c, _), _)| *c == ctx as usize) {
                 e.table.mark_failed();
             }
         }

@@ -21,7 +21,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -341,7 +341,7 @@ unsafe impl Send for ContextPtr {}
 impl CmMonitor {
     /// Creates the monitor's channel and starts its thread, which also reads the asynchronous
     /// events of `ctx` (a context that outlives the monitor) for the queue pairs in `qps`.
-    pub fn start(ctx: NonNull<rdma_sys::ibv_context>, qps: Arc<QpRegistry>) -> Result<CmMonitor> {
+    pub fn start(ctx: NonNull<rdma_sys::ibv_context>) -> Result<CmMonitor> {
         let ch = EventChannel::new()?;
         let wake = new_eventfd()?;
         // SAFETY: the context is open.
@@ -352,7 +352,7 @@ impl CmMonitor {
         let fds = [ch.fd(), wake.as_raw_fd(), asyncfd];
         let thread = std::thread::Builder::new()
             .name("rfaas-verbs-cm".into())
-            .spawn(move || monitor_loop(chp, ctxp, fds, qps))
+            .spawn(move || monitor_loop(chp, ctxp, fds))
             .map_err(|e| FabricError::io("spawn verbs cm monitor", e))?;
         Ok(CmMonitor {
             ch,
@@ -390,12 +390,7 @@ impl Drop for CmMonitor {
     }
 }
 
-fn monitor_loop(
-    ch: ChannelPtr,
-    ctx: ContextPtr,
-    [chfd, wakefd, asyncfd]: [RawFd; 3],
-    qps: Arc<QpRegistry>,
-) {
+fn monitor_loop(ch: ChannelPtr, ctx: ContextPtr, [chfd, wakefd, asyncfd]: [RawFd; 3]) {
     let ch = ch.0;
     let ctx = ctx.0;
     loop {
@@ -420,7 +415,7 @@ fn monitor_loop(
         if fds[2].revents != 0 {
             // SAFETY: the context outlives this thread (see ContextPtr) and its async fd is
             // non-blocking (set in `start`).
-            unsafe { async_events::drain(ctx, &qps) };
+            unsafe { async_events::drain(ctx, QpRegistry::global()) };
         }
         loop {
             let mut ev: *mut rdma_cm_event = ptr::null_mut();

@@ -16,7 +16,7 @@
 //! before the id or queue pair that uses it.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdma_sys::{
@@ -239,8 +239,9 @@ fn set_ack_timeout(id: &CmId, response: Duration) {
 
 /// Listens for rdma_cm connection requests on one address.
 pub struct VerbsListener {
-    // The listening id (only kept alive) goes before its channel.
-    _id: CmId,
+    // The listening id (only kept alive) goes before its channel. Destroyed early when the
+    // device is removed: rdma_cm waits for every id of the device to go before it lets go.
+    id: Mutex<Option<CmId>>,
     ch: EventChannel,
     local: String,
     dev: Arc<Device>,
@@ -303,7 +304,7 @@ impl VerbsListener {
             .map_or_else(|| addr.to_string(), wire::format_addr);
         tracing::debug!(addr = %local, device = dev.name(), "verbs listener ready");
         Ok(VerbsListener {
-            _id: id,
+            id: Mutex::new(Some(id)),
             ch,
             local,
             dev: Arc::clone(dev),
@@ -368,6 +369,13 @@ impl Listener<VerbsFabric> for VerbsListener {
 
     fn next_request(&self, timeout: Duration) -> Result<Option<VerbsRequest>> {
         use rdma_cm_event_type::*;
+        let removed = || FabricError::Unavailable {
+            provider: super::error::PROVIDER,
+            reason: format!("RDMA device {} was removed", self.dev.name()),
+        };
+        if self.id.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Err(removed());
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let Some(ev) = self.ch.wait_event(deadline)? else {
@@ -380,10 +388,11 @@ impl Listener<VerbsFabric> for VerbsListener {
                     }
                 }
                 RDMA_CM_EVENT_DEVICE_REMOVAL => {
-                    return Err(FabricError::Unavailable {
-                        provider: super::error::PROVIDER,
-                        reason: format!("RDMA device {} was removed", self.dev.name()),
-                    })
+                    // Acknowledge, then destroy the listening id (rdma_destroy_id waits for
+                    // the acknowledgement), so that the removal is not held up by it.
+                    drop(ev);
+                    drop(self.id.lock().unwrap_or_else(|p| p.into_inner()).take());
+                    return Err(removed());
                 }
                 _ => tracing::debug!(event = %ev.name(), "verbs listener: ignored event"),
             }

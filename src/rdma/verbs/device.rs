@@ -30,7 +30,7 @@ use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ptr::NonNull;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use arc_swap::ArcSwap;
 use rdma_sys::{
@@ -40,7 +40,6 @@ use rdma_sys::{
     rdma_free_devices, rdma_get_devices,
 };
 
-use super::async_events::QpRegistry;
 use super::cm::CmMonitor;
 use super::error::{check_ret, last_os_error, no_device, PROVIDER};
 use crate::rdma::error::{FabricError, Result};
@@ -154,8 +153,6 @@ pub(crate) struct Device {
     caps: DeviceCaps,
     /// Memory registered in this fabric's protection domain (for the lkey check of inline sends).
     mrs: ArcSwap<MrRanges>,
-    /// Queue pairs by number, for the device's asynchronous events.
-    qps: Arc<QpRegistry>,
     /// Watches established connections for disconnects and the device's asynchronous events
     /// (see [`CmMonitor`]). Dropped first.
     monitor: Option<CmMonitor>,
@@ -254,11 +251,10 @@ impl Device {
             pd,
             caps,
             mrs: ArcSwap::from_pointee(MrRanges::new()),
-            qps: Arc::new(QpRegistry::default()),
             monitor: None,
         };
         // On error `dev` is dropped, which frees the PD and the list.
-        dev.monitor = Some(CmMonitor::start(ctx, Arc::clone(&dev.qps))?);
+        dev.monitor = Some(CmMonitor::start(ctx)?);
         tracing::debug!(device = %dev.name, ?caps, "verbs device open");
         Ok(dev)
     }
@@ -281,11 +277,6 @@ impl Device {
     /// Device limits.
     pub fn caps(&self) -> DeviceCaps {
         self.caps
-    }
-
-    /// Queue pairs by number (for asynchronous events).
-    pub fn qps(&self) -> &QpRegistry {
-        &self.qps
     }
 
     /// Records a registered range (called by `VerbsMr::alloc`).

@@ -38,7 +38,7 @@ use rdma_sys::{
     rdma_t, wr_t,
 };
 
-use super::async_events::QpEntry;
+use super::async_events::{QpEntry, QpRegistry};
 use super::cm::CmId;
 use super::cq::CqInner;
 use super::device::Device;
@@ -336,7 +336,8 @@ impl VerbsQp {
         let send_depth = attr.cap.max_send_wr.max(1);
         let recv_depth = attr.cap.max_recv_wr.max(1);
         let table = Arc::new(QpTable::new(next_token(), send_depth, recv_depth));
-        dev.qps().insert(
+        QpRegistry::global().insert(
+            dev.ctx(),
             qp_num,
             QpEntry {
                 table: Arc::clone(&table),
@@ -712,7 +713,7 @@ impl Drop for VerbsQp {
             unsafe { rdma_disconnect(self.id.as_ptr()) };
         }
         // Asynchronous events of this QP are ignored from now on (the id is destroyed below).
-        self.dev.qps().remove(self.qp_num);
+        QpRegistry::global().remove(self.dev.ctx(), self.qp_num);
         // Completions of this QP still queued are skipped from now on.
         self.send_cq.detach(self.table.token, self.send_depth);
         if !Arc::ptr_eq(&self.send_cq, &self.recv_cq) {
