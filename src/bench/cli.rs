@@ -84,8 +84,8 @@ pub struct Args {
     pub client_core: Option<usize>,
 
     /// Address the servers of every mode listen on [default: a fresh socket path in the temp
-    /// directory for shm, 127.0.0.1:0 for tcp, tcp-raw and verbs]. For verbs on a real device,
-    /// give an IP address of the RDMA interface (e.g. the IPoIB address) with port 0.
+    /// directory for shm, 127.0.0.1:0 for tcp and tcp-raw, the first IP address of the RDMA
+    /// device for verbs (its IPoIB or RoCE interface, port 0; loopback has no RDMA device)].
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
 
