@@ -12,7 +12,7 @@
 //! interface); peer processes inherit the device name. Every generic test runs on verbs, except
 //! `other_uid_refused`, which checks a property of shm alone. These tests have not run on an
 //! RDMA device yet (none on the development machines; soft-RoCE needs the `rdma_rxe` kernel
-//! module): `scripts/device-check.sh` runs them where there is one.
+//! module); the hardware check of issue 10 (`scripts/device-check.sh`) is to run them.
 //!
 //! ```text
 //! RFAAS_VERBS_DEVICE=mlx5_0 cargo test --features verbs --test fabric_conformance -- verbs::

@@ -6,8 +6,10 @@
 //! The `#[ignore]`d group needs a device:
 //!
 //! ```text
-//! RFAAS_TEST_VERBS_DEVICE=mlx5_0 cargo test --features verbs --lib rdma::verbs -- --ignored
+//! RFAAS_VERBS_DEVICE=mlx5_0 cargo test --features verbs --lib rdma::verbs -- --ignored
 //! ```
+//!
+//! (`RFAAS_TEST_VERBS_DEVICE`, when set, takes precedence.)
 //!
 //! The tests connect the device to itself through an IP address of it (its IPoIB or RoCE
 //! interface): `RFAAS_TEST_VERBS_ADDR` when set, otherwise the first one rdma_cm binds to the
@@ -148,7 +150,8 @@ const T: Duration = Duration::from_secs(10);
 
 fn test_fabric() -> (VerbsFabric, String) {
     let dev = std::env::var("RFAAS_TEST_VERBS_DEVICE")
-        .expect("set RFAAS_TEST_VERBS_DEVICE to an RDMA device (e.g. mlx5_0) to run this test");
+        .or_else(|_| std::env::var(crate::env::VERBS_DEVICE))
+        .expect("set RFAAS_VERBS_DEVICE to an RDMA device (e.g. mlx5_0) to run this test");
     let f = VerbsFabric::open(Some(&dev)).expect("open the test device");
     let ip = std::env::var("RFAAS_TEST_VERBS_ADDR").unwrap_or_else(|_| {
         f.local_addrs()
@@ -282,7 +285,7 @@ fn post(qp: &VerbsQp, wr_id: u64, op: Op, sge: Option<crate::rdma::Sge>) {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn write_imm_round_trip() {
     let p = pair();
     let payload: Vec<u8> = (0..64u8).collect();
@@ -368,7 +371,7 @@ fn write_imm_round_trip() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn rdma_read() {
     let p = pair();
     let data: Vec<u8> = (0..128u32).map(|i| (i * 7) as u8).collect();
@@ -390,7 +393,7 @@ fn rdma_read() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn atomics() {
     use std::sync::atomic::Ordering;
     let p = pair();
@@ -449,7 +452,7 @@ fn atomics() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn bad_rkey_is_a_remote_access_error_then_flush() {
     let p = pair();
     p.client_mr.write(0, &[0xab; 32]);
@@ -487,7 +490,7 @@ fn bad_rkey_is_a_remote_access_error_then_flush() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn out_of_bounds_and_missing_rights_are_remote_access_errors() {
     // Past the end of the server's region.
     let p = pair();
@@ -516,7 +519,7 @@ fn out_of_bounds_and_missing_rights_are_remote_access_errors() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn reject_reaches_the_peer_with_its_reason() {
     let (fab, host) = test_fabric();
     let listener = fab.listen(&format!("{host}:0")).unwrap();
@@ -540,7 +543,7 @@ fn reject_reaches_the_peer_with_its_reason() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn disconnect_flushes_the_peer() {
     let p = pair();
     p.client_qp.disconnect();
@@ -565,7 +568,7 @@ fn disconnect_flushes_the_peer() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn unsignaled_sends_never_fill_the_send_queue() {
     // The client's submit and the executor's reply never ask for completions. Without internal
     // signaling an mlx5 send queue (64 entries: the default QpCaps this pair uses) is full after
