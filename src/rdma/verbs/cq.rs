@@ -406,9 +406,10 @@ impl CompletionQueue for VerbsCq {
                         out[filled] = w;
                         filled += 1;
                     }
-                    None => {
-                        tracing::trace!(wr_id = wc.wr_id, "completion of a destroyed queue pair")
-                    }
+                    None => tracing::trace!(
+                        wr_id = wc.wr_id,
+                        "not reported: the provider's own signal, or a destroyed queue pair's"
+                    ),
                 }
             }
             if n < want || filled == out.len() {
