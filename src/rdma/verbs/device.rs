@@ -60,7 +60,8 @@ pub(crate) struct DeviceCaps {
 ///
 /// `IBV_ATOMIC_HCA` (atomic among the device's own atomics, what ConnectX reports) and
 /// `IBV_ATOMIC_GLOB` (also against the CPU) both do; rfaas only combines remote atomics with
-/// plain CPU reads of the word, which either level keeps exact. `IBV_ATOMIC_NONE` (soft-iWARP,
+/// plain CPU reads of the word (and a reset before the word is handed out), which either level
+/// keeps exact. `IBV_ATOMIC_NONE` (soft-iWARP,
 /// some iWARP and RoCE devices) does not: a fetch-add there fails or, worse, is not atomic.
 pub(crate) fn atomics_supported(atomic_cap: ibv_atomic_cap::Type) -> bool {
     atomic_cap != ibv_atomic_cap::IBV_ATOMIC_NONE
