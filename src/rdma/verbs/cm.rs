@@ -241,9 +241,10 @@ impl Drop for CmId {
     }
 }
 
-/// The device context rdma_cm binds `ip` to (a local address of an RDMA interface), or `None`
-/// when no device has it. Takes the device from a throwaway id, like every connection does.
-pub(crate) fn device_of_local_addr(ip: std::net::IpAddr) -> Option<*mut rdma_sys::ibv_context> {
+/// The device rdma_cm binds `ip` (a local address of an RDMA interface) to, as its context's
+/// address and its name; `None` when no device has it. Takes the device from a throwaway id, like
+/// every connection does (the name is read while the id holds the device).
+pub(crate) fn device_of_local_addr(ip: std::net::IpAddr) -> Option<(usize, String)> {
     let ch = EventChannel::new().ok()?;
     let id = CmId::new(&ch).ok()?;
     let mut raw = wire::RawSockAddr::new(std::net::SocketAddr::new(ip, 0));
@@ -253,7 +254,7 @@ pub(crate) fn device_of_local_addr(ip: std::net::IpAddr) -> Option<*mut rdma_sys
     }
     let ctx = id.verbs();
     // The id drops before its channel (declared after it).
-    (!ctx.is_null()).then_some(ctx)
+    (!ctx.is_null()).then(|| (ctx as usize, id.device_name()))
 }
 
 /// An event taken from a channel; acknowledged when dropped.

@@ -608,4 +608,20 @@ mod tests {
         );
         assert_eq!(outstanding(&table, 4), 0);
     }
+
+    #[test]
+    fn verbs_cq_is_send_but_not_sync() {
+        // Compile-time checks: `Send` is required, and `Sync` would make the call below
+        // ambiguous (two impls apply), which fails to compile.
+        fn send<T: Send>() {}
+        send::<VerbsCq>();
+        trait AmbiguousIfSync<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+        #[allow(dead_code)]
+        struct IsSync;
+        impl<T: ?Sized + Sync> AmbiguousIfSync<IsSync> for T {}
+        <VerbsCq as AmbiguousIfSync<_>>::check();
+    }
 }

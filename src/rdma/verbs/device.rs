@@ -9,10 +9,11 @@
 //!
 //! # Which device
 //!
-//! [`crate::env::VERBS_DEVICE`] names one. Without it the fabric takes the first device with a
-//! port in the ACTIVE state (the first device at all when none is): a dual-port card whose first
-//! function is not cabled, or a machine whose bond device is listed after its unused ports, then
-//! still works. A connection whose route runs over another device fails with an error that names
+//! [`crate::env::VERBS_DEVICE`] names one. Without it the fabric takes the device from rdma_cm:
+//! the first device that rdma_cm binds one of this host's IP addresses to (on a throwaway id, as
+//! every connection does), preferring one with a port in the ACTIVE state; failing that, the
+//! first active device, then the first device. A dual-port card whose first function is not
+//! cabled, or a bond listed after the ports it bonds, then works without configuration. A connection whose route runs over another device fails with an error that names
 //! that device and the variable to set (a queue pair must live on the device of its route, and
 //! the regions and completion queues it uses are created on the fabric's device before any
 //! route is known).
@@ -308,7 +309,10 @@ impl Device {
     pub fn local_addrs(&self) -> Vec<IpAddr> {
         let mut v: Vec<IpAddr> = interface_addrs()
             .into_iter()
-            .filter(|ip| super::cm::device_of_local_addr(*ip) == Some(self.ctx.as_ptr()))
+            .filter(|ip| {
+                super::cm::device_of_local_addr(*ip)
+                    .is_some_and(|(ctx, _)| ctx == self.ctx.as_ptr() as usize)
+            })
             .collect();
         v.sort_by_key(|ip| ip.is_ipv6());
         v
@@ -402,14 +406,51 @@ pub(crate) fn sge_inside(mrs: &MrRanges, sge: &Sge) -> bool {
     sge.addr >= addr && end <= region_end
 }
 
-/// The first of `names` with an active port, or the first of all when none has one (or their
-/// ports cannot be queried).
+/// The device to use when none is named: the best ranked by [`DeviceRank`], the earliest listed
+/// among equals.
 fn first_active(names: &[String]) -> String {
-    names
-        .iter()
-        .find(|n| has_active_port(n))
-        .unwrap_or(&names[0])
-        .clone()
+    let routed = routed_devices();
+    let rank = |n: &String| DeviceRank {
+        routed: routed.contains(n),
+        active: has_active_port(n),
+    };
+    pick_device(names, rank).clone()
+}
+
+/// What makes a device a good default: rdma_cm binds an address of this host to it (so
+/// connections can be routed over it at all), and a port of it is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DeviceRank {
+    /// rdma_cm resolves one of this host's IP addresses to the device.
+    pub routed: bool,
+    /// A port is in the ACTIVE state.
+    pub active: bool,
+}
+
+/// The first of `names` with the highest rank (`names` is not empty).
+pub(crate) fn pick_device<'a>(
+    names: &'a [String],
+    mut rank: impl FnMut(&String) -> DeviceRank,
+) -> &'a String {
+    let mut best = &names[0];
+    let mut best_rank = rank(best);
+    for n in &names[1..] {
+        let r = rank(n);
+        if r > best_rank {
+            best = n;
+            best_rank = r;
+        }
+    }
+    best
+}
+
+/// The names of the devices rdma_cm binds some address of this host to.
+fn routed_devices() -> Vec<String> {
+    interface_addrs()
+        .into_iter()
+        .filter_map(super::cm::device_of_local_addr)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// Whether device `name` has a port in the ACTIVE state (opens the device briefly).
@@ -510,6 +551,45 @@ mod tests {
         assert!(!fork_status_is_safe(rdma_sys::IBV_FORK_DISABLED));
         // Idempotent.
         fork_safety().expect("second call");
+    }
+
+    #[test]
+    fn default_device_is_routed_then_active_then_first() {
+        let names: Vec<String> = ["mlx5_0", "mlx5_1", "mlx5_bond_0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ranks = |routed: &[&str], active: &[&str]| {
+            let (routed, active): (Vec<String>, Vec<String>) = (
+                routed.iter().map(|s| s.to_string()).collect(),
+                active.iter().map(|s| s.to_string()).collect(),
+            );
+            move |n: &String| DeviceRank {
+                routed: routed.contains(n),
+                active: active.contains(n),
+            }
+        };
+        // Nothing known: the first listed.
+        assert_eq!(pick_device(&names, ranks(&[], &[])), "mlx5_0");
+        // Only the second port is cabled.
+        assert_eq!(pick_device(&names, ranks(&[], &["mlx5_1"])), "mlx5_1");
+        // A bond: its slaves' ports are up too, but only the bond carries the address.
+        assert_eq!(
+            pick_device(
+                &names,
+                ranks(&["mlx5_bond_0"], &["mlx5_0", "mlx5_1", "mlx5_bond_0"])
+            ),
+            "mlx5_bond_0"
+        );
+        // Routed beats active; among equals the earliest wins.
+        assert_eq!(
+            pick_device(&names, ranks(&["mlx5_1"], &["mlx5_0"])),
+            "mlx5_1"
+        );
+        assert_eq!(
+            pick_device(&names, ranks(&["mlx5_0", "mlx5_1"], &["mlx5_0", "mlx5_1"])),
+            "mlx5_0"
+        );
     }
 
     #[test]
