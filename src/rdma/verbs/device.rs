@@ -428,10 +428,10 @@ pub(crate) struct DeviceRank {
 }
 
 /// The first of `names` with the highest rank (`names` is not empty).
-pub(crate) fn pick_device<'a>(
-    names: &'a [String],
+pub(crate) fn pick_device(
+    names: &[String],
     mut rank: impl FnMut(&String) -> DeviceRank,
-) -> &'a String {
+) -> &String {
     let mut best = &names[0];
     let mut best_rank = rank(best);
     for n in &names[1..] {
