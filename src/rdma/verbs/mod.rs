@@ -1,7 +1,8 @@
 //! The InfiniBand/RoCE provider: ibverbs through `rdma-sys`, connection setup through rdma_cm.
 //!
 //! The real thing that the software providers imitate. One [`VerbsFabric`] is one RDMA device
-//! (from [`crate::env::VERBS_DEVICE`], or the first one with an active port) with one protection
+//! (from [`crate::env::VERBS_DEVICE`], or the one rdma_cm routes this host's addresses over, see
+//! `device.rs`) with one protection
 //! domain that every region and queue pair lives in.
 //!
 //! | API | verbs |
