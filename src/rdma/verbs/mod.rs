@@ -2,8 +2,7 @@
 //!
 //! The real thing that the software providers imitate. One [`VerbsFabric`] is one RDMA device
 //! (from [`crate::env::VERBS_DEVICE`], or the one rdma_cm routes this host's addresses over, see
-//! `device.rs`) with one protection
-//! domain that every region and queue pair lives in.
+//! `device.rs`) with one protection domain that every region and queue pair lives in.
 //!
 //! | API | verbs |
 //! |---|---|
