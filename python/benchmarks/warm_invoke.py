@@ -47,8 +47,11 @@ def percentile(sorted_ns, q):
 
 
 def pin_last_core():
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[-1]})
+    """Pins this process to the last core of its cpuset, as warm_benchmark pins its client;
+    returns the cpuset to restore (children such as mpirun must not inherit the pinning)."""
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {max(cores)})
+    return cores
 
 
 def payload(size):
@@ -56,9 +59,16 @@ def payload(size):
 
 
 def python_rows(args, provider):
+    cpuset = pin_last_core()
+    try:
+        return _python_rows(args, provider)
+    finally:
+        os.sched_setaffinity(0, cpuset)
+
+
+def _python_rows(args, provider):
     import rfaas
 
-    pin_last_core()
     rows = []
     cluster = rfaas.Cluster(args.cluster)
     with cluster.allocate(args.library, ["empty"], cores=1, hot_timeout_ms=-1) as ex:
@@ -180,6 +190,7 @@ def main():
     ap.add_argument("--repetitions", type=int, default=20000, help="measured calls per rfaas client and size")
     ap.add_argument("--mpi4py-repetitions", type=int, default=2000, help="measured calls of mpi4py.futures per size")
     ap.add_argument("--warmup", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=4, help="turns of the rfaas clients")
     ap.add_argument("--clients", default="rust,python,mpi4py.futures", help="which clients to run")
     ap.add_argument("--output", help="CSV file (default: stdout)")
     ap.add_argument("--mpi4py-worker", action="store_true", help=argparse.SUPPRESS)
@@ -198,11 +209,16 @@ def main():
     provider = json.load(open(args.cluster)).get("provider", "")
     clients = args.clients.split(",")
     rows = []
+    # The rfaas clients take turns, `--rounds` times, so that a slow phase of this noisy
+    # machine hits both alike; each round runs repetitions / rounds calls.
+    total = args.repetitions
     with tempfile.TemporaryDirectory(prefix="rfaas-pybench-") as tmp:
-        if "rust" in clients:
-            rows += rust_rows(args, tmp)
-        if "python" in clients:
-            rows += python_rows(args, provider)
+        for r in range(args.rounds):
+            args.repetitions = total // args.rounds + (1 if r < total % args.rounds else 0)
+            if "rust" in clients:
+                rows += rust_rows(args, tmp)
+            if "python" in clients:
+                    rows += python_rows(args, provider)
         if "mpi4py.futures" in clients:
             rows += mpi4py_rows(args, tmp)
     f = open(args.output, "w", newline="") if args.output else sys.stdout

@@ -531,7 +531,8 @@ impl PyPending {
 }
 
 impl Drop for PyPending {
-    /// A result nobody collected still holds a slot of its worker: collect and drop it.
+    /// A result nobody collected still holds a slot of its worker: wait for it (GIL released)
+    /// and drop it.
     fn drop(&mut self) {
         let Some(p) = self
             .pending
@@ -544,7 +545,8 @@ impl Drop for PyPending {
         let mut buf = vec![0u8; self.out_len];
         let g = self.exec.exec.read().unwrap_or_else(|e| e.into_inner());
         if let Some(ex) = g.as_deref() {
-            let _ = ex.wait(p, &mut buf);
+            // Bounded by the executor's call timeout; other Python threads run meanwhile.
+            let _ = Python::attach(|py| py.detach(|| ex.wait(p, &mut buf)));
         }
     }
 }

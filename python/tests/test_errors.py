@@ -1,6 +1,7 @@
 """Bad input gets an exception of the rfaas.Error hierarchy, never a crash or a hang."""
 
 import builtins
+import gc
 import json
 import struct
 
@@ -115,3 +116,15 @@ def test_dead_executor_and_closed_executor(cluster_file, library):
     # The cores came back: a new allocation of the same size succeeds.
     with rfaas.Cluster(cluster_file).allocate(library, ["echo"]) as again:
         assert again.invoke("echo", b"y") == b"y"
+
+
+def test_busy_slots_and_dropped_futures(cluster_file, library):
+    with rfaas.Cluster(cluster_file).allocate(library, ["echo"], slots=1) as ex:
+        f = ex.submit("echo", b"one")
+        with pytest.raises(rfaas.BusyError):
+            ex.submit("echo", b"two")  # the only slot holds "one" until it is collected
+        assert f.result() == b"one"
+        f = ex.submit("echo", b"three")
+        del f  # never collected: dropping it frees its slot
+        gc.collect()
+        assert ex.submit("echo", b"four").result() == b"four"

@@ -2,8 +2,11 @@
 against its local computation, and bad input on every rank."""
 
 import os
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -21,11 +24,17 @@ def run_mpi(mpirun, n, script, *args):
         "OMPI_MCA_mpi_yield_when_idle": "1",
     }
     cmd = [mpirun, "--bind-to", "none", "--oversubscribe", "-n", str(n), sys.executable, str(script), *map(str, args)]
-    p = subprocess.run(
+    p = subprocess.Popen(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=RUN_TIMEOUT_S, env=env, start_new_session=True,
+        text=True, env=env, start_new_session=True,
     )
-    return p.returncode, p.stdout
+    try:
+        out, _ = p.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # mpirun and every rank
+        out, _ = p.communicate()
+        pytest.fail(f"mpirun still running after {RUN_TIMEOUT_S} s:\n{out}")
+    return p.returncode, out
 
 
 def test_black_scholes_example_under_mpirun(mpirun, cluster_file, library):
