@@ -151,11 +151,11 @@ def test_submit_into_out_and_result_timeout(executor):
     f = executor.submit("echo", b"later", out=out)
     assert f.result() == 5 and bytes(out[:5]) == b"later"
 
-    # A call that takes 2 s: result(timeout) gives up without losing it.
-    slow = executor.submit("sleep_us", struct.pack("<Q", 2_000_000))
+    # A call that takes 4 s: result(timeout) gives up without losing it.
+    slow = executor.submit("sleep_us", struct.pack("<Q", 4_000_000))
     with pytest.raises(concurrent.futures.TimeoutError):
         slow.result(timeout=0.01)
-    assert slow.result(timeout=HANG_S) == struct.pack("<Q", 2_000_000)
+    assert slow.result(timeout=HANG_S) == struct.pack("<Q", 4_000_000)
     assert slow.done() and slow.exception() is None
 
 
