@@ -209,3 +209,8 @@ def test_help_documents_the_package():
         assert word in text, word
     assert "GIL" in pydoc.render_doc(rfaas.Executor.invoke)
     assert "ClusterError" in rfaas.errors.__doc__
+    import rfaas.mpi  # does not initialise MPI by itself
+
+    mpi_text = pydoc.render_doc(rfaas.mpi)
+    for word in ["Session", "collective", "offload_async", "finish"]:
+        assert word in mpi_text, word
