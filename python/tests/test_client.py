@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import rfaas
+import rfaas.mpi  # does not initialise MPI by itself
 
 # Bound on a single wait in these tests: says "did not hang", nothing about speed.
 HANG_S = 60
@@ -209,8 +210,6 @@ def test_help_documents_the_package():
         assert word in text, word
     assert "GIL" in pydoc.render_doc(rfaas.Executor.invoke)
     assert "ClusterError" in rfaas.errors.__doc__
-    import rfaas.mpi  # does not initialise MPI by itself
-
     mpi_text = pydoc.render_doc(rfaas.mpi)
     for word in ["Session", "collective", "offload_async", "finish"]:
         assert word in mpi_text, word
