@@ -108,7 +108,14 @@ impl PyCluster {
     /// cluster secret it names. Raises `ConfigError` when either cannot be used.
     #[new]
     #[pyo3(signature = (path=None))]
-    fn new(path: Option<PathBuf>) -> PyResult<Self> {
+    fn new(path: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let path: Option<PathBuf> = path
+            .map(|p| {
+                p.extract().map_err(|_| {
+                    Kind::InvalidArgument.err("path: a str or os.PathLike naming cluster.json")
+                })
+            })
+            .transpose()?;
         let cluster = Cluster::open(path.as_deref()).map_err(errors::client)?;
         Ok(PyCluster { cluster, path })
     }
@@ -135,7 +142,7 @@ impl PyCluster {
         &self,
         py: Python<'_>,
         library: &Bound<'_, PyAny>,
-        functions: Vec<String>,
+        functions: &Bound<'_, PyAny>,
         cores: u32,
         input_capacity: u32,
         output_capacity: u32,
@@ -144,6 +151,12 @@ impl PyCluster {
         timeout: f64,
     ) -> PyResult<PyExecutor> {
         let bytes = library_bytes(library)?;
+        let functions: Vec<String> = if functions.is_instance_of::<PyString>() {
+            Err(())
+        } else {
+            functions.extract().map_err(|_| ())
+        }
+        .map_err(|_| Kind::InvalidArgument.err("functions: a sequence of names (str)"))?;
         if functions.is_empty() {
             return Err(Kind::InvalidArgument.err("at least one function name"));
         }

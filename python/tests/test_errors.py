@@ -49,7 +49,11 @@ def test_bad_allocation_arguments(cluster_file, library, tmp_path):
     with pytest.raises(rfaas.ConfigError, match="cannot read"):
         cluster.allocate(tmp_path / "missing.so", ["echo"])
     with pytest.raises(rfaas.InvalidArgumentError):
+        rfaas.Cluster(42)
+    with pytest.raises(rfaas.InvalidArgumentError):
         cluster.allocate(library, [])
+    with pytest.raises(rfaas.InvalidArgumentError):
+        cluster.allocate(library, "echo")
     with pytest.raises(rfaas.InvalidArgumentError):
         cluster.allocate(library, ["echo"], slots=0)
     with pytest.raises(rfaas.InvalidArgumentError):
