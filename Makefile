@@ -3,7 +3,8 @@
 # absent, and the Python requirements of analysis/), then build with all features.
 #
 #   make demo    set up, build (release, all features), run the main job, save its CSV in results/
-#   make test    set up, build (all features), run the whole test suite (cargo + pytest)
+#   make test    set up, build (all features), run the whole test suite (cargo + pytest of
+#                analysis/ and of the Python package python/)
 #   make lint    rustfmt check and clippy with warnings denied
 #   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
 #   make clean   remove build outputs and results
@@ -72,6 +73,7 @@ bench:
 test: build-debug
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)
 	if [ -d analysis/tests ]; then $(PYTHON) -m pytest -q analysis/tests; fi
+	if [ -d python/tests ]; then $(PYTHON) -m pytest -q python/tests; fi
 
 lint:
 	$(CARGO) fmt --all -- --check

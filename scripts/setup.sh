@@ -7,7 +7,7 @@
 #
 # Needs root or sudo when a system package is missing. Environment:
 #   RFAAS_SETUP_SKIP_APT=1      do not touch system packages (report what is missing and go on)
-#   RFAAS_SETUP_SKIP_PYTHON=1   do not install the Python requirements
+#   RFAAS_SETUP_SKIP_PYTHON=1   do not install the Python requirements nor the rfaas package
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,8 +27,9 @@ PKGS+=(libhwloc-dev hwloc libudev-dev)
 PKGS+=(slurm-wlm munge)
 # `column` for the demo's tables (not in minimal images)
 PKGS+=(bsdextrautils)
-# analysis scripts and their tests
-PKGS+=(python3 python3-venv python3-pip)
+# analysis scripts and their tests; the Python package (python/): mpi4py builds from source
+# against OpenMPI and needs the Python headers
+PKGS+=(python3 python3-venv python3-pip python3-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -69,15 +70,14 @@ fi
 
 # --- Python requirements ------------------------------------------------------------------------
 # In a virtual environment of the checkout (.venv), so nothing is installed into the system's
-# Python; `make` runs analysis/ with .venv/bin/python.
-if [[ -f analysis/requirements.txt && "${RFAAS_SETUP_SKIP_PYTHON:-0}" != 1 ]]; then
-    VENV=${RFAAS_VENV:-.venv}
-    if [[ ! -x "$VENV/bin/python" ]]; then
-        log "python: creating the virtual environment $VENV"
-        python3 -m venv "$VENV"
-    fi
-    # Fast path: every pinned `name==version` already installed (pip itself takes seconds).
-    if "$VENV/bin/python" - analysis/requirements.txt <<'PY'
+# Python; `make` runs analysis/ and the Python package's tests with .venv/bin/python.
+VENV=${RFAAS_VENV:-.venv}
+
+# Installs a pinned requirements file unless every `name==version` in it is already there
+# (pip itself takes seconds even when nothing is to be done).
+install_pinned() {
+    local req=$1
+    if "$VENV/bin/python" - "$req" <<'PY'
 import sys
 from importlib.metadata import version, PackageNotFoundError
 ok = True
@@ -96,9 +96,41 @@ for line in open(sys.argv[1]):
 sys.exit(0 if ok else 1)
 PY
     then
-        log "python: requirements of analysis/requirements.txt present in $VENV"
+        log "python: requirements of $req present in $VENV"
     else
-        log "python: installing analysis/requirements.txt into $VENV"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r analysis/requirements.txt
+        log "python: installing $req into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
+    fi
+}
+
+if [[ "${RFAAS_SETUP_SKIP_PYTHON:-0}" != 1 ]]; then
+    # A venv copied from another checkout still runs that checkout's interpreter: start anew.
+    if [[ -x "$VENV/bin/python" ]] && ! grep -qs "$(cd "$VENV" && pwd)" "$VENV/bin/pip"; then
+        log "python: $VENV belongs to another checkout; recreating it"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        log "python: creating the virtual environment $VENV"
+        python3 -m venv "$VENV"
+    fi
+    [[ -f analysis/requirements.txt ]] && install_pinned analysis/requirements.txt
+    if [[ -f python/pyproject.toml ]]; then
+        install_pinned python/requirements-dev.txt
+        # The rfaas package (maturin builds the extension in release mode into target/):
+        # rebuilt only when its sources or the client library's change.
+        stamp_file="$VENV/.rfaas-python.stamp"
+        stamp=$( { find python src -type f \( -name '*.rs' -o -name '*.py' -o -name '*.pyi' \
+                        -o -name '*.toml' -o -name 'py.typed' \) -not -path 'python/tests/*' \
+                        -not -path 'python/benchmarks/*' -not -path 'python/examples/*' | sort \
+                    | xargs sha256sum; sha256sum Cargo.toml Cargo.lock; } | sha256sum | cut -d' ' -f1)
+        if [[ "$(cat "$stamp_file" 2>/dev/null)" == "$stamp" ]] \
+            && "$VENV/bin/python" -c 'import rfaas._native' 2>/dev/null; then
+            log "python: the rfaas package is installed and current in $VENV"
+        else
+            log "python: building and installing the rfaas package (python/) into $VENV"
+            PATH="$(cd "$VENV" && pwd)/bin:$PATH" "$VENV/bin/python" -m pip install --quiet \
+                --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
+            echo "$stamp" > "$stamp_file"
+        fi
     fi
 fi
