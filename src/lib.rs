@@ -21,9 +21,13 @@
 //! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
 //!   cache and the loader.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
-//! * [`executor_manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
-//! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
-//!   expiry, restart recovery) as a pure state machine.
+//! * [`executor_manager`] — the executor manager, one per node: its HTTP API
+//!   (`http_server`), allocation in named steps (`service`), spawning and reaping executors
+//!   (`spawn`), the link to the resource manager (`resource_manager_link`), billing.
+//! * [`scheduler`] — the resource manager's registry of nodes and leases as a pure state
+//!   machine, one file per concern: `registration` (register, heartbeat, drain, deregister),
+//!   `leasing` (grant, renew, release), `expiry` (tick: where a lease expires), `snapshot`
+//!   (restart recovery), `placement`, `invariants`.
 //! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
 //!   behind an HTTP/JSON API, with durable state.
 //! * [`http`] — what the HTTP servers share: JSON errors, body limits, authentication.
