@@ -36,6 +36,7 @@
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
 //! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
 //! * [`env`](mod@env) — every environment variable rfaas reads.
+//! * [`atomic_write`] — the one way a file is replaced atomically (and durably when asked).
 //!
 //! ## Features
 //!
@@ -49,6 +50,7 @@
 //! At run time `verbs` needs `libibverbs1 librdmacm1` (and a device to do anything useful),
 //! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
 
+pub mod atomic_write;
 pub mod bench;
 pub mod client;
 pub mod cluster;
