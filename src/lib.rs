@@ -36,6 +36,7 @@
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
 //! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
 //! * [`env`](mod@env) — every environment variable rfaas reads.
+//! * [`size`] — the one parser of sizes in bytes (`4096`, `64KiB`, `16GiB`, `2GB`).
 //! * [`atomic_write`] — the one way a file is replaced atomically (and durably when asked).
 //!
 //! ## Features
@@ -69,6 +70,7 @@ pub mod protocol;
 pub mod rdma;
 pub mod resource_manager;
 pub mod scheduler;
+pub mod size;
 
 #[cfg(feature = "mpi")]
 pub use mpi_glue::{offload, offload_async};

@@ -42,8 +42,8 @@ pub struct CommonArgs {
     /// Function to invoke (from the library).
     #[arg(long, default_value = "empty")]
     pub function: String,
-    /// Payload sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    /// Payload sizes, comma separated: bytes or with a unit (64,4KiB,1MiB).
+    #[arg(long, value_delimiter = ',', default_value = "64,4096", value_parser = |s: &str| crate::size::parse_size_at_most(s, 1 << 30))]
     pub sizes: Vec<usize>,
     /// Measured invocations (or allocations, for cold_benchmark) per size and mode.
     #[arg(long, default_value_t = 1000)]
