@@ -72,7 +72,7 @@ fn arena_bytes_from(value: Option<&str>) -> Result<usize> {
         return Ok(DEFAULT_ARENA_BYTES);
     };
     let bad = |why: String| FabricError::Invalid(format!("{var}: {why}"));
-    let n = crate::size::parse_size(&text).map_err(|e| bad(e.to_string()))?;
+    let n = crate::size::parse_size(text).map_err(|e| bad(e.to_string()))?;
     usize::try_from(n)
         .ok()
         .filter(|&n| n >= MIN_ARENA_BYTES)
