@@ -27,6 +27,8 @@ PKGS+=(libhwloc-dev hwloc libudev-dev)
 PKGS+=(slurm-wlm munge)
 # `column` for the demo's tables (not in minimal images)
 PKGS+=(bsdextrautils)
+# scripts/resource-manager-walkthrough.sh (run by tests/docs.rs): curl (above) and jq
+PKGS+=(jq)
 # analysis scripts and their tests
 PKGS+=(python3 python3-venv python3-pip)
 
