@@ -103,4 +103,11 @@ PY
         log "python: installing analysis/requirements.txt into $VENV"
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r analysis/requirements.txt
     fi
+    # The analysis as a command, $VENV/bin/rfaas-analysis (analysis/pyproject.toml): editable, so
+    # it follows the checkout; its dependencies are the pinned requirements above (pip fetches
+    # only the build backend, setuptools, from the index).
+    if [[ -f analysis/pyproject.toml && ! -x "$VENV/bin/rfaas-analysis" ]]; then
+        log "python: installing the rfaas-analysis command into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e ./analysis
+    fi
 fi
