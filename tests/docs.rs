@@ -183,7 +183,7 @@ fn every_flag_a_readme_command_shows_is_in_that_binarys_help() {
     let h = help("fabric_pingpong", &[]);
     for row in section.lines().filter(|l| l.starts_with("| `-")) {
         let cell = row.split('|').nth(1).unwrap();
-        for f in cell.split(|c: char| c == '`' || c == ',' || c == ' ') {
+        for f in cell.split(['`', ',', ' ']) {
             if f.starts_with("--") {
                 checked += 1;
                 if !mentions_flag(&h, f) {
