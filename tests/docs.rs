@@ -402,3 +402,45 @@ fn cold_benchmark_help_states_its_warmup_bound() {
         "{warmup}"
     );
 }
+
+#[test]
+fn the_readme_layout_matches_the_tree() {
+    let md = readme();
+    let block = md
+        .split("## Project layout")
+        .nth(1)
+        .and_then(|s| code_blocks(s).into_iter().next())
+        .expect("README has a project layout block")
+        .1;
+    let mut named = Vec::new();
+    for line in block.lines().filter(|l| !l.starts_with(' ')) {
+        // "src/pin.rs, src/env.rs pinning ..." names two paths.
+        let mut words = line.split_whitespace();
+        while let Some(w) = words.next() {
+            named.push(w.trim_end_matches(',').to_string());
+            if !w.ends_with(',') {
+                break;
+            }
+        }
+    }
+    let missing: Vec<_> = named.iter().filter(|p| !root().join(p).exists()).collect();
+    assert!(
+        missing.is_empty(),
+        "layout names what does not exist: {missing:?}"
+    );
+    // Every module of src/ is in the layout (lib.rs, logging.rs aside: named by lib.rs).
+    let mut absent = Vec::new();
+    for e in std::fs::read_dir(root().join("src")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().into_string().unwrap();
+        let path = if e.file_type().unwrap().is_dir() {
+            format!("src/{name}/")
+        } else {
+            format!("src/{name}")
+        };
+        if !["src/lib.rs", "src/logging.rs"].contains(&path.as_str()) && !block.contains(&path) {
+            absent.push(path);
+        }
+    }
+    assert!(absent.is_empty(), "not in the README's layout: {absent:?}");
+}
