@@ -415,8 +415,7 @@ fn the_readme_layout_matches_the_tree() {
     let mut named = Vec::new();
     for line in block.lines().filter(|l| !l.starts_with(' ')) {
         // "src/pin.rs, src/env.rs pinning ..." names two paths.
-        let mut words = line.split_whitespace();
-        while let Some(w) = words.next() {
+        for w in line.split_whitespace() {
             named.push(w.trim_end_matches(',').to_string());
             if !w.ends_with(',') {
                 break;

@@ -354,7 +354,10 @@ fn throughput_and_cold_two_ranks() {
         for row in mine {
             assert_eq!(row[h["in_flight"]], "4");
             let d: f64 = row[h["duration_ns"]].parse().unwrap();
-            assert!((d / 1e9 - seconds).abs() <= 1e-6 * seconds, "{d} vs {seconds}");
+            assert!(
+                (d / 1e9 - seconds).abs() <= 1e-6 * seconds,
+                "{d} vs {seconds}"
+            );
         }
     }
 
