@@ -1,6 +1,7 @@
 //! Every environment variable rfaas reads, in one place.
 
-/// Fabric provider: `shm` (default), `tcp` or `verbs`.
+/// Fabric provider: `shm` (default), `tcp` or `verbs`; read by the library, `fabric_pingpong`,
+/// `rfaas local-cluster start` and `rfaas executor-manager` (a `--provider` flag wins).
 pub const PROVIDER: &str = "RFAAS_PROVIDER";
 /// RDMA device name for the verbs provider (default: the first device found), e.g. `mlx5_0`.
 pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
