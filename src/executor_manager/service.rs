@@ -338,10 +338,9 @@ impl Service {
     /// Allocates: validate, reserve, spawn, wait until the executor is ready. Runs to the end
     /// even if the caller goes away (spawn it as a task): a half-made allocation never leaks.
     ///
-    /// The steps, in order, each a method below: [`Self::ensure_accepting`], [`validate`],
-    /// [`Self::lease_hold`], [`Self::library_path`], [`Self::reserve`],
-    /// [`Self::executor_config`], [`Self::spawn_supervised`], [`Self::wait_ready`], then
-    /// [`Self::answer`] or [`Self::abandon`].
+    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`],
+    /// `lease_hold`, `library_path`, `reserve`, `executor_config`, `spawn_supervised`,
+    /// `wait_ready`, then `answer` or `abandon`.
     pub async fn allocate(
         self: Arc<Self>,
         req: AllocationRequest,

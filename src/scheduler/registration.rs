@@ -23,7 +23,7 @@ pub struct Registered {
     pub new: bool,
     /// Whether it had been marked dead (it is alive again).
     pub revived: bool,
-    /// Hosted leases the scheduler did not know: now live, with [`Config::adopt_ttl_ms`].
+    /// Hosted leases the scheduler did not know: now live, with [`Config::adopt_ttl_ms`](super::Config::adopt_ttl_ms).
     pub adopted: Vec<LeaseId>,
     /// Hosted leases it knew: their part on this node is at least what the node reports.
     pub confirmed: Vec<LeaseId>,
