@@ -443,3 +443,26 @@ fn the_readme_layout_matches_the_tree() {
     }
     assert!(absent.is_empty(), "not in the README's layout: {absent:?}");
 }
+
+#[test]
+fn local_cluster_and_status_help_name_the_resource_manager() {
+    for subs in [
+        &["local-cluster"][..],
+        &["local-cluster", "start"],
+        &["status"],
+    ] {
+        let subs: Vec<String> = subs.iter().map(|s| s.to_string()).collect();
+        let h = help("rfaas", &subs);
+        assert!(
+            h.contains("resource manager"),
+            "rfaas {subs:?} --help:\n{h}"
+        );
+    }
+    let h = help("rfaas", &["local-cluster".into(), "stop".into()]);
+    assert!(h.contains("rm-state.json is kept"), "{h}");
+    let h = help("rfaas", &["local-cluster".into(), "start".into()]);
+    assert!(
+        h.contains("RFAAS_PROVIDER") && h.contains("--resume-state"),
+        "{h}"
+    );
+}
