@@ -27,6 +27,8 @@ PKGS+=(libhwloc-dev hwloc libudev-dev)
 PKGS+=(slurm-wlm munge)
 # `column` for the demo's tables (not in minimal images)
 PKGS+=(bsdextrautils)
+# scripts/resource-manager-walkthrough.sh (run by tests/docs.rs): curl (above) and jq
+PKGS+=(jq)
 # analysis scripts and their tests; the Python package (python/): mpi4py builds from source
 # against OpenMPI and needs the Python headers
 PKGS+=(python3 python3-venv python3-pip python3-dev)
@@ -132,5 +134,12 @@ if [[ "${RFAAS_SETUP_SKIP_PYTHON:-0}" != 1 ]]; then
                 --disable-pip-version-check --no-build-isolation --no-deps --force-reinstall ./python
             echo "$stamp" > "$stamp_file"
         fi
+    fi
+    # The analysis as a command, $VENV/bin/rfaas-analysis (analysis/pyproject.toml): editable, so
+    # it follows the checkout; its dependencies are the pinned requirements above (pip fetches
+    # only the build backend, setuptools, from the index).
+    if [[ -f analysis/pyproject.toml && ! -x "$VENV/bin/rfaas-analysis" ]]; then
+        log "python: installing the rfaas-analysis command into $VENV"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e ./analysis
     fi
 fi

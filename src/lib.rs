@@ -21,9 +21,13 @@
 //! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
 //!   cache and the loader.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
-//! * [`executor_manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
-//! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
-//!   expiry, restart recovery) as a pure state machine.
+//! * [`executor_manager`] — the executor manager, one per node: its HTTP API
+//!   (`http_server`), allocation in named steps (`service`), spawning and reaping executors
+//!   (`spawn`), the link to the resource manager (`resource_manager_link`), billing.
+//! * [`scheduler`] — the resource manager's registry of nodes and leases as a pure state
+//!   machine, one file per concern: `registration` (register, heartbeat, drain, deregister),
+//!   `leasing` (grant, renew, release), `expiry` (tick: where a lease expires), `snapshot`
+//!   (restart recovery), `placement`, `invariants`.
 //! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
 //!   behind an HTTP/JSON API, with durable state.
 //! * [`http`] — what the HTTP servers share: JSON errors, body limits, authentication.
@@ -32,6 +36,8 @@
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
 //! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
 //! * [`env`](mod@env) — every environment variable rfaas reads.
+//! * [`size`] — the one parser of sizes in bytes (`4096`, `64KiB`, `16GiB`, `2GB`).
+//! * [`atomic_write`] — the one way a file is replaced atomically (and durably when asked).
 //!
 //! ## Features
 //!
@@ -45,6 +51,7 @@
 //! At run time `verbs` needs `libibverbs1 librdmacm1` (and a device to do anything useful),
 //! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
 
+pub mod atomic_write;
 pub mod bench;
 pub mod client;
 pub mod cluster;
@@ -63,6 +70,7 @@ pub mod protocol;
 pub mod rdma;
 pub mod resource_manager;
 pub mod scheduler;
+pub mod size;
 
 #[cfg(feature = "mpi")]
 pub use mpi_glue::{offload, offload_async};

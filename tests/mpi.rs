@@ -344,6 +344,22 @@ fn throughput_and_cold_two_ranks() {
         "{meta}"
     );
     assert!(text.contains("total throughput 64 B:"), "{text}");
+    // The columns analysis/ computes the rate from: in_flight, and each rank's phase duration,
+    // the same as the rank's seconds in the metadata.
+    for r in t["ranks"].as_array().unwrap() {
+        let rank = r["rank"].as_u64().unwrap().to_string();
+        let mine: Vec<_> = rows.iter().filter(|row| row[h["rank"]] == rank).collect();
+        assert_eq!(mine.len(), 200, "rank {rank}");
+        let seconds = r["seconds"].as_f64().unwrap();
+        for row in mine {
+            assert_eq!(row[h["in_flight"]], "4");
+            let d: f64 = row[h["duration_ns"]].parse().unwrap();
+            assert!(
+                (d / 1e9 - seconds).abs() <= 1e-6 * seconds,
+                "{d} vs {seconds}"
+            );
+        }
+    }
 
     let out = c.out("cold.csv");
     let args = bench_args(

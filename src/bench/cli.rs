@@ -107,25 +107,7 @@ pub struct Args {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => {
-            let mult = match s[i..].to_ascii_lowercase().as_str() {
-                "k" | "kib" | "ki" => 1 << 10,
-                "m" | "mib" | "mi" => 1 << 20,
-                "b" => 1,
-                other => return Err(format!("unknown size suffix {other:?} (use K or M)")),
-            };
-            (&s[..i], mult)
-        }
-    };
-    let n: usize = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let n = n
-        .checked_mul(mult)
-        .filter(|&n| n <= MAX_PAYLOAD)
-        .ok_or_else(|| format!("{s:?}: larger than 1 GiB"))?;
-    Ok(n)
+    crate::size::parse_size_at_most(s, MAX_PAYLOAD).map_err(|e| e.to_string())
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

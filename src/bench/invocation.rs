@@ -42,8 +42,8 @@ pub struct CommonArgs {
     /// Function to invoke (from the library).
     #[arg(long, default_value = "empty")]
     pub function: String,
-    /// Payload sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    /// Payload sizes, comma separated: bytes or with a unit (64,4KiB,1MiB).
+    #[arg(long, value_delimiter = ',', default_value = "64,4096", value_parser = |s: &str| crate::size::parse_size_at_most(s, 1 << 30))]
     pub sizes: Vec<usize>,
     /// Measured invocations (or allocations, for cold_benchmark) per size and mode.
     #[arg(long, default_value_t = 1000)]
@@ -190,12 +190,32 @@ pub fn write_outputs(
     config: serde_json::Value,
     extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), BenchError> {
-    if let Some(dir) = args.output.parent() {
+    write_outputs_to(
+        &args.output,
+        benchmark,
+        records,
+        extra_columns,
+        config,
+        extra,
+    )
+}
+
+/// [`write_outputs`] to the CSV file `output` (for benchmarks without [`CommonArgs`]:
+/// `lease_benchmark`, `scheduler_bench`).
+pub fn write_outputs_to(
+    output: &Path,
+    benchmark: &str,
+    records: &[Record],
+    extra_columns: &[&str],
+    config: serde_json::Value,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), BenchError> {
+    if let Some(dir) = output.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
         }
     }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&args.output)?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(output)?);
     let mut header = INVOCATION_HEADER.to_string();
     for c in extra_columns {
         header.push(',');
@@ -212,13 +232,13 @@ pub fn write_outputs(
         "git_rev": git_rev(),
         "config": config,
         "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
-        "csv": args.output.display().to_string(),
+        "csv": output.display().to_string(),
     });
     if let Some(m) = meta.as_object_mut() {
         m.extend(extra);
     }
     std::fs::write(
-        args.output.with_extension("json"),
+        output.with_extension("json"),
         serde_json::to_string_pretty(&meta).unwrap_or_default(),
     )?;
     Ok(())

@@ -517,6 +517,7 @@ fn throughput_phase(
     let mut output = vec![0u8; p.bytes.max(1)];
     let mut flight = VecDeque::with_capacity(in_flight);
     let mut submitted = 0usize;
+    let first_record = state.records.len();
     let start = Instant::now();
     loop {
         while flight.len() < in_flight && submitted < p.count {
@@ -537,11 +538,16 @@ fn throughput_phase(
         }
     }
     if p.measured {
+        let elapsed_ns = start.elapsed().as_nanos() as u64;
+        // The columns analysis/ computes the rate from: in_flight, duration_ns.
+        for r in &mut state.records[first_record..] {
+            r.phases = vec![in_flight as u64, elapsed_ns];
+        }
         state.rates.push((
             p.bytes,
             Rate {
                 invocations: p.count as u64,
-                elapsed_ns: start.elapsed().as_nanos() as u64,
+                elapsed_ns,
             },
         ));
     }
@@ -850,6 +856,7 @@ fn write_root(
     extra.insert("summary".into(), outcome.summary.clone().into());
     let extra_columns: &[&str] = match args.mode {
         ScalableMode::Cold => &COLD_PHASES,
+        ScalableMode::Throughput => &["in_flight", "duration_ns"],
         _ => &[],
     };
     write_outputs(c, BENCHMARK, &records, extra_columns, config, extra)?;

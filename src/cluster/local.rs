@@ -18,7 +18,8 @@
 //! Unless `--no-resource-manager` is given, a resource manager starts first (its own session, line `rm` in
 //! `pids`), every executor manager registers with it (node names `em-N`, unique), and
 //! `cluster.json` names it: clients then lease before allocating. `stop` stops the executor
-//! managers first (they deregister), then the resource manager.
+//! managers first (they deregister), then the resource manager, and keeps its state file
+//! (`start --resume-state` starts from it; a plain `start` discards it).
 //!
 //! Each manager gets its own cores (the cpuset of `start` split evenly, or `--cores-per-node`),
 //! so two allocations never share a core even across managers. `stop` SIGTERMs every manager
@@ -48,7 +49,7 @@ pub struct StartArgs {
     #[arg(long, value_name = "DIR")]
     pub run_dir: PathBuf,
     /// Fabric provider of the executors: shm (one node) or tcp.
-    #[arg(long, default_value = "shm")]
+    #[arg(long, default_value = "shm", env = crate::env::PROVIDER)]
     pub provider: Provider,
     /// Executor managers to start (all on 127.0.0.1).
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -76,6 +77,11 @@ pub struct StartArgs {
     /// this command win).
     #[arg(long, value_name = "FILE")]
     pub resource_manager_config: Option<PathBuf>,
+    /// Start the resource manager from the state a previous cluster in DIR left in
+    /// DIR/rm-state.json (kept by `stop`): its leases and nodes come back. Without it the
+    /// file is discarded and the cluster starts empty.
+    #[arg(long, conflicts_with = "no_resource_manager")]
+    pub resume_state: bool,
 }
 
 /// `rfaas local-cluster stop`.
@@ -209,8 +215,11 @@ fn start_rm(
     let name = "rm";
     let ready = dir.ready_file(name);
     let _ = fs::remove_file(&ready);
-    // A new cluster: the state of a previous one names managers that are gone.
-    let _ = fs::remove_file(dir.rm_state());
+    // A new cluster, unless asked to resume: the state of a previous one names leases whose
+    // clients are gone.
+    if !args.resume_state {
+        let _ = fs::remove_file(dir.rm_state());
+    }
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -553,7 +562,9 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for path in [dir.pids(), dir.cluster_file(), dir.rm_state()] {
+    // DIR/rm-state.json stays: it is the resource manager's durable state (`start
+    // --resume-state` picks it up).
+    for path in [dir.pids(), dir.cluster_file()] {
         let _ = fs::remove_file(path);
     }
     for (_, name) in ours.iter().chain(&gone) {

@@ -25,7 +25,6 @@
 //! flag of the same name (`--fabric-host`, ...); a flag wins over the file.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -458,31 +457,9 @@ pub fn format_cpulist(cores: &[u32]) -> String {
     parts.join(",")
 }
 
-/// Parses a size: plain bytes, or a number with a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`,
-/// `T`/`TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
+/// Parses a size with [`crate::size::parse_size`] (bytes, `512MiB`, `4GiB`, `8G`, `2GB`).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let bad = || {
-        ConfigError::Invalid(format!(
-            "bad size {s:?}: expected bytes or e.g. 512MiB, 4GiB, 8G"
-        ))
-    };
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n = u64::from_str(num).map_err(|_| bad())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
+    crate::size::parse_size(s).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// The node's MemTotal, bytes (1 GiB when /proc/meminfo cannot be read).

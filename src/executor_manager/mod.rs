@@ -34,10 +34,12 @@ pub mod service;
 pub mod spawn;
 pub mod topology;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::atomic_write::{write_json_atomic, Durability};
 
 pub use config::{ConfigError, ManagerArgs, ManagerConfig};
 pub use service::{Service, ServiceError};
@@ -85,14 +87,6 @@ pub struct ReadyInfo {
     pub http: String,
     /// Process id.
     pub pid: u32,
-}
-
-/// Writes `value` as JSON to `path` atomically (temporary file + rename).
-pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let json = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Runs an executor manager until SIGTERM or SIGINT (`rfaas executor-manager`).
@@ -145,7 +139,8 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
             http: http.clone(),
             pid: std::process::id(),
         };
-        write_json_atomic(path, &info).map_err(io_err(format!("write {}", path.display())))?;
+        write_json_atomic(path, &info, 0o644, Durability::Atomic)
+            .map_err(io_err(format!("write {}", path.display())))?;
     }
 
     let rm_task = cfg.resource_manager.as_ref().map(|addr| {

@@ -13,8 +13,6 @@
 //! known again, leases keep the time they had left, and lease ids continue after the highest
 //! ever used, so no core and no id is granted twice.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -22,6 +20,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
+
+use crate::atomic_write::Durability;
 
 use crate::scheduler::{Config, Event, Millis, SchedError, Scheduler, Snapshot, TokenSource};
 
@@ -319,35 +319,15 @@ impl RmState {
     }
 }
 
-/// Writes `value` as JSON to `path` atomically and durably: temporary file (mode 0600) in the
-/// same directory, fsync, rename, fsync of the directory.
+/// Writes `value` as JSON to `path` atomically and durably (mode 0600; see
+/// [`crate::atomic_write`]).
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
     };
     let json = serde_json::to_vec(value).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = path.with_file_name(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&json).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+    crate::atomic_write::write_atomic(path, &json, 0o600, Durability::Synced).map_err(io)
 }
 
 #[cfg(test)]
