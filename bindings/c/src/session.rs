@@ -136,23 +136,45 @@ fn check_mpi() -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `comm` is an inter-communicator, with MPI errors returned instead of aborting while
+/// MPI looks at it (an invalid handle is reported on `MPI_COMM_WORLD`, whose handler is
+/// restored afterwards).
+fn test_inter(comm: MPI_Comm) -> Result<bool, Error> {
+    let mut saved = std::mem::MaybeUninit::<mpi::ffi::MPI_Errhandler>::uninit();
+    let mut inter: c_int = 0;
+    // SAFETY: MPI is initialised (checked by the caller); `saved` is written by MPI, then put
+    // back; `comm` is the caller's handle, which MPI validates (errors return, not abort).
+    let rc = unsafe {
+        let world = mpi::ffi::RSMPI_COMM_WORLD;
+        mpi::ffi::MPI_Comm_get_errhandler(world, saved.as_mut_ptr());
+        mpi::ffi::MPI_Comm_set_errhandler(world, mpi::ffi::RSMPI_ERRORS_RETURN);
+        let rc = mpi::ffi::MPI_Comm_test_inter(comm, &mut inter);
+        let mut saved = saved.assume_init();
+        mpi::ffi::MPI_Comm_set_errhandler(world, saved);
+        mpi::ffi::MPI_Errhandler_free(&mut saved);
+        rc
+    };
+    if rc != 0 {
+        return Err(Error::invalid(format!(
+            "the communicator is not valid (MPI_Comm_test_inter returned error {rc})"
+        )));
+    }
+    Ok(inter != 0)
+}
+
 /// A duplicate of the caller's intra-communicator, owned by rfaas.
 fn own_duplicate(comm: MPI_Comm) -> Result<SimpleCommunicator, Error> {
     check_mpi()?;
+    // SAFETY: an all-zero MPI_Comm is a plain value (a NULL pointer in Open MPI), only compared.
+    let zero: MPI_Comm = unsafe { std::mem::zeroed() };
     // SAFETY: reading an MPI constant.
-    if comm == unsafe { mpi::ffi::RSMPI_COMM_NULL } {
-        return Err(Error::invalid("the communicator is MPI_COMM_NULL"));
+    if comm == unsafe { mpi::ffi::RSMPI_COMM_NULL } || comm == zero {
+        return Err(Error::invalid(
+            "the communicator is MPI_COMM_NULL (or a Fortran handle that names no communicator)",
+        ));
     }
-    let mut inter: c_int = 0;
-    // SAFETY: MPI is initialised; `comm` is a communicator handle of the caller's (an invalid one
-    // makes MPI's error handler act, as for any MPI call).
-    let rc = unsafe { mpi::ffi::MPI_Comm_test_inter(comm, &mut inter) };
-    if rc != 0 {
-        return Err(Error::invalid(format!(
-            "the communicator is not valid (MPI_Comm_test_inter returned {rc})"
-        )));
-    }
-    if inter != 0 {
+    let inter = test_inter(comm)?;
+    if inter {
         return Err(Error::invalid(
             "the communicator is an inter-communicator; give an intra-communicator",
         ));
