@@ -33,7 +33,14 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#if defined(__cplusplus) && !defined(OMPI_SKIP_MPICXX)
+#define OMPI_SKIP_MPICXX 1
+#endif
+#if defined(__cplusplus) && !defined(MPICH_SKIP_MPICXX)
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
+
 
 // What every `int`-returning function of the C API returns: `RFAAS_STATUS_OK` (0) or the kind
 // of error; `rfaas_last_error()` then says what exactly went wrong.
@@ -185,6 +192,13 @@ int rfaas_allocation_spec_init(struct rfaas_allocation_spec *spec);
 // # Safety
 // `path` NULL or a NUL-terminated string; `out` valid for a write.
 int rfaas_cluster_open(const char *path, struct rfaas_cluster **out);
+
+// The fabric provider of the cluster's executors ("shm", "tcp" or "verbs"); NULL for a NULL
+// cluster. Static string. Thread-safe.
+//
+// # Safety
+// `cluster` NULL or from `rfaas_cluster_open`.
+const char *rfaas_cluster_provider(const struct rfaas_cluster *cluster);
 
 // Closes a cluster (NULL is ignored). Allocations made from it stay valid.
 //

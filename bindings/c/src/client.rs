@@ -104,6 +104,26 @@ pub unsafe extern "C" fn rfaas_cluster_open(
     })
 }
 
+/// The fabric provider of the cluster's executors ("shm", "tcp" or "verbs"); NULL for a NULL
+/// cluster. Static string. Thread-safe.
+///
+/// # Safety
+/// `cluster` NULL or from `rfaas_cluster_open`.
+#[no_mangle]
+pub unsafe extern "C" fn rfaas_cluster_provider(cluster: *const rfaas_cluster) -> *const c_char {
+    if cluster.is_null() {
+        return std::ptr::null();
+    }
+    // SAFETY: not NULL, a live handle by contract.
+    match unsafe { &(*cluster).inner }.provider {
+        rfaas_core::rdma::Provider::Shm => "shm\0",
+        rfaas_core::rdma::Provider::Tcp => "tcp\0",
+        rfaas_core::rdma::Provider::Verbs => "verbs\0",
+    }
+    .as_ptr()
+    .cast()
+}
+
 /// Closes a cluster (NULL is ignored). Allocations made from it stay valid.
 ///
 /// # Safety
