@@ -131,8 +131,8 @@ pub unsafe extern "C" fn rfaas_cluster_provider(cluster: *const rfaas_cluster) -
 #[no_mangle]
 pub unsafe extern "C" fn rfaas_cluster_close(cluster: *mut rfaas_cluster) {
     if !cluster.is_null() {
-        // SAFETY: from Box::into_raw in rfaas_cluster_open, closed once by contract.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: from Box::into_raw in rfaas_cluster_open, closed once by contract.
             drop(unsafe { Box::from_raw(cluster) })
         }));
     }

@@ -493,8 +493,8 @@ pub unsafe extern "C" fn rfaas_session_finish(
 #[no_mangle]
 pub unsafe extern "C" fn rfaas_session_free(session: *mut rfaas_session) {
     if !session.is_null() {
-        // SAFETY: from Box::into_raw in rfaas_session_init, freed once by contract.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: from Box::into_raw in rfaas_session_init, freed once by contract.
             drop(unsafe { Box::from_raw(session) })
         }));
     }

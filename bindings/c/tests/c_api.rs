@@ -70,9 +70,7 @@ fn run(mut cmd: Command, what: &str) -> (ExitStatus, String) {
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {what}: {e}"));
     let deadline = Instant::now() + RUN_TIMEOUT;
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -208,7 +206,11 @@ impl LocalCluster {
     }
 
     fn file(&self) -> String {
-        self.dir.path().join("run/cluster.json").display().to_string()
+        self.dir
+            .path()
+            .join("run/cluster.json")
+            .display()
+            .to_string()
     }
 }
 
@@ -364,9 +366,7 @@ fn bad_input_gets_codes_and_messages_two_ranks() {
     assert!(ok_lines > 40, "{text}");
     for rank in 0..2 {
         assert!(
-            text.contains(&format!(
-                "bad_input: rank {rank}: {ok_lines} checks passed"
-            )),
+            text.contains(&format!("bad_input: rank {rank}: {ok_lines} checks passed")),
             "rank {rank} did not pass its {ok_lines} checks:\n{text}"
         );
     }
@@ -409,12 +409,15 @@ fn capi_bench_script_writes_both_clients() {
         assert_eq!(f.len(), header.len(), "{l}");
         assert_eq!(f[size], "64");
         assert!(f[lat].parse::<u64>().unwrap() > 0, "{l}");
-        *per_client.entry(f[header.len() - 1].to_string()).or_insert(0) += 1;
+        *per_client
+            .entry(f[header.len() - 1].to_string())
+            .or_insert(0) += 1;
     }
-    let want: std::collections::BTreeMap<String, usize> = [("c", reps * rounds), ("rust", reps * rounds)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let want: std::collections::BTreeMap<String, usize> =
+        [("c", reps * rounds), ("rust", reps * rounds)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     assert_eq!(per_client, want, "{text}");
     assert!(text.contains("capi_bench: shm hot 64 B: rust n="), "{text}");
 }
