@@ -9,7 +9,7 @@
 #   scripts/capi-bench.sh [BUILD_DIR] [OUT_CSV]      BUILD_DIR: target/release (default)
 #
 # Environment: SIZES (64), REPETITIONS (20000), WARMUP (1000), ROUNDS (3), PROVIDER (shm).
-# Needs BUILD_DIR/{rfaas,warm_benchmark,libfunctions.so,librfaas.so}: make bench-capi builds them.
+# Needs BUILD_DIR/{rfaas,warm_benchmark,libfunctions.so} and librfaas_c.so: make bench-capi builds them.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,7 +20,7 @@ reps="${REPETITIONS:-20000}"
 warmup="${WARMUP:-1000}"
 rounds="${ROUNDS:-3}"
 provider="${PROVIDER:-shm}"
-for f in rfaas warm_benchmark libfunctions.so librfaas.so; do
+for f in rfaas warm_benchmark libfunctions.so; do
     [[ -f "$build/$f" ]] || { echo "capi-bench: $build/$f is missing" >&2; exit 1; }
 done
 mkdir -p "$(dirname "$out")"

@@ -18,19 +18,28 @@ fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
 prefix="$1"
 build="${2:-$root/target/release}"
-for f in librfaas.so librfaas.a; do
-    if [[ ! -f "$build/$f" ]]; then
-        echo "$build/$f is missing: build it first (cargo build --release -p rfaas-c)" >&2
+# cargo uplifts the libraries into BUILD_DIR when the crate is built on its own, and leaves
+# them in BUILD_DIR/deps when they are built for its tests: take the newer.
+pick() {
+    local a="$build/$1" b="$build/deps/$1"
+    if [[ -f "$b" && ( ! -f "$a" || "$b" -nt "$a" ) ]]; then a="$b"; fi
+    if [[ ! -f "$a" ]]; then
+        echo "$build/$1 is missing: build it first (cargo build --release -p rfaas-c)" >&2
         exit 1
     fi
-done
+    echo "$a"
+}
+so="$(pick librfaas_c.so)"
+ar="$(pick librfaas_c.a)"
 mkdir -p "$prefix"
 prefix="$(cd "$prefix" && pwd)"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/bindings/c/Cargo.toml" | head -1)"
 
 install -d "$prefix/lib/pkgconfig" "$prefix/include"
-install -m 0755 "$build/librfaas.so" "$prefix/lib/librfaas.so"
-install -m 0644 "$build/librfaas.a" "$prefix/lib/librfaas.a"
+# cargo names them after the crate (rfaas_c); the library users link is rfaas. The shared
+# library has that name as its SONAME (bindings/c/build.rs).
+install -m 0755 "$so" "$prefix/lib/librfaas.so"
+install -m 0644 "$ar" "$prefix/lib/librfaas.a"
 install -m 0644 "$root/bindings/c/include/rfaas.h" "$prefix/include/rfaas.h"
 install -m 0644 "$root/bindings/fortran/rfaas.f90" "$prefix/include/rfaas.f90"
 

@@ -97,7 +97,7 @@ module rfaas
             integer(c_int) :: rc
         end function rfaas_offload
 
-        ! The input may be reused on return; the output buffer is given to rfaas_wait_offload.
+        ! The input may be reused on return; the output buffer is given to rfaas_wait.
         function rfaas_offload_async(session, name, input, input_len, output_capacity, &
                 offload) bind(c, name="rfaas_offload_async") result(rc)
             import :: c_int, c_ptr, c_char, c_size_t
@@ -110,8 +110,8 @@ module rfaas
             integer(c_int) :: rc
         end function rfaas_offload_async
 
-        function rfaas_wait_offload(session, offload, output, output_capacity, output_len) &
-                bind(c, name="rfaas_wait_offload") result(rc)
+        function rfaas_wait(session, offload, output, output_capacity, output_len) &
+                bind(c, name="rfaas_wait") result(rc)
             import :: c_int, c_ptr, c_size_t
             type(c_ptr), value :: session
             type(c_ptr), value :: offload
@@ -119,7 +119,7 @@ module rfaas
             integer(c_size_t), value :: output_capacity
             integer(c_size_t), intent(out) :: output_len
             integer(c_int) :: rc
-        end function rfaas_wait_offload
+        end function rfaas_wait
 
         function rfaas_session_finish(session, report) bind(c, name="rfaas_session_finish") &
                 result(rc)

@@ -69,12 +69,12 @@ int main(int argc, char **argv) {
             int done = 0;
             long polls = 0;
             while (!done) {
-                CHECK(rfaas_poll(exec, pending[i], out, sizeof out, &n, &done));
+                CHECK(rfaas_poll_pending(exec, pending[i], out, sizeof out, &n, &done));
                 polls++;
             }
             printf("echo_client: poll: done after %ld polls\n", polls);
         } else {
-            CHECK(rfaas_wait(exec, pending[i], out, sizeof out, &n));
+            CHECK(rfaas_wait_pending(exec, pending[i], out, sizeof out, &n));
         }
         if (n != strlen(inputs[i]) || memcmp(out, inputs[i], n) != 0) {
             fprintf(stderr, "echo_client: call %d: got \"%.*s\"\n", i, (int)n, out);

@@ -121,9 +121,9 @@ int main(int argc, char **argv) {
         long first = collected * batch, count = n - first < batch ? n - first : batch;
         double local[2];
         size_t got = 0;
-        rc = rfaas_wait_offload(session, inflight[collected % IN_FLIGHT], &remote[2 * first],
+        rc = rfaas_wait(session, inflight[collected % IN_FLIGHT], &remote[2 * first],
                                 count * 2 * sizeof(double), &got);
-        if (rc != RFAAS_STATUS_OK) { err = fail(rank, "rfaas_wait_offload", rc); break; }
+        if (rc != RFAAS_STATUS_OK) { err = fail(rank, "rfaas_wait", rc); break; }
         if (got != (size_t)count * 2 * sizeof(double)) {
             fprintf(stderr, "offload_mpi: rank %d: batch %ld: %zu bytes back\n", rank, collected, got);
             err = 1;

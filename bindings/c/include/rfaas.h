@@ -15,13 +15,13 @@
  * - rfaas_last_error(), rfaas_status_name(), rfaas_version(): any thread (per-thread message).
  * - rfaas_cluster_open/close and rfaas_allocate: any thread; a cluster may be shared.
  * - An rfaas_executor may be shared by threads: rfaas_function, rfaas_invoke, rfaas_submit,
- *   rfaas_wait, rfaas_poll and rfaas_executor_info are thread-safe (concurrent calls use
- *   different workers; calls on the same worker take turns). rfaas_deallocate must not run
- *   concurrently with any other call on the same executor.
+ *   rfaas_wait_pending, rfaas_poll_pending and rfaas_executor_info are thread-safe
+ *   (concurrent calls use different workers; calls on the same worker take turns).
+ *   rfaas_deallocate must not run concurrently with any other call on the same executor.
  * - An rfaas_session belongs to the thread that called rfaas_session_init: every session call
  *   from another thread fails with RFAAS_STATUS_INVALID_ARGUMENT. rfaas_session_init and
  *   rfaas_session_finish are collective over the communicator; rfaas_offload,
- *   rfaas_offload_async and rfaas_wait_offload make no MPI call. The application initialises and
+ *   rfaas_offload_async and rfaas_wait make no MPI call. The application initialises and
  *   finalises MPI itself (any thread level); finish the session before MPI_Finalize.
  */
 
@@ -83,11 +83,11 @@ typedef struct rfaas_cluster rfaas_cluster;
 // An allocation: workers connected and ready to invoke (opaque).
 typedef struct rfaas_executor rfaas_executor;
 
-// An offload in flight from `rfaas_offload_async` (opaque); `rfaas_wait_offload` consumes it.
+// An offload in flight from `rfaas_offload_async` (opaque); `rfaas_wait` consumes it.
 typedef struct rfaas_offload_pending rfaas_offload_pending;
 
-// An invocation in flight from `rfaas_submit` (opaque); `rfaas_wait`, or `rfaas_poll` once it
-// reports done, consumes it.
+// An invocation in flight from `rfaas_submit` (opaque); `rfaas_wait_pending`, or
+// `rfaas_poll_pending` once it reports done, consumes it.
 typedef struct rfaas_pending rfaas_pending;
 
 // A session on this rank (opaque). Used from the thread that created it only.
@@ -243,7 +243,8 @@ int rfaas_invoke(const struct rfaas_executor *executor,
 
 // Posts function `function` on `input` to worker `worker` (-1: round-robin) and returns at
 // once with `*pending`; the result (at most `output_capacity` bytes) is collected with
-// `rfaas_wait` or `rfaas_poll`. `RFAAS_STATUS_BUSY` when every slot of the worker is in use.
+// `rfaas_wait_pending` or `rfaas_poll_pending`. `RFAAS_STATUS_BUSY` when every slot of the
+// worker is in use.
 // Many calls may be in flight (slots × workers). Thread-safe.
 //
 // # Safety
@@ -262,24 +263,24 @@ int rfaas_submit(const struct rfaas_executor *executor,
 // # Safety
 // `executor` the live handle that submitted `pending`; `pending` from `rfaas_submit`, not
 // consumed yet; `output` `output_capacity` writable bytes; `output_len` NULL or writable.
-int rfaas_wait(const struct rfaas_executor *executor,
-               struct rfaas_pending *pending,
-               void *output,
-               size_t output_capacity,
-               size_t *output_len);
+int rfaas_wait_pending(const struct rfaas_executor *executor,
+                       struct rfaas_pending *pending,
+                       void *output,
+                       size_t output_capacity,
+                       size_t *output_len);
 
 // Checks a submitted call without blocking: `*done` is 0 while it runs (`pending` stays
 // valid), 1 when it finished (result in `output`) or failed (the code says why); `pending` is
 // consumed when `*done` is 1. Thread-safe.
 //
 // # Safety
-// As `rfaas_wait`; `done` valid for a write.
-int rfaas_poll(const struct rfaas_executor *executor,
-               struct rfaas_pending *pending,
-               void *output,
-               size_t output_capacity,
-               size_t *output_len,
-               int *done);
+// As `rfaas_wait_pending`; `done` valid for a write.
+int rfaas_poll_pending(const struct rfaas_executor *executor,
+                       struct rfaas_pending *pending,
+                       void *output,
+                       size_t output_capacity,
+                       size_t *output_len,
+                       int *done);
 
 // Workers, input and output capacity of an allocation (each out-pointer may be NULL).
 //
@@ -345,7 +346,7 @@ int rfaas_offload(const struct rfaas_session *session,
                   size_t *output_len);
 
 // Posts `function` on `input` from this rank and returns at once with `*offload` (result of
-// at most `output_capacity` bytes); collect it with `rfaas_wait_offload`. No MPI call.
+// at most `output_capacity` bytes); collect it with `rfaas_wait`. No MPI call.
 // `RFAAS_STATUS_BUSY` when the chosen worker's slots are all in use.
 //
 // # Safety
@@ -363,11 +364,11 @@ int rfaas_offload_async(const struct rfaas_session *session,
 // # Safety
 // `session` the live handle that posted `offload`; `offload` not consumed yet; `output`
 // `output_capacity` writable bytes; `output_len` NULL or writable.
-int rfaas_wait_offload(const struct rfaas_session *session,
-                       struct rfaas_offload_pending *offload,
-                       void *output,
-                       size_t output_capacity,
-                       size_t *output_len);
+int rfaas_wait(const struct rfaas_session *session,
+               struct rfaas_offload_pending *offload,
+               void *output,
+               size_t output_capacity,
+               size_t *output_len);
 
 // Ends the session on every rank (collective): gathers every rank's counts and latencies to
 // rank 0, which ends the allocations and releases the lease. `*report` (may be NULL) is filled

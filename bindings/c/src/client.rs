@@ -21,8 +21,8 @@ pub struct rfaas_executor {
     inner: Box<dyn AnyExecutor>,
 }
 
-/// An invocation in flight from `rfaas_submit` (opaque); `rfaas_wait`, or `rfaas_poll` once it
-/// reports done, consumes it.
+/// An invocation in flight from `rfaas_submit` (opaque); `rfaas_wait_pending`, or
+/// `rfaas_poll_pending` once it reports done, consumes it.
 pub struct rfaas_pending {
     inner: Pending,
 }
@@ -297,7 +297,8 @@ pub unsafe extern "C" fn rfaas_invoke(
 
 /// Posts function `function` on `input` to worker `worker` (-1: round-robin) and returns at
 /// once with `*pending`; the result (at most `output_capacity` bytes) is collected with
-/// `rfaas_wait` or `rfaas_poll`. `RFAAS_STATUS_BUSY` when every slot of the worker is in use.
+/// `rfaas_wait_pending` or `rfaas_poll_pending`. `RFAAS_STATUS_BUSY` when every slot of the
+/// worker is in use.
 /// Many calls may be in flight (slots × workers). Thread-safe.
 ///
 /// # Safety
@@ -341,7 +342,7 @@ pub unsafe extern "C" fn rfaas_submit(
 /// `executor` the live handle that submitted `pending`; `pending` from `rfaas_submit`, not
 /// consumed yet; `output` `output_capacity` writable bytes; `output_len` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn rfaas_wait(
+pub unsafe extern "C" fn rfaas_wait_pending(
     executor: *const rfaas_executor,
     pending: *mut rfaas_pending,
     output: *mut c_void,
@@ -373,9 +374,9 @@ pub unsafe extern "C" fn rfaas_wait(
 /// consumed when `*done` is 1. Thread-safe.
 ///
 /// # Safety
-/// As `rfaas_wait`; `done` valid for a write.
+/// As `rfaas_wait_pending`; `done` valid for a write.
 #[no_mangle]
-pub unsafe extern "C" fn rfaas_poll(
+pub unsafe extern "C" fn rfaas_poll_pending(
     executor: *const rfaas_executor,
     pending: *mut rfaas_pending,
     output: *mut c_void,

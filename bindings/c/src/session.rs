@@ -77,7 +77,7 @@ pub struct rfaas_session {
     thread: u64,
 }
 
-/// An offload in flight from `rfaas_offload_async` (opaque); `rfaas_wait_offload` consumes it.
+/// An offload in flight from `rfaas_offload_async` (opaque); `rfaas_wait` consumes it.
 pub struct rfaas_offload_pending {
     inner: Offload,
 }
@@ -372,7 +372,7 @@ pub unsafe extern "C" fn rfaas_offload(
 }
 
 /// Posts `function` on `input` from this rank and returns at once with `*offload` (result of
-/// at most `output_capacity` bytes); collect it with `rfaas_wait_offload`. No MPI call.
+/// at most `output_capacity` bytes); collect it with `rfaas_wait`. No MPI call.
 /// `RFAAS_STATUS_BUSY` when the chosen worker's slots are all in use.
 ///
 /// # Safety
@@ -417,7 +417,7 @@ pub unsafe extern "C" fn rfaas_offload_async(
 /// `session` the live handle that posted `offload`; `offload` not consumed yet; `output`
 /// `output_capacity` writable bytes; `output_len` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn rfaas_wait_offload(
+pub unsafe extern "C" fn rfaas_wait(
     session: *const rfaas_session,
     offload: *mut rfaas_offload_pending,
     output: *mut c_void,

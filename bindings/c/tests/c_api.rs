@@ -5,7 +5,7 @@
 //! 127.0.0.1, shm) — plain client, MPI examples under `mpirun -n 2`, bad input, the C-vs-Rust
 //! benchmark script; and the checked-in `rfaas.h` must be what cbindgen generates now.
 //!
-//! Needs this build's `rfaas`, `libfunctions.so` and `librfaas.so` in `target/<profile>/`
+//! Needs this build's `rfaas`, `libfunctions.so` and `librfaas_c.so` in `target/<profile>/`
 //! (`make test` builds them). Under `CI=true` a missing tool (cbindgen, cc, mpicc, mpif90,
 //! pkg-config, mpirun) fails the test; elsewhere the test says so and skips.
 
@@ -138,7 +138,8 @@ fn installed() -> Option<&'static Installed> {
         let prefix = dir.path().join("prefix");
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        built("librfaas.so");
+        // The libraries cargo built for this test (in deps/, newer than any uplifted copy).
+        built("deps/librfaas_c.so");
         let mut c = Command::new(repo().join("scripts/install-capi.sh"));
         c.arg(&prefix).arg(build_dir());
         run_ok(c, "scripts/install-capi.sh");

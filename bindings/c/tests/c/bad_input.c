@@ -124,15 +124,15 @@ int main(int argc, char **argv) {
            RFAAS_STATUS_INVALID_ARGUMENT, "worker 7");
     expect("submit(NULL pending)", rfaas_submit(exec, id, in, 4, 64, -1, NULL),
            RFAAS_STATUS_NULL_POINTER, "pending");
-    expect("wait(NULL pending)", rfaas_wait(exec, NULL, out, 64, &n), RFAAS_STATUS_NULL_POINTER,
+    expect("wait_pending(NULL)", rfaas_wait_pending(exec, NULL, out, 64, &n), RFAAS_STATUS_NULL_POINTER,
            "pending");
     rfaas_pending *a = NULL, *b = NULL, *c = NULL;
     expect("submit 1 of 2 slots", rfaas_submit(exec, id, in, 4, 64, 0, &a), RFAAS_STATUS_OK, NULL);
     expect("submit 2 of 2 slots", rfaas_submit(exec, id, in, 4, 64, 0, &b), RFAAS_STATUS_OK, NULL);
     expect("submit(every slot busy)", rfaas_submit(exec, id, in, 4, 64, 0, &c), RFAAS_STATUS_BUSY,
            "busy");
-    expect("wait 1", rfaas_wait(exec, a, out, 64, &n), RFAAS_STATUS_OK, NULL);
-    expect("wait 2", rfaas_wait(exec, b, out, 64, &n), RFAAS_STATUS_OK, NULL);
+    expect("wait 1", rfaas_wait_pending(exec, a, out, 64, &n), RFAAS_STATUS_OK, NULL);
+    expect("wait 2", rfaas_wait_pending(exec, b, out, 64, &n), RFAAS_STATUS_OK, NULL);
     expect("deallocate", rfaas_deallocate(exec), RFAAS_STATUS_OK, NULL);
     expect("deallocate(NULL)", rfaas_deallocate(NULL), RFAAS_STATUS_OK, NULL);
     rfaas_cluster_close(cluster);
@@ -174,7 +174,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "FAILED: session echo returned %zu bytes\n", n);
         return 1;
     }
-    expect("wait_offload(NULL)", rfaas_wait_offload(s, NULL, out, 64, &n),
+    expect("wait(NULL offload)", rfaas_wait(s, NULL, out, 64, &n),
            RFAAS_STATUS_NULL_POINTER, "offload");
     rfaas_session_report report;
     expect("session_finish", rfaas_session_finish(s, &report), RFAAS_STATUS_OK, NULL);
