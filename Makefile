@@ -76,7 +76,7 @@ bench:
 
 # The C API (bindings/c, release): libraries, header, Fortran module source and rfaas.pc.
 install:
-	$(CARGO) build --release $(FEATURES) -p rfaas-c
+	$(CARGO) build --release $(FEATURES) --workspace --lib
 	scripts/install-capi.sh "$(PREFIX)" target/release
 
 # C client vs Rust client, hot executor, 64 B (SIZES, REPETITIONS, ROUNDS: environment).
