@@ -230,6 +230,17 @@ unsafe fn exec<'a>(e: *const rfaas_executor) -> Result<&'a dyn AnyExecutor, Erro
     Ok(unsafe { &*(*e).inner })
 }
 
+/// For benchmarks in Rust: the client library's executor behind a handle (the very one
+/// `rfaas_invoke` calls), as `Any` to downcast to `rfaas::client::Executor<F>` of the cluster's
+/// provider; `None` for a NULL handle. Not part of the C API.
+///
+/// # Safety
+/// `e` NULL or a live handle from `rfaas_allocate`, which outlives the reference.
+pub unsafe fn executor_of<'a>(e: *const rfaas_executor) -> Option<&'a dyn std::any::Any> {
+    // SAFETY: the caller's contract.
+    unsafe { exec(e) }.ok().map(|e| e.as_any())
+}
+
 /// The id of a function of the allocation by name (`RFAAS_STATUS_UNKNOWN_FUNCTION` when it was
 /// not part of the allocation). Thread-safe.
 ///

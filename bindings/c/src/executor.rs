@@ -32,6 +32,8 @@ pub trait AnyExecutor: Send + Sync {
     fn output_capacity(&self) -> usize;
     /// Disconnects and releases the allocation (and its lease).
     fn deallocate(self: Box<Self>) -> Result<(), ClientError>;
+    /// The client library's `Executor<F>` itself (for benchmarks that call it directly).
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 impl<F: Fabric> AnyExecutor for Executor<F> {
@@ -67,6 +69,9 @@ impl<F: Fabric> AnyExecutor for Executor<F> {
     }
     fn deallocate(self: Box<Self>) -> Result<(), ClientError> {
         Executor::deallocate(*self)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

@@ -15,14 +15,16 @@
 #![allow(non_camel_case_types)]
 
 mod args;
-mod client;
+pub mod client;
 mod error;
 mod executor;
-mod session;
+pub mod session;
 
 use std::ffi::{c_char, c_int};
 
-pub use client::{rfaas_allocation_spec, rfaas_cluster, rfaas_executor, rfaas_pending};
+pub use client::{
+    executor_of, rfaas_allocation_spec, rfaas_cluster, rfaas_executor, rfaas_pending,
+};
 pub use error::rfaas_status;
 pub use session::{
     rfaas_offload_pending, rfaas_session, rfaas_session_config, rfaas_session_report,
