@@ -84,6 +84,32 @@ int main(int argc, char **argv) {
     printf("echo_client: %d calls in flight: ok\n", IN_FLIGHT);
 
     CHECK(rfaas_deallocate(exec));
+
+    /* The library may also be given as bytes (here read from the file): a second allocation. */
+    FILE *f = fopen(argv[2], "rb");
+    if (!f) { perror(argv[2]); return 1; }
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *bytes = (uint8_t *)malloc(size > 0 ? (size_t)size : 1);
+    if (size <= 0 || fread(bytes, 1, (size_t)size, f) != (size_t)size) {
+        fprintf(stderr, "echo_client: cannot read %s\n", argv[2]);
+        return 1;
+    }
+    fclose(f);
+    spec.library = bytes;
+    spec.library_len = (size_t)size;
+    spec.library_path = NULL;
+    CHECK(rfaas_allocate(cluster, &spec, &exec));
+    CHECK(rfaas_function(exec, "echo", &echo));
+    CHECK(rfaas_invoke(exec, echo, "bytes", 5, out, sizeof out, &n));
+    if (n != 5 || memcmp(out, "bytes", 5) != 0) {
+        fprintf(stderr, "echo_client: library as bytes: got %zu bytes\n", n);
+        return 1;
+    }
+    printf("echo_client: library as %ld bytes: ok\n", size);
+    CHECK(rfaas_deallocate(exec));
+    free(bytes);
     rfaas_cluster_close(cluster);
     printf("echo_client: ok\n");
     return 0;

@@ -310,6 +310,11 @@ fn plain_c_and_cxx_clients_invoke_echo() {
             "{text}"
         );
         assert!(text.contains("4 calls in flight: ok"), "{text}");
+        let lib_len = std::fs::metadata(library()).unwrap().len();
+        assert!(
+            text.contains(&format!("library as {lib_len} bytes: ok")),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("echo_client: ok"), "{text}");
     }
 }
