@@ -7,6 +7,8 @@
 #                analysis/ and of the Python package python/)
 #   make lint    rustfmt check and clippy with warnings denied
 #   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
+#   make install PREFIX=DIR   the C API: librfaas.{so,a}, rfaas.h, rfaas.f90, rfaas.pc (no setup)
+#   make bench-capi   warm invocations from C against the Rust client, same cluster, same run
 #   make clean   remove build outputs and results
 
 SHELL := /bin/bash
@@ -33,7 +35,10 @@ BENCH_ITERS_FULL    ?= 200000
 BENCH_MAX_TIME_FULL ?= 5
 PINGPONG        := target/release/fabric_pingpong
 
-.PHONY: setup build build-debug demo test lint bench clean
+# `make install`: where the C API goes (lib/, include/, lib/pkgconfig/rfaas.pc).
+PREFIX          ?= /usr/local
+
+.PHONY: setup build build-debug demo test lint bench bench-capi install clean
 
 setup:
 	scripts/setup.sh
@@ -69,6 +74,17 @@ demo: build
 bench:
 	$(CARGO) build --release $(FEATURES) --bin fabric_pingpong
 	$(call run_pingpong,$(BENCH_ITERS_FULL),$(BENCH_MAX_TIME_FULL))
+
+# The C API (bindings/c, release): libraries, header, Fortran module source and rfaas.pc.
+install:
+	$(CARGO) build --release $(FEATURES) --workspace --lib
+	scripts/install-capi.sh "$(PREFIX)" target/release
+
+# C client vs Rust client, hot executor, 64 B (SIZES, REPETITIONS, ROUNDS: environment).
+bench-capi:
+	$(CARGO) build --release $(FEATURES) --workspace --bins --lib
+	@mkdir -p $(RESULTS)
+	scripts/capi-bench.sh target/release $(RESULTS)/capi-bench-$$(date +%Y%m%d-%H%M%S).csv
 
 test: build-debug
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)
