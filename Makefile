@@ -4,8 +4,10 @@
 #
 #   make demo    set up, build (release, all features), run the main job, save its CSV in results/
 #   make test    set up, build (all features), run the whole test suite (cargo + pytest)
-#   make lint    rustfmt check and clippy with warnings denied
-#   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
+#   make lint    rustfmt check, clippy with warnings denied, and the function library's
+#                dependencies (no runtime: `check-function-deps`); CI runs it before `make test`
+#   make bench   the fabric floor benchmark with more iterations (no setup; builds if needed);
+#                `cargo bench` runs the micro-benchmarks of benches/ (no I/O) instead
 #   make clean   remove build outputs and results
 
 SHELL := /bin/bash
@@ -32,7 +34,7 @@ BENCH_ITERS_FULL    ?= 200000
 BENCH_MAX_TIME_FULL ?= 5
 PINGPONG        := target/release/fabric_pingpong
 
-.PHONY: setup build build-debug demo test lint bench clean
+.PHONY: setup build build-debug demo test lint check-function-deps bench clean
 
 setup:
 	scripts/setup.sh
@@ -73,9 +75,19 @@ test: build-debug
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)
 	if [ -d analysis/tests ]; then $(PYTHON) -m pytest -q analysis/tests; fi
 
-lint:
+lint: setup check-function-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+
+# A function library depends on rfaas-function alone: building jobs/functions must compile no
+# async runtime, HTTP stack or fabric layer. Lists its normal and build dependencies and fails on
+# any of these crates.
+FUNCTION_FORBIDDEN_DEPS := tokio|axum|hyper|ureq|rfaas|libloading|nix
+check-function-deps:
+	@deps=$$($(CARGO) tree -p rfaas-functions -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
+	bad=$$(grep -xE '$(FUNCTION_FORBIDDEN_DEPS)' <<<"$$deps" || true); \
+	if [ -n "$$bad" ]; then echo "jobs/functions must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
+	echo "check-function-deps: jobs/functions builds with:" $$deps
 
 clean:
 	$(CARGO) clean
