@@ -484,8 +484,9 @@ struct BenchRow {
     latency_ns: u64,
 }
 
-/// Checks the benchmark's CSV (read with the `csv` crate; a malformed row fails the test with
-/// its line): the header, and for each rank one row per size and repetition.
+/// Checks the benchmark's CSV (the header with the `csv` crate, the rows with
+/// `rfaas::bench::csv_rows`; a malformed row fails the test with its line): the header, and for
+/// each rank one row per size and repetition.
 fn check_csv(path: &Path, ranks: usize, sizes: &[u64], repetitions: usize) {
     let mut reader = csv::Reader::from_path(path)
         .unwrap_or_else(|e| panic!("the benchmark wrote no {}: {e}", path.display()));
@@ -499,9 +500,10 @@ fn check_csv(path: &Path, ranks: usize, sizes: &[u64], repetitions: usize) {
         header.join(","),
         "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns"
     );
+    let rows: Vec<BenchRow> =
+        rfaas::bench::csv_rows::read_rows(path).unwrap_or_else(|e| panic!("{e}"));
     let mut count = vec![std::collections::BTreeMap::<u64, usize>::new(); ranks];
-    for row in reader.deserialize::<BenchRow>() {
-        let row = row.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for row in rows {
         assert_eq!(row.provider, "tcp", "provider in {row:?}");
         assert_eq!(row.world_size, ranks, "world_size in {row:?}");
         assert!(row.rank < ranks, "rank in {row:?}");

@@ -1,12 +1,12 @@
-//! CSV files of benchmark rows, through `csv` and serde: every CSV rfaas writes goes through
-//! [`RowWriter`] and every CSV it reads through [`read_rows`].
+//! CSV files of benchmark rows, through `csv` and serde: every CSV the benchmarks write goes
+//! through [`RowWriter`]; [`read_rows`] reads one back as typed rows (the Slurm test does).
 //!
 //! A row type is a `serde` struct whose fields are the columns in order; a trailing `Vec` field
 //! becomes as many extra columns (the phases of a cold start). The header is written first and
 //! explicitly, so that a file with no rows still names its columns, and a row whose number of
 //! fields differs from the header's is an error (the file is then incomplete: the benchmark
-//! fails rather than leave a ragged CSV that looks whole). Reading maps columns by header name (extra
-//! columns are ignored) and a malformed row is an error that names the file and the line.
+//! fails rather than leave a ragged CSV that looks whole). Reading maps columns by header name
+//! (extra columns are ignored) and a malformed row is an error that names the file and the line.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

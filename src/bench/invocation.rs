@@ -247,6 +247,16 @@ pub fn summarize(records: &[Record]) -> Vec<String> {
     lines
 }
 
+/// The executor manager (node) an allocation is on: its lease's node when a resource manager
+/// placed it, else the first manager of the cluster file (where allocations without a lease
+/// go), else its address.
+fn node_of<F: Fabric>(exec: &Executor<F>, cluster: &Cluster) -> String {
+    exec.lease()
+        .and_then(|l| l.parts().first().map(|p| p.node.clone()))
+        .or_else(|| cluster.names.first().cloned())
+        .unwrap_or_else(|| exec.allocation().address.clone())
+}
+
 /// The cores of an allocation's workers, for [`ClientPlacement`].
 pub(crate) fn worker_cores<F: Fabric>(exec: &Executor<F>, node: &str) -> Vec<WorkerCore> {
     exec.allocation()
@@ -377,8 +387,7 @@ impl FabricUser for Warm<'_> {
                 0,
             )?;
             let f = exec.function(&c.function)?;
-            let node = exec.allocation().address.clone();
-            let node = self.cluster.names.first().cloned().unwrap_or(node);
+            let node = node_of(&exec, self.cluster);
             client.place(&worker_cores(&exec, &node));
             let mut output = vec![0u8; exec.output_capacity()];
             for &size in &c.sizes {
@@ -452,7 +461,7 @@ impl FabricUser for Parallel<'_> {
         )?;
         let f = exec.function(&c.function)?;
         let n = exec.workers();
-        let node = self.cluster.names.first().cloned().unwrap_or_default();
+        let node = node_of(&exec, self.cluster);
         client.place(&worker_cores(&exec, &node));
         let mut out = Vec::new();
         let mut buffers: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; exec.output_capacity()]).collect();
@@ -517,7 +526,6 @@ impl FabricUser for Cold<'_> {
         // one lands on its core.
         let mut client = ClientPlacement::new("cold_benchmark", c.client_core, 0);
         client.place(&[]);
-        let node = self.cluster.names.first().cloned().unwrap_or_default();
         let mut out = Vec::new();
         let mut cached_spec: Option<AllocationSpec> = None;
         // With a resource manager the core is leased once, up front: a cold start is an
@@ -571,6 +579,7 @@ impl FabricUser for Cold<'_> {
                     let first = t1.elapsed().as_nanos() as u64;
                     let total = t0.elapsed().as_nanos() as u64;
                     let tm = exec.timings();
+                    let node = node_of(&exec, self.cluster);
                     let cores = worker_cores(&exec, &node);
                     exec.deallocate()?;
                     client.keep_clear_of(&cores);
@@ -582,7 +591,7 @@ impl FabricUser for Cold<'_> {
                             payload_bytes: size,
                             rank: 0,
                             world_size: 1,
-                            node: node.clone(),
+                            node,
                             worker: 0,
                             repetition: i - c.warmup.min(3),
                             latency_ns: total,

@@ -127,7 +127,8 @@ impl ClientPlacement {
             Ok(()) => {
                 self.current = Some(core);
                 eprintln!(
-                    "[{}] client thread pinned to core {core}{note} (cpuset {}, its workers' cores {})",
+                    "[{}] client thread pinned to core {core}{note} (cpuset {}, its workers' \
+                     cores {})",
                     self.label,
                     list(&self.cpuset),
                     list(&cores)

@@ -6,9 +6,9 @@
 //!     --output FILE [--mode warm|throughput|cold]
 //! ```
 //!
-//! * `warm`: a [`Session`] gives every rank its own workers; per payload size every rank makes
-//!   `warmup` then `repetitions` blocking offloads (one row each), each phase started by a
-//!   barrier so that the ranks measure at the same time.
+//! * `warm`: a [`Session`](crate::mpi_glue::Session) gives every rank its own workers; per
+//!   payload size every rank makes `warmup` then `repetitions` blocking offloads (one row each),
+//!   each phase started by a barrier so that the ranks measure at the same time.
 //! * `throughput`: the same session, `--in-flight K` offloads in flight per rank (submit, wait
 //!   for the oldest, submit again); one row per invocation (submit-to-result latency), and the
 //!   invocations per second of each rank and of the job.
@@ -18,11 +18,11 @@
 //!
 //! Every rank's rows travel to rank 0 as typed records (serde into bytes) with `Gatherv`
 //! ([`gather_bytes`](crate::mpi_glue::collective::gather_bytes)); rank 0 decodes them (rayon:
-//! one task per rank) and writes ONE CSV
-//! (the columns of the other invocation benchmarks, `rank` and `world_size` filled in, plus
-//! [`COLD_PHASES`] for `cold`), a JSON metadata file beside it (world size, MPI library, each
-//! rank's workers, throughput, billing), and prints a summary from the ranks' HDR histograms,
-//! merged (total per mode and size, then each rank's percentiles).
+//! one task per rank) and writes ONE CSV (the columns of the other invocation benchmarks, `rank`
+//! and `world_size` filled in, plus [`COLD_PHASES`](crate::bench::invocation::COLD_PHASES) for
+//! `cold`), a JSON metadata file beside it (world size, MPI library, each rank's workers,
+//! throughput, billing), and prints a summary from the ranks' HDR histograms, merged (total per
+//! mode and size, then each rank's percentiles).
 //!
 //! A rank whose executor dies (or whose calls fail otherwise) stops measuring that size, keeps
 //! the rows it has, reports the error on its stderr, skips the rest of the run and still takes
