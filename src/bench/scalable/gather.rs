@@ -1,5 +1,6 @@
 //! Every rank's rows and summary to rank 0 (collective): the rows travel as typed records
-//! (serde into bytes), never as CSV text; rank 0 decodes each rank's bytes in parallel (rayon).
+//! (serde into postcard bytes), never as CSV text; rank 0 decodes each rank's bytes in parallel
+//! (rayon).
 
 use mpi::traits::*;
 use rayon::prelude::*;
@@ -20,10 +21,11 @@ pub(super) struct Gathered {
     pub(super) unreadable: Vec<(i32, String)>,
 }
 
-/// A rank's rows as bytes: its records, serialised (JSON), not CSV text.
+/// A rank's rows as bytes: its records, serialised with postcard (compact binary, varints), not
+/// CSV text.
 pub(super) fn encode_rows(records: &[Record]) -> Vec<u8> {
     // Serialising plain structs of strings and integers into memory cannot fail.
-    serde_json::to_vec(records).unwrap_or_default()
+    postcard::to_stdvec(records).unwrap_or_default()
 }
 
 /// One rank's bytes back into its records (no bytes: no rows).
@@ -31,7 +33,7 @@ pub(super) fn decode_rows(rank: usize, bytes: &[u8]) -> Result<Vec<Record>, Stri
     if bytes.is_empty() {
         return Ok(Vec::new());
     }
-    serde_json::from_slice(bytes).map_err(|e| format!("unreadable rows from rank {rank}: {e}"))
+    postcard::from_bytes(bytes).map_err(|e| format!("unreadable rows from rank {rank}: {e}"))
 }
 
 /// Every rank's bytes decoded (one rayon task per rank) and concatenated in rank order; the

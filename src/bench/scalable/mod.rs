@@ -16,13 +16,14 @@
 //!   allocates an executor, connects and makes the first invocation (`Cluster::allocate`, timed
 //!   per phase as in `cold_benchmark`), then deallocates.
 //!
-//! Every rank's rows travel to rank 0 as typed records (serde into bytes) with `Gatherv`
-//! ([`gather_bytes`](crate::mpi_glue::collective::gather_bytes)); rank 0 decodes them (rayon:
-//! one task per rank) and writes ONE CSV (the columns of the other invocation benchmarks, `rank`
-//! and `world_size` filled in, plus [`COLD_PHASES`](crate::bench::invocation::COLD_PHASES) for
-//! `cold`), a JSON metadata file beside it (world size, MPI library, each rank's workers,
-//! throughput, billing), and prints a summary from the ranks' HDR histograms, merged (total per
-//! mode and size, then each rank's percentiles).
+//! Every rank's rows travel to rank 0 as typed records (serde into postcard bytes) with
+//! `Gatherv` ([`gather_bytes`](crate::mpi_glue::collective::gather_bytes)); rank 0 decodes them
+//! (rayon: one task per rank) and writes ONE CSV (the columns of the other invocation
+//! benchmarks, `rank` and `world_size` filled in, plus
+//! [`COLD_PHASES`](crate::bench::invocation::COLD_PHASES) for `cold`), a JSON metadata file
+//! beside it (world size, MPI library, each rank's workers, throughput, billing), and prints a
+//! summary from the ranks' HDR histograms, merged (total per mode and size, then each rank's
+//! percentiles).
 //!
 //! A rank whose executor dies (or whose calls fail otherwise) stops measuring that size, keeps
 //! the rows it has, reports the error on its stderr, skips the rest of the run and still takes
