@@ -5,8 +5,10 @@
 #   make demo    set up, build (release, all features), run the main job, save its CSV in results/
 #   make test    set up, build (all features), run the whole test suite (cargo + pytest of
 #                analysis/ and of the Python package python/)
-#   make lint    rustfmt check and clippy with warnings denied
-#   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
+#   make lint    rustfmt check, clippy with warnings denied, and the function library's
+#                dependencies (no runtime: `check-function-deps`); CI runs it before `make test`
+#   make bench   the fabric floor benchmark with more iterations (no setup; builds if needed);
+#                `cargo bench` runs the micro-benchmarks of benches/ (no I/O) instead
 #   make install PREFIX=DIR   the C API: librfaas.{so,a}, rfaas.h, rfaas.f90, rfaas.pc (no setup)
 #   make bench-capi   warm invocations from C against the Rust client, same cluster, same run
 #   make clean   remove build outputs and results
@@ -38,7 +40,7 @@ PINGPONG        := target/release/fabric_pingpong
 # `make install`: where the C API goes (lib/, include/, lib/pkgconfig/rfaas.pc).
 PREFIX          ?= /usr/local
 
-.PHONY: setup build build-debug demo test lint bench bench-capi install clean
+.PHONY: setup build build-debug demo test lint check-function-deps bench bench-capi install clean
 
 setup:
 	scripts/setup.sh
@@ -91,9 +93,19 @@ test: build-debug
 	if [ -d analysis/tests ]; then $(PYTHON) -m pytest -q analysis/tests; fi
 	if [ -d python/tests ]; then $(PYTHON) -m pytest -q python/tests; fi
 
-lint:
+lint: setup check-function-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+
+# A function library depends on rfaas-function alone: building jobs/functions must compile no
+# async runtime, HTTP stack or fabric layer. Lists its normal and build dependencies and fails on
+# any of these crates.
+FUNCTION_FORBIDDEN_DEPS := tokio|axum|hyper|ureq|rfaas|libloading|nix
+check-function-deps:
+	@deps=$$($(CARGO) tree -p rfaas-functions -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
+	bad=$$(grep -xE '$(FUNCTION_FORBIDDEN_DEPS)' <<<"$$deps" || true); \
+	if [ -n "$$bad" ]; then echo "jobs/functions must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
+	echo "check-function-deps: jobs/functions builds with:" $$deps
 
 clean:
 	$(CARGO) clean

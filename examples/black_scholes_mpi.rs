@@ -1,6 +1,6 @@
 //! An MPI application that offloads part of its work to rfaas, as in the IPDPS'24 experiments:
 //! every rank prices a batch of European options with Black–Scholes, a share of them on remote
-//! workers (in batches, several in flight) while local threads price the rest, and checks the
+//! workers (in batches, several in flight) while local threads (rayon) price the rest, and checks the
 //! combined result against a purely local computation.
 //!
 //! ```text
@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mpi::traits::*;
-use rfaas::kernels::black_scholes::{
-    black_scholes_reference, decode_prices, encode_options, OptionParams, Prices,
+use functions::black_scholes::{
+    black_scholes_reference, decode_prices, encode_options, price, OptionParams, Prices,
     OPTION_RECORD_BYTES, PRICE_RECORD_BYTES,
 };
+use mpi::traits::*;
+use rayon::prelude::*;
 use rfaas::mpi_glue::{Session, SessionConfig};
 
 /// Black–Scholes over MPI, part offloaded to rfaas workers, checked against a local run.
@@ -79,8 +80,14 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let (remote_prices, local_prices) = std::thread::scope(|s| {
         // Local threads price the tail while this thread offloads the head (MPI_THREAD_FUNNELED:
-        // only this thread touches the session).
-        let local = s.spawn(|| black_scholes_reference(&options[remote..]));
+        // only this thread touches the session). The tail is split over rayon's pool: every
+        // option is priced independently, in order.
+        let local = s.spawn(|| {
+            options[remote..]
+                .par_iter()
+                .map(price)
+                .collect::<Vec<Prices>>()
+        });
         let remote_prices = offload_all(&session, &options[..remote], &args);
         (remote_prices, local.join().expect("local pricing thread"))
     });

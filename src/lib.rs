@@ -18,8 +18,9 @@
 //! * [`protocol`] — the invocation protocol (header, immediates, slots and credits, hot/warm
 //!   schedule) as pure state machines.
 //! * [`control`] — control-plane messages (HTTP/JSON) and secrets.
-//! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
-//!   cache and the loader.
+//! * [`function`] — function libraries with the rFaaS C ABI: the content-hash cache and the
+//!   loader; the ABI types and the export macro come from the function authors' crate
+//!   `rfaas-function` (`crates/rfaas-function`), re-exported here.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
 //! * [`executor_manager`] — the executor manager, one per node: its HTTP API
 //!   (`http_server`), allocation in named steps (`service`), spawning and reaping executors
@@ -61,7 +62,6 @@ pub mod executor;
 pub mod executor_manager;
 pub mod function;
 pub mod http;
-pub mod kernels;
 pub mod logging;
 #[cfg(feature = "mpi")]
 pub mod mpi_glue;
@@ -74,3 +74,7 @@ pub mod size;
 
 #[cfg(feature = "mpi")]
 pub use mpi_glue::{offload, offload_async};
+
+/// Exports a safe Rust function with the rFaaS C ABI: the macro of the function authors' crate
+/// `rfaas-function`, re-exported (a function library should depend on that crate alone).
+pub use rfaas_function::export_function;

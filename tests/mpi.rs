@@ -201,19 +201,24 @@ fn bench_args(c: &TestCluster, out: &Path, extra: &[&str]) -> Vec<String> {
     v
 }
 
-/// The CSV as header → column index, and the rows.
+/// The CSV (read with the `csv` crate) as header → column index, and the rows; a malformed row
+/// fails the test with its line.
 fn read_csv(path: &Path) -> (BTreeMap<String, usize>, Vec<Vec<String>>) {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut lines = text.lines();
-    let header = lines
-        .next()
-        .unwrap()
-        .split(',')
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader
+        .headers()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
         .enumerate()
         .map(|(i, h)| (h.to_string(), i))
         .collect();
-    let rows = lines
-        .map(|l| l.split(',').map(str::to_string).collect())
+    let rows = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            r.iter().map(str::to_string).collect()
+        })
         .collect();
     (header, rows)
 }

@@ -42,6 +42,8 @@ pub use cq::ShmCq;
 pub use listener::{ShmListener, ShmRequest};
 pub use mr::ShmMr;
 pub use qp::ShmQp;
+#[doc(hidden)]
+pub use ring::RingLoop;
 
 use super::error::{FabricError, Result};
 use super::mr_table::{Entry, MrTable, ENTRY_SIZE};
