@@ -180,6 +180,32 @@ pub fn render(
         out.push('\n');
         out.push_str(&table(&pinning));
     }
+    let mut pools = vec![[
+        "MANAGER",
+        "POOL READY/SIZE",
+        "POOL MEMORY",
+        "FROM POOL",
+        "FOUND EMPTY",
+        "DIED IN POOL",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for (e, st) in statuses {
+        let Ok(s) = st else { continue };
+        let p = &s.pool;
+        pools.push(vec![
+            e.name.clone(),
+            format!("{}/{}", p.ready.len(), p.size),
+            human_bytes(p.memory),
+            p.taken.to_string(),
+            p.empty.to_string(),
+            p.died.to_string(),
+        ]);
+    }
+    if pools.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&pools));
+    }
     let mut allocs = vec![[
         "MANAGER",
         "ALLOCATION",
@@ -362,6 +388,14 @@ mod tests {
             nic_cores: vec![0, 1],
             core_order: vec![0, 1],
             free_cores: vec![1],
+            pool: crate::control::executor_manager_api::PoolStatus {
+                size: 2,
+                ready: vec![77],
+                memory: 3 << 20,
+                taken: 5,
+                empty: 1,
+                died: 0,
+            },
         };
         let text = render(
             &cluster,
@@ -389,6 +423,16 @@ mod tests {
             text.contains("NEAR NIC") && text.contains("CORE ORDER"),
             "{text}"
         );
+        let pool_row = text
+            .lines()
+            .find(|l| l.starts_with("em-0") && l.contains("MiB") && !l.contains('/'))
+            .or_else(|| {
+                text.lines()
+                    .find(|l| l.starts_with("em-0 ") && l.contains("1/2  3.0"))
+            })
+            .unwrap_or_else(|| panic!("no pool row: {text}"));
+        let cols: Vec<&str> = pool_row.split_whitespace().collect();
+        assert_eq!(cols, ["em-0", "1/2", "3.0", "MiB", "5", "1", "0"], "{text}");
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct Allocation {
     pub spawn_ns: u64,
     /// Nanoseconds the executor took to load the library and resolve the functions.
     pub code_load_ns: u64,
+    /// Whether the executor came from the manager's pool of pre-started processes (`false`:
+    /// spawned fresh for this allocation).
+    #[serde(default)]
+    pub pooled: bool,
 }
 
 /// State of an allocation, as the executor manager sees it.
@@ -109,6 +113,23 @@ pub struct AllocationStatus {
     pub execution_ns: u64,
     /// Nanoseconds spent hot-polling (billing).
     pub hot_polling_ns: u64,
+}
+
+/// The executor manager's pool of pre-started executor processes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Processes it keeps started (0: no pool).
+    pub size: u32,
+    /// Pids of the pooled processes ready now (none is pinned: they use no rented core).
+    pub ready: Vec<u32>,
+    /// Resident memory of those processes, bytes.
+    pub memory: u64,
+    /// Allocations served from the pool.
+    pub taken: u64,
+    /// Allocations that found the pool empty (spawned fresh).
+    pub empty: u64,
+    /// Pooled processes that died before they were used (and were replaced).
+    pub died: u64,
 }
 
 /// The executor manager's view of its node.
@@ -138,6 +159,9 @@ pub struct ManagerStatus {
     /// Its free cores, in that order.
     #[serde(default)]
     pub free_cores: Vec<u32>,
+    /// Its pool of pre-started executors.
+    #[serde(default)]
+    pub pool: PoolStatus,
 }
 
 /// What an executor manager sends an executor process on its standard input (one JSON document),

@@ -15,6 +15,8 @@
 //! executor_start_timeout_ms = 10000    # spawn until the executor reports ready
 //! executor_connect_timeout_ms = 10000  # ready until the client connected every worker
 //! max_allocations = 64            # live allocations at once (default: one per core)
+//! pool_size = 1                   # executor processes kept started ahead of allocations
+//!                                 # (default 1; 0 turns the pool off)
 //! request_timeout_ms = 10000      # to send a request's head, and then its body
 //! stop_grace_ms = 2000            # SIGTERM to SIGKILL of an executor
 //! resource_manager = "10.0.0.1:5000"  # register with this resource manager (same secret);
@@ -118,6 +120,9 @@ pub struct ManagerArgs {
     /// Most live allocations at once (default: one per core).
     #[arg(long, value_name = "N")]
     pub max_allocations: Option<u32>,
+    /// Executor processes kept started ahead of allocations (default 1; 0: no pool).
+    #[arg(long, value_name = "N")]
+    pub pool_size: Option<usize>,
     /// How long a client may take to send a request's head, and then its body, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub request_timeout_ms: Option<u64>,
@@ -159,6 +164,7 @@ struct FileConfig {
     executor_start_timeout_ms: Option<u64>,
     executor_connect_timeout_ms: Option<u64>,
     max_allocations: Option<u32>,
+    pool_size: Option<usize>,
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
@@ -180,6 +186,12 @@ enum SizeValue {
     Bytes(u64),
     Text(String),
 }
+
+/// Pooled executors by default: one is enough for a cold start at a time, and costs a few MiB
+/// and no core while it waits.
+pub const DEFAULT_POOL_SIZE: usize = 1;
+/// Most pooled executors.
+pub const MAX_POOL_SIZE: usize = 64;
 
 /// The resolved configuration of an executor manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +223,8 @@ pub struct ManagerConfig {
     pub executor_connect_timeout: Duration,
     /// Live allocations at once.
     pub max_allocations: u32,
+    /// Executor processes kept started ahead of allocations (0: none).
+    pub pool_size: usize,
     /// Request head, then body.
     pub request_timeout: Duration,
     /// SIGTERM to SIGKILL.
@@ -309,6 +323,10 @@ impl ManagerConfig {
                 .max_allocations
                 .or(file.max_allocations)
                 .unwrap_or(cores.len() as u32),
+            pool_size: args
+                .pool_size
+                .or(file.pool_size)
+                .unwrap_or(DEFAULT_POOL_SIZE),
             node,
             listen,
             provider,
@@ -376,6 +394,9 @@ impl ManagerConfig {
         }
         if self.max_allocations == 0 {
             return bad("max_allocations must be at least 1".into());
+        }
+        if self.pool_size > MAX_POOL_SIZE {
+            return bad(format!("pool_size must be in 0..={MAX_POOL_SIZE}"));
         }
         if self.memory == 0 {
             return bad("memory must be positive".into());

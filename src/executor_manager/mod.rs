@@ -10,6 +10,7 @@
 //! | [`memory`] | what an allocation costs, what is left (pure) |
 //! | [`registry`] | allocation states and the resources they hold (pure, clock injected) |
 //! | [`libraries`] | the content-hash library cache (the manager never loads code) |
+//! | [`pool`] | executor processes started ahead of allocations, one allocation each |
 //! | [`spawn`] | starting executors from the manager's own executable, reaping them |
 //! | [`billing`] | fabric records executors fetch-add their execution and polling time into |
 //! | [`service`] | the actions: allocate, deallocate, status, shutdown |
@@ -28,6 +29,7 @@ pub mod cores;
 pub mod http_server;
 pub mod libraries;
 pub mod memory;
+pub mod pool;
 pub mod registry;
 pub mod resource_manager_link;
 pub mod service;

@@ -24,6 +24,7 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
+use super::pool::Pool;
 use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
@@ -174,6 +175,8 @@ pub struct Service {
     rm: std::sync::OnceLock<Arc<RmLink>>,
     /// Allocation id → the lease it runs under (with a resource manager).
     leases: Mutex<HashMap<u64, LeaseHold>>,
+    /// Executor processes started ahead of allocations.
+    pool: Arc<Pool>,
 }
 
 /// An executor process just spawned for an allocation, not yet ready.
@@ -186,6 +189,8 @@ struct Spawned {
     /// Held until its standard output is drained (see [`spawn::supervise`]).
     stdout_tx: Option<spawn::StdoutOpen>,
     handle: ExecutorHandle,
+    /// Taken from the pool (not spawned for this allocation).
+    pooled: bool,
 }
 
 impl std::fmt::Debug for Service {
@@ -219,7 +224,12 @@ impl Service {
             cfg.max_allocations,
             cfg.keep_ended,
         );
+        let pool = Pool::new(cfg.pool_size, &exe, &logs, &cfg.run_dir);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            pool.refill();
+        }
         Ok(Service {
+            pool,
             cfg,
             exe,
             logs,
@@ -361,19 +371,21 @@ impl Service {
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
-        let mut child = self.spawn_supervised(&res)?;
+        let mut child = self.spawn_supervised(&res).await?;
         let outcome = self.wait_ready(&mut child, &exec_cfg).await;
         match outcome {
             Ok((address, code_load_ns)) => {
                 let spawn_ns = t0.elapsed().as_nanos() as u64;
-                Ok(self.answer(
+                let mut answer = self.answer(
                     &res,
                     exec_cfg.token,
                     child.pid,
                     address,
                     spawn_ns,
                     code_load_ns,
-                ))
+                );
+                answer.pooled = child.pooled;
+                Ok(answer)
             }
             Err(err) => Err(self.abandon(id, child, err).await),
         }
@@ -500,12 +512,24 @@ impl Service {
         })
     }
 
-    /// Step 7: spawns the executor process and hands it to a supervisor, which frees the
-    /// allocation's resources the moment it exits. A failure here gives them back.
-    fn spawn_supervised(self: &Arc<Self>, res: &Reservation) -> Result<Spawned, ServiceError> {
+    /// Step 7: takes an executor process from the pool, or spawns one, and hands it to a
+    /// supervisor, which frees the allocation's resources the moment it exits. A failure here
+    /// gives them back.
+    async fn spawn_supervised(
+        self: &Arc<Self>,
+        res: &Reservation,
+    ) -> Result<Spawned, ServiceError> {
         let id = res.id;
         let log = self.logs.join(format!("executor-{id}.log"));
-        let mut child = match spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir) {
+        let pooled = self.pool.take().await.map(|p| {
+            let _ = std::fs::rename(&p.log, &log);
+            p.child
+        });
+        let fresh = pooled.is_none();
+        let mut child = match pooled.map_or_else(
+            || spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir),
+            Ok,
+        ) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("allocation {id}: {e}");
@@ -533,6 +557,7 @@ impl Service {
             stdout,
             stdout_tx: Some(stdout_tx),
             handle,
+            pooled: !fresh,
         })
     }
 
@@ -623,6 +648,7 @@ impl Service {
                 .collect(),
             spawn_ns,
             code_load_ns,
+            pooled: false,
         }
     }
 
@@ -735,6 +761,7 @@ impl Service {
             nic_cores: self.order.near_nic(),
             core_order: reg.cores().order(),
             free_cores: reg.cores().free_cores(),
+            pool: self.pool.status(),
         }
     }
 
@@ -742,6 +769,7 @@ impl Service {
     /// and waits, bounded, until they are gone.
     pub async fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
+        self.pool.shutdown().await;
         let handles: Vec<(u64, ExecutorHandle)> = self
             .handles()
             .iter()

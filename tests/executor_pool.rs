@@ -1,0 +1,208 @@
+//! The executor pool, with a real executor manager and real executors on 127.0.0.1.
+//!
+//! * A pooled executor serves one allocation: every allocation gets a process of its own (a pid
+//!   no earlier allocation had), and a pooled process has no library mapped before it is taken.
+//! * Killing pooled processes, or a burst of allocations (as many as there are cores) against
+//!   a pool of one, loses no allocation and never hangs: the pool replaces the dead and
+//!   allocations that find it empty spawn fresh (`pool_size = 0` forces that path).
+//! * Pooled processes are gone once the manager stops, by SIGTERM or by SIGKILL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rfaas::client::{AllocationSpec, ClientOptions, Executor, ManagerClient};
+use rfaas::control::executor_manager_api::Allocation;
+
+const DID_NOT_HANG: Duration = Duration::from_secs(20);
+
+fn manager_with_pool(size: usize) -> Manager {
+    Manager::start_with(ManagerOptions {
+        extra: format!(
+            "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\npool_size = {size}\n"
+        ),
+        ..Default::default()
+    })
+}
+
+/// Waits until the pool holds `n` ready processes; their pids.
+fn pool_ready(m: &Manager, n: usize) -> Vec<u32> {
+    wait_for(DID_NOT_HANG, &format!("{n} pooled executors"), || {
+        let p = m.status().pool;
+        (p.ready.len() == n && p.ready.iter().all(|&pid| alive(pid as i32))).then_some(p.ready)
+    })
+}
+
+fn allocate(m: &Manager, lib: &str) -> Allocation {
+    let (code, body) = m.call(
+        "POST",
+        "/v1/allocations",
+        Some(alloc_body(lib, &["echo"], 1).as_bytes()),
+    );
+    assert_eq!(
+        code,
+        201,
+        "allocation failed: {body}\nmanager log:\n{}",
+        m.log_text()
+    );
+    serde_json::from_str(&body).unwrap()
+}
+
+fn release(m: &Manager, a: &Allocation) {
+    let (code, body) = m.call("DELETE", &format!("/v1/allocations/{}", a.id), None);
+    assert_eq!(code, 204, "{body}");
+}
+
+/// Whether `pid` maps a file whose path contains `needle`.
+fn maps_contain(pid: u32, needle: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+#[test]
+fn every_allocation_gets_a_process_of_its_own_from_the_pool() {
+    let m = manager_with_pool(1);
+    let lib = m.upload(functions_library());
+    let mut seen = HashSet::new();
+    for round in 0..3 {
+        let pooled = pool_ready(&m, 1)[0];
+        assert!(
+            !maps_contain(pooled, &lib),
+            "round {round}: a pooled executor has no library loaded yet"
+        );
+        assert!(
+            seen.insert(pooled),
+            "round {round}: pid {pooled} was pooled before"
+        );
+        let a = allocate(&m, &lib);
+        assert!(a.pooled, "round {round}: the pool had one ready: {a:?}");
+        assert_eq!(a.pid, pooled, "round {round}: it is the pooled process");
+        assert!(
+            maps_contain(a.pid, &lib),
+            "round {round}: the taken process loaded the library"
+        );
+        release(&m, &a);
+        assert!(!alive(a.pid as i32), "round {round}: never reused");
+    }
+    let p = m.status().pool;
+    assert_eq!((p.size, p.taken), (1, 3), "{p:?}");
+    // Its memory is accounted for.
+    assert!(p.memory > 0, "{p:?}");
+}
+
+#[test]
+fn a_pooled_executor_serves_invocations_and_only_its_client() {
+    let m = manager_with_pool(1);
+    pool_ready(&m, 1);
+    let manager = ManagerClient::new(&m.http, &m.secret);
+    let spec = AllocationSpec::new(functions_library().to_vec(), &["echo"]);
+    let mut pids = Vec::new();
+    for i in 0..2u8 {
+        pool_ready(&m, 1);
+        let fabric = rfaas::rdma::shm::ShmFabric::new().unwrap();
+        let exec = Executor::allocate(fabric, &manager, &spec, ClientOptions::default())
+            .expect("allocate through the client");
+        assert!(exec.allocation().pooled);
+        pids.push(exec.allocation().pid);
+        let echo = exec.function("echo").unwrap();
+        let input = [i; 100];
+        let mut out = vec![0u8; 128];
+        let n = exec.invoke(echo, &input, &mut out).unwrap();
+        assert_eq!(&out[..n], &input[..]);
+        exec.deallocate().unwrap();
+    }
+    assert_ne!(pids[0], pids[1]);
+}
+
+#[test]
+fn killed_pooled_executors_are_replaced_and_lose_nothing() {
+    let m = manager_with_pool(2);
+    let lib = m.upload(functions_library());
+    let victims = pool_ready(&m, 2);
+    for &pid in &victims {
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    }
+    // Allocating right away works, whether the pool noticed yet or not.
+    let a = allocate(&m, &lib);
+    assert!(!victims.contains(&a.pid), "{a:?}");
+    release(&m, &a);
+    let fresh = pool_ready(&m, 2);
+    assert!(fresh.iter().all(|p| !victims.contains(p)), "{fresh:?}");
+    let p = m.status().pool;
+    assert!(p.died >= 1, "the deaths are counted: {p:?}");
+    let b = allocate(&m, &lib);
+    assert!(b.pooled && fresh.contains(&b.pid), "{b:?} from {fresh:?}");
+    release(&m, &b);
+}
+
+#[test]
+fn a_burst_of_allocations_against_a_pool_of_one_loses_nothing() {
+    let m = manager_with_pool(1);
+    let lib = m.upload(functions_library());
+    let burst = cores().len();
+    let mut pids = HashSet::new();
+    for round in 0..3 {
+        pool_ready(&m, 1);
+        let got: Vec<Allocation> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..burst).map(|_| s.spawn(|| allocate(&m, &lib))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Whether the replacement was ready in time for the second request is up to the
+        // scheduler: every allocation succeeded, from the pool or fresh.
+        assert_eq!(got.len(), burst, "round {round}");
+        for a in &got {
+            assert!(pids.insert(a.pid), "round {round}: pid {} reused", a.pid);
+            release(&m, a);
+        }
+    }
+    let p = m.status().pool;
+    assert_eq!(p.taken + p.empty, 3 * burst as u64, "{p:?}");
+    let st = m.status();
+    assert_eq!(st.cores_free, st.cores_total);
+}
+
+#[test]
+fn pool_processes_die_with_the_manager() {
+    // Stopped with SIGTERM.
+    let mut m = manager_with_pool(2);
+    let pooled = pool_ready(&m, 2);
+    assert!(m.terminate(DID_NOT_HANG).is_some(), "the manager stopped");
+    for pid in &pooled {
+        wait_for(DID_NOT_HANG, "pooled executors to go", || {
+            (!alive(*pid as i32)).then_some(())
+        });
+    }
+    // Killed with SIGKILL: the executors' death signal.
+    let m = manager_with_pool(2);
+    let pooled = pool_ready(&m, 2);
+    kill(Pid::from_raw(m.pid()), Signal::SIGKILL).unwrap();
+    for pid in &pooled {
+        wait_for(DID_NOT_HANG, "orphaned pooled executors to die", || {
+            (!alive(*pid as i32)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn pool_size_zero_spawns_fresh_and_bad_sizes_are_refused() {
+    let m = manager_with_pool(0);
+    let lib = m.upload(functions_library());
+    let a = allocate(&m, &lib);
+    assert!(!a.pooled);
+    let p = m.status().pool;
+    assert_eq!((p.size, p.ready.len(), p.taken), (0, 0, 0), "{p:?}");
+    release(&m, &a);
+    let out = std::process::Command::new(rfaas_bin())
+        .args(["executor-manager", "--pool-size", "100000"])
+        .args(["--secret-file", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool_size"), "{err}");
+}
