@@ -23,18 +23,45 @@ use crate::rdma::{Fabric, FabricUser};
 pub const INVOCATION_HEADER: &str =
     "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns";
 /// The phases of a cold start, as extra columns of `cold_benchmark`. They are disjoint and add up
-/// to `latency_ns` (less the client's own bookkeeping): the allocation request without the spawn
-/// (the lease from the resource manager when there is one, HTTP, library check, core
-/// reservation), spawning the executor process without loading code,
-/// loading the library and resolving the functions, connecting the fabric to the worker, and the
-/// first invocation.
-pub const COLD_PHASES: [&str; 5] = [
+/// to each row's `latency_ns` exactly: the allocation request without the spawn (the lease from
+/// the resource manager when there is one, HTTP, library check, core reservation), spawning the
+/// executor process (or taking one from the manager's pool) without loading code, loading the
+/// library and resolving the functions, connecting the fabric to the worker, the first
+/// invocation, and what is left: the client's own bookkeeping between them.
+pub const COLD_PHASES: [&str; 6] = [
     "allocation_ns",
     "spawn_ns",
     "code_load_ns",
     "connect_ns",
     "first_invocation_ns",
+    "client_ns",
 ];
+
+/// The [`COLD_PHASES`] of one cold start that took `total_ns`, its first invocation
+/// `first_ns`: they add up to `total_ns` (unless the parts overlap, which they do not).
+pub fn cold_phases(
+    tm: &crate::client::AllocationTimings,
+    first_ns: u64,
+    total_ns: u64,
+) -> Vec<u64> {
+    let mut phases = vec![
+        tm.request_ns.saturating_sub(tm.spawn_ns),
+        tm.spawn_ns.saturating_sub(tm.code_load_ns),
+        tm.code_load_ns,
+        tm.connect_ns,
+        first_ns,
+    ];
+    let measured: u64 = phases.iter().sum();
+    phases.push(total_ns.saturating_sub(measured));
+    phases
+}
+
+/// The `mode` of a cold start's row: the benchmark's mode and where the executor came from,
+/// `<mode>-pool` (the manager's pool of pre-started executors) or `<mode>-fresh` (spawned for
+/// it), so that every summary and report keeps the two apart.
+pub fn cold_mode(mode: &str, pooled: bool) -> String {
+    format!("{mode}-{}", if pooled { "pool" } else { "fresh" })
+}
 
 /// Flags all three benchmarks share.
 #[derive(ClapArgs, Clone, Debug)]
@@ -599,6 +626,7 @@ impl FabricUser for Cold<'_> {
                     let first = t1.elapsed().as_nanos() as u64;
                     let total = t0.elapsed().as_nanos() as u64;
                     let tm = exec.timings();
+                    let pooled = exec.allocation().pooled;
                     let node = node_of(&exec, self.cluster);
                     let cores = worker_cores(&exec, &node);
                     exec.deallocate()?;
@@ -606,7 +634,7 @@ impl FabricUser for Cold<'_> {
                     if i >= c.warmup.min(3) {
                         out.push(Record {
                             benchmark: "cold_benchmark".into(),
-                            mode: mode.clone(),
+                            mode: cold_mode(mode, pooled),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
                             rank: 0,
@@ -615,18 +643,39 @@ impl FabricUser for Cold<'_> {
                             worker: 0,
                             repetition: i - c.warmup.min(3),
                             latency_ns: total,
-                            phases: vec![
-                                tm.request_ns.saturating_sub(tm.spawn_ns),
-                                tm.spawn_ns.saturating_sub(tm.code_load_ns),
-                                tm.code_load_ns,
-                                tm.connect_ns,
-                                first,
-                            ],
+                            phases: cold_phases(&tm, first, total),
                         });
                     }
                 }
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::AllocationTimings;
+
+    #[test]
+    fn cold_phases_add_up_to_the_total() {
+        // request 1000 = allocation 300 + spawn 700 (of which code load 200).
+        let tm = AllocationTimings {
+            request_ns: 1000,
+            spawn_ns: 700,
+            code_load_ns: 200,
+            connect_ns: 50,
+        };
+        let p = cold_phases(&tm, 40, 1100);
+        assert_eq!(p, [300, 500, 200, 50, 40, 10]);
+        assert_eq!(p.len(), COLD_PHASES.len());
+        assert_eq!(p.iter().sum::<u64>(), 1100);
+    }
+
+    #[test]
+    fn cold_rows_say_where_the_executor_came_from() {
+        assert_eq!(cold_mode("cached", true), "cached-pool");
+        assert_eq!(cold_mode("uncached", false), "uncached-fresh");
     }
 }

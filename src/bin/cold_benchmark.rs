@@ -7,8 +7,10 @@ use clap::Parser;
 ///
 /// Writes one CSV row per measurement to --output (columns: benchmark, mode, provider,
 /// payload_bytes, rank, world_size, node, worker, repetition, latency_ns, then the phases
-/// allocation_ns, spawn_ns, code_load_ns, connect_ns, first_invocation_ns), a JSON metadata
-/// file beside it, and prints p50/p99/p99.9 per mode and payload size.
+/// allocation_ns, spawn_ns, code_load_ns, connect_ns, first_invocation_ns, client_ns, which
+/// add up to latency_ns), a JSON metadata file beside it, and prints p50/p99/p99.9 per mode and
+/// payload size. A row's mode says where its executor came from: cached-pool (the manager's
+/// pool of pre-started executors) or cached-fresh (spawned for it), likewise for uncached.
 #[derive(Parser)]
 #[command(name = "cold_benchmark", version)]
 #[command(mut_arg("warmup", |a| a

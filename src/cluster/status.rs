@@ -425,11 +425,8 @@ mod tests {
         );
         let pool_row = text
             .lines()
-            .find(|l| l.starts_with("em-0") && l.contains("MiB") && !l.contains('/'))
-            .or_else(|| {
-                text.lines()
-                    .find(|l| l.starts_with("em-0 ") && l.contains("1/2  3.0"))
-            })
+            .skip_while(|l| !l.contains("POOL READY/SIZE"))
+            .nth(1)
             .unwrap_or_else(|| panic!("no pool row: {text}"));
         let cols: Vec<&str> = pool_row.split_whitespace().collect();
         assert_eq!(cols, ["em-0", "1/2", "3.0", "MiB", "5", "1", "0"], "{text}");

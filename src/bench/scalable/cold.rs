@@ -150,12 +150,6 @@ fn cold_once<F: Fabric>(
     Ok((
         node,
         total,
-        vec![
-            tm.request_ns.saturating_sub(tm.spawn_ns),
-            tm.spawn_ns.saturating_sub(tm.code_load_ns),
-            tm.code_load_ns,
-            tm.connect_ns,
-            first_ns,
-        ],
+        crate::bench::invocation::cold_phases(&tm, first_ns, total),
     ))
 }
