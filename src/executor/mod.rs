@@ -60,17 +60,28 @@ pub enum ExecutorError {
 /// Largest configuration document read from standard input.
 const MAX_CONFIG: u64 = 1 << 20;
 
+/// Environment variable naming the fabric provider an executor opens *before* it reads its
+/// configuration (set by the executor manager, which knows its provider): the fabric domain is
+/// then open by the time a pooled executor gets its allocation. The configuration must name the
+/// same provider.
+pub const EARLY_PROVIDER_ENV: &str = "RFAAS_EXECUTOR_PROVIDER";
+
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
 /// the client why.
 pub fn main_stdin() -> Result<(), ExecutorError> {
     // Die with the manager, whatever killed it.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    let mut raw = String::new();
-    std::io::stdin().take(MAX_CONFIG).read_to_string(&mut raw)?;
-    let result = serde_json::from_str::<ExecutorConfig>(&raw)
-        .map_err(|e| ExecutorError::Config(e.to_string()))
-        .and_then(|cfg| run(cfg, &mut std::io::stdout()));
+    let early = std::env::var(EARLY_PROVIDER_ENV)
+        .ok()
+        .and_then(|p| p.parse::<crate::rdma::Provider>().ok());
+    let result = match early {
+        Some(provider) => provider
+            .run(Early)
+            .map_err(ExecutorError::from)
+            .and_then(|r| r),
+        None => read_config().and_then(|cfg| run(cfg, &mut std::io::stdout())),
+    };
     if let Err(e) = &result {
         report(
             &mut std::io::stdout(),
@@ -80,6 +91,57 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
         );
     }
     result
+}
+
+/// Reads and parses the configuration from standard input (until it closes).
+fn read_config() -> Result<ExecutorConfig, ExecutorError> {
+    let mut raw = String::new();
+    std::io::stdin().take(MAX_CONFIG).read_to_string(&mut raw)?;
+    serde_json::from_str::<ExecutorConfig>(&raw).map_err(|e| ExecutorError::Config(e.to_string()))
+}
+
+/// An executor whose fabric is opened before its configuration is read.
+struct Early;
+
+impl FabricUser for Early {
+    type Output = Result<(), ExecutorError>;
+
+    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let cfg = read_config()?;
+        if cfg.provider != fabric.provider() {
+            return Err(ExecutorError::Config(format!(
+                "the configuration names provider {}, but {} was opened",
+                cfg.provider,
+                fabric.provider()
+            )));
+        }
+        let (token, table, code_load_ns, stop) = prepare(&cfg)?;
+        Serve {
+            cfg: &cfg,
+            token,
+            table,
+            code_load_ns,
+            stop,
+            out: &mut std::io::stdout(),
+        }
+        .run(fabric)
+    }
+}
+
+type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
+
+/// What every executor does with its configuration before it serves: check it, load the
+/// library, handle SIGTERM and SIGINT.
+fn prepare(cfg: &ExecutorConfig) -> Result<Prepared, ExecutorError> {
+    let token = validate(cfg)?;
+    let t0 = Instant::now();
+    let table = load(cfg)?;
+    let code_load_ns = t0.elapsed().as_nanos() as u64;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok((token, table, code_load_ns, stop))
 }
 
 fn report(out: &mut impl Write, ev: &ExecutorEvent) {
@@ -123,14 +185,7 @@ fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
 
 /// Runs an executor with `cfg`, reporting readiness on `out`.
 pub fn run(cfg: ExecutorConfig, out: &mut impl Write) -> Result<(), ExecutorError> {
-    let token = validate(&cfg)?;
-    let t0 = Instant::now();
-    let table = load(&cfg)?;
-    let code_load_ns = t0.elapsed().as_nanos() as u64;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let (token, table, code_load_ns, stop) = prepare(&cfg)?;
     cfg.provider.run(Serve {
         cfg: &cfg,
         token,

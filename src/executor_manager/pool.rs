@@ -1,8 +1,8 @@
 //! The executor pool: executor processes started ahead of allocations.
 //!
 //! * A pooled process is `rfaas executor` already exec'd, dynamically linked, its runtime
-//!   started and `PR_SET_PDEATHSIG` set, blocked reading its [`ExecutorConfig`] from standard
-//!   input. Nothing in it depends on an allocation: it holds no token, no library, no core.
+//!   started, `PR_SET_PDEATHSIG` set and its fabric domain open, blocked reading its
+//!   [`ExecutorConfig`] from standard input. Nothing in it depends on an allocation: it holds no token, no library, no core.
 //! * An allocation [`Pool::take`]s one (then sends its configuration: the executor pins its
 //!   workers, loads the library and reports ready, as a fresh one does) and a replacement starts
 //!   in the background. A pooled process serves exactly one allocation: once taken it leaves
@@ -64,6 +64,7 @@ pub struct Pool {
     exe: PathBuf,
     logs: PathBuf,
     cwd: PathBuf,
+    provider: crate::rdma::Provider,
     state: Mutex<State>,
 }
 
@@ -78,12 +79,19 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`.
     /// Nothing starts before [`Pool::refill`].
-    pub fn new(size: usize, exe: &Path, logs: &Path, cwd: &Path) -> Arc<Pool> {
+    pub fn new(
+        size: usize,
+        exe: &Path,
+        logs: &Path,
+        cwd: &Path,
+        provider: crate::rdma::Provider,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             size,
             exe: exe.to_path_buf(),
             logs: logs.to_path_buf(),
             cwd: cwd.to_path_buf(),
+            provider,
             state: Mutex::new(State::default()),
         })
     }
@@ -114,7 +122,7 @@ impl Pool {
                 st.seq
             };
             let log = self.logs.join(format!("executor-pool-{seq}.log"));
-            let spawned = spawn::spawn_executor(&self.exe, &log, &self.cwd);
+            let spawned = spawn::spawn_executor(&self.exe, &log, &self.cwd, self.provider);
             self.state().starting -= 1;
             let child = match spawned {
                 Ok(c) => c,
@@ -155,6 +163,9 @@ impl Pool {
                 status = child.wait() => {
                     let how = status.map_or_else(|e| e.to_string(), spawn::exit_reason);
                     tracing::warn!(pid, "pooled executor {how} before it was used; replacing it (log: {})", log.display());
+                    if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+                        let _ = std::fs::remove_file(&log);
+                    }
                     if let Some(pool) = me.upgrade() {
                         let closed = {
                             let mut st = pool.state();

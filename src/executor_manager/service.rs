@@ -224,7 +224,7 @@ impl Service {
             cfg.max_allocations,
             cfg.keep_ended,
         );
-        let pool = Pool::new(cfg.pool_size, &exe, &logs, &cfg.run_dir);
+        let pool = Pool::new(cfg.pool_size, &exe, &logs, &cfg.run_dir, cfg.provider);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.refill();
         }
@@ -527,7 +527,7 @@ impl Service {
         });
         let fresh = pooled.is_none();
         let mut child = match pooled.map_or_else(
-            || spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir),
+            || spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir, self.cfg.provider),
             Ok,
         ) {
             Ok(c) => c,

@@ -61,8 +61,14 @@ pub enum StartError {
 }
 
 /// Starts `exe executor` with its standard error appended to `log`; the child is killed if
-/// it is dropped unreaped.
-pub fn spawn_executor(exe: &Path, log: &Path, cwd: &Path) -> Result<Child, StartError> {
+/// it is dropped unreaped. It opens the fabric of `provider` before it reads its configuration
+/// (see [`crate::executor::EARLY_PROVIDER_ENV`]).
+pub fn spawn_executor(
+    exe: &Path,
+    log: &Path,
+    cwd: &Path,
+    provider: crate::rdma::Provider,
+) -> Result<Child, StartError> {
     let exe_s = exe.display().to_string();
     let err = |source| StartError::Spawn {
         exe: exe_s.clone(),
@@ -76,6 +82,7 @@ pub fn spawn_executor(exe: &Path, log: &Path, cwd: &Path) -> Result<Child, Start
         .map_err(err)?;
     Command::new(exe)
         .arg("executor")
+        .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
