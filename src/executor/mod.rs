@@ -211,6 +211,15 @@ impl<W: Write> FabricUser for Serve<'_, W> {
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let cfg = self.cfg;
         let listener = fabric.listen(&cfg.listen)?;
+        report(
+            self.out,
+            &ExecutorEvent::Ready {
+                address: listener.local_addr(),
+                code_load_ns: self.code_load_ns,
+            },
+        );
+        // Billing is connected after the ready report, while the answer travels to the client
+        // (workers need it only once they serve): off the cold start's path.
         let billing = match &cfg.billing {
             Some(t) => match Billing::<F>::connect(&fabric, t, &self.token) {
                 Ok(b) => Some(b),
@@ -222,13 +231,6 @@ impl<W: Write> FabricUser for Serve<'_, W> {
             None => None,
         };
         let billing = billing.map(Arc::new);
-        report(
-            self.out,
-            &ExecutorEvent::Ready {
-                address: listener.local_addr(),
-                code_load_ns: self.code_load_ns,
-            },
-        );
         let workers = accept_workers(
             &fabric,
             &listener,
