@@ -1,9 +1,12 @@
 //! Every environment variable rfaas reads, in one place.
 
-/// Fabric provider: `shm` (default), `tcp` or `verbs`.
+/// Fabric provider: `shm` (default), `tcp`, `verbs` or `ofi`.
 pub const PROVIDER: &str = "RFAAS_PROVIDER";
 /// RDMA device name for the verbs provider (default: the first device found), e.g. `mlx5_0`.
 pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
+/// libfabric provider of the `ofi` fabric provider (`shm`, `tcp;ofi_rxm`, `cxi`, `efa`, ...);
+/// libfabric's own `FI_PROVIDER` is used when this is unset.
+pub const OFI_PROVIDER: &str = "RFAAS_OFI_PROVIDER";
 /// Log filter, as for `tracing_subscriber::EnvFilter` (e.g. `info`, `rfaas=debug`).
 pub const LOG: &str = "RUST_LOG";
 /// Size in bytes of each shm arena (the sparse shared memory that remotely accessible regions are

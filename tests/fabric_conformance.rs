@@ -6,7 +6,9 @@
 //! `RFAAS_CONFORMANCE_PEER` first and runs the peer role it names.
 //!
 //! Providers: `shm` and `tcp` always; `verbs` when `RFAAS_TEST_VERBS_ADDR` names the IP address of
-//! an RDMA device on this host (and the binary is built with `--features verbs`).
+//! an RDMA device on this host (and the binary is built with `--features verbs`); `ofi` (built
+//! with `--features libfabric`) on libfabric's `shm` and `tcp;ofi_rxm` providers, plus any
+//! libfabric provider named by `RFAAS_TEST_OFI_PROVIDER` (e.g. `cxi` or `efa` on a cluster).
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -99,6 +101,16 @@ fn pair<F: Fabric>(
     recvs_a: &[RecvWr],
     recvs_b: &[RecvWr],
 ) -> Result<Pair<F>, Failed> {
+    pair_with(mk, recvs_a, recvs_b, timeouts())
+}
+
+/// [`pair`] with other failure timers.
+fn pair_with<F: Fabric>(
+    mk: fn() -> F,
+    recvs_a: &[RecvWr],
+    recvs_b: &[RecvWr],
+    timeouts: QpTimeouts,
+) -> Result<Pair<F>, Failed> {
     let a = mk();
     let b = mk();
     let cq_a = a.create_cq(1024)?;
@@ -118,7 +130,7 @@ fn pair<F: Fabric>(
                 send_cq: &cq_a,
                 recv_cq: &cq_a,
                 caps: caps(),
-                timeouts: timeouts(),
+                timeouts,
             };
             let qp = req
                 .accept(init, recvs_a, b"hello from a")
@@ -129,7 +141,7 @@ fn pair<F: Fabric>(
             send_cq: &cq_b,
             recv_cq: &cq_b,
             caps: caps(),
-            timeouts: timeouts(),
+            timeouts,
         };
         let (qp_b, pd) = b.connect(&addr, init, recvs_b, b"hello from b", WAIT)?;
         let (qp_a, cq_a) = h.join().map_err(|_| "accept thread panicked")??;
@@ -438,6 +450,45 @@ fn atomics<F: Fabric>(mk: fn() -> F) -> TestResult {
     Ok(())
 }
 
+/// A provider without atomics refuses fetch-add and compare-swap at once, with an error that
+/// names the missing capability, and the queue pair keeps working (libfabric providers whose
+/// `fi_info` lacks `FI_ATOMIC`, e.g. libfabric 1.17's `tcp;ofi_rxm`).
+#[cfg(feature = "libfabric")]
+fn atomics_refused_clearly<F: Fabric>(mk: fn() -> F) -> TestResult {
+    let p = pair(mk, &recvs(1), &[])?;
+    let word =
+        p.a.alloc_mr(64, Access::LOCAL_WRITE | Access::REMOTE_ATOMIC)?;
+    let res = p.b.alloc_mr(64, Access::LOCAL_WRITE)?;
+    for op in [
+        Op::FetchAdd {
+            remote: word.remote(8, 8),
+            add: 2,
+        },
+        Op::CompareSwap {
+            remote: word.remote(8, 8),
+            compare: 0,
+            swap: 1,
+        },
+    ] {
+        match p.qp_b.post_send(&send_wr(1, op, Some(res.sge(0, 8)))) {
+            Err(FabricError::Unavailable { reason, .. }) => ensure!(
+                reason.contains("FI_ATOMIC") && reason.contains("use "),
+                "refusal does not name the capability and the fix: {reason}"
+            ),
+            other => return Err(format!("atomic on a provider without atomics: {other:?}").into()),
+        }
+    }
+    ensure!(mr_bytes(&word, 0, 64) == vec![0u8; 64], "word changed");
+    p.qp_b
+        .post_send(&send_wr(2, Op::WriteImm(word.remote(0, 0), 7), None))?;
+    let c = one(&p.cq_a)?;
+    ensure!(
+        c.is_ok() && c.imm == Some(7),
+        "queue pair broken after the refusal: {c:?}"
+    );
+    Ok(())
+}
+
 /// A second connection from `p.b`'s domain to a fresh listener in `p.a`'s domain.
 struct Extra<F: Fabric> {
     qp: F::Qp,
@@ -480,6 +531,39 @@ fn pair_extra<F: Fabric>(p: &Pair<F>, _mk: fn() -> F) -> Result<Extra<F>, Failed
 /// Wrong rkey, out of bounds, missing right, misaligned atomic: an error completion at the
 /// initiator, the target's memory unchanged, and the queue pair in the error state afterwards.
 fn access_errors<F: Fabric>(mk: fn() -> F) -> TestResult {
+    access_errors_with(mk, None, false)
+}
+
+/// [`access_errors`] for libfabric 1.17's `tcp;ofi_rxm`, whose target checks the key and the
+/// range of a read but not the region's access rights: "read without the right" may succeed
+/// there (the target's memory is still checked unchanged). Every other case holds as is.
+#[cfg(feature = "libfabric")]
+fn access_errors_read_unchecked<F: Fabric>(mk: fn() -> F) -> TestResult {
+    access_errors_with(mk, None, true)
+}
+
+/// [`access_errors`] for libfabric 1.17's shm, whose target refuses a bad key or range (and
+/// leaves its memory unchanged) but never tells the initiator: the request fails when the
+/// queue pair's response timer runs out, with `RetryExceeded` instead of `RemoteAccess`.
+#[cfg(feature = "libfabric")]
+fn access_errors_unreported<F: Fabric>(mk: fn() -> F) -> TestResult {
+    access_errors_with(mk, Some(WcStatus::RetryExceeded), false)
+}
+
+/// `also`: a status accepted besides the expected one (with a short response timer).
+fn access_errors_with<F: Fabric>(
+    mk: fn() -> F,
+    also: Option<WcStatus>,
+    read_right_unchecked: bool,
+) -> TestResult {
+    let tmo = QpTimeouts {
+        response: if also.is_some() {
+            Duration::from_millis(300)
+        } else {
+            timeouts().response
+        },
+        ..timeouts()
+    };
     type Case = (&'static str, fn(&RemoteBuf, &RemoteBuf) -> Op, WcStatus);
     let cases: [Case; 6] = [
         (
@@ -529,7 +613,7 @@ fn access_errors<F: Fabric>(mk: fn() -> F) -> TestResult {
         ),
     ];
     for (name, op, want) in cases {
-        let p = pair(mk, &recvs(4), &[])?;
+        let p = pair_with(mk, &recvs(4), &[], tmo)?;
         let wmr =
             p.a.alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
         let rmr = p.a.alloc_mr(4096, Access::REMOTE_READ)?;
@@ -541,11 +625,29 @@ fn access_errors<F: Fabric>(mk: fn() -> F) -> TestResult {
         src.write(0, &[0xee; 64]);
         let wbuf = wmr.remote(0, 64);
         let rbuf = rmr.remote(0, 64);
-        p.qp_b
-            .post_send(&send_wr(1, op(&wbuf, &rbuf), Some(src.sge(0, 64))))?;
+        match p
+            .qp_b
+            .post_send(&send_wr(1, op(&wbuf, &rbuf), Some(src.sge(0, 64))))
+        {
+            // A provider without atomics refuses them outright (checked by name); nothing to
+            // check at the target for this case.
+            Err(FabricError::Unavailable { reason, .. })
+                if name.starts_with("atomic") && reason.contains("FI_ATOMIC") =>
+            {
+                continue
+            }
+            r => r?,
+        }
         let c = one(&p.cq_b)?;
+        if read_right_unchecked && name == "read without the right" && c.is_ok() {
+            ensure!(
+                mr_bytes(&wmr, 0, 4096) == before_w,
+                "{name}: target memory changed"
+            );
+            continue;
+        }
         ensure!(
-            c.status == want,
+            c.status == want || Some(c.status) == also,
             "{name}: got {:?}, expected {want:?}",
             c.status
         );
@@ -571,18 +673,23 @@ fn access_errors<F: Fabric>(mk: fn() -> F) -> TestResult {
         );
     }
     // Misaligned atomic in a region that allows atomics.
-    let p = pair(mk, &[], &[])?;
+    let p = pair_with(mk, &[], &[], tmo)?;
     let amr =
         p.a.alloc_mr(64, Access::LOCAL_WRITE | Access::REMOTE_ATOMIC)?;
     let src = p.b.alloc_mr(64, Access::LOCAL_WRITE)?;
-    p.qp_b.post_send(&send_wr(
+    match p.qp_b.post_send(&send_wr(
         1,
         Op::FetchAdd {
             remote: amr.remote(4, 8),
             add: 1,
         },
         Some(src.sge(0, 8)),
-    ))?;
+    )) {
+        Err(FabricError::Unavailable { reason, .. }) if reason.contains("FI_ATOMIC") => {
+            return Ok(())
+        }
+        r => r?,
+    }
     let c = one(&p.cq_b)?;
     ensure!(!c.is_ok(), "misaligned atomic succeeded");
     ensure!(
@@ -912,7 +1019,7 @@ fn raw_junk_connections(
     use std::io::Write;
     let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     match provider {
-        rfaas::rdma::Provider::Tcp => {
+        rfaas::rdma::Provider::Tcp | rfaas::rdma::Provider::Ofi => {
             for junk in [
                 &b"GET / HTTP/1.1\r\n\r\n"[..],
                 &[0xff; 3][..],
@@ -962,6 +1069,15 @@ fn raw_junk_connections(
 const PEER_ROLE: &str = "RFAAS_CONFORMANCE_PEER";
 const PEER_ADDR: &str = "RFAAS_CONFORMANCE_ADDR";
 const PEER_PROVIDER: &str = "RFAAS_CONFORMANCE_PROVIDER";
+
+/// How a peer process names the provider of `f`: `ofi:<libfabric provider>` for ofi.
+fn peer_provider<F: Fabric>(f: &F) -> String {
+    #[cfg(feature = "libfabric")]
+    if let Some(o) = (f as &dyn std::any::Any).downcast_ref::<rfaas::rdma::ofi::OfiFabric>() {
+        return format!("ofi:{}", o.info().provider);
+    }
+    f.provider().name().to_string()
+}
 
 fn spawn_peer(role: &str, provider: &str, addr: &str) -> Result<Child, Failed> {
     let exe = std::env::current_exe()?;
@@ -1013,7 +1129,7 @@ fn cross_process_echo<F: Fabric>(mk: fn() -> F) -> TestResult {
     let l = f.listen("127.0.0.1:0")?;
     let inbox = f.alloc_mr(1 << 20, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let src = f.alloc_mr(1 << 20, Access::LOCAL_WRITE)?;
-    let _peer = KillOnDrop(spawn_peer("echo", f.provider().name(), &l.local_addr())?);
+    let _peer = KillOnDrop(spawn_peer("echo", &peer_provider(&f), &l.local_addr())?);
     let qp = accept_peer(&f, &l, &cq, 16, &inbox.remote(0, 1 << 20).to_bytes())?;
     // The peer tells us where its inbox is with its first write-with-immediate (imm = u32::MAX).
     let hello = one(&cq)?;
@@ -1060,7 +1176,7 @@ fn peer_killed<F: Fabric>(mk: fn() -> F) -> TestResult {
     let f = mk();
     let cq = f.create_cq(64)?;
     let l = f.listen("127.0.0.1:0")?;
-    let mut peer = KillOnDrop(spawn_peer("idle", f.provider().name(), &l.local_addr())?);
+    let mut peer = KillOnDrop(spawn_peer("idle", &peer_provider(&f), &l.local_addr())?);
     let qp = accept_peer(&f, &l, &cq, 4, &[])?;
     // The peer is connected and idle; kill it.
     std::thread::sleep(Duration::from_millis(50));
@@ -1156,6 +1272,10 @@ fn peer_main(role: &str) -> i32 {
         "shm" => peer_role(role, &addr, || ShmFabric::new().expect("shm domain")),
         "tcp" => peer_role(role, &addr, || {
             rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")
+        }),
+        #[cfg(feature = "libfabric")]
+        other if other.starts_with("ofi:") => peer_role(role, &addr, || {
+            rfaas::rdma::ofi::OfiFabric::with_provider(Some(&other[4..])).expect("ofi domain")
         }),
         other => Err(format!("unknown provider {other}")),
     };
@@ -1255,6 +1375,16 @@ macro_rules! suite {
     };
 }
 
+/// [`suite!`] with a run-time name prefix.
+#[cfg(feature = "libfabric")]
+macro_rules! suite_named {
+    ($trials:ident, $name:expr, $mk:expr, [$($test:ident),* $(,)?]) => {
+        $(
+            $trials.push(Trial::test(format!("{}::{}", $name, stringify!($test)), move || $test($mk)));
+        )*
+    };
+}
+
 fn main() {
     if let Ok(role) = std::env::var(PEER_ROLE) {
         std::process::exit(peer_main(&role));
@@ -1314,5 +1444,76 @@ fn main() {
             peer_killed,
         ]
     );
+    #[cfg(feature = "libfabric")]
+    ofi_suites(&mut trials);
     libtest_mimic::run(&args, trials).exit();
+}
+
+/// The `ofi` provider on libfabric's own software providers, which Debian ships: `shm` (one
+/// node) and `tcp;ofi_rxm` (reliable datagrams over TCP), plus the libfabric provider named by
+/// `RFAAS_TEST_OFI_PROVIDER` (a cluster's `cxi`, `efa`, `opx`, `verbs;ofi_rxm`).
+///
+/// Every test runs on every libfabric provider, except: on libfabric's `shm`,
+/// `access_errors_unreported` replaces `access_errors` (shm 1.17 never reports a refused write
+/// to the initiator; the request fails on rfaas's response timer instead); on `tcp;ofi_rxm`,
+/// `access_errors_read_unchecked` (its target does not check read rights); and `atomics` and the
+/// atomic case of
+/// `access_errors` on a provider whose `fi_info` lacks `FI_ATOMIC` (libfabric 1.17's
+/// `tcp;ofi_rxm`): there the test instead checks that an atomic is refused with an error naming
+/// the missing capability (`atomics_refused_clearly`). `other_uid_refused` is an shm-provider
+/// test (libfabric's shm has no such check: any local process may connect).
+#[cfg(feature = "libfabric")]
+fn ofi_suites(trials: &mut Vec<Trial>) {
+    use rfaas::rdma::ofi::OfiFabric;
+    fn ofi_shm() -> OfiFabric {
+        OfiFabric::with_provider(Some("shm")).expect("ofi domain on libfabric shm")
+    }
+    fn ofi_tcp() -> OfiFabric {
+        OfiFabric::with_provider(Some("tcp;ofi_rxm")).expect("ofi domain on libfabric tcp;ofi_rxm")
+    }
+    fn ofi_env() -> OfiFabric {
+        let p = std::env::var("RFAAS_TEST_OFI_PROVIDER").unwrap_or_default();
+        OfiFabric::with_provider(Some(&p)).expect("ofi domain on RFAAS_TEST_OFI_PROVIDER")
+    }
+    let add = |trials: &mut Vec<Trial>, name: &str, mk: fn() -> OfiFabric| {
+        let has_atomics = mk().info().atomics;
+        let name = format!("ofi-{name}");
+        suite_named!(
+            trials,
+            name,
+            mk,
+            [
+                send_recv,
+                write_imm_sizes,
+                write_then_imm_ordering,
+                read,
+                local_protection,
+                rnr_timeout,
+                rnr_then_post,
+                shared_cq_64,
+                blocking_wait,
+                bad_handshakes,
+                cross_process_echo,
+                peer_killed,
+            ]
+        );
+        let prov = mk().info().provider.clone();
+        if prov == "shm" {
+            suite_named!(trials, name, mk, [access_errors_unreported]);
+        } else if prov == "tcp;ofi_rxm" {
+            suite_named!(trials, name, mk, [access_errors_read_unchecked]);
+        } else {
+            suite_named!(trials, name, mk, [access_errors]);
+        }
+        if has_atomics {
+            suite_named!(trials, name, mk, [atomics]);
+        } else {
+            suite_named!(trials, name, mk, [atomics_refused_clearly]);
+        }
+    };
+    add(trials, "shm", ofi_shm);
+    add(trials, "tcp-rxm", ofi_tcp);
+    if std::env::var("RFAAS_TEST_OFI_PROVIDER").is_ok_and(|p| !p.is_empty()) {
+        add(trials, "env", ofi_env);
+    }
 }

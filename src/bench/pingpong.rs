@@ -80,7 +80,7 @@ pub fn default_bind(p: Provider) -> String {
             ))
             .display()
             .to_string(),
-        Provider::Tcp | Provider::Verbs => "127.0.0.1:0".to_string(),
+        Provider::Tcp | Provider::Verbs | Provider::Ofi => "127.0.0.1:0".to_string(),
     }
 }
 

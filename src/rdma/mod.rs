@@ -41,6 +41,8 @@
 
 pub mod error;
 pub mod notify;
+#[cfg(feature = "libfabric")]
+pub mod ofi;
 pub mod provider;
 pub mod raw_floor;
 pub mod segment;

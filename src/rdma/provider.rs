@@ -20,11 +20,15 @@ pub enum Provider {
     Tcp,
     /// InfiniBand/RoCE verbs (feature `verbs`).
     Verbs,
+    /// libfabric reliable-datagram endpoints (feature `libfabric`): Slingshot, EFA, Omni-Path,
+    /// verbs, and libfabric's own shm and tcp. The libfabric provider comes from
+    /// `RFAAS_OFI_PROVIDER` or `FI_PROVIDER`.
+    Ofi,
 }
 
 impl Provider {
     /// Every provider, in the order they are documented.
-    pub const ALL: [Provider; 3] = [Provider::Shm, Provider::Tcp, Provider::Verbs];
+    pub const ALL: [Provider; 4] = [Provider::Shm, Provider::Tcp, Provider::Verbs, Provider::Ofi];
 
     /// The name used on command lines and in files.
     pub fn name(self) -> &'static str {
@@ -32,6 +36,7 @@ impl Provider {
             Provider::Shm => "shm",
             Provider::Tcp => "tcp",
             Provider::Verbs => "verbs",
+            Provider::Ofi => "ofi",
         }
     }
 
@@ -45,7 +50,8 @@ impl Provider {
 
     /// Opens a domain of this provider and runs `user` over it.
     ///
-    /// Fails with [`FabricError::NotCompiled`] for verbs in a build without the `verbs` feature,
+    /// Fails with [`FabricError::NotCompiled`] for verbs or ofi in a build without the `verbs` or
+    /// `libfabric` feature,
     /// and with [`FabricError::Unavailable`] where the provider cannot run (no RDMA device).
     pub fn run<U: FabricUser>(self, user: U) -> Result<U::Output> {
         match self {
@@ -57,6 +63,13 @@ impl Provider {
             Provider::Verbs => Err(FabricError::NotCompiled {
                 provider: "verbs",
                 feature: "verbs",
+            }),
+            #[cfg(feature = "libfabric")]
+            Provider::Ofi => Ok(user.run(super::ofi::OfiFabric::new()?)),
+            #[cfg(not(feature = "libfabric"))]
+            Provider::Ofi => Err(FabricError::NotCompiled {
+                provider: "ofi",
+                feature: "libfabric",
             }),
         }
     }
@@ -84,6 +97,7 @@ impl FromStr for Provider {
             "shm" => Ok(Provider::Shm),
             "tcp" => Ok(Provider::Tcp),
             "verbs" | "ib" | "rdma" => Ok(Provider::Verbs),
+            "ofi" | "libfabric" => Ok(Provider::Ofi),
             other => Err(FabricError::UnknownProvider(other.to_string())),
         }
     }

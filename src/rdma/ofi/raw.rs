@@ -1,0 +1,1 @@
+//! The `ofi-raw` floor (filled in below).
