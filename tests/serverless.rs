@@ -1,6 +1,6 @@
 //! End-to-end tests of the serverless core with real processes on 127.0.0.1: an executor
 //! manager (`rfaas executor-manager`), the executors it spawns, and this process as the client,
-//! on shm and on tcp.
+//! on shm and on tcp, and (feature `libfabric`) on ofi over libfabric's shm and tcp;ofi_rxm.
 
 mod common;
 
@@ -18,10 +18,29 @@ use rfaas::rdma::tcp::TcpFabric;
 use rfaas::rdma::{Fabric, FabricError, QpInit};
 
 fn manager(provider: &'static str) -> Manager {
+    #[cfg(feature = "libfabric")]
+    if let Some(prov) = provider.strip_prefix("ofi:") {
+        return manager_ofi(prov);
+    }
     Manager::start_with(ManagerOptions {
         provider,
         ..ManagerOptions::default()
     })
+}
+
+/// A manager whose executors use the `ofi` provider on libfabric provider `prov`.
+#[cfg(feature = "libfabric")]
+fn manager_ofi(prov: &str) -> Manager {
+    Manager::start_with(ManagerOptions {
+        provider: "ofi",
+        env: vec![(rfaas::env::OFI_PROVIDER, prov.to_string())],
+        ..ManagerOptions::default()
+    })
+}
+
+#[cfg(feature = "libfabric")]
+fn ofi(prov: &str) -> rfaas::rdma::ofi::OfiFabric {
+    rfaas::rdma::ofi::OfiFabric::with_provider(Some(prov)).expect("ofi domain")
 }
 
 fn fnv1a(bytes: &[u8]) -> [u8; 8] {
@@ -122,6 +141,18 @@ fn tcp_every_function_and_size() {
     every_function_and_size(TcpFabric::new().unwrap(), "tcp");
 }
 
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_every_function_and_size() {
+    every_function_and_size(ofi("shm"), "ofi:shm");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_tcp_rxm_every_function_and_size() {
+    every_function_and_size(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
+}
+
 /// 100,000 invocations on one allocation, several in flight: every result matches its call.
 fn many_invocations<F: Fabric>(fabric: F, provider: &'static str) {
     let m = manager(provider);
@@ -164,6 +195,12 @@ fn shm_100k_invocations_with_calls_in_flight() {
 #[test]
 fn tcp_100k_invocations_with_calls_in_flight() {
     many_invocations(TcpFabric::new().unwrap(), "tcp");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_100k_invocations_with_calls_in_flight() {
+    many_invocations(ofi("shm"), "ofi:shm");
 }
 
 /// An unknown function name fails the allocation with a clear error; an unknown index fails the
@@ -344,6 +381,18 @@ fn shm_manager_killed_fails_clients_fast() {
 #[test]
 fn tcp_manager_killed_fails_clients_fast() {
     manager_killed(TcpFabric::new().unwrap(), "tcp");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_manager_killed_fails_clients_fast() {
+    manager_killed(ofi("shm"), "ofi:shm");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_tcp_rxm_manager_killed_fails_clients_fast() {
+    manager_killed(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
 }
 
 /// Several threads share one Executor, each on its own worker.

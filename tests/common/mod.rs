@@ -85,6 +85,8 @@ pub struct ManagerOptions {
     pub provider: &'static str,
     pub cores: Vec<u32>,
     pub extra: String,
+    /// Environment of the manager (and so of its executors), e.g. `RFAAS_OFI_PROVIDER`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for ManagerOptions {
@@ -93,6 +95,7 @@ impl Default for ManagerOptions {
             provider: "shm",
             cores: cores(),
             extra: "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\n".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -117,18 +120,19 @@ impl Manager {
             opts.extra
         );
         fs::write(dir.path().join("em.toml"), config).unwrap();
-        Manager::spawn_in(dir, secret)
+        Manager::spawn_in(dir, secret, &opts.env)
     }
 
     /// Starts `rfaas executor-manager` on the `em.toml` already written in `dir` (with `secret`
     /// in `dir/secret`) and waits (bounded) until its ready file names its API.
-    fn spawn_in(dir: tempfile::TempDir, secret: String) -> Manager {
+    fn spawn_in(dir: tempfile::TempDir, secret: String, env: &[(&'static str, String)]) -> Manager {
         let log = dir.path().join("manager.log");
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(rfaas_bin())
             .args(["executor-manager", "--new-session", "--config"])
             .arg(dir.path().join("em.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -522,7 +526,7 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
         rm.http
     );
     fs::write(dir.path().join("em.toml"), config).unwrap();
-    Manager::spawn_in(dir, rm.secret.clone())
+    Manager::spawn_in(dir, rm.secret.clone(), &[])
 }
 
 /// Writes `cluster.json` in `rm`'s directory for a shm cluster of `rm` and `ems` (named
