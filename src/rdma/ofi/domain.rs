@@ -124,14 +124,14 @@ pub(crate) struct Inner {
     peers: HashMap<Vec<u8>, u64>,
 }
 
-struct Handles {
-    info: *mut sys::fi_info,
-    fabric: *mut sys::fid_fabric,
-    domain: *mut sys::fid_domain,
-    ep: *mut sys::fid_ep,
-    av: *mut sys::fid_av,
-    cq: *mut sys::fid_cq,
-    bounce_mr: *mut sys::fid_mr,
+pub(crate) struct Handles {
+    pub(crate) info: *mut sys::fi_info,
+    pub(crate) fabric: *mut sys::fid_fabric,
+    pub(crate) domain: *mut sys::fid_domain,
+    pub(crate) ep: *mut sys::fid_ep,
+    pub(crate) av: *mut sys::fid_av,
+    pub(crate) cq: *mut sys::fid_cq,
+    pub(crate) bounce_mr: *mut sys::fid_mr,
 }
 
 impl Drop for Handles {
@@ -217,7 +217,10 @@ fn cstr(p: *const std::os::raw::c_char) -> String {
 
 /// Asks `fi_getinfo` for an RDM endpoint of `provider` with the capabilities rfaas needs.
 /// Returns the info (owned) or the libfabric error code.
-fn getinfo(provider: Option<&str>, atomics: bool) -> std::result::Result<*mut sys::fi_info, isize> {
+pub(crate) fn getinfo(
+    provider: Option<&str>,
+    atomics: bool,
+) -> std::result::Result<*mut sys::fi_info, isize> {
     // SAFETY: fi_allocinfo returns a zeroed fi_info with its attribute structs allocated (or
     // null); every pointer is checked before use, strings are malloc'ed as fi_freeinfo expects.
     unsafe {
@@ -298,15 +301,7 @@ impl Domain {
                 }
             },
         };
-        let mut h = Handles {
-            info,
-            fabric: std::ptr::null_mut(),
-            domain: std::ptr::null_mut(),
-            ep: std::ptr::null_mut(),
-            av: std::ptr::null_mut(),
-            cq: std::ptr::null_mut(),
-            bounce_mr: std::ptr::null_mut(),
-        };
+        let h = open_handles(info)?;
         // SAFETY: `info` is a valid fi_info list head returned by fi_getinfo; its attribute
         // pointers are non-null for a returned info.
         let (prov_name, fabric_name, domain_name, mr_mode, cq_data_size, manual) = unsafe {
@@ -332,53 +327,6 @@ impl Domain {
                 "libfabric provider {prov_name:?} needs FI_MR_RAW keys, which rfaas's 32-bit \
                  rkeys cannot carry"
             )));
-        }
-        // SAFETY: standard libfabric open sequence on the handles of `h`, each result checked;
-        // on error `h` closes what was opened.
-        unsafe {
-            let r = sys::fi_fabric((*info).fabric_attr, &mut h.fabric, std::ptr::null_mut());
-            if r != 0 {
-                return Err(fi_error("fi_fabric", r as isize));
-            }
-            let r = sys::rfaas_fi_domain(h.fabric, info, &mut h.domain);
-            if r != 0 {
-                return Err(fi_error("fi_domain", r as isize));
-            }
-            let mut av_attr = sys::fi_av_attr::default();
-            let r = sys::rfaas_fi_av_open(h.domain, &mut av_attr, &mut h.av);
-            if r != 0 {
-                return Err(fi_error("fi_av_open", r as isize));
-            }
-            let mut cq_attr = sys::fi_cq_attr {
-                size: 4096,
-                format: sys::fi_cq_format_FI_CQ_FORMAT_DATA,
-                wait_obj: sys::fi_wait_obj_FI_WAIT_NONE,
-                ..Default::default()
-            };
-            let r = sys::rfaas_fi_cq_open(h.domain, &mut cq_attr, &mut h.cq);
-            if r != 0 {
-                return Err(fi_error("fi_cq_open", r as isize));
-            }
-            let r = sys::rfaas_fi_endpoint(h.domain, info, &mut h.ep);
-            if r != 0 {
-                return Err(fi_error("fi_endpoint", r as isize));
-            }
-            let r = sys::rfaas_fi_ep_bind(
-                h.ep,
-                h.cq.cast(),
-                u64::from(sys::FI_TRANSMIT | sys::FI_RECV),
-            );
-            if r != 0 {
-                return Err(fi_error("fi_ep_bind(cq)", r as isize));
-            }
-            let r = sys::rfaas_fi_ep_bind(h.ep, h.av.cast(), 0);
-            if r != 0 {
-                return Err(fi_error("fi_ep_bind(av)", r as isize));
-            }
-            let r = sys::rfaas_fi_enable(h.ep);
-            if r != 0 {
-                return Err(fi_error("fi_enable", r as isize));
-            }
         }
         let mut name = vec![0u8; wire::MAX_NAME];
         let mut len = name.len();
@@ -1072,10 +1020,6 @@ impl Domain {
             .cloned()
     }
 
-    /// The endpoint (for the raw floor benchmark).
-    pub(crate) fn ep(&self) -> *mut sys::fid_ep {
-        self.h.ep
-    }
 }
 
 impl Drop for Domain {
@@ -1156,6 +1100,68 @@ fn map_err(err: i32, prov_errno: i32) -> WcStatus {
     } else {
         WcStatus::Fatal
     }
+}
+
+/// Opens fabric, domain, address vector, completion queue and an enabled endpoint bound to
+/// both, from `info` (which the returned handles own and free).
+pub(crate) fn open_handles(info: *mut sys::fi_info) -> Result<Handles> {
+    let mut h = Handles {
+        info,
+        fabric: std::ptr::null_mut(),
+        domain: std::ptr::null_mut(),
+        ep: std::ptr::null_mut(),
+        av: std::ptr::null_mut(),
+        cq: std::ptr::null_mut(),
+        bounce_mr: std::ptr::null_mut(),
+    };
+    // SAFETY: standard libfabric open sequence on the handles of `h`, each result checked;
+    // on error `h` closes what was opened.
+    unsafe {
+        let r = sys::fi_fabric((*info).fabric_attr, &mut h.fabric, std::ptr::null_mut());
+        if r != 0 {
+            return Err(fi_error("fi_fabric", r as isize));
+        }
+        let r = sys::rfaas_fi_domain(h.fabric, info, &mut h.domain);
+        if r != 0 {
+            return Err(fi_error("fi_domain", r as isize));
+        }
+        let mut av_attr = sys::fi_av_attr::default();
+        let r = sys::rfaas_fi_av_open(h.domain, &mut av_attr, &mut h.av);
+        if r != 0 {
+            return Err(fi_error("fi_av_open", r as isize));
+        }
+        let mut cq_attr = sys::fi_cq_attr {
+            size: 4096,
+            format: sys::fi_cq_format_FI_CQ_FORMAT_DATA,
+            wait_obj: sys::fi_wait_obj_FI_WAIT_NONE,
+            ..Default::default()
+        };
+        let r = sys::rfaas_fi_cq_open(h.domain, &mut cq_attr, &mut h.cq);
+        if r != 0 {
+            return Err(fi_error("fi_cq_open", r as isize));
+        }
+        let r = sys::rfaas_fi_endpoint(h.domain, info, &mut h.ep);
+        if r != 0 {
+            return Err(fi_error("fi_endpoint", r as isize));
+        }
+        let r = sys::rfaas_fi_ep_bind(
+            h.ep,
+            h.cq.cast(),
+            u64::from(sys::FI_TRANSMIT | sys::FI_RECV),
+        );
+        if r != 0 {
+            return Err(fi_error("fi_ep_bind(cq)", r as isize));
+        }
+        let r = sys::rfaas_fi_ep_bind(h.ep, h.av.cast(), 0);
+        if r != 0 {
+            return Err(fi_error("fi_ep_bind(av)", r as isize));
+        }
+        let r = sys::rfaas_fi_enable(h.ep);
+        if r != 0 {
+            return Err(fi_error("fi_enable", r as isize));
+        }
+    }
+    Ok(h)
 }
 
 /// The loaded libfabric's version, `major.minor`.

@@ -387,11 +387,6 @@ impl QueuePair for OfiQp {
         let peer = self.s.peer;
         let mut g = d.lock();
         let i = d.take_slot(&mut g, slot)?;
-        let iov = libc::iovec {
-            iov_base: laddr as *mut libc::c_void,
-            iov_len: llen as usize,
-        };
-        let mut desc = ldesc;
         match wr.op {
             Op::Send | Op::SendImm(_) => {
                 let (imm, flags) = match wr.op {
