@@ -75,6 +75,40 @@ impl Provider {
     }
 }
 
+/// What a provider runs on, for `rfaas status` and benchmark metadata: for `ofi`, the libfabric
+/// provider, fabric and version this host would use (from `RFAAS_OFI_PROVIDER` / `FI_PROVIDER`),
+/// or why it cannot; `null` for the others.
+pub fn describe(p: Provider) -> serde_json::Value {
+    match p {
+        #[cfg(feature = "libfabric")]
+        Provider::Ofi => match super::ofi::OfiFabric::new() {
+            Ok(f) => serde_json::to_value(f.info()).unwrap_or(serde_json::Value::Null),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        },
+        #[cfg(not(feature = "libfabric"))]
+        Provider::Ofi => serde_json::json!({ "error": "built without the `libfabric` feature" }),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// One line describing [`describe`]'s answer for humans (`None` when there is nothing to say).
+pub fn describe_line(p: Provider) -> Option<String> {
+    let v = describe(p);
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        return Some(format!("{p} on this host: {e}"));
+    }
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+    v.is_object().then(|| {
+        format!(
+            "{p} on this host: libfabric {} provider {}, fabric {}, atomics {}",
+            s("libfabric_version"),
+            s("provider"),
+            s("fabric"),
+            v.get("atomics").and_then(|x| x.as_bool()).unwrap_or(false)
+        )
+    })
+}
+
 /// Code that runs over any provider: the generic "closure" that [`Provider::run`] calls with the
 /// concrete fabric, so that hot loops are monomorphised per provider.
 pub trait FabricUser {

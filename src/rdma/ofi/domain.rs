@@ -1019,7 +1019,6 @@ impl Domain {
             .get(&q)
             .cloned()
     }
-
 }
 
 impl Drop for Domain {
@@ -1083,7 +1082,7 @@ fn map_err(err: i32, prov_errno: i32) -> WcStatus {
         || e == sys::FI_EOPBADSTATE
     {
         WcStatus::RemoteAccess
-    } else if e == sys::FI_ETRUNC as u32 || e == sys::FI_ETOOSMALL as u32 {
+    } else if e == sys::FI_ETRUNC || e == sys::FI_ETOOSMALL {
         WcStatus::LocalLength
     } else if e == sys::FI_ECANCELED {
         WcStatus::WrFlush

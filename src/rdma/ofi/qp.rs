@@ -531,6 +531,8 @@ impl OfiQp {
         };
         let mut flags = sys::FI_COMPLETION;
         if !read {
+            // Delivery complete: on shm and tcp;ofi_rxm the default (transmit) completion
+            // reports success even when the target refuses the key or range.
             flags |= sys::FI_DELIVERY_COMPLETE;
         }
         if data.is_some() {
