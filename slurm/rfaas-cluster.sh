@@ -25,7 +25,8 @@
 #   RFAAS_BIN_DIR        where the `rfaas` binary is (default: $RFAAS_HOME/target/release)
 #   RFAAS_RUN_DIR        run directory, on a file system every node sees
 #                        (default: $SLURM_SUBMIT_DIR/rfaas-run)
-#   RFAAS_PROVIDER       fabric provider of the executors: tcp (default), verbs, or shm (only
+#   RFAAS_PROVIDER       fabric provider of the executors: tcp (default), verbs, ofi (libfabric
+#                        provider from RFAAS_OFI_PROVIDER / FI_PROVIDER, exported to every node), or shm (only
 #                        when every node is on one host, e.g. virtual nodes)
 #   RFAAS_EM_CORES       cpulist every EM rents out (default: the cpuset Slurm gave the EM)
 #   RFAAS_EM_MEMORY      memory every EM rents out, e.g. 32GiB (default: the node's MemTotal)
@@ -73,7 +74,7 @@ STOP_TIMEOUT=${RFAAS_STOP_TIMEOUT:-20}
 export RUST_LOG=${RUST_LOG:-info}
 
 [[ -x $RFAAS ]] || die "$RFAAS not found: build it (cargo build --release) or set RFAAS_BIN_DIR"
-case $PROVIDER in shm | tcp | verbs) ;; *) die "RFAAS_PROVIDER=$PROVIDER: use tcp, verbs or shm" ;; esac
+case $PROVIDER in shm | tcp | verbs | ofi) ;; *) die "RFAAS_PROVIDER=$PROVIDER: use tcp, verbs, ofi or shm" ;; esac
 
 # Everything created from here on (run directory, secret, cluster.json) is private to the user.
 umask 077

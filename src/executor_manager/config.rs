@@ -4,7 +4,7 @@
 //! # rfaas executor-manager --config em.toml
 //! node = "node-7"                 # default: the host name
 //! listen = "0.0.0.0:10000"        # HTTP API (port 0 picks one; see ready_file)
-//! provider = "tcp"                # shm | tcp | verbs (default: $RFAAS_PROVIDER, else shm)
+//! provider = "tcp"                # shm | tcp | verbs | ofi (default: $RFAAS_PROVIDER, else shm)
 //! fabric_host = "10.0.0.7"        # where executors and the billing listener bind
 //! cores = "2-15"                  # cores it may rent: a cpulist or [2, 3, 4]; default: its cpuset
 //! nic = "mlx5_0"                  # order cores by this NIC (RDMA device or interface, e.g.
@@ -85,7 +85,8 @@ pub struct ManagerArgs {
     /// Address of the HTTP API, host:port (port 0 picks a free one).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
-    /// Fabric provider of the executors and of billing: shm, tcp or verbs.
+    /// Fabric provider of the executors and of billing: shm, tcp, verbs or ofi (the libfabric
+    /// provider then comes from `RFAAS_OFI_PROVIDER` or `FI_PROVIDER`).
     #[arg(long)]
     pub provider: Option<Provider>,
     /// Host (address) the executors' and the billing listener's fabric endpoints bind to.
