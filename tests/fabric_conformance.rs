@@ -1511,6 +1511,41 @@ fn ofi_suites(trials: &mut Vec<Trial>) {
             suite_named!(trials, name, mk, [atomics_refused_clearly]);
         }
     };
+    trials.push(Trial::test(
+        "ofi::missing_provider_is_a_clear_error",
+        || match OfiFabric::with_provider(Some("no_such_provider")) {
+            Err(FabricError::Unavailable { reason, .. }) => {
+                ensure!(
+                    reason.contains("no_such_provider") && reason.contains("fi_info"),
+                    "unhelpful error: {reason}"
+                );
+                Ok(())
+            }
+            Err(e) => Err(format!("wrong error kind: {e}").into()),
+            Ok(_) => Err("opened a provider that does not exist".into()),
+        },
+    ));
+    trials.push(Trial::test("ofi::provider_mismatch_is_rejected", || {
+        let a = ofi_shm();
+        let b = ofi_tcp();
+        let l = a.listen("127.0.0.1:0")?;
+        let cq = b.create_cq(16)?;
+        let addr = l.local_addr();
+        let waiter = std::thread::spawn(move || l.next_request(Duration::from_millis(500)));
+        let r = b.connect(&addr, QpInit::new(&cq), &[], b"x", WAIT);
+        let got = waiter.join().map_err(|_| "listener panicked")??;
+        ensure!(
+            got.is_none(),
+            "the listener handed out a mismatched request"
+        );
+        match r {
+            Err(FabricError::Rejected(why)) => {
+                ensure!(why.contains("mismatch"), "reason {why:?}");
+                Ok(())
+            }
+            other => Err(format!("mismatched connect gave {:?}", other.map(|_| ())).into()),
+        }
+    }));
     add(trials, "shm", ofi_shm);
     add(trials, "tcp-rxm", ofi_tcp);
     if std::env::var("RFAAS_TEST_OFI_PROVIDER").is_ok_and(|p| !p.is_empty()) {

@@ -67,6 +67,14 @@ pub use types::{
     WcStatus,
 };
 
+/// Undoes what linking optional native libraries does to signal handling (libfabric installs
+/// handlers for SIGSEGV, SIGTERM, ... when loaded); a no-op without the `libfabric` feature.
+/// Every rfaas binary calls it first.
+pub fn restore_default_signals() {
+    #[cfg(feature = "libfabric")]
+    ofi::restore_default_signals();
+}
+
 /// Largest private-data blob carried by connect and accept, in bytes (verbs' rdma_cm allows 56
 /// for RC connects; software providers allow this much).
 pub const MAX_PRIVATE_DATA: usize = 1024;

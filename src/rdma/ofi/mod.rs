@@ -93,6 +93,32 @@ impl OfiFabric {
     }
 }
 
+/// Signals whose handlers libfabric 1.17 installs when it is loaded (its shm provider's cleanup
+/// handlers: they turn a segfault into `exit(1)` and chain into the process's own SIGTERM
+/// handling).
+const LIBFABRIC_SIGNALS: [i32; 6] = [
+    libc::SIGINT,
+    libc::SIGILL,
+    libc::SIGABRT,
+    libc::SIGBUS,
+    libc::SIGSEGV,
+    libc::SIGTERM,
+];
+
+/// Puts back the default action of the signals libfabric takes over when it is loaded, so a
+/// crashing executor is still reported as killed by its signal and the daemons' own SIGTERM
+/// handling is the only one. Called first thing by every rfaas binary. The cost: libfabric's
+/// shm provider no longer removes its `/dev/shm` files when a process dies of a signal.
+pub fn restore_default_signals() {
+    for sig in LIBFABRIC_SIGNALS {
+        // SAFETY: installing SIG_DFL has no memory-safety preconditions; it runs before any
+        // thread or handler of rfaas's own exists.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
 /// The libfabric provider the environment names (`RFAAS_OFI_PROVIDER`, else `FI_PROVIDER`).
 pub fn configured_provider() -> Option<String> {
     [crate::env::OFI_PROVIDER, "FI_PROVIDER"]
