@@ -40,7 +40,7 @@
 #   RUST_LOG             log level of the daemons (default info)
 #
 # Files in RUN_DIR (logs under RUN_DIR/logs, per-node EM run directories under RUN_DIR/nodes):
-#   secret  cluster.json  job  rm.json (RM ready file)  rm-state.json  nodes/<node>/em.json
+#   secret  node-secret  cluster.json  job  rm.json (RM ready file)  rm-state.json  nodes/<node>/em.json
 #
 # Edit the resources below. Slurm's own options on the sbatch command line override them.
 #SBATCH --job-name=rfaas-cluster
@@ -81,6 +81,7 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/nodes"
 RUN_DIR=$(cd "$RUN_DIR" && pwd -P) # absolute: EMs on other nodes and client jobs read it
 CLUSTER_JSON=$RUN_DIR/cluster.json
 SECRET_FILE=$RUN_DIR/secret
+NODE_SECRET_FILE=$RUN_DIR/node-secret
 RM_READY=$RUN_DIR/rm.json
 
 # One cluster per run directory: refuse to take over one that a running job still serves.
@@ -96,9 +97,14 @@ rm -f "$CLUSTER_JSON" "$RM_READY" "$RUN_DIR/rm-state.json" "$RUN_DIR"/nodes/*/em
 
 # A fresh secret per cluster: 32 random bytes as hex, written by builtins and od only, never
 # shown. Written to a temporary file and renamed, so no reader ever sees a partial secret.
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$SECRET_FILE.tmp"
-chmod 600 "$SECRET_FILE.tmp"
-mv -f "$SECRET_FILE.tmp" "$SECRET_FILE"
+# The node credential (what the RM and EMs hold, clients never read it) is made the same way.
+new_secret() {
+	(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$1.tmp")
+	chmod 600 "$1.tmp"
+	mv -f "$1.tmp" "$1"
+}
+new_secret "$SECRET_FILE"
+new_secret "$NODE_SECRET_FILE"
 
 # Which nodes do what. In a hetjob, SLURM_JOB_NODELIST is component 0's only.
 if [[ -n ${SLURM_HET_SIZE:-} ]]; then
@@ -193,6 +199,7 @@ trap 'shutdown $?' EXIT
 # the EM step (it is idle most of the time), which would otherwise wait for them. --mpi=none:
 # the daemons are no MPI programs (a site's MpiDefault=pmix would set up PMIx for nothing).
 RM_ARGS=(resource-manager --listen "$RM_HOST:0" --secret-file "$SECRET_FILE"
+	--node-secret-file "$NODE_SECRET_FILE"
 	--state-file "$RUN_DIR/rm-state.json" --ready-file "$RM_READY")
 [[ -n ${RFAAS_RM_CONFIG:-} ]] && RM_ARGS+=(--config "$RFAAS_RM_CONFIG")
 srun "${RM_GROUP[@]}" --overlap --mpi=none --nodes=1 --ntasks=1 --nodelist="$RM_NODE" \
@@ -238,6 +245,7 @@ em_task() {
 	exec >>"$RFAAS_X_RUN_DIR/logs/em-$node.log" 2>&1
 	local args=(executor-manager --node "$node" --listen "$addr:0" --fabric-host "$addr"
 		--provider "$RFAAS_X_PROVIDER" --secret-file "$RFAAS_X_RUN_DIR/secret"
+		--node-secret-file "$RFAAS_X_RUN_DIR/node-secret"
 		--run-dir "$dir" --ready-file "$dir/em.json" --resource-manager "$RFAAS_X_RM_ADDR")
 	[[ -n ${RFAAS_EM_CORES:-} ]] && args+=(--cores "$RFAAS_EM_CORES")
 	[[ -n ${RFAAS_EM_MEMORY:-} ]] && args+=(--memory "$RFAAS_EM_MEMORY")

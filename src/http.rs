@@ -1,5 +1,5 @@
 //! What the HTTP/JSON servers (executor manager, resource manager) share: JSON error answers,
-//! bounded body reads, Bearer authentication, and a hyper accept loop with a header-read timer
+//! bounded body reads, one authentication layer ([`Authenticator`], [`protect`]), and a hyper accept loop with a header-read timer
 //! and a connection limit.
 
 use std::future::Future;
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::control::executor_manager_api::ApiError;
+use crate::control::munge::MungeSocket;
 use crate::control::secret::secrets_equal;
 
 /// Largest JSON request body, bytes.
@@ -48,23 +49,187 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-/// Checks `Authorization: Bearer <secret>` in constant time; a 401 otherwise.
-pub fn check_bearer(headers: &HeaderMap, secret: &str) -> Result<(), ApiFailure> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        None => Err(ApiFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "missing credentials: send Authorization: Bearer <cluster secret>",
-        )),
-        Some(s) if secrets_equal(s.as_bytes(), secret.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiFailure::new(
-            StatusCode::UNAUTHORIZED,
-            "wrong cluster secret",
-        )),
+/// Who a request comes from, as its credentials prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// It may act as a node: register, heartbeat, deregister, drain, resume (it presented the
+    /// node credential, or the cluster secret when no separate node credential is configured).
+    pub node: bool,
+    /// The user `munged` vouched for (MUNGE authentication), `None` for a shared secret.
+    pub uid: Option<u32>,
+}
+
+impl Caller {
+    /// 403 unless the caller holds the node credential.
+    pub fn require_node(&self) -> Result<(), ApiFailure> {
+        if self.node {
+            Ok(())
+        } else {
+            Err(ApiFailure::new(
+                StatusCode::FORBIDDEN,
+                "this route needs the node credential (executor managers and operators hold \
+                 it, clients do not)",
+            ))
+        }
+    }
+}
+
+/// The credentials a server accepts, and what each may do:
+///
+/// * `Authorization: Bearer <node secret>`: everything, including the node routes.
+/// * `Authorization: Bearer <cluster secret>`: client routes; the node routes too when no node
+///   secret is configured (single-user mode, where every party is the same user anyway).
+/// * `Authorization: Munge <credential>` (when MUNGE is enabled): client routes, as the user
+///   `munged` vouches for.
+pub struct Authenticator {
+    client: Arc<str>,
+    node: Option<Arc<str>>,
+    munge: Option<MungeSocket>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("node_secret", &self.node.is_some())
+            .field("munge", &self.munge)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long `unmunge` may take.
+const MUNGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Authenticator {
+    /// Accepts the cluster secret `client` and, when given, the separate node secret `node`.
+    pub fn new(client: &str, node: Option<&str>) -> Authenticator {
+        Authenticator {
+            client: Arc::from(client),
+            node: node.map(Arc::from),
+            munge: None,
+        }
+    }
+
+    /// Reads the cluster secret and the node secret (when named) from their files (mode 0600),
+    /// enabling MUNGE when `munge` names a socket; logs which mode it runs in.
+    pub fn load(
+        secret_file: &std::path::Path,
+        node_secret_file: Option<&std::path::Path>,
+        munge: Option<MungeSocket>,
+    ) -> Result<Authenticator, crate::control::secret::SecretError> {
+        use crate::control::secret::read_secret_file;
+        let client = read_secret_file(secret_file)?;
+        let node = node_secret_file.map(read_secret_file).transpose()?;
+        if node.is_none() {
+            tracing::warn!(
+                "no node secret file: the cluster secret may register and remove nodes \
+                 (single-user mode)"
+            );
+        }
+        let auth = Authenticator::new(&client, node.as_deref());
+        Ok(match munge {
+            Some(socket) => auth.with_munge(socket),
+            None => auth,
+        })
+    }
+
+    /// Also accepts MUNGE credentials decoded through `socket`.
+    pub fn with_munge(mut self, socket: MungeSocket) -> Authenticator {
+        self.munge = Some(socket);
+        self
+    }
+
+    /// Who sent `headers`; 401 when no credential or a wrong one.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiFailure> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let wrong = |what: &str| ApiFailure::new(StatusCode::UNAUTHORIZED, what.to_string());
+        let Some(value) = value else {
+            return Err(wrong(
+                "missing credentials: send Authorization: Bearer <cluster secret>",
+            ));
+        };
+        if let Some(s) = value.strip_prefix("Bearer ").map(str::trim) {
+            if let Some(node) = &self.node {
+                if secrets_equal(s.as_bytes(), node.as_bytes()) {
+                    return Ok(Caller {
+                        node: true,
+                        uid: None,
+                    });
+                }
+            }
+            if secrets_equal(s.as_bytes(), self.client.as_bytes()) {
+                return Ok(Caller {
+                    node: self.node.is_none(),
+                    uid: None,
+                });
+            }
+            return Err(wrong("wrong cluster secret"));
+        }
+        if let Some(cred) = value.strip_prefix("Munge ").map(str::trim) {
+            let Some(socket) = self.munge.clone() else {
+                return Err(wrong("MUNGE authentication is not enabled on this server"));
+            };
+            let cred = cred.to_string();
+            let decoded =
+                tokio::task::spawn_blocking(move || socket.decode(&cred, MUNGE_TIMEOUT)).await;
+            return match decoded {
+                Ok(Ok(id)) => Ok(Caller {
+                    node: false,
+                    uid: Some(id.uid),
+                }),
+                Ok(Err(e)) => Err(wrong(&format!("MUNGE {e}"))),
+                Err(e) => Err(ApiFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string(),
+                )),
+            };
+        }
+        Err(wrong(
+            "unknown authorization scheme: send Bearer <cluster secret> or Munge <credential>",
+        ))
+    }
+}
+
+/// Puts the API behind `auth`: every route but `GET /v1/health` needs a credential, and
+/// handlers find the [`Caller`] among the request's extensions. Unknown routes and methods get
+/// JSON 404 and 405 answers naming `api_table` (where the routes are documented).
+pub fn protect<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    auth: Arc<Authenticator>,
+    api_table: &'static str,
+) -> Router<S> {
+    router
+        .fallback(move || async move {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                format!("no such route; see the API table in {api_table}"),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiFailure::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
+}
+
+async fn authenticate(
+    axum::extract::State(auth): axum::extract::State<Arc<Authenticator>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() == "/v1/health" {
+        return next.run(req).await;
+    }
+    match auth.identify(req.headers()).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
     }
 }
 

@@ -8,6 +8,7 @@ use super::error::ClientError;
 use super::http::ApiClient;
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, LibraryStored, ManagerStatus,
+    ALLOCATION_TOKEN_HEADER,
 };
 use crate::function::ContentHash;
 
@@ -72,14 +73,16 @@ impl ManagerClient {
         self.api.post("/v1/allocations", req)
     }
 
-    /// Releases an allocation (its executor is stopped, its cores return).
-    pub fn deallocate(&self, id: u64) -> Result<(), ClientError> {
+    /// Releases an allocation (its executor is stopped, its cores return); `token` is the
+    /// allocation's ([`Allocation::token`]).
+    pub fn deallocate(&self, id: u64, token: &str) -> Result<(), ClientError> {
         let url = self.api.at(&format!("/v1/allocations/{id}"));
         let mut resp = self
             .api
             .agent()
             .delete(&url)
             .header("Authorization", self.api.auth())
+            .header(ALLOCATION_TOKEN_HEADER, token)
             .call()
             .map_err(|e| self.api.transport(e))?;
         if resp.status().is_success() {

@@ -5,7 +5,7 @@
 //! | `PUT` | `/v1/libraries/{sha256}` | raw library bytes → [`LibraryStored`] (cached by content hash) |
 //! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise |
 //! | `POST` | `/v1/allocations` | [`AllocationRequest`] → [`Allocation`] |
-//! | `DELETE` | `/v1/allocations/{id}` | → 204 |
+//! | `DELETE` | `/v1/allocations/{id}` | header [`ALLOCATION_TOKEN_HEADER`] (or the lease token) → 204, 403 without |
 //! | `GET` | `/v1/allocations/{id}` | → [`AllocationStatus`] |
 //! | `GET` | `/v1/status` | → [`ManagerStatus`] |
 //! | `GET` | `/v1/health` | → `{"ok":true}` (no authentication) |
@@ -18,6 +18,9 @@ use crate::rdma::Provider;
 
 /// Largest library an executor manager accepts.
 pub const MAX_LIBRARY_BYTES: usize = 256 << 20;
+/// The header that carries an allocation's token when ending it (`DELETE /v1/allocations/{id}`).
+pub const ALLOCATION_TOKEN_HEADER: &str = "X-Rfaas-Allocation-Token";
+
 /// Bytes of a per-allocation token.
 pub const TOKEN_LEN: usize = 32;
 

@@ -11,6 +11,10 @@
 //!                                 # eth0); default: the RDMA device hwloc finds, if any
 //! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
 //! secret_file = "/run/rfaas/secret"  # cluster secret, mode 0600 (required)
+//! node_secret_file = "/run/rfaas/node-secret"  # node credential, mode 0600: sent to the
+//!                                   # resource manager (none: the cluster secret is)
+//! munge = true                      # also accept MUNGE credentials from clients
+//! munge_socket = "/run/munge/munge.socket.2"  # munged's socket (implies munge = true)
 //! run_dir = "/tmp/rfaas-em"       # executor logs (run_dir/logs), library cache (run_dir/cache)
 //! executor_start_timeout_ms = 10000    # spawn until the executor reports ready
 //! executor_connect_timeout_ms = 10000  # ready until the client connected every worker
@@ -104,6 +108,16 @@ pub struct ManagerArgs {
     /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// File holding the node credential (mode 0600) it registers with at the resource
+    /// manager; without it, the cluster secret is used (single-user mode).
+    #[arg(long, value_name = "FILE")]
+    pub node_secret_file: Option<PathBuf>,
+    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
+    #[arg(long)]
+    pub munge: bool,
+    /// munged's socket (implies --munge; default: munged's own default).
+    #[arg(long, value_name = "PATH")]
+    pub munge_socket: Option<PathBuf>,
     /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -155,6 +169,9 @@ struct FileConfig {
     nic: Option<String>,
     memory: Option<SizeValue>,
     secret_file: Option<PathBuf>,
+    node_secret_file: Option<PathBuf>,
+    munge: Option<bool>,
+    munge_socket: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     executor_start_timeout_ms: Option<u64>,
@@ -202,6 +219,10 @@ pub struct ManagerConfig {
     pub memory: u64,
     /// Cluster secret file.
     pub secret_file: PathBuf,
+    /// Node credential file; `None`: the cluster secret acts as one.
+    pub node_secret_file: Option<PathBuf>,
+    /// MUNGE authentication of clients, through this socket.
+    pub munge: Option<crate::control::munge::MungeSocket>,
     /// Run directory (logs).
     pub run_dir: PathBuf,
     /// Library cache directory.
@@ -323,6 +344,15 @@ impl ManagerConfig {
                 .filter(|n| !n.is_empty()),
             memory,
             secret_file,
+            node_secret_file: args
+                .node_secret_file
+                .clone()
+                .or(file.node_secret_file.map(rel)),
+            munge: {
+                let socket = args.munge_socket.clone().or(file.munge_socket);
+                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
+                    .then_some(crate::control::munge::MungeSocket(socket))
+            },
             run_dir,
             cache_dir,
             executor_start_timeout: ms(args

@@ -174,6 +174,8 @@ pub struct Service {
     rm: std::sync::OnceLock<Arc<RmLink>>,
     /// Allocation id → the lease it runs under (with a resource manager).
     leases: Mutex<HashMap<u64, LeaseHold>>,
+    /// Allocation id → its token (what ending it takes; see [`Service::may_end`]).
+    tokens: Mutex<HashMap<u64, String>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -219,6 +221,7 @@ impl Service {
             order,
             rm: std::sync::OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
@@ -407,6 +410,7 @@ impl Service {
                 return Err(ServiceError::Internal(e.to_string()));
             }
         };
+        self.remember_token(id, &token);
         let mut raw = [0u8; TOKEN_LEN];
         hex::decode_to_slice(&token, &mut raw).expect("new_token is hex of TOKEN_LEN bytes");
         let billing = self.billing.open(res.billing_slot, raw);
@@ -567,6 +571,38 @@ impl Service {
         if std::fs::metadata(log).is_ok_and(|m| m.len() == 0) {
             let _ = std::fs::remove_file(log);
         }
+    }
+
+    fn remember_token(&self, id: u64, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let reg = self.registry();
+        // Only allocations the registry still remembers keep their tokens.
+        tokens.retain(|i, _| reg.get(*i).is_some());
+        tokens.insert(id, token.to_string());
+    }
+
+    /// Whether a caller presenting `allocation_token` and/or `lease_token` may end allocation
+    /// `id`: the allocation's own token, or the token of the lease it runs under, compared in
+    /// constant time. Nobody else may end another's work.
+    pub fn may_end(
+        &self,
+        id: u64,
+        allocation_token: Option<&str>,
+        lease_token: Option<&str>,
+    ) -> bool {
+        use crate::control::secret::secrets_equal;
+        let by_allocation = allocation_token.is_some_and(|t| {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .get(&id)
+                .is_some_and(|k| secrets_equal(k.as_bytes(), t.as_bytes()))
+        });
+        let by_lease = lease_token.is_some_and(|t| {
+            self.leases()
+                .get(&id)
+                .is_some_and(|h| secrets_equal(h.token.as_bytes(), t.as_bytes()))
+        });
+        by_allocation || by_lease
     }
 
     /// Releases allocation `id`: SIGTERM, SIGKILL after the grace period; returns once the

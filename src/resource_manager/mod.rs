@@ -124,19 +124,23 @@ pub fn run(args: &RmArgs) -> Result<(), RmError> {
         nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
     }
     let cfg = RmConfig::load(args)?;
-    let secret = crate::control::secret::read_secret_file(&cfg.secret_file)?;
+    let auth = crate::http::Authenticator::load(
+        &cfg.secret_file,
+        cfg.node_secret_file.as_deref(),
+        cfg.munge.clone(),
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rfaas-rm")
         .enable_all()
         .build()
         .map_err(io_err("start the async runtime"))?;
-    let result = rt.block_on(serve(cfg, secret));
+    let result = rt.block_on(serve(cfg, auth));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 
-async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
+async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), RmError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
@@ -194,7 +198,7 @@ async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
         state::write_atomic(path, &info)?;
     }
 
-    let app = http_server::router(state.clone(), &secret, cfg.request_timeout);
+    let app = http_server::router(state.clone(), Arc::new(auth), cfg.request_timeout);
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
         let sig = tokio::select! {

@@ -240,6 +240,38 @@ pub fn http(
     (code, text)
 }
 
+/// One HTTP/1.1 request with `Authorization: <authorization>` (when given), more headers and
+/// an optional body: `(status, body)`.
+pub fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = match body {
+        Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+        None => agent.run(req.body(()).unwrap()),
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = resp.status().as_u16();
+    (code, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
 /// Writes raw bytes to `addr` and reads until the server closes or `timeout`; the response
 /// text and how long it took.
 pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Duration) {
@@ -358,7 +390,10 @@ pub struct ResourceManager {
 impl ResourceManager {
     /// Starts a resource manager whose config file has `extra` TOML keys, with a state file.
     pub fn start(extra: &str) -> ResourceManager {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &str) -> ResourceManager {
         let secret =
             rfaas::control::secret::create_secret_file(&dir.path().join("secret")).unwrap();
         let config = format!(
@@ -409,6 +444,19 @@ impl ResourceManager {
             },
         );
         (child, info.http)
+    }
+
+    /// [`Self::start`] with a separate node credential (`node_secret_file`): the cluster
+    /// secret ([`Self::secret`]) is then a client's only.
+    pub fn start_secured(extra: &str) -> ResourceManager {
+        let dir = tempfile::tempdir().unwrap();
+        rfaas::control::secret::create_secret_file(&dir.path().join("node-secret")).unwrap();
+        Self::start_in(dir, &format!("node_secret_file = \"node-secret\"\n{extra}"))
+    }
+
+    /// The node credential, when started with [`Self::start_secured`].
+    pub fn node_secret(&self) -> Option<String> {
+        fs::read_to_string(self.dir.path().join("node-secret")).ok()
     }
 
     /// `kill -9`, then a new process on the same directory (config and state file).
@@ -512,6 +560,20 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
         .unwrap();
     f.write_all(rm.secret.as_bytes()).unwrap();
     drop(f);
+    // With a separate node credential, the manager holds it too (the client does not).
+    let extra = match rm.node_secret() {
+        Some(node_secret) => {
+            let mut f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join("node-secret"))
+                .unwrap();
+            f.write_all(node_secret.as_bytes()).unwrap();
+            format!("node_secret_file = \"node-secret\"\n{extra}")
+        }
+        None => extra.to_string(),
+    };
     let cores: Vec<String> = cores.iter().map(u32::to_string).collect();
     let config = format!(
         "node = \"{node}\"\nlisten = \"127.0.0.1:0\"\nprovider = \"shm\"\nfabric_host = \"127.0.0.1\"\n\
