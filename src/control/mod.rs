@@ -8,6 +8,7 @@
 //! token to end an allocation and to connect to its workers.
 
 pub mod executor_manager_api;
+pub mod ids;
 pub mod munge;
 pub mod resource_manager_api;
 pub mod secret;

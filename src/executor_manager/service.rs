@@ -208,7 +208,8 @@ impl Service {
             cfg.memory,
             cfg.max_allocations,
             cfg.keep_ended,
-        );
+        )
+        .starting_at(crate::control::ids::first_id_now());
         Ok(Service {
             cfg,
             exe,

@@ -9,9 +9,13 @@
 //! `kill -9`; concurrent changes share one write (group commit). Heartbeats are not saved: a
 //! restored scheduler gives every node a full heartbeat timeout anyway.
 //!
-//! At start the file is loaded with [`Scheduler::from_snapshot`]: nodes and live leases are
-//! known again, leases keep the time they had left, and lease ids continue after the highest
-//! ever used, so no core and no id is granted twice.
+//! The scheduler's clock reads wall-clock milliseconds since the Unix epoch (anchored once at
+//! start, then advanced by the monotonic clock), so every time in the state file is a
+//! wall-clock time. At start the file is loaded with [`Scheduler::from_snapshot`]: nodes and
+//! live leases are known again, and a lease keeps its deadline: the time the resource manager
+//! was down counts, and a lease whose deadline passed meanwhile expires at the first tick.
+//! Lease ids continue after the highest ever used, and never start below the wall-clock time
+//! in microseconds, so no id is granted twice, even after the state file is lost.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -25,8 +29,9 @@ use tokio::sync::{watch, Notify};
 
 use crate::scheduler::{Config, Event, Millis, SchedError, Scheduler, Snapshot, TokenSource};
 
-/// Version of the state file format.
-pub const STATE_VERSION: u32 = 1;
+/// Version of the state file format: 2 stores wall-clock times (1 stored times relative to the
+/// writing process's start; still read, with the time left kept as it was).
+pub const STATE_VERSION: u32 = 2;
 
 /// The state file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,15 +119,16 @@ impl RmState {
     pub fn open(config: Config, path: Option<PathBuf>) -> Result<(RmState, Loaded), StateError> {
         let origin = Instant::now();
         let origin_unix_ms = unix_ms_now();
+        let now = Millis(origin_unix_ms);
+        // Ids are never reused, even when the state file is gone.
+        let config = Config {
+            first_lease_id: config
+                .first_lease_id
+                .max(crate::control::ids::first_id_now()),
+            ..config
+        };
         let (sched, loaded) = match &path {
-            None => {
-                // Without durable state, ids start above any this host granted before.
-                let cfg = Config {
-                    first_lease_id: config.first_lease_id.max(origin_unix_ms),
-                    ..config
-                };
-                (Scheduler::new(cfg), Loaded::Volatile)
-            }
+            None => (Scheduler::new(config), Loaded::Volatile),
             Some(p) => match std::fs::read(p) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     (Scheduler::new(config), Loaded::Fresh)
@@ -140,19 +146,27 @@ impl RmState {
                     };
                     let file: StateFile =
                         serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-                    if file.version != STATE_VERSION {
-                        return Err(corrupt(format!(
-                            "version {}, this build reads {STATE_VERSION}",
-                            file.version
-                        )));
+                    let mut snapshot = file.snapshot;
+                    match file.version {
+                        // Wall-clock times: taken "now", so nothing is shifted and deadlines
+                        // stay where they were. A clock that went back gives no lease more
+                        // than its TTL from now.
+                        2 => {
+                            snapshot.taken_at = now;
+                            for l in &mut snapshot.leases {
+                                l.expires_at = l.expires_at.min(now.plus_ms(l.ttl_ms));
+                            }
+                        }
+                        // Times relative to the old process: rebased, keeping the time left.
+                        1 => {}
+                        v => {
+                            return Err(corrupt(format!(
+                                "version {v}, this build reads 1 and {STATE_VERSION}"
+                            )))
+                        }
                     }
-                    let s = Scheduler::from_snapshot(
-                        config,
-                        TokenSource::Random,
-                        file.snapshot,
-                        Millis::ZERO,
-                    )
-                    .map_err(|e| corrupt(e.to_string()))?;
+                    let s = Scheduler::from_snapshot(config, TokenSource::Random, snapshot, now)
+                        .map_err(|e| corrupt(e.to_string()))?;
                     s.check_invariants().map_err(corrupt)?;
                     let loaded = Loaded::Restored {
                         nodes: s.nodes().len(),
@@ -179,19 +193,22 @@ impl RmState {
         Ok((state, loaded))
     }
 
-    /// The scheduler's clock now.
+    /// The scheduler's clock now: wall-clock milliseconds since the Unix epoch, as read at
+    /// start and advanced by the monotonic clock since (a wall clock stepped meanwhile does
+    /// not move it).
     pub fn now(&self) -> Millis {
-        Millis::between(self.origin, Instant::now())
+        Millis(self.origin_unix_ms).plus(Instant::now().saturating_duration_since(self.origin))
     }
 
-    /// Wall-clock milliseconds since the Unix epoch of a time on the scheduler's clock.
+    /// Wall-clock milliseconds since the Unix epoch of a time on the scheduler's clock (the
+    /// same number: the scheduler's clock is the wall clock).
     pub fn unix_ms(&self, t: Millis) -> u64 {
-        self.origin_unix_ms.saturating_add(t.0)
+        t.0
     }
 
     /// Since this process started.
     pub fn uptime_ms(&self) -> u64 {
-        self.now().0
+        self.now().0.saturating_sub(self.origin_unix_ms)
     }
 
     /// The state file, if any.
