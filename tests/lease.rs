@@ -196,8 +196,9 @@ fn an_unrenewed_lease_expires_and_its_executor_stops() {
         .lease(
             1,
             &LeaseOptions {
-                // Long enough to allocate first (spawning an executor takes a while).
-                ttl: Some(Duration::from_millis(2500)),
+                // Long enough to allocate first (spawning an executor takes a while, longer
+                // on a busy machine).
+                ttl: Some(Duration::from_millis(6000)),
                 auto_renew: false,
                 ..LeaseOptions::default()
             },
@@ -209,7 +210,7 @@ fn an_unrenewed_lease_expires_and_its_executor_stops() {
     let pid = exec.allocation().pid as i32;
     assert_eq!(echo(&exec, b"before").unwrap(), b"before");
     wait_for(
-        Duration::from_secs(8),
+        Duration::from_secs(30),
         "the lapsed lease's executor to stop",
         || (!alive(pid)).then_some(()),
     );
@@ -481,4 +482,47 @@ fn a_manager_declared_dead_registers_again_and_stops_what_ended() {
     assert!(em.log_text().contains("registering again"));
     drop(exec);
     lease.abandon();
+}
+
+#[test]
+fn a_frozen_executor_manager_s_executor_stops_when_its_lease_can_no_longer_be_vouched_for() {
+    let s = Setup::start(RM_KEYS);
+    let cluster = s.cluster();
+    let fabric = ShmFabric::new().unwrap();
+    let lease = cluster.lease(1, &LeaseOptions::default()).unwrap();
+    let exec = cluster
+        .allocate_leased(&fabric, &lease, &spec(), opts())
+        .unwrap();
+    let pid = exec.allocation().pid as i32;
+    assert_eq!(echo(&exec, b"before").unwrap(), b"before");
+    let em = s
+        .ems
+        .iter()
+        .find(|m| m.http == lease.parts()[0].address)
+        .expect("the lease's executor manager");
+    // Frozen: it neither heartbeats nor stops anything. The resource manager declares the node
+    // dead and ends the lease; the executor must stop serving by itself.
+    let em_pid = Pid::from_raw(em.pid());
+    nix::sys::signal::kill(em_pid, Signal::SIGSTOP).unwrap();
+    struct Thaw(Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let _thaw = Thaw(em_pid);
+    wait_for(
+        Duration::from_secs(30),
+        "the frozen manager's executor to stop",
+        || (!alive(pid)).then_some(()),
+    );
+    assert!(
+        echo(&exec, b"after").is_err(),
+        "an executor served after its manager froze"
+    );
+    wait_for(Duration::from_secs(10), "the lease to end", || {
+        let (_, body) =
+            s.rm.call("GET", &format!("/v1/leases/{}", lease.id()), None);
+        body.contains("ended").then_some(())
+    });
 }

@@ -177,6 +177,10 @@ pub struct ExecutorConfig {
     pub billing: Option<BillingTarget>,
     /// How long to wait for the client to connect every worker before giving up, ms.
     pub connect_timeout_ms: u64,
+    /// The lease's deadline file ([`crate::executor::deadline`]): the executor stops when the
+    /// deadline in it passes or it is removed. `None`: no lease (no resource manager).
+    #[serde(default)]
+    pub deadline_file: Option<String>,
 }
 
 /// A billing record in the executor manager's registered memory.

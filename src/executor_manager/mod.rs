@@ -26,6 +26,7 @@ pub mod billing;
 pub mod config;
 pub mod cores;
 pub mod http_server;
+pub mod lease_deadlines;
 pub mod libraries;
 pub mod memory;
 pub mod registry;
@@ -161,20 +162,32 @@ async fn serve(
         write_json_atomic(path, &info).map_err(io_err(format!("write {}", path.display())))?;
     }
 
-    let rm_task = cfg.resource_manager.as_ref().map(|addr| {
-        let link = Arc::new(resource_manager_link::RmLink::new(
-            addr, &rm_secret, &cfg.node,
-        ));
-        service.set_rm(link.clone());
-        (
-            tokio::spawn(resource_manager_link::run(
-                service.clone(),
-                link.clone(),
-                http.clone(),
-            )),
-            link,
-        )
-    });
+    let deadlines_dir = cfg.run_dir.join("deadlines");
+    let deadlines = match &cfg.resource_manager {
+        Some(_) => Some(
+            lease_deadlines::LeaseDeadlines::open(&deadlines_dir)
+                .map_err(io_err(format!("create {}", deadlines_dir.display())))?,
+        ),
+        None => None,
+    };
+    let rm_task = cfg
+        .resource_manager
+        .as_ref()
+        .zip(deadlines)
+        .map(|(addr, deadlines)| {
+            let link = Arc::new(resource_manager_link::RmLink::new(
+                addr, &rm_secret, &cfg.node, deadlines,
+            ));
+            service.set_rm(link.clone());
+            (
+                tokio::spawn(resource_manager_link::run(
+                    service.clone(),
+                    link.clone(),
+                    http.clone(),
+                )),
+                link,
+            )
+        });
     let app = http_server::router(service.clone(), Arc::new(auth));
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {

@@ -231,6 +231,19 @@ impl Service {
         &self.cfg
     }
 
+    /// The link to the resource manager, once set.
+    pub fn rm_link(&self) -> Option<&Arc<RmLink>> {
+        self.rm.get()
+    }
+
+    /// Writes the deadline file of the lease `hold` (id, deadline) and names it for the
+    /// executor; `None` without a lease.
+    fn deadline_file(&self, hold: Option<(u64, u64)>) -> Option<String> {
+        let (lease, until) = hold?;
+        let link = self.rm.get()?;
+        Some(link.deadlines.note(lease, until).display().to_string())
+    }
+
     /// Links the service to its resource manager: from now on allocations need its leases.
     pub fn set_rm(&self, link: Arc<RmLink>) {
         let _ = self.rm.set(link);
@@ -358,6 +371,7 @@ impl Service {
                 )
             }
         };
+        let lease_deadline = hold.as_ref().map(|h| (h.id, h.expires_at_unix_ms));
         let me = self.clone();
         let library_path = tokio::task::spawn_blocking(move || me.libraries.path(&hash))
             .await
@@ -430,6 +444,7 @@ impl Service {
             listen: format!("{}:0", self.cfg.fabric_host),
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
+            deadline_file: self.deadline_file(lease_deadline),
         };
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
