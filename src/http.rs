@@ -2,7 +2,10 @@
 //! bounded body reads, one authentication layer ([`Authenticator`], [`protect`]), and a hyper accept loop with a header-read timer
 //! and a connection limit.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +17,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::control::executor_manager_api::ApiError;
 use crate::control::munge::MungeSocket;
@@ -226,6 +228,9 @@ async fn authenticate(
     }
     match auth.identify(req.headers()).await {
         Ok(caller) => {
+            if let Some(c) = req.extensions().get::<ConnectionAuthenticated>() {
+                c.0.store(true, Ordering::Release);
+            }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
@@ -283,15 +288,120 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Ap
         .map_err(|e| ApiFailure::new(StatusCode::BAD_REQUEST, format!("bad {what}: {e}")))
 }
 
+/// Most connections one peer address may hold open before it has authenticated.
+pub const MAX_UNAUTHENTICATED_PER_PEER: usize = 64;
+/// Longest a connection may stay open without an authenticated request (at most the head
+/// timeout): a slow client without credentials holds a slot only this long.
+pub const UNAUTHENTICATED_LIMIT: Duration = Duration::from_secs(2);
+
+/// Set on a connection once one of its requests carried valid credentials.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionAuthenticated(Arc<AtomicBool>);
+
+struct Open {
+    peer: IpAddr,
+    authenticated: Arc<AtomicBool>,
+    abort: Option<tokio::task::AbortHandle>,
+}
+
+/// The open connections, oldest first (ids grow).
+#[derive(Default)]
+struct Connections {
+    open: BTreeMap<u64, Open>,
+    next: u64,
+}
+
+impl Connections {
+    fn unauthenticated(&self) -> impl Iterator<Item = (&u64, &Open)> {
+        self.open
+            .iter()
+            .filter(|(_, c)| !c.authenticated.load(Ordering::Acquire))
+    }
+
+    /// Makes room for a connection from `peer`: closes the oldest unauthenticated connection
+    /// of `peer` when it holds too many, or the oldest unauthenticated one of anyone when all
+    /// slots are taken. `false`: every slot is held by an authenticated connection.
+    fn make_room(&mut self, peer: IpAddr, limit: usize) -> bool {
+        let of_peer: Vec<u64> = self
+            .unauthenticated()
+            .filter(|(_, c)| c.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        if of_peer.len() >= MAX_UNAUTHENTICATED_PER_PEER {
+            self.close(of_peer[0]);
+        }
+        if self.open.len() < limit {
+            return true;
+        }
+        let oldest = self.unauthenticated().map(|(id, _)| *id).next();
+        match oldest {
+            Some(id) => {
+                self.close(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.open.remove(&id) {
+            if let Some(a) = c.abort {
+                a.abort();
+            }
+        }
+    }
+}
+
+/// A warning logged at most once per interval, with how many were suppressed in between.
+pub struct RateLimitedWarning {
+    every: Duration,
+    last: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RateLimitedWarning {
+    /// At most one line per `every`.
+    pub const fn new(every: Duration) -> RateLimitedWarning {
+        RateLimitedWarning {
+            every,
+            last: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Logs `msg` unless a line went out less than `every` ago (then counts it).
+    pub fn warn(&self, msg: std::fmt::Arguments<'_>) {
+        let mut g = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if g.0.is_some_and(|t| now.duration_since(t) < self.every) {
+            g.1 += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut g.1);
+        g.0 = Some(now);
+        drop(g);
+        if suppressed > 0 {
+            tracing::warn!("{msg} ({suppressed} more like this not logged)");
+        } else {
+            tracing::warn!("{msg}");
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes: HTTP/1.1, the request head within
-/// `head_timeout`, at most [`MAX_CONNECTIONS`] connections at once.
+/// `head_timeout`, at most [`MAX_CONNECTIONS`] connections at once. A connection that has not
+/// sent an authenticated request within [`UNAUTHENTICATED_LIMIT`] is closed, a peer holds at
+/// most [`MAX_UNAUTHENTICATED_PER_PEER`] unauthenticated connections, and when every slot is
+/// taken a new connection displaces the oldest unauthenticated one: clients without
+/// credentials, however slow or many, cannot lock out those with. Warnings are rate limited.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     head_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    static FULL: RateLimitedWarning = RateLimitedWarning::new(Duration::from_secs(10));
+    static ACCEPT: RateLimitedWarning = RateLimitedWarning::new(Duration::from_secs(10));
+    let conns = Arc::new(std::sync::Mutex::new(Connections::default()));
+    let unauth_limit = UNAUTHENTICATED_LIMIT.min(head_timeout);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -300,30 +410,72 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!("accept: {e}");
+                    ACCEPT.warn(format_args!("accept: {e}"));
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing a connection: {MAX_CONNECTIONS} already open");
-            continue;
+        let authenticated = ConnectionAuthenticated::default();
+        let id = {
+            let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());
+            if !c.make_room(peer.ip(), MAX_CONNECTIONS) {
+                drop(c);
+                FULL.warn(format_args!(
+                    "refusing a connection from {peer}: {MAX_CONNECTIONS} authenticated \
+                     connections already open"
+                ));
+                continue;
+            }
+            let id = c.next;
+            c.next += 1;
+            c.open.insert(
+                id,
+                Open {
+                    peer: peer.ip(),
+                    authenticated: authenticated.0.clone(),
+                    abort: None,
+                },
+            );
+            id
         };
-        let service = TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        let service =
+            TowerToHyperService::new(app.clone().layer(axum::Extension(authenticated.clone())));
+        let flag = authenticated.0;
+        let done = conns.clone();
+        let task = tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(head_timeout)
                 .keep_alive(true);
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, "connection ended: {e}");
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let unauthenticated = async {
+                tokio::time::sleep(unauth_limit).await;
+                if flag.load(Ordering::Acquire) {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                _ = unauthenticated => {
+                    tracing::debug!(%peer, "closing a connection without credentials after {unauth_limit:?}");
+                }
             }
-            drop(permit);
+            done.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .open
+                .remove(&id);
         });
+        if let Some(c) = conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .get_mut(&id)
+        {
+            c.abort = Some(task.abort_handle());
+        }
     }
 }

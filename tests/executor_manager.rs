@@ -57,7 +57,9 @@ fn every_route_but_health_needs_the_secret() {
 #[test]
 fn bad_requests_get_json_errors_with_the_right_status() {
     let m = Manager::start();
-    let lib = m.upload(b"not really a library, but stored by hash");
+    let lib = m.upload(&common::fake_shared_object(
+        b"not really a library, but stored by hash",
+    ));
     let base = serde_json::from_str::<serde_json::Value>(&alloc_body(&lib, &["echo"], 1)).unwrap();
     let with = |key: &str, v: serde_json::Value| {
         let mut b = base.clone();
@@ -139,7 +141,8 @@ fn oversized_bodies_are_413() {
     let (answer, _) = raw_exchange(&m.http, &req, Duration::from_secs(10));
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // Exactly at the limit is fine.
-    let ok = vec![7u8; 100_000];
+    let mut ok = common::fake_shared_object(b"");
+    ok.resize(100_000, 7);
     assert_eq!(
         m.upload(&ok),
         rfaas::function::ContentHash::of(&ok).to_hex()
@@ -149,9 +152,20 @@ fn oversized_bodies_are_413() {
 #[test]
 fn libraries_are_checked_against_their_hash() {
     let m = Manager::start();
-    let bytes = b"library bytes".to_vec();
+    let bytes = common::fake_shared_object(b"library bytes");
     let hash = rfaas::function::ContentHash::of(&bytes).to_hex();
     let path = format!("/v1/libraries/{hash}");
+    // Bytes that are no ELF shared object never reach the cache.
+    let junk = b"ten megabytes of random bytes, say".to_vec();
+    let junk_hash = rfaas::function::ContentHash::of(&junk).to_hex();
+    let (code, body) = m.call("PUT", &format!("/v1/libraries/{junk_hash}"), Some(&junk));
+    assert_eq!(code, 400, "{body}");
+    assert!(error_of(&body).contains("ELF shared object"), "{body}");
+    assert_eq!(
+        m.call("HEAD", &format!("/v1/libraries/{junk_hash}"), None)
+            .0,
+        404
+    );
     assert_eq!(m.call("HEAD", &path, None).0, 404);
     let (code, body) = m.call(
         "POST",
@@ -381,7 +395,7 @@ fn an_executor_that_cannot_start_fails_the_allocation_with_its_error() {
     assert_eq!(st.allocations.len(), 1);
     assert_eq!(st.allocations[0].state, "failed");
     // Not a library at all: also the executor's error, and the cores come back.
-    let junk = m.upload(b"\x7fELF but not really");
+    let junk = m.upload(&common::fake_shared_object(b"but not really"));
     let (code, body) = m.call(
         "POST",
         "/v1/allocations",

@@ -391,3 +391,106 @@ fn munge_credentials_name_the_user_who_leases() {
     );
     assert_eq!(code, 403, "{body}");
 }
+
+#[test]
+fn registrations_and_lease_requests_are_checked_field_by_field() {
+    let rm = ResourceManager::start_secured("");
+    let node = bearer(&rm.node_secret().unwrap());
+    let register = |body: Value| {
+        http_as(
+            &rm.http,
+            "POST",
+            "/v1/nodes",
+            Some(&node),
+            &[],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    let hosted =
+        |cores: u32| json!([{"lease": 77, "token": "ab".repeat(32), "cores": cores, "memory": 0}]);
+    for (body, what) in [
+        (
+            json!({"name": "../../etc", "address": "127.0.0.1:7", "cores": 1}),
+            "node name",
+        ),
+        (
+            json!({"name": "a/b", "address": "127.0.0.1:7", "cores": 1}),
+            "node name",
+        ),
+        (
+            json!({"name": "n\u{202e}1", "address": "127.0.0.1:7", "cores": 1}),
+            "node name",
+        ),
+        (
+            json!({"name": "n1", "address": "not an address", "cores": 1}),
+            "address",
+        ),
+        (
+            json!({"name": "n1", "address": "127.0.0.1:0", "cores": 1}),
+            "address",
+        ),
+        (
+            json!({"name": "n1", "address": "127.0.0.1:7", "cores": 4294967295u32}),
+            "cores",
+        ),
+        (
+            json!({"name": "n1", "address": "127.0.0.1:7", "cores": 0}),
+            "cores",
+        ),
+        (
+            json!({"name": "n1", "address": "127.0.0.1:7", "cores": 1, "hosted": hosted(5)}),
+            "hosted leases hold 5 cores",
+        ),
+        (
+            json!({"name": "n1", "address": "127.0.0.1:7", "cores": 1, "extra": true}),
+            "unknown field",
+        ),
+    ] {
+        let (code, answer) = register(body.clone());
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer.contains(what), "{body}: {answer}");
+    }
+    let (_, nodes) = rm.call("GET", "/v1/nodes", None);
+    assert!(!nodes.contains("\"n1\""), "{nodes}");
+    // Within bounds: accepted, and the hosted lease is adopted within capacity.
+    let (code, answer) =
+        register(json!({"name": "n1", "address": "127.0.0.1:7", "cores": 2, "hosted": hosted(2)}));
+    assert_eq!(code, 201, "{answer}");
+    let view = rm.expect(200, "GET", "/v1/nodes/n1", None);
+    assert_eq!(
+        (view["cores_total"].clone(), view["cores_used"].clone()),
+        (json!(2), json!(2))
+    );
+
+    // A lease request with a field the API does not know (a typo) is refused, not ignored.
+    let (code, answer) = rm.call("POST", "/v1/leases", Some(json!({"cores": 1, "ttl": 5})));
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains("unknown field"), "{answer}");
+}
+
+#[test]
+fn slow_clients_without_credentials_cannot_lock_out_those_with() {
+    use std::io::Write;
+    let rm = ResourceManager::start("");
+    // More connections than the server holds, each sending one byte of a request head and
+    // then nothing, kept open by this test.
+    let slow: Vec<std::net::TcpStream> = (0..rfaas::http::MAX_CONNECTIONS + 40)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(&rm.http).ok()?;
+            s.write_all(b"G").ok()?;
+            Some(s)
+        })
+        .collect();
+    assert!(slow.len() > rfaas::http::MAX_CONNECTIONS, "{}", slow.len());
+    // Authenticated clients are served, over and over, while those stay open.
+    for i in 0..20 {
+        let (code, body) = rm.call("GET", "/v1/metrics", None);
+        assert_eq!(code, 200, "request {i}: {body}");
+        let (code, body) = http_as(&rm.http, "GET", "/v1/health", None, &[], None);
+        assert_eq!(code, 200, "health {i}: {body}");
+    }
+    drop(slow);
+    // The refusals and closings did not flood the log.
+    let warnings = rm.log_text().matches("WARN").count();
+    assert!(warnings < 20, "{warnings} warnings:\n{}", rm.log_text());
+}

@@ -10,5 +10,6 @@
 pub mod executor_manager_api;
 pub mod ids;
 pub mod munge;
+pub mod registration;
 pub mod resource_manager_api;
 pub mod secret;

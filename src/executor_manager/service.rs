@@ -311,6 +311,11 @@ impl Service {
                     "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
                 )));
             }
+            crate::function::elf::check_shared_object(&bytes).map_err(|why| {
+                ServiceError::BadRequest(format!(
+                    "the upload is {why}: a function library must be an ELF shared object"
+                ))
+            })?;
             let cached = me
                 .libraries
                 .store(&bytes)

@@ -32,6 +32,7 @@
 //! ```
 
 pub mod abi;
+pub mod elf;
 pub mod error;
 mod export;
 pub mod hash;

@@ -128,6 +128,8 @@ async fn register(
 ) -> Result<Response, ApiFailure> {
     caller.require_node()?;
     let req: RegisterRequest = json_body(&st, &headers, body, "registration").await?;
+    crate::control::registration::check(&req)
+        .map_err(|m| ApiFailure::new(StatusCode::BAD_REQUEST, format!("bad registration: {m}")))?;
     let name = req.name.clone();
     let info = NodeInfo {
         name: req.name,

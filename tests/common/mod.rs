@@ -284,6 +284,19 @@ pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Dur
     (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
 }
 
+/// Bytes that pass an executor manager's look at an upload (an ELF64 header of a shared
+/// object for this machine) but that no dynamic loader accepts, followed by `tag`.
+pub fn fake_shared_object(tag: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1; // version
+    b[16] = 3; // ET_DYN
+    b.extend_from_slice(tag);
+    b
+}
+
 /// An allocation request body.
 pub fn alloc_body(library: &str, functions: &[&str], cores: u32) -> String {
     serde_json::json!({
