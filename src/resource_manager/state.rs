@@ -127,6 +127,9 @@ impl RmState {
                 .max(crate::control::ids::first_id_now()),
             ..config
         };
+        if let Some(p) = &path {
+            remove_leftover_temporaries(p);
+        }
         let (sched, loaded) = match &path {
             None => (Scheduler::new(config), Loaded::Volatile),
             Some(p) => match std::fs::read(p) {
@@ -367,6 +370,43 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateErr
         .map_err(io)
 }
 
+/// Removes the temporary files (`NAME.tmp.PID`) that writers of `path` killed mid-write left
+/// behind, unless their process still runs.
+pub fn remove_leftover_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && crate::cluster::procs::alive(pid) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by an interrupted write",
+                e.path().display()
+            ),
+            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,6 +420,27 @@ mod tests {
             memory: 0,
             hosted: vec![],
         }
+    }
+
+    #[test]
+    fn temporaries_of_killed_writers_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // Pids above the kernel's maximum (4194304) belong to no process.
+        for f in ["state.json.tmp.999999998", "state.json.tmp.999999999"] {
+            std::fs::write(dir.path().join(f), b"{").unwrap();
+        }
+        let alive = format!("state.json.tmp.{}", std::os::unix::process::parent_id());
+        std::fs::write(dir.path().join(&alive), b"{").unwrap();
+        std::fs::write(dir.path().join("other.json.tmp.1"), b"{").unwrap();
+        let (_state, loaded) = RmState::open(Config::default(), Some(path)).unwrap();
+        assert_eq!(loaded, Loaded::Fresh);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other.json.tmp.1".to_string(), alive]);
     }
 
     #[tokio::test]
