@@ -93,8 +93,12 @@ fn lease_until_full_then_release_returns_capacity_and_managers_enforce_leases() 
     let cluster = s.cluster();
     assert_eq!(s.free(), 3);
 
-    // Without a lease, an executor manager refuses, saying why.
-    let hash = s.ems[0].upload(functions_library());
+    // Without a lease, an executor manager refuses uploads and allocations, saying why.
+    let lib = functions_library();
+    let hash = rfaas::function::ContentHash::of(lib).to_hex();
+    let (code, body) = s.ems[0].call("PUT", &format!("/v1/libraries/{hash}"), Some(lib));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("lease"), "{body}");
     let (code, body) = s.ems[0].call(
         "POST",
         "/v1/allocations",
@@ -122,8 +126,22 @@ fn lease_until_full_then_release_returns_capacity_and_managers_enforce_leases() 
     let home = l0.parts()[0].address.clone();
     let em = s.ems.iter().find(|m| m.http == home).unwrap();
     let other = s.ems.iter().find(|m| m.http != home).unwrap();
-    em.upload(functions_library());
-    other.upload(functions_library());
+    em.upload_leased(lib, &l0.allocation_lease());
+    // Under a lease with cores elsewhere: refused; under its own node's lease: stored.
+    let (code, body) = common::http_as(
+        &other.http,
+        "PUT",
+        &format!("/v1/libraries/{hash}"),
+        Some(&format!("Bearer {}", other.secret)),
+        &[("X-Rfaas-Lease", &l0.allocation_lease())],
+        Some(lib),
+    );
+    assert_eq!(code, 403, "{body}");
+    let here = leases
+        .iter()
+        .find(|l| l.parts()[0].address == other.http)
+        .unwrap();
+    other.upload_leased(lib, &here.allocation_lease());
     for (m, lease, cores, what) in [
         (em, format!("{}:{}", l0.id(), "0".repeat(64)), 1, "token"),
         (other, l0.allocation_lease(), 1, "no cores on node"),

@@ -132,7 +132,6 @@ fn ending_an_allocation_needs_its_token_or_its_lease_token() {
         (rm.metrics()["nodes_alive"] == 1).then_some(())
     });
     let client = bearer(&rm.secret);
-    let hash = em.upload(functions_library());
     let lease = |cores: u32| {
         let (code, body) = http_as(
             &rm.http,
@@ -149,8 +148,8 @@ fn ending_an_allocation_needs_its_token_or_its_lease_token() {
             v["token"].as_str().unwrap().to_string(),
         )
     };
-    let allocate = |lease: &(u64, String)| {
-        let mut req: Value = serde_json::from_str(&alloc_body(&hash, &["echo"], 1)).unwrap();
+    let allocate = |lease: &(u64, String), hash: &str| {
+        let mut req: Value = serde_json::from_str(&alloc_body(hash, &["echo"], 1)).unwrap();
         req["lease"] = json!(format!("{}:{}", lease.0, lease.1));
         let (code, body) = http_as(
             &em.http,
@@ -187,7 +186,8 @@ fn ending_an_allocation_needs_its_token_or_its_lease_token() {
     };
 
     let l1 = lease(1);
-    let (a1, t1) = allocate(&l1);
+    let hash = em.upload_leased(functions_library(), &format!("{}:{}", l1.0, l1.1));
+    let (a1, t1) = allocate(&l1, &hash);
     // Without a token, with a wrong one, with another lease's: refused, and it keeps running.
     let wrong = "ab".repeat(32);
     for headers in [
@@ -210,7 +210,7 @@ fn ending_an_allocation_needs_its_token_or_its_lease_token() {
     assert_ne!(state(a1), "running");
 
     // The token of the lease it runs under ends it too.
-    let (a2, _) = allocate(&l1);
+    let (a2, _) = allocate(&l1, &hash);
     assert_eq!(state(a2), "running");
     let (code, body) = end(a2, &[("X-Rfaas-Lease-Token", &l1.1)]);
     assert_eq!(code, 204, "{body}");

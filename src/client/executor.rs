@@ -360,7 +360,7 @@ impl<F: Fabric> Executor<F> {
             ));
         }
         let t0 = Instant::now();
-        manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
+        manager.upload_library_leased(&spec.library, spec.library_hash(), spec.lease.as_deref())?;
         let allocation = manager.allocate(&spec.request(format!("pid {}", std::process::id())))?;
         let request_ns = t0.elapsed().as_nanos() as u64;
         let (id, token) = (allocation.id, allocation.token.clone());

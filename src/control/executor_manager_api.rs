@@ -2,7 +2,7 @@
 //!
 //! | method | path | body → answer |
 //! |---|---|---|
-//! | `PUT` | `/v1/libraries/{sha256}` | raw library bytes → [`LibraryStored`] (cached by content hash) |
+//! | `PUT` | `/v1/libraries/{sha256}` | raw bytes of an ELF shared object, header [`UPLOAD_LEASE_HEADER`] with a resource manager → [`LibraryStored`] (cached by content hash) |
 //! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise |
 //! | `POST` | `/v1/allocations` | [`AllocationRequest`] → [`Allocation`] |
 //! | `DELETE` | `/v1/allocations/{id}` | header [`ALLOCATION_TOKEN_HEADER`] (or the lease token) → 204, 403 without |
@@ -18,6 +18,11 @@ use crate::rdma::Provider;
 
 /// Largest library an executor manager accepts.
 pub const MAX_LIBRARY_BYTES: usize = 256 << 20;
+/// The header that carries the lease (`<id>:<token>`) a library upload is made under: with a
+/// resource manager, an executor manager stores libraries only for live leases with cores on
+/// its node.
+pub const UPLOAD_LEASE_HEADER: &str = "X-Rfaas-Lease";
+
 /// The header that carries an allocation's token when ending it (`DELETE /v1/allocations/{id}`).
 pub const ALLOCATION_TOKEN_HEADER: &str = "X-Rfaas-Allocation-Token";
 

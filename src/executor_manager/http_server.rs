@@ -25,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::control::executor_manager_api::{AllocationRequest, ALLOCATION_TOKEN_HEADER};
+use crate::control::executor_manager_api::{
+    AllocationRequest, ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
+};
 use crate::control::resource_manager_api::LEASE_TOKEN_HEADER;
 use crate::http::{parse_json, protect, read_body, Authenticator, Caller};
 
@@ -73,6 +75,35 @@ async fn upload_library(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
+    // With a resource manager, only a live lease with cores here may fill the cache. The
+    // body is read (bounded) even when refused, so the client hears why instead of a reset.
+    let allowed: Result<(), ApiFailure> = match st.service.rm_link() {
+        None => Ok(()),
+        Some(link) => {
+            let lease = headers
+                .get(UPLOAD_LEASE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string());
+            match lease {
+                None => Err(ApiFailure::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "uploads need a lease with cores on this node: send \
+                         {UPLOAD_LEASE_HEADER}: <id>:<token>"
+                    ),
+                )),
+                Some(lease) => {
+                    let link = link.clone();
+                    tokio::task::spawn_blocking(move || link.check_lease(Some(&lease), "upload"))
+                        .await
+                        .map_err(|e| {
+                            ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })
+                        .and_then(|r| r.map(|_| ()).map_err(ApiFailure::from))
+                }
+            }
+        }
+    };
     let cfg = st.service.config();
     let limit = cfg.max_library_bytes;
     // Allow for slow links: the request timeout plus 1 µs per 10 bytes announced (10 MB/s).
@@ -82,7 +113,9 @@ async fn upload_library(
         .and_then(|v| v.parse::<u64>().ok());
     let timeout = cfg.request_timeout
         + Duration::from_micros(declared.unwrap_or(limit as u64).min(limit as u64) / 10);
-    let bytes = read_body(&headers, body, limit, timeout).await?;
+    let bytes = read_body(&headers, body, limit, timeout).await;
+    allowed?;
+    let bytes = bytes?;
     let (stored, new) = st.service.store_library(&hash, bytes).await?;
     Ok((
         if new {

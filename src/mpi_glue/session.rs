@@ -642,7 +642,7 @@ fn lead(
         .map(|p| cluster.manager_at(&p.address))
         .collect();
     for m in &managers {
-        m.upload_library_with_hash(spec.library(), spec.library_hash())?;
+        m.upload_library_leased(spec.library(), spec.library_hash(), spec.lease.as_deref())?;
     }
     let jobs: Vec<(i32, usize, u32)> = plan
         .iter()

@@ -189,6 +189,21 @@ impl Manager {
         hash
     }
 
+    /// Uploads a library under `lease` (`"<id>:<token>"`); its hash.
+    pub fn upload_leased(&self, lib: &[u8], lease: &str) -> String {
+        let hash = rfaas::function::ContentHash::of(lib).to_hex();
+        let (code, body) = http_as(
+            &self.http,
+            "PUT",
+            &format!("/v1/libraries/{hash}"),
+            Some(&format!("Bearer {}", self.secret)),
+            &[("X-Rfaas-Lease", lease)],
+            Some(lib),
+        );
+        assert!(code == 201 || code == 200, "{code} {body}");
+        hash
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
