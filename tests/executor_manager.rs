@@ -613,7 +613,7 @@ fn local_cluster_on_tcp_starts_and_stops_without_leftovers() {
     if let Err(rfaas::rdma::FabricError::Unavailable { reason, .. }) =
         rfaas::rdma::Provider::Tcp.run(Probe)
     {
-        eprintln!("SKIPPED: the tcp provider is not available yet ({reason})");
+        skip_or_fail(&format!("the tcp provider is not available yet ({reason})"));
         return;
     }
     local_cluster("tcp");

@@ -89,11 +89,10 @@ impl Slurm {
             .filter(|p| find_program(p).is_none())
             .collect();
         if !missing.is_empty() {
-            eprintln!(
-                "SKIPPED: Slurm is not installed (missing {}); scripts/setup.sh installs \
-                 slurm-wlm",
+            common::skip_or_fail(&format!(
+                "Slurm is not installed (missing {}); scripts/setup.sh installs slurm-wlm",
                 missing.join(", ")
-            );
+            ));
             return None;
         }
         let sbin = find_program("slurmctld")

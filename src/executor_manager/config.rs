@@ -142,6 +142,10 @@ pub struct ManagerArgs {
     /// Largest library upload accepted, bytes (at most 256 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_library_bytes: Option<usize>,
+    /// Library cache size limit, bytes: least recently used libraries are evicted beyond it
+    /// (default 4 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_cache_bytes: Option<u64>,
     /// Ended allocations remembered for status queries.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
@@ -180,6 +184,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
+    max_cache_bytes: Option<u64>,
     keep_ended: Option<usize>,
     ready_file: Option<PathBuf>,
     resource_manager: Option<String>,
@@ -239,6 +244,8 @@ pub struct ManagerConfig {
     pub stop_grace: Duration,
     /// Largest library upload.
     pub max_library_bytes: usize,
+    /// Library cache size limit, bytes.
+    pub max_cache_bytes: u64,
     /// Ended allocations remembered.
     pub keep_ended: usize,
     /// Where to announce readiness.
@@ -368,6 +375,10 @@ impl ManagerConfig {
                 .or(file.request_timeout_ms)
                 .unwrap_or(10_000)),
             stop_grace: ms(args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(2_000)),
+            max_cache_bytes: args
+                .max_cache_bytes
+                .or(file.max_cache_bytes)
+                .unwrap_or(4 << 30),
             max_library_bytes: args
                 .max_library_bytes
                 .or(file.max_library_bytes)

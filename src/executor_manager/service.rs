@@ -321,6 +321,14 @@ impl Service {
                 .store(&bytes)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             let new = cached.outcome != crate::function::StoreOutcome::Reused;
+            let evicted = me.libraries.evict_to(me.cfg.max_cache_bytes, &got);
+            if !evicted.is_empty() {
+                tracing::info!(
+                    evicted = evicted.len(),
+                    limit = me.cfg.max_cache_bytes,
+                    "library cache over its limit: least recently used libraries removed"
+                );
+            }
             tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
             Ok((
                 LibraryStored {
