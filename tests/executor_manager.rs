@@ -680,3 +680,34 @@ fn executor_timeouts_end_allocations_and_say_why() {
     let st = m.status();
     assert_eq!(st.cores_free, st.cores_total);
 }
+
+#[test]
+fn a_library_whose_constructor_exits_is_a_client_error_not_a_server_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("exits.c");
+    std::fs::write(
+        &src,
+        "#include <stdlib.h>\n__attribute__((constructor)) static void bye(void) { exit(7); }\n",
+    )
+    .unwrap();
+    let so = dir.path().join("libexits.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status();
+    if !built.is_ok_and(|s| s.success()) {
+        skip_or_fail("no C compiler (cc) to build a library whose constructor exits");
+        return;
+    }
+    let m = Manager::start();
+    let lib = m.upload(&std::fs::read(&so).unwrap());
+    let (code, body) = m.call(
+        "POST",
+        "/v1/allocations",
+        Some(alloc_body(&lib, &["echo"], 1).as_bytes()),
+    );
+    assert_eq!(code, 422, "{body}");
+    let st = m.status();
+    assert_eq!(st.cores_free, st.cores_total, "cores back");
+}

@@ -505,10 +505,12 @@ impl Service {
                 .map_err(|e| {
                     let timeout = matches!(e, spawn::StartError::Timeout(_));
                     let msg = format!("allocation {id}: {e}{}", log_tail(&log));
+                    // Exited or wrote garbage before reporting: the library's doing (a
+                    // constructor that exits or prints), so a 4xx like any start failure.
                     if timeout {
                         ServiceError::Timeout(msg)
                     } else {
-                        ServiceError::Internal(msg)
+                        ServiceError::ExecutorFailed(msg)
                     }
                 })
         };
