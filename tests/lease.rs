@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
     alive, alloc_body, functions_library, manager_for_rm, wait_for, write_cluster_file, Manager,
@@ -93,8 +93,12 @@ fn lease_until_full_then_release_returns_capacity_and_managers_enforce_leases() 
     let cluster = s.cluster();
     assert_eq!(s.free(), 3);
 
-    // Without a lease, an executor manager refuses, saying why.
-    let hash = s.ems[0].upload(functions_library());
+    // Without a lease, an executor manager refuses uploads and allocations, saying why.
+    let lib = functions_library();
+    let hash = rfaas::function::ContentHash::of(lib).to_hex();
+    let (code, body) = s.ems[0].call("PUT", &format!("/v1/libraries/{hash}"), Some(lib));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("lease"), "{body}");
     let (code, body) = s.ems[0].call(
         "POST",
         "/v1/allocations",
@@ -122,8 +126,22 @@ fn lease_until_full_then_release_returns_capacity_and_managers_enforce_leases() 
     let home = l0.parts()[0].address.clone();
     let em = s.ems.iter().find(|m| m.http == home).unwrap();
     let other = s.ems.iter().find(|m| m.http != home).unwrap();
-    em.upload(functions_library());
-    other.upload(functions_library());
+    em.upload_leased(lib, &l0.allocation_lease());
+    // Under a lease with cores elsewhere: refused; under its own node's lease: stored.
+    let (code, body) = common::http_as(
+        &other.http,
+        "PUT",
+        &format!("/v1/libraries/{hash}"),
+        Some(&format!("Bearer {}", other.secret)),
+        &[("X-Rfaas-Lease", &l0.allocation_lease())],
+        Some(lib),
+    );
+    assert_eq!(code, 403, "{body}");
+    let here = leases
+        .iter()
+        .find(|l| l.parts()[0].address == other.http)
+        .unwrap();
+    other.upload_leased(lib, &here.allocation_lease());
     for (m, lease, cores, what) in [
         (em, format!("{}:{}", l0.id(), "0".repeat(64)), 1, "token"),
         (other, l0.allocation_lease(), 1, "no cores on node"),
@@ -196,8 +214,9 @@ fn an_unrenewed_lease_expires_and_its_executor_stops() {
         .lease(
             1,
             &LeaseOptions {
-                // Long enough to allocate first (spawning an executor takes a while).
-                ttl: Some(Duration::from_millis(2500)),
+                // Long enough to allocate first (spawning an executor takes a while, longer
+                // on a busy machine).
+                ttl: Some(Duration::from_millis(6000)),
                 auto_renew: false,
                 ..LeaseOptions::default()
             },
@@ -209,7 +228,7 @@ fn an_unrenewed_lease_expires_and_its_executor_stops() {
     let pid = exec.allocation().pid as i32;
     assert_eq!(echo(&exec, b"before").unwrap(), b"before");
     wait_for(
-        Duration::from_secs(8),
+        Duration::from_secs(30),
         "the lapsed lease's executor to stop",
         || (!alive(pid)).then_some(()),
     );
@@ -217,10 +236,8 @@ fn an_unrenewed_lease_expires_and_its_executor_stops() {
         s.rm.call("GET", &format!("/v1/leases/{}", lapsed.id()), None);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("expired"), "{body}");
-    // Invoking now fails with an error, quickly (no hang).
-    let t = Instant::now();
+    // Invoking now fails with an error (within the call's own timeout: no hang).
     assert!(echo(&exec, b"after").is_err());
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     drop(exec);
     lapsed.abandon();
 
@@ -485,4 +502,47 @@ fn a_manager_declared_dead_registers_again_and_stops_what_ended() {
     assert!(em.log_text().contains("registering again"));
     drop(exec);
     lease.abandon();
+}
+
+#[test]
+fn a_frozen_executor_manager_s_executor_stops_when_its_lease_can_no_longer_be_vouched_for() {
+    let s = Setup::start(RM_KEYS);
+    let cluster = s.cluster();
+    let fabric = ShmFabric::new().unwrap();
+    let lease = cluster.lease(1, &LeaseOptions::default()).unwrap();
+    let exec = cluster
+        .allocate_leased(&fabric, &lease, &spec(), opts())
+        .unwrap();
+    let pid = exec.allocation().pid as i32;
+    assert_eq!(echo(&exec, b"before").unwrap(), b"before");
+    let em = s
+        .ems
+        .iter()
+        .find(|m| m.http == lease.parts()[0].address)
+        .expect("the lease's executor manager");
+    // Frozen: it neither heartbeats nor stops anything. The resource manager declares the node
+    // dead and ends the lease; the executor must stop serving by itself.
+    let em_pid = Pid::from_raw(em.pid());
+    nix::sys::signal::kill(em_pid, Signal::SIGSTOP).unwrap();
+    struct Thaw(Pid);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let _thaw = Thaw(em_pid);
+    wait_for(
+        Duration::from_secs(30),
+        "the frozen manager's executor to stop",
+        || (!alive(pid)).then_some(()),
+    );
+    assert!(
+        echo(&exec, b"after").is_err(),
+        "an executor served after its manager froze"
+    );
+    wait_for(Duration::from_secs(10), "the lease to end", || {
+        let (_, body) =
+            s.rm.call("GET", &format!("/v1/leases/{}", lease.id()), None);
+        body.contains("ended").then_some(())
+    });
 }

@@ -184,7 +184,9 @@ fn each_worker_runs_on_its_own_core_as_the_manager_reports() {
 fn two_concurrent_one_core_allocations_get_different_cores() {
     let all = cores();
     if all.len() < 2 {
-        eprintln!("SKIPPED: this test needs 2 cores, this process may use {all:?}");
+        skip_or_fail(&format!(
+            "this test needs 2 cores, this process may use {all:?}"
+        ));
         return;
     }
     let m = Manager::start_with(ManagerOptions {

@@ -234,6 +234,8 @@ fn leases_renew_and_expire() {
 #[test]
 fn missed_heartbeats_kill_the_node_and_end_its_leases() {
     let rm = ResourceManager::start("heartbeat_timeout_ms = 400\n");
+    // Every node was last heard of after `t`: none can be declared dead before t + 400 ms.
+    let t = Instant::now();
     register_three(&rm);
     let (id, token) = lease(&rm, 4, 60_000);
     let g = rm.expect(200, "GET", &format!("/v1/leases/{id}"), None);
@@ -242,7 +244,6 @@ fn missed_heartbeats_kill_the_node_and_end_its_leases() {
         .into_iter()
         .filter(|n| *n != dead)
         .collect();
-    let t = Instant::now();
     wait_for(
         Duration::from_secs(5),
         "the silent node to be marked dead",
@@ -255,8 +256,8 @@ fn missed_heartbeats_kill_the_node_and_end_its_leases() {
         },
     );
     assert!(
-        t.elapsed() >= Duration::from_millis(350),
-        "{:?}",
+        t.elapsed() >= Duration::from_millis(400),
+        "declared dead before its heartbeat timeout: {:?}",
         t.elapsed()
     );
     std::thread::sleep(Duration::from_millis(150));
@@ -390,13 +391,12 @@ fn bad_clients_get_clear_errors_and_others_are_served() {
     );
     let mut big = head.into_bytes();
     big.extend(std::iter::repeat_n(b' ', 64 << 10));
-    let (resp, took) = raw_exchange(&addr, &big, Duration::from_secs(5));
+    let (resp, _) = raw_exchange(&addr, &big, Duration::from_secs(30));
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     assert!(resp.contains("larger than 65536 bytes"), "{resp}");
-    assert!(took < Duration::from_secs(2), "{took:?}");
     // 100 MB chunked (no length announced): 413 after 64 KiB.
     let mut s2 = TcpStream::connect(&addr).unwrap();
-    s2.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s2,
         "POST /v1/leases HTTP/1.1\r\nHost: rm\r\n{auth}Transfer-Encoding: chunked\r\n\r\n"
@@ -415,44 +415,96 @@ fn bad_clients_get_clear_errors_and_others_are_served() {
     let _ = s2.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
 
-    // A client that never finishes its head, and one that never finishes its body, while
-    // another is served at once.
-    let t = Instant::now();
-    let slow_head = std::thread::spawn({
-        let addr = addr.clone();
-        move || {
-            raw_exchange(
-                &addr,
-                b"POST /v1/leases HTTP/1.1\r\nHost: rm\r\n",
-                Duration::from_secs(10),
-            )
-        }
-    });
-    let slow_body = std::thread::spawn({
-        let addr = addr.clone();
-        let req = format!(
+    // A client that never finishes its head, and one that never finishes its body, both
+    // connected and stalled before another client is served; then each gets its answer (a
+    // closed connection, a 408). Bounds here only say "did not hang".
+    let stalled = |req: &[u8]| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(req).unwrap();
+        c
+    };
+    let mut slow_head = stalled(b"POST /v1/leases HTTP/1.1\r\nHost: rm\r\n");
+    let mut slow_body = stalled(
+        format!(
             "POST /v1/leases HTTP/1.1\r\nHost: rm\r\n{auth}Content-Length: 100\r\n\r\n{{\"cores\""
-        );
-        move || raw_exchange(&addr, req.as_bytes(), Duration::from_secs(10))
-    });
-    std::thread::sleep(Duration::from_millis(100));
-    let served = Instant::now();
-    let g = rm.expect(201, "POST", "/v1/leases", Some(json!({"cores": 1})));
-    assert!(
-        served.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        served.elapsed()
+        )
+        .as_bytes(),
     );
+    let g = rm.expect(201, "POST", "/v1/leases", Some(json!({"cores": 1})));
     assert!(g["token"].is_string());
-    let (resp, took) = slow_body.join().unwrap();
+    let mut resp = String::new();
+    let _ = slow_body.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
     assert!(resp.contains("not received within"), "{resp}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
-    let (resp, took) = slow_head.join().unwrap();
+    let mut resp = String::new();
+    let _ = slow_head.read_to_string(&mut resp);
     assert!(!resp.contains("201"), "{resp}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
-    assert!(t.elapsed() < Duration::from_secs(4));
     // Still serving; nothing leaked.
     let m = rm.metrics();
     assert_eq!((metric(&m, "cores_used"), metric(&m, "grants")), (1, 1));
+}
+
+#[test]
+fn an_unrenewed_lease_expires_on_the_wall_clock_however_often_the_rm_restarts() {
+    let mut rm = ResourceManager::start("");
+    register_three(&rm);
+    let g = rm.expect(
+        201,
+        "POST",
+        "/v1/leases",
+        Some(json!({"cores": 1, "ttl_ms": 1500, "client": "test"})),
+    );
+    let id = g["lease"].as_u64().unwrap();
+    let deadline = g["expires_at_unix_ms"].as_u64().unwrap();
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Restart it (kill -9) again and again until well past the deadline: the downtime counts,
+    // and no restart moves the deadline.
+    let mut restarts = 0;
+    while restarts < 3 || unix_ms() < deadline + 500 {
+        rm.kill9_and_restart();
+        restarts += 1;
+        let (code, body) = rm.call("GET", &format!("/v1/leases/{id}"), None);
+        assert_eq!(code, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).unwrap();
+        if view["state"] == "live" {
+            assert_eq!(
+                view["expires_at"].as_u64().unwrap(),
+                deadline,
+                "restart {restarts} moved the deadline: {view}"
+            );
+        }
+    }
+    wait_for(Duration::from_secs(10), "the lease to have expired", || {
+        let (_, body) = rm.call("GET", &format!("/v1/leases/{id}"), None);
+        body.contains("expired").then_some(())
+    });
+    assert_eq!(metric(&rm.metrics(), "cores_used"), 0);
+}
+
+#[test]
+fn lease_ids_are_never_reused_even_when_the_state_file_is_lost() {
+    let mut rm = ResourceManager::start("");
+    register_three(&rm);
+    let (first, _) = lease(&rm, 1, 60_000);
+    // Lose the state file, restart: the node registers again, a new lease is granted.
+    fs_remove(&rm.dir.path().join("state.json"));
+    rm.kill9_and_restart();
+    fs_remove(&rm.dir.path().join("state.json"));
+    rm.kill9_and_restart();
+    rm.expect(201, "POST", "/v1/nodes", Some(node("n1", 4)));
+    let (second, _) = lease(&rm, 1, 60_000);
+    assert!(second > first, "id {second} after {first}: reused");
+    // The old holder learns its lease is unknown, not that its token is wrong.
+    let (code, body) = rm.call("GET", &format!("/v1/leases/{first}"), None);
+    assert_eq!(code, 404, "{body}");
+}
+
+fn fs_remove(p: &std::path::Path) {
+    std::fs::remove_file(p).unwrap_or_else(|e| panic!("remove {}: {e}", p.display()));
 }
