@@ -327,9 +327,12 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
         "in-flight call gave {r:?}"
     );
     let r = exec.invoke(echo, b"after", &mut out);
-    assert!(r.is_err(), "a call after the manager died succeeded");
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        matches!(r, Err(InvokeError::ExecutorGone(_))),
+        "a call after the manager died gave {r:?}"
+    );
+    assert!(
+        t.elapsed() < common::NO_HANG,
         "errors took {:?}",
         t.elapsed()
     );
@@ -451,11 +454,11 @@ fn tcp_crashing_function_fails_fast_and_capacity_returns() {
         "segfault gave {r:?}"
     );
     assert!(
-        t.elapsed() < Duration::from_secs(1),
+        t.elapsed() < common::NO_HANG,
         "error after {:?}",
         t.elapsed()
     );
-    common::wait_for(Duration::from_secs(2), "the cores to come back", || {
+    common::wait_for(common::NO_HANG, "the cores to come back", || {
         let st = m.status();
         (st.cores_free == st.cores_total).then_some(())
     });
