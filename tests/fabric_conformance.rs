@@ -677,8 +677,8 @@ fn rnr_timeout<F: Fabric>(mk: fn() -> F) -> TestResult {
     let took = start.elapsed();
     ensure!(c.status == WcStatus::RnrRetryExceeded, "got {c:?}");
     ensure!(
-        took >= Duration::from_millis(150) && took < NO_HANG,
-        "RNR after {took:?} (timeout 200 ms)"
+        took >= Duration::from_millis(150),
+        "RNR after {took:?} (timeout 200 ms; `one` waits at most {WAIT:?})"
     );
     none_within(&p.cq_a, Duration::from_millis(20))?;
     Ok(())
@@ -925,11 +925,6 @@ fn bad_handshakes<F: Fabric>(mk: fn() -> F) -> TestResult {
     ensure!(
         _junk.last().map_or(true, |s| still_open(s.as_ref())),
         "good connection delayed {:?} until a silent one was cut",
-        t.elapsed()
-    );
-    ensure!(
-        t.elapsed() < NO_HANG,
-        "good connection took {:?}",
         t.elapsed()
     );
     qp_b.post_send(&send_wr(1, Op::WriteImm(RemoteBuf::default(), 9), None))?;

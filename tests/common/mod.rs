@@ -40,7 +40,7 @@ pub fn in_ci() -> bool {
 pub fn skip_unless_ci(missing: &str) {
     assert!(
         !in_ci(),
-        "{missing}; CI=true, so this fails instead of skipping (scripts/setup.sh installs the tools)"
+        "{missing}; under CI=true a missing tool or resource fails the test instead of skipping it"
     );
     eprintln!("SKIPPED: {missing}");
 }

@@ -603,8 +603,8 @@ fn receiver_not_ready_times_out_and_a_late_receive_is_used() {
     assert_eq!((s.wr_id, s.status), (1, WcStatus::RnrRetryExceeded));
     let waited = t0.elapsed();
     assert!(
-        waited >= Duration::from_millis(80) && waited < NO_HANG,
-        "{waited:?}"
+        waited >= Duration::from_millis(80),
+        "{waited:?} (wc1 waits at most {T:?})"
     );
     until("the target to leave the connected state", || {
         !b.qp.is_connected()
