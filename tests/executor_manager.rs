@@ -422,9 +422,7 @@ fn sigterm_stops_executors_and_exits_cleanly() {
     let mut m = Manager::start();
     let lib = m.upload(functions_library());
     let a = allocate(&m, &lib, &["echo"], 1);
-    let status = m
-        .terminate(Duration::from_secs(10))
-        .expect("manager exits after SIGTERM");
+    let status = m.terminate(NO_HANG).expect("manager exits after SIGTERM");
     assert!(status.success(), "{status}\n{}", m.log_text());
     wait_for(NO_HANG, "the executor to be gone", || {
         (!alive(a.pid as i32)).then_some(())

@@ -340,7 +340,7 @@ fn kill9_and_restart_keep_nodes_and_leases() {
     assert_eq!((metric(&m, "cores_used"), metric(&m, "grants")), (12, 7));
 
     // SIGTERM: saved, exit 0, ready file gone; a third start still knows everything.
-    assert!(rm.terminate(Duration::from_secs(5)).unwrap().success());
+    assert!(rm.terminate(common::NO_HANG).unwrap().success());
     assert!(!rm.dir.path().join("ready.json").exists());
     rm.kill9_and_restart();
     let m = rm.metrics();

@@ -807,6 +807,10 @@ fn bad_handshakes_are_dropped_and_good_ones_served() {
         s.set_read_timeout(Some(T)).unwrap();
         let mut b = [0u8; 64];
         assert!(matches!(s.read(&mut b), Ok(0) | Err(_)));
+        assert!(
+            !still_open(s),
+            "still_open does not see a closed connection"
+        );
     }
     drop((half, short));
 }
