@@ -227,7 +227,7 @@ impl Munged {
     /// `None` when munged is not installed (a failure under `CI=true`).
     fn start() -> Option<Munged> {
         if Command::new("munged").arg("--version").output().is_err() {
-            common::skip_or_fail("munged is not installed (scripts/setup.sh installs munge)");
+            common::skip_unless_ci("munged is not installed (scripts/setup.sh installs munge)");
             return None;
         }
         use std::os::unix::fs::PermissionsExt;

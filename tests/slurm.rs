@@ -14,7 +14,8 @@
 //!
 //! Every wait is bounded; on failure the Slurm logs, job outputs and daemon logs are printed.
 //! The Slurm daemons and every process started under them are stopped even when the test panics
-//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed.
+//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed, and fails
+//! then instead under `CI=true`.
 
 mod common;
 
@@ -89,7 +90,7 @@ impl Slurm {
             .filter(|p| find_program(p).is_none())
             .collect();
         if !missing.is_empty() {
-            common::skip_or_fail(&format!(
+            common::skip_unless_ci(&format!(
                 "Slurm is not installed (missing {}); scripts/setup.sh installs slurm-wlm",
                 missing.join(", ")
             ));

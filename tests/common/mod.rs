@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod black_scholes;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,6 +21,28 @@ use rfaas::executor_manager::ReadyInfo;
 /// The `rfaas` binary under test.
 pub fn rfaas_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rfaas")
+}
+
+/// The "did not hang" limit of tests: generous on purpose. Tests check what happens, not how fast
+/// (speed is measured by the benchmarks); a wait or elapsed time beyond this means a hang.
+pub const NO_HANG: Duration = Duration::from_secs(60);
+
+/// Whether the tests run in CI (`CI` set to `true` or `1`), where a test whose tool or resource
+/// is missing must fail rather than skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"))
+}
+
+/// For a test that cannot run here because `missing` (a tool, cores, a device) is absent: under
+/// `CI=true` it panics, so the test fails; elsewhere it prints `SKIPPED: ...` and the caller
+/// returns (the test passes, loudly).
+pub fn skip_unless_ci(missing: &str) {
+    assert!(
+        !in_ci(),
+        "{missing}; under CI=true a missing tool or resource fails the test instead of skipping it"
+    );
+    eprintln!("SKIPPED: {missing}");
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -48,16 +72,6 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// A test that cannot run here (its tool or its cores are missing): under `CI=true` a
-/// failure (CI must run everything), elsewhere a loud skip. Returns so the caller can `return`.
-pub fn skip_or_fail(why: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "cannot run under CI=true: {why}"
-    );
-    eprintln!("SKIPPED: {why}");
 }
 
 /// Whether `pid` exists and is not a zombie.
@@ -320,6 +334,26 @@ pub fn fake_shared_object(tag: &[u8]) -> Vec<u8> {
     b[16] = 3; // ET_DYN
     b.extend_from_slice(tag);
     b
+}
+
+/// A client that stalls: connects to `addr` and writes `bytes` before it returns (so the stall
+/// is in place before whatever the caller does next), then reads in a thread until the server
+/// closes (or [`NO_HANG`]). The thread returns the response text, how long it took from the
+/// connect, and when it ended (to order it against other events).
+pub fn stalled_exchange(
+    addr: &str,
+    bytes: &[u8],
+) -> std::thread::JoinHandle<(String, Duration, Instant)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(NO_HANG)).unwrap();
+    s.write_all(bytes).unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let end = Instant::now();
+        (String::from_utf8_lossy(&out).into_owned(), end - t, end)
+    })
 }
 
 /// An allocation request body.
