@@ -3,9 +3,14 @@
 # absent, and the Python requirements of analysis/), then build with all features.
 #
 #   make demo    set up, build (release, all features), run the main job, save its CSV in results/
-#   make test    set up, build (all features), run the whole test suite (cargo + pytest)
-#   make lint    rustfmt check and clippy with warnings denied
-#   make bench   the fabric benchmark with more iterations (no setup; builds if needed)
+#   make test    set up, build (all features), run the whole test suite (cargo + pytest of
+#                analysis/ and of the Python package python/)
+#   make lint    rustfmt check, clippy with warnings denied, and the function library's
+#                dependencies (no runtime: `check-function-deps`); CI runs it before `make test`
+#   make bench   the fabric floor benchmark with more iterations (no setup; builds if needed);
+#                `cargo bench` runs the micro-benchmarks of benches/ (no I/O) instead
+#   make install PREFIX=DIR   the C API: librfaas.{so,a}, rfaas.h, rfaas.f90, rfaas.pc (no setup)
+#   make bench-capi   warm invocations from C against the Rust client, same cluster, same run
 #   make clean   remove build outputs and results
 
 SHELL := /bin/bash
@@ -32,7 +37,10 @@ BENCH_ITERS_FULL    ?= 200000
 BENCH_MAX_TIME_FULL ?= 5
 PINGPONG        := target/release/fabric_pingpong
 
-.PHONY: setup build build-debug demo test lint bench clean
+# `make install`: where the C API goes (lib/, include/, lib/pkgconfig/rfaas.pc).
+PREFIX          ?= /usr/local
+
+.PHONY: setup build build-debug demo test lint check-function-deps bench bench-capi install clean
 
 setup:
 	scripts/setup.sh
@@ -69,13 +77,35 @@ bench:
 	$(CARGO) build --release $(FEATURES) --bin fabric_pingpong
 	$(call run_pingpong,$(BENCH_ITERS_FULL),$(BENCH_MAX_TIME_FULL))
 
+# The C API (bindings/c, release): libraries, header, Fortran module source and rfaas.pc.
+install:
+	$(CARGO) build --release $(FEATURES) --workspace --lib
+	scripts/install-capi.sh "$(PREFIX)" target/release
+
+# C client vs Rust client, hot executor, 64 B (SIZES, REPETITIONS, ROUNDS: environment).
+bench-capi:
+	$(CARGO) build --release $(FEATURES) --workspace --bins --lib
+	@mkdir -p $(RESULTS)
+	scripts/capi-bench.sh target/release $(RESULTS)/capi-bench-$$(date +%Y%m%d-%H%M%S).csv
+
 test: build-debug
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)
 	if [ -d analysis/tests ]; then $(PYTHON) -m pytest -q analysis/tests; fi
+	if [ -d python/tests ]; then $(PYTHON) -m pytest -q python/tests; fi
 
-lint:
+lint: setup check-function-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
+
+# A function library depends on rfaas-function alone: building jobs/functions must compile no
+# async runtime, HTTP stack or fabric layer. Lists its normal and build dependencies and fails on
+# any of these crates.
+FUNCTION_FORBIDDEN_DEPS := tokio|axum|hyper|ureq|rfaas|libloading|nix
+check-function-deps:
+	@deps=$$($(CARGO) tree -p rfaas-functions -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
+	bad=$$(grep -xE '$(FUNCTION_FORBIDDEN_DEPS)' <<<"$$deps" || true); \
+	if [ -n "$$bad" ]; then echo "jobs/functions must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
+	echo "check-function-deps: jobs/functions builds with:" $$deps
 
 clean:
 	$(CARGO) clean

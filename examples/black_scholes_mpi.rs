@@ -1,6 +1,6 @@
 //! An MPI application that offloads part of its work to rfaas, as in the IPDPS'24 experiments:
 //! every rank prices a batch of European options with Black–Scholes, a share of them on remote
-//! workers (in batches, several in flight) while local threads price the rest, and checks the
+//! workers (in batches, several in flight) while local threads (rayon) price the rest, and checks the
 //! combined result against a purely local computation.
 //!
 //! ```text
@@ -17,11 +17,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use mpi::traits::*;
-use rfaas::kernels::black_scholes::{
-    black_scholes_reference, decode_prices, encode_options, OptionParams, Prices,
+use functions::black_scholes::{
+    black_scholes_reference, decode_prices, encode_options, price, OptionParams, Prices,
     OPTION_RECORD_BYTES, PRICE_RECORD_BYTES,
 };
+use mpi::traits::*;
+use rayon::prelude::*;
 use rfaas::mpi_glue::{Session, SessionConfig};
 
 /// Black–Scholes over MPI, part offloaded to rfaas workers, checked against a local run.
@@ -51,6 +52,11 @@ struct Args {
     /// Executor hot timeout, ms (-1 always hot, 0 always warm: the default on small machines).
     #[arg(long, default_value_t = 0)]
     hot_timeout_ms: i64,
+    /// Also write each rank's options and combined prices to `DIR/rank<R>.options` (40-byte
+    /// input records) and `DIR/rank<R>.prices` (16-byte output records), for a check by an
+    /// independent implementation.
+    #[arg(long, value_name = "DIR")]
+    prices_out: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -79,8 +85,14 @@ fn main() -> Result<()> {
     let t = Instant::now();
     let (remote_prices, local_prices) = std::thread::scope(|s| {
         // Local threads price the tail while this thread offloads the head (MPI_THREAD_FUNNELED:
-        // only this thread touches the session).
-        let local = s.spawn(|| black_scholes_reference(&options[remote..]));
+        // only this thread touches the session). The tail is split over rayon's pool: every
+        // option is priced independently, in order.
+        let local = s.spawn(|| {
+            options[remote..]
+                .par_iter()
+                .map(price)
+                .collect::<Vec<Prices>>()
+        });
         let remote_prices = offload_all(&session, &options[..remote], &args);
         (remote_prices, local.join().expect("local pricing thread"))
     });
@@ -89,6 +101,9 @@ fn main() -> Result<()> {
     let (ok, max_err, error) = match remote_prices {
         Ok(mut prices) => {
             prices.extend(local_prices);
+            if let Some(dir) = &args.prices_out {
+                write_prices(dir, rank, &options, &prices)?;
+            }
             let err = max_error(&prices, &reference);
             (prices.len() == reference.len() && err <= 1e-9, err, None)
         }
@@ -182,6 +197,24 @@ fn generate(n: usize, seed: u64) -> Vec<OptionParams> {
             time: 0.1 + 2.0 * next(),
         })
         .collect()
+}
+
+/// Writes `options` and `prices` as the kernel's input and output records.
+fn write_prices(
+    dir: &std::path::Path,
+    rank: i32,
+    options: &[OptionParams],
+    prices: &[Prices],
+) -> Result<()> {
+    let path = dir.join(format!("rank{rank}.options"));
+    std::fs::write(&path, encode_options(options)).with_context(|| path.display().to_string())?;
+    let bytes: Vec<u8> = prices
+        .iter()
+        .flat_map(|p| [p.call.to_le_bytes(), p.put.to_le_bytes()])
+        .flatten()
+        .collect();
+    let path = dir.join(format!("rank{rank}.prices"));
+    std::fs::write(&path, bytes).with_context(|| path.display().to_string())
 }
 
 fn max_error(a: &[Prices], b: &[Prices]) -> f64 {

@@ -1,6 +1,8 @@
 //! Every environment variable rfaas reads, in one place.
 
-/// Fabric provider: `shm` (default), `tcp`, `verbs` or `ofi`.
+/// Fabric provider: `shm` (default), `tcp`, `verbs` or `ofi`; read by the library,
+/// `fabric_pingpong`, `rfaas local-cluster start` and `rfaas executor-manager` (a `--provider`
+/// flag wins).
 pub const PROVIDER: &str = "RFAAS_PROVIDER";
 /// RDMA device name for the verbs provider (default: the first device found), e.g. `mlx5_0`.
 pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
@@ -9,8 +11,10 @@ pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
 pub const OFI_PROVIDER: &str = "RFAAS_OFI_PROVIDER";
 /// Log filter, as for `tracing_subscriber::EnvFilter` (e.g. `info`, `rfaas=debug`).
 pub const LOG: &str = "RUST_LOG";
-/// Size in bytes of each shm arena (the sparse shared memory that remotely accessible regions are
-/// carved from; default 64 GiB of address space, only touched pages use memory).
+/// Size of the shm provider's read-write arena (the sparse shared memory that remotely accessible
+/// regions are carved from), in bytes or with a unit (`1GiB`, see [`crate::size`]); default
+/// 16 GiB of address space, only touched pages use memory. The read-only arena is a quarter of
+/// it. A value that does not parse is an error, never ignored.
 pub const SHM_ARENA_BYTES: &str = "RFAAS_SHM_ARENA_BYTES";
 /// Tests only: path of a prebuilt `libfunctions.so` (otherwise the tests build it).
 pub const TEST_FUNCTIONS_LIB: &str = "RFAAS_TEST_FUNCTIONS_LIB";

@@ -18,12 +18,17 @@
 //! * [`protocol`] — the invocation protocol (header, immediates, slots and credits, hot/warm
 //!   schedule) as pure state machines.
 //! * [`control`] — control-plane messages (HTTP/JSON) and secrets.
-//! * [`function`] — function libraries with the rFaaS C ABI: the export macro, the content-hash
-//!   cache and the loader.
+//! * [`function`] — function libraries with the rFaaS C ABI: the content-hash cache and the
+//!   loader; the ABI types and the export macro come from the function authors' crate
+//!   `rfaas-function` (`crates/rfaas-function`), re-exported here.
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
-//! * [`executor_manager`] — the executor manager, one per node: HTTP API, spawning, reaping, billing.
-//! * [`scheduler`] — the resource manager's registry of nodes and leases (placement, renewal,
-//!   expiry, restart recovery) as a pure state machine.
+//! * [`executor_manager`] — the executor manager, one per node: its HTTP API
+//!   (`http_server`), allocation in named steps (`service`), spawning and reaping executors
+//!   (`spawn`), the link to the resource manager (`resource_manager_link`), billing.
+//! * [`scheduler`] — the resource manager's registry of nodes and leases as a pure state
+//!   machine, one file per concern: `registration` (register, heartbeat, drain, deregister),
+//!   `leasing` (grant, renew, release), `expiry` (tick: where a lease expires), `snapshot`
+//!   (restart recovery), `placement`, `invariants`.
 //! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
 //!   behind an HTTP/JSON API, with durable state.
 //! * [`http`] — what the HTTP servers share: JSON errors, body limits, authentication.
@@ -32,6 +37,8 @@
 //! * [`bench`](mod@bench) — the benchmarks behind the thin binaries.
 //! * [`pin`] — pinning threads to cores (hwloc with feature `hwloc`).
 //! * [`env`](mod@env) — every environment variable rfaas reads.
+//! * [`size`] — the one parser of sizes in bytes (`4096`, `64KiB`, `16GiB`, `2GB`).
+//! * [`atomic_write`] — the one way a file is replaced atomically (and durably when asked).
 //!
 //! ## Features
 //!
@@ -45,6 +52,7 @@
 //! At run time `verbs` needs `libibverbs1 librdmacm1` (and a device to do anything useful),
 //! `hwloc` needs `libhwloc15`, `mpi` needs OpenMPI.
 
+pub mod atomic_write;
 pub mod bench;
 pub mod client;
 pub mod cluster;
@@ -54,7 +62,6 @@ pub mod executor;
 pub mod executor_manager;
 pub mod function;
 pub mod http;
-pub mod kernels;
 pub mod logging;
 #[cfg(feature = "mpi")]
 pub mod mpi_glue;
@@ -63,6 +70,11 @@ pub mod protocol;
 pub mod rdma;
 pub mod resource_manager;
 pub mod scheduler;
+pub mod size;
 
 #[cfg(feature = "mpi")]
 pub use mpi_glue::{offload, offload_async};
+
+/// Exports a safe Rust function with the rFaaS C ABI: the macro of the function authors' crate
+/// `rfaas-function`, re-exported (a function library should depend on that crate alone).
+pub use rfaas_function::export_function;

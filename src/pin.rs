@@ -44,6 +44,18 @@ pub fn pin_current_thread(core: usize) -> Result<(), PinError> {
     bind(core)
 }
 
+/// Pins the calling thread to `core`, checked against `cpuset` (the cores the thread was allowed
+/// before it was first pinned) rather than its current affinity: moves a pinned thread.
+pub fn pin_current_thread_within(core: usize, cpuset: &[usize]) -> Result<(), PinError> {
+    if !cpuset.contains(&core) {
+        return Err(PinError::NotAllowed {
+            core,
+            allowed: cpuset.to_vec(),
+        });
+    }
+    bind(core)
+}
+
 fn bind(core: usize) -> Result<(), PinError> {
     let mut set = CpuSet::new();
     set.set(core)?;

@@ -5,10 +5,22 @@
 //! real process boundary) re-execute this binary as the peer: `main` looks at
 //! `RFAAS_CONFORMANCE_PEER` first and runs the peer role it names.
 //!
-//! Providers: `shm` and `tcp` always; `verbs` when `RFAAS_TEST_VERBS_ADDR` names the IP address of
-//! an RDMA device on this host (and the binary is built with `--features verbs`); `ofi` (built
-//! with `--features libfabric`) on libfabric's `shm` and `tcp;ofi_rxm` providers, plus any
-//! libfabric provider named by `RFAAS_TEST_OFI_PROVIDER` (e.g. `cxi` or `efa` on a cluster).
+//! Providers: `shm` and `tcp` always; `verbs` when `RFAAS_VERBS_DEVICE` names an RDMA device of
+//! this host (the binary must then be built with `--features verbs`; without it a failing
+//! `verbs::not_compiled` trial says so). The verbs tests listen on `RFAAS_TEST_VERBS_ADDR` when
+//! set, otherwise on the first IP address rdma_cm binds to that device (its IPoIB or RoCE
+//! interface); peer processes inherit the device name. Every generic test runs on verbs, except
+//! `other_uid_refused`, which checks a property of shm alone. These tests have not run on an
+//! RDMA device yet (none on the development machines; soft-RoCE needs the `rdma_rxe` kernel
+//! module); the hardware check of issue 10 (`scripts/device-check.sh`) is to run them.
+//!
+//! `ofi` (built with `--features libfabric`) runs on libfabric's `shm` and `tcp;ofi_rxm` providers,
+//! plus any libfabric provider named by `RFAAS_TEST_OFI_PROVIDER` (e.g. `cxi` or `efa` on a
+//! cluster); see `ofi_suites` for the tests that cannot hold on libfabric 1.17 and why.
+//!
+//! ```text
+//! RFAAS_VERBS_DEVICE=mlx5_0 cargo test --features verbs --test fabric_conformance -- verbs::
+//! ```
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -24,6 +36,8 @@ use rfaas::rdma::{
 type TestResult = Result<(), Failed>;
 
 const WAIT: Duration = Duration::from_secs(5);
+/// The "did not hang" limit for elapsed times (tests check behaviour, benchmarks check speed).
+const NO_HANG: Duration = Duration::from_secs(60);
 const SPIN: Duration = Duration::from_micros(50);
 
 macro_rules! ensure {
@@ -104,7 +118,7 @@ fn pair<F: Fabric>(
     pair_with(mk, recvs_a, recvs_b, timeouts())
 }
 
-/// [`pair`] with other failure timers.
+/// [`pair`] with the queue pairs' `timeouts`.
 fn pair_with<F: Fabric>(
     mk: fn() -> F,
     recvs_a: &[RecvWr],
@@ -115,7 +129,7 @@ fn pair_with<F: Fabric>(
     let b = mk();
     let cq_a = a.create_cq(1024)?;
     let cq_b = b.create_cq(1024)?;
-    let listener = a.listen("127.0.0.1:0")?;
+    let listener = a.listen(&listen_addr(&a))?;
     let addr = listener.local_addr();
     let (qp_b, qp_a, cq_a) = std::thread::scope(|s| -> Result<_, Failed> {
         let h = s.spawn(move || -> Result<(F::Qp, F::Cq), String> {
@@ -156,6 +170,19 @@ fn pair_with<F: Fabric>(
         qp_a,
         qp_b,
     })
+}
+
+/// The IP address the verbs tests listen on (set by `main` when it registers them).
+static VERBS_HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Where a test's listener binds: loopback for the software providers, an address of the RDMA
+/// device for verbs (loopback has no RDMA device, except through soft-RoCE).
+fn listen_addr<F: Fabric>(f: &F) -> String {
+    match (f.provider(), VERBS_HOST.get()) {
+        (rfaas::rdma::Provider::Verbs, Some(host)) if host.contains(':') => format!("[{host}]:0"),
+        (rfaas::rdma::Provider::Verbs, Some(host)) => format!("{host}:0"),
+        _ => "127.0.0.1:0".to_string(),
+    }
 }
 
 fn recv_wr(id: u64) -> RecvWr {
@@ -499,7 +526,7 @@ struct Extra<F: Fabric> {
 }
 
 fn pair_extra<F: Fabric>(p: &Pair<F>, _mk: fn() -> F) -> Result<Extra<F>, Failed> {
-    let listener = p.a.listen("127.0.0.1:0")?;
+    let listener = p.a.listen(&listen_addr(&p.a))?;
     let addr = listener.local_addr();
     let peer_cq = p.a.create_cq(64)?;
     let cq = p.b.create_cq(64)?;
@@ -691,7 +718,11 @@ fn access_errors_with<F: Fabric>(
         r => r?,
     }
     let c = one(&p.cq_b)?;
-    ensure!(!c.is_ok(), "misaligned atomic succeeded");
+    // IB: an atomic at an address that is not 8-byte aligned is an invalid request (NAK).
+    ensure!(
+        c.status == WcStatus::RemoteInvalidRequest,
+        "misaligned atomic gave {c:?}"
+    );
     ensure!(
         mr_bytes(&amr, 0, 64) == vec![0u8; 64],
         "misaligned atomic changed memory"
@@ -745,8 +776,8 @@ fn rnr_timeout<F: Fabric>(mk: fn() -> F) -> TestResult {
     let took = start.elapsed();
     ensure!(c.status == WcStatus::RnrRetryExceeded, "got {c:?}");
     ensure!(
-        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
-        "RNR after {took:?} (timeout 200 ms)"
+        took >= Duration::from_millis(150),
+        "RNR after {took:?} (timeout 200 ms; `one` waits at most {WAIT:?})"
     );
     none_within(&p.cq_a, Duration::from_millis(20))?;
     Ok(())
@@ -755,7 +786,13 @@ fn rnr_timeout<F: Fabric>(mk: fn() -> F) -> TestResult {
 /// A receive posted while the sender waits for one unblocks it (receiver-not-ready is a wait, not
 /// an error, while it lasts).
 fn rnr_then_post<F: Fabric>(mk: fn() -> F) -> TestResult {
-    let p = pair(mk, &[], &[])?;
+    // An RNR timeout longer than the test: the write waits for the receive however late it
+    // comes on a busy machine.
+    let rnr = QpTimeouts {
+        rnr: NO_HANG,
+        ..timeouts()
+    };
+    let p = pair_with(mk, &[], &[], rnr)?;
     let target =
         p.a.alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let Pair {
@@ -766,16 +803,22 @@ fn rnr_then_post<F: Fabric>(mk: fn() -> F) -> TestResult {
         a: _a,
         b: _b,
     } = p;
-    let late = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
-        qp_a.post_recv(&recv_wr(77)).map(|_| qp_a)
+    let remote = target.remote(0, 0);
+    // Posted from another thread: on shm, post_send itself waits for the receive.
+    let sender = std::thread::spawn(move || {
+        qp_b.post_send(&send_wr(1, Op::WriteImm(remote, 6), None))
+            .map(|_| qp_b)
+            .map_err(|e| e.to_string())
     });
-    qp_b.post_send(&send_wr(1, Op::WriteImm(target.remote(0, 0), 6), None))?;
+    // Without a receive the write does not complete (a check, not an ordering: the receive
+    // below is late, or not, either way).
+    none_within(&cq_b, Duration::from_millis(50))?;
+    qp_a.post_recv(&recv_wr(77))?;
+    let _qp_b = sender.join().map_err(|_| "sender panicked")??;
     ensure!(
         one(&cq_b)?.is_ok(),
         "late receive did not satisfy the waiting write"
     );
-    let _qp_a = late.join().map_err(|_| "poster panicked")??;
     let c = one(&cq_a)?;
     ensure!(
         c.is_ok() && c.wr_id == 77 && c.imm == Some(6),
@@ -790,7 +833,7 @@ fn shared_cq_64<F: Fabric>(mk: fn() -> F) -> TestResult {
     let client = mk();
     let scq = server.create_cq(256)?;
     let ccq = client.create_cq(256)?;
-    let listener = server.listen("127.0.0.1:0")?;
+    let listener = server.listen(&listen_addr(&server))?;
     let addr = listener.local_addr();
     let target = server.alloc_mr(64 * 64, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let src = client.alloc_mr(64, Access::LOCAL_WRITE)?;
@@ -903,8 +946,10 @@ fn blocking_wait<F: Fabric>(mk: fn() -> F) -> TestResult {
         cq_a.poll(&mut wc) == 0,
         "unexpected completion before the wake test"
     );
+    // The completion is sent once this thread sleeps in `wait` (the only place it can sleep).
+    let waiter = nix::unistd::gettid();
     let sender = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(30));
+        wait_until_asleep(waiter)?;
         post(&qp_b, 1, false)
             .map(|_| qp_b)
             .map_err(|e| format!("{e:?}"))
@@ -953,7 +998,7 @@ fn bad_handshakes<F: Fabric>(mk: fn() -> F) -> TestResult {
     let b = mk();
     let cq_a = a.create_cq(64)?;
     let cq_b = b.create_cq(64)?;
-    let listener = a.listen("127.0.0.1:0")?;
+    let listener = a.listen(&listen_addr(&a))?;
     let addr = listener.local_addr();
     // Bad peers: connect with the raw transport and misbehave.
     let _junk = raw_junk_connections(a.provider(), &addr)?;
@@ -974,9 +1019,11 @@ fn bad_handshakes<F: Fabric>(mk: fn() -> F) -> TestResult {
         let (qp_a, cq_a, listener) = h.join().map_err(|_| "accept panicked")??;
         Ok((r.0, qp_a, cq_a, listener))
     })?;
+    // Not queued behind them: the silent one (last) is still open, not yet cut by the
+    // listener's handshake timeout, when the good one is through.
     ensure!(
-        t.elapsed() < Duration::from_secs(2),
-        "good connection delayed {:?} by bad ones",
+        _junk.last().map_or(true, |s| still_open(s.as_ref())),
+        "good connection delayed {:?} until a silent one was cut",
         t.elapsed()
     );
     qp_b.post_send(&send_wr(1, Op::WriteImm(RemoteBuf::default(), 9), None))?;
@@ -1062,6 +1109,25 @@ fn raw_junk_connections(
     Ok(keep)
 }
 
+/// Whether a connection of [`raw_junk_connections`] is still open: nothing to read yet, and
+/// not closed by the other end.
+fn still_open(s: &dyn std::any::Any) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = if let Some(t) = s.downcast_ref::<std::net::TcpStream>() {
+        t.as_fd().as_raw_fd()
+    } else if let Some(o) = s.downcast_ref::<std::os::fd::OwnedFd>() {
+        o.as_raw_fd()
+    } else {
+        return true;
+    };
+    let mut b = [0u8; 1];
+    matches!(
+        recv(fd, &mut b, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // Multi-process tests
 // ---------------------------------------------------------------------------------------------
@@ -1126,7 +1192,7 @@ fn accept_peer<F: Fabric>(
 fn cross_process_echo<F: Fabric>(mk: fn() -> F) -> TestResult {
     let f = mk();
     let cq = f.create_cq(64)?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let inbox = f.alloc_mr(1 << 20, Access::LOCAL_WRITE | Access::REMOTE_WRITE)?;
     let src = f.alloc_mr(1 << 20, Access::LOCAL_WRITE)?;
     let _peer = KillOnDrop(spawn_peer("echo", &peer_provider(&f), &l.local_addr())?);
@@ -1175,16 +1241,15 @@ fn cross_process_echo<F: Fabric>(mk: fn() -> F) -> TestResult {
 fn peer_killed<F: Fabric>(mk: fn() -> F) -> TestResult {
     let f = mk();
     let cq = f.create_cq(64)?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let mut peer = KillOnDrop(spawn_peer("idle", &peer_provider(&f), &l.local_addr())?);
     let qp = accept_peer(&f, &l, &cq, 4, &[])?;
-    // The peer is connected and idle; kill it.
-    std::thread::sleep(Duration::from_millis(50));
+    // The peer is connected (accepted) and idle; kill it.
     peer.0.kill()?;
     let killed = Instant::now();
     let mut flushed = 0;
     let mut wc = [Wc::EMPTY; 8];
-    while flushed < 4 && killed.elapsed() < Duration::from_secs(5) {
+    while flushed < 4 && killed.elapsed() < NO_HANG {
         let n = cq.poll_wait(&mut wc, Duration::from_millis(200), SPIN)?;
         for c in &wc[..n] {
             ensure!(
@@ -1196,12 +1261,7 @@ fn peer_killed<F: Fabric>(mk: fn() -> F) -> TestResult {
     }
     ensure!(
         flushed == 4,
-        "{flushed} of 4 posted receives flushed within 5 s of SIGKILL"
-    );
-    ensure!(
-        killed.elapsed() < Duration::from_secs(3),
-        "flush took {:?}",
-        killed.elapsed()
+        "{flushed} of 4 posted receives flushed within {NO_HANG:?} of SIGKILL"
     );
     ensure!(
         !qp.is_connected(),
@@ -1221,8 +1281,9 @@ fn peer_killed<F: Fabric>(mk: fn() -> F) -> TestResult {
         Some(buf.sge(0, 8)),
     ))?;
     let c = one(&cq)?;
+    // The queue pair is in the error state: the request is flushed, not sent.
     ensure!(
-        c.wr_id == 9 && !c.is_ok(),
+        c.wr_id == 9 && c.status == WcStatus::WrFlush,
         "request to a dead peer gave {c:?}"
     );
     Ok(())
@@ -1234,7 +1295,7 @@ fn other_uid_refused(_: fn() -> ShmFabric) -> TestResult {
         return Err("needs root to run a peer as another uid (CI runs as root)".into());
     }
     let f = ShmFabric::new()?;
-    let l = f.listen("127.0.0.1:0")?;
+    let l = f.listen(&listen_addr(&f))?;
     let mut peer = KillOnDrop(spawn_peer("other-uid", "shm", &l.local_addr())?);
     let status = wait_child(&mut peer.0, Duration::from_secs(10))?;
     ensure!(
@@ -1246,6 +1307,26 @@ fn other_uid_refused(_: fn() -> ShmFabric) -> TestResult {
         "listener handed out a request from another uid"
     );
     Ok(())
+}
+
+/// Waits (bounded) until thread `tid` of this process sleeps (state `S` in `/proc`).
+fn wait_until_asleep(tid: nix::unistd::Pid) -> Result<(), String> {
+    let stat = format!("/proc/self/task/{tid}/stat");
+    let deadline = Instant::now() + NO_HANG;
+    loop {
+        let text = std::fs::read_to_string(&stat).map_err(|e| format!("{stat}: {e}"))?;
+        // The state follows the command name, which is in parentheses.
+        let state = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state == Some("S") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("thread {tid} never slept (state {state:?})"));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn wait_child(c: &mut Child, d: Duration) -> Result<Option<i32>, Failed> {
@@ -1276,6 +1357,10 @@ fn peer_main(role: &str) -> i32 {
         #[cfg(feature = "libfabric")]
         other if other.starts_with("ofi:") => peer_role(role, &addr, || {
             rfaas::rdma::ofi::OfiFabric::with_provider(Some(&other[4..])).expect("ofi domain")
+        }),
+        #[cfg(feature = "verbs")]
+        "verbs" => peer_role(role, &addr, || {
+            rfaas::rdma::verbs::VerbsFabric::open_default().expect("verbs device")
         }),
         other => Err(format!("unknown provider {other}")),
     };
@@ -1444,6 +1529,7 @@ fn main() {
             peer_killed,
         ]
     );
+    register_verbs(&mut trials);
     #[cfg(feature = "libfabric")]
     ofi_suites(&mut trials);
     libtest_mimic::run(&args, trials).exit();
@@ -1550,5 +1636,82 @@ fn ofi_suites(trials: &mut Vec<Trial>) {
     add(trials, "tcp-rxm", ofi_tcp);
     if std::env::var("RFAAS_TEST_OFI_PROVIDER").is_ok_and(|p| !p.is_empty()) {
         add(trials, "env", ofi_env);
+    }
+}
+
+/// The device `RFAAS_VERBS_DEVICE` names, if any.
+fn named_verbs_device() -> Option<String> {
+    std::env::var(rfaas::env::VERBS_DEVICE)
+        .ok()
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+}
+
+/// Registers the suite for verbs when a device is named.
+#[cfg(feature = "verbs")]
+fn register_verbs(trials: &mut Vec<Trial>) {
+    use rfaas::rdma::verbs::VerbsFabric;
+    let Some(device) = named_verbs_device() else {
+        return;
+    };
+    let host = match std::env::var("RFAAS_TEST_VERBS_ADDR") {
+        Ok(a) if !a.trim().is_empty() => Ok(a.trim().trim_matches(['[', ']']).to_string()),
+        _ => VerbsFabric::open(Some(&device))
+            .map_err(|e| e.to_string())
+            .and_then(|f| {
+                f.local_addrs()
+                    .first()
+                    .map(|ip| ip.to_string())
+                    .ok_or_else(|| format!("{device} has no IP address: set RFAAS_TEST_VERBS_ADDR"))
+            }),
+    };
+    let host = match host {
+        Ok(h) => h,
+        Err(e) => {
+            // Named but unusable: one failing trial says why, rather than a silent skip.
+            trials.push(Trial::test("verbs::device_usable", move || {
+                Err(format!("RFAAS_VERBS_DEVICE={device}: {e}").into())
+            }));
+            return;
+        }
+    };
+    let _ = VERBS_HOST.set(host);
+    fn verbs() -> VerbsFabric {
+        VerbsFabric::open_default().expect("verbs device")
+    }
+    suite!(
+        trials,
+        "verbs",
+        verbs,
+        [
+            send_recv,
+            write_imm_sizes,
+            write_then_imm_ordering,
+            read,
+            atomics,
+            access_errors,
+            local_protection,
+            rnr_timeout,
+            rnr_then_post,
+            shared_cq_64,
+            blocking_wait,
+            bad_handshakes,
+            cross_process_echo,
+            peer_killed,
+        ]
+    );
+}
+
+/// Without the feature a named device is an error, not a silent skip.
+#[cfg(not(feature = "verbs"))]
+fn register_verbs(trials: &mut Vec<Trial>) {
+    if let Some(device) = named_verbs_device() {
+        trials.push(Trial::test("verbs::not_compiled", move || {
+            Err(format!(
+                "RFAAS_VERBS_DEVICE={device} but this binary has no verbs provider: run \
+                 cargo test --features verbs --test fabric_conformance"
+            )
+            .into())
+        }));
     }
 }

@@ -337,7 +337,7 @@ fn a_wrong_token_is_rejected() {
     assert_eq!(&out[..n], b"ok");
 }
 
-/// kill -9 of the executor manager: its executors die with it, clients get errors quickly, and
+/// kill -9 of the executor manager: its executors die with it, clients get errors (not timeouts), and
 /// nothing hangs.
 fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
     let mut m = manager(provider);
@@ -357,18 +357,16 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
         .unwrap();
     m.child.kill().unwrap();
     let _ = m.child.wait();
-    let t = Instant::now();
+    // Both fail because the death is noticed, not by waiting out the client's timeout.
     let r = exec.wait(pending, &mut out);
     assert!(
         matches!(r, Err(InvokeError::ExecutorGone(_))),
         "in-flight call gave {r:?}"
     );
     let r = exec.invoke(echo, b"after", &mut out);
-    assert!(r.is_err(), "a call after the manager died succeeded");
     assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "errors took {:?}",
-        t.elapsed()
+        matches!(r, Err(InvokeError::ExecutorGone(_))),
+        "a call after the manager died gave {r:?}"
     );
     drop(exec); // deallocation fails (the manager is gone) without hanging
 }
@@ -478,7 +476,7 @@ fn workers_run_pinned_on_their_own_cores() {
     }
 }
 
-/// A function that segfaults kills its executor: the client gets an error within a second and
+/// A function that segfaults kills its executor: the client gets an error at once (not a timeout) and
 /// the manager gets its cores back (on tcp too; the shm case is in tests/executor_manager.rs).
 #[test]
 fn tcp_crashing_function_fails_fast_and_capacity_returns() {
@@ -493,18 +491,13 @@ fn tcp_crashing_function_fails_fast_and_capacity_returns() {
     .unwrap();
     let f = exec.function("segfault").unwrap();
     let mut out = [0u8; 8];
-    let t = Instant::now();
+    // The death is noticed (ExecutorGone), not waited out (Timeout).
     let r = exec.invoke(f, b"", &mut out);
     assert!(
         matches!(r, Err(InvokeError::ExecutorGone(_))),
         "segfault gave {r:?}"
     );
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "error after {:?}",
-        t.elapsed()
-    );
-    common::wait_for(Duration::from_secs(2), "the cores to come back", || {
+    common::wait_for(common::NO_HANG, "the cores to come back", || {
         let st = m.status();
         (st.cores_free == st.cores_total).then_some(())
     });

@@ -14,7 +14,8 @@
 //!
 //! Every wait is bounded; on failure the Slurm logs, job outputs and daemon logs are printed.
 //! The Slurm daemons and every process started under them are stopped even when the test panics
-//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed.
+//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed, and fails
+//! then instead under `CI=true`.
 
 mod common;
 
@@ -89,11 +90,10 @@ impl Slurm {
             .filter(|p| find_program(p).is_none())
             .collect();
         if !missing.is_empty() {
-            eprintln!(
-                "SKIPPED: Slurm is not installed (missing {}); scripts/setup.sh installs \
-                 slurm-wlm",
+            common::skip_unless_ci(&format!(
+                "Slurm is not installed (missing {}); scripts/setup.sh installs slurm-wlm",
                 missing.join(", ")
-            );
+            ));
             return None;
         }
         let sbin = find_program("slurmctld")
@@ -474,29 +474,45 @@ fn cancel_and_check(slurm: &Slurm, job: &str, run_dir: &Path) {
     println!("scancel {job}: everything stopped in {:?}", t.elapsed());
 }
 
-/// Checks the benchmark's CSV: the header, and for each rank one row per size and repetition.
+/// One row of the benchmark's CSV, the columns this test checks.
+#[derive(Debug, serde::Deserialize)]
+struct BenchRow {
+    provider: String,
+    payload_bytes: u64,
+    rank: usize,
+    world_size: usize,
+    latency_ns: u64,
+}
+
+/// Checks the benchmark's CSV (the header with the `csv` crate, the rows with
+/// `rfaas::bench::csv_rows`; a malformed row fails the test with its line): the header, and for
+/// each rank one row per size and repetition.
 fn check_csv(path: &Path, ranks: usize, sizes: &[u64], repetitions: usize) {
-    let csv = fs::read_to_string(path)
+    let mut reader = csv::Reader::from_path(path)
         .unwrap_or_else(|e| panic!("the benchmark wrote no {}: {e}", path.display()));
-    let mut lines = csv.lines();
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .map(str::to_string)
+        .collect();
     assert_eq!(
-        lines.next(),
-        Some("benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns")
+        header.join(","),
+        "benchmark,mode,provider,payload_bytes,rank,world_size,node,worker,repetition,latency_ns"
     );
+    let rows: Vec<BenchRow> =
+        rfaas::bench::csv_rows::read_rows(path).unwrap_or_else(|e| panic!("{e}"));
     let mut count = vec![std::collections::BTreeMap::<u64, usize>::new(); ranks];
-    for line in lines {
-        let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 10, "bad row {line:?}");
-        assert_eq!(f[2], "tcp", "provider in {line:?}");
-        let size: u64 = f[3].parse().unwrap();
-        let rank: usize = f[4].parse().unwrap();
-        let world: usize = f[5].parse().unwrap();
-        assert_eq!(world, ranks, "world_size in {line:?}");
-        assert!(rank < ranks, "rank in {line:?}");
-        assert!(sizes.contains(&size), "payload size in {line:?}");
-        let latency: u64 = f[9].parse().unwrap();
-        assert!(latency > 0, "latency in {line:?}");
-        *count[rank].entry(size).or_default() += 1;
+    for row in rows {
+        assert_eq!(row.provider, "tcp", "provider in {row:?}");
+        assert_eq!(row.world_size, ranks, "world_size in {row:?}");
+        assert!(row.rank < ranks, "rank in {row:?}");
+        assert!(
+            sizes.contains(&row.payload_bytes),
+            "payload size in {row:?}"
+        );
+        assert!(row.latency_ns > 0, "latency in {row:?}");
+        *count[row.rank].entry(row.payload_bytes).or_default() += 1;
     }
     for (rank, per_size) in count.iter().enumerate() {
         for size in sizes {
@@ -557,6 +573,27 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
     )
     .unwrap();
     assert_eq!(out, b"hello slurm");
+
+    // 1b. The resource manager crashes (kill -9): the script starts it again on the same
+    // address with the same state, and the clients' cluster.json still leads to it.
+    let ready = run_dir.join("rm.json");
+    let read_ready = || -> Option<rfaas::resource_manager::ReadyInfo> {
+        serde_json::from_slice(&fs::read(&ready).ok()?).ok()
+    };
+    let before = read_ready().expect("the resource manager's ready file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = common::wait_for(
+        Duration::from_secs(60),
+        "the resource manager to be restarted by the script",
+        || read_ready().filter(|r| r.pid != before.pid),
+    );
+    assert_eq!(after.http, before.http, "restarted on the same address");
+    let (_, lease) = first_lease(&run_dir, Duration::from_secs(60));
+    lease.release().unwrap();
 
     // 2. The benchmark job: 2 nodes x 2 ranks.
     match option_env!("CARGO_BIN_EXE_scalable_benchmark") {

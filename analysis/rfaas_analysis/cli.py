@@ -107,7 +107,7 @@ examples
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="latency.py",
+        prog=os.path.basename(sys.argv[0]) or "latency.py",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

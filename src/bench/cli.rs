@@ -88,8 +88,8 @@ pub struct Args {
     pub client_core: Option<usize>,
 
     /// Address the servers of every mode listen on [default: a fresh socket path in the temp
-    /// directory for shm, 127.0.0.1:0 for tcp, tcp-raw and verbs]. For verbs on a real device,
-    /// give an IP address of the RDMA interface (e.g. the IPoIB address) with port 0.
+    /// directory for shm, 127.0.0.1:0 for tcp and tcp-raw, the first IP address of the RDMA
+    /// device for verbs (its IPoIB or RoCE interface, port 0; loopback has no RDMA device)].
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<String>,
 
@@ -111,25 +111,7 @@ pub struct Args {
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        None => (s, 1),
-        Some((i, _)) => {
-            let mult = match s[i..].to_ascii_lowercase().as_str() {
-                "k" | "kib" | "ki" => 1 << 10,
-                "m" | "mib" | "mi" => 1 << 20,
-                "b" => 1,
-                other => return Err(format!("unknown size suffix {other:?} (use K or M)")),
-            };
-            (&s[..i], mult)
-        }
-    };
-    let n: usize = num.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let n = n
-        .checked_mul(mult)
-        .filter(|&n| n <= MAX_PAYLOAD)
-        .ok_or_else(|| format!("{s:?}: larger than 1 GiB"))?;
-    Ok(n)
+    crate::size::parse_size_at_most(s, MAX_PAYLOAD).map_err(|e| e.to_string())
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

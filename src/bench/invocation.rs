@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
+use serde::{Deserialize, Serialize};
 
+use super::csv_rows::{CsvError, RowWriter};
+use super::placement::{ClientPlacement, WorkerCore};
 use super::stats::Latencies;
-use crate::client::{AllocationSpec, ClientError, ClientOptions, Cluster};
+use crate::client::{AllocationSpec, ClientError, ClientOptions, Cluster, Executor};
 use crate::rdma::{Fabric, FabricUser};
 
 /// Columns every invocation benchmark writes, in order.
@@ -42,8 +45,8 @@ pub struct CommonArgs {
     /// Function to invoke (from the library).
     #[arg(long, default_value = "empty")]
     pub function: String,
-    /// Payload sizes in bytes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "64,4096")]
+    /// Payload sizes, comma separated: bytes or with a unit (64,4KiB,1MiB).
+    #[arg(long, value_delimiter = ',', default_value = "64,4096", value_parser = |s: &str| crate::size::parse_size_at_most(s, 1 << 30))]
     pub sizes: Vec<usize>,
     /// Measured invocations (or allocations, for cold_benchmark) per size and mode.
     #[arg(long, default_value_t = 1000)]
@@ -57,7 +60,8 @@ pub struct CommonArgs {
     /// The function library (default: libfunctions.so beside this executable).
     #[arg(long)]
     pub library: Option<PathBuf>,
-    /// Pin the client thread to this core (default: the last core of the cpuset).
+    /// Pin the client thread to this core (default: the last core of the cpuset that none of
+    /// the benchmark's own workers runs on; stderr says where every thread runs).
     #[arg(long)]
     pub client_core: Option<usize>,
     /// Seconds a call may take before it counts as failed.
@@ -65,11 +69,14 @@ pub struct CommonArgs {
     pub timeout_s: u64,
 }
 
-/// One measurement.
-#[derive(Clone, Debug)]
+/// One measurement: one CSV row, its fields in [`INVOCATION_HEADER`] order, then the phases.
+///
+/// Serialised with serde: as a CSV row ([`super::csv_rows`]), and as bytes when
+/// `scalable_benchmark`'s ranks send their rows to rank 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Benchmark name.
-    pub benchmark: &'static str,
+    pub benchmark: String,
     /// Mode (hot, warm, cached, uncached, parallel).
     pub mode: String,
     /// Provider name.
@@ -88,31 +95,10 @@ pub struct Record {
     pub repetition: usize,
     /// Nanoseconds.
     pub latency_ns: u64,
-    /// Cold-start phases, in [`COLD_PHASES`] order (empty for other benchmarks).
+    /// Cold-start phases, in [`COLD_PHASES`] order (empty for other benchmarks): as many extra
+    /// columns.
+    #[serde(default)]
     pub phases: Vec<u64>,
-}
-
-impl Record {
-    /// The CSV line (no newline).
-    pub fn csv(&self) -> String {
-        let mut s = format!(
-            "{},{},{},{},{},{},{},{},{},{}",
-            self.benchmark,
-            self.mode,
-            self.provider,
-            self.payload_bytes,
-            self.rank,
-            self.world_size,
-            self.node,
-            self.worker,
-            self.repetition,
-            self.latency_ns
-        );
-        for p in &self.phases {
-            s.push_str(&format!(",{p}"));
-        }
-        s
-    }
 }
 
 /// Benchmark failure.
@@ -127,6 +113,9 @@ pub enum BenchError {
     /// Files.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// Writing the CSV.
+    #[error(transparent)]
+    Csv(#[from] CsvError),
     /// Bad flags.
     #[error("{0}")]
     Usage(String),
@@ -190,29 +179,48 @@ pub fn write_outputs(
     config: serde_json::Value,
     extra: serde_json::Map<String, serde_json::Value>,
 ) -> Result<(), BenchError> {
-    if let Some(dir) = args.output.parent() {
+    write_outputs_to(
+        &args.output,
+        benchmark,
+        records,
+        extra_columns,
+        config,
+        extra,
+    )
+}
+
+/// [`write_outputs`] to the CSV file `output` (for benchmarks without [`CommonArgs`]:
+/// `lease_benchmark`, `scheduler_bench`).
+pub fn write_outputs_to(
+    output: &Path,
+    benchmark: &str,
+    records: &[Record],
+    extra_columns: &[&str],
+    config: serde_json::Value,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), BenchError> {
+    if let Some(dir) = output.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
         }
     }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&args.output)?);
-    let mut header = INVOCATION_HEADER.to_string();
-    for c in extra_columns {
-        header.push(',');
-        header.push_str(c);
-    }
-    writeln!(f, "{header}")?;
+    let file = std::io::BufWriter::new(std::fs::File::create(output)?);
+    let header: Vec<&str> = INVOCATION_HEADER
+        .split(',')
+        .chain(extra_columns.iter().copied())
+        .collect();
+    let mut csv = RowWriter::new(file, &header, &output.display().to_string())?;
     for r in records {
-        writeln!(f, "{}", r.csv())?;
+        csv.row(r)?;
     }
-    f.flush()?;
+    csv.finish()?.flush()?;
     let mut meta = serde_json::json!({
         "benchmark": benchmark,
         "rfaas_version": env!("CARGO_PKG_VERSION"),
         "git_rev": git_rev(),
         "config": config,
         "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
-        "csv": args.output.display().to_string(),
+        "csv": output.display().to_string(),
     });
     // The libfabric provider, fabric and version behind `ofi` rows.
     let mut fabrics = serde_json::Map::new();
@@ -231,7 +239,7 @@ pub fn write_outputs(
         m.extend(extra);
     }
     std::fs::write(
-        args.output.with_extension("json"),
+        output.with_extension("json"),
         serde_json::to_string_pretty(&meta).unwrap_or_default(),
     )?;
     Ok(())
@@ -272,14 +280,27 @@ pub fn summarize(records: &[Record]) -> Vec<String> {
     lines
 }
 
-pub(crate) fn pin_client(core: Option<usize>) {
-    let cores = crate::pin::allowed_cores();
-    let c = core.or_else(|| cores.last().copied());
-    if let Some(c) = c {
-        if let Err(e) = crate::pin::pin_current_thread(c) {
-            tracing::warn!("client not pinned: {e}");
-        }
-    }
+/// The executor manager (node) an allocation is on: its lease's node when a resource manager
+/// placed it, else the first manager of the cluster file (where allocations without a lease
+/// go), else its address.
+fn node_of<F: Fabric>(exec: &Executor<F>, cluster: &Cluster) -> String {
+    exec.lease()
+        .and_then(|l| l.parts().first().map(|p| p.node.clone()))
+        .or_else(|| cluster.names.first().cloned())
+        .unwrap_or_else(|| exec.allocation().address.clone())
+}
+
+/// The cores of an allocation's workers, for [`ClientPlacement`].
+pub(crate) fn worker_cores<F: Fabric>(exec: &Executor<F>, node: &str) -> Vec<WorkerCore> {
+    exec.allocation()
+        .workers
+        .iter()
+        .map(|w| WorkerCore {
+            node: node.to_string(),
+            worker: w.index as usize,
+            core: w.core as usize,
+        })
+        .collect()
 }
 
 pub(crate) fn payload(len: usize, seed: usize) -> Vec<u8> {
@@ -380,7 +401,7 @@ impl FabricUser for Warm<'_> {
     type Output = Result<Vec<Record>, BenchError>;
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = &self.args.common;
-        pin_client(c.client_core);
+        let mut client = ClientPlacement::new("warm_benchmark", c.client_core, 0);
         let mut out = Vec::new();
         for mode in &self.args.modes {
             let hot = match mode.as_str() {
@@ -399,8 +420,8 @@ impl FabricUser for Warm<'_> {
                 0,
             )?;
             let f = exec.function(&c.function)?;
-            let node = exec.allocation().address.clone();
-            let node = self.cluster.names.first().cloned().unwrap_or(node);
+            let node = node_of(&exec, self.cluster);
+            client.place(&worker_cores(&exec, &node));
             let mut output = vec![0u8; exec.output_capacity()];
             for &size in &c.sizes {
                 let input = payload(size, size);
@@ -414,7 +435,7 @@ impl FabricUser for Warm<'_> {
                     let ns = t.elapsed().as_nanos() as u64;
                     if i >= c.warmup {
                         out.push(Record {
-                            benchmark: "warm_benchmark",
+                            benchmark: "warm_benchmark".into(),
                             mode: label.clone(),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
@@ -459,7 +480,7 @@ impl FabricUser for Parallel<'_> {
     type Output = Result<Vec<Record>, BenchError>;
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = &self.args.common;
-        pin_client(c.client_core);
+        let mut client = ClientPlacement::new("parallel_invocations", c.client_core, 0);
         let exec = self.cluster.allocate(
             &fabric,
             &spec(
@@ -473,7 +494,8 @@ impl FabricUser for Parallel<'_> {
         )?;
         let f = exec.function(&c.function)?;
         let n = exec.workers();
-        let node = self.cluster.names.first().cloned().unwrap_or_default();
+        let node = node_of(&exec, self.cluster);
+        client.place(&worker_cores(&exec, &node));
         let mut out = Vec::new();
         let mut buffers: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; exec.output_capacity()]).collect();
         for &size in &c.sizes {
@@ -488,7 +510,7 @@ impl FabricUser for Parallel<'_> {
                     r?;
                     if i >= c.warmup {
                         out.push(Record {
-                            benchmark: "parallel_invocations",
+                            benchmark: "parallel_invocations".into(),
                             mode: format!("parallel-{n}"),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
@@ -533,8 +555,10 @@ impl FabricUser for Cold<'_> {
     type Output = Result<Vec<Record>, BenchError>;
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let c = &self.args.common;
-        pin_client(c.client_core);
-        let node = self.cluster.names.first().cloned().unwrap_or_default();
+        // Each cold start is a new allocation: the client moves (outside the timed part) when
+        // one lands on its core.
+        let mut client = ClientPlacement::new("cold_benchmark", c.client_core, 0);
+        client.place(&[]);
         let mut out = Vec::new();
         let mut cached_spec: Option<AllocationSpec> = None;
         // With a resource manager the core is leased once, up front: a cold start is an
@@ -588,16 +612,19 @@ impl FabricUser for Cold<'_> {
                     let first = t1.elapsed().as_nanos() as u64;
                     let total = t0.elapsed().as_nanos() as u64;
                     let tm = exec.timings();
+                    let node = node_of(&exec, self.cluster);
+                    let cores = worker_cores(&exec, &node);
                     exec.deallocate()?;
+                    client.keep_clear_of(&cores);
                     if i >= c.warmup.min(3) {
                         out.push(Record {
-                            benchmark: "cold_benchmark",
+                            benchmark: "cold_benchmark".into(),
                             mode: mode.clone(),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
                             rank: 0,
                             world_size: 1,
-                            node: node.clone(),
+                            node,
                             worker: 0,
                             repetition: i - c.warmup.min(3),
                             latency_ns: total,

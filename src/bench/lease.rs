@@ -1,5 +1,7 @@
 //! `lease_benchmark`: the resource manager's lease grant + release round trip over HTTP, one
-//! client at a time (latency) and from many concurrent clients (grants per second).
+//! client at a time (latency) and from many concurrent clients (grants per second). Writes the
+//! round trips as CSV rows like the other benchmarks (`--output`), the throughput phase into
+//! the JSON metadata beside it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use super::invocation::BenchError;
+use super::invocation::{write_outputs_to, BenchError, Record};
 use super::stats::Latencies;
 use crate::client::{Cluster, Lease, LeaseOptions};
 
@@ -29,6 +31,11 @@ pub struct LeaseArgs {
     /// Cores per lease.
     #[arg(long, default_value_t = 1)]
     pub cores: u32,
+    /// Where to write the CSV: one row per measured round trip (mode `grant_release`), the
+    /// columns of the other benchmarks; the throughput phase goes into the JSON metadata file
+    /// beside it.
+    #[arg(long)]
+    pub output: std::path::PathBuf,
 }
 
 /// What one run measured.
@@ -66,11 +73,27 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
         ));
     }
     let mut round_trip = Latencies::new();
-    for i in 0..args.repetitions + args.repetitions / 10 {
+    let mut records = Vec::with_capacity(args.repetitions);
+    let warmup = args.repetitions / 10;
+    for i in 0..args.repetitions + warmup {
         let t = Instant::now();
         grant_release(&cluster, args.cores)?;
-        if i >= args.repetitions / 10 {
-            round_trip.record(t.elapsed());
+        let took = t.elapsed();
+        if i >= warmup {
+            round_trip.record(took);
+            records.push(Record {
+                benchmark: "lease_benchmark".to_string(),
+                mode: "grant_release".into(),
+                provider: cluster.provider.name().into(),
+                payload_bytes: 0,
+                rank: 0,
+                world_size: 1,
+                node: "resource-manager".into(),
+                worker: 0,
+                repetition: i - warmup,
+                latency_ns: took.as_nanos() as u64,
+                phases: Vec::new(),
+            });
         }
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -107,6 +130,23 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
         refused: refused.load(Ordering::Relaxed),
         elapsed: start.elapsed(),
     };
+    let config = serde_json::json!({"repetitions": args.repetitions, "warmup": warmup,
+        "clients": args.clients, "seconds": args.seconds, "cores": args.cores});
+    let mut throughput = serde_json::Map::new();
+    throughput.insert(
+        "throughput".into(),
+        serde_json::json!({"clients": args.clients, "grants": report.grants,
+            "refused": report.refused, "elapsed_s": report.elapsed.as_secs_f64(),
+            "grants_per_s": report.grants as f64 / report.elapsed.as_secs_f64()}),
+    );
+    write_outputs_to(
+        &args.output,
+        "lease_benchmark",
+        &records,
+        &[],
+        config,
+        throughput,
+    )?;
     println!(
         "grant+release round trip, 1 client: p50 {} ns, p99 {} ns, p99.9 {} ns ({} samples)",
         report.round_trip.quantile_ns(0.5),

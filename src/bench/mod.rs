@@ -13,16 +13,19 @@
 //! * `memcpy` in one process ([`memcpy`]), the reference for the 1 MiB bandwidth target;
 //!
 //! so that the layer's overhead is a ratio measured in one run ([`stats::summary`]).
-//! Results are CSV rows ([`stats::Row`], header [`stats::CSV_HEADER`]).
+//! Results are CSV rows ([`stats::Row`], header [`stats::CSV_HEADER`]), written with `csv` and
+//! serde like every CSV of the benchmarks ([`csv_rows`]).
 
 pub mod child;
 pub mod cli;
+pub mod csv_rows;
 pub mod invocation;
 pub mod lease;
 pub mod memcpy;
 #[cfg(feature = "libfabric")]
 pub mod ofi_raw;
 pub mod pingpong;
+pub mod placement;
 pub mod raw;
 #[cfg(feature = "mpi")]
 pub mod scalable;
@@ -248,9 +251,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Report, BenchError> {
             "client and server pinned to the same core: busy polling will crawl"
         );
     }
-    let io = |e| BenchError::io("writing CSV", e);
-    writeln!(out, "{CSV_HEADER}").map_err(io)?;
-    out.flush().map_err(io)?;
+    let csv = |e: csv_rows::CsvError| BenchError::io("writing CSV", std::io::Error::other(e));
+    let header: Vec<&str> = CSV_HEADER.split(',').collect();
+    let mut out = csv_rows::RowWriter::new(out, &header, "the CSV").map_err(csv)?;
+    out.flush().map_err(csv)?;
     let mut report = Report::default();
     for &mode in &args.provider {
         tracing::info!(%mode, "measuring");
@@ -270,10 +274,10 @@ pub fn run(args: &Args, out: &mut dyn Write) -> Result<Report, BenchError> {
         match res {
             Ok(rows) => {
                 for r in rows {
-                    writeln!(out, "{r}").map_err(io)?;
+                    out.row(&r).map_err(csv)?;
                     report.rows.push(r);
                 }
-                out.flush().map_err(io)?;
+                out.flush().map_err(csv)?;
             }
             Err(e) => report.failures.push((mode, e)),
         }

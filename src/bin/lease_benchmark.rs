@@ -6,6 +6,10 @@ use clap::Parser;
 
 /// Lease grant + release round trips against the resource manager of a cluster file: p50/p99
 /// of one client's round trips, then grants per second with N concurrent clients.
+///
+/// Writes one CSV row per round trip to --output (columns: benchmark, mode, provider,
+/// payload_bytes, rank, world_size, node, worker, repetition, latency_ns), and a JSON metadata
+/// file beside it with the throughput phase.
 #[derive(Parser)]
 #[command(name = "lease_benchmark", version)]
 struct Cli {

@@ -27,12 +27,14 @@ enum Command {
     /// The executor process (started by an executor manager; reads its configuration on stdin).
     #[command(hide = true)]
     Executor,
-    /// Start or stop executor managers on this machine (127.0.0.1), in the background.
+    /// Start or stop a cluster on this machine (127.0.0.1), in the background: a resource
+    /// manager and N executor managers registered with it.
     LocalCluster {
         #[command(subcommand)]
         command: LocalCluster,
     },
-    /// Show every executor manager's cores, memory and allocations.
+    /// Show the cluster: the resource manager's nodes and leases (when the cluster has one), and
+    /// every executor manager's cores, memory and allocations.
     Status(status::StatusArgs),
     /// Run one function once on one core and write its output to stdout.
     Invoke(InvokeArgs),
@@ -63,9 +65,11 @@ struct InvokeArgs {
 
 #[derive(Subcommand)]
 enum LocalCluster {
-    /// Start N executor managers; returns once all are ready, having written DIR/cluster.json.
+    /// Start a resource manager (unless --no-resource-manager) and N executor managers that
+    /// register with it; returns once all are ready, having written DIR/cluster.json.
     Start(local::StartArgs),
-    /// Stop the managers started in DIR and every process they spawned.
+    /// Stop the executor managers started in DIR (they deregister), every process they spawned,
+    /// then the resource manager; its state file DIR/rm-state.json is kept.
     Stop(local::StopArgs),
 }
 

@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ClusterError;
+use crate::atomic_write::Durability;
 use crate::rdma::Provider;
 
 /// One executor manager of a cluster.
@@ -137,10 +138,12 @@ impl ClusterFile {
 
     /// Writes the file atomically.
     pub fn write(&self, path: &Path) -> Result<(), ClusterError> {
-        crate::executor_manager::write_json_atomic(path, self).map_err(|source| ClusterError::Io {
-            context: format!("write {}", path.display()),
-            source,
-        })
+        crate::atomic_write::write_json_atomic(path, self, 0o644, Durability::Atomic).map_err(
+            |source| ClusterError::Io {
+                context: format!("write {}", path.display()),
+                source,
+            },
+        )
     }
 
     /// Reads the cluster secret.

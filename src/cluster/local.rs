@@ -4,7 +4,9 @@
 //! Layout of the run directory (mode 0700):
 //!
 //! ```text
-//! DIR/secret          the cluster secret (0600), created once and kept
+//! DIR/secret          the cluster secret (0600), created once and kept: what clients hold
+//! DIR/node-secret     the node credential (0600), created once and kept: only the resource
+//!                     manager and the executor managers read it (register, heartbeat, ...)
 //! DIR/cluster.json    what clients read (--cluster DIR/cluster.json)
 //! DIR/pids            "<pid> <name>" per manager (each leads its own session and process group)
 //! DIR/em-N.json       manager N's ready file: its HTTP address and pid
@@ -18,7 +20,8 @@
 //! Unless `--no-resource-manager` is given, a resource manager starts first (its own session, line `rm` in
 //! `pids`), every executor manager registers with it (node names `em-N`, unique), and
 //! `cluster.json` names it: clients then lease before allocating. `stop` stops the executor
-//! managers first (they deregister), then the resource manager.
+//! managers first (they deregister), then the resource manager, and keeps its state file
+//! (`start --resume-state` starts from it; a plain `start` discards it).
 //!
 //! Each manager gets its own cores (the cpuset of `start` split evenly, or `--cores-per-node`),
 //! so two allocations never share a core even across managers. `stop` SIGTERMs every manager
@@ -48,7 +51,7 @@ pub struct StartArgs {
     #[arg(long, value_name = "DIR")]
     pub run_dir: PathBuf,
     /// Fabric provider of the executors: shm (one node) or tcp.
-    #[arg(long, default_value = "shm")]
+    #[arg(long, default_value = "shm", env = crate::env::PROVIDER)]
     pub provider: Provider,
     /// Executor managers to start (all on 127.0.0.1).
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -76,6 +79,11 @@ pub struct StartArgs {
     /// this command win).
     #[arg(long, value_name = "FILE")]
     pub resource_manager_config: Option<PathBuf>,
+    /// Start the resource manager from the state a previous cluster in DIR left in
+    /// DIR/rm-state.json (kept by `stop`): its leases and nodes come back. Without it the
+    /// file is discarded and the cluster starts empty.
+    #[arg(long, conflicts_with = "no_resource_manager")]
+    pub resume_state: bool,
 }
 
 /// `rfaas local-cluster stop`.
@@ -105,6 +113,10 @@ impl RunDir {
     /// `DIR/secret`.
     pub fn secret(&self) -> PathBuf {
         self.0.join("secret")
+    }
+    /// `DIR/node-secret`.
+    pub fn node_secret(&self) -> PathBuf {
+        self.0.join("node-secret")
     }
     /// `DIR/pids`.
     pub fn pids(&self) -> PathBuf {
@@ -205,12 +217,16 @@ fn start_rm(
     args: &StartArgs,
     exe: &Path,
     secret_file: &Path,
+    node_secret_file: &Path,
 ) -> Result<(Child, String), ClusterError> {
     let name = "rm";
     let ready = dir.ready_file(name);
     let _ = fs::remove_file(&ready);
-    // A new cluster: the state of a previous one names managers that are gone.
-    let _ = fs::remove_file(dir.rm_state());
+    // A new cluster, unless asked to resume: the state of a previous one names leases whose
+    // clients are gone.
+    if !args.resume_state {
+        let _ = fs::remove_file(dir.rm_state());
+    }
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -223,6 +239,8 @@ fn start_rm(
     }
     cmd.args(["--listen", "127.0.0.1:0", "--secret-file"])
         .arg(secret_file)
+        .arg("--node-secret-file")
+        .arg(node_secret_file)
         .arg("--state-file")
         .arg(dir.rm_state())
         .arg("--ready-file")
@@ -322,12 +340,16 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         args.nodes,
         args.cores_per_node,
     )?;
-    if dir.secret().exists() {
-        crate::control::secret::read_secret_file(&dir.secret())?;
-    } else {
-        crate::control::secret::create_secret_file(&dir.secret())?;
+    for path in [dir.secret(), dir.node_secret()] {
+        if path.exists() {
+            crate::control::secret::read_secret_file(&path)?;
+        } else {
+            crate::control::secret::create_secret_file(&path)?;
+        }
     }
     let secret_file = fs::canonicalize(dir.secret()).map_err(io("resolve the secret file"))?;
+    let node_secret_file =
+        fs::canonicalize(dir.node_secret()).map_err(io("resolve the node secret file"))?;
     let exe = std::env::current_exe().map_err(io("find this executable"))?;
     let node = nix::unistd::gethostname()
         .ok()
@@ -338,7 +360,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
     let mut started: Vec<(String, Child)> = Vec::new();
     let result = (|| {
         if !args.no_resource_manager {
-            rm = Some(start_rm(&dir, args, &exe, &secret_file)?);
+            rm = Some(start_rm(&dir, args, &exe, &secret_file, &node_secret_file)?);
         }
         for (i, cores) in groups.iter().enumerate() {
             let name = format!("em-{i}");
@@ -372,6 +394,8 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             ])
             .arg("--secret-file")
             .arg(&secret_file)
+            .arg("--node-secret-file")
+            .arg(&node_secret_file)
             .arg("--run-dir")
             .arg(dir.manager_dir(&name))
             .arg("--ready-file")
@@ -553,7 +577,9 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for path in [dir.pids(), dir.cluster_file(), dir.rm_state()] {
+    // DIR/rm-state.json stays: it is the resource manager's durable state (`start
+    // --resume-state` picks it up).
+    for path in [dir.pids(), dir.cluster_file()] {
         let _ = fs::remove_file(path);
     }
     for (_, name) in ours.iter().chain(&gone) {

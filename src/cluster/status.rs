@@ -1,4 +1,5 @@
-//! `rfaas status`: every executor manager's cores, memory and allocations, as a table.
+//! `rfaas status`: the resource manager's nodes and leases, and every executor manager's cores,
+//! memory and allocations, as tables.
 //!
 //! The executor managers are those the cluster file lists or, when it lists none and names a
 //! resource manager, the nodes that resource manager knows (their HTTP addresses). Per manager
@@ -16,10 +17,11 @@ use crate::control::executor_manager_api::{ApiError, ManagerStatus};
 /// `rfaas status`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// Cluster file (default: $RFAAS_CLUSTER).
+    /// Cluster file (default: $RFAAS_CLUSTER). With a resource manager in it, its nodes and
+    /// live leases come first, then each executor manager it knows.
     #[arg(long, value_name = "FILE")]
     pub cluster: Option<PathBuf>,
-    /// Per-manager timeout, milliseconds.
+    /// Per-manager (and resource manager) timeout, milliseconds.
     #[arg(long, default_value_t = 5000, value_name = "MS")]
     pub timeout_ms: u64,
 }

@@ -11,6 +11,10 @@
 //!                                 # eth0); default: the RDMA device hwloc finds, if any
 //! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
 //! secret_file = "/run/rfaas/secret"  # cluster secret, mode 0600 (required)
+//! node_secret_file = "/run/rfaas/node-secret"  # node credential, mode 0600: sent to the
+//!                                   # resource manager (none: the cluster secret is)
+//! munge = true                      # also accept MUNGE credentials from clients
+//! munge_socket = "/run/munge/munge.socket.2"  # munged's socket (implies munge = true)
 //! run_dir = "/tmp/rfaas-em"       # executor logs (run_dir/logs), library cache (run_dir/cache)
 //! executor_start_timeout_ms = 10000    # spawn until the executor reports ready
 //! executor_connect_timeout_ms = 10000  # ready until the client connected every worker
@@ -25,7 +29,6 @@
 //! flag of the same name (`--fabric-host`, ...); a flag wins over the file.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -105,6 +108,16 @@ pub struct ManagerArgs {
     /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// File holding the node credential (mode 0600) it registers with at the resource
+    /// manager; without it, the cluster secret is used (single-user mode).
+    #[arg(long, value_name = "FILE")]
+    pub node_secret_file: Option<PathBuf>,
+    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
+    #[arg(long)]
+    pub munge: bool,
+    /// munged's socket (implies --munge; default: munged's own default).
+    #[arg(long, value_name = "PATH")]
+    pub munge_socket: Option<PathBuf>,
     /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -129,6 +142,10 @@ pub struct ManagerArgs {
     /// Largest library upload accepted, bytes (at most 256 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_library_bytes: Option<usize>,
+    /// Library cache size limit, bytes: least recently used libraries are evicted beyond it
+    /// (default 4 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_cache_bytes: Option<u64>,
     /// Ended allocations remembered for status queries.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
@@ -156,6 +173,9 @@ struct FileConfig {
     nic: Option<String>,
     memory: Option<SizeValue>,
     secret_file: Option<PathBuf>,
+    node_secret_file: Option<PathBuf>,
+    munge: Option<bool>,
+    munge_socket: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     executor_start_timeout_ms: Option<u64>,
@@ -164,6 +184,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
+    max_cache_bytes: Option<u64>,
     keep_ended: Option<usize>,
     ready_file: Option<PathBuf>,
     resource_manager: Option<String>,
@@ -203,6 +224,10 @@ pub struct ManagerConfig {
     pub memory: u64,
     /// Cluster secret file.
     pub secret_file: PathBuf,
+    /// Node credential file; `None`: the cluster secret acts as one.
+    pub node_secret_file: Option<PathBuf>,
+    /// MUNGE authentication of clients, through this socket.
+    pub munge: Option<crate::control::munge::MungeSocket>,
     /// Run directory (logs).
     pub run_dir: PathBuf,
     /// Library cache directory.
@@ -219,6 +244,8 @@ pub struct ManagerConfig {
     pub stop_grace: Duration,
     /// Largest library upload.
     pub max_library_bytes: usize,
+    /// Library cache size limit, bytes.
+    pub max_cache_bytes: u64,
     /// Ended allocations remembered.
     pub keep_ended: usize,
     /// Where to announce readiness.
@@ -324,6 +351,15 @@ impl ManagerConfig {
                 .filter(|n| !n.is_empty()),
             memory,
             secret_file,
+            node_secret_file: args
+                .node_secret_file
+                .clone()
+                .or(file.node_secret_file.map(rel)),
+            munge: {
+                let socket = args.munge_socket.clone().or(file.munge_socket);
+                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
+                    .then_some(crate::control::munge::MungeSocket(socket))
+            },
             run_dir,
             cache_dir,
             executor_start_timeout: ms(args
@@ -339,6 +375,10 @@ impl ManagerConfig {
                 .or(file.request_timeout_ms)
                 .unwrap_or(10_000)),
             stop_grace: ms(args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(2_000)),
+            max_cache_bytes: args
+                .max_cache_bytes
+                .or(file.max_cache_bytes)
+                .unwrap_or(4 << 30),
             max_library_bytes: args
                 .max_library_bytes
                 .or(file.max_library_bytes)
@@ -459,31 +499,9 @@ pub fn format_cpulist(cores: &[u32]) -> String {
     parts.join(",")
 }
 
-/// Parses a size: plain bytes, or a number with a unit: `K`/`KiB`, `M`/`MiB`, `G`/`GiB`,
-/// `T`/`TiB` (powers of 1024) or `KB`, `MB`, `GB`, `TB` (powers of 1000).
+/// Parses a size with [`crate::size::parse_size`] (bytes, `512MiB`, `4GiB`, `8G`, `2GB`).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let bad = || {
-        ConfigError::Invalid(format!(
-            "bad size {s:?}: expected bytes or e.g. 512MiB, 4GiB, 8G"
-        ))
-    };
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n = u64::from_str(num).map_err(|_| bad())?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).ok_or_else(bad)
+    crate::size::parse_size(s).map_err(|e| ConfigError::Invalid(e.to_string()))
 }
 
 /// The node's MemTotal, bytes (1 GiB when /proc/meminfo cannot be read).

@@ -24,7 +24,7 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
-use super::registry::{Registry, RegistryError, Spec, State, StopAction};
+use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
 use super::topology::CoreOrder;
@@ -174,6 +174,20 @@ pub struct Service {
     rm: std::sync::OnceLock<Arc<RmLink>>,
     /// Allocation id → the lease it runs under (with a resource manager).
     leases: Mutex<HashMap<u64, LeaseHold>>,
+    /// Allocation id → its token (what ending it takes; see [`Service::may_end`]).
+    tokens: Mutex<HashMap<u64, String>>,
+}
+
+/// An executor process just spawned for an allocation, not yet ready.
+struct Spawned {
+    id: u64,
+    pid: u32,
+    log: PathBuf,
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<tokio::process::ChildStdout>,
+    /// Held until its standard output is drained (see [`spawn::supervise`]).
+    stdout_tx: Option<spawn::StdoutOpen>,
+    handle: ExecutorHandle,
 }
 
 impl std::fmt::Debug for Service {
@@ -206,7 +220,8 @@ impl Service {
             cfg.memory,
             cfg.max_allocations,
             cfg.keep_ended,
-        );
+        )
+        .starting_at(crate::control::ids::first_id_now());
         Ok(Service {
             cfg,
             exe,
@@ -219,12 +234,26 @@ impl Service {
             order,
             rm: std::sync::OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &ManagerConfig {
         &self.cfg
+    }
+
+    /// The link to the resource manager, once set.
+    pub fn rm_link(&self) -> Option<&Arc<RmLink>> {
+        self.rm.get()
+    }
+
+    /// Writes the deadline file of the lease `hold` (id, deadline) and names it for the
+    /// executor; `None` without a lease.
+    fn deadline_file(&self, hold: Option<(u64, u64)>) -> Option<String> {
+        let (lease, until) = hold?;
+        let link = self.rm.get()?;
+        Some(link.deadlines.note(lease, until).display().to_string())
     }
 
     /// Links the service to its resource manager: from now on allocations need its leases.
@@ -294,11 +323,24 @@ impl Service {
                     "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
                 )));
             }
+            crate::function::elf::check_shared_object(&bytes).map_err(|why| {
+                ServiceError::BadRequest(format!(
+                    "the upload is {why}: a function library must be an ELF shared object"
+                ))
+            })?;
             let cached = me
                 .libraries
                 .store(&bytes)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             let new = cached.outcome != crate::function::StoreOutcome::Reused;
+            let evicted = me.libraries.evict_to(me.cfg.max_cache_bytes, &got);
+            if !evicted.is_empty() {
+                tracing::info!(
+                    evicted = evicted.len(),
+                    limit = me.cfg.max_cache_bytes,
+                    "library cache over its limit: least recently used libraries removed"
+                );
+            }
             tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
             Ok((
                 LibraryStored {
@@ -325,79 +367,142 @@ impl Service {
 
     /// Allocates: validate, reserve, spawn, wait until the executor is ready. Runs to the end
     /// even if the caller goes away (spawn it as a task): a half-made allocation never leaks.
+    ///
+    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`],
+    /// `lease_hold`, `library_path`, `reserve`, `executor_config`, `spawn_supervised`,
+    /// `wait_ready`, then `answer` or `abandon`.
     pub async fn allocate(
         self: Arc<Self>,
         req: AllocationRequest,
     ) -> Result<Allocation, ServiceError> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(ServiceError::Unavailable(
-                "the executor manager is shutting down".into(),
-            ));
-        }
+        self.ensure_accepting()?;
         let hash = validate(&req)?;
-        let hold = match (&self.cfg.resource_manager, self.rm.get()) {
-            (None, _) => None,
-            (Some(addr), None) => {
-                return Err(ServiceError::Unavailable(format!(
-                    "not linked to the resource manager {addr} yet"
-                )))
-            }
-            (Some(_), Some(link)) => {
-                let link = link.clone();
-                let (lease, client) = (req.lease.clone(), req.client.clone());
-                Some(
-                    tokio::task::spawn_blocking(move || {
-                        link.check_lease(lease.as_deref(), &client)
-                    })
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))??,
-                )
-            }
-        };
-        let me = self.clone();
-        let library_path = tokio::task::spawn_blocking(move || me.libraries.path(&hash))
-            .await
-            .map_err(|e| ServiceError::Internal(e.to_string()))?
-            .map_err(|_| {
-                ServiceError::NotFound(format!(
-                    "unknown library {hash}: upload it first with PUT /v1/libraries/{hash}"
-                ))
-            })?;
+        let hold = self.lease_hold(&req).await?;
+        let lease_deadline = hold.as_ref().map(|h| (h.id, h.expires_at_unix_ms));
+        let library_path = self.library_path(hash).await?;
         let memory = allocation_bytes(
             req.cores,
             req.slots,
             req.input_capacity,
             req.output_capacity,
         );
+        let res = self.reserve(&req, memory, hold)?;
+        let id = res.id;
+        let exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
+        tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
+
+        let t0 = Instant::now();
+        let mut child = self.spawn_supervised(&res)?;
+        let outcome = self.wait_ready(&mut child, &exec_cfg).await;
+        match outcome {
+            Ok((address, code_load_ns)) => {
+                let spawn_ns = t0.elapsed().as_nanos() as u64;
+                Ok(self.answer(
+                    &res,
+                    exec_cfg.token,
+                    child.pid,
+                    address,
+                    spawn_ns,
+                    code_load_ns,
+                ))
+            }
+            Err(err) => Err(self.abandon(id, child, err).await),
+        }
+    }
+
+    /// Step 1: refuses new work while shutting down.
+    fn ensure_accepting(&self) -> Result<(), ServiceError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ServiceError::Unavailable(
+                "the executor manager is shutting down".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 3: with a resource manager, the lease the request names, checked there; `None`
+    /// without one.
+    async fn lease_hold(&self, req: &AllocationRequest) -> Result<Option<LeaseHold>, ServiceError> {
+        match (&self.cfg.resource_manager, self.rm.get()) {
+            (None, _) => Ok(None),
+            (Some(addr), None) => Err(ServiceError::Unavailable(format!(
+                "not linked to the resource manager {addr} yet"
+            ))),
+            (Some(_), Some(link)) => {
+                let link = link.clone();
+                let (lease, client) = (req.lease.clone(), req.client.clone());
+                Ok(Some(
+                    tokio::task::spawn_blocking(move || {
+                        link.check_lease(lease.as_deref(), &client)
+                    })
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))??,
+                ))
+            }
+        }
+    }
+
+    /// Step 4: where the uploaded library `hash` is stored.
+    async fn library_path(self: &Arc<Self>, hash: ContentHash) -> Result<PathBuf, ServiceError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.libraries.path(&hash))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .map_err(|_| {
+                ServiceError::NotFound(format!(
+                    "unknown library {hash}: upload it first with PUT /v1/libraries/{hash}"
+                ))
+            })
+    }
+
+    /// Step 5: reserves cores and memory in the registry, within the lease's cores on this
+    /// node when there is one (and records the allocation under it).
+    fn reserve(
+        &self,
+        req: &AllocationRequest,
+        memory: u64,
+        hold: Option<LeaseHold>,
+    ) -> Result<Reservation, ServiceError> {
         let spec = Spec {
             cores: req.cores,
             memory,
             client: req.client.clone(),
         };
-        let res = {
-            let mut leases = self.leases();
-            if let Some(h) = &hold {
-                self.prune_leases(&mut leases);
-                let reg = self.registry();
-                let used: u32 = leases
-                    .iter()
-                    .filter(|(_, o)| o.id == h.id)
-                    .filter_map(|(id, _)| reg.get(*id).map(|r| r.cores.len() as u32))
-                    .sum();
-                drop(reg);
-                if used + req.cores > h.cores {
-                    return Err(ServiceError::Forbidden(format!(
-                        "lease {} has {} cores on node {}, {used} in use: {} more do not fit",
-                        h.id, h.cores, self.cfg.node, req.cores
-                    )));
-                }
+        let mut leases = self.leases();
+        if let Some(h) = &hold {
+            self.prune_leases(&mut leases);
+            let reg = self.registry();
+            let used: u32 = leases
+                .iter()
+                .filter(|(_, o)| o.id == h.id)
+                .filter_map(|(id, _)| reg.get(*id).map(|r| r.cores.len() as u32))
+                .sum();
+            drop(reg);
+            if used + req.cores > h.cores {
+                return Err(ServiceError::Forbidden(format!(
+                    "lease {} has {} cores on node {}, {used} in use: {} more do not fit",
+                    h.id, h.cores, self.cfg.node, req.cores
+                )));
             }
-            let res = self.registry().reserve(spec, Instant::now())?;
-            if let Some(h) = hold {
-                leases.insert(res.id, h);
-            }
-            res
-        };
+        }
+        let res = self.registry().reserve(spec, Instant::now())?;
+        if let Some(h) = hold {
+            leases.insert(res.id, h);
+        }
+        Ok(res)
+    }
+
+    /// Step 6: the executor's configuration, with a fresh allocation token (remembered: ending
+    /// the allocation takes it), its billing record opened, and the file that tells it its
+    /// lease's deadline. A failure here gives the reservation back.
+    fn executor_config(
+        &self,
+        req: &AllocationRequest,
+        res: &Reservation,
+        hash: ContentHash,
+        library_path: &std::path::Path,
+        lease_deadline: Option<(u64, u64)>,
+    ) -> Result<ExecutorConfig, ServiceError> {
         let id = res.id;
         let token = match new_token() {
             Ok(t) => t,
@@ -407,12 +512,13 @@ impl Service {
                 return Err(ServiceError::Internal(e.to_string()));
             }
         };
+        self.remember_token(id, &token);
         let mut raw = [0u8; TOKEN_LEN];
         hex::decode_to_slice(&token, &mut raw).expect("new_token is hex of TOKEN_LEN bytes");
         let billing = self.billing.open(res.billing_slot, raw);
-        let exec_cfg = ExecutorConfig {
+        Ok(ExecutorConfig {
             allocation: id,
-            token: token.clone(),
+            token,
             library_path: library_path.display().to_string(),
             library_hash: hash.to_hex(),
             functions: req.functions.clone(),
@@ -425,10 +531,14 @@ impl Service {
             listen: format!("{}:0", self.cfg.fabric_host),
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
-        };
-        tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
+            deadline_file: self.deadline_file(lease_deadline),
+        })
+    }
 
-        let t0 = Instant::now();
+    /// Step 7: spawns the executor process and hands it to a supervisor, which frees the
+    /// allocation's resources the moment it exits. A failure here gives them back.
+    fn spawn_supervised(self: &Arc<Self>, res: &Reservation) -> Result<Spawned, ServiceError> {
+        let id = res.id;
         let log = self.logs.join(format!("executor-{id}.log"));
         let mut child = match spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir) {
             Ok(c) => c,
@@ -444,42 +554,58 @@ impl Service {
         let pid = child.id().unwrap_or(0);
         self.registry().spawned(id, pid);
         let (stdout_tx, stdout_rx) = spawn::stdout_open();
-        let mut stdout_tx = Some(stdout_tx);
         let handle = {
             let me = self.clone();
             let (slot, log) = (res.billing_slot, log.clone());
             spawn::supervise(child, stdout_rx, move |how| me.reaped(id, slot, &how, &log))
         };
         self.handles().insert(id, handle.clone());
+        Ok(Spawned {
+            id,
+            pid,
+            log,
+            stdin,
+            stdout,
+            stdout_tx: Some(stdout_tx),
+            handle,
+        })
+    }
 
+    /// Step 8: sends the executor its configuration and waits (bounded) for its first event;
+    /// on "ready", marks the allocation ready and keeps draining its standard output. Its
+    /// fabric address and code-load time.
+    async fn wait_ready(
+        self: &Arc<Self>,
+        child: &mut Spawned,
+        exec_cfg: &ExecutorConfig,
+    ) -> Result<(String, u64), ServiceError> {
+        let id = child.id;
         let started = async {
-            if self.shutting_down.load(Ordering::Acquire) {
-                return Err(ServiceError::Unavailable(
-                    "the executor manager is shutting down".into(),
-                ));
-            }
-            let (Some(stdin), Some(stdout)) = (stdin, stdout) else {
+            self.ensure_accepting()?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
                 return Err(ServiceError::Internal(
                     "executor spawned without pipes".into(),
                 ));
             };
             let since = std::time::Instant::now();
-            spawn::send_config(stdin, &exec_cfg, self.cfg.executor_start_timeout)
+            spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout)
                 .await
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             spawn::first_event(stdout, self.cfg.executor_start_timeout, since)
                 .await
                 .map_err(|e| {
                     let timeout = matches!(e, spawn::StartError::Timeout(_));
-                    let msg = format!("allocation {id}: {e}{}", log_tail(&log));
+                    let msg = format!("allocation {id}: {e}{}", log_tail(&child.log));
+                    // Exited or wrote garbage before reporting: the library's doing (a
+                    // constructor that exits or prints), so a 4xx like any start failure.
                     if timeout {
                         ServiceError::Timeout(msg)
                     } else {
-                        ServiceError::Internal(msg)
+                        ServiceError::ExecutorFailed(msg)
                     }
                 })
         };
-        let outcome = match started.await {
+        match started.await {
             Ok((
                 ExecutorEvent::Ready {
                     address,
@@ -489,7 +615,7 @@ impl Service {
             )) => match self.registry().ready(id) {
                 Ok(()) => {
                     let me = self.clone();
-                    let open = stdout_tx.take().expect("stdout is drained once");
+                    let open = child.stdout_tx.take().expect("stdout is drained once");
                     spawn::drain_stdout(id, rest, open, move |error| {
                         tracing::warn!(allocation = id, "executor failed: {error}");
                         me.registry().report_error(id, &error);
@@ -502,45 +628,60 @@ impl Service {
                 "the executor could not start: {error}"
             ))),
             Err(e) => Err(e),
-        };
-        match outcome {
-            Ok((address, code_load_ns)) => {
-                let spawn_ns = t0.elapsed().as_nanos() as u64;
-                tracing::info!(allocation = id, pid, %address, spawn_ns, code_load_ns, "executor ready");
-                Ok(Allocation {
-                    id,
-                    token,
-                    provider: self.cfg.provider,
-                    address,
-                    pid,
-                    workers: res
-                        .cores
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &core)| WorkerInfo {
-                            index: i as u32,
-                            core,
-                        })
-                        .collect(),
-                    spawn_ns,
-                    code_load_ns,
-                })
-            }
-            Err(err) => {
-                drop(stdout_tx.take());
-                tracing::warn!(allocation = id, pid, "allocation failed: {err}");
-                self.registry()
-                    .start_failed(id, &err.to_string(), Instant::now());
-                // The executor is about to exit (it reported failure or died) or still alive
-                // (timeout); either way it goes now, and its cores come back before we answer.
-                let exiting = !matches!(err, ServiceError::Timeout(_));
-                if !exiting || handle.wait_exit(Duration::from_millis(500)).await.is_none() {
-                    handle.request_stop(StopRequest::Kill);
-                    handle.wait_exit(Duration::from_secs(5)).await;
-                }
-                Err(err)
-            }
         }
+    }
+
+    /// Step 9 on success: the answer to the client.
+    fn answer(
+        &self,
+        res: &Reservation,
+        token: String,
+        pid: u32,
+        address: String,
+        spawn_ns: u64,
+        code_load_ns: u64,
+    ) -> Allocation {
+        let id = res.id;
+        tracing::info!(allocation = id, pid, %address, spawn_ns, code_load_ns, "executor ready");
+        Allocation {
+            id,
+            token,
+            provider: self.cfg.provider,
+            address,
+            pid,
+            workers: res
+                .cores
+                .iter()
+                .enumerate()
+                .map(|(i, &core)| WorkerInfo {
+                    index: i as u32,
+                    core,
+                })
+                .collect(),
+            spawn_ns,
+            code_load_ns,
+        }
+    }
+
+    /// Step 9 on failure: marks the allocation failed and makes sure its executor is gone
+    /// (its cores come back before the caller is answered); returns `err`.
+    async fn abandon(&self, id: u64, mut child: Spawned, err: ServiceError) -> ServiceError {
+        // Its pipes close first: an executor still waiting for its configuration exits.
+        drop(child.stdin.take());
+        drop(child.stdout.take());
+        drop(child.stdout_tx.take());
+        tracing::warn!(allocation = id, pid = child.pid, "allocation failed: {err}");
+        self.registry()
+            .start_failed(id, &err.to_string(), Instant::now());
+        // The executor is about to exit (it reported failure or died) or still alive
+        // (timeout); either way it goes now, and its cores come back before we answer.
+        let handle = &child.handle;
+        let exiting = !matches!(err, ServiceError::Timeout(_));
+        if !exiting || handle.wait_exit(Duration::from_millis(500)).await.is_none() {
+            handle.request_stop(StopRequest::Kill);
+            handle.wait_exit(Duration::from_secs(5)).await;
+        }
+        err
     }
 
     /// Called by the supervisor the moment an executor is gone: frees its resources.
@@ -567,6 +708,38 @@ impl Service {
         if std::fs::metadata(log).is_ok_and(|m| m.len() == 0) {
             let _ = std::fs::remove_file(log);
         }
+    }
+
+    fn remember_token(&self, id: u64, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let reg = self.registry();
+        // Only allocations the registry still remembers keep their tokens.
+        tokens.retain(|i, _| reg.get(*i).is_some());
+        tokens.insert(id, token.to_string());
+    }
+
+    /// Whether a caller presenting `allocation_token` and/or `lease_token` may end allocation
+    /// `id`: the allocation's own token, or the token of the lease it runs under, compared in
+    /// constant time. Nobody else may end another's work.
+    pub fn may_end(
+        &self,
+        id: u64,
+        allocation_token: Option<&str>,
+        lease_token: Option<&str>,
+    ) -> bool {
+        use crate::control::secret::secrets_equal;
+        let by_allocation = allocation_token.is_some_and(|t| {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .get(&id)
+                .is_some_and(|k| secrets_equal(k.as_bytes(), t.as_bytes()))
+        });
+        let by_lease = lease_token.is_some_and(|t| {
+            self.leases()
+                .get(&id)
+                .is_some_and(|h| secrets_equal(h.token.as_bytes(), t.as_bytes()))
+        });
+        by_allocation || by_lease
     }
 
     /// Releases allocation `id`: SIGTERM, SIGKILL after the grace period; returns once the

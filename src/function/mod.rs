@@ -1,7 +1,8 @@
 //! Function libraries: the rFaaS function ABI, exporting Rust functions, caching and loading.
 //!
 //! A function library is an ELF shared object whose functions have the rFaaS C ABI
-//! `uint32_t f(void *in, uint32_t in_len, void *out)` (see [`abi`]). Libraries written for
+//! `uint32_t f(void *in, uint32_t in_len, void *out)` (see [`abi`], from the crate
+//! `rfaas-function`, which function libraries depend on alone). Libraries written for
 //! rFaaS in C or C++ work unchanged; Rust functions are exported with
 //! [`export_function!`](crate::export_function), which also reports panics and passes the output
 //! capacity.
@@ -31,15 +32,16 @@
 //! # Ok(()) }
 //! ```
 
-pub mod abi;
+pub mod elf;
 pub mod error;
-mod export;
 pub mod hash;
 pub mod loader;
 pub mod store;
 
-pub use abi::{ExtendedFunction, FunctionStatus, RawFunction};
 pub use error::{FunctionError, Result};
 pub use hash::{ContentHash, ParseHashError};
 pub use loader::{Function, FunctionLibrary, FunctionTable, LibraryCache};
+/// The rFaaS C ABI types, from the function authors' crate `rfaas-function` (re-exported).
+pub use rfaas_function::abi;
+pub use rfaas_function::abi::{ExtendedFunction, FunctionStatus, RawFunction};
 pub use store::{CachedLibrary, LibraryStore, StoreOutcome};

@@ -13,13 +13,13 @@
 //!   match (truncated by a crash, tampered with, a symlink, owned by someone else) is replaced.
 //!   The temporary file is not fsync'ed: a crash may leave a short file, which this check catches.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{ContentHash, FunctionError, Result};
+use crate::atomic_write::{write_atomic, Durability};
 
 /// Where a stored library came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,12 +110,12 @@ impl LibraryStore {
         let outcome = match self.check(&path, &hash)? {
             Existing::Matches => StoreOutcome::Reused,
             Existing::Missing => {
-                self.write(&hash, &path, bytes)?;
+                self.write(&path, bytes)?;
                 StoreOutcome::Written
             }
             Existing::Differs => {
                 tracing::warn!(path = %path.display(), "cached function library does not match its hash; replacing it");
-                self.write(&hash, &path, bytes)?;
+                self.write(&path, bytes)?;
                 StoreOutcome::Replaced
             }
         };
@@ -188,30 +188,10 @@ impl LibraryStore {
         })
     }
 
-    /// Writes `bytes` to a temporary file and renames it to `path`.
-    fn write(&self, hash: &ContentHash, path: &Path, bytes: &[u8]) -> Result<()> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = self.dir.join(format!(
-            ".{hash}.{}.{}.tmp",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| -> Result<()> {
-            let mut file: File = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o700)
-                .open(&tmp)
-                .map_err(|e| FunctionError::io("create", &tmp, e))?;
-            file.write_all(bytes)
-                .map_err(|e| FunctionError::io("write", &tmp, e))?;
-            drop(file);
-            fs::rename(&tmp, path).map_err(|e| FunctionError::io("rename", path, e))
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+    /// Writes `bytes` to a temporary file and renames it to `path` (mode 0700).
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        write_atomic(path, bytes, 0o700, Durability::Atomic)
+            .map_err(|e| FunctionError::io("write", path, e))
     }
 }
 

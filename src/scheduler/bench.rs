@@ -3,12 +3,15 @@
 //! Builds a scheduler with `--nodes` executor managers (`--cores` cores and 1 TiB each) and
 //! `--leases` live leases (1 to 8 cores each, 1 GiB per core, pack or spread at random), then
 //! runs `--grants` iterations of grant + release of a random live lease (so the population
-//! stays put) and prints p50/p99/p99.9 of grant and release from an HDR histogram. No sockets:
+//! stays put), writes every grant and release as a CSV row like the other benchmarks
+//! (`--output`, JSON metadata beside it) and prints p50/p99/p99.9 of grant and release from an
+//! HDR histogram. No sockets:
 //! this is the scheduler alone, the floor under the resource manager's HTTP API.
 
 use std::time::{Duration, Instant};
 
 use super::{Config, LeaseId, LeaseRequest, Millis, NodeInfo, Policy, Scheduler, TokenSource};
+use crate::bench::invocation::{write_outputs_to, Record};
 use crate::bench::stats::Latencies;
 
 /// Benchmark parameters.
@@ -35,6 +38,10 @@ pub struct BenchArgs {
     /// Seed of the request mix.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Where to write the CSV: one row per measured grant and release (modes `grant`,
+    /// `release`), the columns of the other benchmarks; a JSON metadata file goes beside it.
+    #[arg(long)]
+    pub output: std::path::PathBuf,
 }
 
 /// What one run measured.
@@ -50,6 +57,10 @@ pub struct Report {
     pub setup: Duration,
     /// Live leases at the end.
     pub live: usize,
+    /// Every grant's latency, ns, in order.
+    pub grant_ns: Vec<u64>,
+    /// Every release's latency, ns, in order.
+    pub release_ns: Vec<u64>,
 }
 
 struct Rng(u64);
@@ -105,6 +116,40 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             h.quantile_ns(1.0),
         );
     }
+    let row = |mode: &str, repetition: usize, latency_ns: u64| Record {
+        benchmark: "scheduler_bench".to_string(),
+        mode: mode.into(),
+        provider: "none".into(),
+        payload_bytes: 0,
+        rank: 0,
+        world_size: 1,
+        node: String::new(),
+        worker: 0,
+        repetition,
+        latency_ns,
+        phases: Vec::new(),
+    };
+    let records: Vec<Record> = (report.grant_ns.iter().enumerate())
+        .map(|(i, &ns)| row("grant", i, ns))
+        .chain((report.release_ns.iter().enumerate()).map(|(i, &ns)| row("release", i, ns)))
+        .collect();
+    let config = serde_json::json!({"nodes": args.nodes, "cores": args.cores, "leases": args.leases,
+        "grants": args.grants, "split_percent": args.split_percent,
+        "seeded_tokens": args.seeded_tokens, "seed": args.seed});
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "population".into(),
+        serde_json::json!({"live_at_end": report.live, "refused": report.refused,
+            "setup_s": report.setup.as_secs_f64()}),
+    );
+    write_outputs_to(
+        &args.output,
+        "scheduler_bench",
+        &records,
+        &[],
+        config,
+        extra,
+    )?;
     Ok(report)
 }
 
@@ -140,6 +185,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let setup = t0.elapsed();
     let (mut grant, mut release, mut refused) = (Latencies::new(), Latencies::new(), 0);
+    let mut grant_ns = Vec::with_capacity(args.grants as usize);
+    let mut release_ns = Vec::with_capacity(args.grants as usize);
     for i in 0..args.grants {
         if i % 1024 == 0 {
             now = now.plus_ms(1);
@@ -147,7 +194,9 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         let req = request(&mut rng, args.split_percent);
         let t = Instant::now();
         let r = s.grant(req, now);
-        grant.record(t.elapsed());
+        let took = t.elapsed();
+        grant.record(took);
+        grant_ns.push(took.as_nanos() as u64);
         match r {
             Ok(g) => live.push((g.lease, g.token)),
             Err(_) => refused += 1,
@@ -158,7 +207,9 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         let (id, token) = live.swap_remove(rng.below(live.len() as u64) as usize);
         let t = Instant::now();
         let r = s.release(id, &token);
-        release.record(t.elapsed());
+        let took = t.elapsed();
+        release.record(took);
+        release_ns.push(took.as_nanos() as u64);
         r.map_err(|e| anyhow::anyhow!("release: {e}"))?;
     }
     Ok(Report {
@@ -167,6 +218,8 @@ pub fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         refused,
         setup,
         live: s.live_leases(),
+        grant_ns,
+        release_ns,
     })
 }
 
@@ -184,9 +237,11 @@ mod tests {
             split_percent: 10,
             seeded_tokens: true,
             seed: 3,
+            output: std::path::PathBuf::new(),
         };
         let r = measure(&args).unwrap();
         assert_eq!(r.grant.count(), 500);
+        assert_eq!(r.grant_ns.len(), 500);
         assert_eq!(r.live as u64, 50 - r.refused);
     }
 }

@@ -51,6 +51,13 @@ pub mod placement;
 pub mod state_machine;
 pub mod token;
 
+mod expiry;
+mod invariants;
+mod leasing;
+mod queries;
+pub mod registration;
+pub mod snapshot;
+
 #[cfg(test)]
 mod tests;
 
@@ -63,5 +70,7 @@ pub use lease::{
 pub use metrics::{Counters, Metrics};
 pub use node::{HostedLease, Node, NodeId, NodeInfo, NodeState, NodeView};
 pub use placement::Policy;
-pub use state_machine::{Config, EndedLease, Registered, Scheduler, Snapshot};
+pub use registration::Registered;
+pub use snapshot::Snapshot;
+pub use state_machine::{Config, EndedLease, Scheduler};
 pub use token::TokenSource;

@@ -8,7 +8,7 @@
 //! cargo build -p rfaas-functions --release     # -> target/release/libfunctions.so
 //! ```
 //!
-//! Every function is exported with [`rfaas::export_function!`], so it has the rFaaS C ABI
+//! Every function is exported with [`rfaas_function::export_function!`], so it has the rFaaS C ABI
 //! `uint32_t f(void *in, uint32_t in_len, void *out)` under the name in the first column, knows
 //! its output capacity when called by rfaas, and reports a panic as an error status. A function
 //! whose result does not fit the caller's output capacity writes nothing and returns the length
@@ -32,11 +32,9 @@
 
 #![warn(missing_docs)]
 
-/// The Black–Scholes kernel lives in the rfaas crate ([`rfaas::kernels::black_scholes`]), so
-/// that clients can run the same code locally.
-pub use rfaas::kernels::black_scholes;
+pub mod black_scholes;
 
-pub use rfaas::kernels::black_scholes::{
+pub use black_scholes::{
     black_scholes, black_scholes_reference, decode_prices, encode_options, norm_cdf, price,
     OptionParams, Prices, OPTION_RECORD_BYTES, PRICE_RECORD_BYTES,
 };
@@ -105,13 +103,13 @@ pub fn segfault(_input: &[u8], _output: &mut [u8]) -> usize {
     unreachable!("the write above faults")
 }
 
-rfaas::export_function!(empty, empty);
-rfaas::export_function!(echo, echo);
-rfaas::export_function!(sleep_us, sleep_us);
-rfaas::export_function!(checksum, checksum);
-rfaas::export_function!(black_scholes, black_scholes);
-rfaas::export_function!(panic, panic_on_purpose);
-rfaas::export_function!(segfault, segfault);
+rfaas_function::export_function!(empty, empty);
+rfaas_function::export_function!(echo, echo);
+rfaas_function::export_function!(sleep_us, sleep_us);
+rfaas_function::export_function!(checksum, checksum);
+rfaas_function::export_function!(black_scholes, black_scholes);
+rfaas_function::export_function!(panic, panic_on_purpose);
+rfaas_function::export_function!(segfault, segfault);
 
 #[cfg(test)]
 mod tests {

@@ -42,8 +42,10 @@ pub use cq::ShmCq;
 pub use listener::{ShmListener, ShmRequest};
 pub use mr::ShmMr;
 pub use qp::ShmQp;
+#[doc(hidden)]
+pub use ring::RingLoop;
 
-use super::error::Result;
+use super::error::{FabricError, Result};
 use super::mr_table::{Entry, MrTable, ENTRY_SIZE};
 use super::segment::Segment;
 use super::{Access, Fabric, Provider, QpInit, RecvWr};
@@ -52,8 +54,36 @@ use control::Control;
 
 /// Regions a domain can register.
 const TABLE_CAP: usize = 4096;
-/// Default arena size (address space; only touched pages use memory).
-const DEFAULT_ARENA_BYTES: usize = 16 << 30;
+/// Default size of the read-write arena (address space; only touched pages use memory); the
+/// read-only arena is a quarter of it (at least 1 MiB).
+pub const DEFAULT_ARENA_BYTES: usize = 16 << 30;
+/// Smallest arena accepted from [`crate::env::SHM_ARENA_BYTES`].
+const MIN_ARENA_BYTES: usize = 1 << 20;
+
+/// The read-write arena size: [`crate::env::SHM_ARENA_BYTES`] parsed with
+/// [`crate::size::parse_size`] (`1GiB`, `64MiB`, `1073741824`), else [`DEFAULT_ARENA_BYTES`].
+/// A value that does not parse, or is under 1 MiB, is an error naming the variable.
+pub fn arena_bytes() -> Result<usize> {
+    arena_bytes_from(std::env::var(crate::env::SHM_ARENA_BYTES).ok().as_deref())
+}
+
+/// [`arena_bytes`] for the variable's value `value` (`None`: unset).
+fn arena_bytes_from(value: Option<&str>) -> Result<usize> {
+    let var = crate::env::SHM_ARENA_BYTES;
+    let Some(text) = value else {
+        return Ok(DEFAULT_ARENA_BYTES);
+    };
+    let bad = |why: String| FabricError::Invalid(format!("{var}: {why}"));
+    let n = crate::size::parse_size(text).map_err(|e| bad(e.to_string()))?;
+    usize::try_from(n)
+        .ok()
+        .filter(|&n| n >= MIN_ARENA_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "{text:?} is not between 1 MiB and the address space"
+            ))
+        })
+}
 
 /// A shm domain. Cheap to clone; all clones share one set of arenas and one control thread.
 #[derive(Clone, Debug)]
@@ -74,10 +104,7 @@ pub(crate) struct Domain {
 impl ShmFabric {
     /// Opens a domain: maps its arenas and region table and starts its control thread.
     pub fn new() -> Result<ShmFabric> {
-        let arena = std::env::var(crate::env::SHM_ARENA_BYTES)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(DEFAULT_ARENA_BYTES);
+        let arena = arena_bytes()?;
         let rw = Arena::new(ArenaClass::ReadWrite, arena)?;
         let ro = Arena::new(ArenaClass::ReadOnly, (arena / 4).max(1 << 20))?;
         let table_seg = Arc::new(Segment::create(
@@ -139,5 +166,22 @@ impl Fabric for ShmFabric {
         timeout: Duration,
     ) -> Result<(ShmQp, Vec<u8>)> {
         listener::connect(&self.dom, addr, init, initial_recvs, private_data, timeout)
+    }
+}
+
+#[cfg(test)]
+mod arena_size_tests {
+    use super::*;
+
+    #[test]
+    fn the_arena_size_variable_takes_units_and_refuses_what_it_cannot_read() {
+        assert_eq!(arena_bytes_from(None).unwrap(), 16 << 30);
+        assert_eq!(arena_bytes_from(Some("1GiB")).unwrap(), 1 << 30);
+        assert_eq!(arena_bytes_from(Some("67108864")).unwrap(), 64 << 20);
+        for bad in ["1.5GiB", "lots", "4096"] {
+            let e = arena_bytes_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("RFAAS_SHM_ARENA_BYTES"), "{e}");
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
     }
 }

@@ -168,3 +168,42 @@ impl Ring {
         })
     }
 }
+
+/// One ring in one process, its producer and its owner at once: the shm data path's
+/// publish-and-poll step alone, for the micro-benchmarks in `benches/`. Not part of the fabric
+/// API (hidden from the docs).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RingLoop {
+    ring: Ring,
+    next: u64,
+}
+
+impl RingLoop {
+    /// A ring of `depth` entries (rounded up to a power of two) without payload slabs.
+    pub fn new(depth: u32) -> Result<RingLoop> {
+        Ok(RingLoop {
+            ring: Ring::create(depth, 0)?,
+            next: 0,
+        })
+    }
+
+    /// Publishes a write-with-immediate entry carrying `imm`, as a producer does, then polls it
+    /// as the owner does; returns the immediate the owner read (`None` would be a bug).
+    #[inline]
+    pub fn round_trip(&mut self, imm: u32) -> Option<u32> {
+        let n = self.next;
+        self.ring.publish(
+            n,
+            Entry {
+                opcode: OP_WRITE_IMM,
+                imm,
+                byte_len: 0,
+                flags: 0,
+            },
+        );
+        let e = self.ring.peek(n)?;
+        self.next += 1;
+        Some(e.imm)
+    }
+}

@@ -10,7 +10,14 @@
 //! the queue pair when a DISCONNECTED event arrives, so without help a queue pair whose peer
 //! died would keep its receives posted forever; the monitor answers DISCONNECTED (and
 //! DEVICE_REMOVAL) with `rdma_disconnect`, which moves the queue pair to the error state and
-//! flushes everything outstanding, as the contract asks.
+//! flushes everything outstanding, as the contract asks. The same thread reads the device's
+//! asynchronous events (see `async_events.rs`).
+//!
+//! On DEVICE_REMOVAL rdma_cm expects the application to destroy every id and resource of the
+//! device. The monitor cannot destroy what queue pairs own while their owners may be posting on
+//! them; it flushes each queue pair (its owner sees error completions and `is_connected` false)
+//! and the owner's drop destroys the id. A listener returns [`FabricError::Unavailable`] from
+//! `next_request`, so its owner drops it too.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
@@ -24,6 +31,7 @@ use rdma_sys::{
     rdma_event_channel, rdma_event_str, rdma_get_cm_event, rdma_migrate_id, rdma_port_space,
 };
 
+use super::async_events::{self, QpRegistry};
 use super::error::{errno, last_os_error, means_no_device, no_device};
 use super::qp::QpTable;
 use super::wire;
@@ -60,6 +68,8 @@ impl EventChannel {
     /// Creates a channel. On a machine without RDMA support this fails with
     /// [`FabricError::Unavailable`] (librdmacm reports ENODEV).
     pub fn new() -> Result<EventChannel> {
+        // librdmacm opens the devices here: fork support must be on before that.
+        super::device::fork_safety()?;
         // SAFETY: no arguments; returns NULL or a channel we own.
         let ch = unsafe { rdma_create_event_channel() };
         let Some(ch) = NonNull::new(ch) else {
@@ -197,6 +207,11 @@ impl CmId {
         wire::from_storage(s)
     }
 
+    /// The device context of the route, as an error-message-friendly device name.
+    pub fn device_name(&self) -> String {
+        super::device::ctx_device_name(self.verbs())
+    }
+
     /// Moves the id's future events to `ch`. The caller must have acknowledged every event of
     /// this id already (librdmacm waits for that).
     pub fn migrate(&self, ch: &EventChannel) -> Result<()> {
@@ -224,6 +239,22 @@ impl Drop for CmId {
             }
         }
     }
+}
+
+/// The device rdma_cm binds `ip` (a local address of an RDMA interface) to, as its context's
+/// address and its name; `None` when no device has it. Takes the device from a throwaway id, like
+/// every connection does (the name is read while the id holds the device).
+pub(crate) fn device_of_local_addr(ip: std::net::IpAddr) -> Option<(usize, String)> {
+    let ch = EventChannel::new().ok()?;
+    let id = CmId::new(&ch).ok()?;
+    let mut raw = wire::RawSockAddr::new(std::net::SocketAddr::new(ip, 0));
+    // SAFETY: the id is valid; `raw` is a valid sockaddr that the call copies.
+    if unsafe { rdma_sys::rdma_bind_addr(id.as_ptr(), raw.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    let ctx = id.verbs();
+    // The id drops before its channel (declared after it).
+    (!ctx.is_null()).then(|| (ctx as usize, id.device_name()))
 }
 
 /// An event taken from a channel; acknowledged when dropped.
@@ -303,16 +334,26 @@ struct ChannelPtr(*mut rdma_event_channel);
 // librdmacm channel calls are thread-safe.
 unsafe impl Send for ChannelPtr {}
 
+struct ContextPtr(*mut rdma_sys::ibv_context);
+// SAFETY: the device context outlives the thread (Device::drop drops the monitor, which joins,
+// before it releases the context); libibverbs async-event calls are thread-safe.
+unsafe impl Send for ContextPtr {}
+
 impl CmMonitor {
-    /// Creates the monitor's channel and starts its thread.
-    pub fn start() -> Result<CmMonitor> {
+    /// Creates the monitor's channel and starts its thread, which also reads the asynchronous
+    /// events of `ctx` (a context that outlives the monitor) for the queue pairs in `qps`.
+    pub fn start(ctx: NonNull<rdma_sys::ibv_context>) -> Result<CmMonitor> {
         let ch = EventChannel::new()?;
         let wake = new_eventfd()?;
+        // SAFETY: the context is open.
+        let asyncfd = unsafe { async_events::async_fd(ctx.as_ptr()) };
+        set_nonblocking(asyncfd, "verbs async event fd O_NONBLOCK")?;
         let chp = ChannelPtr(ch.as_ptr());
-        let (chfd, wakefd) = (ch.fd(), wake.as_raw_fd());
+        let ctxp = ContextPtr(ctx.as_ptr());
+        let fds = [ch.fd(), wake.as_raw_fd(), asyncfd];
         let thread = std::thread::Builder::new()
             .name("rfaas-verbs-cm".into())
-            .spawn(move || monitor_loop(chp, chfd, wakefd))
+            .spawn(move || monitor_loop(chp, ctxp, fds))
             .map_err(|e| FabricError::io("spawn verbs cm monitor", e))?;
         Ok(CmMonitor {
             ch,
@@ -350,23 +391,17 @@ impl Drop for CmMonitor {
     }
 }
 
-fn monitor_loop(ch: ChannelPtr, chfd: RawFd, wakefd: RawFd) {
+fn monitor_loop(ch: ChannelPtr, ctx: ContextPtr, [chfd, wakefd, asyncfd]: [RawFd; 3]) {
     let ch = ch.0;
+    let ctx = ctx.0;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: chfd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: wakefd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfds.
-        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        let mut fds = [chfd, wakefd, asyncfd].map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `fds` is a valid array of three pollfds.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if r < 0 {
             let e = last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -377,6 +412,11 @@ fn monitor_loop(ch: ChannelPtr, chfd: RawFd, wakefd: RawFd) {
         }
         if fds[1].revents != 0 {
             return;
+        }
+        if fds[2].revents != 0 {
+            // SAFETY: the context outlives this thread (see ContextPtr) and its async fd is
+            // non-blocking (set in `start`).
+            unsafe { async_events::drain(ctx, QpRegistry::global()) };
         }
         loop {
             let mut ev: *mut rdma_cm_event = ptr::null_mut();

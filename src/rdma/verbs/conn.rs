@@ -16,7 +16,7 @@
 //! before the id or queue pair that uses it.
 
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdma_sys::{
@@ -163,10 +163,7 @@ pub(crate) fn connect(
     if id.verbs() != dev.ctx() {
         return Err(FabricError::BadAddress {
             addr: addr.to_string(),
-            reason: format!(
-                "it is reached through another RDMA device than {}",
-                dev.name()
-            ),
+            reason: other_device(&id, dev, "it is reached through"),
         });
     }
     // SAFETY: the id is valid and its address resolved.
@@ -204,11 +201,23 @@ pub(crate) fn connect(
             return Err(FabricError::Handshake(format!("accept from {addr}: {why}")));
         }
     };
-    qp.established(&init.timeouts)?;
+    qp.set_rnr_timer(&init.timeouts);
+    qp.established()?;
     // The id now lives on the monitor's channel, so `ch` may close.
     drop(ch);
     tracing::debug!(addr, qp_num = qp.qp_num(), "verbs connection established");
     Ok((qp, reply))
+}
+
+/// Why a route over another device than the fabric's cannot be used, and what to set instead.
+fn other_device(id: &CmId, dev: &Device, what: &str) -> String {
+    let other = id.device_name();
+    format!(
+        "{what} RDMA device {other}, but this fabric's regions and queues live on {} \
+         (set {}={other} to use that device)",
+        dev.name(),
+        crate::env::VERBS_DEVICE
+    )
 }
 
 fn set_ack_timeout(id: &CmId, response: Duration) {
@@ -230,8 +239,9 @@ fn set_ack_timeout(id: &CmId, response: Duration) {
 
 /// Listens for rdma_cm connection requests on one address.
 pub struct VerbsListener {
-    // The listening id (only kept alive) goes before its channel.
-    _id: CmId,
+    // The listening id (only kept alive) goes before its channel. Destroyed early when the
+    // device is removed: rdma_cm waits for every id of the device to go before it lets go.
+    id: Mutex<Option<CmId>>,
     ch: EventChannel,
     local: String,
     dev: Arc<Device>,
@@ -281,10 +291,7 @@ impl VerbsListener {
         if !sa.ip().is_unspecified() && id.verbs() != dev.ctx() {
             return Err(FabricError::BadAddress {
                 addr: addr.to_string(),
-                reason: format!(
-                    "the address belongs to another RDMA device than {}",
-                    dev.name()
-                ),
+                reason: other_device(&id, dev, "the address belongs to"),
             });
         }
         // SAFETY: the id is bound.
@@ -297,7 +304,7 @@ impl VerbsListener {
             .map_or_else(|| addr.to_string(), wire::format_addr);
         tracing::debug!(addr = %local, device = dev.name(), "verbs listener ready");
         Ok(VerbsListener {
-            _id: id,
+            id: Mutex::new(Some(id)),
             ch,
             local,
             dev: Arc::clone(dev),
@@ -320,10 +327,8 @@ impl VerbsListener {
             reject_id(&id, why);
         };
         if id.verbs() != self.dev.ctx() {
-            refuse(
-                id,
-                &format!("request arrived on another device than {}", self.dev.name()),
-            );
+            let why = other_device(&id, &self.dev, "the request arrived on");
+            refuse(id, &why);
             return None;
         }
         let payload = match wire::decode(&data) {
@@ -364,6 +369,13 @@ impl Listener<VerbsFabric> for VerbsListener {
 
     fn next_request(&self, timeout: Duration) -> Result<Option<VerbsRequest>> {
         use rdma_cm_event_type::*;
+        let removed = || FabricError::Unavailable {
+            provider: super::error::PROVIDER,
+            reason: format!("RDMA device {} was removed", self.dev.name()),
+        };
+        if self.id.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            return Err(removed());
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let Some(ev) = self.ch.wait_event(deadline)? else {
@@ -376,10 +388,11 @@ impl Listener<VerbsFabric> for VerbsListener {
                     }
                 }
                 RDMA_CM_EVENT_DEVICE_REMOVAL => {
-                    return Err(FabricError::Unavailable {
-                        provider: super::error::PROVIDER,
-                        reason: format!("RDMA device {} was removed", self.dev.name()),
-                    })
+                    // Acknowledge, then destroy the listening id (rdma_destroy_id waits for
+                    // the acknowledgement), so that the removal is not held up by it.
+                    drop(ev);
+                    drop(self.id.lock().unwrap_or_else(|p| p.into_inner()).take());
+                    return Err(removed());
                 }
                 _ => tracing::debug!(event = %ev.name(), "verbs listener: ignored event"),
             }
@@ -435,9 +448,14 @@ impl ConnRequest<VerbsFabric> for VerbsRequest {
         private_data: &[u8],
     ) -> Result<VerbsQp> {
         use rdma_cm_event_type::*;
-        let VerbsRequest {
-            id, ch, peer, dev, ..
-        } = self;
+        // The channel is bound first, so it is dropped last: on every early return the id (or
+        // the queue pair that took it) is destroyed while its channel still exists
+        // (rdma_destroy_id reads the channel). A single destructuring `let` would drop `ch`
+        // before `id`.
+        let ch = self.ch;
+        let id = self.id;
+        let peer = self.peer;
+        let dev = self.dev;
         let frame = match wire::encode_accept(private_data) {
             Ok(f) => f,
             Err(e) => {
@@ -457,13 +475,15 @@ impl ConnRequest<VerbsFabric> for VerbsRequest {
         if ret != 0 {
             return Err(errno(&format!("rdma_accept from {peer}")));
         }
+        // librdmacm moved the queue pair to RTS: the peer may send now.
+        qp.set_rnr_timer(&init.timeouts);
         let deadline = Instant::now() + ACCEPT_TIMEOUT;
         let ev = expect_event(&ch, deadline, ACCEPT_TIMEOUT)?;
         if ev.kind() != RDMA_CM_EVENT_ESTABLISHED {
             return Err(unexpected(&ev, &peer, "accept from"));
         }
         drop(ev);
-        qp.established(&init.timeouts)?;
+        qp.established()?;
         drop(ch);
         tracing::debug!(%peer, qp_num = qp.qp_num(), "verbs connection accepted");
         Ok(qp)

@@ -5,8 +5,16 @@
 //! call on the hot path) plus a lock-free lookup of the queue pair's table (see `qp.rs`) to
 //! restore the caller's `wr_id`, the opcode and the length. `wait` polls the channel's
 //! descriptor with a timeout, then takes and acknowledges the event.
+//!
+//! Completions of requests the provider signaled on its own (see `signal.rs`) are consumed here
+//! and not reported. A queue pair whose send queue is full polls its send completion queue
+//! itself ([`CqInner::reap`]); what it finds for the caller waits in a small stash that `poll`
+//! returns first. Both take the same lock, so completions keep their order; it is uncontended
+//! unless a queue pair reaps while another thread polls.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
 use std::sync::{Arc, Mutex};
@@ -46,6 +54,9 @@ pub(crate) struct CqInner {
     channel: NonNull<ibv_comp_channel>,
     registry: ArcSwap<Registry>,
     capacity: Mutex<Capacity>,
+    /// Completions for the caller that a reaping queue pair took from the device; held while
+    /// polling the device, so that completions keep their order.
+    stash: Mutex<VecDeque<Wc>>,
     dev: Arc<Device>,
 }
 
@@ -119,6 +130,58 @@ impl CqInner {
         let mut c = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
         c.needed = c.needed.saturating_sub(u64::from(n));
     }
+
+    fn cqe(&self) -> usize {
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).cqe as usize
+    }
+
+    /// Moves up to `buf.len()` device completions into `buf`; returns how many were written.
+    fn poll_device(&self, buf: &mut [MaybeUninit<ibv_wc>]) -> usize {
+        if buf.is_empty() {
+            return 0;
+        }
+        // SAFETY: the CQ is valid; `buf` has room for `buf.len()` entries, of which the call
+        // initialises the first `n`.
+        let n = unsafe { ibv_poll_cq(self.cq.as_ptr(), buf.len() as i32, buf.as_mut_ptr().cast()) };
+        if n < 0 {
+            tracing::error!("ibv_poll_cq failed ({n})");
+            return 0;
+        }
+        n as usize
+    }
+
+    /// Polls the device for a queue pair whose send queue is full: hidden completions are
+    /// consumed (which lets the device reuse their slots), the caller's are kept for
+    /// [`CompletionQueue::poll`]. Returns whether it took any completion. Gives up at once when
+    /// another thread is polling (that one retires the requests), or when the stash already holds
+    /// as many completions as the queue has entries (the caller does not poll: its queue pair
+    /// reports [`FabricError::QueueFull`], as verbs would).
+    pub(crate) fn reap(&self) -> bool {
+        let mut stash = match self.stash.try_lock() {
+            Ok(s) => s,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        let room = self.cqe().saturating_sub(stash.len()).min(BATCH);
+        if room == 0 {
+            return false;
+        }
+        let mut buf: [MaybeUninit<ibv_wc>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
+        let n = self.poll_device(&mut buf[..room]);
+        if n == 0 {
+            return false;
+        }
+        let registry = self.registry.load();
+        let mut last = None;
+        for slot in &buf[..n] {
+            // SAFETY: poll_device initialised the first `n` entries.
+            let wc = unsafe { slot.assume_init_ref() };
+            if let Some(w) = translate(wc, &registry, &mut last) {
+                stash.push_back(w);
+            }
+        }
+        true
+    }
 }
 
 impl Drop for CqInner {
@@ -140,9 +203,11 @@ impl Drop for CqInner {
 
 /// A completion queue of the verbs provider, with its own completion channel.
 ///
-/// Any number of queue pairs can share it. Poll it from one thread at a time.
+/// Any number of queue pairs can share it. It is `Send` but not `Sync`: one thread polls it, as
+/// the API says (completions taken by two pollers would be reported in no useful order).
 pub struct VerbsCq {
     pub(crate) inner: Arc<CqInner>,
+    _one_poller: PhantomData<Cell<()>>,
 }
 
 impl std::fmt::Debug for VerbsCq {
@@ -195,30 +260,11 @@ impl VerbsCq {
                     cqe: granted,
                     needed: u64::from(cqe),
                 }),
+                stash: Mutex::new(VecDeque::new()),
                 dev: Arc::clone(dev),
             }),
+            _one_poller: PhantomData,
         })
-    }
-
-    /// Moves up to `buf.len()` device completions into `buf`; returns how many were written.
-    fn poll_device(&self, buf: &mut [MaybeUninit<ibv_wc>]) -> usize {
-        if buf.is_empty() {
-            return 0;
-        }
-        // SAFETY: the CQ is valid; `buf` has room for `buf.len()` entries, of which the call
-        // initialises the first `n`.
-        let n = unsafe {
-            ibv_poll_cq(
-                self.inner.cq.as_ptr(),
-                buf.len() as i32,
-                buf.as_mut_ptr().cast(),
-            )
-        };
-        if n < 0 {
-            tracing::error!("ibv_poll_cq failed ({n})");
-            return 0;
-        }
-        n as usize
     }
 
     /// Takes the pending channel event if there is one (non-blocking channel).
@@ -257,7 +303,8 @@ pub(crate) fn map_status(s: ibv_wc_status::Type) -> WcStatus {
     }
 }
 
-/// Translates one device completion; `None` for completions of queue pairs that are gone.
+/// Translates one device completion; `None` for completions of queue pairs that are gone, and
+/// for successful completions of requests the provider signaled on its own.
 fn translate<'a>(
     wc: &ibv_wc,
     registry: &'a Registry,
@@ -311,8 +358,13 @@ fn translate<'a>(
             qp_num: wc.qp_num,
         }
     } else {
+        // The device retired this request and every earlier one of the queue pair.
+        table.retire(seq);
         // The length is the SGE's: verbs defines `byte_len` for receives only.
         let info = table.send_info(seq);
+        if info.hidden && status == WcStatus::Success {
+            return None;
+        }
         Wc {
             wr_id: info.wr_id,
             status,
@@ -326,16 +378,25 @@ fn translate<'a>(
 
 impl CompletionQueue for VerbsCq {
     fn poll(&self, out: &mut [Wc]) -> usize {
+        let mut stash = self.inner.stash.lock().unwrap_or_else(|p| p.into_inner());
+        let mut filled = 0;
+        while filled < out.len() {
+            let Some(w) = stash.pop_front() else { break };
+            out[filled] = w;
+            filled += 1;
+        }
+        if filled == out.len() {
+            return filled;
+        }
         let mut buf: [MaybeUninit<ibv_wc>; BATCH] = [const { MaybeUninit::uninit() }; BATCH];
-        let mut want = out.len().min(BATCH);
-        let mut n = self.poll_device(&mut buf[..want]);
+        let mut want = (out.len() - filled).min(BATCH);
+        let mut n = self.inner.poll_device(&mut buf[..want]);
         if n == 0 {
-            return 0;
+            return filled;
         }
         // Only now, with completions in hand, look at the queue pair tables.
         let registry = self.inner.registry.load();
         let mut last = None;
-        let mut filled = 0;
         loop {
             for slot in &buf[..n] {
                 // SAFETY: poll_device initialised the first `n` entries.
@@ -345,16 +406,17 @@ impl CompletionQueue for VerbsCq {
                         out[filled] = w;
                         filled += 1;
                     }
-                    None => {
-                        tracing::trace!(wr_id = wc.wr_id, "completion of a destroyed queue pair")
-                    }
+                    None => tracing::trace!(
+                        wr_id = wc.wr_id,
+                        "not reported: the provider's own signal, or a destroyed queue pair's"
+                    ),
                 }
             }
             if n < want || filled == out.len() {
                 return filled;
             }
             want = (out.len() - filled).min(BATCH);
-            n = self.poll_device(&mut buf[..want]);
+            n = self.inner.poll_device(&mut buf[..want]);
             if n == 0 {
                 return filled;
             }
@@ -436,7 +498,7 @@ mod tests {
         use super::super::qp::tests_support::table_with;
         let table = table_with(
             5,
-            &[(0, 111, WcOpcode::WriteImm, 64)],
+            &[(0, 111, WcOpcode::WriteImm, 64, false)],
             &[(0, 222), (1, 333)],
         );
         let mut reg = Registry::new();
@@ -490,5 +552,76 @@ mod tests {
             None,
         );
         assert!(translate(&wc, &reg, &mut last).is_none());
+    }
+
+    #[test]
+    fn hidden_completions_retire_requests_but_are_not_reported() {
+        use super::super::qp::encode_wr_id;
+        use super::super::qp::tests_support::{outstanding, table_with};
+        let table = table_with(
+            8,
+            &[
+                (0, 10, WcOpcode::Write, 64, false),
+                (1, 11, WcOpcode::Write, 64, true),
+                (2, 12, WcOpcode::WriteImm, 0, false),
+                (3, 13, WcOpcode::Write, 8, true),
+            ],
+            &[],
+        );
+        let mut reg = Registry::new();
+        reg.insert(8, Arc::clone(&table));
+        let mut last = None;
+        assert_eq!(outstanding(&table, 4), 4);
+
+        // The provider's own signal on request 1: consumed, and 0 and 1 are retired.
+        let wc = fake_wc(
+            encode_wr_id(8, false, 1),
+            ibv_wc_status::IBV_WC_SUCCESS,
+            ibv_wc_opcode::IBV_WC_RDMA_WRITE,
+            None,
+        );
+        assert!(translate(&wc, &reg, &mut last).is_none());
+        assert_eq!(outstanding(&table, 4), 2);
+
+        // The caller's own signaled request is reported as usual.
+        let wc = fake_wc(
+            encode_wr_id(8, false, 2),
+            ibv_wc_status::IBV_WC_SUCCESS,
+            ibv_wc_opcode::IBV_WC_RDMA_WRITE,
+            None,
+        );
+        let w = translate(&wc, &reg, &mut last).unwrap();
+        assert_eq!((w.wr_id, w.opcode, w.byte_len), (12, WcOpcode::WriteImm, 0));
+        assert_eq!(outstanding(&table, 4), 1);
+
+        // A request the provider signaled that fails is never hidden: the caller learns of it.
+        let wc = fake_wc(
+            encode_wr_id(8, false, 3),
+            ibv_wc_status::IBV_WC_REM_ACCESS_ERR,
+            0xff,
+            None,
+        );
+        let w = translate(&wc, &reg, &mut last).unwrap();
+        assert_eq!(
+            (w.wr_id, w.status, w.opcode),
+            (13, WcStatus::RemoteAccess, WcOpcode::Write)
+        );
+        assert_eq!(outstanding(&table, 4), 0);
+    }
+
+    #[test]
+    fn verbs_cq_is_send_but_not_sync() {
+        // Compile-time checks: `Send` is required, and `Sync` would make the call below
+        // ambiguous (two impls apply), which fails to compile.
+        fn send<T: Send>() {}
+        send::<VerbsCq>();
+        trait AmbiguousIfSync<A> {
+            fn check() {}
+        }
+        impl<T: ?Sized> AmbiguousIfSync<()> for T {}
+        #[allow(dead_code)]
+        struct IsSync;
+        impl<T: ?Sized + Sync> AmbiguousIfSync<IsSync> for T {}
+        <VerbsCq as AmbiguousIfSync<_>>::check();
     }
 }

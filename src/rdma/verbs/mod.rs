@@ -1,8 +1,8 @@
 //! The InfiniBand/RoCE provider: ibverbs through `rdma-sys`, connection setup through rdma_cm.
 //!
 //! The real thing that the software providers imitate. One [`VerbsFabric`] is one RDMA device
-//! (from [`crate::env::VERBS_DEVICE`], or the first one found) with one protection domain that
-//! every region and queue pair lives in.
+//! (from [`crate::env::VERBS_DEVICE`], or the one rdma_cm routes this host's addresses over, see
+//! `device.rs`) with one protection domain that every region and queue pair lives in.
 //!
 //! | API | verbs |
 //! |---|---|
@@ -22,7 +22,20 @@
 //!   (verbs refuses the combination otherwise).
 //! * The RNR timeout is rounded to what verbs can express (≤ 6 retries of the IB RNR timer; at
 //!   most about 3.9 s, or forever from one hour on); the response timeout sets the local ACK
-//!   timeout with 7 transport retries.
+//!   timeout with 7 transport retries. In verbs both halves of the RNR wait belong to the
+//!   receiver of the request: a side waits for as long as its *peer's* [`QpTimeouts::rnr`](crate::rdma::QpTimeouts) says.
+//! * Unsignaled sends: the provider signals every half send queue itself and hides those
+//!   completions; a queue pair whose send queue is full polls its send completion queue before
+//!   it posts (see `signal.rs`). Posting therefore never fails for lack of polling unless the
+//!   caller leaves a whole queue of its own signaled completions unpolled.
+//! * Remote atomics need a device whose `atomic_cap` is not `IBV_ATOMIC_NONE`; elsewhere regions
+//!   with `REMOTE_ATOMIC` and atomic requests fail with
+//!   [`FabricError::Unavailable`](crate::rdma::FabricError::Unavailable) naming the device.
+//! * `ibv_fork_init` runs before the first device is opened (unless the kernel makes it
+//!   unnecessary), since the executor manager forks while memory is registered.
+//! * Inline sends go inline only when their SGE lies in a region registered in this fabric with
+//!   that lkey (the device does not check the lkey of inline data); others are posted normally
+//!   and a bad SGE fails with `LocalProtection`, as in the other providers.
 //! * `accept` waits up to [`ACCEPT_TIMEOUT`] for the peer's final handshake message.
 //! * A peer that disconnects or dies is noticed by a per-device monitor thread (rdma_cm
 //!   DISCONNECTED), which moves the queue pair to the error state so outstanding requests
@@ -35,6 +48,7 @@
 //! with "no RDMA device found" and names the call that said so. Nothing here panics or aborts
 //! for lack of a device.
 
+mod async_events;
 mod cm;
 mod conn;
 mod cq;
@@ -42,6 +56,7 @@ mod device;
 mod error;
 mod mr;
 mod qp;
+mod signal;
 mod wire;
 
 #[cfg(test)]
@@ -105,6 +120,20 @@ impl VerbsFabric {
     /// The name of the device this fabric uses.
     pub fn device_name(&self) -> &str {
         self.dev.name()
+    }
+
+    /// The IP addresses of this host that lead to this fabric's device (its IPoIB or RoCE
+    /// interfaces; rdma_cm binds each to the device), IPv4 first. Listen on one of them:
+    /// `127.0.0.1` reaches an RDMA device only through soft-RoCE on the loopback interface.
+    pub fn local_addrs(&self) -> Vec<std::net::IpAddr> {
+        self.dev.local_addrs()
+    }
+
+    /// A listen address (`ip:0`) on the device [`VerbsFabric::open_default`] picks, for servers
+    /// that were given none; `None` without a device or without an IP address on it.
+    pub fn default_bind() -> Option<String> {
+        let ip = *VerbsFabric::open_default().ok()?.local_addrs().first()?;
+        Some(wire::format_addr(std::net::SocketAddr::new(ip, 0)))
     }
 }
 

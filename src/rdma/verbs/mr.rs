@@ -70,6 +70,9 @@ impl VerbsMr {
                 "verbs memory regions cannot be empty".into(),
             ));
         }
+        if access.contains(Access::REMOTE_ATOMIC) && !dev.caps().atomics {
+            return Err(super::device::no_atomics(dev.name()));
+        }
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let map_len = len
@@ -117,6 +120,7 @@ impl VerbsMr {
         };
         // SAFETY: `mr` is valid; the keys are plain fields.
         let (lkey, rkey) = unsafe { ((*mr.as_ptr()).lkey, (*mr.as_ptr()).rkey) };
+        dev.add_mr(lkey, p as u64, len as u64);
         Ok(VerbsMr {
             ptr,
             len,
@@ -132,6 +136,7 @@ impl VerbsMr {
 
 impl Drop for VerbsMr {
     fn drop(&mut self) {
+        self._dev.remove_mr(self.lkey);
         // SAFETY: the registration and mapping were made in `alloc` and are released once,
         // registration first. The caller must not have requests in flight on the region (as
         // with verbs; a late access then fails with a protection error, not a memory error).

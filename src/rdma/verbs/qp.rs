@@ -13,13 +13,23 @@
 //! Rings have twice as many slots as the queue has entries. A slot is reused `2 × depth` posts
 //! later; the hardware queue holds at most `depth` requests, and the requests after the
 //! completed one can only be retired by a later poll of the same (single) poller, so a slot is
-//! never overwritten before the poller has read it.
+//! never overwritten before the poller has read it (the provider keeps at most `depth` send
+//! requests outstanding itself, see below).
+//!
+//! # Signaling
+//!
+//! Queue pairs are created with `sq_sig_all = 0`, and a caller may post unsignaled requests
+//! without limit; the provider signals every half queue on its own and hides those completions
+//! (see `signal.rs`). The table counts the send completions polled (`retired`), so that
+//! [`QueuePair::post_send`] knows how full the device's queue is and, when it is full, polls the
+//! send completion queue itself instead of failing.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rdma_sys::{
     atomic_t, ibv_modify_qp, ibv_post_recv, ibv_post_send, ibv_qp, ibv_qp_attr, ibv_qp_attr_mask,
@@ -28,10 +38,12 @@ use rdma_sys::{
     rdma_t, wr_t,
 };
 
+use super::async_events::{QpEntry, QpRegistry};
 use super::cm::CmId;
 use super::cq::CqInner;
 use super::device::Device;
 use super::error::{errno, last_os_error};
+use super::signal::{outstanding, Signal, SignalPolicy};
 use super::wire;
 use super::VerbsFabric;
 use crate::rdma::error::{FabricError, Result};
@@ -41,7 +53,15 @@ use crate::rdma::{Op, QpInit, QpTimeouts, QueuePair, RecvWr, SendFlags, SendWr, 
 const WANT_INLINE: u32 = 128;
 
 const RECV_BIT: u64 = 1 << 31;
-const SEQ_MASK: u64 = RECV_BIT - 1;
+/// The sequence bits of a device `wr_id`.
+pub(crate) const SEQ_MASK: u64 = RECV_BIT - 1;
+/// Set in a send slot's opcode byte when the provider signaled the request on its own.
+const HIDDEN: u64 = 1 << 7;
+/// How long `post_send` waits at most for the device to retire requests when the send queue is
+/// full (it polls the send completion queue meanwhile), when the RNR timeout is shorter.
+const MIN_DRAIN_WAIT: Duration = Duration::from_millis(10);
+/// The most `post_send` waits for room (the contract: posting never blocks for long).
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(4);
 
 /// The `wr_id` posted to the device for request `seq` of queue pair `token`.
 pub(crate) fn encode_wr_id(token: u32, recv: bool, seq: u64) -> u64 {
@@ -95,6 +115,8 @@ pub(crate) struct SendInfo {
     pub wr_id: u64,
     pub opcode: WcOpcode,
     pub len: u32,
+    /// Signaled by the provider, not the caller: a successful completion is not reported.
+    pub hidden: bool,
 }
 
 #[derive(Default)]
@@ -111,6 +133,9 @@ struct Teardown {
 pub(crate) struct QpTable {
     token: u32,
     connected: AtomicBool,
+    /// The sequence number (masked) after the last send completion polled: the device has
+    /// retired every request before it.
+    retired: AtomicU64,
     send: Box<[SendSlot]>,
     recv: Box<[AtomicU64]>,
     teardown: Mutex<Teardown>,
@@ -122,6 +147,7 @@ impl QpTable {
         QpTable {
             token,
             connected: AtomicBool::new(false),
+            retired: AtomicU64::new(0),
             send: (0..ring(send_depth))
                 .map(|_| SendSlot {
                     wr_id: AtomicU64::new(0),
@@ -141,11 +167,26 @@ impl QpTable {
         self.token
     }
 
-    fn record_send(&self, seq: u64, wr_id: u64, op: WcOpcode, len: u32) {
+    fn record_send(&self, seq: u64, wr_id: u64, op: WcOpcode, len: u32, hidden: bool) {
         let s = &self.send[(seq as usize) & (self.send.len() - 1)];
         s.wr_id.store(wr_id, Ordering::Relaxed);
-        s.meta
-            .store(opcode_code(op) | (u64::from(len) << 8), Ordering::Release);
+        let hidden = if hidden { HIDDEN } else { 0 };
+        s.meta.store(
+            opcode_code(op) | hidden | (u64::from(len) << 8),
+            Ordering::Release,
+        );
+    }
+
+    /// Called by the completion queue for every send completion of this queue pair (any
+    /// status, hidden or not): the device retired request `seq` and all before it.
+    pub fn retire(&self, seq: u64) {
+        self.retired
+            .store(seq.wrapping_add(1) & SEQ_MASK, Ordering::Release);
+    }
+
+    /// Send requests posted before `posted` that the device may still hold.
+    fn outstanding(&self, posted: u64) -> u64 {
+        outstanding(posted, self.retired.load(Ordering::Acquire), SEQ_MASK)
     }
 
     /// The send request with sequence `seq` (called by the completion queue).
@@ -154,8 +195,9 @@ impl QpTable {
         let meta = s.meta.load(Ordering::Acquire);
         SendInfo {
             wr_id: s.wr_id.load(Ordering::Relaxed),
-            opcode: code_opcode(meta & 0xff),
+            opcode: code_opcode(meta & (HIDDEN - 1)),
             len: (meta >> 8) as u32,
+            hidden: meta & HIDDEN != 0,
         }
     }
 
@@ -220,6 +262,9 @@ pub struct VerbsQp {
     table: Arc<QpTable>,
     send_seq: Cell<u64>,
     recv_seq: Cell<u64>,
+    signals: Cell<SignalPolicy>,
+    /// How long `post_send` waits for room in a full send queue.
+    drain_wait: Duration,
     max_inline: u32,
     send_depth: u32,
     recv_depth: u32,
@@ -252,8 +297,11 @@ impl VerbsQp {
     ) -> Result<Self> {
         if id.verbs() != dev.ctx() {
             return Err(FabricError::Invalid(format!(
-                "the connection runs over another RDMA device than the fabric's {}",
-                dev.name()
+                "the connection runs over RDMA device {} but the fabric uses {} (set {}={})",
+                id.device_name(),
+                dev.name(),
+                crate::env::VERBS_DEVICE,
+                id.device_name()
             )));
         }
         let caps = dev.caps();
@@ -288,6 +336,14 @@ impl VerbsQp {
         let send_depth = attr.cap.max_send_wr.max(1);
         let recv_depth = attr.cap.max_recv_wr.max(1);
         let table = Arc::new(QpTable::new(next_token(), send_depth, recv_depth));
+        QpRegistry::global().insert(
+            dev.ctx(),
+            qp_num,
+            QpEntry {
+                table: Arc::clone(&table),
+                id: id.as_ptr(),
+            },
+        );
 
         send_cq.attach(&table, send_depth);
         if !Arc::ptr_eq(&send_cq, &recv_cq) {
@@ -309,6 +365,8 @@ impl VerbsQp {
             table,
             send_seq: Cell::new(0),
             recv_seq: Cell::new(0),
+            signals: Cell::new(SignalPolicy::new(send_depth)),
+            drain_wait: init.timeouts.rnr.clamp(MIN_DRAIN_WAIT, MAX_DRAIN_WAIT),
             max_inline: attr.cap.max_inline_data,
             send_depth,
             recv_depth,
@@ -323,9 +381,16 @@ impl VerbsQp {
         &self.id
     }
 
-    /// Called once the connection is established: applies the receiver-not-ready timer, marks
-    /// the queue pair connected and hands its id to the device's connection monitor.
-    pub(crate) fn established(&self, timeouts: &QpTimeouts) -> Result<()> {
+    /// Sets the receiver-not-ready timer this queue pair advertises: how long a *peer* that
+    /// finds no receive posted here waits before it retries. (The number of retries is the
+    /// peer's `rnr_retry`, which the CM takes from the conn param this side sent: so each side's
+    /// RNR wait is set by its peer, from the peer's [`QpTimeouts::rnr`].)
+    ///
+    /// librdmacm moves the queue pair to RTS inside `rdma_accept` (passive side) and while it
+    /// handles the peer's reply (active side), with the CM's default timer; this changes it with
+    /// an RTS→RTS modify, right after `rdma_accept` on the passive side, so that the peer's first
+    /// requests already see it.
+    pub(crate) fn set_rnr_timer(&self, timeouts: &QpTimeouts) {
         let (_, rnr_code) = wire::rnr_params(timeouts.rnr);
         // SAFETY: all-zero is a valid ibv_qp_attr (integers and plain structs).
         let mut attr: ibv_qp_attr = unsafe { MaybeUninit::zeroed().assume_init() };
@@ -345,6 +410,11 @@ impl VerbsQp {
                 wire::rnr_timer(rnr_code)
             );
         }
+    }
+
+    /// Called once the connection is established: marks the queue pair connected and hands its
+    /// id to the device's connection monitor.
+    pub(crate) fn established(&self) -> Result<()> {
         {
             let mut t = self.table.lock();
             t.established = true;
@@ -353,6 +423,33 @@ impl VerbsQp {
         // SAFETY: the table outlives the id (field order of VerbsQp: `id` drops first), and the
         // connection's events were all acknowledged by the caller.
         unsafe { self.dev.monitor().adopt(&self.id, Arc::as_ptr(&self.table)) }
+    }
+
+    /// The send queue holds `send_depth` requests the device has not retired: poll the send
+    /// completion queue (keeping what the caller must see) until it retires some, for at most
+    /// `drain_wait`. [`FabricError::QueueFull`] when it does not (the caller holds that many
+    /// signaled completions unpolled, or the device is stuck).
+    #[cold]
+    fn make_room(&self, posted: u64) -> Result<()> {
+        let deadline = Instant::now() + self.drain_wait;
+        loop {
+            let progressed = self.send_cq.reap();
+            if self.table.outstanding(posted) < u64::from(self.send_depth) {
+                return Ok(());
+            }
+            if !progressed {
+                if Instant::now() >= deadline {
+                    tracing::debug!(
+                        qp_num = self.qp_num,
+                        depth = self.send_depth,
+                        "send queue full: no completion within {:?}",
+                        self.drain_wait
+                    );
+                    return Err(FabricError::QueueFull);
+                }
+                std::hint::spin_loop();
+            }
+        }
     }
 
     fn sge_ptr(sge: &Option<Sge>, storage: &mut ibv_sge) -> (*mut ibv_sge, libc::c_int) {
@@ -391,16 +488,39 @@ fn qp_init_attr(
     a
 }
 
-/// Builds the `ibv_send_wr` for `wr`, posted with `dev_wr_id`. Its SGE (if any) is written to
+/// Whether `wr` goes inline: the caller asked, the opcode carries local data the device may copy
+/// at post time, and the data fits what the queue pair was granted. `registered` says whether the
+/// SGE lies inside a region registered with its lkey: the device never looks at the lkey of an
+/// inline send (the CPU copies the bytes during the post), so a bad SGE would read arbitrary
+/// memory or crash; such a request goes out as a normal one and fails with `LocalProtection`.
+pub(crate) fn want_inline(wr: &SendWr, max_inline: u32, registered: impl Fn(&Sge) -> bool) -> bool {
+    let inlinable = matches!(
+        wr.op,
+        Op::Send | Op::SendImm(_) | Op::Write(_) | Op::WriteImm(..)
+    );
+    match &wr.sge {
+        Some(s) => {
+            wr.flags.contains(SendFlags::INLINE)
+                && inlinable
+                && s.len > 0
+                && s.len <= max_inline
+                && registered(s)
+        }
+        None => false,
+    }
+}
+
+/// Builds the `ibv_send_wr` for `wr`, posted with `dev_wr_id`, signaled when `signal` says so
+/// and inline when `inline` does (see [`want_inline`]). Its SGE (if any) is written to
 /// `sge_storage`, which must outlive the post.
 fn build_send_wr(
     wr: &SendWr,
     dev_wr_id: u64,
-    max_inline: u32,
+    signal: Signal,
+    inline: bool,
     sge_storage: &mut ibv_sge,
 ) -> ibv_send_wr {
     let (sg_list, num_sge) = VerbsQp::sge_ptr(&wr.sge, sge_storage);
-    let len = wr.sge.map_or(0, |s| s.len);
     // SAFETY: all-zero is a valid ibv_send_wr (integers, null pointers, unions of those).
     let mut w: ibv_send_wr = unsafe { MaybeUninit::zeroed().assume_init() };
     w.wr_id = dev_wr_id;
@@ -464,17 +584,13 @@ fn build_send_wr(
         }
     }
     let mut flags = 0u32;
-    if wr.flags.contains(SendFlags::SIGNALED) {
+    if signal.signaled() {
         flags |= ibv_send_flags::IBV_SEND_SIGNALED.0;
     }
     if wr.flags.contains(SendFlags::SOLICITED) {
         flags |= ibv_send_flags::IBV_SEND_SOLICITED.0;
     }
-    let inlinable = matches!(
-        wr.op,
-        Op::Send | Op::SendImm(_) | Op::Write(_) | Op::WriteImm(..)
-    );
-    if wr.flags.contains(SendFlags::INLINE) && inlinable && len > 0 && len <= max_inline {
+    if inline {
         flags |= ibv_send_flags::IBV_SEND_INLINE.0;
     }
     w.send_flags = flags;
@@ -494,7 +610,17 @@ impl QueuePair for VerbsQp {
     }
 
     fn post_send(&self, wr: &SendWr) -> Result<()> {
+        if matches!(wr.op, Op::FetchAdd { .. } | Op::CompareSwap { .. }) && !self.dev.caps().atomics
+        {
+            return Err(super::device::no_atomics(self.dev.name()));
+        }
         let seq = self.send_seq.get();
+        if self.table.outstanding(seq) >= u64::from(self.send_depth) {
+            self.make_room(seq)?;
+        }
+        let mut signals = self.signals.get();
+        let signal = signals.decide(wr.flags.contains(SendFlags::SIGNALED));
+        let inline = want_inline(wr, self.max_inline, |s| self.dev.lkey_covers(s));
         let mut sge_storage = ibv_sge {
             addr: 0,
             length: 0,
@@ -503,12 +629,18 @@ impl QueuePair for VerbsQp {
         let mut w = build_send_wr(
             wr,
             encode_wr_id(self.table.token, false, seq),
-            self.max_inline,
+            signal,
+            inline,
             &mut sge_storage,
         );
         let len = wr.sge.map_or(0, |s| s.len);
-        self.table
-            .record_send(seq, wr.wr_id, wr.op.wc_opcode(), len);
+        self.table.record_send(
+            seq,
+            wr.wr_id,
+            wr.op.wc_opcode(),
+            len,
+            signal == Signal::Hidden,
+        );
         let mut bad: *mut ibv_send_wr = ptr::null_mut();
         // SAFETY: the QP is valid; `w` and the SGE it points to live until the call returns,
         // which is all verbs needs (the payload itself is in registered memory, or copied now
@@ -517,6 +649,8 @@ impl QueuePair for VerbsQp {
         if ret != 0 {
             return Err(post_error(ret, "ibv_post_send"));
         }
+        signals.commit(signal);
+        self.signals.set(signals);
         self.send_seq.set(seq.wrapping_add(1));
         Ok(())
     }
@@ -578,6 +712,8 @@ impl Drop for VerbsQp {
             // SAFETY: the id and QP are still alive (destroyed when `self.id` drops below).
             unsafe { rdma_disconnect(self.id.as_ptr()) };
         }
+        // Asynchronous events of this QP are ignored from now on (the id is destroyed below).
+        QpRegistry::global().remove(self.dev.ctx(), self.qp_num);
         // Completions of this QP still queued are skipped from now on.
         self.send_cq.detach(self.table.token, self.send_depth);
         if !Arc::ptr_eq(&self.send_cq, &self.recv_cq) {
@@ -595,15 +731,21 @@ impl Drop for VerbsQp {
 pub(crate) mod tests_support {
     use super::*;
 
-    /// A table with the given sends `(seq, wr_id, opcode, len)` and receives `(seq, wr_id)`.
+    /// Send requests of `table` the device may still hold, `posted` being the next sequence.
+    pub fn outstanding(table: &QpTable, posted: u64) -> u64 {
+        table.outstanding(posted)
+    }
+
+    /// A table with the given sends `(seq, wr_id, opcode, len, hidden)` and receives
+    /// `(seq, wr_id)`.
     pub fn table_with(
         token: u32,
-        sends: &[(u64, u64, WcOpcode, u32)],
+        sends: &[(u64, u64, WcOpcode, u32, bool)],
         recvs: &[(u64, u64)],
     ) -> Arc<QpTable> {
         let t = QpTable::new(token, 4, 4);
-        for &(seq, wr_id, op, len) in sends {
-            t.record_send(seq, wr_id, op, len);
+        for &(seq, wr_id, op, len, hidden) in sends {
+            t.record_send(seq, wr_id, op, len, hidden);
         }
         for &(seq, wr_id) in recvs {
             t.record_recv(seq, wr_id);
@@ -657,11 +799,18 @@ mod tests {
         assert_eq!(t.send.len(), 8);
         assert_eq!(t.recv.len(), 16);
         for seq in 0..20u64 {
-            t.record_send(seq, 1000 + seq, WcOpcode::WriteImm, seq as u32 * 10);
+            let hidden = seq % 3 == 0;
+            t.record_send(
+                seq,
+                1000 + seq,
+                WcOpcode::CompareSwap,
+                seq as u32 * 10,
+                hidden,
+            );
             let i = t.send_info(seq);
             assert_eq!(
-                (i.wr_id, i.opcode, i.len),
-                (1000 + seq, WcOpcode::WriteImm, seq as u32 * 10)
+                (i.wr_id, i.opcode, i.len, i.hidden),
+                (1000 + seq, WcOpcode::CompareSwap, seq as u32 * 10, hidden)
             );
             t.record_recv(seq, 77 + seq);
             assert_eq!(t.recv_wr_id(seq), 77 + seq);
@@ -669,24 +818,103 @@ mod tests {
         assert!(!t.connected.load(Ordering::Relaxed));
     }
 
+    #[test]
+    fn retired_completions_bound_what_is_outstanding() {
+        let t = QpTable::new(1, 4, 4);
+        assert_eq!(t.outstanding(0), 0);
+        assert_eq!(t.outstanding(6), 6);
+        // The completion of request 3 retires 0..=3.
+        t.retire(3);
+        assert_eq!(t.outstanding(6), 2);
+        // Sequence numbers wrap in the 31 bits of the wr_id; the count stays right.
+        t.retire(SEQ_MASK);
+        assert_eq!(t.outstanding(SEQ_MASK + 1), 0);
+        assert_eq!(t.outstanding(SEQ_MASK + 4), 3);
+    }
+
+    /// Builds a request the way `post_send` does for a caller (no internal signaling) on a
+    /// queue pair granted 64 bytes of inline data, with every SGE registered.
     fn send(op: Op, sge: Option<Sge>, flags: SendFlags) -> (ibv_send_wr, ibv_sge) {
         let mut storage = ibv_sge {
             addr: 0,
             length: 0,
             lkey: 0,
         };
-        let w = build_send_wr(
-            &SendWr {
-                wr_id: 5,
-                op,
-                sge,
-                flags,
-            },
-            0xabc,
-            64,
-            &mut storage,
-        );
+        let wr = SendWr {
+            wr_id: 5,
+            op,
+            sge,
+            flags,
+        };
+        let signal = SignalPolicy::new(1024).decide(flags.contains(SendFlags::SIGNALED));
+        let inline = want_inline(&wr, 64, |_| true);
+        let w = build_send_wr(&wr, 0xabc, signal, inline, &mut storage);
         (w, storage)
+    }
+
+    #[test]
+    fn hidden_signals_set_the_device_flag() {
+        let mut storage = ibv_sge {
+            addr: 0,
+            length: 0,
+            lkey: 0,
+        };
+        let wr = SendWr {
+            wr_id: 1,
+            op: Op::Send,
+            sge: None,
+            flags: SendFlags::empty(),
+        };
+        let w = build_send_wr(&wr, 1, Signal::Hidden, false, &mut storage);
+        assert_eq!(w.send_flags, ibv_send_flags::IBV_SEND_SIGNALED.0);
+        let w = build_send_wr(&wr, 1, Signal::Unsignaled, false, &mut storage);
+        assert_eq!(w.send_flags, 0);
+    }
+
+    #[test]
+    fn inline_only_for_registered_memory() {
+        let sge = Sge {
+            addr: 0x2000,
+            len: 32,
+            lkey: 0x55,
+        };
+        let wr = |op, sge| SendWr {
+            wr_id: 1,
+            op,
+            sge,
+            flags: SendFlags::INLINE,
+        };
+        let remote = crate::rdma::RemoteBuf {
+            addr: 0x1000,
+            rkey: 1,
+            len: 64,
+        };
+        assert!(want_inline(&wr(Op::Send, Some(sge)), 64, |_| true));
+        assert!(want_inline(&wr(Op::Write(remote), Some(sge)), 64, |_| true));
+        // An SGE the fabric does not know: posted normally, so the device checks the lkey.
+        assert!(!want_inline(&wr(Op::Send, Some(sge)), 64, |_| false));
+        let seen = std::cell::Cell::new(None);
+        want_inline(&wr(Op::Send, Some(sge)), 64, |s| {
+            seen.set(Some(*s));
+            true
+        });
+        assert_eq!(seen.get(), Some(sge), "the check sees the caller's SGE");
+        // Too long, empty, not asked for, or an opcode that writes local memory.
+        assert!(!want_inline(
+            &wr(Op::Send, Some(Sge { len: 65, ..sge })),
+            64,
+            |_| true
+        ));
+        assert!(!want_inline(&wr(Op::Send, None), 64, |_| true));
+        assert!(!want_inline(
+            &SendWr {
+                flags: SendFlags::empty(),
+                ..wr(Op::Send, Some(sge))
+            },
+            64,
+            |_| true
+        ));
+        assert!(!want_inline(&wr(Op::Read(remote), Some(sge)), 64, |_| true));
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! The `#[ignore]`d group needs a device:
 //!
 //! ```text
-//! RFAAS_TEST_VERBS_DEVICE=mlx5_0 RFAAS_TEST_VERBS_ADDR=10.0.0.5 \
-//!     cargo test --features verbs --lib rdma::verbs -- --ignored
+//! RFAAS_VERBS_DEVICE=mlx5_0 cargo test --features verbs --lib rdma::verbs -- --ignored
 //! ```
 //!
-//! `RFAAS_TEST_VERBS_ADDR` is an IP address of that device (its IPoIB or RoCE interface); the
-//! tests connect the device to itself through it.
+//! (`RFAAS_TEST_VERBS_DEVICE`, when set, takes precedence.)
+//!
+//! The tests connect the device to itself through an IP address of it (its IPoIB or RoCE
+//! interface): `RFAAS_TEST_VERBS_ADDR` when set, otherwise the first one rdma_cm binds to the
+//! device ([`VerbsFabric::local_addrs`]).
 
 use std::time::Duration;
 
@@ -22,10 +24,24 @@ use crate::rdma::{
     SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
 
+/// Whether this machine has RDMA devices, asked of the kernel (sysfs) rather than of the code
+/// under test: it decides which outcome the tests below expect.
+fn machine_has_devices() -> bool {
+    std::fs::read_dir("/sys/class/infiniband").is_ok_and(|mut d| d.next().is_some())
+}
+
+/// With devices `r` must succeed; without, it must be the clear "no RDMA device" error.
 fn assert_no_device_or_ok<T: std::fmt::Debug>(r: &Result<T>, what: &str) {
     match r {
-        Ok(_) => {}
+        Ok(v) => assert!(
+            machine_has_devices(),
+            "{what}: succeeded on a machine without RDMA devices: {v:?}"
+        ),
         Err(FabricError::Unavailable { provider, reason }) => {
+            assert!(
+                !machine_has_devices(),
+                "{what}: failed on a machine with RDMA devices: {reason}"
+            );
             assert_eq!(*provider, "verbs");
             assert!(
                 reason.contains("no RDMA device"),
@@ -49,8 +65,21 @@ fn open_without_a_device_says_so() {
         );
     }
     match VerbsFabric::device_names() {
-        Ok(names) => assert!(!names.is_empty()),
-        Err(e) => assert!(e.to_string().contains("no RDMA device"), "{e}"),
+        Ok(names) => {
+            assert!(machine_has_devices());
+            let mut sysfs: Vec<String> = std::fs::read_dir("/sys/class/infiniband")
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            sysfs.sort();
+            let mut names = names;
+            names.sort();
+            assert_eq!(names, sysfs, "the devices are those the kernel lists");
+        }
+        Err(e) => {
+            assert!(!machine_has_devices(), "{e}");
+            assert!(e.to_string().contains("no RDMA device"), "{e}");
+        }
     }
 }
 
@@ -62,6 +91,15 @@ fn open_default_without_a_device_says_so() {
         Err(FabricError::Unavailable { reason, .. }) if reason.contains("not found") => {
             // A device machine with RFAAS_VERBS_DEVICE naming a missing device: the reason
             // lists the ones present.
+            assert!(machine_has_devices(), "{reason}");
+            let named = std::env::var(crate::env::VERBS_DEVICE).unwrap_or_default();
+            assert!(
+                !named.trim().is_empty()
+                    && !std::path::Path::new("/sys/class/infiniband")
+                        .join(named.trim())
+                        .exists(),
+                "{reason} although {named:?} exists"
+            );
             assert!(reason.contains(crate::env::VERBS_DEVICE), "{reason}");
         }
         _ => assert_no_device_or_ok(&r, "open_default"),
@@ -72,10 +110,16 @@ fn open_default_without_a_device_says_so() {
 fn unknown_device_is_unavailable_with_the_choices() {
     match VerbsFabric::open(Some("rfaas_no_such_device0")) {
         Ok(f) => panic!("opened a device that does not exist: {f:?}"),
-        Err(FabricError::Unavailable { reason, .. }) => assert!(
-            reason.contains("no RDMA device") || reason.contains("rfaas_no_such_device0"),
-            "{reason}"
-        ),
+        Err(FabricError::Unavailable { reason, .. }) if machine_has_devices() => {
+            // The reason names the device asked for and lists those present.
+            assert!(reason.contains("rfaas_no_such_device0"), "{reason}");
+            for name in VerbsFabric::device_names().unwrap() {
+                assert!(reason.contains(&name), "{reason} does not list {name}");
+            }
+        }
+        Err(FabricError::Unavailable { reason, .. }) => {
+            assert!(reason.starts_with("no RDMA device found"), "{reason}")
+        }
         Err(e) => panic!("unexpected error {e:?}"),
     }
 }
@@ -106,10 +150,15 @@ const T: Duration = Duration::from_secs(10);
 
 fn test_fabric() -> (VerbsFabric, String) {
     let dev = std::env::var("RFAAS_TEST_VERBS_DEVICE")
-        .expect("set RFAAS_TEST_VERBS_DEVICE to an RDMA device (e.g. mlx5_0) to run this test");
-    let ip = std::env::var("RFAAS_TEST_VERBS_ADDR")
-        .expect("set RFAAS_TEST_VERBS_ADDR to an IP address of that device to run this test");
+        .or_else(|_| std::env::var(crate::env::VERBS_DEVICE))
+        .expect("set RFAAS_VERBS_DEVICE to an RDMA device (e.g. mlx5_0) to run this test");
     let f = VerbsFabric::open(Some(&dev)).expect("open the test device");
+    let ip = std::env::var("RFAAS_TEST_VERBS_ADDR").unwrap_or_else(|_| {
+        f.local_addrs()
+            .first()
+            .unwrap_or_else(|| panic!("{dev} has no IP address: set RFAAS_TEST_VERBS_ADDR"))
+            .to_string()
+    });
     let host = if ip.contains(':') && !ip.starts_with('[') {
         format!("[{ip}]")
     } else {
@@ -158,10 +207,10 @@ fn pair() -> Pair {
     let client_remote = client_mr.remote(0, 4096);
     let server_remote_local = server_mr.remote(0, 4096);
 
-    let server_cq_ref = &server_cq;
     let server_recvs = recvs(1000, &server_mr);
     let (server_qp, client) = std::thread::scope(|s| {
-        // The listener is Send but not Sync: it moves to the accepting thread.
+        // The listener and the completion queue are Send but not Sync: they move to the
+        // accepting thread, and the queue comes back.
         let server = s.spawn(move || {
             let req = listener
                 .next_request(T)
@@ -178,12 +227,12 @@ fn pair() -> Pair {
             let client_remote = RemoteBuf::from_bytes(&data).unwrap();
             let qp = req
                 .accept(
-                    QpInit::new(server_cq_ref),
+                    QpInit::new(&server_cq),
                     &server_recvs,
                     &server_remote_local.to_bytes(),
                 )
                 .expect("accept");
-            (qp, client_remote)
+            (qp, client_remote, server_cq)
         });
         let mut pd = client_remote.to_bytes().to_vec();
         pd.extend_from_slice(b"hello");
@@ -202,7 +251,7 @@ fn pair() -> Pair {
     assert_eq!(reply.len(), 16, "accept private data has the exact length");
     let server_remote = RemoteBuf::from_bytes(&reply).unwrap();
     assert_eq!(server_remote, server_remote_local);
-    let (server_qp, seen_client_remote) = server_qp;
+    let (server_qp, seen_client_remote, server_cq) = server_qp;
     assert_eq!(seen_client_remote, client_remote);
     assert!(client_qp.is_connected() && server_qp.is_connected());
     Pair {
@@ -236,7 +285,7 @@ fn post(qp: &VerbsQp, wr_id: u64, op: Op, sge: Option<crate::rdma::Sge>) {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn write_imm_round_trip() {
     let p = pair();
     let payload: Vec<u8> = (0..64u8).collect();
@@ -322,7 +371,7 @@ fn write_imm_round_trip() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn rdma_read() {
     let p = pair();
     let data: Vec<u8> = (0..128u32).map(|i| (i * 7) as u8).collect();
@@ -344,7 +393,7 @@ fn rdma_read() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn atomics() {
     use std::sync::atomic::Ordering;
     let p = pair();
@@ -403,7 +452,7 @@ fn atomics() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn bad_rkey_is_a_remote_access_error_then_flush() {
     let p = pair();
     p.client_mr.write(0, &[0xab; 32]);
@@ -441,7 +490,7 @@ fn bad_rkey_is_a_remote_access_error_then_flush() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn out_of_bounds_and_missing_rights_are_remote_access_errors() {
     // Past the end of the server's region.
     let p = pair();
@@ -470,7 +519,7 @@ fn out_of_bounds_and_missing_rights_are_remote_access_errors() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn reject_reaches_the_peer_with_its_reason() {
     let (fab, host) = test_fabric();
     let listener = fab.listen(&format!("{host}:0")).unwrap();
@@ -494,7 +543,7 @@ fn reject_reaches_the_peer_with_its_reason() {
 }
 
 #[test]
-#[ignore = "needs an RDMA device: RFAAS_TEST_VERBS_DEVICE, RFAAS_TEST_VERBS_ADDR"]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
 fn disconnect_flushes_the_peer() {
     let p = pair();
     p.client_qp.disconnect();
@@ -516,4 +565,55 @@ fn disconnect_flushes_the_peer() {
     }
     assert_eq!(seen, RECVS as usize, "all receives flushed");
     assert!(!p.server_qp.is_connected());
+}
+
+#[test]
+#[ignore = "needs an RDMA device: RFAAS_VERBS_DEVICE"]
+fn unsignaled_sends_never_fill_the_send_queue() {
+    // The client's submit and the executor's reply never ask for completions. Without internal
+    // signaling an mlx5 send queue (64 entries: the default QpCaps this pair uses) is full after
+    // as many posts; here 20 queues' worth go through, and the sender never polls its own
+    // completion queue (post_send reaps the provider's own completions).
+    let p = pair();
+    let depth = crate::rdma::QpCaps::default().max_send_wr as u64;
+    let rounds = 20 * depth;
+    let mut got = 0u64;
+    let mut wcs = [Wc::EMPTY; 16];
+    for i in 0..rounds {
+        // The server reposts its receives as they complete (16 posted at a time).
+        p.client_mr.write(0, &i.to_le_bytes());
+        p.client_qp
+            .post_send(&SendWr {
+                wr_id: i,
+                op: Op::WriteImm(p.server_remote.slice(0, 8), i as u32),
+                sge: Some(p.client_mr.sge(0, 8)),
+                flags: SendFlags::empty(),
+            })
+            .unwrap_or_else(|e| panic!("post {i} of {rounds}: {e}"));
+        // Keep at most 8 in flight so the receiver never runs out of receives.
+        while i + 1 - got > 8 {
+            let n = p
+                .server_cq
+                .poll_wait(&mut wcs, T, Duration::from_millis(1))
+                .unwrap();
+            assert!(n > 0, "no receive completion within {T:?}");
+            for wc in &wcs[..n] {
+                assert_eq!(
+                    (wc.status, wc.opcode, wc.imm),
+                    (WcStatus::Success, WcOpcode::RecvWriteImm, Some(got as u32))
+                );
+                p.server_qp
+                    .post_recv(&RecvWr {
+                        wr_id: wc.wr_id,
+                        sge: None,
+                    })
+                    .unwrap();
+                got += 1;
+            }
+        }
+    }
+    // Not one completion is reported to the sender: every one it got was the provider's own.
+    let mut wc = [Wc::EMPTY; 1];
+    assert_eq!(p.client_cq.poll(&mut wc), 0, "unexpected {:?}", wc[0]);
+    assert!(p.client_qp.is_connected());
 }

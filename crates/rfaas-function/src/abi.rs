@@ -36,7 +36,7 @@
 //!   one.
 //!
 //! Why not a thread-local that the loader sets before each call? Every `cdylib` carries its own
-//! statically linked copy of the `rfaas` crate, so a thread-local in the executor's copy is not
+//! statically linked copy of this crate, so a thread-local in the executor's copy is not
 //! the one the library's copy would read. The capacity has to cross the boundary as an argument.
 
 use std::ffi::c_void;

@@ -3,7 +3,7 @@
 /// Exports a safe Rust function from a function library under a C symbol name.
 ///
 /// ```text
-/// rfaas::export_function!(symbol_name, rust_function);
+/// rfaas_function::export_function!(symbol_name, rust_function);  // or rfaas::export_function!
 /// ```
 ///
 /// `rust_function` is any function (or closure expression) callable as
@@ -25,9 +25,9 @@
 ///
 /// The macro defines two symbols in the crate that invokes it (which must be built as a
 /// `cdylib`, usually `crate-type = ["cdylib", "rlib"]`): `symbol_name` with the plain rFaaS C ABI
-/// ([`RawFunction`](crate::function::RawFunction)), callable by any rFaaS-compatible host, and
-/// `__rfaas_ext_v1_symbol_name` with the [`ExtendedFunction`](crate::function::ExtendedFunction)
-/// ABI that carries the output capacity and the panic status; see [`crate::function::abi`].
+/// ([`RawFunction`](crate::abi::RawFunction)), callable by any rFaaS-compatible host, and
+/// `__rfaas_ext_v1_symbol_name` with the [`ExtendedFunction`](crate::abi::ExtendedFunction)
+/// ABI that carries the output capacity and the panic status; see [`crate::abi`].
 /// The symbol name must be unique in the library; the generated items are hidden in an anonymous
 /// constant, so the Rust function may have the same name as the symbol.
 ///
@@ -42,7 +42,7 @@
 ///     input.len()
 /// }
 ///
-/// rfaas::export_function!(echo, echo);
+/// rfaas_function::export_function!(echo, echo);
 /// ```
 #[macro_export]
 macro_rules! export_function {
@@ -56,16 +56,16 @@ macro_rules! export_function {
                 in_len: u32,
                 output: *mut ::core::ffi::c_void,
             ) -> u32 {
-                let mut status = $crate::function::abi::EXT_STATUS_OK;
+                let mut status = $crate::abi::EXT_STATUS_OK;
                 // SAFETY: the plain ABI promises that `input` is valid for `in_len` bytes and
                 // `output` for the allocation's output capacity, which rFaaS makes equal to the
                 // input capacity, hence at least `in_len` bytes; `status` is a local.
                 let len =
                     unsafe { __rfaas_extended_entry(input, in_len, output, in_len, &mut status) };
-                if status == $crate::function::abi::EXT_STATUS_OK {
+                if status == $crate::abi::EXT_STATUS_OK {
                     len
                 } else {
-                    $crate::function::abi::PLAIN_PANIC_SENTINEL
+                    $crate::abi::PLAIN_PANIC_SENTINEL
                 }
             }
 
@@ -82,15 +82,15 @@ macro_rules! export_function {
                 let in_len = in_len as usize;
                 let capacity = out_capacity as usize;
                 if status.is_null() {
-                    return $crate::function::abi::PLAIN_PANIC_SENTINEL;
+                    return $crate::abi::PLAIN_PANIC_SENTINEL;
                 }
                 let valid = (in_len == 0 || !input.is_null())
                     && (capacity == 0 || !output.is_null())
-                    && !$crate::function::abi::__overlap(input, in_len, output, capacity);
+                    && !$crate::abi::__overlap(input, in_len, output, capacity);
                 if !valid {
                     // SAFETY: `status` is non-null and the ABI makes it valid for one write.
-                    unsafe { status.write($crate::function::abi::EXT_STATUS_PANICKED) };
-                    return $crate::function::abi::PLAIN_PANIC_SENTINEL;
+                    unsafe { status.write($crate::abi::EXT_STATUS_PANICKED) };
+                    return $crate::abi::PLAIN_PANIC_SENTINEL;
                 }
                 let input: &mut [u8] = if in_len == 0 {
                     &mut []
@@ -106,16 +106,13 @@ macro_rules! export_function {
                     // disjoint from `input` (checked), and not used by the caller during the call.
                     unsafe { ::core::slice::from_raw_parts_mut(output.cast::<u8>(), capacity) }
                 };
-                let (len, word) =
-                    match $crate::function::abi::__invoke(|i, o| ($func)(i, o), input, output) {
-                        ::core::result::Result::Ok(len) => {
-                            (len, $crate::function::abi::EXT_STATUS_OK)
-                        }
-                        ::core::result::Result::Err(()) => (
-                            $crate::function::abi::PLAIN_PANIC_SENTINEL,
-                            $crate::function::abi::EXT_STATUS_PANICKED,
-                        ),
-                    };
+                let (len, word) = match $crate::abi::__invoke(|i, o| ($func)(i, o), input, output) {
+                    ::core::result::Result::Ok(len) => (len, $crate::abi::EXT_STATUS_OK),
+                    ::core::result::Result::Err(()) => (
+                        $crate::abi::PLAIN_PANIC_SENTINEL,
+                        $crate::abi::EXT_STATUS_PANICKED,
+                    ),
+                };
                 // SAFETY: `status` is non-null and the ABI makes it valid for one write.
                 unsafe { status.write(word) };
                 len

@@ -1,0 +1,121 @@
+//! Checked conversions of C arguments: strings, byte buffers, output pointers.
+
+use std::ffi::{c_char, CStr};
+
+use crate::error::Error;
+
+/// A NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// `p`, when not NULL, must point to a NUL-terminated string that lives for `'a`.
+pub unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
+    if p.is_null() {
+        return Err(Error::null(what));
+    }
+    // SAFETY: not NULL, and the caller promises a NUL-terminated string alive for 'a.
+    let c = unsafe { CStr::from_ptr(p) };
+    c.to_str()
+        .map_err(|_| Error::invalid(format!("{what} is not UTF-8")))
+}
+
+/// An optional string argument (NULL: `None`).
+///
+/// # Safety
+/// As [`str_arg`].
+pub unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { str_arg(p, what) }.map(Some)
+    }
+}
+
+/// An input buffer `(p, len)`; NULL is allowed only with `len == 0`.
+///
+/// # Safety
+/// `p`, when not NULL, must point to `len` readable bytes that live for `'a`.
+pub unsafe fn in_buf<'a>(p: *const u8, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if p.is_null() {
+        return if len == 0 {
+            Ok(&[])
+        } else {
+            Err(Error::null(&format!("{what} (with length {len})")))
+        };
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!("{what}: length {len} is too large")));
+    }
+    // SAFETY: not NULL, and the caller promises `len` readable bytes alive for 'a.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// An output buffer `(p, capacity)`; NULL is allowed only with `capacity == 0`.
+///
+/// # Safety
+/// `p`, when not NULL, must point to `capacity` writable bytes, not aliased, that live for `'a`.
+pub unsafe fn out_buf<'a>(p: *mut u8, capacity: usize, what: &str) -> Result<&'a mut [u8], Error> {
+    if p.is_null() {
+        return if capacity == 0 {
+            Ok(&mut [])
+        } else {
+            Err(Error::null(&format!("{what} (with capacity {capacity})")))
+        };
+    }
+    if capacity > isize::MAX as usize {
+        return Err(Error::invalid(format!(
+            "{what}: capacity {capacity} is too large"
+        )));
+    }
+    // SAFETY: not NULL, and the caller promises `capacity` writable, unaliased bytes.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, capacity) })
+}
+
+/// Writes `v` through an out-pointer that may be NULL (then nothing is written).
+///
+/// # Safety
+/// `p`, when not NULL, must be valid for a write of `T`.
+pub unsafe fn put<T>(p: *mut T, v: T) {
+    if !p.is_null() {
+        // SAFETY: not NULL, and valid for a write by the caller's contract.
+        unsafe { p.write(v) };
+    }
+}
+
+/// A required out-pointer.
+pub fn need<T>(p: *mut T, what: &str) -> Result<*mut T, Error> {
+    if p.is_null() {
+        Err(Error::null(what))
+    } else {
+        Ok(p)
+    }
+}
+
+/// Splits a comma-separated list of function names (spaces around names are ignored).
+pub fn function_names(list: &str) -> Result<Vec<String>, Error> {
+    let names: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if names.is_empty() {
+        return Err(Error::invalid(
+            "functions: give at least one function name (comma-separated)",
+        ));
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_split_and_trimmed() {
+        assert_eq!(
+            function_names(" echo, empty ,,black_scholes").unwrap(),
+            vec!["echo", "empty", "black_scholes"]
+        );
+        assert!(function_names(" , ").is_err());
+    }
+}
