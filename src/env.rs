@@ -21,3 +21,12 @@ pub const TEST_FUNCTIONS_LIB: &str = "RFAAS_TEST_FUNCTIONS_LIB";
 /// The cluster file (`cluster.json`, written by `rfaas local-cluster start` or a batch script) that
 /// clients, benchmarks and `rfaas status` read when no `--cluster FILE` is given.
 pub const CLUSTER: &str = "RFAAS_CLUSTER";
+/// Tests only: IP address of the `RFAAS_VERBS_DEVICE` device that the verbs conformance and unit
+/// tests listen on (default: the first address rdma_cm binds to that device).
+pub const TEST_VERBS_ADDR: &str = "RFAAS_TEST_VERBS_ADDR";
+/// Tests only: a libfabric provider (`cxi`, `efa`, ...) the `ofi` conformance suite also runs on
+/// (trials `ofi-env::*`), besides libfabric's `shm` and `tcp;ofi_rxm`.
+pub const TEST_OFI_PROVIDER: &str = "RFAAS_TEST_OFI_PROVIDER";
+/// Tests only (`python/tests`, read there): the cargo output directory holding `rfaas` and
+/// `libfunctions.so` (default `target/debug`).
+pub const TARGET_DIR: &str = "RFAAS_TARGET_DIR";

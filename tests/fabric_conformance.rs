@@ -1558,7 +1558,7 @@ fn ofi_suites(trials: &mut Vec<Trial>) {
         OfiFabric::with_provider(Some("tcp;ofi_rxm")).expect("ofi domain on libfabric tcp;ofi_rxm")
     }
     fn ofi_env() -> OfiFabric {
-        let p = std::env::var("RFAAS_TEST_OFI_PROVIDER").unwrap_or_default();
+        let p = std::env::var(rfaas::env::TEST_OFI_PROVIDER).unwrap_or_default();
         OfiFabric::with_provider(Some(&p)).expect("ofi domain on RFAAS_TEST_OFI_PROVIDER")
     }
     let add = |trials: &mut Vec<Trial>, name: &str, mk: fn() -> OfiFabric| {
@@ -1634,7 +1634,7 @@ fn ofi_suites(trials: &mut Vec<Trial>) {
     }));
     add(trials, "shm", ofi_shm);
     add(trials, "tcp-rxm", ofi_tcp);
-    if std::env::var("RFAAS_TEST_OFI_PROVIDER").is_ok_and(|p| !p.is_empty()) {
+    if std::env::var(rfaas::env::TEST_OFI_PROVIDER).is_ok_and(|p| !p.is_empty()) {
         add(trials, "env", ofi_env);
     }
 }
@@ -1654,7 +1654,7 @@ fn register_verbs(trials: &mut Vec<Trial>) {
     let Some(device) = named_verbs_device() else {
         return;
     };
-    let host = match std::env::var("RFAAS_TEST_VERBS_ADDR") {
+    let host = match std::env::var(rfaas::env::TEST_VERBS_ADDR) {
         Ok(a) if !a.trim().is_empty() => Ok(a.trim().trim_matches(['[', ']']).to_string()),
         _ => VerbsFabric::open(Some(&device))
             .map_err(|e| e.to_string())
