@@ -52,6 +52,11 @@ struct Args {
     /// Executor hot timeout, ms (-1 always hot, 0 always warm: the default on small machines).
     #[arg(long, default_value_t = 0)]
     hot_timeout_ms: i64,
+    /// Also write each rank's options and combined prices to `DIR/rank<R>.options` (40-byte
+    /// input records) and `DIR/rank<R>.prices` (16-byte output records), for a check by an
+    /// independent implementation.
+    #[arg(long, value_name = "DIR")]
+    prices_out: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -96,6 +101,9 @@ fn main() -> Result<()> {
     let (ok, max_err, error) = match remote_prices {
         Ok(mut prices) => {
             prices.extend(local_prices);
+            if let Some(dir) = &args.prices_out {
+                write_prices(dir, rank, &options, &prices)?;
+            }
             let err = max_error(&prices, &reference);
             (prices.len() == reference.len() && err <= 1e-9, err, None)
         }
@@ -189,6 +197,24 @@ fn generate(n: usize, seed: u64) -> Vec<OptionParams> {
             time: 0.1 + 2.0 * next(),
         })
         .collect()
+}
+
+/// Writes `options` and `prices` as the kernel's input and output records.
+fn write_prices(
+    dir: &std::path::Path,
+    rank: i32,
+    options: &[OptionParams],
+    prices: &[Prices],
+) -> Result<()> {
+    let path = dir.join(format!("rank{rank}.options"));
+    std::fs::write(&path, encode_options(options)).with_context(|| path.display().to_string())?;
+    let bytes: Vec<u8> = prices
+        .iter()
+        .flat_map(|p| [p.call.to_le_bytes(), p.put.to_le_bytes()])
+        .flatten()
+        .collect();
+    let path = dir.join(format!("rank{rank}.prices"));
+    std::fs::write(&path, bytes).with_context(|| path.display().to_string())
 }
 
 fn max_error(a: &[Prices], b: &[Prices]) -> f64 {

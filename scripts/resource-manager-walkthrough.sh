@@ -6,7 +6,9 @@
 # e.g. after `rfaas local-cluster start --run-dir /tmp/rfaas`:
 #   scripts/resource-manager-walkthrough.sh /tmp/rfaas/cluster.json
 #
-# It reads the resource manager's address and the cluster secret from the cluster file, then
+# It reads the resource manager's address and the cluster secret from the cluster file, and the
+# node credential (what executor managers and operators hold; clients never see it) from
+# $RFAAS_NODE_SECRET_FILE or the file node-secret beside the cluster file, then
 # registers a synthetic executor manager "walkthrough-n1" (16 cores, no process behind it),
 # heartbeats, drains and resumes it, leases, renews and releases cores, shows a full cluster's
 # 503, and deregisters the node again: the cluster is left as it was found (but for its next
@@ -38,17 +40,29 @@ umask 077
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 auth="$work/auth"          # Authorization: Bearer <cluster secret>
+node_auth="$work/node"     # Authorization: Bearer <node credential>
 lease_hdr="$work/lease"    # X-Rfaas-Lease-Token: <token>
 secret=$(<"$secret_file")
 printf 'Authorization: Bearer %s\n' "$secret" >"$auth"
 unset secret
+node_secret_file=${RFAAS_NODE_SECRET_FILE:-$(dirname "$cluster")/node-secret}
+if [[ -r "$node_secret_file" ]]; then
+    secret=$(<"$node_secret_file")
+    printf 'Authorization: Bearer %s\n' "$secret" >"$node_auth"
+    unset secret
+else
+    # single-user mode: the cluster secret is also the node credential
+    node_secret_file=
+    cp "$auth" "$node_auth"
+fi
 
 # call EXPECTED METHOD PATH [BODY] [EXTRA_HEADER_FILE]: prints the exchange, stores the answer
-# in $answer, fails unless the status is EXPECTED. The body travels on standard input.
+# in $answer, fails unless the status is EXPECTED. The body travels on standard input. It
+# authenticates with the cluster secret, or with the header file $as (as=$node_auth call ...).
 answer=
 call() {
     local expected=$1 method=$2 path=$3 body=${4:-} extra=${5:-}
-    local args=(-sS --max-time 10 -o "$work/body" -w '%{http_code}' -X "$method" -H @"$auth")
+    local args=(-sS --max-time 10 -o "$work/body" -w '%{http_code}' -X "$method" -H @"${as:-$auth}")
     [[ -n "$extra" ]] && args+=(-H @"$extra")
     local status
     if [[ -n "$body" ]]; then
@@ -79,18 +93,22 @@ call 200 GET /v1/metrics
 echo "# an executor manager registers (201 the first time, 200 again), heartbeats, drains, resumes"
 node=walkthrough-n1
 register='{"name": "'$node'", "address": "127.0.0.1:9", "cores": 16, "memory": 68719476736}'
-call 201 POST /v1/nodes "$register"
-call 200 POST /v1/nodes "$register"
-call 200 POST /v1/nodes/$node/heartbeat
-call 200 POST /v1/nodes/$node/drain
-call 200 POST /v1/nodes/$node/resume
+if [[ -n "$node_secret_file" ]]; then
+    echo "# ... with the node credential: a client's cluster secret may not act as a node (403)"
+    call 403 POST /v1/nodes "$register"
+fi
+as=$node_auth call 201 POST /v1/nodes "$register"
+as=$node_auth call 200 POST /v1/nodes "$register"
+as=$node_auth call 200 POST /v1/nodes/$node/heartbeat
+as=$node_auth call 200 POST /v1/nodes/$node/drain
+as=$node_auth call 200 POST /v1/nodes/$node/resume
 call 200 GET /v1/nodes
 call 200 GET /v1/nodes/$node
 
 echo "# a restarted executor manager reports the leases it hosts: unknown ones are adopted"
-hosted_id=$(( $(date +%s) * 1000 ))   # far above the ids the resource manager grants itself
+hosted_id=$(( $(date +%s) * 1000000 + 1000000000000 ))   # above the ids granted so far (µs-based)
 hosted_token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-call 200 POST /v1/nodes '{"name": "'$node'", "address": "127.0.0.1:9", "cores": 16, "memory": 68719476736,
+as=$node_auth call 200 POST /v1/nodes '{"name": "'$node'", "address": "127.0.0.1:9", "cores": 16, "memory": 68719476736,
      "hosted": [{"lease": '$hosted_id', "token": "'$hosted_token'", "cores": 4, "memory": 0}]}'
 [[ $(jq -r '.adopted[0]' <<<"$answer") = "$hosted_id" ]] || { echo "$0: lease $hosted_id was not adopted" >&2; exit 1; }
 
@@ -122,7 +140,7 @@ echo "# when the cluster is full: 503 with what is free"
 call 503 POST /v1/leases '{"cores": 1000000, "client": "walkthrough"}'
 
 echo "# the node deregisters: its leases (the adopted one) end"
-call 200 DELETE /v1/nodes/$node
+as=$node_auth call 200 DELETE /v1/nodes/$node
 [[ $(jq -r '.ended[0]' <<<"$answer") = "$hosted_id" ]] || { echo "$0: lease $hosted_id did not end with its node" >&2; exit 1; }
 call 404 GET /v1/nodes/$node
 echo "# walkthrough done: every call answered as expected"

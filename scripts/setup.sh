@@ -21,6 +21,9 @@ PKGS=(build-essential pkg-config clang libclang-dev ca-certificates curl)
 PKGS+=(libopenmpi-dev openmpi-bin)
 # feature verbs (rdma-sys, rdma_cm); ibverbs-utils gives ibv_devices for diagnostics
 PKGS+=(libibverbs-dev librdmacm-dev ibverbs-utils)
+# feature libfabric (the `ofi` provider: bindgen over libfabric's headers, found with pkg-config);
+# libfabric-bin gives fi_info / fi_pingpong for diagnostics
+PKGS+=(libfabric-dev libfabric-bin)
 # feature hwloc (hwlocality links libudev)
 PKGS+=(libhwloc-dev hwloc libudev-dev)
 # tests and the local cluster: Slurm started by hand, munge for its auth option

@@ -25,7 +25,8 @@
 #   RFAAS_BIN_DIR        where the `rfaas` binary is (default: $RFAAS_HOME/target/release)
 #   RFAAS_RUN_DIR        run directory, on a file system every node sees
 #                        (default: $SLURM_SUBMIT_DIR/rfaas-run)
-#   RFAAS_PROVIDER       fabric provider of the executors: tcp (default), verbs, or shm (only
+#   RFAAS_PROVIDER       fabric provider of the executors: tcp (default), verbs, ofi (libfabric
+#                        provider from RFAAS_OFI_PROVIDER / FI_PROVIDER, exported to every node), or shm (only
 #                        when every node is on one host, e.g. virtual nodes)
 #   RFAAS_EM_CORES       cpulist every EM rents out (default: the cpuset Slurm gave the EM)
 #   RFAAS_EM_MEMORY      memory every EM rents out, e.g. 32GiB (default: the node's MemTotal)
@@ -37,10 +38,12 @@
 #   RFAAS_START_TIMEOUT  seconds to wait for the RM and every EM to be up (default 60)
 #   RFAAS_STOP_TIMEOUT   seconds the EMs, then the RM, get to stop before srun is killed
 #                        (default 20)
+#   RFAAS_RM_RESTARTS    times a crashed RM is restarted (on its first address) before the
+#                        job gives up (default 5)
 #   RUST_LOG             log level of the daemons (default info)
 #
 # Files in RUN_DIR (logs under RUN_DIR/logs, per-node EM run directories under RUN_DIR/nodes):
-#   secret  cluster.json  job  rm.json (RM ready file)  rm-state.json  nodes/<node>/em.json
+#   secret  node-secret  cluster.json  job  rm.json (RM ready file)  rm-state.json  nodes/<node>/em.json
 #
 # Edit the resources below. Slurm's own options on the sbatch command line override them.
 #SBATCH --job-name=rfaas-cluster
@@ -70,10 +73,12 @@ RUN_DIR=${RFAAS_RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/rfaas-run}
 PROVIDER=${RFAAS_PROVIDER:-tcp}
 START_TIMEOUT=${RFAAS_START_TIMEOUT:-60}
 STOP_TIMEOUT=${RFAAS_STOP_TIMEOUT:-20}
+RM_RESTARTS=${RFAAS_RM_RESTARTS:-5}
+[[ $RM_RESTARTS =~ ^[0-9]+$ ]] || die "RFAAS_RM_RESTARTS must be a number, not '$RM_RESTARTS'"
 export RUST_LOG=${RUST_LOG:-info}
 
 [[ -x $RFAAS ]] || die "$RFAAS not found: build it (cargo build --release) or set RFAAS_BIN_DIR"
-case $PROVIDER in shm | tcp | verbs) ;; *) die "RFAAS_PROVIDER=$PROVIDER: use tcp, verbs or shm" ;; esac
+case $PROVIDER in shm | tcp | verbs | ofi) ;; *) die "RFAAS_PROVIDER=$PROVIDER: use tcp, verbs, ofi or shm" ;; esac
 
 # Everything created from here on (run directory, secret, cluster.json) is private to the user.
 umask 077
@@ -81,6 +86,7 @@ mkdir -p "$RUN_DIR/logs" "$RUN_DIR/nodes"
 RUN_DIR=$(cd "$RUN_DIR" && pwd -P) # absolute: EMs on other nodes and client jobs read it
 CLUSTER_JSON=$RUN_DIR/cluster.json
 SECRET_FILE=$RUN_DIR/secret
+NODE_SECRET_FILE=$RUN_DIR/node-secret
 RM_READY=$RUN_DIR/rm.json
 
 # One cluster per run directory: refuse to take over one that a running job still serves.
@@ -96,9 +102,14 @@ rm -f "$CLUSTER_JSON" "$RM_READY" "$RUN_DIR/rm-state.json" "$RUN_DIR"/nodes/*/em
 
 # A fresh secret per cluster: 32 random bytes as hex, written by builtins and od only, never
 # shown. Written to a temporary file and renamed, so no reader ever sees a partial secret.
-od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$SECRET_FILE.tmp"
-chmod 600 "$SECRET_FILE.tmp"
-mv -f "$SECRET_FILE.tmp" "$SECRET_FILE"
+# The node credential (what the RM and EMs hold, clients never read it) is made the same way.
+new_secret() {
+	(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$1.tmp")
+	chmod 600 "$1.tmp"
+	mv -f "$1.tmp" "$1"
+}
+new_secret "$SECRET_FILE"
+new_secret "$NODE_SECRET_FILE"
 
 # Which nodes do what. In a hetjob, SLURM_JOB_NODELIST is component 0's only.
 if [[ -n ${SLURM_HET_SIZE:-} ]]; then
@@ -193,13 +204,18 @@ trap 'shutdown $?' EXIT
 # the EM step (it is idle most of the time), which would otherwise wait for them. --mpi=none:
 # the daemons are no MPI programs (a site's MpiDefault=pmix would set up PMIx for nothing).
 RM_ARGS=(resource-manager --listen "$RM_HOST:0" --secret-file "$SECRET_FILE"
+	--node-secret-file "$NODE_SECRET_FILE"
 	--state-file "$RUN_DIR/rm-state.json" --ready-file "$RM_READY")
 [[ -n ${RFAAS_RM_CONFIG:-} ]] && RM_ARGS+=(--config "$RFAAS_RM_CONFIG")
-srun "${RM_GROUP[@]}" --overlap --mpi=none --nodes=1 --ntasks=1 --nodelist="$RM_NODE" \
-	--job-name=rfaas-rm --kill-on-bad-exit=1 \
-	--output="$RUN_DIR/logs/rm.log" \
-	"$RFAAS" "${RM_ARGS[@]}" &
-RM_PID=$!
+# Started again (same state file, same address) if it crashes: see the end of this script.
+start_rm() {
+	srun "${RM_GROUP[@]}" --overlap --mpi=none --nodes=1 --ntasks=1 --nodelist="$RM_NODE" \
+		--job-name=rfaas-rm --kill-on-bad-exit=1 \
+		--open-mode=append --output="$RUN_DIR/logs/rm.log" \
+		"$RFAAS" "${RM_ARGS[@]}" &
+	RM_PID=$!
+}
+start_rm
 
 # Waits until `check` succeeds, or fails after START_TIMEOUT seconds or when srun `pid` ended.
 START=$SECONDS
@@ -238,6 +254,7 @@ em_task() {
 	exec >>"$RFAAS_X_RUN_DIR/logs/em-$node.log" 2>&1
 	local args=(executor-manager --node "$node" --listen "$addr:0" --fabric-host "$addr"
 		--provider "$RFAAS_X_PROVIDER" --secret-file "$RFAAS_X_RUN_DIR/secret"
+		--node-secret-file "$RFAAS_X_RUN_DIR/node-secret"
 		--run-dir "$dir" --ready-file "$dir/em.json" --resource-manager "$RFAAS_X_RM_ADDR")
 	[[ -n ${RFAAS_EM_CORES:-} ]] && args+=(--cores "$RFAAS_EM_CORES")
 	[[ -n ${RFAAS_EM_MEMORY:-} ]] && args+=(--memory "$RFAAS_EM_MEMORY")
@@ -304,16 +321,35 @@ mv -f "$CLUSTER_JSON.tmp" "$CLUSTER_JSON"
 log "cluster ready after $(((${EPOCHREALTIME/[.,]/} - START_US) / 1000)) ms: $NUM_EMS executor manager(s) registered;" \
 	"clients use --cluster $CLUSTER_JSON"
 
-# Serve until SIGTERM (the trap stops everything) or until a daemon exits on its own, which
-# ends the cluster: clients would find it half gone.
-set +e
-wait -n "$RM_PID" "$EM_PID"
-code=$?
-set -e
-((STOPPING)) && exit 0
-if kill -0 "$RM_PID" 2>/dev/null; then
-	log "error: the executor managers' srun exited (status $code; see $RUN_DIR/logs): stopping the cluster" >&2
-else
-	log "error: the resource manager exited (status $code; see $RUN_DIR/logs/rm.log): stopping the cluster" >&2
-fi
-shutdown 1
+# Serve until SIGTERM (the trap stops everything). A resource manager that exits on its own
+# is started again on the address clients and executor managers know (its port is fixed from
+# now on), with the same state file, at most RM_RESTARTS times; the executor managers' step
+# exiting ends the cluster: clients would find it half gone.
+RM_PORT=${RM_ADDR##*:}
+for i in "${!RM_ARGS[@]}"; do
+	[[ ${RM_ARGS[i]} == --listen ]] && RM_ARGS[i + 1]="$RM_HOST:$RM_PORT"
+done
+restarts=0
+while :; do
+	set +e
+	wait -n "$RM_PID" "$EM_PID"
+	code=$?
+	set -e
+	((STOPPING)) && exit 0
+	if ! kill -0 "$EM_PID" 2>/dev/null; then
+		log "error: the executor managers' srun exited (status $code; see $RUN_DIR/logs): stopping the cluster" >&2
+		shutdown 1
+	fi
+	kill -0 "$RM_PID" 2>/dev/null && continue
+	if ((restarts >= RM_RESTARTS)); then
+		log "error: the resource manager exited (status $code; see $RUN_DIR/logs/rm.log) after $restarts restart(s): stopping the cluster" >&2
+		shutdown 1
+	fi
+	restarts=$((restarts + 1))
+	log "the resource manager exited (status $code): restarting it on $RM_ADDR ($restarts of at most $RM_RESTARTS)" >&2
+	rm -f "$RM_READY"
+	start_rm
+	START=$SECONDS
+	wait_until "resource manager (restart $restarts)" "$RM_PID" rm_ready
+	log "resource manager back at http://$RM_ADDR"
+done

@@ -1,10 +1,14 @@
 //! Every environment variable rfaas reads, in one place.
 
-/// Fabric provider: `shm` (default), `tcp` or `verbs`; read by the library, `fabric_pingpong`,
-/// `rfaas local-cluster start` and `rfaas executor-manager` (a `--provider` flag wins).
+/// Fabric provider: `shm` (default), `tcp`, `verbs` or `ofi`; read by the library,
+/// `fabric_pingpong`, `rfaas local-cluster start` and `rfaas executor-manager` (a `--provider`
+/// flag wins).
 pub const PROVIDER: &str = "RFAAS_PROVIDER";
 /// RDMA device name for the verbs provider (default: the first device found), e.g. `mlx5_0`.
 pub const VERBS_DEVICE: &str = "RFAAS_VERBS_DEVICE";
+/// libfabric provider of the `ofi` fabric provider (`shm`, `tcp;ofi_rxm`, `cxi`, `efa`, ...);
+/// libfabric's own `FI_PROVIDER` is used when this is unset.
+pub const OFI_PROVIDER: &str = "RFAAS_OFI_PROVIDER";
 /// Log filter, as for `tracing_subscriber::EnvFilter` (e.g. `info`, `rfaas=debug`).
 pub const LOG: &str = "RUST_LOG";
 /// Size of the shm provider's read-write arena (the sparse shared memory that remotely accessible
@@ -17,3 +21,12 @@ pub const TEST_FUNCTIONS_LIB: &str = "RFAAS_TEST_FUNCTIONS_LIB";
 /// The cluster file (`cluster.json`, written by `rfaas local-cluster start` or a batch script) that
 /// clients, benchmarks and `rfaas status` read when no `--cluster FILE` is given.
 pub const CLUSTER: &str = "RFAAS_CLUSTER";
+/// Tests only: IP address of the `RFAAS_VERBS_DEVICE` device that the verbs conformance and unit
+/// tests listen on (default: the first address rdma_cm binds to that device).
+pub const TEST_VERBS_ADDR: &str = "RFAAS_TEST_VERBS_ADDR";
+/// Tests only: a libfabric provider (`cxi`, `efa`, ...) the `ofi` conformance suite also runs on
+/// (trials `ofi-env::*`), besides libfabric's `shm` and `tcp;ofi_rxm`.
+pub const TEST_OFI_PROVIDER: &str = "RFAAS_TEST_OFI_PROVIDER";
+/// Tests only (`python/tests`, read there): the cargo output directory holding `rfaas` and
+/// `libfunctions.so` (default `target/debug`).
+pub const TARGET_DIR: &str = "RFAAS_TARGET_DIR";

@@ -46,7 +46,7 @@ impl TestCluster {
         let ems: Vec<Manager> = (0..nodes)
             .map(|i| manager_for_rm(&rm, &format!("n{i}"), &cores, ""))
             .collect();
-        wait_for(Duration::from_secs(15), "every node alive", || {
+        wait_for(common::NO_HANG, "every node alive", || {
             (rm.metrics()["nodes_alive"] == nodes as u64).then_some(())
         });
         let file = write_cluster_file(&rm, &ems, "n");
@@ -413,6 +413,8 @@ fn black_scholes_example_two_ranks() {
         "20000",
         "--batch",
         "1000",
+        "--prices-out",
+        &c.rm.dir.path().display().to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -420,6 +422,25 @@ fn black_scholes_example_two_ranks() {
     let (status, text) = run_to_end(mpirun(2, example.to_str().unwrap(), &args));
     assert!(status.success(), "{status}:\n{text}");
     assert!(text.contains("correct on every rank"), "{text}");
+    // The example checks itself against the same kernel run locally; this checks every price
+    // against the textbook formula with an independently computed normal CDF.
+    common::black_scholes::self_check();
+    for rank in 0..2 {
+        let read = |ext: &str| std::fs::read(c.rm.dir.path().join(format!("rank{rank}.{ext}")));
+        let (options, prices) = (read("options").unwrap(), read("prices").unwrap());
+        assert_eq!(options.len(), 20_000 * 40, "rank {rank}'s options");
+        assert_eq!(prices.len(), 20_000 * 16, "rank {rank}'s prices");
+        let f = |b: &[u8], i: usize| f64::from_le_bytes(b[8 * i..8 * i + 8].try_into().unwrap());
+        for (i, (o, p)) in options.chunks(40).zip(prices.chunks(16)).enumerate() {
+            let want = common::black_scholes::prices(f(o, 0), f(o, 1), f(o, 2), f(o, 3), f(o, 4));
+            assert!(
+                (f(p, 0) - want.0).abs() < 1e-8 && (f(p, 1) - want.1).abs() < 1e-8,
+                "rank {rank} option {i}: got ({}, {}), want {want:?}",
+                f(p, 0),
+                f(p, 1)
+            );
+        }
+    }
 }
 
 #[test]
@@ -446,7 +467,7 @@ fn executor_killed_mid_run_fails_that_rank_only() {
     let mut lines = Lines::of(&mut job.0);
     // "[scalable_benchmark] placement: rank 1 node n0 allocation 2 worker 0 core 0"
     let (node, id) = lines
-        .find(Duration::from_secs(30), |l| {
+        .find(common::NO_HANG, |l| {
             let rest = l.split("placement: rank 1 node ").nth(1)?;
             let mut w = rest.split_whitespace();
             let node = w.next()?.to_string();
@@ -454,10 +475,17 @@ fn executor_killed_mid_run_fails_that_rank_only() {
             Some((node, id))
         })
         .unwrap_or_else(|| panic!("no placement line for rank 1:\n{}", lines.rest()));
-    let pid = wait_for(Duration::from_secs(5), "rank 1's executor process", || {
+    let pid = wait_for(common::NO_HANG, "rank 1's executor process", || {
         c.executor_pid(&node, id)
     });
-    std::thread::sleep(Duration::from_millis(100));
+    // Killed once it has served calls: its billing record (flushed after its first second of
+    // serving) shows execution time.
+    let em = &c.ems[node.strip_prefix('n').unwrap().parse::<usize>().unwrap()];
+    wait_for(common::NO_HANG, "rank 1's executor to serve calls", || {
+        let st = em.status();
+        let a = st.allocations.iter().find(|a| a.id == id)?;
+        (a.execution_ns > 0).then_some(())
+    });
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
     let status = wait_exit(&mut job.0, RUN_TIMEOUT);
     let text = lines.rest();

@@ -1,6 +1,6 @@
 //! End-to-end tests of the serverless core with real processes on 127.0.0.1: an executor
 //! manager (`rfaas executor-manager`), the executors it spawns, and this process as the client,
-//! on shm and on tcp.
+//! on shm and on tcp, and (feature `libfabric`) on ofi over libfabric's shm and tcp;ofi_rxm.
 
 mod common;
 
@@ -18,10 +18,29 @@ use rfaas::rdma::tcp::TcpFabric;
 use rfaas::rdma::{Fabric, FabricError, QpInit};
 
 fn manager(provider: &'static str) -> Manager {
+    #[cfg(feature = "libfabric")]
+    if let Some(prov) = provider.strip_prefix("ofi:") {
+        return manager_ofi(prov);
+    }
     Manager::start_with(ManagerOptions {
         provider,
         ..ManagerOptions::default()
     })
+}
+
+/// A manager whose executors use the `ofi` provider on libfabric provider `prov`.
+#[cfg(feature = "libfabric")]
+fn manager_ofi(prov: &str) -> Manager {
+    Manager::start_with(ManagerOptions {
+        provider: "ofi",
+        env: vec![(rfaas::env::OFI_PROVIDER, prov.to_string())],
+        ..ManagerOptions::default()
+    })
+}
+
+#[cfg(feature = "libfabric")]
+fn ofi(prov: &str) -> rfaas::rdma::ofi::OfiFabric {
+    rfaas::rdma::ofi::OfiFabric::with_provider(Some(prov)).expect("ofi domain")
 }
 
 fn fnv1a(bytes: &[u8]) -> [u8; 8] {
@@ -122,6 +141,18 @@ fn tcp_every_function_and_size() {
     every_function_and_size(TcpFabric::new().unwrap(), "tcp");
 }
 
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_every_function_and_size() {
+    every_function_and_size(ofi("shm"), "ofi:shm");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_tcp_rxm_every_function_and_size() {
+    every_function_and_size(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
+}
+
 /// 100,000 invocations on one allocation, several in flight: every result matches its call.
 fn many_invocations<F: Fabric>(fabric: F, provider: &'static str) {
     let m = manager(provider);
@@ -164,6 +195,12 @@ fn shm_100k_invocations_with_calls_in_flight() {
 #[test]
 fn tcp_100k_invocations_with_calls_in_flight() {
     many_invocations(TcpFabric::new().unwrap(), "tcp");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_100k_invocations_with_calls_in_flight() {
+    many_invocations(ofi("shm"), "ofi:shm");
 }
 
 /// An unknown function name fails the allocation with a clear error; an unknown index fails the
@@ -300,7 +337,7 @@ fn a_wrong_token_is_rejected() {
     assert_eq!(&out[..n], b"ok");
 }
 
-/// kill -9 of the executor manager: its executors die with it, clients get errors quickly, and
+/// kill -9 of the executor manager: its executors die with it, clients get errors (not timeouts), and
 /// nothing hangs.
 fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
     let mut m = manager(provider);
@@ -320,18 +357,16 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
         .unwrap();
     m.child.kill().unwrap();
     let _ = m.child.wait();
-    let t = Instant::now();
+    // Both fail because the death is noticed, not by waiting out the client's timeout.
     let r = exec.wait(pending, &mut out);
     assert!(
         matches!(r, Err(InvokeError::ExecutorGone(_))),
         "in-flight call gave {r:?}"
     );
     let r = exec.invoke(echo, b"after", &mut out);
-    assert!(r.is_err(), "a call after the manager died succeeded");
     assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "errors took {:?}",
-        t.elapsed()
+        matches!(r, Err(InvokeError::ExecutorGone(_))),
+        "a call after the manager died gave {r:?}"
     );
     drop(exec); // deallocation fails (the manager is gone) without hanging
 }
@@ -344,6 +379,18 @@ fn shm_manager_killed_fails_clients_fast() {
 #[test]
 fn tcp_manager_killed_fails_clients_fast() {
     manager_killed(TcpFabric::new().unwrap(), "tcp");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_manager_killed_fails_clients_fast() {
+    manager_killed(ofi("shm"), "ofi:shm");
+}
+
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_tcp_rxm_manager_killed_fails_clients_fast() {
+    manager_killed(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
 }
 
 /// Several threads share one Executor, each on its own worker.
@@ -429,7 +476,7 @@ fn workers_run_pinned_on_their_own_cores() {
     }
 }
 
-/// A function that segfaults kills its executor: the client gets an error within a second and
+/// A function that segfaults kills its executor: the client gets an error at once (not a timeout) and
 /// the manager gets its cores back (on tcp too; the shm case is in tests/executor_manager.rs).
 #[test]
 fn tcp_crashing_function_fails_fast_and_capacity_returns() {
@@ -444,18 +491,13 @@ fn tcp_crashing_function_fails_fast_and_capacity_returns() {
     .unwrap();
     let f = exec.function("segfault").unwrap();
     let mut out = [0u8; 8];
-    let t = Instant::now();
+    // The death is noticed (ExecutorGone), not waited out (Timeout).
     let r = exec.invoke(f, b"", &mut out);
     assert!(
         matches!(r, Err(InvokeError::ExecutorGone(_))),
         "segfault gave {r:?}"
     );
-    assert!(
-        t.elapsed() < Duration::from_secs(1),
-        "error after {:?}",
-        t.elapsed()
-    );
-    common::wait_for(Duration::from_secs(2), "the cores to come back", || {
+    common::wait_for(common::NO_HANG, "the cores to come back", || {
         let st = m.status();
         (st.cores_free == st.cores_total).then_some(())
     });

@@ -14,7 +14,8 @@
 //!
 //! Every wait is bounded; on failure the Slurm logs, job outputs and daemon logs are printed.
 //! The Slurm daemons and every process started under them are stopped even when the test panics
-//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed.
+//! (a drop guard). Skips (passes, with a message) only when Slurm is not installed, and fails
+//! then instead under `CI=true`.
 
 mod common;
 
@@ -89,11 +90,10 @@ impl Slurm {
             .filter(|p| find_program(p).is_none())
             .collect();
         if !missing.is_empty() {
-            eprintln!(
-                "SKIPPED: Slurm is not installed (missing {}); scripts/setup.sh installs \
-                 slurm-wlm",
+            common::skip_unless_ci(&format!(
+                "Slurm is not installed (missing {}); scripts/setup.sh installs slurm-wlm",
                 missing.join(", ")
-            );
+            ));
             return None;
         }
         let sbin = find_program("slurmctld")
@@ -573,6 +573,27 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
     )
     .unwrap();
     assert_eq!(out, b"hello slurm");
+
+    // 1b. The resource manager crashes (kill -9): the script starts it again on the same
+    // address with the same state, and the clients' cluster.json still leads to it.
+    let ready = run_dir.join("rm.json");
+    let read_ready = || -> Option<rfaas::resource_manager::ReadyInfo> {
+        serde_json::from_slice(&fs::read(&ready).ok()?).ok()
+    };
+    let before = read_ready().expect("the resource manager's ready file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = common::wait_for(
+        Duration::from_secs(60),
+        "the resource manager to be restarted by the script",
+        || read_ready().filter(|r| r.pid != before.pid),
+    );
+    assert_eq!(after.http, before.http, "restarted on the same address");
+    let (_, lease) = first_lease(&run_dir, Duration::from_secs(60));
+    lease.release().unwrap();
 
     // 2. The benchmark job: 2 nodes x 2 ranks.
     match option_env!("CARGO_BIN_EXE_scalable_benchmark") {

@@ -76,7 +76,13 @@ fn class(py: Python<'_>, kind: Kind) -> PyResult<&Bound<'_, PyType>> {
 
 /// A client (control plane) error as an exception.
 pub fn client(e: ClientError) -> PyErr {
+    let e = match e {
+        // An invocation that failed inside a client call: the invocation's own exception.
+        ClientError::Invocation(inner) => return invoke(inner),
+        other => other,
+    };
     let kind = match &e {
+        ClientError::Invocation(_) => Kind::Invocation,
         ClientError::Manager { .. } | ClientError::Http { .. } | ClientError::Fabric(_) => {
             Kind::Cluster
         }

@@ -26,6 +26,10 @@ Modes (--provider, comma separated, run in order):
   tcp      the rfaas TCP provider (one stream per connection, target progress thread)
   verbs    the rfaas InfiniBand/RoCE provider (feature `verbs`; fails with \"no RDMA device\"
            on machines without one)
+  ofi      the rfaas libfabric provider (feature `libfabric`) on the libfabric provider named
+           by RFAAS_OFI_PROVIDER or FI_PROVIDER (shm, tcp;ofi_rxm, cxi, efa, ...)
+  ofi-raw  floor of libfabric without the rfaas layer: a plain fi_writedata ping-pong (remote
+           CQ data carries sequence and length) on the same libfabric provider
   shm-raw  floor of shared memory without the fabric layer: both processes map one memfd; the
            client copies the payload in and stores a sequence word with Release ordering, the
            server spins on it with Acquire and answers the same way
@@ -38,7 +42,7 @@ Output: CSV on stdout with the header
 one row per (mode, size); p50/p99/p999 are round-trip times in nanoseconds (copy times for
 memcpy) from an HDR histogram; iterations is the number measured (warm-up excluded, capped by
 --max-time-per-size). Afterwards a short summary goes to stderr: shm/shm-raw and tcp/tcp-raw
-p50 ratios and the shm bandwidth at the largest size (2 x payload / p50 round trip) against
+p50 ratios (and ofi/ofi-raw) and the shm bandwidth at the largest size (2 x payload / p50 round trip) against
 memcpy's. A mode that cannot run (e.g. verbs without a device) is reported on stderr, the other
 modes still run, and the exit status is non-zero.
 
@@ -48,7 +52,7 @@ Logs go to stderr (RUST_LOG, default warn).";
 #[derive(Debug, Clone, Parser)]
 #[command(name = "fabric_pingpong", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Args {
-    /// Modes to measure, comma separated: shm, tcp, verbs, shm-raw, tcp-raw, memcpy.
+    /// Modes to measure, comma separated: shm, tcp, verbs, ofi, shm-raw, tcp-raw, ofi-raw, memcpy.
     #[arg(
         short,
         long,

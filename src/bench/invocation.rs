@@ -249,6 +249,19 @@ pub fn write_outputs_to(
         "slurm": std::env::vars().filter(|(k, _)| k.starts_with("SLURM_")).collect::<BTreeMap<_, _>>(),
         "csv": output.display().to_string(),
     });
+    // The libfabric provider, fabric and version behind `ofi` rows.
+    let mut fabrics = serde_json::Map::new();
+    for r in records {
+        if fabrics.contains_key(&r.provider) {
+            continue;
+        }
+        if let Ok(p) = r.provider.parse::<crate::rdma::Provider>() {
+            fabrics.insert(r.provider.clone(), crate::rdma::provider::describe(p));
+        }
+    }
+    if let Some(m) = meta.as_object_mut() {
+        m.insert("fabric".into(), serde_json::Value::Object(fabrics));
+    }
     if let Some(m) = meta.as_object_mut() {
         m.extend(extra);
     }

@@ -82,7 +82,7 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
         if i >= warmup {
             round_trip.record(took);
             records.push(Record {
-                benchmark: "lease_benchmark".into(),
+                benchmark: "lease_benchmark".to_string(),
                 mode: "grant_release".into(),
                 provider: cluster.provider.name().into(),
                 payload_bytes: 0,

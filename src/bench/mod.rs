@@ -4,11 +4,12 @@
 //! A fabric round trip is one write-with-immediate each way into the peer's registered buffer, between
 //! two processes pinned to different cores, both busy-polling. The same run can measure
 //!
-//! * the fabric providers through the rfaas API ([`pingpong`]): `shm`, `tcp`, `verbs`;
+//! * the fabric providers through the rfaas API ([`pingpong`]): `shm`, `tcp`, `verbs`, `ofi`;
 //! * the floors of the media without the fabric layer ([`raw`]): `shm-raw` (two processes map one
 //!   memfd, the payload is copied in and a sequence word is stored with `Release`; the peer spins
 //!   with `Acquire` and answers the same way) and `tcp-raw` (a `TCP_NODELAY` loopback socket
-//!   ping-pong with busy-polled non-blocking `recv`);
+//!   ping-pong with busy-polled non-blocking `recv`) and `ofi-raw` (feature `libfabric`: a plain
+//!   `fi_writedata` ping-pong on the libfabric provider that `ofi` uses, `ofi_raw`);
 //! * `memcpy` in one process ([`memcpy`]), the reference for the 1 MiB bandwidth target;
 //!
 //! so that the layer's overhead is a ratio measured in one run ([`stats::summary`]).
@@ -21,6 +22,8 @@ pub mod csv_rows;
 pub mod invocation;
 pub mod lease;
 pub mod memcpy;
+#[cfg(feature = "libfabric")]
+pub mod ofi_raw;
 pub mod pingpong;
 pub mod placement;
 pub mod raw;
@@ -55,6 +58,8 @@ pub enum Mode {
     ShmRaw,
     /// TCP floor: `TCP_NODELAY` loopback ping-pong with busy-polled non-blocking `recv`.
     TcpRaw,
+    /// libfabric floor: a plain `fi_writedata` ping-pong (feature `libfabric`).
+    OfiRaw,
     /// One-process `memcpy` of each size (the bandwidth reference).
     Memcpy,
 }
@@ -66,6 +71,7 @@ impl Mode {
             Mode::Fabric(p) => p.name(),
             Mode::ShmRaw => "shm-raw",
             Mode::TcpRaw => "tcp-raw",
+            Mode::OfiRaw => "ofi-raw",
             Mode::Memcpy => "memcpy",
         }
     }
@@ -83,9 +89,10 @@ impl FromStr for Mode {
         match s.trim().to_ascii_lowercase().as_str() {
             "shm-raw" => Ok(Mode::ShmRaw),
             "tcp-raw" => Ok(Mode::TcpRaw),
+            "ofi-raw" => Ok(Mode::OfiRaw),
             "memcpy" => Ok(Mode::Memcpy),
             other => other.parse::<Provider>().map(Mode::Fabric).map_err(|_| {
-                format!("unknown provider {other:?}: expected shm, tcp, verbs, shm-raw, tcp-raw or memcpy")
+                format!("unknown provider {other:?}: expected shm, tcp, verbs, ofi, shm-raw, tcp-raw, ofi-raw or memcpy")
             }),
         }
     }
@@ -284,8 +291,20 @@ pub fn run_mode(mode: Mode, cfg: &Config) -> Result<Vec<Row>, BenchError> {
         Mode::Fabric(p) => p.run(pingpong::Client { cfg })?,
         Mode::ShmRaw => raw::shm_client(cfg),
         Mode::TcpRaw => raw::tcp_client(cfg),
+        #[cfg(feature = "libfabric")]
+        Mode::OfiRaw => ofi_raw::client(cfg),
+        #[cfg(not(feature = "libfabric"))]
+        Mode::OfiRaw => Err(no_libfabric()),
         Mode::Memcpy => memcpy::run(cfg),
     }
+}
+
+#[cfg(not(feature = "libfabric"))]
+fn no_libfabric() -> BenchError {
+    BenchError::Fabric(FabricError::NotCompiled {
+        provider: "ofi-raw",
+        feature: "libfabric",
+    })
 }
 
 /// The hidden server mode (`--internal-server MODE`): what the child process runs.
@@ -296,6 +315,10 @@ pub fn serve(args: &Args, mode: Mode) -> Result<(), BenchError> {
         Mode::Fabric(p) => p.run(pingpong::Server { cfg: &srv })?,
         Mode::ShmRaw => raw::shm_server(&srv),
         Mode::TcpRaw => raw::tcp_server(&srv),
+        #[cfg(feature = "libfabric")]
+        Mode::OfiRaw => ofi_raw::server(&srv),
+        #[cfg(not(feature = "libfabric"))]
+        Mode::OfiRaw => Err(no_libfabric()),
         Mode::Memcpy => Err(BenchError::Invalid("memcpy has no server".into())),
     }
 }
@@ -309,7 +332,9 @@ mod tests {
         assert_eq!("shm".parse::<Mode>().unwrap(), Mode::Fabric(Provider::Shm));
         assert_eq!("TCP-raw".parse::<Mode>().unwrap(), Mode::TcpRaw);
         assert_eq!("memcpy".parse::<Mode>().unwrap(), Mode::Memcpy);
-        for m in ["shm", "tcp", "verbs", "shm-raw", "tcp-raw", "memcpy"] {
+        for m in [
+            "shm", "tcp", "verbs", "ofi", "shm-raw", "tcp-raw", "ofi-raw", "memcpy",
+        ] {
             assert_eq!(m.parse::<Mode>().unwrap().name(), m);
         }
         assert!("udp".parse::<Mode>().is_err());

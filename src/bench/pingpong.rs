@@ -80,7 +80,7 @@ pub fn default_bind(p: Provider) -> String {
             ))
             .display()
             .to_string(),
-        Provider::Tcp => "127.0.0.1:0".to_string(),
+        Provider::Tcp | Provider::Ofi => "127.0.0.1:0".to_string(),
         // Loopback has no RDMA device: listen on an address of the device in use.
         #[cfg(feature = "verbs")]
         Provider::Verbs => crate::rdma::verbs::VerbsFabric::default_bind()

@@ -114,12 +114,12 @@ fn find<'a>(rows: &'a [Row], provider: &str, size: usize) -> Option<&'a Row> {
 
 /// The human summary printed after the CSV: ratios measured in this run.
 ///
-/// * `shm / shm-raw` and `tcp / tcp-raw`: ratio of p50 round trips, per size present in both;
+/// * `shm / shm-raw`, `tcp / tcp-raw` and `ofi / ofi-raw`: ratio of p50 round trips, per size present in both;
 /// * shm bandwidth at the largest size: `2 × payload / p50 round trip` (one copy each way),
 ///   against `payload / p50 copy time` of `memcpy` at the same size.
 pub fn summary(rows: &[Row]) -> Vec<String> {
     let mut out = Vec::new();
-    for (layer, floor) in [("shm", "shm-raw"), ("tcp", "tcp-raw")] {
+    for (layer, floor) in [("shm", "shm-raw"), ("tcp", "tcp-raw"), ("ofi", "ofi-raw")] {
         let mut sizes: Vec<usize> = rows
             .iter()
             .filter(|r| r.provider == layer)

@@ -74,6 +74,7 @@ enum LocalCluster {
 }
 
 fn main() -> ExitCode {
+    rfaas::rdma::restore_default_signals();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Executor) {
         "warn"

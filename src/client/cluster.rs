@@ -201,9 +201,7 @@ impl FabricUser for Once<'_> {
         let exec = self.cluster.allocate(&fabric, self.spec, self.opts, 0)?;
         let f = exec.function(&self.spec.functions[0])?;
         let mut out = vec![0u8; self.spec.output_capacity as usize];
-        let n = exec
-            .invoke(f, self.input, &mut out)
-            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let n = exec.invoke(f, self.input, &mut out)?;
         out.truncate(n);
         exec.deallocate()?;
         Ok(out)

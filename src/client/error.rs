@@ -35,6 +35,9 @@ pub enum ClientError {
     /// Bad argument (sizes, worker index).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// An invocation failed (the function's status, a timeout, a dead executor).
+    #[error("invocation failed: {0}")]
+    Invocation(#[from] InvokeError),
     /// An I/O error (reading a library file).
     #[error("{0}")]
     Io(#[from] std::io::Error),

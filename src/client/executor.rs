@@ -360,17 +360,17 @@ impl<F: Fabric> Executor<F> {
             ));
         }
         let t0 = Instant::now();
-        manager.upload_library_with_hash(&spec.library, spec.library_hash())?;
+        manager.upload_library_leased(&spec.library, spec.library_hash(), spec.lease.as_deref())?;
         let allocation = manager.allocate(&spec.request(format!("pid {}", std::process::id())))?;
         let request_ns = t0.elapsed().as_nanos() as u64;
-        let id = allocation.id;
+        let (id, token) = (allocation.id, allocation.token.clone());
         match Self::connect(fabric, Some(manager.clone()), allocation, spec, None, opts) {
             Ok(mut e) => {
                 e.timings.request_ns = request_ns;
                 Ok(e)
             }
             Err(err) => {
-                let _ = manager.deallocate(id);
+                let _ = manager.deallocate(id, &token);
                 Err(err)
             }
         }
@@ -654,7 +654,7 @@ impl<F: Fabric> Executor<F> {
             return Ok(());
         }
         match &self.manager {
-            Some(m) => m.deallocate(self.allocation.id),
+            Some(m) => m.deallocate(self.allocation.id, &self.allocation.token),
             None => Ok(()),
         }
     }

@@ -8,6 +8,7 @@ use super::error::ClientError;
 use super::http::ApiClient;
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, LibraryStored, ManagerStatus,
+    ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
 };
 use crate::function::ContentHash;
 
@@ -47,6 +48,18 @@ impl ManagerClient {
         bytes: &[u8],
         hash: ContentHash,
     ) -> Result<ContentHash, ClientError> {
+        self.upload_library_leased(bytes, hash, None)
+    }
+
+    /// [`Self::upload_library_with_hash`] under a lease (`"<id>:<token>"`, what
+    /// [`super::Lease::allocation_lease`] gives): a manager linked to a resource manager
+    /// stores libraries only for live leases with cores on its node.
+    pub fn upload_library_leased(
+        &self,
+        bytes: &[u8],
+        hash: ContentHash,
+        lease: Option<&str>,
+    ) -> Result<ContentHash, ClientError> {
         let url = self.api.at(&format!("/v1/libraries/{}", hash.to_hex()));
         let head = self
             .api
@@ -57,12 +70,15 @@ impl ManagerClient {
         if head.map_err(|e| self.api.transport(e))?.status() == StatusCode::OK {
             return Ok(hash);
         }
-        let put = self
+        let mut put = self
             .api
             .agent()
             .put(&url)
-            .header("Authorization", self.api.auth())
-            .send(bytes);
+            .header("Authorization", self.api.auth());
+        if let Some(l) = lease {
+            put = put.header(UPLOAD_LEASE_HEADER, l);
+        }
+        let put = put.send(bytes);
         let _: LibraryStored = self.api.decode(put)?;
         Ok(hash)
     }
@@ -72,14 +88,16 @@ impl ManagerClient {
         self.api.post("/v1/allocations", req)
     }
 
-    /// Releases an allocation (its executor is stopped, its cores return).
-    pub fn deallocate(&self, id: u64) -> Result<(), ClientError> {
+    /// Releases an allocation (its executor is stopped, its cores return); `token` is the
+    /// allocation's ([`Allocation::token`]).
+    pub fn deallocate(&self, id: u64, token: &str) -> Result<(), ClientError> {
         let url = self.api.at(&format!("/v1/allocations/{id}"));
         let mut resp = self
             .api
             .agent()
             .delete(&url)
             .header("Authorization", self.api.auth())
+            .header(ALLOCATION_TOKEN_HEADER, token)
             .call()
             .map_err(|e| self.api.transport(e))?;
         if resp.status().is_success() {

@@ -4,7 +4,9 @@
 //! Layout of the run directory (mode 0700):
 //!
 //! ```text
-//! DIR/secret          the cluster secret (0600), created once and kept
+//! DIR/secret          the cluster secret (0600), created once and kept: what clients hold
+//! DIR/node-secret     the node credential (0600), created once and kept: only the resource
+//!                     manager and the executor managers read it (register, heartbeat, ...)
 //! DIR/cluster.json    what clients read (--cluster DIR/cluster.json)
 //! DIR/pids            "<pid> <name>" per manager (each leads its own session and process group)
 //! DIR/em-N.json       manager N's ready file: its HTTP address and pid
@@ -112,6 +114,10 @@ impl RunDir {
     pub fn secret(&self) -> PathBuf {
         self.0.join("secret")
     }
+    /// `DIR/node-secret`.
+    pub fn node_secret(&self) -> PathBuf {
+        self.0.join("node-secret")
+    }
     /// `DIR/pids`.
     pub fn pids(&self) -> PathBuf {
         self.0.join("pids")
@@ -211,6 +217,7 @@ fn start_rm(
     args: &StartArgs,
     exe: &Path,
     secret_file: &Path,
+    node_secret_file: &Path,
 ) -> Result<(Child, String), ClusterError> {
     let name = "rm";
     let ready = dir.ready_file(name);
@@ -232,6 +239,8 @@ fn start_rm(
     }
     cmd.args(["--listen", "127.0.0.1:0", "--secret-file"])
         .arg(secret_file)
+        .arg("--node-secret-file")
+        .arg(node_secret_file)
         .arg("--state-file")
         .arg(dir.rm_state())
         .arg("--ready-file")
@@ -331,12 +340,16 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         args.nodes,
         args.cores_per_node,
     )?;
-    if dir.secret().exists() {
-        crate::control::secret::read_secret_file(&dir.secret())?;
-    } else {
-        crate::control::secret::create_secret_file(&dir.secret())?;
+    for path in [dir.secret(), dir.node_secret()] {
+        if path.exists() {
+            crate::control::secret::read_secret_file(&path)?;
+        } else {
+            crate::control::secret::create_secret_file(&path)?;
+        }
     }
     let secret_file = fs::canonicalize(dir.secret()).map_err(io("resolve the secret file"))?;
+    let node_secret_file =
+        fs::canonicalize(dir.node_secret()).map_err(io("resolve the node secret file"))?;
     let exe = std::env::current_exe().map_err(io("find this executable"))?;
     let node = nix::unistd::gethostname()
         .ok()
@@ -347,7 +360,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
     let mut started: Vec<(String, Child)> = Vec::new();
     let result = (|| {
         if !args.no_resource_manager {
-            rm = Some(start_rm(&dir, args, &exe, &secret_file)?);
+            rm = Some(start_rm(&dir, args, &exe, &secret_file, &node_secret_file)?);
         }
         for (i, cores) in groups.iter().enumerate() {
             let name = format!("em-{i}");
@@ -381,6 +394,8 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             ])
             .arg("--secret-file")
             .arg(&secret_file)
+            .arg("--node-secret-file")
+            .arg(&node_secret_file)
             .arg("--run-dir")
             .arg(dir.manager_dir(&name))
             .arg("--ready-file")

@@ -280,6 +280,9 @@ pub fn run(args: &StatusArgs) -> Result<(String, bool), ClusterError> {
         .collect();
     let mut ok = statuses.iter().all(|(_, s)| s.is_ok());
     let mut out = render(&cluster, &statuses);
+    if let Some(line) = crate::rdma::provider::describe_line(cluster.provider) {
+        let _ = writeln!(out, "\n{line}");
+    }
     if let Some((addr, answer)) = &rm {
         match answer {
             Ok((nodes, leases)) => out.push_str(&render_rm(addr, nodes, leases)),

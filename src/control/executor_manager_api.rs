@@ -2,10 +2,10 @@
 //!
 //! | method | path | body → answer |
 //! |---|---|---|
-//! | `PUT` | `/v1/libraries/{sha256}` | raw library bytes → [`LibraryStored`] (cached by content hash) |
+//! | `PUT` | `/v1/libraries/{sha256}` | raw bytes of an ELF shared object, header [`UPLOAD_LEASE_HEADER`] with a resource manager → [`LibraryStored`] (cached by content hash) |
 //! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise |
 //! | `POST` | `/v1/allocations` | [`AllocationRequest`] → [`Allocation`] |
-//! | `DELETE` | `/v1/allocations/{id}` | → 204 |
+//! | `DELETE` | `/v1/allocations/{id}` | header [`ALLOCATION_TOKEN_HEADER`] (or the lease token) → 204, 403 without |
 //! | `GET` | `/v1/allocations/{id}` | → [`AllocationStatus`] |
 //! | `GET` | `/v1/status` | → [`ManagerStatus`] |
 //! | `GET` | `/v1/health` | → `{"ok":true}` (no authentication) |
@@ -18,6 +18,14 @@ use crate::rdma::Provider;
 
 /// Largest library an executor manager accepts.
 pub const MAX_LIBRARY_BYTES: usize = 256 << 20;
+/// The header that carries the lease (`<id>:<token>`) a library upload is made under: with a
+/// resource manager, an executor manager stores libraries only for live leases with cores on
+/// its node.
+pub const UPLOAD_LEASE_HEADER: &str = "X-Rfaas-Lease";
+
+/// The header that carries an allocation's token when ending it (`DELETE /v1/allocations/{id}`).
+pub const ALLOCATION_TOKEN_HEADER: &str = "X-Rfaas-Allocation-Token";
+
 /// Bytes of a per-allocation token.
 pub const TOKEN_LEN: usize = 32;
 
@@ -198,6 +206,10 @@ pub struct ExecutorConfig {
     pub billing: Option<BillingTarget>,
     /// How long to wait for the client to connect every worker before giving up, ms.
     pub connect_timeout_ms: u64,
+    /// The lease's deadline file ([`crate::executor::deadline`]): the executor stops when the
+    /// deadline in it passes or it is removed. `None`: no lease (no resource manager).
+    #[serde(default)]
+    pub deadline_file: Option<String>,
 }
 
 /// A billing record in the executor manager's registered memory.

@@ -37,8 +37,10 @@ pub use crate::scheduler::{
 /// Header that may carry a lease token on `DELETE /v1/leases/{id}` (instead of a body).
 pub const LEASE_TOKEN_HEADER: &str = "x-rfaas-lease-token";
 
-/// An executor manager registers (or registers again, idempotently).
+/// An executor manager registers (or registers again, idempotently). Every field is checked
+/// ([`crate::control::registration`]); unknown fields are refused.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Unique node name.
     pub name: String,
@@ -102,8 +104,9 @@ pub struct NodeList {
     pub nodes: Vec<NodeView>,
 }
 
-/// A client asks for cores.
+/// A client asks for cores. Unknown fields are refused (a typo is not silently ignored).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct GrantRequest {
     /// Cores in all (at least 1).
     pub cores: u32,

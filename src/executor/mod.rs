@@ -5,9 +5,11 @@
 //! reports an [`ExecutorEvent`] on standard output, accepts the client's connection to every
 //! worker (authenticated by the allocation token), and serves invocations until the client
 //! disconnects or it is told to stop (SIGTERM), when pending invocations are answered with
-//! `ShuttingDown`. It dies with its manager (`PR_SET_PDEATHSIG`).
+//! `ShuttingDown`. It dies with its manager (`PR_SET_PDEATHSIG`), and stops by itself when its
+//! lease's deadline passes, even if its manager is frozen ([`deadline`]).
 
 mod billing;
+pub mod deadline;
 mod worker;
 
 use std::io::{Read, Write};
@@ -140,6 +142,9 @@ fn prepare(cfg: &ExecutorConfig) -> Result<Prepared, ExecutorError> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
+    }
+    if let Some(f) = &cfg.deadline_file {
+        deadline::watch(deadline::DeadlineFile(f.into()), stop.clone());
     }
     Ok((token, table, code_load_ns, stop))
 }

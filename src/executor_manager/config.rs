@@ -4,13 +4,17 @@
 //! # rfaas executor-manager --config em.toml
 //! node = "node-7"                 # default: the host name
 //! listen = "0.0.0.0:10000"        # HTTP API (port 0 picks one; see ready_file)
-//! provider = "tcp"                # shm | tcp | verbs (default: $RFAAS_PROVIDER, else shm)
+//! provider = "tcp"                # shm | tcp | verbs | ofi (default: $RFAAS_PROVIDER, else shm)
 //! fabric_host = "10.0.0.7"        # where executors and the billing listener bind
 //! cores = "2-15"                  # cores it may rent: a cpulist or [2, 3, 4]; default: its cpuset
 //! nic = "mlx5_0"                  # order cores by this NIC (RDMA device or interface, e.g.
 //!                                 # eth0); default: the RDMA device hwloc finds, if any
 //! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
 //! secret_file = "/run/rfaas/secret"  # cluster secret, mode 0600 (required)
+//! node_secret_file = "/run/rfaas/node-secret"  # node credential, mode 0600: sent to the
+//!                                   # resource manager (none: the cluster secret is)
+//! munge = true                      # also accept MUNGE credentials from clients
+//! munge_socket = "/run/munge/munge.socket.2"  # munged's socket (implies munge = true)
 //! run_dir = "/tmp/rfaas-em"       # executor logs (run_dir/logs), library cache (run_dir/cache)
 //! executor_start_timeout_ms = 10000    # spawn until the executor reports ready
 //! executor_connect_timeout_ms = 10000  # ready until the client connected every worker
@@ -86,7 +90,8 @@ pub struct ManagerArgs {
     /// Address of the HTTP API, host:port (port 0 picks a free one).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
-    /// Fabric provider of the executors and of billing: shm, tcp or verbs.
+    /// Fabric provider of the executors and of billing: shm, tcp, verbs or ofi (the libfabric
+    /// provider then comes from `RFAAS_OFI_PROVIDER` or `FI_PROVIDER`).
     #[arg(long)]
     pub provider: Option<Provider>,
     /// Host (address) the executors' and the billing listener's fabric endpoints bind to.
@@ -105,6 +110,16 @@ pub struct ManagerArgs {
     /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// File holding the node credential (mode 0600) it registers with at the resource
+    /// manager; without it, the cluster secret is used (single-user mode).
+    #[arg(long, value_name = "FILE")]
+    pub node_secret_file: Option<PathBuf>,
+    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
+    #[arg(long)]
+    pub munge: bool,
+    /// munged's socket (implies --munge; default: munged's own default).
+    #[arg(long, value_name = "PATH")]
+    pub munge_socket: Option<PathBuf>,
     /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -132,6 +147,10 @@ pub struct ManagerArgs {
     /// Largest library upload accepted, bytes (at most 256 MiB).
     #[arg(long, value_name = "BYTES")]
     pub max_library_bytes: Option<usize>,
+    /// Library cache size limit, bytes: least recently used libraries are evicted beyond it
+    /// (default 4 GiB).
+    #[arg(long, value_name = "BYTES")]
+    pub max_cache_bytes: Option<u64>,
     /// Ended allocations remembered for status queries.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
@@ -159,6 +178,9 @@ struct FileConfig {
     nic: Option<String>,
     memory: Option<SizeValue>,
     secret_file: Option<PathBuf>,
+    node_secret_file: Option<PathBuf>,
+    munge: Option<bool>,
+    munge_socket: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     executor_start_timeout_ms: Option<u64>,
@@ -168,6 +190,7 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
+    max_cache_bytes: Option<u64>,
     keep_ended: Option<usize>,
     ready_file: Option<PathBuf>,
     resource_manager: Option<String>,
@@ -213,6 +236,10 @@ pub struct ManagerConfig {
     pub memory: u64,
     /// Cluster secret file.
     pub secret_file: PathBuf,
+    /// Node credential file; `None`: the cluster secret acts as one.
+    pub node_secret_file: Option<PathBuf>,
+    /// MUNGE authentication of clients, through this socket.
+    pub munge: Option<crate::control::munge::MungeSocket>,
     /// Run directory (logs).
     pub run_dir: PathBuf,
     /// Library cache directory.
@@ -231,6 +258,8 @@ pub struct ManagerConfig {
     pub stop_grace: Duration,
     /// Largest library upload.
     pub max_library_bytes: usize,
+    /// Library cache size limit, bytes.
+    pub max_cache_bytes: u64,
     /// Ended allocations remembered.
     pub keep_ended: usize,
     /// Where to announce readiness.
@@ -340,6 +369,15 @@ impl ManagerConfig {
                 .filter(|n| !n.is_empty()),
             memory,
             secret_file,
+            node_secret_file: args
+                .node_secret_file
+                .clone()
+                .or(file.node_secret_file.map(rel)),
+            munge: {
+                let socket = args.munge_socket.clone().or(file.munge_socket);
+                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
+                    .then_some(crate::control::munge::MungeSocket(socket))
+            },
             run_dir,
             cache_dir,
             executor_start_timeout: ms(args
@@ -355,6 +393,10 @@ impl ManagerConfig {
                 .or(file.request_timeout_ms)
                 .unwrap_or(10_000)),
             stop_grace: ms(args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(2_000)),
+            max_cache_bytes: args
+                .max_cache_bytes
+                .or(file.max_cache_bytes)
+                .unwrap_or(4 << 30),
             max_library_bytes: args
                 .max_library_bytes
                 .or(file.max_library_bytes)

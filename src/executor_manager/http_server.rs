@@ -1,7 +1,11 @@
 //! The executor manager's HTTP API (the table in [`crate::control::executor_manager_api`]), on axum over hyper.
 //!
-//! * Every route but `GET /v1/health` needs `Authorization: Bearer <cluster secret>` (compared
-//!   in constant time); otherwise 401 with a JSON [`ApiError`](crate::control::executor_manager_api::ApiError).
+//! * Every route but `GET /v1/health` needs a credential ([`crate::http::protect`]: the cluster
+//!   secret, the node credential or a MUNGE credential); otherwise 401 with a JSON
+//!   [`ApiError`](crate::control::executor_manager_api::ApiError).
+//! * Ending an allocation (`DELETE /v1/allocations/{id}`) also needs its token
+//!   ([`ALLOCATION_TOKEN_HEADER`]) or the token of the lease it runs under
+//!   ([`LEASE_TOKEN_HEADER`]), or the node credential: 403 otherwise.
 //! * Bodies are read with a size limit (JSON: [`MAX_JSON_BYTES`]; libraries: the configured
 //!   maximum, at most [`MAX_LIBRARY_BYTES`](crate::control::executor_manager_api::MAX_LIBRARY_BYTES)) → 413, and a
 //!   time limit → 408. The request head must arrive within the request timeout too (hyper's
@@ -15,15 +19,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
-use crate::control::executor_manager_api::AllocationRequest;
-use crate::http::{check_bearer, parse_json, read_body};
+use crate::control::executor_manager_api::{
+    AllocationRequest, ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
+};
+use crate::control::resource_manager_api::LEASE_TOKEN_HEADER;
+use crate::http::{parse_json, protect, read_body, Authenticator, Caller};
 
 use super::service::{Service, ServiceError};
 
@@ -33,7 +39,6 @@ pub use crate::http::{serve, ApiFailure, MAX_CONNECTIONS, MAX_JSON_BYTES};
 #[derive(Clone)]
 pub struct AppState {
     service: Arc<Service>,
-    secret: Arc<str>,
 }
 
 impl From<ServiceError> for ApiFailure {
@@ -45,13 +50,10 @@ impl From<ServiceError> for ApiFailure {
     }
 }
 
-/// The API's routes over `service`, authenticated with `secret`.
-pub fn router(service: Arc<Service>, secret: &str) -> Router {
-    let state = AppState {
-        service,
-        secret: Arc::from(secret),
-    };
-    Router::new()
+/// The API's routes over `service`, behind `auth`.
+pub fn router(service: Arc<Service>, auth: Arc<Authenticator>) -> Router {
+    let state = AppState { service };
+    let routes = Router::new()
         .route("/v1/health", get(health))
         .route(
             "/v1/libraries/{hash}",
@@ -59,31 +61,8 @@ pub fn router(service: Arc<Service>, secret: &str) -> Router {
         )
         .route("/v1/allocations", post(allocate))
         .route("/v1/allocations/{id}", get(allocation).delete(deallocate))
-        .route("/v1/status", get(status))
-        .fallback(|| async {
-            ApiFailure::new(
-                StatusCode::NOT_FOUND,
-                "no such route; see the API table in rfaas::control::executor_manager_api",
-            )
-        })
-        .method_not_allowed_fallback(|| async {
-            ApiFailure::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route",
-            )
-        })
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .with_state(state)
-}
-
-async fn authenticate(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if req.uri().path() == "/v1/health" {
-        return next.run(req).await;
-    }
-    match check_bearer(req.headers(), &st.secret) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
+        .route("/v1/status", get(status));
+    protect(routes, auth, "rfaas::control::executor_manager_api").with_state(state)
 }
 
 async fn health() -> Json<serde_json::Value> {
@@ -96,6 +75,35 @@ async fn upload_library(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
+    // With a resource manager, only a live lease with cores here may fill the cache. The
+    // body is read (bounded) even when refused, so the client hears why instead of a reset.
+    let allowed: Result<(), ApiFailure> = match st.service.rm_link() {
+        None => Ok(()),
+        Some(link) => {
+            let lease = headers
+                .get(UPLOAD_LEASE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.trim().to_string());
+            match lease {
+                None => Err(ApiFailure::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "uploads need a lease with cores on this node: send \
+                         {UPLOAD_LEASE_HEADER}: <id>:<token>"
+                    ),
+                )),
+                Some(lease) => {
+                    let link = link.clone();
+                    tokio::task::spawn_blocking(move || link.check_lease(Some(&lease), "upload"))
+                        .await
+                        .map_err(|e| {
+                            ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                        })
+                        .and_then(|r| r.map(|_| ()).map_err(ApiFailure::from))
+                }
+            }
+        }
+    };
     let cfg = st.service.config();
     let limit = cfg.max_library_bytes;
     // Allow for slow links: the request timeout plus 1 µs per 10 bytes announced (10 MB/s).
@@ -105,7 +113,9 @@ async fn upload_library(
         .and_then(|v| v.parse::<u64>().ok());
     let timeout = cfg.request_timeout
         + Duration::from_micros(declared.unwrap_or(limit as u64).min(limit as u64) / 10);
-    let bytes = read_body(&headers, body, limit, timeout).await?;
+    let bytes = read_body(&headers, body, limit, timeout).await;
+    allowed?;
+    let bytes = bytes?;
     let (stored, new) = st.service.store_library(&hash, bytes).await?;
     Ok((
         if new {
@@ -167,9 +177,33 @@ async fn allocation(
 
 async fn deallocate(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiFailure> {
     let id = parse_id(&id)?;
+    let presented = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let allowed = caller.node
+        || st.service.may_end(
+            id,
+            presented(ALLOCATION_TOKEN_HEADER),
+            presented(LEASE_TOKEN_HEADER),
+        );
+    if !allowed {
+        // The same answer whether or not the allocation exists: ids reveal nothing.
+        return Err(ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "ending allocation {id} needs its token ({ALLOCATION_TOKEN_HEADER}) or its \
+                 lease's ({LEASE_TOKEN_HEADER})"
+            ),
+        ));
+    }
     let service = st.service.clone();
     // As a task: stopping completes even if the client hangs up.
     tokio::spawn(async move { service.deallocate(id).await })

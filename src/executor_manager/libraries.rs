@@ -4,6 +4,11 @@
 //! tens of milliseconds, too much for every cold start. A file this manager wrote or verified is
 //! trusted again without hashing while its identity (inode, size, modification time) is
 //! unchanged. The manager never loads a library: only executors do.
+//!
+//! The cache has a size limit ([`Libraries::evict_to`]): after each upload, the libraries used
+//! least recently (by this manager: uploads and allocations; files of an earlier run count as
+//! oldest) are removed until the cache fits, never the one just stored. A running executor
+//! keeps its library mapped, so removing its file does not disturb it.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -38,6 +43,8 @@ impl FileId {
 pub struct Libraries {
     store: LibraryStore,
     verified: Mutex<HashMap<ContentHash, FileId>>,
+    /// Use order: hash → a counter value, higher is more recent.
+    used: Mutex<(u64, HashMap<ContentHash, u64>)>,
 }
 
 impl Libraries {
@@ -46,6 +53,7 @@ impl Libraries {
         Ok(Libraries {
             store: LibraryStore::open(dir)?,
             verified: Mutex::new(HashMap::new()),
+            used: Mutex::new((0, HashMap::new())),
         })
     }
 
@@ -72,6 +80,7 @@ impl Libraries {
             .copied();
         if let (Some(known), Some(now)) = (known, FileId::of(&path)) {
             if known == now {
+                self.touch(hash);
                 return Ok(path);
             }
         }
@@ -85,7 +94,63 @@ impl Libraries {
         Ok(path)
     }
 
+    fn touch(&self, hash: &ContentHash) {
+        let mut u = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        u.0 += 1;
+        let n = u.0;
+        u.1.insert(*hash, n);
+    }
+
+    /// Removes the least recently used libraries until the cache holds at most `limit` bytes,
+    /// never `keep`; returns the hashes removed.
+    pub fn evict_to(&self, limit: u64, keep: &ContentHash) -> Vec<ContentHash> {
+        let Ok(entries) = std::fs::read_dir(self.store.dir()) else {
+            return Vec::new();
+        };
+        let used = self
+            .used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let mut files: Vec<(u64, ContentHash, PathBuf, u64)> = entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let hash: ContentHash = name.strip_suffix(".so")?.parse().ok()?;
+                let len = e.metadata().ok()?.len();
+                Some((used.get(&hash).copied().unwrap_or(0), hash, e.path(), len))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.3).sum();
+        files.sort_unstable_by_key(|f| f.0);
+        let mut removed = Vec::new();
+        for (_, hash, path, len) in files {
+            if total <= limit {
+                break;
+            }
+            if &hash == keep {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&hash);
+                self.used
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1
+                    .remove(&hash);
+                removed.push(hash);
+            }
+        }
+        removed
+    }
+
     fn remember(&self, hash: &ContentHash, path: &Path) {
+        self.touch(hash);
         if let Some(id) = FileId::of(path) {
             self.verified
                 .lock()
@@ -98,6 +163,22 @@ impl Libraries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn evicts_the_least_recently_used_down_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let libs = Libraries::open(&dir.path().join("cache")).unwrap();
+        let a = libs.store(&[1u8; 100]).unwrap();
+        let b = libs.store(&[2u8; 100]).unwrap();
+        let c = libs.store(&[3u8; 100]).unwrap();
+        // `a` used again: `b` is now the least recently used.
+        libs.path(&a.hash).unwrap();
+        assert_eq!(libs.evict_to(250, &c.hash), vec![b.hash]);
+        assert!(!b.path.exists() && a.path.exists() && c.path.exists());
+        // Never the one to keep, even when it alone is over the limit.
+        assert_eq!(libs.evict_to(0, &c.hash), vec![a.hash]);
+        assert!(c.path.exists());
+    }
 
     #[test]
     fn remembers_and_notices_changes() {

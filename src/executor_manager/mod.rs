@@ -27,6 +27,7 @@ pub mod billing;
 pub mod config;
 pub mod cores;
 pub mod http_server;
+pub mod lease_deadlines;
 pub mod libraries;
 pub mod memory;
 pub mod pool;
@@ -99,7 +100,15 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
         nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
     }
     let cfg = ManagerConfig::load(args)?;
-    let secret = crate::control::secret::read_secret_file(&cfg.secret_file)?;
+    let auth = crate::http::Authenticator::load(
+        &cfg.secret_file,
+        cfg.node_secret_file.as_deref(),
+        cfg.munge.clone(),
+    )?;
+    // What it presents to the resource manager: the node credential when there is one.
+    let rm_secret = crate::control::secret::read_secret_file(
+        cfg.node_secret_file.as_deref().unwrap_or(&cfg.secret_file),
+    )?;
     let exe =
         std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?;
     // Few threads: the manager is not on the invocation path, and the cores are for rent.
@@ -109,12 +118,17 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
         .enable_all()
         .build()
         .map_err(io_err("start the async runtime"))?;
-    let result = rt.block_on(serve(cfg, secret, exe));
+    let result = rt.block_on(serve(cfg, auth, rm_secret, exe));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 
-async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), ManagerError> {
+async fn serve(
+    cfg: ManagerConfig,
+    auth: crate::http::Authenticator,
+    rm_secret: String,
+    exe: PathBuf,
+) -> Result<(), ManagerError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
@@ -145,19 +159,33 @@ async fn serve(cfg: ManagerConfig, secret: String, exe: PathBuf) -> Result<(), M
             .map_err(io_err(format!("write {}", path.display())))?;
     }
 
-    let rm_task = cfg.resource_manager.as_ref().map(|addr| {
-        let link = Arc::new(resource_manager_link::RmLink::new(addr, &secret, &cfg.node));
-        service.set_rm(link.clone());
-        (
-            tokio::spawn(resource_manager_link::run(
-                service.clone(),
-                link.clone(),
-                http.clone(),
-            )),
-            link,
-        )
-    });
-    let app = http_server::router(service.clone(), &secret);
+    let deadlines_dir = cfg.run_dir.join("deadlines");
+    let deadlines = match &cfg.resource_manager {
+        Some(_) => Some(
+            lease_deadlines::LeaseDeadlines::open(&deadlines_dir)
+                .map_err(io_err(format!("create {}", deadlines_dir.display())))?,
+        ),
+        None => None,
+    };
+    let rm_task = cfg
+        .resource_manager
+        .as_ref()
+        .zip(deadlines)
+        .map(|(addr, deadlines)| {
+            let link = Arc::new(resource_manager_link::RmLink::new(
+                addr, &rm_secret, &cfg.node, deadlines,
+            ));
+            service.set_rm(link.clone());
+            (
+                tokio::spawn(resource_manager_link::run(
+                    service.clone(),
+                    link.clone(),
+                    http.clone(),
+                )),
+                link,
+            )
+        });
+    let app = http_server::router(service.clone(), Arc::new(auth));
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
         let sig = tokio::select! {

@@ -230,6 +230,12 @@ impl Registry {
         }
     }
 
+    /// The same registry, handing out ids from `first` on (see [`crate::control::ids`]).
+    pub fn starting_at(mut self, first: u64) -> Registry {
+        self.next_id = first.max(1);
+        self
+    }
+
     /// The core pool.
     pub fn cores(&self) -> &CorePool {
         &self.cores

@@ -14,6 +14,10 @@
 //!   resource manager (`GET /v1/leases/{id}` with the token in the
 //!   [`LEASE_TOKEN_HEADER`] header: it compares in constant time and answers 403 for a wrong
 //!   one), and the lease must be live with a part on this node.
+//! - Every allocation under a lease gets a deadline file ([`LeaseDeadlines`]): the lease's
+//!   deadline, moved by the renewals the lease list reports, and re-signed every heartbeat
+//!   interval by a task of its own (whether or not the resource manager answers), so that an
+//!   executor stops by itself when its lease ends, or when this manager freezes.
 //! - On a clean stop the manager deregisters (`DELETE /v1/nodes/{name}`).
 
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::lease_deadlines::LeaseDeadlines;
 use super::service::{Service, ServiceError};
 use crate::control::executor_manager_api::ApiError;
 use crate::control::resource_manager_api::{
@@ -60,6 +65,8 @@ pub struct LeaseHold {
     pub memory: u64,
     /// Who holds it.
     pub client: String,
+    /// Its deadline as the resource manager said when it was checked, unix ms.
+    pub expires_at_unix_ms: u64,
 }
 
 /// Blocking HTTP client of the resource manager (call it from `spawn_blocking`).
@@ -69,6 +76,8 @@ pub struct RmLink {
     agent: ureq::Agent,
     /// This node's name.
     pub node: String,
+    /// The deadline files of the leases hosted here.
+    pub deadlines: LeaseDeadlines,
 }
 
 impl std::fmt::Debug for RmLink {
@@ -81,7 +90,7 @@ impl std::fmt::Debug for RmLink {
 
 impl RmLink {
     /// A link to the resource manager at `addr` (`host:port` or a URL).
-    pub fn new(addr: &str, secret: &str, node: &str) -> RmLink {
+    pub fn new(addr: &str, secret: &str, node: &str, deadlines: LeaseDeadlines) -> RmLink {
         let base = if addr.starts_with("http://") || addr.starts_with("https://") {
             addr.trim_end_matches('/').to_string()
         } else {
@@ -98,6 +107,7 @@ impl RmLink {
             auth: format!("Bearer {secret}"),
             agent,
             node: node.to_string(),
+            deadlines,
         }
     }
 
@@ -251,6 +261,8 @@ impl RmLink {
             } else {
                 view.client.clone()
             },
+            // The resource manager's clock is the wall clock.
+            expires_at_unix_ms: view.expires_at.0,
         })
     }
 }
@@ -267,6 +279,9 @@ async fn blocking<T: Send + 'static>(
 
 fn stop_leases(service: &Arc<Service>, leases: &[u64], why: &str) {
     for &lease in leases {
+        if let Some(link) = service.rm_link() {
+            link.deadlines.forget(lease);
+        }
         let ids = service.allocations_of_lease(lease);
         if !ids.is_empty() {
             tracing::info!(lease, allocations = ?ids, "lease {why}: stopping its executors");
@@ -287,6 +302,8 @@ fn stop_leases(service: &Arc<Service>, leases: &[u64], why: &str) {
 pub async fn run(service: Arc<Service>, link: Arc<RmLink>, http: String) {
     let cfg = service.config().clone();
     let mut failures = 0u32;
+    let keeper = tokio::spawn(keep_deadlines(service.clone(), link.clone()));
+    let _abort_keeper = AbortOnDrop(keeper);
     loop {
         let req = RegisterRequest {
             name: cfg.node.clone(),
@@ -322,6 +339,7 @@ pub async fn run(service: Arc<Service>, link: Arc<RmLink>, http: String) {
             confirmed = resp.confirmed.len(), stale = resp.stale.len(),
             "registered with the resource manager"
         );
+        link.deadlines.set_alive_ms(resp.heartbeat_timeout_ms);
         let stale: Vec<u64> = resp.stale.iter().map(|s| s.lease.0).collect();
         stop_leases(&service, &stale, "ended while unregistered");
         let interval = Duration::from_millis(resp.heartbeat_interval_ms.clamp(20, 10_000));
@@ -344,6 +362,13 @@ pub async fn run(service: Arc<Service>, link: Arc<RmLink>, http: String) {
                 continue;
             }
             if let Ok(list) = blocking(&link, |l| l.leases_here()).await {
+                // Renewals move the executors' deadlines (in this host's clock).
+                let local_now = crate::executor::deadline::unix_ms_now();
+                for l in &list.leases {
+                    let left = l.expires_at.0.saturating_sub(list.now_ms);
+                    link.deadlines
+                        .update(l.id.0, local_now.saturating_add(left));
+                }
                 let ended: Vec<u64> = hosted
                     .into_iter()
                     .filter(|id| !list.leases.iter().any(|l| l.id.0 == *id))
@@ -351,5 +376,24 @@ pub async fn run(service: Arc<Service>, link: Arc<RmLink>, http: String) {
                 stop_leases(&service, &ended, "ended at the resource manager");
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Re-signs the deadline files every heartbeat interval while this manager runs.
+async fn keep_deadlines(service: Arc<Service>, link: Arc<RmLink>) {
+    loop {
+        let s = service.clone();
+        link.deadlines
+            .refresh(move || s.hosted_leases().iter().map(|h| h.id).collect());
+        let every = Duration::from_millis((link.deadlines.alive_ms() / 4).clamp(10, 1000));
+        tokio::time::sleep(every).await;
     }
 }

@@ -177,6 +177,8 @@ pub struct Service {
     leases: Mutex<HashMap<u64, LeaseHold>>,
     /// Executor processes started ahead of allocations.
     pool: Arc<Pool>,
+    /// Allocation id → its token (what ending it takes; see [`Service::may_end`]).
+    tokens: Mutex<HashMap<u64, String>>,
 }
 
 /// An executor process just spawned for an allocation, not yet ready.
@@ -223,7 +225,8 @@ impl Service {
             cfg.memory,
             cfg.max_allocations,
             cfg.keep_ended,
-        );
+        )
+        .starting_at(crate::control::ids::first_id_now());
         let pool = Pool::new(cfg.pool_size, &exe, &logs, &cfg.run_dir, cfg.provider);
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.refill();
@@ -241,12 +244,26 @@ impl Service {
             order,
             rm: std::sync::OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &ManagerConfig {
         &self.cfg
+    }
+
+    /// The link to the resource manager, once set.
+    pub fn rm_link(&self) -> Option<&Arc<RmLink>> {
+        self.rm.get()
+    }
+
+    /// Writes the deadline file of the lease `hold` (id, deadline) and names it for the
+    /// executor; `None` without a lease.
+    fn deadline_file(&self, hold: Option<(u64, u64)>) -> Option<String> {
+        let (lease, until) = hold?;
+        let link = self.rm.get()?;
+        Some(link.deadlines.note(lease, until).display().to_string())
     }
 
     /// Links the service to its resource manager: from now on allocations need its leases.
@@ -316,11 +333,24 @@ impl Service {
                     "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
                 )));
             }
+            crate::function::elf::check_shared_object(&bytes).map_err(|why| {
+                ServiceError::BadRequest(format!(
+                    "the upload is {why}: a function library must be an ELF shared object"
+                ))
+            })?;
             let cached = me
                 .libraries
                 .store(&bytes)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             let new = cached.outcome != crate::function::StoreOutcome::Reused;
+            let evicted = me.libraries.evict_to(me.cfg.max_cache_bytes, &got);
+            if !evicted.is_empty() {
+                tracing::info!(
+                    evicted = evicted.len(),
+                    limit = me.cfg.max_cache_bytes,
+                    "library cache over its limit: least recently used libraries removed"
+                );
+            }
             tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
             Ok((
                 LibraryStored {
@@ -358,6 +388,7 @@ impl Service {
         self.ensure_accepting()?;
         let hash = validate(&req)?;
         let hold = self.lease_hold(&req).await?;
+        let lease_deadline = hold.as_ref().map(|h| (h.id, h.expires_at_unix_ms));
         let library_path = self.library_path(hash).await?;
         let memory = allocation_bytes(
             req.cores,
@@ -367,7 +398,7 @@ impl Service {
         );
         let res = self.reserve(&req, memory, hold)?;
         let id = res.id;
-        let exec_cfg = self.executor_config(&req, &res, hash, &library_path)?;
+        let exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
@@ -473,14 +504,16 @@ impl Service {
         Ok(res)
     }
 
-    /// Step 6: the executor's configuration, with a fresh allocation token and its billing
-    /// record opened. A failure here gives the reservation back.
+    /// Step 6: the executor's configuration, with a fresh allocation token (remembered: ending
+    /// the allocation takes it), its billing record opened, and the file that tells it its
+    /// lease's deadline. A failure here gives the reservation back.
     fn executor_config(
         &self,
         req: &AllocationRequest,
         res: &Reservation,
         hash: ContentHash,
         library_path: &std::path::Path,
+        lease_deadline: Option<(u64, u64)>,
     ) -> Result<ExecutorConfig, ServiceError> {
         let id = res.id;
         let token = match new_token() {
@@ -491,6 +524,7 @@ impl Service {
                 return Err(ServiceError::Internal(e.to_string()));
             }
         };
+        self.remember_token(id, &token);
         let mut raw = [0u8; TOKEN_LEN];
         hex::decode_to_slice(&token, &mut raw).expect("new_token is hex of TOKEN_LEN bytes");
         let billing = self.billing.open(res.billing_slot, raw);
@@ -509,6 +543,7 @@ impl Service {
             listen: format!("{}:0", self.cfg.fabric_host),
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
+            deadline_file: self.deadline_file(lease_deadline),
         })
     }
 
@@ -586,10 +621,12 @@ impl Service {
                 .map_err(|e| {
                     let timeout = matches!(e, spawn::StartError::Timeout(_));
                     let msg = format!("allocation {id}: {e}{}", log_tail(&child.log));
+                    // Exited or wrote garbage before reporting: the library's doing (a
+                    // constructor that exits or prints), so a 4xx like any start failure.
                     if timeout {
                         ServiceError::Timeout(msg)
                     } else {
-                        ServiceError::Internal(msg)
+                        ServiceError::ExecutorFailed(msg)
                     }
                 })
         };
@@ -697,6 +734,38 @@ impl Service {
         if std::fs::metadata(log).is_ok_and(|m| m.len() == 0) {
             let _ = std::fs::remove_file(log);
         }
+    }
+
+    fn remember_token(&self, id: u64, token: &str) {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let reg = self.registry();
+        // Only allocations the registry still remembers keep their tokens.
+        tokens.retain(|i, _| reg.get(*i).is_some());
+        tokens.insert(id, token.to_string());
+    }
+
+    /// Whether a caller presenting `allocation_token` and/or `lease_token` may end allocation
+    /// `id`: the allocation's own token, or the token of the lease it runs under, compared in
+    /// constant time. Nobody else may end another's work.
+    pub fn may_end(
+        &self,
+        id: u64,
+        allocation_token: Option<&str>,
+        lease_token: Option<&str>,
+    ) -> bool {
+        use crate::control::secret::secrets_equal;
+        let by_allocation = allocation_token.is_some_and(|t| {
+            let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens
+                .get(&id)
+                .is_some_and(|k| secrets_equal(k.as_bytes(), t.as_bytes()))
+        });
+        let by_lease = lease_token.is_some_and(|t| {
+            self.leases()
+                .get(&id)
+                .is_some_and(|h| secrets_equal(h.token.as_bytes(), t.as_bytes()))
+        });
+        by_allocation || by_lease
     }
 
     /// Releases allocation `id`: SIGTERM, SIGKILL after the grace period; returns once the

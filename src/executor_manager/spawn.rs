@@ -343,9 +343,26 @@ mod tests {
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap();
+            // Asked to stop once the shell ignores SIGTERM (bit 15 of SigIgn in /proc).
+            let status = format!("/proc/{}/status", child.id().unwrap());
+            let ignores_term = || {
+                std::fs::read_to_string(&status).is_ok_and(|st| {
+                    st.lines()
+                        .find_map(|l| l.strip_prefix("SigIgn:"))
+                        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+                        .is_some_and(|m| m & (1 << (15 - 1)) != 0)
+                })
+            };
             let (tx, rx) = std::sync::mpsc::channel();
             let h = supervise(child, stdout_open().1, move |r| tx.send(r).unwrap());
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !ignores_term() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sh never ignored SIGTERM"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             h.request_stop(StopRequest::Graceful(Duration::from_millis(200)));
             let reason = h.wait_exit(Duration::from_secs(5)).await.unwrap();
             assert_eq!(reason, "killed by signal 9 (SIGKILL)");
@@ -359,7 +376,7 @@ mod tests {
             let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
             let h = supervise(child, stdout_open().1, |_| {});
             assert_eq!(
-                h.wait_exit(Duration::from_secs(5)).await.unwrap(),
+                h.wait_exit(Duration::from_secs(60)).await.unwrap(),
                 "exited with status 7"
             );
         });

@@ -32,6 +32,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod elf;
 pub mod error;
 pub mod hash;
 pub mod loader;

@@ -109,7 +109,8 @@ pub struct WorkerPlace {
 /// What rank 0 holds for the job: the lease, and every allocation to end at the finish.
 struct Leader {
     lease: Lease,
-    allocations: Vec<(i32, ManagerClient, u64)>,
+    /// (rank, its manager, allocation id, allocation token).
+    allocations: Vec<(i32, ManagerClient, u64, String)>,
 }
 
 impl Leader {
@@ -117,9 +118,9 @@ impl Leader {
         let billing = self
             .allocations
             .iter()
-            .map(|(rank, m, id)| {
+            .map(|(rank, m, id, token)| {
                 let b = m.allocation(*id).ok();
-                if let Err(e) = m.deallocate(*id) {
+                if let Err(e) = m.deallocate(*id, token) {
                     tracing::warn!("ending allocation {id} of rank {rank}: {e}");
                 }
                 (
@@ -641,7 +642,7 @@ fn lead(
         .map(|p| cluster.manager_at(&p.address))
         .collect();
     for m in &managers {
-        m.upload_library_with_hash(spec.library(), spec.library_hash())?;
+        m.upload_library_leased(spec.library(), spec.library_hash(), spec.lease.as_deref())?;
     }
     let jobs: Vec<(i32, usize, u32)> = plan
         .iter()
@@ -678,7 +679,7 @@ fn lead(
             Ok(a) => {
                 leader
                     .allocations
-                    .push((rank, managers[part].clone(), a.id));
+                    .push((rank, managers[part].clone(), a.id, a.token.clone()));
                 per_rank_assigned[rank as usize].push(Assigned {
                     node: parts[part].node.clone(),
                     allocation: a,

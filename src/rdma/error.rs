@@ -29,7 +29,7 @@ pub enum FabricError {
         feature: &'static str,
     },
     /// A provider name that does not exist.
-    #[error("unknown provider {0:?}: expected one of shm, tcp, verbs")]
+    #[error("unknown provider {0:?}: expected one of shm, tcp, verbs, ofi")]
     UnknownProvider(String),
     /// An address that the provider cannot use.
     #[error("invalid address {addr:?}: {reason}")]

@@ -41,6 +41,8 @@
 
 pub mod error;
 pub mod notify;
+#[cfg(feature = "libfabric")]
+pub mod ofi;
 pub mod provider;
 pub mod raw_floor;
 pub mod segment;
@@ -64,6 +66,14 @@ pub use types::{
     Access, Op, QpCaps, QpTimeouts, RecvWr, RemoteBuf, SendFlags, SendWr, Sge, Wc, WcOpcode,
     WcStatus,
 };
+
+/// Undoes what linking optional native libraries does to signal handling (libfabric installs
+/// handlers for SIGSEGV, SIGTERM, ... when loaded); a no-op without the `libfabric` feature.
+/// Every rfaas binary calls it first.
+pub fn restore_default_signals() {
+    #[cfg(feature = "libfabric")]
+    ofi::restore_default_signals();
+}
 
 /// Largest private-data blob carried by connect and accept, in bytes (verbs' rdma_cm allows 56
 /// for RC connects; software providers allow this much).

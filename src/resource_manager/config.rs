@@ -4,6 +4,11 @@
 //! # rfaas resource-manager --config rm.toml
 //! listen = "0.0.0.0:5000"          # HTTP API (port 0 picks one; see ready_file)
 //! secret_file = "/run/rfaas/secret" # cluster secret, mode 0600 (required)
+//! node_secret_file = "/run/rfaas/node-secret" # node credential, mode 0600: only its holders
+//!                                  # may register, heartbeat, deregister, drain (none: the
+//!                                  # cluster secret may, single-user mode)
+//! munge = true                     # also accept MUNGE credentials from clients
+//! munge_socket = "/run/munge/munge.socket.2"  # munged's socket (implies munge = true)
 //! state_file = "/var/lib/rfaas/rm-state.json"  # durable state (none: state lives in memory)
 //! ready_file = "/run/rfaas/rm.json" # {http, pid, state_file} once the API is up
 //! default_ttl_ms = 60000           # lease TTL when a request names none
@@ -50,6 +55,16 @@ pub struct RmArgs {
     /// File holding the cluster secret (mode 0600).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// File holding the node credential (mode 0600) that executor managers register with;
+    /// without it, the cluster secret may act as a node (single-user mode).
+    #[arg(long, value_name = "FILE")]
+    pub node_secret_file: Option<PathBuf>,
+    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
+    #[arg(long)]
+    pub munge: bool,
+    /// munged's socket (implies --munge; default: munged's own default).
+    #[arg(long, value_name = "PATH")]
+    pub munge_socket: Option<PathBuf>,
     /// Durable state: loaded at start, saved after every change (none: memory only).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
@@ -87,6 +102,9 @@ pub struct RmArgs {
 struct FileConfig {
     listen: Option<String>,
     secret_file: Option<PathBuf>,
+    node_secret_file: Option<PathBuf>,
+    munge: Option<bool>,
+    munge_socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
     ready_file: Option<PathBuf>,
     default_ttl_ms: Option<u64>,
@@ -105,6 +123,10 @@ pub struct RmConfig {
     pub listen: String,
     /// Cluster secret file.
     pub secret_file: PathBuf,
+    /// Node credential file; `None`: the cluster secret acts as one.
+    pub node_secret_file: Option<PathBuf>,
+    /// MUNGE authentication of clients, through this socket.
+    pub munge: Option<crate::control::munge::MungeSocket>,
     /// Durable state file.
     pub state_file: Option<PathBuf>,
     /// Where to announce readiness.
@@ -174,6 +196,15 @@ impl RmConfig {
                             .into(),
                     )
                 })?,
+            node_secret_file: args
+                .node_secret_file
+                .clone()
+                .or(file.node_secret_file.map(rel)),
+            munge: {
+                let socket = args.munge_socket.clone().or(file.munge_socket);
+                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
+                    .then_some(crate::control::munge::MungeSocket(socket))
+            },
             state_file: args.state_file.clone().or(file.state_file.map(rel)),
             ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
             scheduler,

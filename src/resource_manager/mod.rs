@@ -17,7 +17,9 @@
 //!
 //! # The API with curl
 //!
-//! Every route but `/v1/health` needs the cluster secret; messages are in
+//! Every route but `/v1/health` needs a credential ([`crate::http::Authenticator`]): the node
+//! routes (register, heartbeat, drain, resume, deregister) the node credential
+//! (`node_secret_file`), the others the cluster secret or a MUNGE credential; messages are in
 //! [`crate::control::resource_manager_api`]. Errors are `{"error": "..."}` with 400 (bad JSON, missing
 //! field, invalid value), 401 (secret), 403 (lease token), 404 (unknown node or lease), 408
 //! (body too slow), 409 (node dead or draining), 410 (lease ended or expired), 413 (body over
@@ -26,6 +28,7 @@
 //! ```text
 //! RM=127.0.0.1:5000
 //! AUTH="Authorization: Bearer $(cat /run/rfaas/secret)"
+//! NODE="Authorization: Bearer $(cat /run/rfaas/node-secret)"   # executor managers, operators
 //!
 //! # Health (no secret), metrics (nodes, free/used cores, leases, grants, expiries, ...).
 //! curl -s http://$RM/v1/health
@@ -34,15 +37,15 @@
 //! # An executor manager registers (201 the first time, 200 again), heartbeats, drains
 //! # (no new leases), resumes, deregisters (its leases end). `hosted` lists the leases it
 //! # runs after a restart: unknown ones are adopted, ended ones come back in "stale".
-//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes \
+//! curl -s -H "$NODE" -X POST http://$RM/v1/nodes \
 //!      -d '{"name": "n1", "address": "10.0.0.1:10000", "cores": 16, "memory": 68719476736}'
-//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes \
+//! curl -s -H "$NODE" -X POST http://$RM/v1/nodes \
 //!      -d '{"name": "n1", "address": "10.0.0.1:10000", "cores": 16, "memory": 68719476736,
 //!           "hosted": [{"lease": 7, "token": "9f2c...", "cores": 4, "memory": 0}]}'
-//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/heartbeat
-//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/drain
-//! curl -s -H "$AUTH" -X POST http://$RM/v1/nodes/n1/resume
-//! curl -s -H "$AUTH" -X DELETE http://$RM/v1/nodes/n1
+//! curl -s -H "$NODE" -X POST http://$RM/v1/nodes/n1/heartbeat
+//! curl -s -H "$NODE" -X POST http://$RM/v1/nodes/n1/drain
+//! curl -s -H "$NODE" -X POST http://$RM/v1/nodes/n1/resume
+//! curl -s -H "$NODE" -X DELETE http://$RM/v1/nodes/n1
 //! curl -s -H "$AUTH" http://$RM/v1/nodes
 //! curl -s -H "$AUTH" http://$RM/v1/nodes/n1
 //!
@@ -124,19 +127,23 @@ pub fn run(args: &RmArgs) -> Result<(), RmError> {
         nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
     }
     let cfg = RmConfig::load(args)?;
-    let secret = crate::control::secret::read_secret_file(&cfg.secret_file)?;
+    let auth = crate::http::Authenticator::load(
+        &cfg.secret_file,
+        cfg.node_secret_file.as_deref(),
+        cfg.munge.clone(),
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rfaas-rm")
         .enable_all()
         .build()
         .map_err(io_err("start the async runtime"))?;
-    let result = rt.block_on(serve(cfg, secret));
+    let result = rt.block_on(serve(cfg, auth));
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     result
 }
 
-async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
+async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), RmError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
@@ -194,7 +201,7 @@ async fn serve(cfg: RmConfig, secret: String) -> Result<(), RmError> {
         state::write_atomic(path, &info)?;
     }
 
-    let app = http_server::router(state.clone(), &secret, cfg.request_timeout);
+    let app = http_server::router(state.clone(), Arc::new(auth), cfg.request_timeout);
     let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
     let waiter = tokio::spawn(async move {
         let sig = tokio::select! {

@@ -9,9 +9,13 @@
 //! `kill -9`; concurrent changes share one write (group commit). Heartbeats are not saved: a
 //! restored scheduler gives every node a full heartbeat timeout anyway.
 //!
-//! At start the file is loaded with [`Scheduler::from_snapshot`]: nodes and live leases are
-//! known again, leases keep the time they had left, and lease ids continue after the highest
-//! ever used, so no core and no id is granted twice.
+//! The scheduler's clock reads wall-clock milliseconds since the Unix epoch (anchored once at
+//! start, then advanced by the monotonic clock), so every time in the state file is a
+//! wall-clock time. At start the file is loaded with [`Scheduler::from_snapshot`]: nodes and
+//! live leases are known again, and a lease keeps its deadline: the time the resource manager
+//! was down counts, and a lease whose deadline passed meanwhile expires at the first tick.
+//! Lease ids continue after the highest ever used, and never start below the wall-clock time
+//! in microseconds, so no id is granted twice, even after the state file is lost.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +29,9 @@ use crate::atomic_write::Durability;
 
 use crate::scheduler::{Config, Event, Millis, SchedError, Scheduler, Snapshot, TokenSource};
 
-/// Version of the state file format.
-pub const STATE_VERSION: u32 = 1;
+/// Version of the state file format: 2 stores wall-clock times (1 stored times relative to the
+/// writing process's start; still read, with the time left kept as it was).
+pub const STATE_VERSION: u32 = 2;
 
 /// The state file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,15 +119,19 @@ impl RmState {
     pub fn open(config: Config, path: Option<PathBuf>) -> Result<(RmState, Loaded), StateError> {
         let origin = Instant::now();
         let origin_unix_ms = unix_ms_now();
+        let now = Millis(origin_unix_ms);
+        // Ids are never reused, even when the state file is gone.
+        let config = Config {
+            first_lease_id: config
+                .first_lease_id
+                .max(crate::control::ids::first_id_now()),
+            ..config
+        };
+        if let Some(p) = &path {
+            remove_leftover_temporaries(p);
+        }
         let (sched, loaded) = match &path {
-            None => {
-                // Without durable state, ids start above any this host granted before.
-                let cfg = Config {
-                    first_lease_id: config.first_lease_id.max(origin_unix_ms),
-                    ..config
-                };
-                (Scheduler::new(cfg), Loaded::Volatile)
-            }
+            None => (Scheduler::new(config), Loaded::Volatile),
             Some(p) => match std::fs::read(p) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     (Scheduler::new(config), Loaded::Fresh)
@@ -140,19 +149,27 @@ impl RmState {
                     };
                     let file: StateFile =
                         serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-                    if file.version != STATE_VERSION {
-                        return Err(corrupt(format!(
-                            "version {}, this build reads {STATE_VERSION}",
-                            file.version
-                        )));
+                    let mut snapshot = file.snapshot;
+                    match file.version {
+                        // Wall-clock times: taken "now", so nothing is shifted and deadlines
+                        // stay where they were. A clock that went back gives no lease more
+                        // than its TTL from now.
+                        2 => {
+                            snapshot.taken_at = now;
+                            for l in &mut snapshot.leases {
+                                l.expires_at = l.expires_at.min(now.plus_ms(l.ttl_ms));
+                            }
+                        }
+                        // Times relative to the old process: rebased, keeping the time left.
+                        1 => {}
+                        v => {
+                            return Err(corrupt(format!(
+                                "version {v}, this build reads 1 and {STATE_VERSION}"
+                            )))
+                        }
                     }
-                    let s = Scheduler::from_snapshot(
-                        config,
-                        TokenSource::Random,
-                        file.snapshot,
-                        Millis::ZERO,
-                    )
-                    .map_err(|e| corrupt(e.to_string()))?;
+                    let s = Scheduler::from_snapshot(config, TokenSource::Random, snapshot, now)
+                        .map_err(|e| corrupt(e.to_string()))?;
                     s.check_invariants().map_err(corrupt)?;
                     let loaded = Loaded::Restored {
                         nodes: s.nodes().len(),
@@ -179,19 +196,22 @@ impl RmState {
         Ok((state, loaded))
     }
 
-    /// The scheduler's clock now.
+    /// The scheduler's clock now: wall-clock milliseconds since the Unix epoch, as read at
+    /// start and advanced by the monotonic clock since (a wall clock stepped meanwhile does
+    /// not move it).
     pub fn now(&self) -> Millis {
-        Millis::between(self.origin, Instant::now())
+        Millis(self.origin_unix_ms).plus(Instant::now().saturating_duration_since(self.origin))
     }
 
-    /// Wall-clock milliseconds since the Unix epoch of a time on the scheduler's clock.
+    /// Wall-clock milliseconds since the Unix epoch of a time on the scheduler's clock (the
+    /// same number: the scheduler's clock is the wall clock).
     pub fn unix_ms(&self, t: Millis) -> u64 {
-        self.origin_unix_ms.saturating_add(t.0)
+        t.0
     }
 
     /// Since this process started.
     pub fn uptime_ms(&self) -> u64 {
-        self.now().0
+        self.now().0.saturating_sub(self.origin_unix_ms)
     }
 
     /// The state file, if any.
@@ -330,6 +350,43 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateErr
     crate::atomic_write::write_atomic(path, &json, 0o600, Durability::Synced).map_err(io)
 }
 
+/// Removes the temporary files (`NAME.tmp.PID`) that writers of `path` killed mid-write left
+/// behind, unless their process still runs.
+pub fn remove_leftover_temporaries(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!("{}.tmp.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && crate::cluster::procs::alive(pid) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => tracing::info!(
+                "removed {}, left by an interrupted write",
+                e.path().display()
+            ),
+            Err(err) => tracing::warn!("cannot remove {}: {err}", e.path().display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,6 +400,27 @@ mod tests {
             memory: 0,
             hosted: vec![],
         }
+    }
+
+    #[test]
+    fn temporaries_of_killed_writers_are_removed_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        // Pids above the kernel's maximum (4194304) belong to no process.
+        for f in ["state.json.tmp.999999998", "state.json.tmp.999999999"] {
+            std::fs::write(dir.path().join(f), b"{").unwrap();
+        }
+        let alive = format!("state.json.tmp.{}", std::os::unix::process::parent_id());
+        std::fs::write(dir.path().join(&alive), b"{").unwrap();
+        std::fs::write(dir.path().join("other.json.tmp.1"), b"{").unwrap();
+        let (_state, loaded) = RmState::open(Config::default(), Some(path)).unwrap();
+        assert_eq!(loaded, Loaded::Fresh);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other.json.tmp.1".to_string(), alive]);
     }
 
     #[tokio::test]

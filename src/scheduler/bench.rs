@@ -117,7 +117,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         );
     }
     let row = |mode: &str, repetition: usize, latency_ns: u64| Record {
-        benchmark: "scheduler_bench".into(),
+        benchmark: "scheduler_bench".to_string(),
         mode: mode.into(),
         provider: "none".into(),
         payload_bytes: 0,

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod black_scholes;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,6 +21,28 @@ use rfaas::executor_manager::ReadyInfo;
 /// The `rfaas` binary under test.
 pub fn rfaas_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rfaas")
+}
+
+/// The "did not hang" limit of tests: generous on purpose. Tests check what happens, not how fast
+/// (speed is measured by the benchmarks); a wait or elapsed time beyond this means a hang.
+pub const NO_HANG: Duration = Duration::from_secs(60);
+
+/// Whether the tests run in CI (`CI` set to `true` or `1`), where a test whose tool or resource
+/// is missing must fail rather than skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"))
+}
+
+/// For a test that cannot run here because `missing` (a tool, cores, a device) is absent: under
+/// `CI=true` it panics, so the test fails; elsewhere it prints `SKIPPED: ...` and the caller
+/// returns (the test passes, loudly).
+pub fn skip_unless_ci(missing: &str) {
+    assert!(
+        !in_ci(),
+        "{missing}; under CI=true a missing tool or resource fails the test instead of skipping it"
+    );
+    eprintln!("SKIPPED: {missing}");
 }
 
 /// Polls `f` every 10 ms until it returns `Some`, or panics after `timeout` with `what`.
@@ -85,6 +109,8 @@ pub struct ManagerOptions {
     pub provider: &'static str,
     pub cores: Vec<u32>,
     pub extra: String,
+    /// Environment of the manager (and so of its executors), e.g. `RFAAS_OFI_PROVIDER`.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for ManagerOptions {
@@ -93,6 +119,7 @@ impl Default for ManagerOptions {
             provider: "shm",
             cores: cores(),
             extra: "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\n".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -117,18 +144,19 @@ impl Manager {
             opts.extra
         );
         fs::write(dir.path().join("em.toml"), config).unwrap();
-        Manager::spawn_in(dir, secret)
+        Manager::spawn_in(dir, secret, &opts.env)
     }
 
     /// Starts `rfaas executor-manager` on the `em.toml` already written in `dir` (with `secret`
     /// in `dir/secret`) and waits (bounded) until its ready file names its API.
-    fn spawn_in(dir: tempfile::TempDir, secret: String) -> Manager {
+    fn spawn_in(dir: tempfile::TempDir, secret: String, env: &[(&'static str, String)]) -> Manager {
         let log = dir.path().join("manager.log");
         let out = fs::File::create(&log).unwrap();
         let child = Command::new(rfaas_bin())
             .args(["executor-manager", "--new-session", "--config"])
             .arg(dir.path().join("em.toml"))
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -189,6 +217,21 @@ impl Manager {
         hash
     }
 
+    /// Uploads a library under `lease` (`"<id>:<token>"`); its hash.
+    pub fn upload_leased(&self, lib: &[u8], lease: &str) -> String {
+        let hash = rfaas::function::ContentHash::of(lib).to_hex();
+        let (code, body) = http_as(
+            &self.http,
+            "PUT",
+            &format!("/v1/libraries/{hash}"),
+            Some(&format!("Bearer {}", self.secret)),
+            &[("X-Rfaas-Lease", lease)],
+            Some(lib),
+        );
+        assert!(code == 201 || code == 200, "{code} {body}");
+        hash
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
@@ -240,6 +283,38 @@ pub fn http(
     (code, text)
 }
 
+/// One HTTP/1.1 request with `Authorization: <authorization>` (when given), more headers and
+/// an optional body: `(status, body)`.
+pub fn http_as(
+    addr: &str,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let mut req = ureq::http::Request::builder().method(method).uri(&url);
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = match body {
+        Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
+        None => agent.run(req.body(()).unwrap()),
+    };
+    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let code = resp.status().as_u16();
+    (code, resp.body_mut().read_to_string().unwrap_or_default())
+}
+
 /// Writes raw bytes to `addr` and reads until the server closes or `timeout`; the response
 /// text and how long it took.
 pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Duration) {
@@ -250,6 +325,39 @@ pub fn raw_exchange(addr: &str, bytes: &[u8], timeout: Duration) -> (String, Dur
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     (String::from_utf8_lossy(&out).into_owned(), t.elapsed())
+}
+
+/// Bytes that pass an executor manager's look at an upload (an ELF64 header of a shared
+/// object for this machine) but that no dynamic loader accepts, followed by `tag`.
+pub fn fake_shared_object(tag: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 64];
+    b[..4].copy_from_slice(b"\x7fELF");
+    b[4] = 2; // 64-bit
+    b[5] = 1; // little endian
+    b[6] = 1; // version
+    b[16] = 3; // ET_DYN
+    b.extend_from_slice(tag);
+    b
+}
+
+/// A client that stalls: connects to `addr` and writes `bytes` before it returns (so the stall
+/// is in place before whatever the caller does next), then reads in a thread until the server
+/// closes (or [`NO_HANG`]). The thread returns the response text, how long it took from the
+/// connect, and when it ended (to order it against other events).
+pub fn stalled_exchange(
+    addr: &str,
+    bytes: &[u8],
+) -> std::thread::JoinHandle<(String, Duration, Instant)> {
+    let t = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(NO_HANG)).unwrap();
+    s.write_all(bytes).unwrap();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let end = Instant::now();
+        (String::from_utf8_lossy(&out).into_owned(), end - t, end)
+    })
 }
 
 /// An allocation request body.
@@ -358,7 +466,10 @@ pub struct ResourceManager {
 impl ResourceManager {
     /// Starts a resource manager whose config file has `extra` TOML keys, with a state file.
     pub fn start(extra: &str) -> ResourceManager {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &str) -> ResourceManager {
         let secret =
             rfaas::control::secret::create_secret_file(&dir.path().join("secret")).unwrap();
         let config = format!(
@@ -409,6 +520,19 @@ impl ResourceManager {
             },
         );
         (child, info.http)
+    }
+
+    /// [`Self::start`] with a separate node credential (`node_secret_file`): the cluster
+    /// secret ([`Self::secret`]) is then a client's only.
+    pub fn start_secured(extra: &str) -> ResourceManager {
+        let dir = tempfile::tempdir().unwrap();
+        rfaas::control::secret::create_secret_file(&dir.path().join("node-secret")).unwrap();
+        Self::start_in(dir, &format!("node_secret_file = \"node-secret\"\n{extra}"))
+    }
+
+    /// The node credential, when started with [`Self::start_secured`].
+    pub fn node_secret(&self) -> Option<String> {
+        fs::read_to_string(self.dir.path().join("node-secret")).ok()
     }
 
     /// `kill -9`, then a new process on the same directory (config and state file).
@@ -512,6 +636,20 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
         .unwrap();
     f.write_all(rm.secret.as_bytes()).unwrap();
     drop(f);
+    // With a separate node credential, the manager holds it too (the client does not).
+    let extra = match rm.node_secret() {
+        Some(node_secret) => {
+            let mut f = fs::OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(dir.path().join("node-secret"))
+                .unwrap();
+            f.write_all(node_secret.as_bytes()).unwrap();
+            format!("node_secret_file = \"node-secret\"\n{extra}")
+        }
+        None => extra.to_string(),
+    };
     let cores: Vec<String> = cores.iter().map(u32::to_string).collect();
     let config = format!(
         "node = \"{node}\"\nlisten = \"127.0.0.1:0\"\nprovider = \"shm\"\nfabric_host = \"127.0.0.1\"\n\
@@ -522,7 +660,7 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
         rm.http
     );
     fs::write(dir.path().join("em.toml"), config).unwrap();
-    Manager::spawn_in(dir, rm.secret.clone())
+    Manager::spawn_in(dir, rm.secret.clone(), &[])
 }
 
 /// Writes `cluster.json` in `rm`'s directory for a shm cluster of `rm` and `ems` (named

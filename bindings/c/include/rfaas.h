@@ -193,7 +193,7 @@ int rfaas_allocation_spec_init(struct rfaas_allocation_spec *spec);
 // `path` NULL or a NUL-terminated string; `out` valid for a write.
 int rfaas_cluster_open(const char *path, struct rfaas_cluster **out);
 
-// The fabric provider of the cluster's executors ("shm", "tcp" or "verbs"); NULL for a NULL
+// The fabric provider of the cluster's executors ("shm", "tcp", "verbs" or "ofi"); NULL for a NULL
 // cluster. Static string. Thread-safe.
 //
 // # Safety

@@ -104,7 +104,7 @@ pub unsafe extern "C" fn rfaas_cluster_open(
     })
 }
 
-/// The fabric provider of the cluster's executors ("shm", "tcp" or "verbs"); NULL for a NULL
+/// The fabric provider of the cluster's executors ("shm", "tcp", "verbs" or "ofi"); NULL for a NULL
 /// cluster. Static string. Thread-safe.
 ///
 /// # Safety
@@ -119,6 +119,7 @@ pub unsafe extern "C" fn rfaas_cluster_provider(cluster: *const rfaas_cluster) -
         rfaas_core::rdma::Provider::Shm => "shm\0",
         rfaas_core::rdma::Provider::Tcp => "tcp\0",
         rfaas_core::rdma::Provider::Verbs => "verbs\0",
+        rfaas_core::rdma::Provider::Ofi => "ofi\0",
     }
     .as_ptr()
     .cast()

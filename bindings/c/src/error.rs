@@ -102,6 +102,11 @@ impl From<InvokeError> for Error {
 
 impl From<ClientError> for Error {
     fn from(e: ClientError) -> Error {
+        let e = match e {
+            // An invocation that failed inside a client call: the invocation's own code.
+            ClientError::Invocation(inner) => return Error::from(inner),
+            other => other,
+        };
         let code = match &e {
             ClientError::UnknownFunction(_) => rfaas_status::UnknownFunction,
             ClientError::Invalid(_) => rfaas_status::InvalidArgument,

@@ -153,7 +153,7 @@ fn test_fabric() -> (VerbsFabric, String) {
         .or_else(|_| std::env::var(crate::env::VERBS_DEVICE))
         .expect("set RFAAS_VERBS_DEVICE to an RDMA device (e.g. mlx5_0) to run this test");
     let f = VerbsFabric::open(Some(&dev)).expect("open the test device");
-    let ip = std::env::var("RFAAS_TEST_VERBS_ADDR").unwrap_or_else(|_| {
+    let ip = std::env::var(crate::env::TEST_VERBS_ADDR).unwrap_or_else(|_| {
         f.local_addrs()
             .first()
             .unwrap_or_else(|| panic!("{dev} has no IP address: set RFAAS_TEST_VERBS_ADDR"))

@@ -1,0 +1,56 @@
+//! Build script: with the `libfabric` feature, generates Rust bindings for the installed
+//! libfabric headers (found with pkg-config) and compiles the C shim that exports libfabric's
+//! `static inline` calls as real functions. Without the feature it does nothing.
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("CARGO_FEATURE_LIBFABRIC").is_some() {
+        #[cfg(feature = "libfabric")]
+        libfabric::build();
+    }
+}
+
+#[cfg(feature = "libfabric")]
+mod libfabric {
+    use std::path::PathBuf;
+
+    const SHIM: &str = "src/rdma/ofi/shim.c";
+
+    pub fn build() {
+        println!("cargo:rerun-if-changed={SHIM}");
+        let lib = match pkg_config::Config::new()
+            .atleast_version("1.17")
+            .probe("libfabric")
+        {
+            Ok(lib) => lib,
+            Err(e) => panic!(
+                "feature `libfabric` needs libfabric 1.17 or newer with its headers \
+                 (Debian: apt-get install libfabric-dev; scripts/setup.sh installs it): {e}"
+            ),
+        };
+        let mut cc = cc::Build::new();
+        cc.file(SHIM).warnings(true).opt_level(2);
+        for p in &lib.include_paths {
+            cc.include(p);
+        }
+        cc.compile("rfaas_ofi_shim");
+
+        let mut b = bindgen::Builder::default()
+            .header(SHIM.replace("shim.c", "shim.h"))
+            .allowlist_function("fi_.*|rfaas_fi_.*")
+            .allowlist_type("fi_.*|fid_.*")
+            .allowlist_var("FI_.*")
+            .derive_default(true)
+            .layout_tests(false)
+            .generate_comments(false)
+            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+        for p in &lib.include_paths {
+            b = b.clang_arg(format!("-I{}", p.display()));
+        }
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+        b.generate()
+            .expect("bindgen over the libfabric headers failed")
+            .write_to_file(out.join("libfabric_sys.rs"))
+            .expect("writing the libfabric bindings");
+    }
+}

@@ -1,0 +1,155 @@
+//! Registered memory of the `ofi` provider: page-aligned anonymous memory that rfaas allocates
+//! itself (so `FI_MR_ALLOCATED` always holds), registered with the access the region needs, bound
+//! to the endpoint where the provider asks for `FI_MR_ENDPOINT`. With `FI_MR_PROV_KEY` the key
+//! is the provider's; without `FI_MR_VIRT_ADDR` remote addresses are offsets into the region.
+
+use std::sync::Arc;
+
+use super::domain::{Domain, MrEntry};
+use super::sys;
+use crate::rdma::error::{FabricError, Result};
+use crate::rdma::types::{Access, RemoteBuf};
+use crate::rdma::MemoryRegion;
+
+/// Maps `len` bytes (rounded up to whole pages) of zeroed, pre-faulted anonymous memory.
+pub(crate) fn map_pages(len: usize) -> Result<(*mut u8, usize)> {
+    let len = len.max(1).div_ceil(4096) * 4096;
+    // SAFETY: anonymous private mapping, no file; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(FabricError::io("mmap", std::io::Error::last_os_error()));
+    }
+    Ok((p.cast(), len))
+}
+
+/// Unmaps memory of [`map_pages`].
+pub(crate) fn unmap_pages(p: *mut u8, len: usize) {
+    let len = len.max(1).div_ceil(4096) * 4096;
+    // SAFETY: `p..p+len` is a mapping made by `map_pages` that nothing uses any more.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// A registered region of the `ofi` provider.
+pub struct OfiMr {
+    d: Arc<Domain>,
+    ptr: *mut u8,
+    len: usize,
+    access: Access,
+    lkey: u32,
+    rkey: u32,
+    mr: *mut sys::fid_mr,
+}
+
+// SAFETY: the region is plain mapped memory plus an opaque registration handle that is only
+// closed in Drop (under the domain lock).
+unsafe impl Send for OfiMr {}
+// SAFETY: as above; the bytes are accessed through raw pointers only.
+unsafe impl Sync for OfiMr {}
+
+impl OfiMr {
+    pub(crate) fn alloc(d: &Arc<Domain>, len: usize, access: Access) -> Result<OfiMr> {
+        let (ptr, mapped) = map_pages(len)?;
+        let mut fi_access = (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE) as u64;
+        if access.contains(Access::REMOTE_WRITE) {
+            fi_access |= u64::from(sys::FI_REMOTE_WRITE);
+        }
+        if access.contains(Access::REMOTE_READ) {
+            fi_access |= u64::from(sys::FI_REMOTE_READ);
+        }
+        if access.contains(Access::REMOTE_ATOMIC) {
+            fi_access |= u64::from(sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE);
+        }
+        let (mr, desc, key) = match d.register(ptr, mapped, fi_access) {
+            Ok(r) => r,
+            Err(e) => {
+                unmap_pages(ptr, mapped);
+                return Err(e);
+            }
+        };
+        let Ok(rkey) = u32::try_from(key) else {
+            d.deregister(mr);
+            unmap_pages(ptr, mapped);
+            return Err(FabricError::Unavailable {
+                provider: "ofi",
+                reason: format!(
+                    "libfabric provider {:?} chose a memory key ({key:#x}) wider than rfaas's \
+                     32-bit rkeys",
+                    d.info.provider
+                ),
+            });
+        };
+        let mut t = d.mrs.write().unwrap_or_else(|e| e.into_inner());
+        let lkey = t.len() as u32;
+        t.push(Some(MrEntry {
+            addr: ptr as u64,
+            len: len as u64,
+            access,
+            desc,
+        }));
+        drop(t);
+        Ok(OfiMr {
+            d: d.clone(),
+            ptr,
+            len,
+            access,
+            lkey,
+            rkey,
+            mr,
+        })
+    }
+}
+
+impl MemoryRegion for OfiMr {
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn lkey(&self) -> u32 {
+        self.lkey
+    }
+    fn rkey(&self) -> u32 {
+        self.rkey
+    }
+    fn access(&self) -> Access {
+        self.access
+    }
+    fn remote(&self, off: usize, len: u32) -> RemoteBuf {
+        let base = if self.d.virt_addr() {
+            self.ptr as u64
+        } else {
+            super::OFFSET_BIAS
+        };
+        RemoteBuf {
+            addr: base + off as u64,
+            rkey: self.rkey,
+            len,
+        }
+    }
+}
+
+impl Drop for OfiMr {
+    fn drop(&mut self) {
+        if let Some(e) = self
+            .d
+            .mrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(self.lkey as usize)
+        {
+            *e = None;
+        }
+        self.d.deregister(self.mr);
+        unmap_pages(self.ptr, self.len);
+    }
+}
