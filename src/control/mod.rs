@@ -7,6 +7,7 @@
 //! ([`munge`]) for clients, a per-lease token to renew or release a lease, a per-allocation
 //! token to end an allocation and to connect to its workers.
 
+pub mod credential_args;
 pub mod executor_manager_api;
 pub mod ids;
 pub mod munge;

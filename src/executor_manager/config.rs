@@ -110,16 +110,9 @@ pub struct ManagerArgs {
     /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
-    /// File holding the node credential (mode 0600) it registers with at the resource
-    /// manager; without it, the cluster secret is used (single-user mode).
-    #[arg(long, value_name = "FILE")]
-    pub node_secret_file: Option<PathBuf>,
-    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
-    #[arg(long)]
-    pub munge: bool,
-    /// munged's socket (implies --munge; default: munged's own default).
-    #[arg(long, value_name = "PATH")]
-    pub munge_socket: Option<PathBuf>,
+    /// The node credential and MUNGE flags.
+    #[command(flatten)]
+    pub credentials: crate::control::credential_args::CredentialArgs,
     /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -347,6 +340,11 @@ impl ManagerConfig {
             .or(file.cache_dir.map(rel))
             .unwrap_or_else(|| run_dir.join("cache"));
         let ms = Duration::from_millis;
+        let (node_secret_file, munge) = args.credentials.resolve(
+            file.node_secret_file.map(rel),
+            file.munge,
+            file.munge_socket,
+        );
         let cfg = ManagerConfig {
             max_allocations: args
                 .max_allocations
@@ -369,15 +367,8 @@ impl ManagerConfig {
                 .filter(|n| !n.is_empty()),
             memory,
             secret_file,
-            node_secret_file: args
-                .node_secret_file
-                .clone()
-                .or(file.node_secret_file.map(rel)),
-            munge: {
-                let socket = args.munge_socket.clone().or(file.munge_socket);
-                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
-                    .then_some(crate::control::munge::MungeSocket(socket))
-            },
+            node_secret_file,
+            munge,
             run_dir,
             cache_dir,
             executor_start_timeout: ms(args

@@ -55,16 +55,9 @@ pub struct RmArgs {
     /// File holding the cluster secret (mode 0600).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
-    /// File holding the node credential (mode 0600) that executor managers register with;
-    /// without it, the cluster secret may act as a node (single-user mode).
-    #[arg(long, value_name = "FILE")]
-    pub node_secret_file: Option<PathBuf>,
-    /// Accept MUNGE credentials from clients (Authorization: Munge ...).
-    #[arg(long)]
-    pub munge: bool,
-    /// munged's socket (implies --munge; default: munged's own default).
-    #[arg(long, value_name = "PATH")]
-    pub munge_socket: Option<PathBuf>,
+    /// The node credential and MUNGE flags.
+    #[command(flatten)]
+    pub credentials: crate::control::credential_args::CredentialArgs,
     /// Durable state: loaded at start, saved after every change (none: memory only).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
@@ -180,6 +173,11 @@ impl RmConfig {
             keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(d.keep_ended),
             ..d
         };
+        let (node_secret_file, munge) = args.credentials.resolve(
+            file.node_secret_file.map(rel),
+            file.munge,
+            file.munge_socket,
+        );
         let cfg = RmConfig {
             listen: args
                 .listen
@@ -196,15 +194,8 @@ impl RmConfig {
                             .into(),
                     )
                 })?,
-            node_secret_file: args
-                .node_secret_file
-                .clone()
-                .or(file.node_secret_file.map(rel)),
-            munge: {
-                let socket = args.munge_socket.clone().or(file.munge_socket);
-                (args.munge || file.munge.unwrap_or(false) || socket.is_some())
-                    .then_some(crate::control::munge::MungeSocket(socket))
-            },
+            node_secret_file,
+            munge,
             state_file: args.state_file.clone().or(file.state_file.map(rel)),
             ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
             scheduler,
