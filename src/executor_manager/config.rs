@@ -339,6 +339,11 @@ impl ManagerConfig {
             .clone()
             .or(file.cache_dir.map(rel))
             .unwrap_or_else(|| run_dir.join("cache"));
+        // Absolute, whatever the working directory: executors run in `run_dir` and are handed
+        // paths under it (library, lease deadline file) that must not depend on where the
+        // manager was started.
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+        let (run_dir, cache_dir) = (absolute(run_dir), absolute(cache_dir));
         let ms = Duration::from_millis;
         let (node_secret_file, munge) = args.credentials.resolve(
             file.node_secret_file.map(rel),
@@ -553,6 +558,23 @@ mod tests {
                 && parse_size("99999999999T").is_err()
         );
         assert!(total_memory() > 0);
+    }
+
+    #[test]
+    fn a_relative_run_dir_becomes_absolute() {
+        // Executors run in run_dir and get paths under it: a relative one would point elsewhere.
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let args = ManagerArgs {
+            secret_file: Some(secret),
+            run_dir: Some("some/relative/dir".into()),
+            ..Default::default()
+        };
+        let cfg = ManagerConfig::load(&args).unwrap();
+        let want = std::env::current_dir().unwrap().join("some/relative/dir");
+        assert_eq!(cfg.run_dir, want);
+        assert!(cfg.cache_dir.is_absolute(), "{:?}", cfg.cache_dir);
     }
 
     #[test]
