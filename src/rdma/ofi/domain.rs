@@ -791,13 +791,7 @@ impl Domain {
     /// Reads every available entry of the libfabric completion queue and dispatches it; then
     /// sends due credit grants.
     pub(crate) fn drain_cq(&self, g: &mut Inner) {
-        let mut e = [sys::fi_cq_data_entry {
-            op_context: std::ptr::null_mut(),
-            flags: 0,
-            len: 0,
-            buf: std::ptr::null_mut(),
-            data: 0,
-        }; 16];
+        let mut e = [sys::fi_cq_data_entry::default(); 16];
         loop {
             // SAFETY: `e` has room for 16 entries of the configured format (FI_CQ_FORMAT_DATA).
             let n = unsafe { sys::rfaas_fi_cq_read(self.h.cq, e.as_mut_ptr(), e.len()) };
@@ -808,19 +802,7 @@ impl Domain {
                 continue;
             }
             if n == -(sys::FI_EAVAIL as isize) {
-                let mut err = sys::fi_cq_err_entry {
-                    op_context: std::ptr::null_mut(),
-                    flags: 0,
-                    len: 0,
-                    buf: std::ptr::null_mut(),
-                    data: 0,
-                    tag: 0,
-                    olen: 0,
-                    err: 0,
-                    prov_errno: 0,
-                    err_data: std::ptr::null_mut(),
-                    err_data_size: 0,
-                };
+                let mut err = sys::fi_cq_err_entry::default();
                 // SAFETY: `err` is a zeroed error entry (err_data_size 0: no provider data).
                 let r = unsafe { sys::rfaas_fi_cq_readerr(self.h.cq, &mut err) };
                 if r > 0 {

@@ -185,13 +185,7 @@ impl RawFloor {
 
     /// Reads the completion queue once; returns the CQ data of a remote write, if one came.
     fn poll(&mut self) -> Option<u64> {
-        let mut e = [sys::fi_cq_data_entry {
-            op_context: std::ptr::null_mut(),
-            flags: 0,
-            len: 0,
-            buf: std::ptr::null_mut(),
-            data: 0,
-        }; 8];
+        let mut e = [sys::fi_cq_data_entry::default(); 8];
         let mut got = None;
         // SAFETY: room for 8 entries of the configured format.
         let n = unsafe { sys::rfaas_fi_cq_read(self.h.cq, e.as_mut_ptr(), e.len()) };
@@ -202,19 +196,7 @@ impl RawFloor {
                 }
             }
         } else if n == -(sys::FI_EAVAIL as isize) {
-            let mut err = sys::fi_cq_err_entry {
-                op_context: std::ptr::null_mut(),
-                flags: 0,
-                len: 0,
-                buf: std::ptr::null_mut(),
-                data: 0,
-                tag: 0,
-                olen: 0,
-                err: 0,
-                prov_errno: 0,
-                err_data: std::ptr::null_mut(),
-                err_data_size: 0,
-            };
+            let mut err = sys::fi_cq_err_entry::default();
             // SAFETY: a zeroed error entry with no provider data buffer.
             unsafe { sys::rfaas_fi_cq_readerr(self.h.cq, &mut err) };
         }
