@@ -2,13 +2,11 @@
 //! See `rfaas --help`; the work is done by [`rfaas::executor_manager`], [`rfaas::executor`] and
 //! [`rfaas::cluster`].
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rfaas::cluster::{local, status};
-use tracing_subscriber::EnvFilter;
 
 /// Serverless functions for supercomputers, invoked in microseconds over RDMA.
 #[derive(Parser)]
@@ -74,21 +72,13 @@ enum LocalCluster {
 }
 
 fn main() -> ExitCode {
-    rfaas::rdma::restore_default_signals();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Executor) {
         "warn"
     } else {
         "info"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env(rfaas::env::LOG)
-                .unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    rfaas::logging::init(default_level);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
