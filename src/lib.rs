@@ -77,4 +77,4 @@ pub use mpi_glue::{offload, offload_async};
 
 /// Exports a safe Rust function with the rFaaS C ABI: the macro of the function authors' crate
 /// `rfaas-function`, re-exported (a function library should depend on that crate alone).
-pub use rfaas_function::export_function;
+pub use rfaas_function::{export_function, export_init};

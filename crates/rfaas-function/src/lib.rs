@@ -25,10 +25,15 @@
 //! rfaas_function::export_function!(echo, echo);
 //! ```
 //!
+//! A library that needs state loaded once (a model, a lookup table) exports an init function
+//! with [`export_init!`]; it receives the named assets the allocation shipped (see [`init`]).
+//!
 //! The platform crate `rfaas` re-exports this crate (`rfaas::function::abi`,
 //! `rfaas::export_function!`), and its loader calls what the macro exports.
 
 pub mod abi;
 mod export;
+pub mod init;
 
 pub use abi::{ExtendedFunction, FunctionStatus, RawFunction};
+pub use init::{Assets, InitFunction, RawAsset};
