@@ -111,6 +111,25 @@ impl ManagerClient {
         self.api.get(&format!("/v1/allocations/{id}"))
     }
 
+    /// State of one allocation, with an answer within `timeout` or an error (for error paths
+    /// that must not wait long: the manager may be frozen).
+    pub fn allocation_within(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<AllocationStatus, ClientError> {
+        self.api.decode(
+            self.api
+                .agent()
+                .get(self.api.at(&format!("/v1/allocations/{id}")))
+                .header("Authorization", self.api.auth())
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
+                .call(),
+        )
+    }
+
     /// The manager's cores, memory and allocations.
     pub fn status(&self) -> Result<ManagerStatus, ClientError> {
         self.api.get("/v1/status")
