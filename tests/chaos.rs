@@ -18,7 +18,7 @@
 //!   never another's), none granted twice, none live past its deadline; cores add up on every
 //!   node (resource manager and executor managers); no process or temporary file left after
 //!   `stop`. The seed is printed; `RFAAS_CHAOS_SEED=N` repeats a run, `RFAAS_CHAOS_STEPS=N`
-//!   sets its length (12 by default).
+//!   sets its length (20 steps by default).
 
 mod common;
 
@@ -777,7 +777,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
                 .parse()
                 .expect("RFAAS_CHAOS_STEPS must be a number")
         })
-        .unwrap_or(12);
+        .unwrap_or(20);
     eprintln!("chaos: seed {seed}, {steps} steps (repeat with RFAAS_CHAOS_SEED={seed})");
     let nodes = common::cores().len().min(2);
     // Nodes silent 1.5 s are dead: some freezes outlast that, some do not.
