@@ -79,11 +79,8 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
         let Some(pid) = name.to_str().and_then(writer_of) else {
             continue;
         };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        if gone && entry.file_type()?.is_file() {
+        // A zombie is gone too (a writer killed and not reaped yet).
+        if !crate::cluster::procs::alive(pid) && entry.file_type()?.is_file() {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => removed += 1,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}

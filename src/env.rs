@@ -37,3 +37,8 @@ pub const MUNGE: &str = "RFAAS_MUNGE";
 /// Clients: authenticate with MUNGE through munged's socket at this path (implies
 /// [`MUNGE`]).
 pub const MUNGE_SOCKET: &str = "RFAAS_MUNGE_SOCKET";
+/// Tests only (`tests/chaos.rs`): the chaos run's seed (default: from the clock; printed, so a
+/// failing run can be repeated).
+pub const CHAOS_SEED: &str = "RFAAS_CHAOS_SEED";
+/// Tests only (`tests/chaos.rs`): how many faults the chaos run injects (default 20).
+pub const CHAOS_STEPS: &str = "RFAAS_CHAOS_STEPS";

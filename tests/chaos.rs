@@ -762,7 +762,7 @@ fn executors(c: &LocalCluster) -> Vec<i32> {
 
 #[test]
 fn chaos_under_mixed_load_keeps_every_invariant() {
-    let seed = std::env::var("RFAAS_CHAOS_SEED")
+    let seed = std::env::var(rfaas::env::CHAOS_SEED)
         .ok()
         .map(|s| {
             s.trim()
@@ -770,7 +770,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
                 .expect("RFAAS_CHAOS_SEED must be a number")
         })
         .unwrap_or_else(|| unix_ms() % 1_000_000);
-    let steps: u32 = std::env::var("RFAAS_CHAOS_STEPS")
+    let steps: u32 = std::env::var(rfaas::env::CHAOS_STEPS)
         .ok()
         .map(|s| {
             s.trim()
