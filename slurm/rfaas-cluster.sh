@@ -40,6 +40,8 @@
 #                        (default 20)
 #   RFAAS_RM_RESTARTS    times a crashed RM is restarted (on its first address) before the
 #                        job gives up (default 5)
+#   RFAAS_EM_RESTARTS    times each crashed EM is restarted (on its first address) before its
+#                        node is given up (default 5)
 #   RUST_LOG             log level of the daemons (default info)
 #
 # Files in RUN_DIR (logs under RUN_DIR/logs, per-node EM run directories under RUN_DIR/nodes):
@@ -75,6 +77,8 @@ START_TIMEOUT=${RFAAS_START_TIMEOUT:-60}
 STOP_TIMEOUT=${RFAAS_STOP_TIMEOUT:-20}
 RM_RESTARTS=${RFAAS_RM_RESTARTS:-5}
 [[ $RM_RESTARTS =~ ^[0-9]+$ ]] || die "RFAAS_RM_RESTARTS must be a number, not '$RM_RESTARTS'"
+EM_RESTARTS=${RFAAS_EM_RESTARTS:-5}
+[[ $EM_RESTARTS =~ ^[0-9]+$ ]] || die "RFAAS_EM_RESTARTS must be a number, not '$EM_RESTARTS'"
 export RUST_LOG=${RUST_LOG:-info}
 
 [[ -x $RFAAS ]] || die "$RFAAS not found: build it (cargo build --release) or set RFAAS_BIN_DIR"
@@ -237,8 +241,11 @@ RM_ADDR=$(sed -n 's/.*"http": *"\([^"]*\)".*/\1/p' "$RM_READY" | head -n1)
 log "resource manager up at http://$RM_ADDR"
 
 # One executor manager per node. The task looks up its own node name (SLURMD_NODENAME tells
-# virtual nodes on one host apart, where `hostname` would not) and address, and execs the EM so
-# that SIGTERM from srun or Slurm reaches it directly.
+# virtual nodes on one host apart, where `hostname` would not) and address, and runs the EM;
+# SIGTERM (from srun or Slurm) is passed on to it. The EM starts on port 0; the port it binds
+# is then its address for good: an EM that exits on its own (a crash, kill -9) is started
+# again on that address, at most RFAAS_EM_RESTARTS times, registers again with the RM, and
+# clients and leases reach it where they did.
 em_task() {
 	set -euo pipefail
 	local node=${SLURMD_NODENAME:-$(hostname -s)}
@@ -252,16 +259,39 @@ em_task() {
 	mkdir -p "$dir"
 	# One log per node, named after it (srun's %N is the host name, the same for virtual nodes).
 	exec >>"$RFAAS_X_RUN_DIR/logs/em-$node.log" 2>&1
-	local args=(executor-manager --node "$node" --listen "$addr:0" --fabric-host "$addr"
+	local args=(executor-manager --node "$node" --fabric-host "$addr"
 		--provider "$RFAAS_X_PROVIDER" --secret-file "$RFAAS_X_RUN_DIR/secret"
 		--node-secret-file "$RFAAS_X_RUN_DIR/node-secret"
 		--run-dir "$dir" --ready-file "$dir/em.json" --resource-manager "$RFAAS_X_RM_ADDR")
 	[[ -n ${RFAAS_EM_CORES:-} ]] && args+=(--cores "$RFAAS_EM_CORES")
 	[[ -n ${RFAAS_EM_MEMORY:-} ]] && args+=(--memory "$RFAAS_EM_MEMORY")
 	[[ -n ${RFAAS_EM_CONFIG:-} ]] && args+=(--config "$RFAAS_EM_CONFIG")
-	exec "$RFAAS_X_BIN" "${args[@]}"
+	local listen=$addr:0 restarts=0 stopping=0 pid= code port
+	trap 'stopping=1; [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true' TERM INT
+	while :; do
+		rm -f "$dir/em.json"
+		"$RFAAS_X_BIN" "${args[@]}" --listen "$listen" &
+		pid=$!
+		code=0
+		# wait returns early when a trapped signal arrives: wait until the EM itself is gone.
+		while kill -0 "$pid" 2>/dev/null; do
+			wait "$pid" && code=0 || code=$?
+		done
+		((stopping)) && exit "$code"
+		if [[ $listen == *:0 ]]; then
+			port=$(sed -n 's/.*"http": *"[^"]*:\([0-9][0-9]*\)".*/\1/p' "$dir/em.json" 2>/dev/null | head -n1 || true)
+			[[ -n $port ]] && listen=$addr:$port
+		fi
+		if ((restarts >= RFAAS_X_EM_RESTARTS)); then
+			echo "rfaas-cluster: executor manager on $node exited (status $code) after $restarts restart(s): giving up" >&2
+			exit "$code"
+		fi
+		restarts=$((restarts + 1))
+		echo "rfaas-cluster: executor manager on $node exited (status $code): starting it again on $listen ($restarts of at most $RFAAS_X_EM_RESTARTS)" >&2
+	done
 }
-export RFAAS_X_RUN_DIR=$RUN_DIR RFAAS_X_PROVIDER=$PROVIDER RFAAS_X_RM_ADDR=$RM_ADDR RFAAS_X_BIN=$RFAAS
+export RFAAS_X_RUN_DIR=$RUN_DIR RFAAS_X_PROVIDER=$PROVIDER RFAAS_X_RM_ADDR=$RM_ADDR RFAAS_X_BIN=$RFAAS \
+	RFAAS_X_EM_RESTARTS=$EM_RESTARTS
 # --overlap: in the single layout the first node also runs the RM step.
 # --kill-on-bad-exit=0: one EM failing does not take the others down (this script notices).
 srun "${EM_GROUP[@]}" --overlap --mpi=none --nodes="$NUM_EMS" --ntasks="$NUM_EMS" --ntasks-per-node=1 \

@@ -4,7 +4,10 @@
 //!
 //! The bytes go to a uniquely named temporary file in the same directory (created by the
 //! `tempfile` crate with the requested mode, removed if anything fails), which is then renamed
-//! over the target: a reader sees the old file or the new one, never a part. With
+//! over the target: a reader sees the old file or the new one, never a part. A process killed
+//! with SIGKILL while writing leaves its temporary behind: temporaries are named
+//! `.<target>.tmp-<pid>-<random>`, so [`remove_stale_temporaries`] (run by the daemons when they
+//! start) removes those of dead writers, and never one that a live process is still writing. With
 //! [`Durability::Synced`] the file is fsynced before the rename and its directory after it,
 //! so the new content survives a power loss once the call returns.
 
@@ -35,8 +38,13 @@ pub fn write_atomic(
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
+    let target = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{target}{TMP_MARK}{}-", std::process::id());
     let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&prefix)
         .permissions(Permissions::from_mode(mode))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
@@ -48,6 +56,39 @@ pub fn write_atomic(
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+/// What separates a temporary's target from its writer's pid: `.<target>.tmp-<pid>-<random>`.
+const TMP_MARK: &str = ".tmp-";
+
+/// The pid of the process that wrote temporary `name`, if `name` is one.
+fn writer_of(name: &str) -> Option<i32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, after) = rest.rsplit_once(TMP_MARK)?;
+    let (pid, _) = after.split_once('-')?;
+    pid.parse().ok().filter(|p| *p > 0)
+}
+
+/// Removes from `dir` the temporaries of [`write_atomic`] whose writer is gone (killed while
+/// writing); returns how many. Those of live processes stay: they may still be renamed.
+pub fn remove_stale_temporaries(dir: &Path) -> io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(writer_of) else {
+            continue;
+        };
+        // A zombie is gone too (a writer killed and not reaped yet).
+        if !crate::cluster::procs::alive(pid) && entry.file_type()?.is_file() {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Replaces `path` with `value` as JSON (pretty-printed: these files are read by people too).
@@ -90,6 +131,26 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")]);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_writers_go_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        // A writer that is surely gone: a child that has exited and been reaped.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let me = std::process::id();
+        let stale = dir.path().join(format!(".state.json.tmp-{dead}-abc123"));
+        let live = dir.path().join(format!(".state.json.tmp-{me}-def456"));
+        let other = dir.path().join(".tmp-notours");
+        for p in [&stale, &live, &other] {
+            std::fs::write(p, b"partial").unwrap();
+        }
+        assert_eq!(writer_of(&format!(".a.so.tmp-{dead}-x")), Some(dead as i32));
+        assert_eq!(writer_of("a.so"), None);
+        assert_eq!(remove_stale_temporaries(dir.path()).unwrap(), 1);
+        assert!(!stale.exists() && live.exists() && other.exists());
     }
 
     #[test]

@@ -30,3 +30,15 @@ pub const TEST_OFI_PROVIDER: &str = "RFAAS_TEST_OFI_PROVIDER";
 /// Tests only (`python/tests`, read there): the cargo output directory holding `rfaas` and
 /// `libfunctions.so` (default `target/debug`).
 pub const TARGET_DIR: &str = "RFAAS_TARGET_DIR";
+/// Clients: authenticate with MUNGE (a fresh credential per request from munged's default
+/// socket) instead of the cluster secret, when `1` (or `true`, `yes`); the cluster file's secret
+/// is then not read. See [`crate::client::Credential`].
+pub const MUNGE: &str = "RFAAS_MUNGE";
+/// Clients: authenticate with MUNGE through munged's socket at this path (implies
+/// [`MUNGE`]).
+pub const MUNGE_SOCKET: &str = "RFAAS_MUNGE_SOCKET";
+/// Tests only (`tests/chaos.rs`): the chaos run's seed (default: from the clock; printed, so a
+/// failing run can be repeated).
+pub const CHAOS_SEED: &str = "RFAAS_CHAOS_SEED";
+/// Tests only (`tests/chaos.rs`): how many faults the chaos run injects (default 20).
+pub const CHAOS_STEPS: &str = "RFAAS_CHAOS_STEPS";

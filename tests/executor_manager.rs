@@ -419,9 +419,20 @@ fn invocations_bill_and_a_crash_is_reported_with_its_signal() {
     let exec = Executor::allocate(fabric, &manager, &spec, ClientOptions::default()).unwrap();
     let id = exec.allocation().id;
     let crash = exec.function("segfault").unwrap();
-    // The death is noticed, not waited out: an ExecutorGone error, not a Timeout.
+    // The death is noticed, not waited out: an ExecutorGone error, not a Timeout, that says
+    // how the executor died (its manager saw the exit status), not only that the connection
+    // failed.
     let r = exec.invoke(crash, b"", &mut out);
-    assert!(matches!(r, Err(InvokeError::ExecutorGone(_))), "{r:?}");
+    assert!(
+        matches!(&r, Err(InvokeError::ExecutorGone(why)) if why.contains("killed by signal 11 (SIGSEGV)")),
+        "{r:?}"
+    );
+    // Every later call says so too.
+    let r = exec.invoke(crash, b"", &mut out);
+    assert!(
+        matches!(&r, Err(InvokeError::ExecutorGone(why)) if why.contains("SIGSEGV")),
+        "{r:?}"
+    );
     let s = wait_for(NO_HANG, "the crash to be recorded", || {
         let s = state_of(&m, id);
         (s.state == "exited").then_some(s)

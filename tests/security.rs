@@ -389,6 +389,105 @@ fn munge_credentials_name_the_user_who_leases() {
 }
 
 #[test]
+fn a_client_with_munge_and_no_secret_leases_allocates_and_invokes() {
+    use rfaas::client::{AllocationSpec, ClientOptions, Cluster, Credential, LeaseOptions};
+    use rfaas::cluster::ClusterFile;
+    use rfaas::control::munge::MungeSocket;
+    let Some(munged) = Munged::start() else {
+        return;
+    };
+    let keys = format!("munge_socket = \"{}\"\n", munged.socket().display());
+    let rm = ResourceManager::start_secured(&keys);
+    let em = manager_for_rm(&rm, "n1", &[common::cores()[0]], &keys);
+    wait_for(common::NO_HANG, "the node registered", || {
+        (rm.metrics()["nodes_alive"] == 1).then_some(())
+    });
+    // The cluster file names a secret this client cannot read: MUNGE needs none.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cluster.json");
+    std::fs::write(
+        &file,
+        json!({"version": 1, "provider": "shm", "secret_file": "absent",
+               "resource_manager": rm.http})
+        .to_string(),
+    )
+    .unwrap();
+    let loaded = ClusterFile::load(&file).unwrap();
+    assert!(Cluster::from_file(&loaded).is_err(), "no secret, no MUNGE");
+    let cluster = Cluster::from_file_with(
+        &loaded,
+        Credential::Munge(MungeSocket::at(&munged.socket())),
+    )
+    .unwrap();
+    let lease = cluster.lease(1, &LeaseOptions::default()).unwrap();
+    // The lease belongs to the user munged vouches for.
+    let (_, view) = rm.call("GET", &format!("/v1/leases/{}", lease.id()), None);
+    let me = nix::unistd::geteuid().as_raw();
+    assert!(view.contains(&format!("\"uid {me}\"")), "{view}");
+    // Renewals and the executor manager's routes (upload, allocate) take fresh credentials.
+    lease.renew().unwrap();
+    let mut spec = AllocationSpec::new(functions_library().to_vec(), &["echo"]);
+    spec.hot_timeout_ms = 0;
+    let fabric = rfaas::rdma::shm::ShmFabric::new().unwrap();
+    let exec = cluster
+        .allocate_leased(&fabric, &lease, &spec, ClientOptions::default())
+        .unwrap();
+    let f = exec.function("echo").unwrap();
+    let mut out = vec![0u8; 64];
+    let n = exec.invoke(f, b"as uid me", &mut out).unwrap();
+    assert_eq!(&out[..n], b"as uid me");
+    exec.deallocate().unwrap();
+    lease.release().unwrap();
+
+    // The command line takes MUNGE from the environment.
+    let lib = dir.path().join("libfunctions.so");
+    std::fs::write(&lib, functions_library()).unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, b"from the environment").unwrap();
+    let out = Command::new(common::rfaas_bin())
+        .args([
+            "invoke",
+            "--function",
+            "echo",
+            "--timeout-s",
+            "10",
+            "--library",
+        ])
+        .arg(&lib)
+        .arg("--input")
+        .arg(&input)
+        .arg("--cluster")
+        .arg(&file)
+        .env("RFAAS_MUNGE_SOCKET", munged.socket())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"from the environment",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without it, the same command cannot authenticate and says why.
+    let out = Command::new(common::rfaas_bin())
+        .args(["invoke", "--function", "echo", "--library"])
+        .arg(&lib)
+        .arg("--input")
+        .arg(&input)
+        .arg("--cluster")
+        .arg(&file)
+        .env_remove("RFAAS_MUNGE_SOCKET")
+        .env_remove("RFAAS_MUNGE")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("absent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(em);
+}
+
+#[test]
 fn registrations_and_lease_requests_are_checked_field_by_field() {
     let rm = ResourceManager::start_secured("");
     let node = bearer(&rm.node_secret().unwrap());

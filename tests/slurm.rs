@@ -595,6 +595,43 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
     let (_, lease) = first_lease(&run_dir, Duration::from_secs(60));
     lease.release().unwrap();
 
+    // 1c. An executor manager crashes (kill -9): its task starts it again on the same address;
+    // it registers again there, and a lease on its node allocates and invokes.
+    let em_ready = run_dir.join("nodes/n1/em.json");
+    let read_em = || -> Option<rfaas::executor_manager::ReadyInfo> {
+        serde_json::from_slice(&fs::read(&em_ready).ok()?).ok()
+    };
+    let before = read_em().expect("n1's executor manager's ready file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(before.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let after = common::wait_for(
+        Duration::from_secs(60),
+        "n1's executor manager to be restarted by its task",
+        || read_em().filter(|r| r.pid != before.pid),
+    );
+    assert_eq!(after.http, before.http, "restarted on the same address");
+    let rm = cluster.resource_manager.clone().unwrap();
+    common::wait_for(Duration::from_secs(60), "n1 registered again", || {
+        rm.nodes().ok()?.nodes.into_iter().find(|n| {
+            n.name == "n1"
+                && n.address == before.http
+                && n.state == rfaas::scheduler::NodeState::Alive
+        })
+    });
+    let out = rfaas::client::invoke_once(
+        &cluster,
+        &lib,
+        "echo",
+        b"after the restart",
+        64,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(out, b"after the restart");
+
     // 2. The benchmark job: 2 nodes x 2 ranks.
     match option_env!("CARGO_BIN_EXE_scalable_benchmark") {
         None => {

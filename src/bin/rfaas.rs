@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rfaas::cluster::{local, status};
+use rfaas::cluster::{local, restart, status};
 
 /// Serverless functions for supercomputers, invoked in microseconds over RDMA.
 #[derive(Parser)]
@@ -69,6 +69,9 @@ enum LocalCluster {
     /// Stop the executor managers started in DIR (they deregister), every process they spawned,
     /// then the resource manager; its state file DIR/rm-state.json is kept.
     Stop(local::StopArgs),
+    /// Start one daemon of the cluster in DIR again (`rm` or `em-N`) with the arguments and on
+    /// the address it had (one still running is stopped first), as after a crash.
+    Restart(restart::RestartArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +133,22 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             ),
             None => println!("no local cluster running in {}", args.run_dir.display()),
         },
+        Command::LocalCluster {
+            command: LocalCluster::Restart(args),
+        } => {
+            let r = restart::restart(&args).context("local-cluster restart")?;
+            println!(
+                "{} restarted: pid {}, http://{}{}",
+                args.name,
+                r.pid,
+                r.address,
+                if r.was_running {
+                    " (the running one was stopped)"
+                } else {
+                    ""
+                }
+            );
+        }
         Command::Invoke(a) => {
             let input = match a.input.as_deref() {
                 None => Vec::new(),

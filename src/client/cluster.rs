@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::credential::Credential;
 use super::error::ClientError;
 use super::executor::{AllocationSpec, ClientOptions, Executor};
 use super::executor_manager::ManagerClient;
@@ -26,16 +27,7 @@ pub struct Cluster {
     /// The resource manager, when the cluster file names one: allocations then go through
     /// leases.
     pub resource_manager: Option<RmClient>,
-    secret: Secret,
-}
-
-#[derive(Clone)]
-struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<secret>")
-    }
+    credential: Credential,
 }
 
 impl Cluster {
@@ -47,22 +39,37 @@ impl Cluster {
         Self::from_file(&file)
     }
 
-    /// The cluster described by an already loaded `file` (reads the secret it names).
+    /// The cluster described by an already loaded `file`, authenticating with MUNGE when the
+    /// environment asks for it ([`Credential::munge_from_env`]), else with the cluster secret
+    /// the file names (read here).
     pub fn from_file(file: &ClusterFile) -> Result<Cluster, ClientError> {
+        let credential = match Credential::munge_from_env()? {
+            Some(munge) => munge,
+            None => Credential::Secret(
+                file.secret()
+                    .map_err(|e| ClientError::Config(e.to_string()))?,
+            ),
+        };
+        Self::from_file_with(file, credential)
+    }
+
+    /// The cluster described by `file`, authenticating with `credential` (the file's secret
+    /// is not read).
+    pub fn from_file_with(
+        file: &ClusterFile,
+        credential: Credential,
+    ) -> Result<Cluster, ClientError> {
         if file.executor_managers.is_empty() && file.resource_manager.is_none() {
             return Err(ClientError::Config(
                 "the cluster file names neither a resource manager nor an executor manager".into(),
             ));
         }
-        let secret = file
-            .secret()
-            .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Cluster {
             provider: file.provider,
             managers: file
                 .executor_managers
                 .iter()
-                .map(|m| ManagerClient::new(&m.http, &secret))
+                .map(|m| ManagerClient::with_credential(&m.http, credential.clone()))
                 .collect(),
             names: file
                 .executor_managers
@@ -72,8 +79,8 @@ impl Cluster {
             resource_manager: file
                 .resource_manager
                 .as_deref()
-                .map(|a| RmClient::new(a, &secret)),
-            secret: Secret(secret),
+                .map(|a| RmClient::with_credential(a, credential.clone())),
+            credential,
         })
     }
 
@@ -93,7 +100,7 @@ impl Cluster {
             .iter()
             .find(|m| m.url() == url || m.url() == address)
             .cloned()
-            .unwrap_or_else(|| ManagerClient::new(address, &self.secret.0))
+            .unwrap_or_else(|| ManagerClient::with_credential(address, self.credential.clone()))
     }
 
     /// Allocates `spec.cores` workers under `lease`, on the first of its parts with that many

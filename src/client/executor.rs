@@ -342,8 +342,14 @@ pub struct Executor<F: Fabric> {
     /// A lease taken for this allocation alone ([`super::Cluster::allocate`] with a resource
     /// manager): released after the allocation, when the executor is dropped.
     lease: Option<super::lease::Lease>,
+    /// How the executor ended, as its manager reports it (asked once, when a call finds it
+    /// gone; empty when the manager could not tell).
+    death: Mutex<Option<String>>,
     _fabric: F,
 }
+
+/// How long a call that found its executor gone waits for the manager to say how it ended.
+const DEATH_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 impl<F: Fabric> Executor<F> {
     /// Uploads the library (unless cached), allocates `spec.cores` workers on `manager`, and
@@ -432,6 +438,7 @@ impl<F: Fabric> Executor<F> {
             output_capacity: spec.output_capacity as usize,
             timings,
             lease: None,
+            death: Mutex::new(None),
             _fabric: fabric,
         })
     }
@@ -503,6 +510,38 @@ impl<F: Fabric> Executor<F> {
         Ok(m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// `e`, with how the executor ended when it is gone: the fabric only says that the
+    /// connection failed, its manager saw the process end ("killed by signal 11 (SIGSEGV)").
+    /// Asked once per executor, within [`DEATH_REPORT_WAIT`].
+    fn explain(&self, e: InvokeError) -> InvokeError {
+        let InvokeError::ExecutorGone(why) = e else {
+            return e;
+        };
+        let Some(manager) = &self.manager else {
+            return InvokeError::ExecutorGone(why);
+        };
+        let mut death = self.death.lock().unwrap_or_else(|p| p.into_inner());
+        let report = death.get_or_insert_with(|| {
+            let id = self.allocation.id;
+            let deadline = Instant::now() + DEATH_REPORT_WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match manager.allocation_within(id, left.max(Duration::from_millis(1))) {
+                    Ok(s) if !matches!(s.state.as_str(), "starting" | "running") => {
+                        return s.reason.unwrap_or(s.state);
+                    }
+                    Ok(_) if !left.is_zero() => std::thread::sleep(Duration::from_millis(10)),
+                    _ => return String::new(),
+                }
+            }
+        });
+        if report.is_empty() {
+            InvokeError::ExecutorGone(why)
+        } else {
+            InvokeError::ExecutorGone(format!("{why}; its executor manager says it {report}"))
+        }
+    }
+
     /// Runs `func` on `input` on some free worker, waits for the result, copies it into `output`
     /// and returns its length. `output.len()` (capped at the allocation's output capacity) is the
     /// capacity the function may fill.
@@ -554,7 +593,7 @@ impl<F: Fabric> Executor<F> {
                     c.progress();
                     std::thread::yield_now();
                 }
-                r => break r?,
+                r => break r.map_err(|e| self.explain(e))?,
             }
         };
         c.wait(
@@ -564,6 +603,7 @@ impl<F: Fabric> Executor<F> {
             deadline.saturating_duration_since(Instant::now()),
             self.opts.spin,
         )
+        .map_err(|e| self.explain(e))
     }
 
     /// Posts `func` on `input` to `worker` (or a round-robin one) and returns at once; collect
@@ -593,13 +633,16 @@ impl<F: Fabric> Executor<F> {
     pub fn wait(&self, p: Pending, output: &mut [u8]) -> Result<usize, InvokeError> {
         let mut c = self.lock(p.worker)?;
         c.wait(p.slot, p.id, output, self.opts.timeout, self.opts.spin)
+            .map_err(|e| self.explain(e))
     }
 
     /// The result of a submitted invocation if it has arrived (`Ok(None)` while it runs).
     pub fn poll(&self, p: &Pending, output: &mut [u8]) -> Result<Option<usize>, InvokeError> {
         let mut c = self.lock(p.worker)?;
         c.progress();
-        c.take(p.slot, p.id, output).transpose()
+        c.take(p.slot, p.id, output)
+            .transpose()
+            .map_err(|e| self.explain(e))
     }
 
     /// Runs `func` once on every worker in parallel, input `i` on worker `i`; one result each.
@@ -638,6 +681,7 @@ impl<F: Fabric> Executor<F> {
                 let (slot, id) = p?;
                 c.wait(slot, id, out, self.opts.timeout, self.opts.spin)
             })
+            .map(|r| r.map_err(|e| self.explain(e)))
             .collect()
     }
 

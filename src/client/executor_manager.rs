@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ureq::http::StatusCode;
 
+use super::credential::Credential;
 use super::error::ClientError;
 use super::http::ApiClient;
 use crate::control::executor_manager_api::{
@@ -12,7 +13,7 @@ use crate::control::executor_manager_api::{
 };
 use crate::function::ContentHash;
 
-/// A connection to one executor manager, authenticated with the cluster secret.
+/// A connection to one executor manager, authenticated with the cluster secret or MUNGE.
 #[derive(Clone, Debug)]
 pub struct ManagerClient {
     api: ApiClient,
@@ -21,15 +22,25 @@ pub struct ManagerClient {
 impl ManagerClient {
     /// A client of the manager at `http` (`host:port` or a URL) using the cluster `secret`.
     pub fn new(http: &str, secret: &str) -> ManagerClient {
+        Self::with_credential(http, Credential::Secret(secret.to_string()))
+    }
+
+    /// A client of the manager at `http` authenticating with `credential`.
+    pub fn with_credential(http: &str, credential: Credential) -> ManagerClient {
         ManagerClient {
             api: ApiClient::new(
                 http,
-                secret,
+                credential,
                 "executor manager",
                 Duration::from_secs(60),
                 Duration::from_secs(5),
             ),
         }
+    }
+
+    /// What it authenticates with.
+    pub fn credential(&self) -> &Credential {
+        self.api.credential()
     }
 
     /// The manager's base URL.
@@ -65,7 +76,7 @@ impl ManagerClient {
             .api
             .agent()
             .head(&url)
-            .header("Authorization", self.api.auth())
+            .header("Authorization", self.api.auth()?)
             .call();
         if head.map_err(|e| self.api.transport(e))?.status() == StatusCode::OK {
             return Ok(hash);
@@ -74,7 +85,7 @@ impl ManagerClient {
             .api
             .agent()
             .put(&url)
-            .header("Authorization", self.api.auth());
+            .header("Authorization", self.api.auth()?);
         if let Some(l) = lease {
             put = put.header(UPLOAD_LEASE_HEADER, l);
         }
@@ -96,7 +107,7 @@ impl ManagerClient {
             .api
             .agent()
             .delete(&url)
-            .header("Authorization", self.api.auth())
+            .header("Authorization", self.api.auth()?)
             .header(ALLOCATION_TOKEN_HEADER, token)
             .call()
             .map_err(|e| self.api.transport(e))?;
@@ -109,6 +120,25 @@ impl ManagerClient {
     /// State of one allocation.
     pub fn allocation(&self, id: u64) -> Result<AllocationStatus, ClientError> {
         self.api.get(&format!("/v1/allocations/{id}"))
+    }
+
+    /// State of one allocation, with an answer within `timeout` or an error (for error paths
+    /// that must not wait long: the manager may be frozen).
+    pub fn allocation_within(
+        &self,
+        id: u64,
+        timeout: Duration,
+    ) -> Result<AllocationStatus, ClientError> {
+        self.api.decode(
+            self.api
+                .agent()
+                .get(self.api.at(&format!("/v1/allocations/{id}")))
+                .header("Authorization", self.api.auth()?)
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
+                .call(),
+        )
     }
 
     /// The manager's cores, memory and allocations.

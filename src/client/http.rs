@@ -1,11 +1,12 @@
 //! The HTTP/JSON plumbing both control-plane clients share: base URL, the cluster secret as a
-//! Bearer token, a ureq agent with timeouts, and turning answers into values or [`ClientError`]s.
+//! credential (a Bearer token or a fresh MUNGE credential per request), a ureq agent with timeouts, and turning answers into values or [`ClientError`]s.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::credential::Credential;
 use super::error::ClientError;
 use crate::control::executor_manager_api::ApiError;
 
@@ -13,7 +14,7 @@ use crate::control::executor_manager_api::ApiError;
 #[derive(Clone)]
 pub(crate) struct ApiClient {
     base: String,
-    auth: String,
+    auth: Credential,
     agent: ureq::Agent,
     /// How errors name the service ("resource manager http://...").
     label: String,
@@ -35,7 +36,7 @@ impl ApiClient {
     /// errors (empty for none).
     pub(crate) fn new(
         http: &str,
-        secret: &str,
+        auth: Credential,
         what: &str,
         timeout: Duration,
         connect: Duration,
@@ -58,7 +59,7 @@ impl ApiClient {
         };
         ApiClient {
             base,
-            auth: format!("Bearer {secret}"),
+            auth,
             agent,
             label,
         }
@@ -74,8 +75,13 @@ impl ApiClient {
         &self.agent
     }
 
-    /// The `Authorization` header value.
-    pub(crate) fn auth(&self) -> &str {
+    /// The `Authorization` header value of one request.
+    pub(crate) fn auth(&self) -> Result<String, ClientError> {
+        self.auth.header()
+    }
+
+    /// The credential.
+    pub(crate) fn credential(&self) -> &Credential {
         &self.auth
     }
 
@@ -125,7 +131,7 @@ impl ApiClient {
         self.decode(
             self.agent
                 .get(self.at(path))
-                .header("Authorization", &self.auth)
+                .header("Authorization", self.auth()?)
                 .call(),
         )
     }
@@ -139,7 +145,7 @@ impl ApiClient {
         self.decode(
             self.agent
                 .post(self.at(path))
-                .header("Authorization", &self.auth)
+                .header("Authorization", self.auth()?)
                 .send_json(body),
         )
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::credential::Credential;
 use super::error::ClientError;
 use super::http::ApiClient;
 use crate::control::resource_manager_api::{
@@ -16,7 +17,7 @@ use crate::control::resource_manager_api::{
     RenewResponse, TokenBody,
 };
 
-/// A connection to the resource manager, authenticated with the cluster secret.
+/// A connection to the resource manager, authenticated with the cluster secret or MUNGE.
 #[derive(Clone, Debug)]
 pub struct RmClient {
     api: ApiClient,
@@ -25,10 +26,15 @@ pub struct RmClient {
 impl RmClient {
     /// A client of the resource manager at `http` (`host:port` or a URL).
     pub fn new(http: &str, secret: &str) -> RmClient {
+        Self::with_credential(http, Credential::Secret(secret.to_string()))
+    }
+
+    /// A client of the resource manager at `http` authenticating with `credential`.
+    pub fn with_credential(http: &str, credential: Credential) -> RmClient {
         RmClient {
             api: ApiClient::new(
                 http,
-                secret,
+                credential,
                 "resource manager",
                 Duration::from_secs(10),
                 Duration::from_secs(3),
@@ -70,7 +76,7 @@ impl RmClient {
             self.api
                 .agent()
                 .delete(self.api.at(&format!("/v1/leases/{id}")))
-                .header("Authorization", self.api.auth())
+                .header("Authorization", self.api.auth()?)
                 .header(
                     crate::control::resource_manager_api::LEASE_TOKEN_HEADER,
                     token,

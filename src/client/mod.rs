@@ -19,6 +19,7 @@
 //! ```
 
 mod cluster;
+mod credential;
 mod error;
 mod executor;
 mod executor_manager;
@@ -26,6 +27,7 @@ mod http;
 mod lease;
 
 pub use cluster::{invoke_once, Cluster};
+pub use credential::Credential;
 pub use error::{ClientError, InvokeError};
 pub use executor::{
     AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending,

@@ -9,6 +9,7 @@
 //!                     manager and the executor managers read it (register, heartbeat, ...)
 //! DIR/cluster.json    what clients read (--cluster DIR/cluster.json)
 //! DIR/pids            "<pid> <name>" per manager (each leads its own session and process group)
+//! DIR/daemons.json    how each daemon was started, with the address it bound (`restart` reuses it)
 //! DIR/em-N.json       manager N's ready file: its HTTP address and pid
 //! DIR/em-N/           manager N's run directory (library cache, executor logs)
 //! DIR/logs/em-N.log   manager N's log (stdout and stderr)
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
+use super::daemons::{with_listen, Daemons};
 use super::file::{ClusterFile, ManagerEntry};
 use super::{procs, ClusterError};
 use crate::executor_manager::config::format_cpulist;
@@ -138,13 +140,17 @@ impl RunDir {
     pub fn rm_state(&self) -> PathBuf {
         self.0.join("rm-state.json")
     }
+    /// `DIR/daemons.json`: how each daemon was started, with the address it bound.
+    pub fn daemons(&self) -> PathBuf {
+        self.0.join("daemons.json")
+    }
     /// `DIR/<name>/`.
     pub fn manager_dir(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
+pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClusterError {
     let context = context.into();
     move |source| ClusterError::Io { context, source }
 }
@@ -203,7 +209,7 @@ pub fn read_pids(path: &Path) -> Result<Option<Vec<(i32, String)>>, ClusterError
 
 /// Whether `pid` is still the executor (or resource) manager that was started as the leader
 /// of its own process group (and not some other process that reused the pid).
-fn is_our_manager(pid: i32) -> bool {
+pub(super) fn is_our_manager(pid: i32) -> bool {
     procs::stat(pid).is_some_and(|s| s.pgrp == pid && s.state != 'Z')
         && procs::cmdline(pid).is_some_and(|c| {
             c.iter()
@@ -211,49 +217,47 @@ fn is_our_manager(pid: i32) -> bool {
         })
 }
 
-/// Starts the resource manager and waits until it answers; returns it and its address.
-fn start_rm(
+/// `path` as an argument (the daemons' arguments are recorded as JSON strings).
+fn path_arg(path: &Path) -> Result<String, ClusterError> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| ClusterError::Invalid(format!("{}: not a UTF-8 path", path.display())))
+}
+
+/// Starts daemon `name` (`exe args...`, its own session, output appended to
+/// `DIR/logs/<name>.log`) after removing its old ready file.
+pub(super) fn launch(
     dir: &RunDir,
-    args: &StartArgs,
     exe: &Path,
-    secret_file: &Path,
-    node_secret_file: &Path,
-) -> Result<(Child, String), ClusterError> {
-    let name = "rm";
-    let ready = dir.ready_file(name);
-    let _ = fs::remove_file(&ready);
-    // A new cluster, unless asked to resume: the state of a previous one names leases whose
-    // clients are gone.
-    if !args.resume_state {
-        let _ = fs::remove_file(dir.rm_state());
-    }
+    name: &str,
+    args: &[String],
+) -> Result<Child, ClusterError> {
+    let _ = fs::remove_file(dir.ready_file(name));
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.log(name))
         .map_err(io(format!("open {}", dir.log(name).display())))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("resource-manager");
-    if let Some(c) = &args.resource_manager_config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.args(["--listen", "127.0.0.1:0", "--secret-file"])
-        .arg(secret_file)
-        .arg("--node-secret-file")
-        .arg(node_secret_file)
-        .arg("--state-file")
-        .arg(dir.rm_state())
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--new-session");
     let err_log = log.try_clone().map_err(io("duplicate the log file"))?;
-    let mut child = cmd
+    Command::new(exe)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(err_log))
         .spawn()
-        .map_err(io(format!("start {} resource-manager", exe.display())))?;
-    let timeout = Duration::from_secs(args.timeout_s);
+        .map_err(io(format!("start {} {}", exe.display(), args[0])))
+}
+
+/// Waits until daemon `name` has written its ready file and answers `/v1/health`; returns the
+/// address it bound. A daemon that exits first, or is not ready within `timeout` (then it is
+/// killed), is an error with the end of its log.
+pub(super) fn wait_one(
+    dir: &RunDir,
+    name: &str,
+    child: &mut Child,
+    timeout: Duration,
+) -> Result<String, ClusterError> {
+    let ready = dir.ready_file(name);
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -265,11 +269,12 @@ fn start_rm(
                 log,
             });
         }
-        let info = fs::read(&ready)
+        let http = fs::read(&ready)
             .ok()
-            .and_then(|b| serde_json::from_slice::<crate::resource_manager::ReadyInfo>(&b).ok());
-        if let Some(info) = info.filter(|i| healthy(&i.http)) {
-            return Ok((child, info.http));
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("http").and_then(|h| h.as_str()).map(str::to_string));
+        if let Some(http) = http.filter(|h| healthy(h)) {
+            return Ok(http);
         }
         if Instant::now() >= deadline {
             let pid = Pid::from_raw(child.id() as i32);
@@ -286,8 +291,55 @@ fn start_rm(
     }
 }
 
+/// The resource manager's arguments (listening on port 0: the address it binds is recorded).
+fn rm_args(
+    dir: &RunDir,
+    args: &StartArgs,
+    secret_file: &Path,
+    node_secret_file: &Path,
+) -> Result<Vec<String>, ClusterError> {
+    let mut out = vec!["resource-manager".to_string()];
+    if let Some(c) = &args.resource_manager_config {
+        out.extend(["--config".into(), path_arg(c)?]);
+    }
+    out.extend([
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--secret-file".into(),
+        path_arg(secret_file)?,
+        "--node-secret-file".into(),
+        path_arg(node_secret_file)?,
+        "--state-file".into(),
+        path_arg(&dir.rm_state())?,
+        "--ready-file".into(),
+        path_arg(&dir.ready_file("rm"))?,
+        "--new-session".into(),
+    ]);
+    Ok(out)
+}
+
+/// Starts the resource manager and waits until it answers; returns it, its address and its
+/// arguments.
+fn start_rm(
+    dir: &RunDir,
+    args: &StartArgs,
+    exe: &Path,
+    secret_file: &Path,
+    node_secret_file: &Path,
+) -> Result<(Child, String, Vec<String>), ClusterError> {
+    // A new cluster, unless asked to resume: the state of a previous one names leases whose
+    // clients are gone.
+    if !args.resume_state {
+        let _ = fs::remove_file(dir.rm_state());
+    }
+    let rm_args = rm_args(dir, args, secret_file, node_secret_file)?;
+    let mut child = launch(dir, exe, "rm", &rm_args)?;
+    let http = wait_one(dir, "rm", &mut child, Duration::from_secs(args.timeout_s))?;
+    Ok((child, http, rm_args))
+}
+
 /// Whether `pid` is an executor process (`<exe> executor`).
-fn is_executor(pid: i32) -> bool {
+pub(super) fn is_executor(pid: i32) -> bool {
     procs::cmdline(pid).is_some_and(|c| c.len() == 2 && c[1] == "executor")
 }
 
@@ -332,6 +384,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         let _ = fs::remove_file(dir.pids());
     }
     let _ = fs::remove_file(dir.cluster_file());
+    let _ = crate::atomic_write::remove_stale_temporaries(&args.run_dir);
     let groups = split_cores(
         &crate::pin::allowed_cores()
             .into_iter()
@@ -356,65 +409,51 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
 
-    let mut rm: Option<(Child, String)> = None;
+    let mut rm: Option<(Child, String, Vec<String>)> = None;
     let mut started: Vec<(String, Child)> = Vec::new();
+    let mut em_args: Vec<(String, Vec<String>)> = Vec::new();
     let result = (|| {
         if !args.no_resource_manager {
             rm = Some(start_rm(&dir, args, &exe, &secret_file, &node_secret_file)?);
         }
         for (i, cores) in groups.iter().enumerate() {
             let name = format!("em-{i}");
-            let ready = dir.ready_file(&name);
-            let _ = fs::remove_file(&ready);
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.log(&name))
-                .map_err(io(format!("open {}", dir.log(&name).display())))?;
-            let mut cmd = Command::new(&exe);
-            cmd.arg("executor-manager");
+            let mut em = vec!["executor-manager".to_string()];
             if let Some(c) = &args.manager_config {
-                cmd.arg("--config").arg(c);
+                em.extend(["--config".into(), path_arg(c)?]);
             }
             // Node names must be unique at a resource manager: `em-N` then.
             let node_name = if rm.is_some() { name.as_str() } else { &node };
-            cmd.args([
-                "--node",
-                node_name,
-                "--listen",
-                "127.0.0.1:0",
-                "--provider",
-                args.provider.name(),
-            ])
-            .args([
-                "--fabric-host",
-                "127.0.0.1",
-                "--cores",
-                &format_cpulist(cores),
-            ])
-            .arg("--secret-file")
-            .arg(&secret_file)
-            .arg("--node-secret-file")
-            .arg(&node_secret_file)
-            .arg("--run-dir")
-            .arg(dir.manager_dir(&name))
-            .arg("--ready-file")
-            .arg(&ready)
-            .arg("--new-session");
+            em.extend([
+                "--node".into(),
+                node_name.into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--provider".into(),
+                args.provider.name().into(),
+                "--fabric-host".into(),
+                "127.0.0.1".into(),
+                "--cores".into(),
+                format_cpulist(cores),
+                "--secret-file".into(),
+                path_arg(&secret_file)?,
+                "--node-secret-file".into(),
+                path_arg(&node_secret_file)?,
+                "--run-dir".into(),
+                path_arg(&dir.manager_dir(&name))?,
+                "--ready-file".into(),
+                path_arg(&dir.ready_file(&name))?,
+                "--new-session".into(),
+            ]);
             if let Some(m) = &args.memory_per_node {
-                cmd.args(["--memory", m]);
+                em.extend(["--memory".into(), m.clone()]);
             }
-            if let Some((_, addr)) = &rm {
-                cmd.args(["--resource-manager", addr]);
+            if let Some((_, addr, _)) = &rm {
+                em.extend(["--resource-manager".into(), addr.clone()]);
             }
-            let err_log = log.try_clone().map_err(io("duplicate the log file"))?;
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(err_log))
-                .spawn()
-                .map_err(io(format!("start {} executor-manager", exe.display())))?;
-            started.push((name, child));
+            let child = launch(&dir, &exe, &name, &em)?;
+            started.push((name.clone(), child));
+            em_args.push((name, em));
         }
         wait_ready(&dir, &mut started, Duration::from_secs(args.timeout_s))
     })();
@@ -425,7 +464,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             for child in started
                 .iter_mut()
                 .map(|(_, c)| c)
-                .chain(rm.as_mut().map(|(c, _)| c))
+                .chain(rm.as_mut().map(|(c, _, _)| c))
             {
                 let pid = Pid::from_raw(child.id() as i32);
                 let _ = killpg(pid, Signal::SIGKILL);
@@ -435,9 +474,20 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             return Err(e);
         }
     };
+    // From now on every daemon's address is fixed: a restart binds it again.
+    let mut daemons = Daemons::default();
+    if let Some((_, addr, a)) = &rm {
+        daemons.daemons.insert("rm".into(), with_listen(a, addr));
+    }
+    for ((name, a), entry) in em_args.iter().zip(&entries) {
+        daemons
+            .daemons
+            .insert(name.clone(), with_listen(a, &entry.http));
+    }
+    daemons.write(&dir.daemons())?;
     let pids: String = rm
         .iter()
-        .map(|(c, _)| format!("{} rm\n", c.id()))
+        .map(|(c, _, _)| format!("{} rm\n", c.id()))
         .chain(
             started
                 .iter()
@@ -450,7 +500,7 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         provider: args.provider,
         secret_file,
         executor_managers: entries,
-        resource_manager: rm.map(|(_, addr)| addr),
+        resource_manager: rm.map(|(_, addr, _)| addr),
     };
     cluster.write(&dir.cluster_file())?;
     Ok(cluster)
@@ -579,16 +629,33 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
     }
     // DIR/rm-state.json stays: it is the resource manager's durable state (`start
     // --resume-state` picks it up).
-    for path in [dir.pids(), dir.cluster_file()] {
+    for path in [dir.pids(), dir.cluster_file(), dir.daemons()] {
         let _ = fs::remove_file(path);
     }
     for (_, name) in ours.iter().chain(&gone) {
         let _ = fs::remove_file(dir.ready_file(name));
     }
+    // Temporaries of daemons killed while writing (state, ready files, library uploads): every
+    // writer is gone now.
+    remove_temporaries_below(&args.run_dir, 3);
     Ok(Some(Stopped {
         managers: ours.len(),
         killed,
     }))
+}
+
+/// [`remove_stale_temporaries`](crate::atomic_write::remove_stale_temporaries) in `dir` and
+/// its subdirectories, `depth` levels down.
+fn remove_temporaries_below(dir: &Path, depth: u32) {
+    let _ = crate::atomic_write::remove_stale_temporaries(dir);
+    if depth == 0 {
+        return;
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_temporaries_below(&entry.path(), depth - 1);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,16 +1,20 @@
 //! Clusters of executor managers as clients see them: the cluster file (`cluster.json`), a
-//! local cluster for one machine (`rfaas local-cluster start|stop`), and `rfaas status`.
+//! local cluster for one machine (`rfaas local-cluster start|stop|restart`), and `rfaas status`.
 //!
 //! | file | concept |
 //! |---|---|
+//! | [`daemons`] | `DIR/daemons.json`: how each daemon of a local cluster was started, on which address |
 //! | [`file`](mod@file) | `cluster.json`: provider, secret file, executor managers |
 //! | [`local`] | starting and stopping N executor managers on 127.0.0.1 |
 //! | [`procs`] | `/proc`: live processes, process-group members |
+//! | [`restart`] | restarting one daemon of a local cluster on its address |
 //! | [`status`] | the status table |
 
+pub mod daemons;
 pub mod file;
 pub mod local;
 pub mod procs;
+pub mod restart;
 pub mod status;
 
 use std::path::PathBuf;

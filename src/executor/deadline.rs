@@ -60,13 +60,15 @@ impl DeadlineFile {
         DeadlineFile(dir.join(format!("lease-{lease}")))
     }
 
-    /// Writes `d` atomically (a temporary file renamed over it).
+    /// Writes `d` atomically (a temporary file renamed over it, named after this process so
+    /// that one left by a killed writer is removed later: [`crate::atomic_write`]).
     pub fn write(&self, d: Deadline) -> std::io::Result<()> {
-        let mut tmp = self.0.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        std::fs::write(&tmp, format!("{} {}\n", d.lease_until, d.manager_until))?;
-        std::fs::rename(&tmp, &self.0)
+        crate::atomic_write::write_atomic(
+            &self.0,
+            format!("{} {}\n", d.lease_until, d.manager_until).as_bytes(),
+            0o644,
+            crate::atomic_write::Durability::Atomic,
+        )
     }
 
     /// Reads it: `Ok(None)` when it is gone.

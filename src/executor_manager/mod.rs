@@ -150,6 +150,12 @@ async fn serve(
         "executor manager listening on http://{http}"
     );
     if let Some(path) = &cfg.ready_file {
+        // Temporaries of a predecessor killed while it wrote this file.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = crate::atomic_write::remove_stale_temporaries(dir) {
+                tracing::warn!(dir = %dir.display(), "cannot remove stale temporaries: {e}");
+            }
+        }
         let info = ReadyInfo {
             node: cfg.node.clone(),
             http: http.clone(),

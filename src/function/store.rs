@@ -12,6 +12,7 @@
 //! * An existing file is trusted only after its content hash is checked; a file that does not
 //!   match (truncated by a crash, tampered with, a symlink, owned by someone else) is replaced.
 //!   The temporary file is not fsync'ed: a crash may leave a short file, which this check catches.
+//! * Temporaries left by a writer that died mid-write are removed when the store is opened.
 
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -89,6 +90,14 @@ impl LibraryStore {
                 "mode {:o} lets group or others write; use chmod 700",
                 meta.mode() & 0o7777
             )));
+        }
+        // Partial uploads of a writer killed mid-write (an executor manager's SIGKILL).
+        match crate::atomic_write::remove_stale_temporaries(&dir) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(dir = %dir.display(), "removed {n} partial upload(s) of a dead writer")
+            }
+            Err(e) => tracing::warn!(dir = %dir.display(), "cannot clean partial uploads: {e}"),
         }
         Ok(LibraryStore { dir })
     }

@@ -148,6 +148,21 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
     let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
 
+    // Temporaries of a predecessor killed while it saved its state or ready file.
+    for dir in [&cfg.state_file, &cfg.ready_file]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.parent())
+    {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            dir
+        };
+        if let Err(e) = crate::atomic_write::remove_stale_temporaries(dir) {
+            tracing::warn!(dir = %dir.display(), "cannot remove stale temporaries: {e}");
+        }
+    }
     let (state, loaded) = RmState::open(cfg.scheduler.clone(), cfg.state_file.clone())?;
     let state = Arc::new(state);
     if let (Some(path), Err(e)) = (&cfg.state_file, state.persist().await) {
