@@ -75,6 +75,13 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
     let mut round_trip = Latencies::new();
     let mut records = Vec::with_capacity(args.repetitions);
     let warmup = args.repetitions / 10;
+    let row = Record::single_client(
+        "lease_benchmark",
+        "grant_release".into(),
+        cluster.provider.name(),
+        0,
+        "resource-manager".into(),
+    );
     for i in 0..args.repetitions + warmup {
         let t = Instant::now();
         grant_release(&cluster, args.cores)?;
@@ -82,17 +89,9 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
         if i >= warmup {
             round_trip.record(took);
             records.push(Record {
-                benchmark: "lease_benchmark".to_string(),
-                mode: "grant_release".into(),
-                provider: cluster.provider.name().into(),
-                payload_bytes: 0,
-                rank: 0,
-                world_size: 1,
-                node: "resource-manager".into(),
-                worker: 0,
                 repetition: i - warmup,
                 latency_ns: took.as_nanos() as u64,
-                phases: Vec::new(),
+                ..row.clone()
             });
         }
     }

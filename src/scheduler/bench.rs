@@ -117,17 +117,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         );
     }
     let row = |mode: &str, repetition: usize, latency_ns: u64| Record {
-        benchmark: "scheduler_bench".to_string(),
-        mode: mode.into(),
-        provider: "none".into(),
-        payload_bytes: 0,
-        rank: 0,
-        world_size: 1,
-        node: String::new(),
-        worker: 0,
         repetition,
         latency_ns,
-        phases: Vec::new(),
+        ..Record::single_client("scheduler_bench", mode.into(), "none", 0, String::new())
     };
     let records: Vec<Record> = (report.grant_ns.iter().enumerate())
         .map(|(i, &ns)| row("grant", i, ns))
