@@ -84,18 +84,15 @@ pub struct ReadyInfo {
 
 /// Runs an executor manager until SIGTERM or SIGINT (`rfaas executor-manager`).
 pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
-    if args.new_session {
+    if args.server.new_session {
         manager_process::new_session()?;
     }
     let cfg = ManagerConfig::load(args)?;
-    let auth = crate::http::Authenticator::load(
-        &cfg.secret_file,
-        cfg.node_secret_file.as_deref(),
-        cfg.munge.clone(),
-    )?;
+    let auth = cfg.credentials.authenticator()?;
     // What it presents to the resource manager: the node credential when there is one.
+    let c = &cfg.credentials;
     let rm_secret = crate::control::secret::read_secret_file(
-        cfg.node_secret_file.as_deref().unwrap_or(&cfg.secret_file),
+        c.node_secret_file.as_deref().unwrap_or(&c.secret_file),
     )?;
     let exe =
         std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?;

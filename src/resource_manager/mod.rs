@@ -113,15 +113,11 @@ pub struct ReadyInfo {
 
 /// Runs a resource manager until SIGTERM or SIGINT (`rfaas resource-manager`).
 pub fn run(args: &RmArgs) -> Result<(), RmError> {
-    if args.new_session {
+    if args.server.new_session {
         manager_process::new_session()?;
     }
     let cfg = RmConfig::load(args)?;
-    let auth = crate::http::Authenticator::load(
-        &cfg.secret_file,
-        cfg.node_secret_file.as_deref(),
-        cfg.munge.clone(),
-    )?;
+    let auth = cfg.credentials.authenticator()?;
     manager_process::block_on("rfaas-rm", serve(cfg, auth))
 }
 
