@@ -180,7 +180,7 @@ pub fn finish(
     config: serde_json::Value,
 ) -> Result<Vec<String>, BenchError> {
     write_outputs(
-        args,
+        &args.output,
         benchmark,
         records,
         extra_columns,
@@ -195,30 +195,10 @@ pub fn finish(
 }
 
 /// Writes the CSV (header [`INVOCATION_HEADER`] plus `extra_columns`, one row per record) to
-/// `args.output` and the JSON metadata beside it, with `extra`'s keys added at its top level
-/// (what `scalable_benchmark` adds: world size, MPI library, per-rank placement, ...). Prints
-/// nothing.
+/// `output` (`--output`) and the JSON metadata beside it, with `extra`'s keys added at its top
+/// level (what `scalable_benchmark` adds: world size, MPI library, per-rank placement, ...).
+/// Prints nothing.
 pub fn write_outputs(
-    args: &CommonArgs,
-    benchmark: &str,
-    records: &[Record],
-    extra_columns: &[&str],
-    config: serde_json::Value,
-    extra: serde_json::Map<String, serde_json::Value>,
-) -> Result<(), BenchError> {
-    write_outputs_to(
-        &args.output,
-        benchmark,
-        records,
-        extra_columns,
-        config,
-        extra,
-    )
-}
-
-/// [`write_outputs`] to the CSV file `output` (for benchmarks without [`CommonArgs`]:
-/// `lease_benchmark`, `scheduler_bench`).
-pub fn write_outputs_to(
     output: &Path,
     benchmark: &str,
     records: &[Record],

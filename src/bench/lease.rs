@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use super::invocation::{write_outputs_to, BenchError, Record};
+use super::invocation::{write_outputs, BenchError, Record};
 use super::stats::Latencies;
 use crate::client::{Cluster, Lease, LeaseOptions};
 
@@ -138,7 +138,7 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
             "refused": report.refused, "elapsed_s": report.elapsed.as_secs_f64(),
             "grants_per_s": report.grants as f64 / report.elapsed.as_secs_f64()}),
     );
-    write_outputs_to(
+    write_outputs(
         &args.output,
         "lease_benchmark",
         &records,

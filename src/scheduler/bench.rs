@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Config, LeaseId, LeaseRequest, Millis, NodeInfo, Policy, Scheduler, TokenSource};
-use crate::bench::invocation::{write_outputs_to, Record};
+use crate::bench::invocation::{write_outputs, Record};
 use crate::bench::stats::Latencies;
 
 /// Benchmark parameters.
@@ -134,7 +134,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         serde_json::json!({"live_at_end": report.live, "refused": report.refused,
             "setup_s": report.setup.as_secs_f64()}),
     );
-    write_outputs_to(
+    write_outputs(
         &args.output,
         "scheduler_bench",
         &records,
