@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use super::credential_args::CredentialArgs;
 use super::munge::MungeSocket;
@@ -62,8 +63,9 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// Reads the file named by `--config` as a `T` (every key optional: `T::default()` without
-    /// a file).
+    /// Reads the file named by `--config`: its credential keys ([`CREDENTIAL_KEYS`]) as
+    /// [`CredentialKeys`], every other key as a `T` (every key optional: `T::default()` without
+    /// a file; a `T` with `deny_unknown_fields` refuses keys neither knows).
     pub fn read_file<T: DeserializeOwned + Default>(&self) -> Result<(T, ConfigFile), ConfigError> {
         let Some(path) = &self.config else {
             return Ok((T::default(), ConfigFile::default()));
@@ -72,12 +74,21 @@ impl ServerArgs {
             path: path.clone(),
             source,
         })?;
-        let keys = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.clone(),
             message: e.to_string(),
-        })?;
+        };
+        let mut rest: toml::Table = toml::from_str(&text).map_err(parse_error)?;
+        let credentials: toml::Table = CREDENTIAL_KEYS
+            .iter()
+            .filter_map(|k| Some((k.to_string(), rest.remove(*k)?)))
+            .collect();
+        let credentials = toml::Value::Table(credentials)
+            .try_into()
+            .map_err(parse_error)?;
+        let keys = toml::Value::Table(rest).try_into().map_err(parse_error)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok((keys, ConfigFile { dir }))
+        Ok((keys, ConfigFile { dir, credentials }))
     }
 
     /// The API's address: the flag, else the file's `listen`, else `default`.
@@ -90,11 +101,8 @@ impl ServerArgs {
 
     /// The credentials in force: each flag wins over the file's key of the same name (its
     /// paths taken from `file`'s directory); a secret file is required.
-    pub fn credentials(
-        &self,
-        file: &ConfigFile,
-        keys: CredentialKeys,
-    ) -> Result<Credentials, ConfigError> {
+    pub fn credentials(&self, file: &ConfigFile) -> Result<Credentials, ConfigError> {
+        let keys = file.credentials.clone();
         let secret_file = self
             .secret_file
             .clone()
@@ -122,9 +130,13 @@ impl ServerArgs {
     }
 }
 
-/// The credential keys of a configuration file (`secret_file`, `node_secret_file`, `munge`,
-/// `munge_socket`), as read.
-#[derive(Debug, Clone, Default)]
+/// The keys of a configuration file that [`CredentialKeys`] holds.
+pub const CREDENTIAL_KEYS: [&str; 4] = ["secret_file", "node_secret_file", "munge", "munge_socket"];
+
+/// The credential keys of a configuration file ([`CREDENTIAL_KEYS`]), as read; the other keys
+/// are the manager's own file type's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CredentialKeys {
     /// `secret_file`.
     pub secret_file: Option<PathBuf>,
@@ -158,11 +170,12 @@ impl Credentials {
     }
 }
 
-/// Where the configuration file is: the paths it names are relative to its directory (to the
-/// working directory without a file).
+/// Where the configuration file is (the paths it names are relative to its directory; to the
+/// working directory without a file) and its credential keys.
 #[derive(Debug, Clone, Default)]
 pub struct ConfigFile {
     dir: PathBuf,
+    credentials: CredentialKeys,
 }
 
 impl ConfigFile {
@@ -184,27 +197,25 @@ mod tests {
     #[serde(deny_unknown_fields)]
     struct Keys {
         listen: Option<String>,
-        secret_file: Option<PathBuf>,
     }
 
     #[test]
     fn the_file_then_the_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "listen = \"127.0.0.1:7\"\nsecret_file = \"s\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:7\"\nsecret_file = \"s\"\nnode_secret_file = \"node\"\n\
+             munge_socket = \"/m\"\n",
+        )
+        .unwrap();
         let mut args = ServerArgs {
             config: Some(path.clone()),
             ..ServerArgs::default()
         };
         let (keys, file): (Keys, _) = args.read_file().unwrap();
         assert_eq!(args.listen(keys.listen.clone(), "d:1"), "127.0.0.1:7");
-        let from_file = CredentialKeys {
-            secret_file: keys.secret_file.clone(),
-            node_secret_file: Some("node".into()),
-            munge: None,
-            munge_socket: Some("/m".into()),
-        };
-        let c = args.credentials(&file, from_file.clone()).unwrap();
+        let c = args.credentials(&file).unwrap();
         assert_eq!(c.secret_file, dir.path().join("s"));
         assert_eq!(c.node_secret_file, Some(dir.path().join("node")));
         assert_eq!(c.munge, Some(MungeSocket(Some("/m".into()))));
@@ -213,17 +224,24 @@ mod tests {
         args.listen = Some("0.0.0.0:9".into());
         args.secret_file = Some("flag".into());
         assert_eq!(args.listen(keys.listen, "d:1"), "0.0.0.0:9");
-        let c = args.credentials(&file, from_file).unwrap();
+        let c = args.credentials(&file).unwrap();
         assert_eq!(c.secret_file, PathBuf::from("flag"));
+        assert_eq!(c.node_secret_file, Some(dir.path().join("node")));
         assert_eq!(args.request_timeout_ms(Some(5), 10), 5);
 
         std::fs::write(&path, "listn = \"x\"\n").unwrap();
         let e = args.read_file::<Keys>().unwrap_err().to_string();
         assert!(e.contains("unknown field `listn`"), "{e}");
+        std::fs::write(&path, "munge = \"yes\"\n").unwrap();
+        let e = args.read_file::<Keys>().unwrap_err().to_string();
+        assert!(e.contains("munge") && e.contains("bool"), "{e}");
+        std::fs::write(&path, "listen = [\n").unwrap();
+        let e = args.read_file::<Keys>().unwrap_err().to_string();
+        assert!(e.contains("line"), "a syntax error says where: {e}");
         let none = ServerArgs::default();
         assert_eq!(none.listen(None, "d:1"), "d:1");
         assert!(none
-            .credentials(&ConfigFile::default(), CredentialKeys::default())
+            .credentials(&ConfigFile::default())
             .unwrap_err()
             .to_string()
             .contains("no secret file"));

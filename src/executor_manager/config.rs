@@ -36,7 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::control::executor_manager_api::MAX_LIBRARY_BYTES;
-use crate::control::server_args::{CredentialKeys, Credentials, ServerArgs};
+use crate::control::server_args::{Credentials, ServerArgs};
 use crate::rdma::Provider;
 
 pub use crate::control::server_args::ConfigError;
@@ -133,10 +133,6 @@ struct FileConfig {
     cores: Option<CoresValue>,
     nic: Option<String>,
     memory: Option<SizeValue>,
-    secret_file: Option<PathBuf>,
-    node_secret_file: Option<PathBuf>,
-    munge: Option<bool>,
-    munge_socket: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     executor_start_timeout_ms: Option<u64>,
@@ -258,15 +254,7 @@ impl ManagerConfig {
             (None, Some(SizeValue::Bytes(b))) => b,
             (None, None) => total_memory(),
         };
-        let credentials = server.credentials(
-            &from_file,
-            CredentialKeys {
-                secret_file: file.secret_file,
-                node_secret_file: file.node_secret_file,
-                munge: file.munge,
-                munge_socket: file.munge_socket,
-            },
-        )?;
+        let credentials = server.credentials(&from_file)?;
         let run_dir = args
             .run_dir
             .clone()

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::control::server_args::ConfigError;
-use crate::control::server_args::{CredentialKeys, Credentials, ServerArgs};
+use crate::control::server_args::{Credentials, ServerArgs};
 use crate::scheduler::Config as SchedConfig;
 
 /// Command line of `rfaas resource-manager`.
@@ -80,10 +80,6 @@ pub struct RmArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
-    secret_file: Option<PathBuf>,
-    node_secret_file: Option<PathBuf>,
-    munge: Option<bool>,
-    munge_socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
     ready_file: Option<PathBuf>,
     default_ttl_ms: Option<u64>,
@@ -138,15 +134,7 @@ impl RmConfig {
             keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(d.keep_ended),
             ..d
         };
-        let credentials = server.credentials(
-            &from_file,
-            CredentialKeys {
-                secret_file: file.secret_file,
-                node_secret_file: file.node_secret_file,
-                munge: file.munge,
-                munge_socket: file.munge_socket,
-            },
-        )?;
+        let credentials = server.credentials(&from_file)?;
         let cfg = RmConfig {
             listen: server.listen(file.listen, "127.0.0.1:5000"),
             credentials,
