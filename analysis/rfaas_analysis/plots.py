@@ -102,6 +102,16 @@ def _p50_p99_lines(ax, series, x):
     return values
 
 
+def _log_latency_axis(ax, values, ylabel, title):
+    """A log latency axis labelled for ``values`` (see :func:`_plain_log_labels`), with its
+    label, the plot's title and a grid."""
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis, values)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _payload_axis(ax, payloads):
     payloads = sorted(set(int(p) for p in payloads))
     ax.set_xscale("symlog", linthresh=1)  # symlog: payload 0 B is allowed
@@ -188,11 +198,7 @@ def plot_latency_vs_payload(table: pd.DataFrame, fabric: pd.DataFrame, out_dir: 
         payloads += list(f["payload_bytes"])
         values += list(f["p50_ns"] / 1e3)
     _payload_axis(ax, payloads)
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, values)
-    ax.set_ylabel("latency (us)")
-    ax.set_title("latency against payload size (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "latency (us)", "latency against payload size (solid p50, dashed p99)")
     _legend(ax, 2 * len(groups) + fabric["provider"].nunique())
     return _save(fig, out_dir, "latency_vs_payload.png")
 
@@ -208,11 +214,7 @@ def plot_scalable_latency(table: pd.DataFrame, out_dir: str) -> str:
     fig, ax = plt.subplots(figsize=(11, 5))
     values = _p50_p99_lines(ax, [(label(k), g) for k, g in groups], "world_size")
     _ranks_axis(ax, rows["world_size"])
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, values)
-    ax.set_ylabel("latency (us)")
-    ax.set_title("scalable_benchmark latency against ranks (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "latency (us)", "scalable_benchmark latency against ranks (solid p50, dashed p99)")
     _legend(ax, 2 * len(groups))
     return _save(fig, out_dir, "scalable_latency_vs_ranks.png")
 
@@ -311,11 +313,7 @@ def plot_fabric_floor(fabric: pd.DataFrame, out_dir: str) -> str:
     fig, ax = plt.subplots(figsize=(8, 5))
     values = _p50_p99_lines(ax, fabric.groupby("provider", sort=True), "payload_bytes")
     _payload_axis(ax, fabric["payload_bytes"])
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, values)
-    ax.set_ylabel("round trip (us)")
-    ax.set_title("fabric floor (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "round trip (us)", "fabric floor (solid p50, dashed p99)")
     _legend(ax, 2 * fabric["provider"].nunique())
     return _save(fig, out_dir, "fabric_floor.png")
 
