@@ -60,18 +60,15 @@
 
 set -euo pipefail
 
-log() { printf '%s rfaas-cluster[%s]: %s\n' "$(date +%T.%3N)" "${SLURM_JOB_ID:-?}" "$*"; }
-die() {
-	log "error: $*" >&2
-	exit 1
-}
+# Slurm runs a copy of this script from its spool directory: the shared part (log, die, the
+# directories) comes from the checkout (RFAAS_HOME, default: the directory sbatch was run from).
+JOB_LABEL=rfaas-cluster
+common=${RFAAS_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}/slurm/job-common.sh
+[[ -r $common ]] || { echo "$JOB_LABEL: no $common: submit from the checkout or set RFAAS_HOME" >&2 && exit 1; }
+# shellcheck source=slurm/job-common.sh
+source "$common"
 
-[[ -n ${SLURM_JOB_ID:-} ]] || die "not inside a Slurm job: submit it with sbatch"
-
-RFAAS_HOME=${RFAAS_HOME:-${SLURM_SUBMIT_DIR:-$PWD}}
-BIN_DIR=${RFAAS_BIN_DIR:-$RFAAS_HOME/target/release}
 RFAAS=$BIN_DIR/rfaas
-RUN_DIR=${RFAAS_RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/rfaas-run}
 PROVIDER=${RFAAS_PROVIDER:-tcp}
 START_TIMEOUT=${RFAAS_START_TIMEOUT:-60}
 STOP_TIMEOUT=${RFAAS_STOP_TIMEOUT:-20}

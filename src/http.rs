@@ -76,6 +76,42 @@ impl Caller {
     }
 }
 
+/// A handler argument that admits only a caller holding the node credential ([`Caller::node`];
+/// 403 otherwise): the node routes take it instead of each checking the [`Caller`].
+#[derive(Debug, Clone, Copy)]
+pub struct NodeCredential;
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for NodeCredential {
+    type Rejection = ApiFailure;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<NodeCredential, ApiFailure> {
+        let caller = parts.extensions.get::<Caller>().ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a node route outside the authentication layer",
+            )
+        })?;
+        caller.require_node().map(|()| NodeCredential)
+    }
+}
+
+/// `GET /v1/health`, the one route without credentials: `{"ok": true}` while the server runs.
+pub async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
+}
+
+/// 201 for something `new`ly created, else 200 (it was there already).
+pub fn created_or_ok(new: bool) -> StatusCode {
+    if new {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
 /// The credentials a server accepts, and what each may do:
 ///
 /// * `Authorization: Bearer <node secret>`: everything, including the node routes.

@@ -31,6 +31,8 @@
 //!   (restart recovery), `placement`, `invariants`.
 //! * [`resource_manager`] — the resource manager (`rfaas resource-manager`): the scheduler
 //!   behind an HTTP/JSON API, with durable state.
+//! * [`manager_process`] — what both managers' processes do alike around their API: session,
+//!   runtime, listening, serving until SIGTERM or SIGINT.
 //! * [`http`] — what the HTTP servers share: JSON errors, body limits, authentication.
 //! * [`client`] — the client library: allocate, connect, invoke (blocking, async, parallel).
 //! * [`cluster`] — cluster files and a local cluster on one machine.
@@ -63,6 +65,7 @@ pub mod executor_manager;
 pub mod function;
 pub mod http;
 pub mod logging;
+pub mod manager_process;
 #[cfg(feature = "mpi")]
 pub mod mpi_glue;
 pub mod pin;

@@ -87,6 +87,31 @@ def _plain_log_labels(axis, values):
     axis.set_minor_formatter(_PLAIN if narrow else NullFormatter())
 
 
+def _p50_p99_lines(ax, series, x):
+    """Per ``(name, rows)`` of ``series``, in one colour: p50 solid with dots and p99 dashed with
+    crosses, in microseconds against column ``x``. Returns the values drawn (for
+    :func:`_plain_log_labels`)."""
+    values = []
+    for i, (name, rows) in enumerate(series):
+        rows = rows.sort_values(x)
+        c = f"C{i % 10}"
+        for stat, style in (("p50", "o-"), ("p99", "x--")):
+            us = rows[f"{stat}_ns"] / 1e3
+            ax.plot(rows[x], us, style, color=c, label=f"{name} {stat}")
+            values += list(us)
+    return values
+
+
+def _log_latency_axis(ax, values, ylabel, title):
+    """A log latency axis labelled for ``values`` (see :func:`_plain_log_labels`), with its
+    label, the plot's title and a grid."""
+    ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis, values)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _payload_axis(ax, payloads):
     payloads = sorted(set(int(p) for p in payloads))
     ax.set_xscale("symlog", linthresh=1)  # symlog: payload 0 B is allowed
@@ -164,12 +189,7 @@ def plot_latency_vs_payload(table: pd.DataFrame, fabric: pd.DataFrame, out_dir: 
     label = _labeler([k for k, _ in groups], keys)
     fig, ax = plt.subplots(figsize=(11, 5))
     payloads = list(rows["payload_bytes"])
-    values = list(rows["p50_ns"] / 1e3) + list(rows["p99_ns"] / 1e3)
-    for i, (key, g) in enumerate(groups):
-        g = g.sort_values("payload_bytes")
-        c = f"C{i % 10}"
-        ax.plot(g["payload_bytes"], g["p50_ns"] / 1e3, "o-", color=c, label=f"{label(key)} p50")
-        ax.plot(g["payload_bytes"], g["p99_ns"] / 1e3, "x--", color=c, label=f"{label(key)} p99")
+    values = _p50_p99_lines(ax, [(label(k), g) for k, g in groups], "payload_bytes")
     fabric = _measured(fabric)
     for provider, f in fabric.groupby("provider", sort=True):
         f = f.sort_values("payload_bytes")
@@ -178,11 +198,7 @@ def plot_latency_vs_payload(table: pd.DataFrame, fabric: pd.DataFrame, out_dir: 
         payloads += list(f["payload_bytes"])
         values += list(f["p50_ns"] / 1e3)
     _payload_axis(ax, payloads)
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, values)
-    ax.set_ylabel("latency (us)")
-    ax.set_title("latency against payload size (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "latency (us)", "latency against payload size (solid p50, dashed p99)")
     _legend(ax, 2 * len(groups) + fabric["provider"].nunique())
     return _save(fig, out_dir, "latency_vs_payload.png")
 
@@ -196,17 +212,9 @@ def plot_scalable_latency(table: pd.DataFrame, out_dir: str) -> str:
     groups = list(rows.groupby(keys, sort=True))
     label = _labeler([k for k, _ in groups], keys)
     fig, ax = plt.subplots(figsize=(11, 5))
-    for i, (key, g) in enumerate(groups):
-        g = g.sort_values("world_size")
-        c = f"C{i % 10}"
-        ax.plot(g["world_size"], g["p50_ns"] / 1e3, "o-", color=c, label=f"{label(key)} p50")
-        ax.plot(g["world_size"], g["p99_ns"] / 1e3, "x--", color=c, label=f"{label(key)} p99")
+    values = _p50_p99_lines(ax, [(label(k), g) for k, g in groups], "world_size")
     _ranks_axis(ax, rows["world_size"])
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, list(rows["p50_ns"] / 1e3) + list(rows["p99_ns"] / 1e3))
-    ax.set_ylabel("latency (us)")
-    ax.set_title("scalable_benchmark latency against ranks (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "latency (us)", "scalable_benchmark latency against ranks (solid p50, dashed p99)")
     _legend(ax, 2 * len(groups))
     return _save(fig, out_dir, "scalable_latency_vs_ranks.png")
 
@@ -303,17 +311,9 @@ def plot_fabric_floor(fabric: pd.DataFrame, out_dir: str) -> str:
     if fabric.empty:
         raise Skip("the fabric floor CSV has no measured rows (all iterations 0)")
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (provider, f) in enumerate(fabric.groupby("provider", sort=True)):
-        f = f.sort_values("payload_bytes")
-        c = f"C{i % 10}"
-        ax.plot(f["payload_bytes"], f["p50_ns"] / 1e3, "o-", color=c, label=f"{provider} p50")
-        ax.plot(f["payload_bytes"], f["p99_ns"] / 1e3, "x--", color=c, label=f"{provider} p99")
+    values = _p50_p99_lines(ax, fabric.groupby("provider", sort=True), "payload_bytes")
     _payload_axis(ax, fabric["payload_bytes"])
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis, list(fabric["p50_ns"] / 1e3) + list(fabric["p99_ns"] / 1e3))
-    ax.set_ylabel("round trip (us)")
-    ax.set_title("fabric floor (solid p50, dashed p99)")
-    ax.grid(True, which="both", alpha=0.3)
+    _log_latency_axis(ax, values, "round trip (us)", "fabric floor (solid p50, dashed p99)")
     _legend(ax, 2 * fabric["provider"].nunique())
     return _save(fig, out_dir, "fabric_floor.png")
 

@@ -31,6 +31,7 @@ Errors are ``rfaas.Error`` subclasses: see ``rfaas.errors``.
 
 from ._native import VERSION as __version__
 from ._native import Cluster, Executor, HAS_MPI
+from . import errors
 from .errors import (
     BusyError,
     ClosedError,
@@ -49,24 +50,4 @@ from .errors import (
 )
 from .futures import Future
 
-__all__ = [
-    "Cluster",
-    "Executor",
-    "Future",
-    "HAS_MPI",
-    "Error",
-    "ConfigError",
-    "ClusterError",
-    "InvalidArgumentError",
-    "InputTooLargeError",
-    "UnknownFunctionError",
-    "InvocationError",
-    "OutputTooLargeError",
-    "FunctionFailedError",
-    "TimeoutError",
-    "ExecutorGoneError",
-    "BusyError",
-    "ClosedError",
-    "SessionError",
-    "__version__",
-]
+__all__ = ["Cluster", "Executor", "Future", "HAS_MPI", *errors.__all__, "__version__"]

@@ -180,7 +180,7 @@ pub fn finish(
     config: serde_json::Value,
 ) -> Result<Vec<String>, BenchError> {
     write_outputs(
-        args,
+        &args.output,
         benchmark,
         records,
         extra_columns,
@@ -195,30 +195,10 @@ pub fn finish(
 }
 
 /// Writes the CSV (header [`INVOCATION_HEADER`] plus `extra_columns`, one row per record) to
-/// `args.output` and the JSON metadata beside it, with `extra`'s keys added at its top level
-/// (what `scalable_benchmark` adds: world size, MPI library, per-rank placement, ...). Prints
-/// nothing.
+/// `output` (`--output`) and the JSON metadata beside it, with `extra`'s keys added at its top
+/// level (what `scalable_benchmark` adds: world size, MPI library, per-rank placement, ...).
+/// Prints nothing.
 pub fn write_outputs(
-    args: &CommonArgs,
-    benchmark: &str,
-    records: &[Record],
-    extra_columns: &[&str],
-    config: serde_json::Value,
-    extra: serde_json::Map<String, serde_json::Value>,
-) -> Result<(), BenchError> {
-    write_outputs_to(
-        &args.output,
-        benchmark,
-        records,
-        extra_columns,
-        config,
-        extra,
-    )
-}
-
-/// [`write_outputs`] to the CSV file `output` (for benchmarks without [`CommonArgs`]:
-/// `lease_benchmark`, `scheduler_bench`).
-pub fn write_outputs_to(
     output: &Path,
     benchmark: &str,
     records: &[Record],
@@ -406,29 +386,85 @@ fn opts(args: &CommonArgs) -> ClientOptions {
 
 /// Runs `warm_benchmark`.
 pub fn run_warm(args: &WarmArgs) -> Result<Vec<Record>, BenchError> {
-    let cluster = Cluster::open(args.common.cluster.as_deref())?;
-    let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
-    let records = cluster.provider.run(Warm {
+    let cfg = serde_json::json!({"modes": args.modes, "cores": args.cores});
+    run_on_cluster(args, &args.common, "warm_benchmark", cfg)
+}
+
+/// Runs `parallel_invocations`.
+pub fn run_parallel(args: &ParallelArgs) -> Result<Vec<Record>, BenchError> {
+    let cfg = serde_json::json!({"cores": args.cores, "hot_timeout_ms": args.hot_timeout});
+    run_on_cluster(args, &args.common, "parallel_invocations", cfg)
+}
+
+/// One benchmark's run on a cluster's provider: its flags, the cluster, the function library,
+/// where its client thread runs.
+struct OnCluster<'a, A> {
+    args: &'a A,
+    cluster: &'a Cluster,
+    library: Vec<u8>,
+    client: ClientPlacement,
+}
+
+/// Opens the cluster and the library of `common`, runs `OnCluster<A>` on the cluster's
+/// provider, then writes the CSV and metadata and prints the summary ([`finish`]). The
+/// metadata's configuration is `config` with the sizes, repetitions and function added.
+fn run_on_cluster<A>(
+    args: &A,
+    common: &CommonArgs,
+    benchmark: &str,
+    mut config: serde_json::Value,
+) -> Result<Vec<Record>, BenchError>
+where
+    for<'a> OnCluster<'a, A>: FabricUser<Output = Result<Vec<Record>, BenchError>>,
+{
+    let cluster = Cluster::open(common.cluster.as_deref())?;
+    let library = std::fs::read(library_path(common.library.as_deref())?)?;
+    let records = cluster.provider.run(OnCluster {
         args,
         cluster: &cluster,
         library,
+        client: ClientPlacement::new(benchmark, common.client_core, 0),
     })??;
-    let cfg = serde_json::json!({"modes": args.modes, "cores": args.cores, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
-    finish(&args.common, "warm_benchmark", &records, &[], cfg)?;
+    if let Some(m) = config.as_object_mut() {
+        m.insert("sizes".into(), serde_json::json!(common.sizes));
+        m.insert("repetitions".into(), serde_json::json!(common.repetitions));
+        m.insert("function".into(), serde_json::json!(common.function));
+    }
+    finish(common, benchmark, &records, &[], config)?;
     Ok(records)
 }
 
-struct Warm<'a> {
-    args: &'a WarmArgs,
-    cluster: &'a Cluster,
-    library: Vec<u8>,
+impl Record {
+    /// The row of a client that runs alone (rank 0 of 1) without phases, for one (benchmark,
+    /// mode, provider, payload, node): the per-measurement fields (worker, repetition,
+    /// latency) are 0, each measurement sets its own.
+    pub fn single_client(
+        benchmark: &str,
+        mode: String,
+        provider: &str,
+        payload_bytes: usize,
+        node: String,
+    ) -> Record {
+        Record {
+            benchmark: benchmark.into(),
+            mode,
+            provider: provider.into(),
+            payload_bytes,
+            rank: 0,
+            world_size: 1,
+            node,
+            worker: 0,
+            repetition: 0,
+            latency_ns: 0,
+            phases: Vec::new(),
+        }
+    }
 }
 
-impl FabricUser for Warm<'_> {
+impl FabricUser for OnCluster<'_, WarmArgs> {
     type Output = Result<Vec<Record>, BenchError>;
-    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+    fn run<F: Fabric>(mut self, fabric: F) -> Self::Output {
         let c = &self.args.common;
-        let mut client = ClientPlacement::new("warm_benchmark", c.client_core, 0);
         let mut out = Vec::new();
         for mode in &self.args.modes {
             let hot = match mode.as_str() {
@@ -448,10 +484,17 @@ impl FabricUser for Warm<'_> {
             )?;
             let f = exec.function(&c.function)?;
             let node = node_of(&exec, self.cluster);
-            client.place(&worker_cores(&exec, &node));
+            self.client.place(&worker_cores(&exec, &node));
             let mut output = vec![0u8; exec.output_capacity()];
             for &size in &c.sizes {
                 let input = payload(size, size);
+                let row = Record::single_client(
+                    "warm_benchmark",
+                    label.clone(),
+                    fabric.provider().name(),
+                    size,
+                    node.clone(),
+                );
                 for i in 0..c.warmup + c.repetitions {
                     let worker = i % exec.workers();
                     if self.args.interval_us > 0 {
@@ -462,17 +505,10 @@ impl FabricUser for Warm<'_> {
                     let ns = t.elapsed().as_nanos() as u64;
                     if i >= c.warmup {
                         out.push(Record {
-                            benchmark: "warm_benchmark".into(),
-                            mode: label.clone(),
-                            provider: fabric.provider().name().into(),
-                            payload_bytes: size,
-                            rank: 0,
-                            world_size: 1,
-                            node: node.clone(),
                             worker,
                             repetition: i - c.warmup,
                             latency_ns: ns,
-                            phases: vec![],
+                            ..row.clone()
                         });
                     }
                 }
@@ -483,31 +519,10 @@ impl FabricUser for Warm<'_> {
     }
 }
 
-/// Runs `parallel_invocations`.
-pub fn run_parallel(args: &ParallelArgs) -> Result<Vec<Record>, BenchError> {
-    let cluster = Cluster::open(args.common.cluster.as_deref())?;
-    let library = std::fs::read(library_path(args.common.library.as_deref())?)?;
-    let records = cluster.provider.run(Parallel {
-        args,
-        cluster: &cluster,
-        library,
-    })??;
-    let cfg = serde_json::json!({"cores": args.cores, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
-    finish(&args.common, "parallel_invocations", &records, &[], cfg)?;
-    Ok(records)
-}
-
-struct Parallel<'a> {
-    args: &'a ParallelArgs,
-    cluster: &'a Cluster,
-    library: Vec<u8>,
-}
-
-impl FabricUser for Parallel<'_> {
+impl FabricUser for OnCluster<'_, ParallelArgs> {
     type Output = Result<Vec<Record>, BenchError>;
-    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+    fn run<F: Fabric>(mut self, fabric: F) -> Self::Output {
         let c = &self.args.common;
-        let mut client = ClientPlacement::new("parallel_invocations", c.client_core, 0);
         let exec = self.cluster.allocate(
             &fabric,
             &spec(
@@ -522,12 +537,19 @@ impl FabricUser for Parallel<'_> {
         let f = exec.function(&c.function)?;
         let n = exec.workers();
         let node = node_of(&exec, self.cluster);
-        client.place(&worker_cores(&exec, &node));
+        self.client.place(&worker_cores(&exec, &node));
         let mut out = Vec::new();
         let mut buffers: Vec<Vec<u8>> = (0..n).map(|_| vec![0u8; exec.output_capacity()]).collect();
         for &size in &c.sizes {
             let inputs: Vec<Vec<u8>> = (0..n).map(|w| payload(size, w)).collect();
             let input_refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+            let row = Record::single_client(
+                "parallel_invocations",
+                format!("parallel-{n}"),
+                fabric.provider().name(),
+                size,
+                node.clone(),
+            );
             for i in 0..c.warmup + c.repetitions {
                 let t = Instant::now();
                 let mut outs: Vec<&mut [u8]> = buffers.iter_mut().map(Vec::as_mut_slice).collect();
@@ -537,17 +559,10 @@ impl FabricUser for Parallel<'_> {
                     r?;
                     if i >= c.warmup {
                         out.push(Record {
-                            benchmark: "parallel_invocations".into(),
-                            mode: format!("parallel-{n}"),
-                            provider: fabric.provider().name().into(),
-                            payload_bytes: size,
-                            rank: 0,
-                            world_size: 1,
-                            node: node.clone(),
                             worker: w,
                             repetition: i - c.warmup,
                             latency_ns: ns,
-                            phases: vec![],
+                            ..row.clone()
                         });
                     }
                 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 
-use super::invocation::{write_outputs_to, BenchError, Record};
+use super::invocation::{write_outputs, BenchError, Record};
 use super::stats::Latencies;
 use crate::client::{Cluster, Lease, LeaseOptions};
 
@@ -75,6 +75,13 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
     let mut round_trip = Latencies::new();
     let mut records = Vec::with_capacity(args.repetitions);
     let warmup = args.repetitions / 10;
+    let row = Record::single_client(
+        "lease_benchmark",
+        "grant_release".into(),
+        cluster.provider.name(),
+        0,
+        "resource-manager".into(),
+    );
     for i in 0..args.repetitions + warmup {
         let t = Instant::now();
         grant_release(&cluster, args.cores)?;
@@ -82,17 +89,9 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
         if i >= warmup {
             round_trip.record(took);
             records.push(Record {
-                benchmark: "lease_benchmark".to_string(),
-                mode: "grant_release".into(),
-                provider: cluster.provider.name().into(),
-                payload_bytes: 0,
-                rank: 0,
-                world_size: 1,
-                node: "resource-manager".into(),
-                worker: 0,
                 repetition: i - warmup,
                 latency_ns: took.as_nanos() as u64,
-                phases: Vec::new(),
+                ..row.clone()
             });
         }
     }
@@ -139,7 +138,7 @@ pub fn run(args: &LeaseArgs) -> Result<LeaseReport, BenchError> {
             "refused": report.refused, "elapsed_s": report.elapsed.as_secs_f64(),
             "grants_per_s": report.grants as f64 / report.elapsed.as_secs_f64()}),
     );
-    write_outputs_to(
+    write_outputs(
         &args.output,
         "lease_benchmark",
         &records,

@@ -19,10 +19,10 @@ use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, WorkerAccept, WorkerConnect, TOKEN_LEN,
 };
 use crate::protocol::invocation::FLAG_SOLICITED_REPLY;
-use crate::protocol::{InvocationHeader, RequestImm, SlotTable, Status, HEADER_LEN};
+use crate::protocol::{worker_qp, InvocationHeader, RequestImm, SlotTable, Status, HEADER_LEN};
 use crate::rdma::{
-    Access, CompletionQueue, Fabric, MemoryRegion, Op, QpCaps, QpInit, QpTimeouts, QueuePair,
-    RecvWr, SendFlags, SendWr, Wc, WcOpcode,
+    Access, CompletionQueue, Fabric, MemoryRegion, Op, QueuePair, RecvWr, SendFlags, SendWr, Wc,
+    WcOpcode,
 };
 
 /// What to allocate.
@@ -723,29 +723,14 @@ fn connect_worker<F: Fabric>(
     let slots = spec.slots.clamp(1, crate::protocol::MAX_SLOTS);
     let stride = HEADER_LEN + spec.input_capacity as usize;
     let out_cap = spec.output_capacity as usize;
-    let cq = fabric.create_cq(4 * slots + 16)?;
+    let cq = fabric.create_cq(worker_qp::cq_depth(slots))?;
     let staging = fabric.alloc_mr(stride * slots as usize, Access::LOCAL_WRITE)?;
     let results = fabric.alloc_mr(
         out_cap * slots as usize,
         Access::LOCAL_WRITE | Access::REMOTE_WRITE,
     )?;
-    let recvs: Vec<RecvWr> = (0..u64::from(slots))
-        .map(|i| RecvWr {
-            wr_id: i,
-            sge: None,
-        })
-        .collect();
-    let caps = QpCaps {
-        max_send_wr: 2 * slots + 8,
-        max_recv_wr: slots,
-        max_msg_size: 256,
-    };
-    let init = QpInit {
-        send_cq: &cq,
-        recv_cq: &cq,
-        caps,
-        timeouts: QpTimeouts::default(),
-    };
+    let recvs = worker_qp::receives(slots);
+    let init = worker_qp::init::<F>(&cq, slots);
     let hello = WorkerConnect {
         token: *token,
         worker,

@@ -14,3 +14,4 @@ pub mod munge;
 pub mod registration;
 pub mod resource_manager_api;
 pub mod secret;
+pub mod server_args;

@@ -23,11 +23,8 @@ use crate::control::executor_manager_api::{
 };
 use crate::control::secret::secrets_equal;
 use crate::function::{ContentHash, FunctionLibrary, FunctionTable};
-use crate::protocol::{HEADER_LEN, MAX_SLOTS};
-use crate::rdma::{
-    Access, ConnRequest, Fabric, FabricUser, Listener, MemoryRegion, QpCaps, QpInit, QpTimeouts,
-    RecvWr,
-};
+use crate::protocol::{worker_qp, HEADER_LEN, MAX_SLOTS};
+use crate::rdma::{Access, ConnRequest, Fabric, FabricUser, Listener, MemoryRegion};
 
 pub use billing::Billing;
 pub use worker::{Worker, WorkerExit};
@@ -332,7 +329,7 @@ fn accept_workers<F: Fabric>(
             req.reject("no such worker, or already connected");
             continue;
         }
-        let cq = fabric.create_cq(4 * cfg.slots + 16)?;
+        let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
         let input = fabric.alloc_mr(
             stride * cfg.slots as usize,
             Access::LOCAL_WRITE | Access::REMOTE_WRITE,
@@ -341,28 +338,13 @@ fn accept_workers<F: Fabric>(
             cfg.output_capacity as usize * cfg.slots as usize,
             Access::LOCAL_WRITE,
         )?;
-        let recvs: Vec<RecvWr> = (0..u64::from(cfg.slots))
-            .map(|i| RecvWr {
-                wr_id: i,
-                sge: None,
-            })
-            .collect();
+        let recvs = worker_qp::receives(cfg.slots);
         let accept = WorkerAccept {
             input: input.remote(0, input.len() as u32),
             stride: stride as u32,
             slots: cfg.slots,
         };
-        let caps = QpCaps {
-            max_send_wr: 2 * cfg.slots + 8,
-            max_recv_wr: cfg.slots,
-            max_msg_size: 256,
-        };
-        let init = QpInit {
-            send_cq: &cq,
-            recv_cq: &cq,
-            caps,
-            timeouts: QpTimeouts::default(),
-        };
+        let init = worker_qp::init::<F>(&cq, cfg.slots);
         let qp = req.accept(init, &recvs, &accept.encode())?;
         slots[w] = Some(Worker::new(
             w,

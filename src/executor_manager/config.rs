@@ -30,38 +30,16 @@
 //! Unknown keys are errors (a typo must not silently fall back to a default). Every key has a
 //! flag of the same name (`--fabric-host`, ...); a flag wins over the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::control::executor_manager_api::MAX_LIBRARY_BYTES;
+use crate::control::server_args::{Credentials, ServerArgs};
 use crate::rdma::Provider;
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML for this configuration.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message (with line and column).
-        message: String,
-    },
-    /// A value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use crate::control::server_args::ConfigError;
 
 /// Command line of `rfaas executor-manager`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -81,15 +59,12 @@ The config file takes every flag as a key, with '_' for '-':
 Stops cleanly on SIGTERM or SIGINT: its executors get SIGTERM, then SIGKILL after stop_grace_ms.
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more.")]
 pub struct ManagerArgs {
-    /// TOML configuration file (every key can also be given as a flag, which wins).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    /// The configuration file, listen address, secret and credential files, request timeout.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Node name reported to clients and in the cluster file (default: the host name).
     #[arg(long)]
     pub node: Option<String>,
-    /// Address of the HTTP API, host:port (port 0 picks a free one).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<String>,
     /// Fabric provider of the executors and of billing: shm, tcp, verbs or ofi (the libfabric
     /// provider then comes from `RFAAS_OFI_PROVIDER` or `FI_PROVIDER`).
     #[arg(long)]
@@ -107,12 +82,6 @@ pub struct ManagerArgs {
     /// Memory it may rent out: bytes, or with a unit (512MiB, 4GiB, 8G). Default: MemTotal.
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// File holding the cluster secret (mode 0600). Never pass a secret itself on a command line.
-    #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
-    /// The node credential and MUNGE flags.
-    #[command(flatten)]
-    pub credentials: crate::control::credential_args::CredentialArgs,
     /// Directory for executor logs (RUN_DIR/logs) and the library cache (RUN_DIR/cache).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
@@ -131,9 +100,6 @@ pub struct ManagerArgs {
     /// Executor processes kept started ahead of allocations (default 1; 0: no pool).
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
-    /// How long a client may take to send a request's head, and then its body, in milliseconds.
-    #[arg(long, value_name = "MS")]
-    pub request_timeout_ms: Option<u64>,
     /// Grace between SIGTERM and SIGKILL when an executor is stopped, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub stop_grace_ms: Option<u64>,
@@ -154,9 +120,6 @@ pub struct ManagerArgs {
     /// secret). When set, allocations need a lease that resource manager granted.
     #[arg(long, value_name = "HOST:PORT")]
     pub resource_manager: Option<String>,
-    /// Start a new session (detach from the terminal); used by `rfaas local-cluster start`.
-    #[arg(long, hide = true)]
-    pub new_session: bool,
 }
 
 /// The configuration file: every key optional, unknown keys refused.
@@ -170,10 +133,6 @@ struct FileConfig {
     cores: Option<CoresValue>,
     nic: Option<String>,
     memory: Option<SizeValue>,
-    secret_file: Option<PathBuf>,
-    node_secret_file: Option<PathBuf>,
-    munge: Option<bool>,
-    munge_socket: Option<PathBuf>,
     run_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     executor_start_timeout_ms: Option<u64>,
@@ -227,12 +186,8 @@ pub struct ManagerConfig {
     pub nic: Option<String>,
     /// Memory it may rent, bytes.
     pub memory: u64,
-    /// Cluster secret file.
-    pub secret_file: PathBuf,
-    /// Node credential file; `None`: the cluster secret acts as one.
-    pub node_secret_file: Option<PathBuf>,
-    /// MUNGE authentication of clients, through this socket.
-    pub munge: Option<crate::control::munge::MungeSocket>,
+    /// The credentials it accepts (secret files, MUNGE).
+    pub credentials: Credentials,
     /// Run directory (logs).
     pub run_dir: PathBuf,
     /// Library cache directory.
@@ -264,34 +219,13 @@ pub struct ManagerConfig {
 impl ManagerConfig {
     /// Reads the file named by `--config` (if any), applies the flags, fills defaults and checks.
     pub fn load(args: &ManagerArgs) -> Result<ManagerConfig, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file(&text).map_err(|message| ConfigError::Parse {
-                    path: path.clone(),
-                    message,
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let server = &args.server;
+        let (file, from_file) = server.read_file::<FileConfig>()?;
         // Relative paths in a file are relative to the file.
-        let base = args
-            .config
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let rel = |p: PathBuf| from_file.path(p);
 
         let node = args.node.clone().or(file.node).unwrap_or_else(default_node);
-        let listen = args
-            .listen
-            .clone()
-            .or(file.listen)
-            .unwrap_or_else(|| "127.0.0.1:10000".into());
+        let listen = server.listen(file.listen, "127.0.0.1:10000");
         let provider = match args.provider.or(file.provider) {
             Some(p) => p,
             None => Provider::from_env().map_err(|e| ConfigError::Invalid(e.to_string()))?,
@@ -320,15 +254,7 @@ impl ManagerConfig {
             (None, Some(SizeValue::Bytes(b))) => b,
             (None, None) => total_memory(),
         };
-        let secret_file = args
-            .secret_file
-            .clone()
-            .or(file.secret_file.map(rel))
-            .ok_or_else(|| {
-                ConfigError::Invalid(
-                    "no secret file: give --secret-file FILE or secret_file in the config".into(),
-                )
-            })?;
+        let credentials = server.credentials(&from_file)?;
         let run_dir = args
             .run_dir
             .clone()
@@ -345,11 +271,6 @@ impl ManagerConfig {
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let (run_dir, cache_dir) = (absolute(run_dir), absolute(cache_dir));
         let ms = Duration::from_millis;
-        let (node_secret_file, munge) = args.credentials.resolve(
-            file.node_secret_file.map(rel),
-            file.munge,
-            file.munge_socket,
-        );
         let cfg = ManagerConfig {
             max_allocations: args
                 .max_allocations
@@ -371,9 +292,7 @@ impl ManagerConfig {
                 .map(|n| n.trim().to_string())
                 .filter(|n| !n.is_empty()),
             memory,
-            secret_file,
-            node_secret_file,
-            munge,
+            credentials,
             run_dir,
             cache_dir,
             executor_start_timeout: ms(args
@@ -384,10 +303,7 @@ impl ManagerConfig {
                 .executor_connect_timeout_ms
                 .or(file.executor_connect_timeout_ms)
                 .unwrap_or(10_000)),
-            request_timeout: ms(args
-                .request_timeout_ms
-                .or(file.request_timeout_ms)
-                .unwrap_or(10_000)),
+            request_timeout: ms(server.request_timeout_ms(file.request_timeout_ms, 10_000)),
             stop_grace: ms(args.stop_grace_ms.or(file.stop_grace_ms).unwrap_or(2_000)),
             max_cache_bytes: args
                 .max_cache_bytes
@@ -455,10 +371,6 @@ impl ManagerConfig {
         }
         Ok(())
     }
-}
-
-fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
 }
 
 fn default_node() -> String {
@@ -567,7 +479,10 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "x").unwrap();
         let args = ManagerArgs {
-            secret_file: Some(secret),
+            server: ServerArgs {
+                secret_file: Some(secret),
+                ..Default::default()
+            },
             run_dir: Some("some/relative/dir".into()),
             ..Default::default()
         };
@@ -592,7 +507,10 @@ mod tests {
         )
         .unwrap();
         let mut args = ManagerArgs {
-            config: Some(path.clone()),
+            server: ServerArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
             ..Default::default()
         };
         let cfg = ManagerConfig::load(&args).unwrap();
@@ -602,7 +520,7 @@ mod tests {
         want.dedup();
         assert_eq!(cfg.cores, want);
         assert_eq!(cfg.memory, 1 << 30);
-        assert_eq!(cfg.secret_file, dir.path().join("secret"));
+        assert_eq!(cfg.credentials.secret_file, dir.path().join("secret"));
         assert_eq!(cfg.stop_grace, Duration::from_millis(50));
         assert_eq!(cfg.max_allocations, want.len() as u32);
         assert_eq!(cfg.cache_dir, cfg.run_dir.join("cache"));
@@ -624,7 +542,10 @@ mod tests {
 
         std::fs::write(&path, "nodee = \"typo\"\nsecret_file = \"s\"\n").unwrap();
         let err = ManagerConfig::load(&ManagerArgs {
-            config: Some(path.clone()),
+            server: ServerArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
             ..Default::default()
         })
         .unwrap_err();
@@ -633,7 +554,10 @@ mod tests {
         let err = ManagerConfig::load(&ManagerArgs::default()).unwrap_err();
         assert!(err.to_string().contains("secret"), "{err}");
         let err = ManagerConfig::load(&ManagerArgs {
-            secret_file: Some("s".into()),
+            server: ServerArgs {
+                secret_file: Some("s".into()),
+                ..Default::default()
+            },
             max_allocations: Some(0),
             ..Default::default()
         })

@@ -29,7 +29,7 @@ use crate::control::executor_manager_api::{
     AllocationRequest, ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
 };
 use crate::control::resource_manager_api::LEASE_TOKEN_HEADER;
-use crate::http::{parse_json, protect, read_body, Authenticator, Caller};
+use crate::http::{created_or_ok, health, parse_json, protect, read_body, Authenticator, Caller};
 
 use super::service::{Service, ServiceError};
 
@@ -63,10 +63,6 @@ pub fn router(service: Arc<Service>, auth: Arc<Authenticator>) -> Router {
         .route("/v1/allocations/{id}", get(allocation).delete(deallocate))
         .route("/v1/status", get(status));
     protect(routes, auth, "rfaas::control::executor_manager_api").with_state(state)
-}
-
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true }))
 }
 
 async fn upload_library(
@@ -117,15 +113,7 @@ async fn upload_library(
     allowed?;
     let bytes = bytes?;
     let (stored, new) = st.service.store_library(&hash, bytes).await?;
-    Ok((
-        if new {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        Json(stored),
-    )
-        .into_response())
+    Ok((created_or_ok(new), Json(stored)).into_response())
 }
 
 async fn head_library(

@@ -43,6 +43,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_write::{write_json_atomic, Durability};
+use crate::manager_process::{self, io_err, IoFailure, StopSignals};
 
 pub use config::{ConfigError, ManagerArgs, ManagerConfig};
 pub use service::{Service, ServiceError};
@@ -66,19 +67,8 @@ pub enum ManagerError {
     #[error(transparent)]
     Library(#[from] crate::function::FunctionError),
     /// A system call failed.
-    #[error("{context}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ManagerError {
-    let context = context.into();
-    move |source| ManagerError::Io { context, source }
+    #[error(transparent)]
+    Io(#[from] IoFailure),
 }
 
 /// What a manager writes to its ready file (`--ready-file`) once its API is up.
@@ -94,33 +84,19 @@ pub struct ReadyInfo {
 
 /// Runs an executor manager until SIGTERM or SIGINT (`rfaas executor-manager`).
 pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
-    if args.new_session {
-        // Its own session and process group (pgid = pid): a launcher can stop the manager and
-        // everything it spawned with one killpg, and no terminal's signals reach it.
-        nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
+    if args.server.new_session {
+        manager_process::new_session()?;
     }
     let cfg = ManagerConfig::load(args)?;
-    let auth = crate::http::Authenticator::load(
-        &cfg.secret_file,
-        cfg.node_secret_file.as_deref(),
-        cfg.munge.clone(),
-    )?;
+    let auth = cfg.credentials.authenticator()?;
     // What it presents to the resource manager: the node credential when there is one.
+    let c = &cfg.credentials;
     let rm_secret = crate::control::secret::read_secret_file(
-        cfg.node_secret_file.as_deref().unwrap_or(&cfg.secret_file),
+        c.node_secret_file.as_deref().unwrap_or(&c.secret_file),
     )?;
     let exe =
         std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?;
-    // Few threads: the manager is not on the invocation path, and the cores are for rent.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("rfaas-em")
-        .enable_all()
-        .build()
-        .map_err(io_err("start the async runtime"))?;
-    let result = rt.block_on(serve(cfg, auth, rm_secret, exe));
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    manager_process::block_on("rfaas-em", serve(cfg, auth, rm_secret, exe))
 }
 
 async fn serve(
@@ -129,17 +105,8 @@ async fn serve(
     rm_secret: String,
     exe: PathBuf,
 ) -> Result<(), ManagerError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
-
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(io_err(format!("listen on {}", cfg.listen)))?;
-    let http = listener
-        .local_addr()
-        .map_err(io_err("read the bound address"))?
-        .to_string();
+    let signals = StopSignals::install()?;
+    let (listener, http) = manager_process::listen(&cfg.listen).await?;
     let service = Arc::new(Service::start(cfg.clone(), exe)?);
     tracing::info!(
         node = %cfg.node,
@@ -192,20 +159,7 @@ async fn serve(
             )
         });
     let app = http_server::router(service.clone(), Arc::new(auth));
-    let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
-    let waiter = tokio::spawn(async move {
-        let sig = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        let _ = tx.send(sig);
-    });
-    let mut signal_name = "";
-    let shutdown = async {
-        signal_name = rx.await.unwrap_or("shutdown");
-    };
-    http_server::serve(listener, app, cfg.request_timeout, shutdown).await;
-    waiter.abort();
+    let signal_name = signals.serve(listener, app, cfg.request_timeout).await;
     tracing::info!("{signal_name}: shutting down");
     if let Some((task, link)) = rm_task {
         task.abort();

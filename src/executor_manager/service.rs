@@ -212,10 +212,10 @@ impl Service {
             .recursive(true)
             .mode(0o700)
             .create(&logs)
-            .map_err(|source| ManagerError::Io {
-                context: format!("create {}", logs.display()),
-                source,
-            })?;
+            .map_err(crate::manager_process::io_err(format!(
+                "create {}",
+                logs.display()
+            )))?;
         let libraries = Libraries::open(&cfg.cache_dir)?;
         let order = super::topology::discover(&cfg.cores, cfg.nic.as_deref())?;
         log_core_order(&order);

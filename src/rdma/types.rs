@@ -240,6 +240,26 @@ pub struct Wc {
 }
 
 impl Wc {
+    /// The completion of request `wr_id` of queue pair `qp_num`.
+    #[inline]
+    pub fn new(
+        qp_num: u32,
+        wr_id: u64,
+        status: WcStatus,
+        opcode: WcOpcode,
+        byte_len: u32,
+        imm: Option<u32>,
+    ) -> Wc {
+        Wc {
+            wr_id,
+            status,
+            opcode,
+            byte_len,
+            imm,
+            qp_num,
+        }
+    }
+
     /// True when the request succeeded.
     pub fn is_ok(&self) -> bool {
         self.status == WcStatus::Success

@@ -23,12 +23,13 @@
 //! Unknown keys are errors. Every key has a flag of the same name; a flag wins over the file.
 //! Relative paths in the file are relative to the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::executor_manager::ConfigError;
+pub use crate::control::server_args::ConfigError;
+use crate::control::server_args::{Credentials, ServerArgs};
 use crate::scheduler::Config as SchedConfig;
 
 /// Command line of `rfaas resource-manager`.
@@ -46,18 +47,9 @@ Saves its state (write, fsync, rename) after every grant, renewal, release, regi
 expiry, and loads it at start: a restart, even after kill -9, keeps nodes and leases.
 Stops cleanly on SIGTERM or SIGINT. Logs go to stderr; set RUST_LOG for more.")]
 pub struct RmArgs {
-    /// TOML configuration file (every key can also be given as a flag, which wins).
-    #[arg(long, short = 'c', value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address of the HTTP API, host:port (port 0 picks a free one).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<String>,
-    /// File holding the cluster secret (mode 0600).
-    #[arg(long, value_name = "FILE")]
-    pub secret_file: Option<PathBuf>,
-    /// The node credential and MUNGE flags.
+    /// The configuration file, listen address, secret and credential files, request timeout.
     #[command(flatten)]
-    pub credentials: crate::control::credential_args::CredentialArgs,
+    pub server: ServerArgs,
     /// Durable state: loaded at start, saved after every change (none: memory only).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
@@ -79,25 +71,15 @@ pub struct RmArgs {
     /// How often expiries and missed heartbeats are checked, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub tick_interval_ms: Option<u64>,
-    /// How long a client may take to send a request's head, and then its body, in milliseconds.
-    #[arg(long, value_name = "MS")]
-    pub request_timeout_ms: Option<u64>,
     /// Ended leases remembered.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
-    /// Start a new session (detach from the terminal); used by `rfaas local-cluster start`.
-    #[arg(long, hide = true)]
-    pub new_session: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
-    secret_file: Option<PathBuf>,
-    node_secret_file: Option<PathBuf>,
-    munge: Option<bool>,
-    munge_socket: Option<PathBuf>,
     state_file: Option<PathBuf>,
     ready_file: Option<PathBuf>,
     default_ttl_ms: Option<u64>,
@@ -114,12 +96,8 @@ struct FileConfig {
 pub struct RmConfig {
     /// HTTP listen address.
     pub listen: String,
-    /// Cluster secret file.
-    pub secret_file: PathBuf,
-    /// Node credential file; `None`: the cluster secret acts as one.
-    pub node_secret_file: Option<PathBuf>,
-    /// MUNGE authentication of clients, through this socket.
-    pub munge: Option<crate::control::munge::MungeSocket>,
+    /// The credentials it accepts (secret files, MUNGE).
+    pub credentials: Credentials,
     /// Durable state file.
     pub state_file: Option<PathBuf>,
     /// Where to announce readiness.
@@ -135,26 +113,9 @@ pub struct RmConfig {
 impl RmConfig {
     /// Reads the file named by `--config` (if any), applies the flags, fills defaults, checks.
     pub fn load(args: &RmArgs) -> Result<RmConfig, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?
-            }
-            None => FileConfig::default(),
-        };
-        let base = args
-            .config
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let rel = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let server = &args.server;
+        let (file, from_file) = server.read_file::<FileConfig>()?;
+        let rel = |p: PathBuf| from_file.path(p);
         let d = SchedConfig::default();
         let scheduler = SchedConfig {
             heartbeat_timeout_ms: args
@@ -173,29 +134,10 @@ impl RmConfig {
             keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(d.keep_ended),
             ..d
         };
-        let (node_secret_file, munge) = args.credentials.resolve(
-            file.node_secret_file.map(rel),
-            file.munge,
-            file.munge_socket,
-        );
+        let credentials = server.credentials(&from_file)?;
         let cfg = RmConfig {
-            listen: args
-                .listen
-                .clone()
-                .or(file.listen)
-                .unwrap_or_else(|| "127.0.0.1:5000".into()),
-            secret_file: args
-                .secret_file
-                .clone()
-                .or(file.secret_file.map(rel))
-                .ok_or_else(|| {
-                    ConfigError::Invalid(
-                        "no secret file: give --secret-file FILE or secret_file in the config"
-                            .into(),
-                    )
-                })?,
-            node_secret_file,
-            munge,
+            listen: server.listen(file.listen, "127.0.0.1:5000"),
+            credentials,
             state_file: args.state_file.clone().or(file.state_file.map(rel)),
             ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
             scheduler,
@@ -205,9 +147,7 @@ impl RmConfig {
                     .unwrap_or(100),
             ),
             request_timeout: Duration::from_millis(
-                args.request_timeout_ms
-                    .or(file.request_timeout_ms)
-                    .unwrap_or(10_000),
+                server.request_timeout_ms(file.request_timeout_ms, 10_000),
             ),
         };
         cfg.validate()?;
@@ -250,12 +190,15 @@ mod tests {
         )
         .unwrap();
         let args = RmArgs {
-            config: Some(f.clone()),
+            server: ServerArgs {
+                config: Some(f.clone()),
+                ..ServerArgs::default()
+            },
             default_ttl_ms: Some(700),
             ..RmArgs::default()
         };
         let c = RmConfig::load(&args).unwrap();
-        assert_eq!(c.secret_file, dir.path().join("s"));
+        assert_eq!(c.credentials.secret_file, dir.path().join("s"));
         assert_eq!(c.state_file, Some(dir.path().join("state.json")));
         assert_eq!(c.scheduler.default_ttl_ms, 700);
         assert_eq!(c.tick_interval, Duration::from_millis(100));

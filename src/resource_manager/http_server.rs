@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, RawQuery, State};
+use axum::extract::{Extension, FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
@@ -26,9 +27,10 @@ use crate::control::resource_manager_api::{
     LEASE_TOKEN_HEADER,
 };
 use crate::http::{
-    parse_json, protect, read_body, ApiFailure, Authenticator, Caller, MAX_JSON_BYTES,
+    created_or_ok, health, parse_json, protect, read_body, ApiFailure, Authenticator, Caller,
+    NodeCredential, MAX_JSON_BYTES,
 };
-use crate::scheduler::{Event, LeaseId, LeaseRequest, NodeInfo, SchedError};
+use crate::scheduler::{Event, LeaseId, LeaseRequest, Millis, NodeInfo, SchedError, Scheduler};
 
 use super::state::RmState;
 
@@ -68,8 +70,8 @@ pub fn router(state: Arc<RmState>, auth: Arc<Authenticator>, request_timeout: Du
         .route("/v1/nodes", get(list_nodes).post(register))
         .route("/v1/nodes/{name}", get(node).delete(deregister))
         .route("/v1/nodes/{name}/heartbeat", post(heartbeat))
-        .route("/v1/nodes/{name}/drain", post(drain))
-        .route("/v1/nodes/{name}/resume", post(resume))
+        .route("/v1/nodes/{name}/drain", node_change(Scheduler::drain))
+        .route("/v1/nodes/{name}/resume", node_change(Scheduler::resume))
         .route("/v1/leases", get(list_leases).post(grant))
         .route("/v1/leases/{id}", get(lease).delete(release))
         .route("/v1/leases/{id}/renew", post(renew));
@@ -86,27 +88,40 @@ async fn json_body<T: DeserializeOwned>(
     parse_json(&bytes, what)
 }
 
-/// Waits until change `generation` is saved.
-async fn durable(st: &AppState, generation: u64) -> Result<(), ApiFailure> {
+/// Changes the scheduler with `f` (a refusal is answered with [`status_of`]) and waits until
+/// the change is saved.
+async fn change<R>(
+    st: &AppState,
+    f: impl FnOnce(&mut Scheduler, Millis) -> Result<R, SchedError>,
+) -> Result<R, ApiFailure> {
+    let (r, generation) = st.state.change(f).map_err(refused)?;
     st.state.durable(generation).await.map_err(|e| {
         ApiFailure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the change was made but could not be saved to the state file: {e}"),
         )
-    })
+    })?;
+    Ok(r)
 }
 
-fn parse_lease(id: &str) -> Result<LeaseId, ApiFailure> {
-    id.parse().map(LeaseId).map_err(|_| {
-        ApiFailure::new(
-            StatusCode::BAD_REQUEST,
-            format!("lease id {id:?} is not a number"),
-        )
-    })
-}
+/// The lease id of a `/v1/leases/{id}` route: 400 when it is not a number.
+struct LeasePath(LeaseId);
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "ok": true }))
+impl<S: Send + Sync> FromRequestParts<S> for LeasePath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<LeasePath, Response> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        id.parse().map(|n| LeasePath(LeaseId(n))).map_err(|_| {
+            ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                format!("lease id {id:?} is not a number"),
+            )
+            .into_response()
+        })
+    }
 }
 
 async fn metrics(State(st): State<AppState>) -> Json<MetricsResponse> {
@@ -122,11 +137,10 @@ async fn metrics(State(st): State<AppState>) -> Json<MetricsResponse> {
 
 async fn register(
     State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _node: NodeCredential,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
-    caller.require_node()?;
     let req: RegisterRequest = json_body(&st, &headers, body, "registration").await?;
     crate::control::registration::check(&req)
         .map_err(|m| ApiFailure::new(StatusCode::BAD_REQUEST, format!("bad registration: {m}")))?;
@@ -138,27 +152,19 @@ async fn register(
         memory: req.memory,
         hosted: req.hosted,
     };
-    let ((r, view, timeout), generation) = st
-        .state
-        .change(|s, now| {
-            let r = s.register(info, now)?;
-            let view = s.node(&name).expect("just registered");
-            Ok((r, view, s.config().heartbeat_timeout_ms))
-        })
-        .map_err(refused)?;
-    durable(&st, generation).await?;
+    let (r, view, timeout) = change(&st, |s, now| {
+        let r = s.register(info, now)?;
+        let view = s.node(&name).expect("just registered");
+        Ok((r, view, s.config().heartbeat_timeout_ms))
+    })
+    .await?;
     tracing::info!(
         node = %name, address = %view.address, cores = view.cores_total, new = r.new,
         revived = r.revived, adopted = r.adopted.len(), stale = r.stale.len(),
         "node registered"
     );
-    let code = if r.new {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
     Ok((
-        code,
+        created_or_ok(r.new),
         Json(RegisterResponse {
             node: view,
             new: r.new,
@@ -179,10 +185,9 @@ async fn register(
 
 async fn heartbeat(
     State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _node: NodeCredential,
     Path(name): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    caller.require_node()?;
     let view = st
         .state
         .with(|s, now| {
@@ -193,52 +198,28 @@ async fn heartbeat(
     Ok(Json(view).into_response())
 }
 
-async fn node_change(
-    st: AppState,
-    name: String,
-    f: fn(&mut crate::scheduler::Scheduler, &str) -> Result<(), SchedError>,
-) -> Result<Response, ApiFailure> {
-    let (view, generation) = st
-        .state
-        .change(|s, _| {
-            f(s, &name)?;
-            Ok(s.node(&name).expect("known node"))
-        })
-        .map_err(refused)?;
-    durable(&st, generation).await?;
-    tracing::info!(node = %name, state = view.state.name(), "node state changed");
-    Ok(Json(view).into_response())
-}
-
-async fn drain(
-    State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiFailure> {
-    caller.require_node()?;
-    node_change(st, name, |s, n| s.drain(n)).await
-}
-
-async fn resume(
-    State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiFailure> {
-    caller.require_node()?;
-    node_change(st, name, |s, n| s.resume(n)).await
+/// A node route (`POST /v1/nodes/{name}/drain`, `.../resume`) that changes the node's state
+/// with `f`, saves it, and answers the node as it is now.
+fn node_change(f: fn(&mut Scheduler, &str) -> Result<(), SchedError>) -> MethodRouter<AppState> {
+    post(
+        move |State(st): State<AppState>, _node: NodeCredential, Path(name): Path<String>| async move {
+            let view = change(&st, |s, _| {
+                f(s, &name)?;
+                Ok(s.node(&name).expect("known node"))
+            })
+            .await?;
+            tracing::info!(node = %name, state = view.state.name(), "node state changed");
+            Ok::<_, ApiFailure>(Json(view).into_response())
+        },
+    )
 }
 
 async fn deregister(
     State(st): State<AppState>,
-    Extension(caller): Extension<Caller>,
+    _node: NodeCredential,
     Path(name): Path<String>,
 ) -> Result<Response, ApiFailure> {
-    caller.require_node()?;
-    let (events, generation) = st
-        .state
-        .change(|s, _| s.deregister(&name))
-        .map_err(refused)?;
-    durable(&st, generation).await?;
+    let events = change(&st, |s, _| s.deregister(&name)).await?;
     let ended: Vec<LeaseId> = events
         .iter()
         .filter_map(|e| match e {
@@ -287,14 +268,12 @@ async fn grant(
         ttl: req.ttl_ms.map(Duration::from_millis),
         client: req.client,
     };
-    let ((g, now), generation) = st
-        .state
-        .change(|s, now| Ok((s.grant(req, now)?, now)))
-        .map_err(|e| {
-            tracing::debug!(%client, "lease refused: {e}");
-            refused(e)
-        })?;
-    durable(&st, generation).await?;
+    let (g, now) = change(&st, |s, now| {
+        s.grant(req, now)
+            .map(|g| (g, now))
+            .inspect_err(|e| tracing::debug!(%client, "lease refused: {e}"))
+    })
+    .await?;
     tracing::debug!(lease = %g.lease, %client, parts = g.parts.len(), "lease granted");
     Ok((
         StatusCode::CREATED,
@@ -312,21 +291,17 @@ async fn grant(
 
 async fn renew(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    LeasePath(lease): LeasePath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
-    let lease = parse_lease(&id)?;
     let t: TokenBody = json_body(&st, &headers, body, "renewal").await?;
-    let ((to, now, ttl_ms), generation) = st
-        .state
-        .change(|s, now| {
-            let to = s.renew(lease, &t.token, now)?;
-            let ttl = s.lease(lease).map_or(0, |l| l.ttl_ms);
-            Ok((to, now, ttl))
-        })
-        .map_err(refused)?;
-    durable(&st, generation).await?;
+    let (to, now, ttl_ms) = change(&st, |s, now| {
+        let to = s.renew(lease, &t.token, now)?;
+        let ttl = s.lease(lease).map_or(0, |l| l.ttl_ms);
+        Ok((to, now, ttl))
+    })
+    .await?;
     Ok(Json(RenewResponse {
         lease,
         ttl_ms,
@@ -338,11 +313,10 @@ async fn renew(
 
 async fn release(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    LeasePath(lease): LeasePath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
-    let lease = parse_lease(&id)?;
     let token = match headers
         .get(LEASE_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -362,11 +336,7 @@ async fn release(
             parse_json::<TokenBody>(&bytes, "release")?.token
         }
     };
-    let (ended, generation) = st
-        .state
-        .change(|s, _| s.release(lease, &token))
-        .map_err(refused)?;
-    durable(&st, generation).await?;
+    let ended = change(&st, |s, _| s.release(lease, &token)).await?;
     tracing::debug!(%lease, "lease released");
     Ok(Json(ReleaseResponse {
         lease,
@@ -380,10 +350,9 @@ async fn release(
 /// the lease's.
 async fn lease(
     State(st): State<AppState>,
-    Path(id): Path<String>,
+    LeasePath(id): LeasePath,
     headers: HeaderMap,
 ) -> Result<Response, ApiFailure> {
-    let id = parse_lease(&id)?;
     let presented = headers
         .get(LEASE_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -78,6 +78,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::manager_process::{self, io_err, IoFailure, StopSignals};
+
 pub use config::{RmArgs, RmConfig};
 pub use state::{Loaded, RmState, StateError};
 
@@ -94,19 +96,8 @@ pub enum RmError {
     #[error(transparent)]
     State(#[from] StateError),
     /// A system call failed.
-    #[error("{context}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RmError {
-    let context = context.into();
-    move |source| RmError::Io { context, source }
+    #[error(transparent)]
+    Io(#[from] IoFailure),
 }
 
 /// What a resource manager writes to its ready file once its API is up.
@@ -122,31 +113,16 @@ pub struct ReadyInfo {
 
 /// Runs a resource manager until SIGTERM or SIGINT (`rfaas resource-manager`).
 pub fn run(args: &RmArgs) -> Result<(), RmError> {
-    if args.new_session {
-        // Its own session and process group, like the executor managers of a local cluster.
-        nix::unistd::setsid().map_err(|e| io_err("setsid")(e.into()))?;
+    if args.server.new_session {
+        manager_process::new_session()?;
     }
     let cfg = RmConfig::load(args)?;
-    let auth = crate::http::Authenticator::load(
-        &cfg.secret_file,
-        cfg.node_secret_file.as_deref(),
-        cfg.munge.clone(),
-    )?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("rfaas-rm")
-        .enable_all()
-        .build()
-        .map_err(io_err("start the async runtime"))?;
-    let result = rt.block_on(serve(cfg, auth));
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    let auth = cfg.credentials.authenticator()?;
+    manager_process::block_on("rfaas-rm", serve(cfg, auth))
 }
 
 async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), RmError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(io_err("handle SIGTERM"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(io_err("handle SIGINT"))?;
+    let signals = StopSignals::install()?;
 
     // Temporaries of a predecessor killed while it saved its state or ready file.
     for dir in [&cfg.state_file, &cfg.ready_file]
@@ -165,12 +141,7 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
     }
     let (state, loaded) = RmState::open(cfg.scheduler.clone(), cfg.state_file.clone())?;
     let state = Arc::new(state);
-    if let (Some(path), Err(e)) = (&cfg.state_file, state.persist().await) {
-        return Err(RmError::Io {
-            context: format!("save the state to {}", path.display()),
-            source: std::io::Error::other(e),
-        });
-    }
+    saved(&cfg, state.persist().await)?;
     match loaded {
         Loaded::Volatile => tracing::warn!("no state_file: nodes and leases live in memory only"),
         Loaded::Fresh => tracing::info!("starting with an empty state"),
@@ -179,13 +150,7 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
-        .await
-        .map_err(io_err(format!("listen on {}", cfg.listen)))?;
-    let http = listener
-        .local_addr()
-        .map_err(io_err("read the bound address"))?
-        .to_string();
+    let (listener, http) = manager_process::listen(&cfg.listen).await?;
     tracing::info!("resource manager listening on http://{http}");
 
     let persister = {
@@ -217,33 +182,25 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
     }
 
     let app = http_server::router(state.clone(), Arc::new(auth), cfg.request_timeout);
-    let (tx, rx) = tokio::sync::oneshot::channel::<&'static str>();
-    let waiter = tokio::spawn(async move {
-        let sig = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        let _ = tx.send(sig);
-    });
-    let mut signal_name = "";
-    let shutdown = async {
-        signal_name = rx.await.unwrap_or("shutdown");
-    };
-    crate::http::serve(listener, app, cfg.request_timeout, shutdown).await;
-    waiter.abort();
+    let signal_name = signals.serve(listener, app, cfg.request_timeout).await;
     ticker.abort();
     tracing::info!("{signal_name}: saving the state and stopping");
-    let saved = state.persist().await;
+    let persisted = state.persist().await;
     persister.abort();
     if let Some(path) = &cfg.ready_file {
         let _ = std::fs::remove_file(path);
     }
-    if let (Some(path), Err(e)) = (&cfg.state_file, saved) {
-        return Err(RmError::Io {
-            context: format!("save the state to {}", path.display()),
-            source: std::io::Error::other(e),
-        });
-    }
+    saved(&cfg, persisted)?;
     tracing::info!("resource manager stopped");
     Ok(())
+}
+
+/// The outcome of saving the state to the state file, as an error that names the file.
+fn saved(cfg: &RmConfig, result: Result<(), String>) -> Result<(), IoFailure> {
+    match (&cfg.state_file, result) {
+        (Some(path), Err(e)) => Err(io_err(format!("save the state to {}", path.display()))(
+            std::io::Error::other(e),
+        )),
+        _ => Ok(()),
+    }
 }

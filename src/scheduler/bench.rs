@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Config, LeaseId, LeaseRequest, Millis, NodeInfo, Policy, Scheduler, TokenSource};
-use crate::bench::invocation::{write_outputs_to, Record};
+use crate::bench::invocation::{write_outputs, Record};
 use crate::bench::stats::Latencies;
 
 /// Benchmark parameters.
@@ -117,17 +117,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         );
     }
     let row = |mode: &str, repetition: usize, latency_ns: u64| Record {
-        benchmark: "scheduler_bench".to_string(),
-        mode: mode.into(),
-        provider: "none".into(),
-        payload_bytes: 0,
-        rank: 0,
-        world_size: 1,
-        node: String::new(),
-        worker: 0,
         repetition,
         latency_ns,
-        phases: Vec::new(),
+        ..Record::single_client("scheduler_bench", mode.into(), "none", 0, String::new())
     };
     let records: Vec<Record> = (report.grant_ns.iter().enumerate())
         .map(|(i, &ns)| row("grant", i, ns))
@@ -142,7 +134,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         serde_json::json!({"live_at_end": report.live, "refused": report.refused,
             "setup_s": report.setup.as_secs_f64()}),
     );
-    write_outputs_to(
+    write_outputs(
         &args.output,
         "scheduler_bench",
         &records,

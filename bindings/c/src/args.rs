@@ -1,6 +1,6 @@
 //! Checked conversions of C arguments: strings, byte buffers, output pointers.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, c_void, CStr};
 
 use crate::error::Error;
 
@@ -80,6 +80,37 @@ pub unsafe fn put<T>(p: *mut T, v: T) {
         // SAFETY: not NULL, and valid for a write by the caller's contract.
         unsafe { p.write(v) };
     }
+}
+
+/// Lends the caller's output buffer `(output, capacity)` to `call`, which returns how many bytes
+/// of it the result took; that length goes to `*output_len` (NULL: nowhere).
+///
+/// # Safety
+/// As [`out_buf`] for `output` and `capacity`; `output_len` NULL or valid for a write.
+pub unsafe fn answer(
+    output: *mut c_void,
+    capacity: usize,
+    output_len: *mut usize,
+    call: impl FnOnce(&mut [u8]) -> Result<usize, Error>,
+) -> Result<(), Error> {
+    // SAFETY: the caller's contract on `output` and `capacity`.
+    let out = unsafe { out_buf(output.cast(), capacity, "output") }?;
+    let n = call(out)?;
+    // SAFETY: NULL or valid for a write, by the caller's contract.
+    unsafe { put(output_len, n) };
+    Ok(())
+}
+
+/// Takes back a handle made by `Box::into_raw` (a pending call), which the caller gives up.
+///
+/// # Safety
+/// `p` NULL or from `Box::into_raw`, not taken back yet.
+pub unsafe fn take_handle<T>(p: *mut T, what: &str) -> Result<T, Error> {
+    if p.is_null() {
+        return Err(Error::null(what));
+    }
+    // SAFETY: from Box::into_raw and taken back once, by the caller's contract.
+    Ok(*unsafe { Box::from_raw(p) })
 }
 
 /// A required out-pointer.

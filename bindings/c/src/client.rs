@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use rfaas_core::client::{AllocationSpec, ClientOptions, Cluster, FunctionId, Pending};
 
-use crate::args::{function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg};
+use crate::args::{
+    answer, function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg, take_handle,
+};
 use crate::error::{guard, rfaas_status, Error};
 use crate::executor::{AllocateAny, AnyExecutor};
 
@@ -293,17 +295,12 @@ pub unsafe extern "C" fn rfaas_invoke(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract on every pointer.
-        let (e, input, output) = unsafe {
-            (
-                exec(executor)?,
-                in_buf(input.cast(), input_len, "input")?,
-                out_buf(output.cast(), output_capacity, "output")?,
-            )
-        };
-        let n = e.invoke(function_id(function)?, input, output)?;
-        // SAFETY: NULL or valid for a write.
-        unsafe { put(output_len, n) };
-        Ok(())
+        unsafe {
+            let (e, input) = (exec(executor)?, in_buf(input.cast(), input_len, "input")?);
+            answer(output, output_capacity, output_len, |out| {
+                Ok(e.invoke(function_id(function)?, input, out)?)
+            })
+        }
     })
 }
 
@@ -362,22 +359,15 @@ pub unsafe extern "C" fn rfaas_wait_pending(
     output_len: *mut usize,
 ) -> c_int {
     guard(|| {
-        if pending.is_null() {
-            return Err(Error::null("pending"));
+        // SAFETY: the caller's contract: `pending` from rfaas_submit, not consumed yet, and the
+        // other pointers.
+        unsafe {
+            let p = take_handle(pending, "pending")?.inner;
+            let e = exec(executor)?;
+            answer(output, output_capacity, output_len, |out| {
+                Ok(e.wait(p, out)?)
+            })
         }
-        // SAFETY: from Box::into_raw in rfaas_submit, consumed once by contract.
-        let p = unsafe { Box::from_raw(pending) }.inner;
-        // SAFETY: the caller's contract.
-        let (e, output) = unsafe {
-            (
-                exec(executor)?,
-                out_buf(output.cast(), output_capacity, "output")?,
-            )
-        };
-        let n = e.wait(p, output)?;
-        // SAFETY: NULL or valid for a write.
-        unsafe { put(output_len, n) };
-        Ok(())
     })
 }
 

@@ -17,7 +17,7 @@ use mpi::topology::SimpleCommunicator;
 use rfaas_core::client::{ClientOptions, FunctionId};
 use rfaas_core::mpi_glue::{Offload, Session, SessionConfig};
 
-use crate::args::{function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg};
+use crate::args::{answer, function_names, in_buf, need, opt_str_arg, put, str_arg, take_handle};
 use crate::error::{guard, rfaas_status, Error};
 
 /// How a session is set up: the same on every rank. Fill it with `rfaas_session_config_init`
@@ -356,18 +356,16 @@ pub unsafe extern "C" fn rfaas_offload(
 ) -> c_int {
     guard(|| {
         // SAFETY: the caller's contract on every pointer.
-        let (s, name, input, output) = unsafe {
-            (
+        unsafe {
+            let (s, name, input) = (
                 live(session)?,
                 str_arg(function_name, "function")?,
                 in_buf(input.cast(), input_len, "input")?,
-                out_buf(output.cast(), output_capacity, "output")?,
-            )
-        };
-        let n = s.offload_id(function(s, name)?, input, output)?;
-        // SAFETY: NULL or writable.
-        unsafe { put(output_len, n) };
-        Ok(())
+            );
+            answer(output, output_capacity, output_len, |out| {
+                Ok(s.offload_id(function(s, name)?, input, out)?)
+            })
+        }
     })
 }
 
@@ -425,22 +423,15 @@ pub unsafe extern "C" fn rfaas_wait(
     output_len: *mut usize,
 ) -> c_int {
     guard(|| {
-        if offload.is_null() {
-            return Err(Error::null("offload"));
+        // SAFETY: the caller's contract: `offload` from rfaas_offload_async, not consumed yet,
+        // and the other pointers.
+        unsafe {
+            let o = take_handle(offload, "offload")?.inner;
+            let s = live(session)?;
+            answer(output, output_capacity, output_len, |out| {
+                Ok(s.wait(o, out)?)
+            })
         }
-        // SAFETY: from Box::into_raw in rfaas_offload_async, consumed once by contract.
-        let o = unsafe { Box::from_raw(offload) }.inner;
-        // SAFETY: the caller's contract.
-        let (s, output) = unsafe {
-            (
-                live(session)?,
-                out_buf(output.cast(), output_capacity, "output")?,
-            )
-        };
-        let n = s.wait(o, output)?;
-        // SAFETY: NULL or writable.
-        unsafe { put(output_len, n) };
-        Ok(())
     })
 }
 

@@ -120,7 +120,7 @@ fn write_root(
         ScalableMode::Throughput => &["in_flight", "duration_ns"],
         _ => &[],
     };
-    write_outputs(c, BENCHMARK, &records, extra_columns, config, extra)?;
+    write_outputs(&c.output, BENCHMARK, &records, extra_columns, config, extra)?;
     for l in &outcome.summary {
         println!("{l}");
     }

@@ -94,7 +94,14 @@ impl RecvState {
                 if !self.is_ok() {
                     while k < out.len() {
                         let Some(wr) = self.posted.pop() else { break };
-                        out[k] = self.wc(wr.wr_id, WcStatus::WrFlush, WcOpcode::Recv, 0, None);
+                        out[k] = Wc::new(
+                            self.qp_num,
+                            wr.wr_id,
+                            WcStatus::WrFlush,
+                            WcOpcode::Recv,
+                            0,
+                            None,
+                        );
                         k += 1;
                     }
                 }
@@ -111,7 +118,8 @@ impl RecvState {
             };
             self.consumed.store(n + 1, Ordering::Relaxed);
             out[k] = match e.opcode {
-                ring::OP_WRITE_IMM => self.wc(
+                ring::OP_WRITE_IMM => Wc::new(
+                    self.qp_num,
                     wr.wr_id,
                     WcStatus::Success,
                     WcOpcode::RecvWriteImm,
@@ -121,11 +129,25 @@ impl RecvState {
                 ring::OP_SEND | ring::OP_SEND_IMM => {
                     let imm = (e.opcode == ring::OP_SEND_IMM).then_some(e.imm);
                     let status = self.deliver_send(&wr, n, e.byte_len);
-                    self.wc(wr.wr_id, status, WcOpcode::Recv, e.byte_len, imm)
+                    Wc::new(
+                        self.qp_num,
+                        wr.wr_id,
+                        status,
+                        WcOpcode::Recv,
+                        e.byte_len,
+                        imm,
+                    )
                 }
                 _ => {
                     self.set_error();
-                    self.wc(wr.wr_id, WcStatus::Fatal, WcOpcode::Recv, 0, None)
+                    Wc::new(
+                        self.qp_num,
+                        wr.wr_id,
+                        WcStatus::Fatal,
+                        WcOpcode::Recv,
+                        0,
+                        None,
+                    )
                 }
             };
             k += 1;
@@ -166,25 +188,6 @@ impl RecvState {
             std::ptr::copy_nonoverlapping(self.ring.slab_ptr(n), sge.addr as *mut u8, len as usize)
         };
         WcStatus::Success
-    }
-
-    #[inline]
-    fn wc(
-        &self,
-        wr_id: u64,
-        status: WcStatus,
-        opcode: WcOpcode,
-        byte_len: u32,
-        imm: Option<u32>,
-    ) -> Wc {
-        Wc {
-            wr_id,
-            status,
-            opcode,
-            byte_len,
-            imm,
-            qp_num: self.qp_num,
-        }
     }
 }
 
@@ -298,14 +301,14 @@ impl ShmQp {
         } else if !wr.flags.contains(SendFlags::SIGNALED) {
             return;
         }
-        let wc = Wc {
-            wr_id: wr.wr_id,
+        let wc = Wc::new(
+            self.sh.qp_num,
+            wr.wr_id,
             status,
-            opcode: wr.op.wc_opcode(),
+            wr.op.wc_opcode(),
             byte_len,
-            imm: None,
-            qp_num: self.sh.qp_num,
-        };
+            None,
+        );
         // Room was checked before a signaled request ran; a full queue here means an error
         // completion of an unsignaled request, or another queue pair sharing the CQ raced us.
         if !self.sh.send_cq.core.push(wc, false) {
@@ -547,14 +550,14 @@ impl QueuePair for ShmQp {
 
     fn post_recv(&self, wr: &RecvWr) -> Result<()> {
         if !self.sh.recv.is_ok() {
-            let wc = Wc {
-                wr_id: wr.wr_id,
-                status: WcStatus::WrFlush,
-                opcode: WcOpcode::Recv,
-                byte_len: 0,
-                imm: None,
-                qp_num: self.sh.qp_num,
-            };
+            let wc = Wc::new(
+                self.sh.qp_num,
+                wr.wr_id,
+                WcStatus::WrFlush,
+                WcOpcode::Recv,
+                0,
+                None,
+            );
             if !self.sh.recv_cq.core.push(wc, true) {
                 return Err(FabricError::QueueFull);
             }

@@ -334,27 +334,9 @@ impl QpInner {
         self.state.load(Ordering::Acquire) == CONNECTED
     }
 
-    fn wc(
-        &self,
-        wr_id: u64,
-        status: WcStatus,
-        opcode: WcOpcode,
-        byte_len: u32,
-        imm: Option<u32>,
-    ) -> Wc {
-        Wc {
-            wr_id,
-            status,
-            opcode,
-            byte_len,
-            imm,
-            qp_num: self.num,
-        }
-    }
-
     fn complete_send(&self, wr_id: u64, opcode: WcOpcode, status: WcStatus, len: u32) {
         self.send_cq
-            .push(self.wc(wr_id, status, opcode, len, None), false);
+            .push(Wc::new(self.num, wr_id, status, opcode, len, None), false);
     }
 
     /// Pushes a receive completion.
@@ -367,8 +349,10 @@ impl QpInner {
         imm: Option<u32>,
         solicited: bool,
     ) {
-        self.recv_cq
-            .push(self.wc(wr_id, status, opcode, len, imm), solicited);
+        self.recv_cq.push(
+            Wc::new(self.num, wr_id, status, opcode, len, imm),
+            solicited,
+        );
     }
 
     // -----------------------------------------------------------------------------------------

@@ -1116,47 +1116,25 @@ fn connect_times_out_when_the_listener_never_answers() {
 
 #[test]
 fn malformed_frames_break_only_their_connection() {
+    // The encoded header of `op` with `len`, `seq` and `ack`, everything else zero.
+    let header = |op, len, seq, ack| {
+        Header {
+            op,
+            len,
+            seq,
+            ack,
+            ..Header::default()
+        }
+        .encode()
+        .to_vec()
+    };
     let frames: Vec<Vec<u8>> = vec![
-        vec![0xff; HDR_LEN], // unknown op
-        Header {
-            op: op::FETCH_ADD,
-            len: 3,
-            seq: 1,
-            ..Header::default()
-        }
-        .encode()
-        .to_vec(), // bad length
-        Header {
-            op: op::WRITE,
-            len: 8,
-            seq: 5,
-            ..Header::default()
-        }
-        .encode()
-        .to_vec(), // out of sequence
-        Header {
-            op: op::ACK,
-            ack: 1000,
-            ..Header::default()
-        }
-        .encode()
-        .to_vec(), // acks the future
-        Header {
-            op: op::READ_RESP,
-            len: 8,
-            seq: 1,
-            ..Header::default()
-        }
-        .encode()
-        .to_vec(), // answers nothing
-        Header {
-            op: op::WRITE,
-            len: 100,
-            seq: 1,
-            ..Header::default()
-        }
-        .encode()[..20]
-            .to_vec(), // truncated
+        vec![0xff; HDR_LEN],                         // unknown op
+        header(op::FETCH_ADD, 3, 1, 0),              // bad length
+        header(op::WRITE, 8, 5, 0),                  // out of sequence
+        header(op::ACK, 0, 0, 1000),                 // acks the future
+        header(op::READ_RESP, 8, 1, 0),              // answers nothing
+        header(op::WRITE, 100, 1, 0)[..20].to_vec(), // truncated
     ];
     let f = TcpFabric::new().unwrap();
     // A healthy connection in the same domain keeps working throughout.
