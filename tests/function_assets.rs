@@ -487,3 +487,38 @@ fn the_c_library_init() {
     }
     wait_cores_back(&m);
 }
+
+/// With a resource manager, asset uploads need a live lease like library uploads (403 without
+/// one); through `Cluster::allocate`, which leases first, the assets reach the init function.
+#[test]
+fn asset_uploads_need_a_lease_with_a_resource_manager() {
+    let rm = common::ResourceManager::start("");
+    let em = common::manager_for_rm(&rm, "n0", &[common::cores()[0]], "");
+    common::wait_for(NO_HANG, "the node to register", || {
+        (rm.metrics()["nodes_alive"] == 1).then_some(())
+    });
+    let file = common::write_cluster_file(&rm, std::slice::from_ref(&em), "em-");
+
+    let bytes = noise(3000, 11);
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let (code, body) = em.call("PUT", &format!("/v1/assets/{hash}"), Some(&bytes));
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("lease"), "{body}");
+
+    let cluster = rfaas::client::Cluster::open(Some(&file)).unwrap();
+    let s = spec(stateful_library(), &["asset", "init_count"], 1, 4096)
+        .with_asset("table", bytes.clone());
+    let fabric = ShmFabric::new().unwrap();
+    let exec = cluster
+        .allocate(&fabric, &s, ClientOptions::default(), 0)
+        .expect("allocate under a lease");
+    let mut out = vec![0u8; 4096];
+    let n = exec
+        .invoke(exec.function("asset").unwrap(), b"table", &mut out)
+        .unwrap();
+    assert_eq!(sha256(&out[..n]), sha256(&bytes));
+    drop(exec);
+    // Now cached on the node: HEAD says so.
+    let (code, _) = em.call("HEAD", &format!("/v1/assets/{hash}"), None);
+    assert_eq!(code, 200);
+}

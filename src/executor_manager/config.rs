@@ -220,8 +220,9 @@ pub const DEFAULT_MAX_ASSETS: u32 = 32;
 /// Bytes of assets one allocation may ship by default, all together (`max_assets_bytes`).
 pub const DEFAULT_MAX_ASSETS_BYTES: u64 = 1 << 30;
 /// Most assets one allocation may ship, whatever the configuration says (the init entry counts
-/// them in a `uint32_t`; every one is a mapped file of the executor).
-pub const MAX_ASSETS: u32 = 4096;
+/// them in a `uint32_t`, every one is a mapped file of the executor, and their paths travel in
+/// the executor's configuration, at most 1 MiB).
+pub const MAX_ASSETS: u32 = 1024;
 
 /// Most pooled executors.
 pub const MAX_POOL_SIZE: usize = 64;
@@ -607,6 +608,26 @@ mod tests {
         let want = std::env::current_dir().unwrap().join("some/relative/dir");
         assert_eq!(cfg.run_dir, want);
         assert!(cfg.cache_dir.is_absolute(), "{:?}", cfg.cache_dir);
+    }
+
+    #[test]
+    fn asset_limits_default_and_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let mut args = ManagerArgs {
+            secret_file: Some(secret),
+            ..Default::default()
+        };
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!((cfg.max_assets, cfg.max_assets_bytes), (32, 1 << 30));
+        args.max_assets = Some(1025);
+        let e = ManagerConfig::load(&args).unwrap_err();
+        assert!(e.to_string().contains("max_assets"), "{e}");
+        args.max_assets = Some(0); // no assets at all: allowed
+        args.max_assets_bytes = Some(10);
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!((cfg.max_assets, cfg.max_assets_bytes), (0, 10));
     }
 
     #[test]
