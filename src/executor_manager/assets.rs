@@ -110,3 +110,61 @@ pub fn cached_assets(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor_manager::config::ManagerArgs;
+
+    fn config(dir: &std::path::Path) -> ManagerConfig {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let args = ManagerArgs {
+            secret_file: Some(secret),
+            max_assets: Some(2),
+            max_assets_bytes: Some(100),
+            max_library_bytes: Some(60),
+            ..Default::default()
+        };
+        ManagerConfig::load(&args).unwrap()
+    }
+
+    fn asset(name: &str, size: u64) -> AssetRef {
+        AssetRef {
+            name: name.into(),
+            sha256: "ab".repeat(32),
+            size,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let ok = validate_assets(&[asset("a", 50), asset("b", 50)], &cfg).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert!(validate_assets(&[], &cfg).unwrap().is_empty());
+        let cases: Vec<(Vec<AssetRef>, &str)> = vec![
+            (
+                vec![asset("a", 1), asset("b", 1), asset("c", 1)],
+                "max_assets",
+            ),
+            (vec![asset("a", 60), asset("b", 41)], "max_assets_bytes"),
+            (vec![asset("a", 61)], "max_library_bytes"),
+            (vec![asset("a", 1), asset("a", 1)], "named twice"),
+            (vec![asset(".a", 1)], "invalid asset name"),
+            (
+                vec![AssetRef {
+                    sha256: "xyz".into(),
+                    ..asset("a", 1)
+                }],
+                "SHA-256",
+            ),
+        ];
+        for (assets, word) in cases {
+            let e = validate_assets(&assets, &cfg).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains(word), "{e} should mention {word}");
+        }
+    }
+}
