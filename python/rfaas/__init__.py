@@ -40,6 +40,7 @@ from .errors import (
     Error,
     ExecutorGoneError,
     FunctionFailedError,
+    InitFailedError,
     InputTooLargeError,
     InvalidArgumentError,
     InvocationError,

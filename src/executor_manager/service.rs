@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
-    Allocation, AllocationRequest, AllocationStatus, ExecutorConfig, ExecutorEvent, LibraryStored,
-    ManagerStatus, WorkerInfo, TOKEN_LEN,
+    Allocation, AllocationRequest, AllocationStatus, AssetRef, ExecutorAsset, ExecutorConfig,
+    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, TOKEN_LEN,
 };
 use crate::control::secret::new_token;
 use crate::function::ContentHash;
 use crate::protocol::MAX_SLOTS;
 
+use super::assets::{cached_assets, validate_assets, Blob};
 use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
@@ -55,6 +56,10 @@ pub enum ServiceError {
     /// The executor refused the allocation (bad library, unknown function...) (422).
     #[error("{0}")]
     ExecutorFailed(String),
+    /// The library's init function refused to start, with this message (422, and the
+    /// [`INIT_FAILED_CODE`](crate::control::executor_manager_api::INIT_FAILED_CODE) code).
+    #[error("function library init failed: {0}")]
+    InitFailed(String),
     /// The manager is shutting down (503).
     #[error("{0}")]
     Unavailable(String),
@@ -76,7 +81,7 @@ impl ServiceError {
             ServiceError::BadRequest(_) => 400,
             ServiceError::NotFound(_) => 404,
             ServiceError::NoCapacity(_) => 409,
-            ServiceError::ExecutorFailed(_) => 422,
+            ServiceError::ExecutorFailed(_) | ServiceError::InitFailed(_) => 422,
             ServiceError::Unavailable(_) => 503,
             ServiceError::Internal(_) => 500,
             ServiceError::Timeout(_) => 504,
@@ -165,6 +170,8 @@ pub struct Service {
     exe: PathBuf,
     logs: PathBuf,
     libraries: Libraries,
+    /// Function assets, cached like libraries in `<cache dir>/assets`.
+    assets: Libraries,
     billing: Billing,
     registry: Mutex<Registry>,
     handles: Mutex<HashMap<u64, ExecutorHandle>>,
@@ -217,6 +224,7 @@ impl Service {
                 logs.display()
             )))?;
         let libraries = Libraries::open(&cfg.cache_dir)?;
+        let assets = Libraries::open_assets(&cfg.cache_dir.join("assets"))?;
         let order = super::topology::discover(&cfg.cores, cfg.nic.as_deref())?;
         log_core_order(&order);
         let billing = Billing::start(cfg.provider, &cfg.fabric_host, cfg.max_allocations as usize)?;
@@ -237,6 +245,7 @@ impl Service {
             exe,
             logs,
             libraries,
+            assets,
             billing,
             registry: Mutex::new(registry),
             handles: Mutex::new(HashMap::new()),
@@ -322,6 +331,18 @@ impl Service {
         hash: &str,
         bytes: axum::body::Bytes,
     ) -> Result<(LibraryStored, bool), ServiceError> {
+        self.store_blob(Blob::Library, hash, bytes).await
+    }
+
+    /// Stores a library or an asset whose hash the client named (a library must be an ELF
+    /// shared object); evicts the least recently used of its kind beyond the cache limit.
+    /// `Ok((stored, newly_written))`.
+    pub async fn store_blob(
+        self: &Arc<Self>,
+        kind: Blob,
+        hash: &str,
+        bytes: axum::body::Bytes,
+    ) -> Result<(LibraryStored, bool), ServiceError> {
         let want: ContentHash = hash.parse().map_err(|_| {
             ServiceError::BadRequest(format!("{hash:?} is not a SHA-256 (64 hex digits)"))
         })?;
@@ -333,25 +354,28 @@ impl Service {
                     "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
                 )));
             }
-            crate::function::elf::check_shared_object(&bytes).map_err(|why| {
-                ServiceError::BadRequest(format!(
-                    "the upload is {why}: a function library must be an ELF shared object"
-                ))
-            })?;
-            let cached = me
-                .libraries
+            if kind == Blob::Library {
+                crate::function::elf::check_shared_object(&bytes).map_err(|why| {
+                    ServiceError::BadRequest(format!(
+                        "the upload is {why}: a function library must be an ELF shared object"
+                    ))
+                })?;
+            }
+            let cache = me.cache(kind);
+            let cached = cache
                 .store(&bytes)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             let new = cached.outcome != crate::function::StoreOutcome::Reused;
-            let evicted = me.libraries.evict_to(me.cfg.max_cache_bytes, &got);
+            let evicted = cache.evict_to(me.cfg.max_cache_bytes, &got);
             if !evicted.is_empty() {
                 tracing::info!(
                     evicted = evicted.len(),
                     limit = me.cfg.max_cache_bytes,
-                    "library cache over its limit: least recently used libraries removed"
+                    "{} cache over its limit: least recently used files removed",
+                    kind.name()
                 );
             }
-            tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
+            tracing::info!(hash = %got, bytes = bytes.len(), new, "{} stored", kind.name());
             Ok((
                 LibraryStored {
                     hash: got.to_hex(),
@@ -366,11 +390,23 @@ impl Service {
 
     /// Whether the library `hash` is cached (and intact).
     pub async fn has_library(self: &Arc<Self>, hash: &str) -> Result<bool, ServiceError> {
+        self.has_blob(Blob::Library, hash).await
+    }
+
+    fn cache(&self, kind: Blob) -> &Libraries {
+        match kind {
+            Blob::Library => &self.libraries,
+            Blob::Asset => &self.assets,
+        }
+    }
+
+    /// Whether the library or asset `hash` is cached (and intact).
+    pub async fn has_blob(self: &Arc<Self>, kind: Blob, hash: &str) -> Result<bool, ServiceError> {
         let Ok(hash) = hash.parse::<ContentHash>() else {
             return Ok(false);
         };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.libraries.path(&hash).is_ok())
+        tokio::task::spawn_blocking(move || me.cache(kind).path(&hash).is_ok())
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
@@ -378,18 +414,20 @@ impl Service {
     /// Allocates: validate, reserve, spawn, wait until the executor is ready. Runs to the end
     /// even if the caller goes away (spawn it as a task): a half-made allocation never leaks.
     ///
-    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`],
-    /// `lease_hold`, `library_path`, `reserve`, `executor_config`, `spawn_supervised`,
-    /// `wait_ready`, then `answer` or `abandon`.
+    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`] and
+    /// [`validate_assets`], `lease_hold`, `library_path`, `asset_files`, `reserve`,
+    /// `executor_config`, `spawn_supervised`, `wait_ready`, then `answer` or `abandon`.
     pub async fn allocate(
         self: Arc<Self>,
         req: AllocationRequest,
     ) -> Result<Allocation, ServiceError> {
         self.ensure_accepting()?;
         let hash = validate(&req)?;
+        let asset_hashes = validate_assets(&req.assets, &self.cfg)?;
         let hold = self.lease_hold(&req).await?;
         let lease_deadline = hold.as_ref().map(|h| (h.id, h.expires_at_unix_ms));
         let library_path = self.library_path(hash).await?;
+        let assets = self.asset_files(&req.assets, asset_hashes).await?;
         let memory = allocation_bytes(
             req.cores,
             req.slots,
@@ -398,7 +436,8 @@ impl Service {
         );
         let res = self.reserve(&req, memory, hold)?;
         let id = res.id;
-        let exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
+        let mut exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
+        exec_cfg.assets = assets;
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
@@ -465,6 +504,23 @@ impl Service {
                     "unknown library {hash}: upload it first with PUT /v1/libraries/{hash}"
                 ))
             })
+    }
+
+    /// Step 4b: the cached files of the request's assets (hashes from [`validate_assets`]),
+    /// verified, with their sizes checked against the request's.
+    async fn asset_files(
+        self: &Arc<Self>,
+        assets: &[AssetRef],
+        hashes: Vec<ContentHash>,
+    ) -> Result<Vec<ExecutorAsset>, ServiceError> {
+        if assets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let me = self.clone();
+        let assets = assets.to_vec();
+        tokio::task::spawn_blocking(move || cached_assets(&me.assets, &assets, &hashes))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
     /// Step 5: reserves cores and memory in the registry, within the lease's cores on this
@@ -544,6 +600,7 @@ impl Service {
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
             deadline_file: self.deadline_file(lease_deadline),
+            assets: Vec::new(),
         })
     }
 
@@ -652,6 +709,7 @@ impl Service {
             Ok((ExecutorEvent::Failed { error }, _)) => Err(ServiceError::ExecutorFailed(format!(
                 "the executor could not start: {error}"
             ))),
+            Ok((ExecutorEvent::InitFailed { error }, _)) => Err(ServiceError::InitFailed(error)),
             Err(e) => Err(e),
         }
     }
@@ -923,6 +981,7 @@ mod tests {
             hot_timeout_ms: -1,
             lease: None,
             client: "t".into(),
+            assets: Vec::new(),
         }
     }
 
