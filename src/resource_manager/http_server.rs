@@ -5,7 +5,8 @@
 //! [`MAX_JSON_BYTES`] (413) received within the request timeout (408), the request head within
 //! it too, JSON errors with the status of [`status_of`].
 //!
-//! A change is answered once it is in the state file ([`RmState::durable`]); a handler whose
+//! A change is answered once it is in the state log ([`RmState::durable`]; a renewal only
+//! when it must be, see [`RmState::renew`]); a handler whose
 //! client hangs up meanwhile changes nothing more, and the change stands (a grant nobody
 //! heard of expires with its TTL).
 
@@ -86,9 +87,9 @@ async fn json_body<T: DeserializeOwned>(
     parse_json(&bytes, what)
 }
 
-/// Waits until change `generation` is saved.
-async fn durable(st: &AppState, generation: u64) -> Result<(), ApiFailure> {
-    st.state.durable(generation).await.map_err(|e| {
+/// Waits until record `seq` is on disk.
+async fn durable(st: &AppState, seq: u64) -> Result<(), ApiFailure> {
+    st.state.durable(seq).await.map_err(|e| {
         ApiFailure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the change was made but could not be saved to the state file: {e}"),
@@ -138,7 +139,7 @@ async fn register(
         memory: req.memory,
         hosted: req.hosted,
     };
-    let ((r, view, timeout), generation) = st
+    let ((r, view, timeout), seq) = st
         .state
         .change(|s, now| {
             let r = s.register(info, now)?;
@@ -146,7 +147,7 @@ async fn register(
             Ok((r, view, s.config().heartbeat_timeout_ms))
         })
         .map_err(refused)?;
-    durable(&st, generation).await?;
+    durable(&st, seq).await?;
     tracing::info!(
         node = %name, address = %view.address, cores = view.cores_total, new = r.new,
         revived = r.revived, adopted = r.adopted.len(), stale = r.stale.len(),
@@ -198,14 +199,14 @@ async fn node_change(
     name: String,
     f: fn(&mut crate::scheduler::Scheduler, &str) -> Result<(), SchedError>,
 ) -> Result<Response, ApiFailure> {
-    let (view, generation) = st
+    let (view, seq) = st
         .state
         .change(|s, _| {
             f(s, &name)?;
             Ok(s.node(&name).expect("known node"))
         })
         .map_err(refused)?;
-    durable(&st, generation).await?;
+    durable(&st, seq).await?;
     tracing::info!(node = %name, state = view.state.name(), "node state changed");
     Ok(Json(view).into_response())
 }
@@ -234,11 +235,11 @@ async fn deregister(
     Path(name): Path<String>,
 ) -> Result<Response, ApiFailure> {
     caller.require_node()?;
-    let (events, generation) = st
+    let (events, seq) = st
         .state
         .change(|s, _| s.deregister(&name))
         .map_err(refused)?;
-    durable(&st, generation).await?;
+    durable(&st, seq).await?;
     let ended: Vec<LeaseId> = events
         .iter()
         .filter_map(|e| match e {
@@ -287,14 +288,14 @@ async fn grant(
         ttl: req.ttl_ms.map(Duration::from_millis),
         client: req.client,
     };
-    let ((g, now), generation) = st
+    let ((g, now), seq) = st
         .state
         .change(|s, now| Ok((s.grant(req, now)?, now)))
         .map_err(|e| {
             tracing::debug!(%client, "lease refused: {e}");
             refused(e)
         })?;
-    durable(&st, generation).await?;
+    durable(&st, seq).await?;
     tracing::debug!(lease = %g.lease, %client, parts = g.parts.len(), "lease granted");
     Ok((
         StatusCode::CREATED,
@@ -318,15 +319,8 @@ async fn renew(
 ) -> Result<Response, ApiFailure> {
     let lease = parse_lease(&id)?;
     let t: TokenBody = json_body(&st, &headers, body, "renewal").await?;
-    let ((to, now, ttl_ms), generation) = st
-        .state
-        .change(|s, now| {
-            let to = s.renew(lease, &t.token, now)?;
-            let ttl = s.lease(lease).map_or(0, |l| l.ttl_ms);
-            Ok((to, now, ttl))
-        })
-        .map_err(refused)?;
-    durable(&st, generation).await?;
+    let (to, now, ttl_ms, seq) = st.state.renew(lease, &t.token).map_err(refused)?;
+    durable(&st, seq).await?;
     Ok(Json(RenewResponse {
         lease,
         ttl_ms,
@@ -362,11 +356,11 @@ async fn release(
             parse_json::<TokenBody>(&bytes, "release")?.token
         }
     };
-    let (ended, generation) = st
+    let (ended, seq) = st
         .state
         .change(|s, _| s.release(lease, &token))
         .map_err(refused)?;
-    durable(&st, generation).await?;
+    durable(&st, seq).await?;
     tracing::debug!(%lease, "lease released");
     Ok(Json(ReleaseResponse {
         lease,
