@@ -516,7 +516,11 @@ fn lose_state(dir: &std::path::Path) {
     let mut segments = 0;
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
-        if p.file_name().unwrap().to_string_lossy().starts_with("state.json.log.") {
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.json.log.")
+        {
             fs_remove(&p);
             segments += 1;
         }

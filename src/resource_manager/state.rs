@@ -158,7 +158,12 @@ impl RmState {
             Some(p) => {
                 let (store, rec) = Store::open(p, config.keep_ended, compact_bytes)?;
                 match rec.snapshot {
-                    None => (Scheduler::new(config), Loaded::Fresh, rec.last_seq, Some(store)),
+                    None => (
+                        Scheduler::new(config),
+                        Loaded::Fresh,
+                        rec.last_seq,
+                        Some(store),
+                    ),
                     Some(mut snapshot) => {
                         let corrupt = |message: String| StateError::Corrupt {
                             path: p.clone(),
@@ -174,13 +179,9 @@ impl RmState {
                                 l.expires_at = l.expires_at.min(now.plus_ms(l.ttl_ms));
                             }
                         }
-                        let s = Scheduler::from_snapshot(
-                            config,
-                            TokenSource::Random,
-                            snapshot,
-                            now,
-                        )
-                        .map_err(|e| corrupt(e.to_string()))?;
+                        let s =
+                            Scheduler::from_snapshot(config, TokenSource::Random, snapshot, now)
+                                .map_err(|e| corrupt(e.to_string()))?;
                         s.check_invariants().map_err(corrupt)?;
                         let loaded = Loaded::Restored {
                             nodes: s.nodes().len(),
@@ -370,7 +371,7 @@ impl RmState {
             (inner.sched.snapshot(self.now()), inner.seq)
         })?;
         if let Some(c) = done {
-            tracing::debug!(
+            tracing::info!(
                 seq = c.seq,
                 bytes = c.snapshot_bytes,
                 segments_removed = c.segments_removed,

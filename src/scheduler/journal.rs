@@ -220,7 +220,13 @@ mod tests {
         let leases = s
             .leases()
             .into_iter()
-            .map(|l| (l.id.0, l.parts.iter().map(|p| p.cores).sum(), l.expires_at.0))
+            .map(|l| {
+                (
+                    l.id.0,
+                    l.parts.iter().map(|p| p.cores).sum(),
+                    l.expires_at.0,
+                )
+            })
             .collect();
         let ended = s.ended_leases().into_iter().map(|l| l.id.0).collect();
         (nodes, leases, ended, s.metrics().counters.grants)

@@ -59,7 +59,8 @@ impl Store {
             let mut w = self.shared.lock_writer();
             if w.start != w.next_seq {
                 let next = w.next_seq;
-                *w = Writer::open(&self.state, next).map_err(io(&segments::path(&self.state, next)))?;
+                *w = Writer::open(&self.state, next)
+                    .map_err(io(&segments::path(&self.state, next)))?;
             }
             w.start
         };
@@ -73,9 +74,7 @@ impl Store {
         };
         let bytes = write_atomic(&self.state, &file)?;
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .snapshot_bytes
-            .store(bytes, Ordering::Relaxed);
+        self.shared.snapshot_bytes.store(bytes, Ordering::Relaxed);
         // 4. The segments it covers.
         let old: Vec<_> = segments::list(&self.state)
             .map_err(io(segments::dir_of(&self.state)))?

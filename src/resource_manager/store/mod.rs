@@ -97,12 +97,11 @@ impl Store {
         compact_after: u64,
     ) -> Result<(Store, Recovered), StateError> {
         let recovered = recovery::recover(state, keep_ended)?;
-        let writer = Writer::open(state, recovered.last_seq + 1).map_err(|source| {
-            StateError::Io {
+        let writer =
+            Writer::open(state, recovered.last_seq + 1).map_err(|source| StateError::Io {
                 path: segments::path(state, recovered.last_seq + 1),
                 source,
-            }
-        })?;
+            })?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
@@ -191,11 +190,7 @@ impl Store {
     pub fn close(&self) -> Result<(), String> {
         self.shared.lock_queue().closed = true;
         self.shared.wake.notify_all();
-        let thread = self
-            .thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = thread {
             let _ = t.join();
         }
@@ -204,6 +199,25 @@ impl Store {
             Some((upto, e)) if upto > d.seq => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// Removes the state at `state`: the snapshot file and its log segments (for a new cluster
+/// that must not inherit an old one's leases). Missing files are no error.
+pub fn remove_state(state: &Path) -> std::io::Result<()> {
+    let gone = |r: std::io::Result<()>| match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    gone(std::fs::remove_file(state))?;
+    match segments::list(state) {
+        Ok(segs) => {
+            for (_, p) in segs {
+                gone(std::fs::remove_file(p))?;
+            }
+            Ok(())
+        }
+        Err(e) => gone(Err(e)),
     }
 }
 

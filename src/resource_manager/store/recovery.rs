@@ -168,7 +168,9 @@ fn check_tail(
         )
     };
     if let Stop::Unparsable(e) = stop {
-        return Err(at(&format!("a record with a valid checksum does not parse ({e})")));
+        return Err(at(&format!(
+            "a record with a valid checksum does not parse ({e})"
+        )));
     }
     if !newest {
         return Err(at(&format!(

@@ -65,7 +65,11 @@ mod tests {
         for seq in [17, 3, 250] {
             std::fs::write(path(&state, seq), b"").unwrap();
         }
-        for other in ["rm.json", "rm.json.log.12", "other.json.log.00000000000000000001"] {
+        for other in [
+            "rm.json",
+            "rm.json.log.12",
+            "other.json.log.00000000000000000001",
+        ] {
             std::fs::write(dir.path().join(other), b"").unwrap();
         }
         let got: Vec<u64> = list(&state).unwrap().into_iter().map(|s| s.0).collect();

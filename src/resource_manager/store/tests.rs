@@ -274,7 +274,10 @@ fn concurrent_changes_share_one_fsync() {
         }
     });
     let commits = store.stats().commits.load(Ordering::Relaxed);
-    assert!((1..=2).contains(&commits), "{commits} commits for 50 records");
+    assert!(
+        (1..=2).contains(&commits),
+        "{commits} commits for 50 records"
+    );
     assert_eq!(store.stats().records.load(Ordering::Relaxed), 50);
     store.close().unwrap();
     assert_eq!(nodes_on_disk(&state).0.len(), 50);
