@@ -142,6 +142,7 @@ impl RmState {
     ) -> Result<(RmState, Loaded), StateError> {
         let origin = Instant::now();
         let origin_unix_ms = unix_ms_now();
+        let started = Instant::now();
         let now = Millis(origin_unix_ms);
         // Ids are never reused, even when the state file is gone.
         let config = Config {
@@ -183,6 +184,10 @@ impl RmState {
                             Scheduler::from_snapshot(config, TokenSource::Random, snapshot, now)
                                 .map_err(|e| corrupt(e.to_string()))?;
                         s.check_invariants().map_err(corrupt)?;
+                        tracing::info!(
+                            ms = started.elapsed().as_millis(),
+                            "state restored into the scheduler"
+                        );
                         let loaded = Loaded::Restored {
                             nodes: s.nodes().len(),
                             leases: s.live_leases(),
@@ -194,11 +199,7 @@ impl RmState {
             }
         };
         sched.journal(store.is_some());
-        let promised = sched
-            .leases()
-            .into_iter()
-            .map(|l| (l.id, (l.expires_at, seq)))
-            .collect();
+        let promised = sched.deadlines().map(|(id, t)| (id, (t, seq))).collect();
         let state = RmState {
             inner: Mutex::new(Inner {
                 sched,

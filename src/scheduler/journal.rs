@@ -74,6 +74,11 @@ impl Scheduler {
         }
     }
 
+    /// Every live lease's deadline (cheaper than [`Scheduler::leases`]).
+    pub fn deadlines(&self) -> impl Iterator<Item = (LeaseId, Millis)> + '_ {
+        self.deadlines.iter().map(|(t, id)| (*id, *t))
+    }
+
     /// What changed since the last call (nothing with the journal off), and the counters.
     pub fn take_changes(&mut self) -> (Vec<Change>, Meta) {
         let meta = Meta {

@@ -37,12 +37,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Opens (or creates) the segment of `state` starting at `seq`, durably listed.
+    /// Opens (or creates) the segment of `state` starting at `seq`, durably listed; mode
+    /// 0600 like the snapshot (records hold lease tokens).
     pub(super) fn open(state: &Path, seq: u64) -> std::io::Result<Writer> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path: PathBuf = segments::path(state, seq);
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&path)?;
         let len = file.metadata()?.len();
         file.sync_all()?;

@@ -50,11 +50,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
-/// Reads the snapshot file `state` (if any) and replays its log.
-pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError> {
-    let (base, version, covers, snapshot_bytes) = match std::fs::read(state) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (None, STATE_VERSION, 0, 0),
-        Err(e) => return Err(io(state)(e)),
+/// The snapshot file: (snapshot, version, last record covered, size); `None` if absent.
+type Base = Option<(Snapshot, u32, u64, u64)>;
+
+fn read_snapshot(state: &Path) -> Result<Base, StateError> {
+    match std::fs::read(state) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(state)(e)),
         Ok(bytes) => {
             let file: StateFile =
                 serde_json::from_slice(&bytes).map_err(|e| corrupt(state, e.to_string()))?;
@@ -67,25 +69,77 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
                     ),
                 ));
             }
-            (
-                Some(file.snapshot),
+            Ok(Some((
+                file.snapshot,
                 file.version,
                 file.log_seq,
                 bytes.len() as u64,
-            )
+            )))
         }
-    };
+    }
+}
+
+/// A segment decoded: its records, where they end, why decoding stopped, and its bytes when
+/// it stopped early (to tell a torn tail from damage).
+struct Decoded {
+    start: u64,
+    path: PathBuf,
+    records: Vec<super::frame::LogRecord>,
+    end: usize,
+    stop: Option<Stop>,
+    bytes: Vec<u8>,
+}
+
+fn read_segments(state: &Path) -> Result<Vec<Decoded>, StateError> {
     let segs = segments::list(state).map_err(io(segments::dir_of(state)))?;
+    let mut out = Vec::with_capacity(segs.len());
+    for (start, path) in segs {
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let (records, end, stop) = frame::decode(&bytes);
+        let bytes = if stop.is_some() { bytes } else { Vec::new() };
+        out.push(Decoded {
+            start,
+            path,
+            records,
+            end,
+            stop,
+            bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the snapshot file `state` (if any) and replays its log. The snapshot is parsed while
+/// the log is read and decoded, on two threads.
+pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError> {
+    let t = std::time::Instant::now();
+    let (base, segs) = std::thread::scope(|s| {
+        let base = s.spawn(|| read_snapshot(state));
+        let segs = read_segments(state);
+        (
+            base.join().expect("the snapshot reader does not panic"),
+            segs,
+        )
+    });
+    let (base, segs) = (base?, segs?);
+    let parsed_ms = t.elapsed().as_millis();
+    let (base, version, covers, snapshot_bytes) = match base {
+        Some((s, v, c, b)) => (Some(s), v, c, b),
+        None => (None, STATE_VERSION, 0, 0),
+    };
     if base.is_none() {
-        if let Some((first, p)) = segs.first().filter(|(first, _)| *first > 1) {
-            return Err(corrupt(
-                p,
-                format!(
-                    "the log starts at record {first} but the snapshot {} covering the \
-                     records before it is missing",
-                    state.display()
-                ),
-            ));
+        if let Some(first) = segs.first() {
+            if first.start > 1 {
+                return Err(corrupt(
+                    &first.path,
+                    format!(
+                        "the log starts at record {} but the snapshot {} covering the \
+                         records before it is missing",
+                        first.start,
+                        state.display()
+                    ),
+                ));
+            }
         }
     }
     let found = base.is_some() || !segs.is_empty();
@@ -95,11 +149,11 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
     let mut replayed = 0;
     let mut dropped = 0;
     let mut log_bytes = 0;
-    for (i, (_, path)) in segs.iter().enumerate() {
-        let newest = i + 1 == segs.len();
-        let bytes = std::fs::read(path).map_err(io(path))?;
-        let (records, end, stop) = frame::decode(&bytes);
-        for r in records {
+    let n = segs.len();
+    for (i, seg) in segs.into_iter().enumerate() {
+        let newest = i + 1 == n;
+        let path = &seg.path;
+        for r in seg.records {
             if r.seq < next && r.seq <= covers {
                 continue;
             }
@@ -123,9 +177,10 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
             next += 1;
             replayed += 1;
         }
-        if let Some(stop) = stop {
-            check_tail(path, &bytes, end, &stop, newest)?;
-            let cut = bytes.len() - end;
+        let end = seg.end;
+        if let Some(stop) = seg.stop {
+            check_tail(path, &seg.bytes, end, &stop, newest)?;
+            let cut = seg.bytes.len() - end;
             tracing::warn!(
                 "dropping a torn tail of {cut} bytes at byte {end} of {} ({stop:?}): \
                  records a crash interrupted, never acknowledged",
@@ -141,6 +196,14 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
         }
         log_bytes += end as u64;
     }
+    tracing::info!(
+        snapshot_bytes,
+        log_bytes,
+        replayed,
+        parsed_ms,
+        total_ms = t.elapsed().as_millis(),
+        "state read"
+    );
     Ok(Recovered {
         snapshot: found.then(|| image.into_snapshot(taken_at)),
         version,

@@ -95,6 +95,12 @@ fn records_are_replayed_in_order_across_restarts() {
     let (got, r) = nodes_on_disk(&state);
     assert_eq!(got, names("n", 5));
     assert_eq!((r.last_seq, r.replayed, r.dropped), (5, 5, 0));
+    // Records hold lease tokens: only the owner may read the segments.
+    use std::os::unix::fs::PermissionsExt;
+    for (_, p) in segments::list(&state).unwrap() {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+    }
     // No snapshot was ever written: the log alone, from record 1, is the state.
     assert!(!state.exists());
 }
