@@ -241,7 +241,7 @@ fn sigkill_during_grants_and_releases_loses_nothing_acknowledged() {
     let seed = std::env::var("RFAAS_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rfaas::control::ids::first_id_now());
+        .unwrap_or_else(rfaas::control::ids::first_id_now);
     println!("RFAAS_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
     // A small log threshold and few remembered ended leases: compactions all the time.

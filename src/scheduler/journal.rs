@@ -212,8 +212,12 @@ mod tests {
         }
     }
 
+    /// Nodes ("name state cores_used"), live leases (id, cores, deadline), ended lease ids,
+    /// grants counted.
+    type Observed = (Vec<String>, Vec<(u64, u32, u64)>, Vec<u64>, u64);
+
     /// The state a scheduler restored from `snap` shows (what an operator sees).
-    fn observed(snap: Snapshot) -> (Vec<String>, Vec<(u64, u32, u64)>, Vec<u64>, u64) {
+    fn observed(snap: Snapshot) -> Observed {
         let s = Scheduler::from_snapshot(Config::default(), TokenSource::Random, snap, Millis(0))
             .unwrap();
         s.check_invariants().unwrap();

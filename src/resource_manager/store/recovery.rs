@@ -218,7 +218,7 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
 /// Whether decoding `bytes` of segment `path` may stop at `end` for `stop` (a torn tail) or
 /// must be refused.
 fn check_tail(
-    path: &PathBuf,
+    path: &Path,
     bytes: &[u8],
     end: usize,
     stop: &Stop,
