@@ -62,7 +62,8 @@ pub struct RmArgs {
     /// The node credential and MUNGE flags.
     #[command(flatten)]
     pub credentials: crate::control::credential_args::CredentialArgs,
-    /// Durable state: loaded at start, saved after every change (none: memory only).
+    /// Durable state: a snapshot, with its write-ahead log beside it (FILE.log.N), loaded at
+    /// start, every change logged before it is answered (none: memory only).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
     /// Write {http, pid, state_file} as JSON to this file once the API is up.
