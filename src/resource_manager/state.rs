@@ -482,6 +482,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_renewal_waits_for_the_disk_only_when_it_moves_the_deadline_by_over_half_a_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let (st, _) = RmState::open(Config::default(), Some(path.clone())).unwrap();
+        st.change(|s, now| s.register(node("a"), now)).unwrap();
+        let req = LeaseRequest {
+            ttl: Some(std::time::Duration::from_millis(2_000)),
+            ..LeaseRequest::cores(1)
+        };
+        let (g, granted) = st.change(|s, now| s.grant(req, now)).unwrap();
+        st.durable(granted).await.unwrap();
+        // At once: the deadline moves by far less than half the TTL, the grant's record holds.
+        let (_, _, ttl, wait) = st.renew(g.lease, &g.token).unwrap();
+        assert_eq!((ttl, wait), (2_000, granted));
+        // Later than half the TTL: this renewal's own record must be on disk.
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let (to, _, _, wait) = st.renew(g.lease, &g.token).unwrap();
+        assert!(wait > granted + 1, "{wait} after {granted}");
+        st.durable(wait).await.unwrap();
+        let (again, _, _, lazy) = st.renew(g.lease, &g.token).unwrap();
+        assert_eq!(lazy, wait);
+        // Lazy renewals are logged all the same: after a clean stop the last deadline is back.
+        st.close().unwrap();
+        drop(st);
+        let (st, _) = RmState::open(Config::default(), Some(path)).unwrap();
+        let on_disk = st.with(|s, _| s.lease(g.lease).unwrap().expires_at);
+        assert!(
+            on_disk >= to && on_disk == again,
+            "{on_disk:?} {to:?} {again:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn saves_and_restores() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
