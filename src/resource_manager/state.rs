@@ -515,6 +515,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_whole_file_state_of_version_2_is_migrated_as_the_first_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rm-state.json");
+        // What the previous release wrote: the whole state, no log, no `log_seq`.
+        let now = Millis(unix_ms_now());
+        let mut old = Scheduler::new(Config::default());
+        old.register(node("a"), now).unwrap();
+        let g = old.grant(LeaseRequest::cores(3), now).unwrap();
+        let v2 = serde_json::json!({"version": 2, "saved_at_unix_ms": now.0,
+                                    "snapshot": old.snapshot(now)});
+        std::fs::write(&path, v2.to_string()).unwrap();
+
+        let (st, loaded) = RmState::open(Config::default(), Some(path.clone())).unwrap();
+        assert_eq!(
+            loaded,
+            Loaded::Restored {
+                nodes: 1,
+                leases: 1,
+                replayed: 0
+            }
+        );
+        let (_, seq) = st.change(|s, _| s.release(g.lease, &g.token)).unwrap();
+        assert_eq!(
+            seq, 1,
+            "the log starts at record 1 after a migrated snapshot"
+        );
+        st.durable(seq).await.unwrap();
+        drop(st);
+        let (st, loaded) = RmState::open(Config::default(), Some(path)).unwrap();
+        assert_eq!(
+            loaded,
+            Loaded::Restored {
+                nodes: 1,
+                leases: 0,
+                replayed: 1
+            }
+        );
+        st.with(|s, _| assert_eq!(s.metrics().cores_free, 4));
+    }
+
+    #[tokio::test]
     async fn saves_and_restores() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
