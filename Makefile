@@ -11,6 +11,7 @@
 #                `cargo bench` runs the micro-benchmarks of benches/ (no I/O) instead
 #   make install PREFIX=DIR   the C API: librfaas.{so,a}, rfaas.h, rfaas.f90, rfaas.pc (no setup)
 #   make bench-capi   warm invocations from C against the Rust client, same cluster, same run
+#   make bench-rm     the resource manager under load (simulated nodes and leases; RM_LOAD)
 #   make clean   remove build outputs and results
 
 SHELL := /bin/bash
@@ -40,7 +41,7 @@ PINGPONG        := target/release/fabric_pingpong
 # `make install`: where the C API goes (lib/, include/, lib/pkgconfig/rfaas.pc).
 PREFIX          ?= /usr/local
 
-.PHONY: setup build build-debug demo test lint check-function-deps bench bench-capi install clean
+.PHONY: setup build build-debug demo test lint check-function-deps bench bench-capi bench-rm install clean
 
 setup:
 	scripts/setup.sh
@@ -87,6 +88,15 @@ bench-capi:
 	$(CARGO) build --release $(FEATURES) --workspace --bins --lib
 	@mkdir -p $(RESULTS)
 	scripts/capi-bench.sh target/release $(RESULTS)/capi-bench-$$(date +%Y%m%d-%H%M%S).csv
+
+# The resource manager at cluster scale (rm_load_benchmark): flags in RM_LOAD, the issue's
+# targets by default; CSV rows in results/.
+RM_LOAD ?= --nodes 10000 --leases 100000 --clients 64 --cycles 100000
+bench-rm:
+	$(CARGO) build --release $(FEATURES) --bin rfaas --bin rm_load_benchmark
+	@mkdir -p $(RESULTS)
+	target/release/rm_load_benchmark $(RM_LOAD) \
+		--output $(RESULTS)/rm-load-$$(date +%Y%m%d-%H%M%S).csv
 
 test: build-debug
 	$(CARGO) test --workspace $(FEATURES) --no-fail-fast -- --test-threads=$(TEST_THREADS)

@@ -496,10 +496,11 @@ fn lease_ids_are_never_reused_even_when_the_state_file_is_lost() {
     let mut rm = ResourceManager::start("");
     register_three(&rm);
     let (first, _) = lease(&rm, 1, 60_000);
-    // Lose the state file, restart: the node registers again, a new lease is granted.
-    fs_remove(&rm.dir.path().join("state.json"));
+    // Lose the state (snapshot and log), restart: the node registers again, a new lease is
+    // granted.
+    lose_state(rm.dir.path());
     rm.kill9_and_restart();
-    fs_remove(&rm.dir.path().join("state.json"));
+    lose_state(rm.dir.path());
     rm.kill9_and_restart();
     rm.expect(201, "POST", "/v1/nodes", Some(node("n1", 4)));
     let (second, _) = lease(&rm, 1, 60_000);
@@ -507,6 +508,24 @@ fn lease_ids_are_never_reused_even_when_the_state_file_is_lost() {
     // The old holder learns its lease is unknown, not that its token is wrong.
     let (code, body) = rm.call("GET", &format!("/v1/leases/{first}"), None);
     assert_eq!(code, 404, "{body}");
+}
+
+/// Removes the state file and its log segments (`state.json.log.N`).
+fn lose_state(dir: &std::path::Path) {
+    fs_remove(&dir.join("state.json"));
+    let mut segments = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("state.json.log.")
+        {
+            fs_remove(&p);
+            segments += 1;
+        }
+    }
+    assert!(segments > 0, "no log segment beside the state file");
 }
 
 fn fs_remove(p: &std::path::Path) {

@@ -27,6 +27,7 @@ pub mod ofi_raw;
 pub mod pingpong;
 pub mod placement;
 pub mod raw;
+pub mod rm_load;
 #[cfg(feature = "mpi")]
 pub mod scalable;
 pub mod stats;

@@ -14,7 +14,8 @@
 //! DIR/em-N/           manager N's run directory (library cache, executor logs)
 //! DIR/logs/em-N.log   manager N's log (stdout and stderr)
 //! DIR/rm.json         the resource manager's ready file (unless --no-resource-manager)
-//! DIR/rm-state.json   the resource manager's state file (unless --no-resource-manager)
+//! DIR/rm-state.json   the resource manager's state file (unless --no-resource-manager),
+//!                     and its log DIR/rm-state.json.log.N
 //! DIR/logs/rm.log     the resource manager's log
 //! ```
 //!
@@ -330,7 +331,7 @@ fn start_rm(
     // A new cluster, unless asked to resume: the state of a previous one names leases whose
     // clients are gone.
     if !args.resume_state {
-        let _ = fs::remove_file(dir.rm_state());
+        let _ = crate::resource_manager::store::remove_state(&dir.rm_state());
     }
     let rm_args = rm_args(dir, args, secret_file, node_secret_file)?;
     let mut child = launch(dir, exe, "rm", &rm_args)?;

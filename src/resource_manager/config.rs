@@ -18,6 +18,8 @@
 //! tick_interval_ms = 100           # how often expiries and deaths are checked
 //! request_timeout_ms = 10000       # to send a request's head, and then its body
 //! keep_ended = 10000               # ended leases remembered ("lease 7 has ended: expired")
+//! compact_log_bytes = 33554432     # the state log is compacted into a new snapshot beyond
+//!                                  # this size (and the snapshot's)
 //! ```
 //!
 //! Unknown keys are errors. Every key has a flag of the same name; a flag wins over the file.
@@ -43,14 +45,17 @@ The config file takes every flag as a key, with '_' for '-':
   default_ttl_ms = 60000
   heartbeat_timeout_ms = 10000
 
-Saves its state (write, fsync, rename) after every grant, renewal, release, registration and
-expiry, and loads it at start: a restart, even after kill -9, keeps nodes and leases.
+Logs every grant, renewal, release, registration and expiry to a write-ahead log beside the
+state file (STATE.log.N; group commit, one fsync for all concurrent changes), compacts the log
+into the state file now and then, and replays both at start: a restart, even after kill -9,
+keeps nodes and leases.
 Stops cleanly on SIGTERM or SIGINT. Logs go to stderr; set RUST_LOG for more.")]
 pub struct RmArgs {
     /// The configuration file, listen address, secret and credential files, request timeout.
     #[command(flatten)]
     pub server: ServerArgs,
-    /// Durable state: loaded at start, saved after every change (none: memory only).
+    /// Durable state: a snapshot, with its write-ahead log beside it (FILE.log.N), loaded at
+    /// start, every change logged before it is answered (none: memory only).
     #[arg(long, value_name = "FILE")]
     pub state_file: Option<PathBuf>,
     /// Write {http, pid, state_file} as JSON to this file once the API is up.
@@ -74,6 +79,10 @@ pub struct RmArgs {
     /// Ended leases remembered.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
+    /// Compact the state log into a new snapshot once it holds this many bytes (and more
+    /// than the snapshot).
+    #[arg(long, value_name = "BYTES")]
+    pub compact_log_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +98,7 @@ struct FileConfig {
     tick_interval_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     keep_ended: Option<usize>,
+    compact_log_bytes: Option<u64>,
 }
 
 /// The resolved configuration of a resource manager.
@@ -108,6 +118,8 @@ pub struct RmConfig {
     pub tick_interval: Duration,
     /// Request head, then body.
     pub request_timeout: Duration,
+    /// Log size beyond which it is compacted into a snapshot.
+    pub compact_log_bytes: u64,
 }
 
 impl RmConfig {
@@ -149,6 +161,10 @@ impl RmConfig {
             request_timeout: Duration::from_millis(
                 server.request_timeout_ms(file.request_timeout_ms, 10_000),
             ),
+            compact_log_bytes: args
+                .compact_log_bytes
+                .or(file.compact_log_bytes)
+                .unwrap_or(super::state::DEFAULT_COMPACT_BYTES),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -5,7 +5,8 @@
 //! [`MAX_JSON_BYTES`] (413) received within the request timeout (408), the request head within
 //! it too, JSON errors with the status of [`status_of`].
 //!
-//! A change is answered once it is in the state file ([`RmState::durable`]); a handler whose
+//! A change is answered once it is in the state log ([`RmState::durable`]; a renewal only
+//! when it must be, see [`RmState::renew`]); a handler whose
 //! client hangs up meanwhile changes nothing more, and the change stands (a grant nobody
 //! heard of expires with its TTL).
 
@@ -94,14 +95,19 @@ async fn change<R>(
     st: &AppState,
     f: impl FnOnce(&mut Scheduler, Millis) -> Result<R, SchedError>,
 ) -> Result<R, ApiFailure> {
-    let (r, generation) = st.state.change(f).map_err(refused)?;
-    st.state.durable(generation).await.map_err(|e| {
+    let (r, seq) = st.state.change(f).map_err(refused)?;
+    durable(st, seq).await?;
+    Ok(r)
+}
+
+/// Waits until log record `seq` is on disk.
+async fn durable(st: &AppState, seq: u64) -> Result<(), ApiFailure> {
+    st.state.durable(seq).await.map_err(|e| {
         ApiFailure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("the change was made but could not be saved to the state file: {e}"),
         )
-    })?;
-    Ok(r)
+    })
 }
 
 /// The lease id of a `/v1/leases/{id}` route: 400 when it is not a number.
@@ -296,12 +302,8 @@ async fn renew(
     body: Body,
 ) -> Result<Response, ApiFailure> {
     let t: TokenBody = json_body(&st, &headers, body, "renewal").await?;
-    let (to, now, ttl_ms) = change(&st, |s, now| {
-        let to = s.renew(lease, &t.token, now)?;
-        let ttl = s.lease(lease).map_or(0, |l| l.ttl_ms);
-        Ok((to, now, ttl))
-    })
-    .await?;
+    let (to, now, ttl_ms, seq) = st.state.renew(lease, &t.token).map_err(refused)?;
+    durable(&st, seq).await?;
     Ok(Json(RenewResponse {
         lease,
         ttl_ms,

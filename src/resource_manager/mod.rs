@@ -5,15 +5,17 @@
 //! | file | concept |
 //! |---|---|
 //! | [`config`] | TOML file + flags → [`RmConfig`] |
-//! | [`state`] | the [`Scheduler`](crate::scheduler::Scheduler) behind a mutex, its clock, its state file |
+//! | [`state`] | the [`Scheduler`](crate::scheduler::Scheduler) behind a mutex, its clock, its durable copy |
+//! | [`store`] | the durable copy: snapshot file + write-ahead log, group commit, compaction |
 //! | [`http_server`] | HTTP: routes, authentication, limits, timeouts, JSON errors |
 //!
-//! Lifecycle: [`run`] reads the configuration and the secret, loads the state file (a corrupt
-//! one is an error, never silently replaced), saves it once (so an unwritable path fails at
+//! Lifecycle: [`run`] reads the configuration and the secret, loads the state file and replays
+//! its log (a corrupt one is an error, never silently replaced; an unwritable path fails at
 //! start), binds the listener, writes the ready file, and serves until SIGTERM or SIGINT; a
 //! background task ticks the scheduler every `tick_interval_ms` (expiries, missed heartbeats)
-//! and logs what ended. On a signal it stops accepting, saves the state, removes the ready file
-//! and exits 0. After a `kill -9`, the state file holds every change that was answered.
+//! and logs what ended, and compacts the log when it has grown. On a signal it stops accepting,
+//! writes what is pending, removes the ready file and exits 0. After a `kill -9`, the state
+//! file and its log hold every change that was answered.
 //!
 //! # The API with curl
 //!
@@ -72,6 +74,7 @@
 pub mod config;
 pub mod http_server;
 pub mod state;
+pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,24 +142,30 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
             tracing::warn!(dir = %dir.display(), "cannot remove stale temporaries: {e}");
         }
     }
-    let (state, loaded) = RmState::open(cfg.scheduler.clone(), cfg.state_file.clone())?;
+    let (state, loaded) = RmState::open_with(
+        cfg.scheduler.clone(),
+        cfg.state_file.clone(),
+        cfg.compact_log_bytes,
+    )?;
     let state = Arc::new(state);
-    saved(&cfg, state.persist().await)?;
     match loaded {
         Loaded::Volatile => tracing::warn!("no state_file: nodes and leases live in memory only"),
         Loaded::Fresh => tracing::info!("starting with an empty state"),
-        Loaded::Restored { nodes, leases } => {
-            tracing::info!(nodes, leases, "state restored from the state file")
-        }
+        Loaded::Restored {
+            nodes,
+            leases,
+            replayed,
+        } => tracing::info!(
+            nodes,
+            leases,
+            replayed,
+            "state restored from the state file"
+        ),
     }
 
     let (listener, http) = manager_process::listen(&cfg.listen).await?;
     tracing::info!("resource manager listening on http://{http}");
 
-    let persister = {
-        let st = state.clone();
-        tokio::spawn(async move { st.run_persister().await })
-    };
     let ticker = {
         let st = state.clone();
         let every = cfg.tick_interval;
@@ -167,6 +176,14 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
                 iv.tick().await;
                 for e in st.tick() {
                     http_server::log_event(&e);
+                }
+                if st.wants_compaction() {
+                    let st = st.clone();
+                    // The lock is held only to take the snapshot; writing it blocks no one.
+                    let done = tokio::task::spawn_blocking(move || st.compact()).await;
+                    if let Ok(Err(e)) = done {
+                        tracing::error!("cannot compact the state log: {e}");
+                    }
                 }
             }
         })
@@ -185,8 +202,7 @@ async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), Rm
     let signal_name = signals.serve(listener, app, cfg.request_timeout).await;
     ticker.abort();
     tracing::info!("{signal_name}: saving the state and stopping");
-    let persisted = state.persist().await;
-    persister.abort();
+    let persisted = state.close();
     if let Some(path) = &cfg.ready_file {
         let _ = std::fs::remove_file(path);
     }

@@ -25,6 +25,7 @@ impl Scheduler {
             self.end_node_leases(id, &EndReason::NodeDead(name), &mut events);
             self.unindex(id);
             self.nodes.get_mut(&id).expect("node exists").state = NodeState::Dead;
+            self.touch_node(id);
             self.counters.node_deaths += 1;
         }
         while let Some(&(deadline, id)) = self.deadlines.first() {

@@ -130,6 +130,7 @@ impl Scheduler {
             },
         );
         self.counters.grants += 1;
+        self.touch_lease(id);
         Ok(Grant {
             lease: id,
             token,
@@ -161,6 +162,7 @@ impl Scheduler {
         self.deadlines.insert((to, lease));
         l.expires_at = to;
         self.counters.renewals += 1;
+        self.touch_lease(lease);
         Ok(to)
     }
 

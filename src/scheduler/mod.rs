@@ -44,6 +44,7 @@ pub mod bench;
 pub mod clock;
 pub mod error;
 pub mod event;
+pub mod journal;
 pub mod lease;
 pub mod metrics;
 pub mod node;
@@ -64,6 +65,7 @@ mod tests;
 pub use clock::Millis;
 pub use error::SchedError;
 pub use event::{Ended, Event};
+pub use journal::{Change, Image, Meta};
 pub use lease::{
     EndReason, Grant, Lease, LeaseId, LeaseRequest, LeaseState, LeaseView, Origin, Part, PartView,
 };

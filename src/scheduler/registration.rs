@@ -126,6 +126,7 @@ impl Scheduler {
             confirmed: Vec::new(),
             stale: Vec::new(),
         };
+        self.touch_node(id);
         for h in info.hosted {
             let node = self.nodes.get_mut(&id).expect("node exists");
             if let Some(l) = self.leases.get_mut(&h.lease) {
@@ -152,6 +153,7 @@ impl Scheduler {
                     }
                 }
                 out.confirmed.push(h.lease);
+                self.touch_lease(h.lease);
             } else if let Some(e) = self.ended_by_id.get(&h.lease) {
                 let reason = match &e.view.state {
                     LeaseState::Ended(r) => r.clone(),
@@ -185,6 +187,7 @@ impl Scheduler {
                 self.next_lease = self.next_lease.max(h.lease.0.saturating_add(1));
                 self.counters.adoptions += 1;
                 out.adopted.push(h.lease);
+                self.touch_lease(h.lease);
             }
         }
         self.reindex(id);
@@ -214,6 +217,7 @@ impl Scheduler {
         self.unindex(id);
         self.nodes.get_mut(&id).expect("node exists").state = to;
         self.reindex(id);
+        self.touch_node(id);
         Ok(())
     }
 
@@ -236,6 +240,7 @@ impl Scheduler {
         self.unindex(id);
         self.nodes.remove(&id);
         self.by_name.remove(node);
+        self.touch_node(id);
         Ok(events)
     }
 }

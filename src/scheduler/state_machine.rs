@@ -44,6 +44,7 @@ use serde::{Deserialize, Serialize};
 use super::clock::Millis;
 use super::error::SchedError;
 use super::event::{Ended, Event};
+use super::journal::Marks;
 use super::lease::{EndReason, Lease, LeaseId, LeaseState, LeaseView};
 use super::metrics::Counters;
 use super::node::{Node, NodeId};
@@ -112,6 +113,8 @@ pub struct Scheduler {
     pub(super) ended: VecDeque<LeaseId>,
     pub(super) ended_by_id: HashMap<LeaseId, EndedLease>,
     pub(super) counters: Counters,
+    /// What commands touched, when the journal is on ([`super::journal`]).
+    pub(super) marks: Option<Marks>,
 }
 
 impl Scheduler {
@@ -136,6 +139,7 @@ impl Scheduler {
             ended: VecDeque::new(),
             ended_by_id: HashMap::new(),
             counters: Counters::default(),
+            marks: None,
         }
     }
 
@@ -190,6 +194,7 @@ impl Scheduler {
     /// Ends a live lease: every part goes back to its node; remembered as ended.
     pub(super) fn end_lease(&mut self, id: LeaseId, reason: EndReason) -> Option<Ended> {
         let mut lease = self.leases.remove(&id)?;
+        self.touch_lease(id);
         self.deadlines.remove(&(lease.expires_at, id));
         for p in &lease.parts {
             let Some(n) = self.nodes.get(&p.node) else {

@@ -1,0 +1,96 @@
+//! Compaction: the state as a new snapshot, so that the log segments it covers can go.
+//!
+//! 1. The committer's segment is rotated: records written from now on go to a new segment,
+//!    so every older segment holds only records already applied to the scheduler.
+//! 2. The caller takes the snapshot and the sequence number of the last record it reflects,
+//!    under the scheduler's lock (at least every record of the older segments).
+//! 3. The snapshot is written atomically ([`crate::atomic_write`]: temporary file, fsync,
+//!    rename, fsync of the directory), saying which record it covers.
+//! 4. The older segments are deleted.
+//!
+//! A crash before 3 leaves the old snapshot and every segment; between 3 and 4 the new
+//! snapshot and segments whose records it covers (skipped at recovery); during 4 some of
+//! them. Each recovers to the same state.
+
+use std::sync::atomic::Ordering;
+
+use crate::resource_manager::state::{write_atomic, StateError, StateFile, STATE_VERSION};
+use crate::scheduler::Snapshot;
+
+use super::committer::Writer;
+use super::{segments, Store};
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    /// The last record the snapshot covers.
+    pub seq: u64,
+    /// Its size.
+    pub snapshot_bytes: u64,
+    /// Segments deleted.
+    pub segments_removed: usize,
+}
+
+impl Store {
+    /// Compacts the log into a snapshot that `take` returns with the last record it reflects
+    /// (`None` when another compaction is running).
+    pub fn compact(
+        &self,
+        take: impl FnOnce() -> (Snapshot, u64),
+    ) -> Result<Option<Compacted>, StateError> {
+        if self.shared.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(None);
+        }
+        let r = self.compact_now(take);
+        if r.is_err() {
+            self.shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.shared.compacting.store(false, Ordering::Release);
+        r.map(Some)
+    }
+
+    fn compact_now(&self, take: impl FnOnce() -> (Snapshot, u64)) -> Result<Compacted, StateError> {
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io { path, source }
+        };
+        // 1. Rotate.
+        let start = {
+            let mut w = self.shared.lock_writer();
+            if w.start != w.next_seq {
+                let next = w.next_seq;
+                *w = Writer::open(&self.state, next)
+                    .map_err(io(&segments::path(&self.state, next)))?;
+            }
+            w.start
+        };
+        // 2, 3. The snapshot.
+        let (snapshot, seq) = take();
+        let file = StateFile {
+            version: STATE_VERSION,
+            saved_at_unix_ms: crate::resource_manager::state::unix_ms_now(),
+            log_seq: seq,
+            snapshot,
+        };
+        let bytes = write_atomic(&self.state, &file)?;
+        self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.shared.snapshot_bytes.store(bytes, Ordering::Relaxed);
+        // 4. The segments it covers.
+        let old: Vec<_> = segments::list(&self.state)
+            .map_err(io(segments::dir_of(&self.state)))?
+            .into_iter()
+            .filter(|(s, _)| *s < start)
+            .collect();
+        for (_, p) in &old {
+            std::fs::remove_file(p).map_err(io(p))?;
+        }
+        segments::sync_dir(&self.state).map_err(io(segments::dir_of(&self.state)))?;
+        let current = self.shared.lock_writer().len;
+        self.shared.log_bytes.store(current, Ordering::Relaxed);
+        Ok(Compacted {
+            seq,
+            snapshot_bytes: bytes,
+            segments_removed: old.len(),
+        })
+    }
+}

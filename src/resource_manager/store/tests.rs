@@ -1,0 +1,290 @@
+//! The store on real files: replay, torn tails, corruption, crashes during compaction, group
+//! commit.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use super::*;
+use crate::resource_manager::state::StateError;
+use crate::scheduler::{Config, Millis, NodeInfo, Scheduler};
+
+/// A scheduler with the journal on, producing the records the store takes.
+struct Source {
+    sched: Scheduler,
+    seq: u64,
+}
+
+impl Source {
+    fn new() -> Source {
+        let mut sched = Scheduler::new(Config::default());
+        sched.journal(true);
+        Source { sched, seq: 0 }
+    }
+
+    /// Registers node `name` and returns its record.
+    fn register(&mut self, name: &str) -> LogRecord {
+        let info = NodeInfo {
+            name: name.into(),
+            address: format!("{name}:1"),
+            cores: 4,
+            memory: 0,
+            hosted: vec![],
+        };
+        self.sched.register(info, Millis(1)).unwrap();
+        let (changes, meta) = self.sched.take_changes();
+        self.seq += 1;
+        LogRecord {
+            seq: self.seq,
+            meta,
+            changes,
+        }
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Names of the nodes the state on disk at `state` holds.
+fn nodes_on_disk(state: &Path) -> (Vec<String>, Recovered) {
+    let r = recovery::recover(state, 100).unwrap();
+    let names = r
+        .snapshot
+        .as_ref()
+        .map(|s| s.nodes.iter().map(|n| n.name.clone()).collect())
+        .unwrap_or_default();
+    (names, r)
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Writes `n` registrations n1.. through a store on `state`, waits, closes.
+fn write_nodes(state: &Path, src: &mut Source, from: usize, n: usize) {
+    let (store, _) = Store::open(state, 100, u64::MAX).unwrap();
+    for i in from..from + n {
+        store.append(src.register(&format!("n{i}")));
+    }
+    block_on(store.wait(src.seq)).unwrap();
+    store.close().unwrap();
+}
+
+fn newest_segment(state: &Path) -> PathBuf {
+    segments::list(state).unwrap().pop().unwrap().1
+}
+
+fn corrupt_message(e: StateError) -> String {
+    match e {
+        StateError::Corrupt { .. } => e.to_string(),
+        other => panic!("expected a corrupt-state error, got {other}"),
+    }
+}
+
+#[test]
+fn records_are_replayed_in_order_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    write_nodes(&state, &mut src, 1, 3);
+    write_nodes(&state, &mut src, 4, 2);
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 5));
+    assert_eq!((r.last_seq, r.replayed, r.dropped), (5, 5, 0));
+    // Records hold lease tokens: only the owner may read the segments.
+    use std::os::unix::fs::PermissionsExt;
+    for (_, p) in segments::list(&state).unwrap() {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+    }
+    // No snapshot was ever written: the log alone, from record 1, is the state.
+    assert!(!state.exists());
+}
+
+#[test]
+fn a_torn_tail_is_dropped_and_the_log_continues_after_the_last_good_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    write_nodes(&state, &mut src, 1, 3);
+    let seg = newest_segment(&state);
+    let good = std::fs::metadata(&seg).unwrap().len();
+    // A crash in the middle of appending record 4: its first bytes only.
+    let mut frame4 = Vec::new();
+    frame::encode(&src.register("lost"), &mut frame4);
+    src.seq -= 1;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes.extend_from_slice(&frame4[..frame4.len() / 2]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 3));
+    assert_eq!(r.dropped, frame4.len() as u64 / 2);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good, "tail cut off");
+    // A whole last record with a bad checksum is a torn tail too.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut bad = frame4.clone();
+    let last = bad.len() - 2;
+    bad[last] ^= 1;
+    bytes.extend_from_slice(&bad);
+    std::fs::write(&seg, &bytes).unwrap();
+    let mut src2 = Source::new();
+    for i in 1..=3 {
+        src2.register(&format!("n{i}"));
+    }
+    write_nodes(&state, &mut src2, 4, 1);
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 4));
+    assert_eq!((r.last_seq, r.dropped), (4, 0));
+}
+
+#[test]
+fn damage_before_valid_records_or_a_bad_snapshot_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    write_nodes(&state, &mut src, 1, 3);
+    let seg = newest_segment(&state);
+    let clean = std::fs::read(&seg).unwrap();
+
+    // A bit flipped in record 2 of 3.
+    let mut bytes = clean.clone();
+    let first_len = u32::from_le_bytes(clean[0..4].try_into().unwrap()) as usize;
+    bytes[frame::HEADER + first_len + frame::HEADER + 3] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("followed by a valid one"), "{e}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+
+    // Damage at the end of a segment that is not the newest.
+    let mut cut = clean.clone();
+    cut.truncate(clean.len() - 1);
+    std::fs::write(&seg, &cut).unwrap();
+    std::fs::write(segments::path(&state, 4), b"").unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("not the newest"), "{e}");
+    std::fs::remove_file(segments::path(&state, 4)).unwrap();
+    std::fs::write(&seg, &clean).unwrap();
+
+    // A gap: record 3 missing.
+    let (recs, _, _) = frame::decode(&clean);
+    let mut gap = Vec::new();
+    frame::encode(&recs[0], &mut gap);
+    frame::encode(&recs[2], &mut gap);
+    std::fs::write(&seg, &gap).unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("record 3 where record 2 was due"), "{e}");
+    std::fs::write(&seg, &clean).unwrap();
+
+    // An unreadable snapshot.
+    std::fs::write(&state, b"{\"version\": 3").unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("unusable"), "{e}");
+    std::fs::remove_file(&state).unwrap();
+
+    // A log whose beginning no snapshot covers.
+    std::fs::rename(&seg, segments::path(&state, 7)).unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("the log starts at record 7"), "{e}");
+}
+
+/// Copies the snapshot file and the segments of `state` into a new directory.
+fn copy_state(state: &Path) -> (tempfile::TempDir, PathBuf) {
+    let to = tempfile::tempdir().unwrap();
+    let target = to.path().join(state.file_name().unwrap());
+    if state.exists() {
+        std::fs::copy(state, &target).unwrap();
+    }
+    for (_, p) in segments::list(state).unwrap() {
+        std::fs::copy(&p, to.path().join(p.file_name().unwrap())).unwrap();
+    }
+    (to, target)
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_compaction_recovers_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    let (store, _) = Store::open(&state, 100, 1).unwrap();
+    for i in 1..=4 {
+        store.append(src.register(&format!("n{i}")));
+    }
+    block_on(store.wait(4)).unwrap();
+    assert!(store.wants_compaction());
+    let before = segments::list(&state).unwrap();
+    // Crash 1: after the rotation, before the snapshot is written.
+    let mut crash1 = None;
+    let done = store
+        .compact(|| {
+            crash1 = Some(copy_state(&state));
+            (src.sched.snapshot(Millis(2)), src.seq)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.seq, done.segments_removed), (4, 1));
+    assert!(!store.wants_compaction());
+    // Crash 2: the snapshot renamed into place, the old segment not yet deleted.
+    let (crash2, state2) = copy_state(&state);
+    for (_, p) in &before {
+        std::fs::copy(p, crash2.path().join(p.file_name().unwrap()))
+            .expect_err("the old segment is gone");
+    }
+    let (_, kept1) = crash1.as_ref().unwrap();
+    let old_seg = segments::list(kept1).unwrap()[0].1.clone();
+    std::fs::copy(&old_seg, crash2.path().join(old_seg.file_name().unwrap())).unwrap();
+    // A temporary file of an interrupted snapshot write is ignored.
+    std::fs::write(crash2.path().join(".tmp-abc123"), b"{\"vers").unwrap();
+
+    for (what, at) in [("rotated", kept1.clone()), ("renamed", state2.clone())] {
+        let (got, r) = nodes_on_disk(&at);
+        assert_eq!(got, names("n", 4), "crash after {what}");
+        assert_eq!(r.last_seq, 4, "crash after {what}");
+    }
+    let (_, r) = nodes_on_disk(&state2);
+    assert_eq!(r.replayed, 0, "records the snapshot covers are skipped");
+
+    // After the compaction, the log goes on in the new segment.
+    store.append(src.register("n5"));
+    block_on(store.wait(5)).unwrap();
+    store.close().unwrap();
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 5));
+    assert_eq!((r.last_seq, r.replayed), (5, 1));
+    assert_eq!(segments::list(&state).unwrap().len(), 1);
+}
+
+#[test]
+fn concurrent_changes_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    let (store, _) = Store::open(&state, 100, u64::MAX).unwrap();
+    // Hold the committer's segment while 50 changes arrive: it can take at most the first
+    // alone, the rest pile up and go in one write and one fsync.
+    let records: Vec<LogRecord> = (1..=50).map(|i| src.register(&format!("n{i}"))).collect();
+    {
+        let _writer = store.shared.lock_writer();
+        for r in records {
+            store.append(r);
+        }
+    }
+    block_on(async {
+        let waits: Vec<_> = (1..=50).map(|s| store.wait(s)).collect();
+        for w in waits {
+            w.await.unwrap();
+        }
+    });
+    let commits = store.stats().commits.load(Ordering::Relaxed);
+    assert!(
+        (1..=2).contains(&commits),
+        "{commits} commits for 50 records"
+    );
+    assert_eq!(store.stats().records.load(Ordering::Relaxed), 50);
+    store.close().unwrap();
+    assert_eq!(nodes_on_disk(&state).0.len(), 50);
+}
