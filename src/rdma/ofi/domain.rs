@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 
-use super::qp::QpShared;
+use super::qp::{QpShared, Window};
 use super::sys;
 use super::wire::{self, MsgHdr, HDR_LEN, MAX_SEND};
 use crate::rdma::error::{FabricError, Result};
@@ -105,6 +105,8 @@ pub(crate) struct Slot {
     /// When the request fails if libfabric has not completed it (the queue pair's response
     /// timeout): libfabric 1.17's shm never reports a write the target refused.
     pub deadline: Option<Instant>,
+    /// A delivery-complete write: its success proves this range for later writes.
+    pub proves: Option<Window>,
 }
 
 impl Slot {
@@ -118,6 +120,7 @@ impl Slot {
         internal: false,
         flushed: false,
         deadline: None,
+        proves: None,
     };
 }
 
@@ -490,7 +493,14 @@ impl Domain {
                     key,
                 };
                 let mut desc = self.bounce_desc;
-                let data = wire::pack_cq_data(0, 0, false, 0);
+                let data = wire::CqData {
+                    dst_qp: 0,
+                    imm: 0,
+                    solicited: false,
+                    credits: 0,
+                    len: None,
+                }
+                .pack();
                 self.post(&mut g, slot, "fi_writemsg (probe)", |ep, ctx| {
                     let msg = sys::fi_msg_rma {
                         msg_iov: (&iov as *const libc::iovec).cast(),
@@ -880,14 +890,15 @@ impl Domain {
             && e.flags & u64::from(sys::FI_RECV) == 0
         {
             // A write with data landed here.
-            let (q, imm, solicited, credits) = wire::unpack_cq_data(e.data);
-            if q == 0 {
+            let c = wire::CqData::unpack(e.data);
+            if c.dst_qp == 0 {
                 // The length probe of `Domain::open` (queue pair numbers start at 1).
                 self.probe_len.store(e.len as u64, Ordering::SeqCst);
                 return;
             }
-            if let Some(qp) = self.qp(q) {
-                qp.arrived(self, imm, e.len as u32, solicited, credits, None);
+            if let Some(qp) = self.qp(c.dst_qp) {
+                let len = c.len.unwrap_or(e.len as u32);
+                qp.arrived(self, c.imm, len, c.solicited, c.credits, None);
             }
             return;
         }
@@ -935,6 +946,11 @@ impl Domain {
         }
         let s = g.slots[i];
         Self::free_slot(g, i);
+        if let (true, false, Some(w)) = (s.busy, s.flushed, s.proves) {
+            if let Some(qp) = self.qp(s.qp) {
+                qp.prove(w);
+            }
+        }
         if !s.busy || s.flushed || s.internal || !s.signaled {
             return;
         }
