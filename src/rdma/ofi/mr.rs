@@ -45,10 +45,7 @@ impl OfiMr {
         if access.contains(Access::REMOTE_ATOMIC) {
             fi_access |= u64::from(sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE);
         }
-        let (mr, desc, key) = match d.register(ptr, mapped, fi_access) {
-            Ok(r) => r,
-            Err(e) => return Err(e),
-        };
+        let (mr, desc, key) = d.register(ptr, mapped, fi_access)?;
         let Ok(rkey) = u32::try_from(key) else {
             d.deregister(mr);
             return Err(FabricError::Unavailable {
