@@ -46,9 +46,9 @@ cluster=$OUT/cluster
 cleanup() { "$BIN/rfaas" local-cluster stop --run-dir "$cluster" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 for prov in $HOT_PROVIDERS; do
-	RFAAS_OFI_PROVIDER=$prov timeout 60 "$BIN/rfaas" local-cluster start --run-dir "$cluster" \
-		--provider ofi --nodes 1 >"$OUT/cluster-$prov.log" 2>&1
 	tag=${prov//;/_}
+	RFAAS_OFI_PROVIDER=$prov timeout 60 "$BIN/rfaas" local-cluster start --run-dir "$cluster" \
+		--provider ofi --nodes 1 >"$OUT/cluster-$tag.log" 2>&1
 	RFAAS_OFI_PROVIDER=$prov timeout 300 "$BIN/warm_benchmark" --cluster "$cluster/cluster.json" \
 		--function empty --sizes 64 --repetitions "$ITERS" --modes hot \
 		--output "$OUT/warm-$tag-hot.csv" >"$OUT/warm-$tag-hot.txt" 2>&1
