@@ -62,6 +62,29 @@ pub struct OfiInfo {
     pub wait_object: &'static str,
 }
 
+/// A one-element RMA message: the local bytes of `iov` (descriptor `desc`) and the remote
+/// range `rma` at address-vector entry `peer`, with `context` and remote CQ data `data`. The
+/// message points at its arguments, which must outlive the libfabric call it is passed to.
+pub(crate) fn rma_msg(
+    iov: &libc::iovec,
+    desc: &mut *mut c_void,
+    peer: u64,
+    rma: &sys::fi_rma_iov,
+    context: *mut c_void,
+    data: u64,
+) -> sys::fi_msg_rma {
+    sys::fi_msg_rma {
+        msg_iov: (iov as *const libc::iovec).cast(),
+        desc,
+        iov_count: 1,
+        addr: peer,
+        rma_iov: rma,
+        rma_iov_count: 1,
+        context,
+        data,
+    }
+}
+
 /// Turns a negative libfabric return value into an error.
 pub(crate) fn fi_error(context: &str, ret: isize) -> FabricError {
     let code = (-ret) as i32;
@@ -502,16 +525,7 @@ impl Domain {
                 }
                 .pack();
                 self.post(&mut g, slot, "fi_writemsg (probe)", |ep, ctx| {
-                    let msg = sys::fi_msg_rma {
-                        msg_iov: (&iov as *const libc::iovec).cast(),
-                        desc: &mut desc,
-                        iov_count: 1,
-                        addr: me,
-                        rma_iov: &rma,
-                        rma_iov_count: 1,
-                        context: ctx,
-                        data,
-                    };
+                    let msg = rma_msg(&iov, &mut desc, me, &rma, ctx, data);
                     // SAFETY: `msg` and its buffers live across the call; the target region
                     // stays registered until the probe ends.
                     unsafe {

@@ -229,22 +229,8 @@ impl ConnRequest<OfiFabric> for OfiRequest {
             .sock
             .try_clone()
             .map_err(|e| FabricError::io("side channel", e))?;
-        let qp = OfiQp::create(
-            &self.d,
-            QpParts {
-                num,
-                peer,
-                peer_qp: self.hello.qp_num,
-                peer_credits: self.hello.credits,
-                send_cq: init.send_cq.s.clone(),
-                recv_cq: init.recv_cq.s.clone(),
-                recvs: initial_recvs,
-                sock,
-                rnr: init.timeouts.rnr,
-                response: init.timeouts.response,
-                max_recv: init.caps.max_recv_wr,
-            },
-        )?;
+        let parts = QpParts::new(num, peer, &self.hello, init, initial_recvs, sock);
+        let qp = OfiQp::create(&self.d, parts)?;
         let _ = self.sock.set_nonblocking(false);
         let _ = self.sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
         (&self.sock)
@@ -340,21 +326,6 @@ pub(crate) fn connect(
         )));
     }
     let peer = d.peer_addr(&h.ep_name)?;
-    let qp = OfiQp::create(
-        d,
-        QpParts {
-            num,
-            peer,
-            peer_qp: h.qp_num,
-            peer_credits: h.credits,
-            send_cq: init.send_cq.s.clone(),
-            recv_cq: init.recv_cq.s.clone(),
-            recvs: initial_recvs,
-            sock,
-            rnr: init.timeouts.rnr,
-            response: init.timeouts.response,
-            max_recv: init.caps.max_recv_wr,
-        },
-    )?;
+    let qp = OfiQp::create(d, QpParts::new(num, peer, &h, init, initial_recvs, sock))?;
     Ok((qp, h.private_data))
 }

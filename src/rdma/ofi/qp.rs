@@ -25,12 +25,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cq::CqShared;
-use super::domain::{epoll_del, Domain, Inner, Slot};
+use super::domain::{epoll_del, rma_msg, Domain, Inner, Slot};
 use super::sys;
 use super::wire::{self, MsgHdr, HDR_LEN, MAX_GRANT, MAX_SEND};
+use super::OfiFabric;
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::types::{Access, Op, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus};
-use crate::rdma::QueuePair;
+use crate::rdma::{QpInit, QueuePair};
 
 /// A remote range (key and bounds) that a write on this queue pair has already delivered to.
 ///
@@ -104,6 +105,34 @@ pub(crate) struct QpParts<'a> {
     pub rnr: Duration,
     pub response: Duration,
     pub max_recv: u32,
+}
+
+impl<'a> QpParts<'a> {
+    /// The parts of queue pair `num` to the peer at address-vector entry `peer`, whose side of
+    /// the handshake is `hello`, made as `init` says with `recvs` posted; `sock` is the side
+    /// channel.
+    pub(crate) fn new(
+        num: u32,
+        peer: u64,
+        hello: &wire::Hello,
+        init: QpInit<'_, OfiFabric>,
+        recvs: &'a [RecvWr],
+        sock: TcpStream,
+    ) -> QpParts<'a> {
+        QpParts {
+            num,
+            peer,
+            peer_qp: hello.qp_num,
+            peer_credits: hello.credits,
+            send_cq: init.send_cq.s.clone(),
+            recv_cq: init.recv_cq.s.clone(),
+            recvs,
+            sock,
+            rnr: init.timeouts.rnr,
+            response: init.timeouts.response,
+            max_recv: init.caps.max_recv_wr,
+        }
+    }
 }
 
 impl QpShared {
@@ -637,16 +666,7 @@ impl OfiQp {
             i,
             if read { "fi_readmsg" } else { "fi_writemsg" },
             |ep, ctx| {
-                let msg = sys::fi_msg_rma {
-                    msg_iov: (&iov as *const libc::iovec).cast(),
-                    desc: &mut desc,
-                    iov_count: 1,
-                    addr: peer,
-                    rma_iov: &rma,
-                    rma_iov_count: 1,
-                    context: ctx,
-                    data: data.unwrap_or(0),
-                };
+                let msg = rma_msg(&iov, &mut desc, peer, &rma, ctx, data.unwrap_or(0));
                 // SAFETY: `msg` and what it points to live across the call; the local buffer is
                 // registered (checked by the caller), who keeps it until the completion, as with
                 // verbs.

@@ -10,7 +10,7 @@
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
-use super::domain::{fi_error, getinfo, open_handles, Handles};
+use super::domain::{fi_error, getinfo, open_handles, rma_msg, Handles};
 use super::sys;
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::segment::PrivateMem;
@@ -156,16 +156,7 @@ impl RawFloor {
         };
         let mut desc = self.desc;
         let ctx: *mut sys::fi_context2 = &mut *self.ctx;
-        let msg = sys::fi_msg_rma {
-            msg_iov: (&iov as *const libc::iovec).cast(),
-            desc: &mut desc,
-            iov_count: 1,
-            addr: peer,
-            rma_iov: &rma,
-            rma_iov_count: 1,
-            context: ctx.cast(),
-            data,
-        };
+        let msg = rma_msg(&iov, &mut desc, peer, &rma, ctx.cast(), data);
         let deadline = Instant::now() + timeout;
         loop {
             // SAFETY: `msg` and what it points to live across the call; the buffer stays
