@@ -655,14 +655,20 @@ impl Domain {
     }
 
     /// A fresh queue pair number not in use.
-    pub(crate) fn alloc_qp_num(&self) -> u32 {
+    /// Fails when all [`wire::MAX_QP_NUM`] numbers are taken (a queue pair per peer is far
+    /// fewer than that).
+    pub(crate) fn alloc_qp_num(&self) -> Result<u32> {
         let qps = self.qps.read().unwrap_or_else(|e| e.into_inner());
-        loop {
+        for _ in 0..wire::MAX_QP_NUM {
             let n = self.next_qp.fetch_add(1, Ordering::Relaxed) % wire::MAX_QP_NUM + 1;
             if !qps.contains_key(&n) {
-                return n;
+                return Ok(n);
             }
         }
+        Err(FabricError::Invalid(format!(
+            "the ofi domain has {} queue pairs open, the most its CQ data can address",
+            wire::MAX_QP_NUM
+        )))
     }
 
     /// The address-vector entry of a peer endpoint name (inserted once).

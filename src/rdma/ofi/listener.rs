@@ -217,7 +217,13 @@ impl ConnRequest<OfiFabric> for OfiRequest {
                 return Err(e);
             }
         };
-        let num = self.d.alloc_qp_num();
+        let num = match self.d.alloc_qp_num() {
+            Ok(n) => n,
+            Err(e) => {
+                reply(&self.sock, &Reply::Reject(e.to_string()));
+                return Err(e);
+            }
+        };
         let accept = Reply::Accept(Hello {
             provider: self.d.info.provider.clone(),
             ep_name: self.d.name.clone(),
@@ -273,7 +279,7 @@ pub(crate) fn connect(
     let mut sock = TcpStream::connect_timeout(&sa, timeout)
         .map_err(|e| FabricError::io(format!("connecting to {addr}"), e))?;
     let _ = sock.set_nodelay(true);
-    let num = d.alloc_qp_num();
+    let num = d.alloc_qp_num()?;
     let hello = Hello {
         provider: d.info.provider.clone(),
         ep_name: d.name.clone(),
