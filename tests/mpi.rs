@@ -6,6 +6,10 @@
 //! renting cores 0-1, so that 4 ranks find 4 leasable cores on 2 nodes), with always-warm
 //! executors (`hot_timeout_ms` 0) so that busy-polling does not starve the two cores. Every wait
 //! is bounded; `mpirun` is killed with everything it started when a test gives up.
+//!
+//! With feature `libfabric` too, the warm benchmark also runs on the `ofi` provider over
+//! libfabric's `shm` and `tcp;ofi_rxm` (`ofi_*` tests): executors, managers and every rank use
+//! the libfabric provider named by `RFAAS_OFI_PROVIDER`.
 
 #![cfg(feature = "mpi")]
 
@@ -19,8 +23,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    functions_library, manager_for_rm, wait_exit, wait_for, write_cluster_file, Manager,
-    ResourceManager,
+    functions_library, manager_for_rm_on, wait_exit, wait_for, write_cluster_file_for, Manager,
+    Net, ResourceManager,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -37,19 +41,25 @@ struct TestCluster {
     ems: Vec<Manager>,
     file: PathBuf,
     library: PathBuf,
+    net: Net,
 }
 
 impl TestCluster {
     fn start(nodes: usize) -> TestCluster {
+        TestCluster::start_on(nodes, Net::SHM)
+    }
+
+    /// The cluster with its executors (and clients) on fabric `net`.
+    fn start_on(nodes: usize, net: Net) -> TestCluster {
         let rm = ResourceManager::start("heartbeat_timeout_ms = 2000\n");
         let cores = common::cores();
         let ems: Vec<Manager> = (0..nodes)
-            .map(|i| manager_for_rm(&rm, &format!("n{i}"), &cores, ""))
+            .map(|i| manager_for_rm_on(&rm, &format!("n{i}"), &cores, "", net))
             .collect();
         wait_for(common::NO_HANG, "every node alive", || {
             (rm.metrics()["nodes_alive"] == nodes as u64).then_some(())
         });
-        let file = write_cluster_file(&rm, &ems, "n");
+        let file = write_cluster_file_for(&rm, &ems, "n", net.provider);
         let library = rm.dir.path().join("libfunctions.so");
         std::fs::write(&library, functions_library()).unwrap();
         TestCluster {
@@ -57,7 +67,15 @@ impl TestCluster {
             ems,
             file,
             library,
+            net,
         }
+    }
+
+    /// `mpirun` of `program` with this cluster's fabric in the ranks' environment.
+    fn mpirun(&self, n: usize, program: &str, args: &[String]) -> Command {
+        let mut c = mpirun(n, program, args);
+        c.envs(self.net.env());
+        c
     }
 
     fn out(&self, name: &str) -> PathBuf {
@@ -226,7 +244,12 @@ fn read_csv(path: &Path) -> (BTreeMap<String, usize>, Vec<Vec<String>>) {
 /// Warm mode from `n` ranks: exactly n × R rows per size, ranks 0..n-1, world size n, and
 /// every rank on workers of its own.
 fn warm(n: usize, nodes: usize) {
-    let c = TestCluster::start(nodes);
+    warm_on(n, nodes, Net::SHM);
+}
+
+/// [`warm`] on fabric `net`; the rows and the metadata name its provider.
+fn warm_on(n: usize, nodes: usize, net: Net) {
+    let c = TestCluster::start_on(nodes, net);
     let out = c.out("warm.csv");
     let r = 40;
     let args = bench_args(
@@ -241,7 +264,7 @@ fn warm(n: usize, nodes: usize) {
             "5",
         ],
     );
-    let (status, text) = run_to_end(mpirun(n, BENCH, &args));
+    let (status, text) = run_to_end(c.mpirun(n, BENCH, &args));
     assert!(status.success(), "{status}:\n{text}");
 
     let (h, rows) = read_csv(&out);
@@ -250,6 +273,7 @@ fn warm(n: usize, nodes: usize) {
         let mut per_rank: BTreeMap<u32, usize> = BTreeMap::new();
         for row in rows.iter().filter(|row| row[h["payload_bytes"]] == size) {
             assert_eq!(row[h["benchmark"]], "scalable_benchmark");
+            assert_eq!(row[h["provider"]], net.provider.name());
             assert_eq!(row[h["mode"]], "warm");
             assert_eq!(row[h["world_size"]], n.to_string());
             *per_rank.entry(row[h["rank"]].parse().unwrap()).or_default() += 1;
@@ -262,6 +286,10 @@ fn warm(n: usize, nodes: usize) {
         serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
             .unwrap();
     assert_eq!(meta["world_size"], n as u64);
+    if let Some(libfabric) = net.ofi {
+        // The metadata names the libfabric provider behind the `ofi` rows.
+        assert_eq!(meta["fabric"]["ofi"]["provider"], libfabric, "{meta}");
+    }
     assert!(meta["mpi_library"].as_str().unwrap().contains("MPI"));
     assert!(!meta["mpi_library"].as_str().unwrap().contains('\0'));
     let ranks = meta["ranks"].as_array().unwrap();
@@ -312,6 +340,20 @@ fn warm_two_ranks() {
 #[test]
 fn warm_four_ranks_on_two_nodes() {
     warm(4, 2);
+}
+
+/// The MPI benchmark over libfabric's shared-memory provider: two ranks, one node.
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_shm_warm_two_ranks() {
+    warm_on(2, 1, Net::ofi("shm"));
+}
+
+/// Over libfabric's `tcp;ofi_rxm` (the route between nodes): two ranks on two nodes.
+#[cfg(feature = "libfabric")]
+#[test]
+fn ofi_tcp_rxm_warm_two_ranks_on_two_nodes() {
+    warm_on(2, 2, Net::ofi("tcp;ofi_rxm"));
 }
 
 #[test]

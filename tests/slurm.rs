@@ -10,7 +10,11 @@
 //! 3. `scancel` of the cluster job: the queue empties and no rfaas process of this Slurm is left.
 //! 4. The same with the heterogeneous-job layout (`slurm/rfaas-cluster-hetjob.sh`, one node per
 //!    component): a lease comes from the executor manager on the second node.
-//! 5. `scontrol shutdown`; the daemons are gone.
+//! 5. With feature `libfabric`: the single-allocation layout again with `RFAAS_PROVIDER=ofi` on
+//!    libfabric's `tcp;ofi_rxm` (`RFAAS_OFI_PROVIDER`, exported by `srun` to every node): the
+//!    cluster file names `ofi`, and two executors that Slurm started answer invocations from
+//!    this process over ofi; then `scancel` as in 3.
+//! 6. `scontrol shutdown`; the daemons are gone.
 //!
 //! Every wait is bounded; on failure the Slurm logs, job outputs and daemon logs are printed.
 //! The Slurm daemons and every process started under them are stopped even when the test panics
@@ -226,14 +230,19 @@ InactiveLimit=0
             .unwrap_or_else(|e| panic!("run {program}: {e}"))
     }
 
-    /// The environment every rfaas job of this test gets.
+    /// The environment every rfaas job of this test gets (provider `tcp`).
     fn job_command(&self, run_dir: &Path) -> Command {
+        self.job_command_on(run_dir, "tcp")
+    }
+
+    /// [`Slurm::job_command`] with `RFAAS_PROVIDER=provider` (add `RFAAS_OFI_PROVIDER` for ofi).
+    fn job_command_on(&self, run_dir: &Path, provider: &str) -> Command {
         let mut cmd = self.command("sbatch");
         let bin_dir = Path::new(common::rfaas_bin()).parent().unwrap();
         cmd.env("RFAAS_HOME", repo())
             .env("RFAAS_BIN_DIR", bin_dir)
             .env("RFAAS_RUN_DIR", run_dir)
-            .env("RFAAS_PROVIDER", "tcp")
+            .env("RFAAS_PROVIDER", provider)
             .env("RFAAS_START_TIMEOUT", "30")
             .env("RFAAS_STOP_TIMEOUT", "10")
             .env("RUST_LOG", "info");
@@ -704,11 +713,87 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
     lease.release().unwrap();
     cancel_and_check(&slurm, &het, &het_dir);
 
-    // 5. Slurm down, nothing left.
+    // 5. The single-allocation layout on ofi (libfabric tcp;ofi_rxm).
+    #[cfg(feature = "libfabric")]
+    ofi_cluster_job(&slurm, &lib);
+
+    // 6. Slurm down, nothing left.
     let mut slurm = slurm;
     let t = Instant::now();
     let left = slurm.shutdown();
     println!("scontrol shutdown: Slurm gone in {:?}", t.elapsed());
     assert!(left.is_empty(), "left after scontrol shutdown: {left:?}");
     println!("test took {:?}", t_test.elapsed());
+}
+
+/// The libfabric provider of step 5: the one between nodes that Debian's libfabric has.
+#[cfg(feature = "libfabric")]
+const OFI_PROVIDER: &str = "tcp;ofi_rxm";
+
+/// Step 5: `slurm/rfaas-cluster.sh` with `RFAAS_PROVIDER=ofi`; two executors held at once (each
+/// under a lease of its own, on whichever node the resource manager picks), each answering an
+/// echo over ofi from this process; then `scancel`.
+#[cfg(feature = "libfabric")]
+fn ofi_cluster_job(slurm: &Slurm, lib: &Path) {
+    use rfaas::client::{AllocationSpec, ClientOptions};
+    let run_dir = slurm.dir().join("run-ofi");
+    let t0 = Instant::now();
+    let out = slurm
+        .job_command_on(&run_dir, "ofi")
+        .env(rfaas::env::OFI_PROVIDER, OFI_PROVIDER)
+        .args(["--parsable", "--oversubscribe", "--output=cluster-%j.out"])
+        .arg(repo().join("slurm/rfaas-cluster.sh"))
+        .output()
+        .expect("run sbatch");
+    assert!(out.status.success(), "sbatch (ofi): {}", text(&out));
+    let job = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let (cluster, first) = first_lease(&run_dir, Duration::from_secs(60));
+    println!(
+        "ofi ({OFI_PROVIDER}): sbatch -> first lease granted: {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(cluster.provider, rfaas::rdma::Provider::Ofi);
+    first.release().unwrap();
+    let fabric = rfaas::rdma::ofi::OfiFabric::with_provider(Some(OFI_PROVIDER))
+        .unwrap_or_else(|e| panic!("libfabric {OFI_PROVIDER} in this process: {e}"));
+    let bytes = fs::read(lib).unwrap();
+    let mut spec = AllocationSpec::new(bytes, &["echo"]);
+    spec.slots = 1;
+    spec.hot_timeout_ms = 0;
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(20),
+        ..ClientOptions::default()
+    };
+    let mut nodes = Vec::new();
+    let mut execs = Vec::new();
+    for k in 0..2u8 {
+        // Each executor is a process Slurm started (srun) with the job's environment.
+        let exec = cluster
+            .allocate(&fabric, &spec, opts, 0)
+            .unwrap_or_else(|e| panic!("allocation {k} over ofi: {e}"));
+        let f = exec.function("echo").unwrap();
+        let input = format!("hello slurm over ofi {k}").into_bytes();
+        let mut output = vec![0u8; 64];
+        let n = exec
+            .invoke(f, &input, &mut output)
+            .unwrap_or_else(|e| panic!("invocation {k} over ofi: {e}"));
+        assert_eq!(&output[..n], &input[..], "echo {k} over ofi");
+        if let Some(l) = exec.lease() {
+            nodes.push(l.parts()[0].node.clone());
+        }
+        execs.push(exec);
+    }
+    println!("ofi: echo answered by executors on {nodes:?}");
+    for n in &nodes {
+        assert!(Slurm::NODES.contains(&n.as_str()), "lease on {n}");
+    }
+    for exec in execs {
+        exec.deallocate().unwrap();
+    }
+    cancel_and_check(slurm, &job, &run_dir);
 }

@@ -623,9 +623,54 @@ pub fn http_with_header(
     (code, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
+/// The fabric a test cluster runs on: an rfaas provider and, for `ofi`, the libfabric provider
+/// its managers, executors and clients use (`RFAAS_OFI_PROVIDER`).
+#[derive(Clone, Copy, Debug)]
+pub struct Net {
+    /// `shm`, `tcp` or `ofi`.
+    pub provider: rfaas::rdma::Provider,
+    /// The libfabric provider (`shm`, `tcp;ofi_rxm`) when `provider` is `ofi`.
+    pub ofi: Option<&'static str>,
+}
+
+impl Net {
+    /// rfaas's own shared-memory provider (what the tests use unless they say otherwise).
+    pub const SHM: Net = Net {
+        provider: rfaas::rdma::Provider::Shm,
+        ofi: None,
+    };
+
+    /// The `ofi` provider on libfabric provider `libfabric`.
+    pub const fn ofi(libfabric: &'static str) -> Net {
+        Net {
+            provider: rfaas::rdma::Provider::Ofi,
+            ofi: Some(libfabric),
+        }
+    }
+
+    /// The environment processes of this fabric need (`RFAAS_OFI_PROVIDER` for ofi).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        self.ofi
+            .map(|p| (rfaas::env::OFI_PROVIDER, p.to_string()))
+            .into_iter()
+            .collect()
+    }
+}
+
 /// An executor manager registered with `rm` (its secret, node name `node`, `cores`); waits
 /// (bounded) until its API answers. `extra`: more TOML keys.
 pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &str) -> Manager {
+    manager_for_rm_on(rm, node, cores, extra, Net::SHM)
+}
+
+/// [`manager_for_rm`] on fabric `net` (its executors too).
+pub fn manager_for_rm_on(
+    rm: &ResourceManager,
+    node: &str,
+    cores: &[u32],
+    extra: &str,
+    net: Net,
+) -> Manager {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = tempfile::tempdir().unwrap();
     let mut f = fs::OpenOptions::new()
@@ -652,25 +697,36 @@ pub fn manager_for_rm(rm: &ResourceManager, node: &str, cores: &[u32], extra: &s
     };
     let cores: Vec<String> = cores.iter().map(u32::to_string).collect();
     let config = format!(
-        "node = \"{node}\"\nlisten = \"127.0.0.1:0\"\nprovider = \"shm\"\nfabric_host = \"127.0.0.1\"\n\
+        "node = \"{node}\"\nlisten = \"127.0.0.1:0\"\nprovider = \"{}\"\nfabric_host = \"127.0.0.1\"\n\
          cores = [{}]\nsecret_file = \"secret\"\nrun_dir = \"run\"\nready_file = \"ready.json\"\n\
          resource_manager = \"{}\"\nrequest_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\n\
          stop_grace_ms = 1000\n{extra}",
+        net.provider.name(),
         cores.join(", "),
         rm.http
     );
     fs::write(dir.path().join("em.toml"), config).unwrap();
-    Manager::spawn_in(dir, rm.secret.clone(), &[])
+    Manager::spawn_in(dir, rm.secret.clone(), &net.env())
 }
 
 /// Writes `cluster.json` in `rm`'s directory for a shm cluster of `rm` and `ems` (named
 /// `{prefix}{i}`, on nodes `n{i}`) and returns its path.
 pub fn write_cluster_file(rm: &ResourceManager, ems: &[Manager], prefix: &str) -> PathBuf {
+    write_cluster_file_for(rm, ems, prefix, rfaas::rdma::Provider::Shm)
+}
+
+/// [`write_cluster_file`] for a cluster whose executors use `provider`.
+pub fn write_cluster_file_for(
+    rm: &ResourceManager,
+    ems: &[Manager],
+    prefix: &str,
+    provider: rfaas::rdma::Provider,
+) -> PathBuf {
     use rfaas::cluster::{ClusterFile, ManagerEntry};
     let file = rm.dir.path().join("cluster.json");
     ClusterFile {
         version: 1,
-        provider: rfaas::rdma::Provider::Shm,
+        provider,
         secret_file: rm.dir.path().join("secret"),
         executor_managers: ems
             .iter()

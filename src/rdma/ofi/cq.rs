@@ -1,9 +1,15 @@
 //! Completion queues of the `ofi` provider: a software queue ([`CqCore`]) per rfaas completion
 //! queue, fed by the domain's dispatcher from the one libfabric completion queue. Polling an
 //! empty queue drives libfabric progress itself (no lock wait: if another thread is already
-//! progressing, it returns what is queued). Blocking waits on the queue's eventfd in short
-//! slices, driving progress between them, so a provider without wait objects (cxi, efa) is
-//! served the same way as one with them.
+//! progressing, it returns what is queued).
+//!
+//! A blocking wait sleeps on the queue's eventfd (the dispatcher signals it) and, where the
+//! libfabric completion queue has a wait object (`FI_WAIT_FD`: `tcp;ofi_rxm`), on that
+//! descriptor too, after `fi_trywait` says nothing is pending: incoming data wakes the waiter,
+//! which drives progress itself. Where the provider has none (libfabric 1.17's `shm`; `cxi` and
+//! `efa`), the wait sleeps in slices of [`WAIT_SLICE`] and drives progress between them. Either
+//! way the domain's progress thread also drives progress at least every millisecond, so no
+//! completion waits longer than that for someone to call into libfabric.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -58,19 +64,21 @@ impl OfiCq {
     }
 }
 
-/// Waits up to `d` for `fd` to turn readable, with nanosecond resolution (`ppoll`).
-fn wait_fd(fd: RawFd, d: Duration) -> bool {
-    let mut p = libc::pollfd {
+/// Waits up to `d` for any of `fds` to turn readable, with nanosecond resolution (`ppoll`);
+/// returns which did (all false on timeout).
+fn wait_fds<const N: usize>(fds: [RawFd; N], d: Duration) -> [bool; N] {
+    let mut p = fds.map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
-    };
+    });
     let ts = libc::timespec {
         tv_sec: d.as_secs() as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: one valid pollfd and a valid timespec; no signal mask change.
-    unsafe { libc::ppoll(&mut p, 1, &ts, std::ptr::null()) > 0 }
+    // SAFETY: `N` valid pollfds and a valid timespec; no signal mask change.
+    let n = unsafe { libc::ppoll(p.as_mut_ptr(), N as libc::nfds_t, &ts, std::ptr::null()) };
+    p.map(|p| n > 0 && p.revents != 0)
 }
 
 impl CompletionQueue for OfiCq {
@@ -92,17 +100,48 @@ impl CompletionQueue for OfiCq {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if wait_fd(self.raw_fd(), left.min(WAIT_SLICE)) {
+            let ours = match self.d.wait_fd() {
+                // Nothing pending in libfabric: sleep until our queue is signalled or the
+                // provider's descriptor announces work (then drive progress ourselves).
+                Some(fd) if !left.is_zero() && self.d.ready_to_block() => {
+                    let [ours, theirs] = wait_fds([self.raw_fd(), fd], left);
+                    if theirs && !ours {
+                        self.d.progress();
+                    }
+                    ours
+                }
+                // Progress was driven (or time is up): just look at our queue.
+                Some(_) => wait_fds([self.raw_fd()], Duration::ZERO)[0],
+                None => wait_fds([self.raw_fd()], left.min(WAIT_SLICE))[0],
+            };
+            if ours {
                 return self.s.core.notifier.wait(Duration::ZERO);
             }
             if left.is_zero() {
                 return Ok(false);
             }
-            self.d.progress();
+            if self.d.wait_fd().is_none() {
+                self.d.progress();
+            }
         }
     }
 
     fn raw_fd(&self) -> RawFd {
         self.s.core.notifier.raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::rdma::ofi::OfiFabric;
+
+    /// What libfabric 1.17 offers here (`fi_cq_open` with each wait object): `tcp;ofi_rxm` has
+    /// a file-descriptor wait object, `shm` only `FI_WAIT_NONE` / `FI_WAIT_YIELD`.
+    #[test]
+    fn wait_object_follows_the_provider() {
+        let tcp = OfiFabric::with_provider(Some("tcp;ofi_rxm")).expect("libfabric tcp;ofi_rxm");
+        assert_eq!(tcp.info().wait_object, "fd");
+        let shm = OfiFabric::with_provider(Some("shm")).expect("libfabric shm");
+        assert_eq!(shm.info().wait_object, "spin-then-sleep");
     }
 }

@@ -10,17 +10,18 @@
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
 
-use super::qp::QpShared;
+use super::qp::{QpShared, Window};
 use super::sys;
 use super::wire::{self, MsgHdr, HDR_LEN, MAX_SEND};
 use crate::rdma::error::{FabricError, Result};
+use crate::rdma::segment::PrivateMem;
 use crate::rdma::types::{Access, Wc, WcOpcode, WcStatus};
 
 /// Transmit contexts (requests in flight per domain).
@@ -56,6 +57,32 @@ pub struct OfiInfo {
     pub manual_progress: bool,
     /// Bytes of remote CQ data.
     pub cq_data_size: usize,
+    /// How a blocked waiter sleeps: `"fd"` on the completion queue's wait object
+    /// (`FI_WAIT_FD` + `fi_trywait`), `"spin-then-sleep"` where the provider has none.
+    pub wait_object: &'static str,
+}
+
+/// A one-element RMA message: the local bytes of `iov` (descriptor `desc`) and the remote
+/// range `rma` at address-vector entry `peer`, with `context` and remote CQ data `data`. The
+/// message points at its arguments, which must outlive the libfabric call it is passed to.
+pub(crate) fn rma_msg(
+    iov: &libc::iovec,
+    desc: &mut *mut c_void,
+    peer: u64,
+    rma: &sys::fi_rma_iov,
+    context: *mut c_void,
+    data: u64,
+) -> sys::fi_msg_rma {
+    sys::fi_msg_rma {
+        msg_iov: (iov as *const libc::iovec).cast(),
+        desc,
+        iov_count: 1,
+        addr: peer,
+        rma_iov: rma,
+        rma_iov_count: 1,
+        context,
+        data,
+    }
 }
 
 /// Turns a negative libfabric return value into an error.
@@ -101,6 +128,8 @@ pub(crate) struct Slot {
     /// When the request fails if libfabric has not completed it (the queue pair's response
     /// timeout): libfabric 1.17's shm never reports a write the target refused.
     pub deadline: Option<Instant>,
+    /// A delivery-complete write: its success proves this range for later writes.
+    pub proves: Option<Window>,
 }
 
 impl Slot {
@@ -114,6 +143,7 @@ impl Slot {
         internal: false,
         flushed: false,
         deadline: None,
+        proves: None,
     };
 }
 
@@ -132,6 +162,29 @@ pub(crate) struct Handles {
     pub(crate) av: *mut sys::fid_av,
     pub(crate) cq: *mut sys::fid_cq,
     pub(crate) bounce_mr: *mut sys::fid_mr,
+    /// The completion queue's wait object as a descriptor (`FI_WAIT_FD`), where the provider
+    /// has one; owned by the completion queue.
+    pub(crate) wait_fd: Option<RawFd>,
+}
+
+impl Handles {
+    /// No handles (closing it closes nothing).
+    const EMPTY: Handles = Handles {
+        info: std::ptr::null_mut(),
+        fabric: std::ptr::null_mut(),
+        domain: std::ptr::null_mut(),
+        ep: std::ptr::null_mut(),
+        av: std::ptr::null_mut(),
+        cq: std::ptr::null_mut(),
+        bounce_mr: std::ptr::null_mut(),
+        wait_fd: None,
+    };
+
+    /// Closes every handle now (endpoint first), leaving `self` empty: for owners whose
+    /// registered memory must outlive the endpoint but not the value.
+    pub(crate) fn close_now(&mut self) {
+        drop(std::mem::replace(self, Handles::EMPTY));
+    }
 }
 
 impl Drop for Handles {
@@ -176,7 +229,7 @@ pub(crate) struct Domain {
     pub(crate) len_reported: bool,
     probe_len: AtomicU64,
     ctx: Box<[UnsafeCell<sys::fi_context2>]>,
-    bounce: *mut u8,
+    bounce: PrivateMem,
     bounce_desc: *mut c_void,
     pub(crate) epoll: OwnedFd,
     stop: AtomicBool,
@@ -301,7 +354,7 @@ impl Domain {
                 }
             },
         };
-        let h = open_handles(info)?;
+        let h = open_handles(info, true)?;
         // SAFETY: `info` is a valid fi_info list head returned by fi_getinfo; its attribute
         // pointers are non-null for a returned info.
         let (prov_name, fabric_name, domain_name, mr_mode, cq_data_size, manual) = unsafe {
@@ -358,7 +411,7 @@ impl Domain {
         }
         // Internal message buffers: TX_SLOTS transmit buffers, then RX_BUFS receive buffers.
         let bytes = (TX_SLOTS + RX_BUFS) * BUF;
-        let bounce = super::mr::map_pages(bytes)?;
+        let bounce = PrivateMem::new(bytes)?;
         let mut ctx = Vec::with_capacity(TX_SLOTS + RX_BUFS);
         ctx.resize_with(TX_SLOTS + RX_BUFS, || {
             UnsafeCell::new(sys::fi_context2::default())
@@ -374,6 +427,11 @@ impl Domain {
             atomics,
             manual_progress: manual,
             cq_data_size,
+            wait_object: if h.wait_fd.is_some() {
+                "fd"
+            } else {
+                "spin-then-sleep"
+            },
         };
         let mut d = Domain {
             h,
@@ -393,7 +451,7 @@ impl Domain {
             len_reported: false,
             probe_len: AtomicU64::new(u64::MAX),
             ctx: ctx.into_boxed_slice(),
-            bounce: bounce.0,
+            bounce,
             bounce_desc: std::ptr::null_mut(),
             epoll: epfd,
             stop: AtomicBool::new(false),
@@ -401,7 +459,7 @@ impl Domain {
             progress: Mutex::new(None),
         };
         let all_local = (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE) as u64;
-        let (mr, desc, _key) = d.register(d.bounce, bytes, all_local)?;
+        let (mr, desc, _key) = d.register(d.bounce.as_ptr(), bytes, all_local)?;
         d.h.bounce_mr = mr;
         d.bounce_desc = desc;
         {
@@ -431,9 +489,10 @@ impl Domain {
     /// side's completion carries the length (shm does; libfabric 1.17's tcp;ofi_rxm does not).
     fn probe_len_reporting(&self) -> bool {
         let probe = || -> Result<bool> {
-            let (p, n) = super::mr::map_pages(4096)?;
+            let mem = PrivateMem::new(4096)?;
+            let p = mem.as_ptr();
             let access = (sys::FI_REMOTE_WRITE | sys::FI_WRITE | sys::FI_READ) as u64;
-            let reg = self.register(p, n, access);
+            let reg = self.register(p, mem.len(), access);
             let ok = (|| -> Result<bool> {
                 let (_mr, _desc, key) = *reg
                     .as_ref()
@@ -457,18 +516,16 @@ impl Domain {
                     key,
                 };
                 let mut desc = self.bounce_desc;
-                let data = wire::pack_cq_data(0, 0, false, 0);
+                let data = wire::CqData {
+                    dst_qp: 0,
+                    imm: 0,
+                    solicited: false,
+                    credits: 0,
+                    len: None,
+                }
+                .pack();
                 self.post(&mut g, slot, "fi_writemsg (probe)", |ep, ctx| {
-                    let msg = sys::fi_msg_rma {
-                        msg_iov: (&iov as *const libc::iovec).cast(),
-                        desc: &mut desc,
-                        iov_count: 1,
-                        addr: me,
-                        rma_iov: &rma,
-                        rma_iov_count: 1,
-                        context: ctx,
-                        data,
-                    };
+                    let msg = rma_msg(&iov, &mut desc, me, &rma, ctx, data);
                     // SAFETY: `msg` and its buffers live across the call; the target region
                     // stays registered until the probe ends.
                     unsafe {
@@ -494,7 +551,7 @@ impl Domain {
             if let Ok((mr, _, _)) = reg {
                 self.deregister(mr);
             }
-            super::mr::unmap_pages(p, n);
+            drop(mem);
             ok
         };
         let r = probe();
@@ -554,6 +611,29 @@ impl Domain {
         }
     }
 
+    /// The completion queue's wait object, where the provider has one.
+    pub(crate) fn wait_fd(&self) -> Option<RawFd> {
+        self.h.wait_fd
+    }
+
+    /// Whether a waiter may now block on [`Domain::wait_fd`] (`fi_trywait` succeeded: nothing
+    /// is pending that the descriptor would not announce). When libfabric says work is pending,
+    /// drives progress and returns false: the caller checks its queue and asks again.
+    pub(crate) fn ready_to_block(&self) -> bool {
+        let mut g = self.lock();
+        // SAFETY: the fabric and completion queue are open for the domain's life; the domain
+        // lock serialises the call with every other call on the completion queue.
+        let r = unsafe { sys::rfaas_fi_trywait_cq(self.h.fabric, self.h.cq) };
+        if r == 0 {
+            return true;
+        }
+        if r != -(sys::FI_EAGAIN as i32) {
+            tracing::debug!("ofi: fi_trywait: {}", fi_error("fi_trywait", r as isize));
+        }
+        self.drain_cq(&mut g);
+        false
+    }
+
     /// The domain lock.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -575,14 +655,20 @@ impl Domain {
     }
 
     /// A fresh queue pair number not in use.
-    pub(crate) fn alloc_qp_num(&self) -> u32 {
+    /// Fails when all [`wire::MAX_QP_NUM`] numbers are taken (a queue pair per peer is far
+    /// fewer than that).
+    pub(crate) fn alloc_qp_num(&self) -> Result<u32> {
         let qps = self.qps.read().unwrap_or_else(|e| e.into_inner());
-        loop {
+        for _ in 0..wire::MAX_QP_NUM {
             let n = self.next_qp.fetch_add(1, Ordering::Relaxed) % wire::MAX_QP_NUM + 1;
             if !qps.contains_key(&n) {
-                return n;
+                return Ok(n);
             }
         }
+        Err(FabricError::Invalid(format!(
+            "the ofi domain has {} queue pairs open, the most its CQ data can address",
+            wire::MAX_QP_NUM
+        )))
     }
 
     /// The address-vector entry of a peer endpoint name (inserted once).
@@ -622,7 +708,7 @@ impl Domain {
     /// Address of transmit/receive buffer `i` (transmit slots first).
     pub(crate) fn buf(&self, i: usize) -> *mut u8 {
         // SAFETY: `i < TX_SLOTS + RX_BUFS`, inside the bounce mapping.
-        unsafe { self.bounce.add(i * BUF) }
+        unsafe { self.bounce.as_ptr().add(i * BUF) }
     }
 
     fn ctx_ptr(&self, i: usize) -> *mut c_void {
@@ -824,14 +910,15 @@ impl Domain {
             && e.flags & u64::from(sys::FI_RECV) == 0
         {
             // A write with data landed here.
-            let (q, imm, solicited, credits) = wire::unpack_cq_data(e.data);
-            if q == 0 {
+            let c = wire::CqData::unpack(e.data);
+            if c.dst_qp == 0 {
                 // The length probe of `Domain::open` (queue pair numbers start at 1).
                 self.probe_len.store(e.len as u64, Ordering::SeqCst);
                 return;
             }
-            if let Some(qp) = self.qp(q) {
-                qp.arrived(self, imm, e.len as u32, solicited, credits, None);
+            if let Some(qp) = self.qp(c.dst_qp) {
+                let len = c.len.unwrap_or(e.len as u32);
+                qp.arrived(self, c.imm, len, c.solicited, c.credits, None);
             }
             return;
         }
@@ -879,6 +966,11 @@ impl Domain {
         }
         let s = g.slots[i];
         Self::free_slot(g, i);
+        if let (true, false, Some(w)) = (s.busy, s.flushed, s.proves) {
+            if let Some(qp) = self.qp(s.qp) {
+                qp.prove(w);
+            }
+        }
         if !s.busy || s.flushed || s.internal || !s.signaled {
             return;
         }
@@ -1019,21 +1111,9 @@ impl Drop for Domain {
                 let _ = t.join();
             }
         }
-        // Close the endpoint (and everything) before the bounce memory goes away.
-        let h = std::mem::replace(
-            &mut self.h,
-            Handles {
-                info: std::ptr::null_mut(),
-                fabric: std::ptr::null_mut(),
-                domain: std::ptr::null_mut(),
-                ep: std::ptr::null_mut(),
-                av: std::ptr::null_mut(),
-                cq: std::ptr::null_mut(),
-                bounce_mr: std::ptr::null_mut(),
-            },
-        );
-        drop(h);
-        super::mr::unmap_pages(self.bounce, (TX_SLOTS + RX_BUFS) * BUF);
+        // Close the endpoint (and everything) before the bounce memory goes away (with the
+        // fields, after this).
+        self.h.close_now();
     }
 }
 
@@ -1084,16 +1164,13 @@ fn map_err(err: i32, prov_errno: i32) -> WcStatus {
 }
 
 /// Opens fabric, domain, address vector, completion queue and an enabled endpoint bound to
-/// both, from `info` (which the returned handles own and free).
-pub(crate) fn open_handles(info: *mut sys::fi_info) -> Result<Handles> {
+/// both, from `info` (which the returned handles own and free). With `wait_fd`, the completion
+/// queue gets a file-descriptor wait object (`FI_WAIT_FD`) where the provider offers one
+/// (`tcp;ofi_rxm` does, libfabric 1.17's `shm` does not), else none.
+pub(crate) fn open_handles(info: *mut sys::fi_info, wait_fd: bool) -> Result<Handles> {
     let mut h = Handles {
         info,
-        fabric: std::ptr::null_mut(),
-        domain: std::ptr::null_mut(),
-        ep: std::ptr::null_mut(),
-        av: std::ptr::null_mut(),
-        cq: std::ptr::null_mut(),
-        bounce_mr: std::ptr::null_mut(),
+        ..Handles::EMPTY
     };
     // SAFETY: standard libfabric open sequence on the handles of `h`, each result checked;
     // on error `h` closes what was opened.
@@ -1111,13 +1188,34 @@ pub(crate) fn open_handles(info: *mut sys::fi_info) -> Result<Handles> {
         if r != 0 {
             return Err(fi_error("fi_av_open", r as isize));
         }
-        let mut cq_attr = sys::fi_cq_attr {
+        let cq_attr = |wait_obj| sys::fi_cq_attr {
             size: 4096,
             format: sys::fi_cq_format_FI_CQ_FORMAT_DATA,
-            wait_obj: sys::fi_wait_obj_FI_WAIT_NONE,
+            wait_obj,
             ..Default::default()
         };
-        let r = sys::rfaas_fi_cq_open(h.domain, &mut cq_attr, &mut h.cq);
+        let mut r = -(sys::FI_ENOSYS as i32);
+        if wait_fd {
+            r = sys::rfaas_fi_cq_open(
+                h.domain,
+                &mut cq_attr(sys::fi_wait_obj_FI_WAIT_FD),
+                &mut h.cq,
+            );
+            if r == 0 {
+                let mut fd: i32 = -1;
+                if sys::rfaas_fi_cq_wait_fd(h.cq, &mut fd) == 0 && fd >= 0 {
+                    h.wait_fd = Some(fd);
+                }
+            }
+        }
+        if r != 0 {
+            // No wait object of that kind (shm: FI_ENOSYS): waiters spin, then sleep in slices.
+            r = sys::rfaas_fi_cq_open(
+                h.domain,
+                &mut cq_attr(sys::fi_wait_obj_FI_WAIT_NONE),
+                &mut h.cq,
+            );
+        }
         if r != 0 {
             return Err(fi_error("fi_cq_open", r as isize));
         }

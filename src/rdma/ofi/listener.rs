@@ -217,7 +217,13 @@ impl ConnRequest<OfiFabric> for OfiRequest {
                 return Err(e);
             }
         };
-        let num = self.d.alloc_qp_num();
+        let num = match self.d.alloc_qp_num() {
+            Ok(n) => n,
+            Err(e) => {
+                reply(&self.sock, &Reply::Reject(e.to_string()));
+                return Err(e);
+            }
+        };
         let accept = Reply::Accept(Hello {
             provider: self.d.info.provider.clone(),
             ep_name: self.d.name.clone(),
@@ -229,22 +235,8 @@ impl ConnRequest<OfiFabric> for OfiRequest {
             .sock
             .try_clone()
             .map_err(|e| FabricError::io("side channel", e))?;
-        let qp = OfiQp::create(
-            &self.d,
-            QpParts {
-                num,
-                peer,
-                peer_qp: self.hello.qp_num,
-                peer_credits: self.hello.credits,
-                send_cq: init.send_cq.s.clone(),
-                recv_cq: init.recv_cq.s.clone(),
-                recvs: initial_recvs,
-                sock,
-                rnr: init.timeouts.rnr,
-                response: init.timeouts.response,
-                max_recv: init.caps.max_recv_wr,
-            },
-        )?;
+        let parts = QpParts::new(num, peer, &self.hello, init, initial_recvs, sock);
+        let qp = OfiQp::create(&self.d, parts)?;
         let _ = self.sock.set_nonblocking(false);
         let _ = self.sock.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
         (&self.sock)
@@ -287,7 +279,7 @@ pub(crate) fn connect(
     let mut sock = TcpStream::connect_timeout(&sa, timeout)
         .map_err(|e| FabricError::io(format!("connecting to {addr}"), e))?;
     let _ = sock.set_nodelay(true);
-    let num = d.alloc_qp_num();
+    let num = d.alloc_qp_num()?;
     let hello = Hello {
         provider: d.info.provider.clone(),
         ep_name: d.name.clone(),
@@ -340,21 +332,6 @@ pub(crate) fn connect(
         )));
     }
     let peer = d.peer_addr(&h.ep_name)?;
-    let qp = OfiQp::create(
-        d,
-        QpParts {
-            num,
-            peer,
-            peer_qp: h.qp_num,
-            peer_credits: h.credits,
-            send_cq: init.send_cq.s.clone(),
-            recv_cq: init.recv_cq.s.clone(),
-            recvs: initial_recvs,
-            sock,
-            rnr: init.timeouts.rnr,
-            response: init.timeouts.response,
-            max_recv: init.caps.max_recv_wr,
-        },
-    )?;
+    let qp = OfiQp::create(d, QpParts::new(num, peer, &h, init, initial_recvs, sock))?;
     Ok((qp, h.private_data))
 }

@@ -15,14 +15,22 @@
 //! * **Queue pairs** (`qp.rs`) are (endpoint, peer address, peer queue pair number): the target
 //!   queue pair, the immediate, the solicited bit and piggybacked receive credits travel in the
 //!   64 bits of remote CQ data of `fi_writemsg(FI_REMOTE_CQ_DATA)`, so a provider must offer
-//!   8 bytes of CQ data. Sends and credit grants are small internal messages into receive
-//!   buffers the domain keeps posted.
+//!   8 bytes of CQ data; where the provider does not report the length of a remote write
+//!   (`tcp;ofi_rxm` in 1.17), a short write's length travels there too (`wire.rs`). Sends and
+//!   credit grants are small internal messages into receive buffers the domain keeps posted.
+//! * **Delivery completion** is asked for on the first write into a remote range only; once it
+//!   succeeded, later writes inside that range on the same queue pair complete at transmit
+//!   (`qp.rs`, `Window`): the target accepted that key and those bounds already, and per-peer
+//!   ordering, not delivery completion, makes them visible before a later write-with-data.
 //! * **Connection setup** (`listener.rs`): a TCP side channel exchanges endpoint names, queue
 //!   pair numbers, receive credits and private data, then stays open as the liveness channel.
 //! * **Progress**: libfabric's data progress is manual on every provider rfaas targets, so
 //!   whoever polls an empty completion queue drives it, and each domain runs a progress thread
 //!   that drives it at least every millisecond (remote atomics on billing memory, credit grants
-//!   and writes with data land while no one polls) and watches the side channels.
+//!   and writes with data land while no one polls) and watches the side channels. A blocked
+//!   waiter sleeps on the completion queue's wait object where the provider has one
+//!   (`FI_WAIT_FD` + `fi_trywait`: `tcp;ofi_rxm`), else spins, then sleeps in 200 µs slices
+//!   (`shm`, and `cxi` / `efa`, which have none); [`OfiInfo::wait_object`] says which.
 //!
 //! # Semantics worth knowing
 //!
@@ -30,8 +38,11 @@
 //!   `REMOTE_ATOMIC` (libfabric has no separate atomic right). A misaligned atomic is refused
 //!   locally (`RemoteInvalidRequest`).
 //! * Sends carry at most 4096 bytes.
-//! * Blocking waits sleep in slices of 200 µs between progress calls (no provider wait object is
-//!   used: cxi and efa have none), so a warm wake-up costs up to that much.
+//! * Without a wait object, blocking waits sleep in slices of 200 µs between progress calls, so
+//!   a warm wake-up costs up to that much there.
+//! * A region the target deregisters after a write proved a range of it is not noticed by the
+//!   initiator's later writes into that range (they complete at transmit; the target drops
+//!   them). Ranges not yet written get the target's verdict as before.
 
 mod cq;
 mod domain;

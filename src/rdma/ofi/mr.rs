@@ -8,39 +8,15 @@ use std::sync::Arc;
 use super::domain::{Domain, MrEntry};
 use super::sys;
 use crate::rdma::error::{FabricError, Result};
+use crate::rdma::segment::PrivateMem;
 use crate::rdma::types::{Access, RemoteBuf};
 use crate::rdma::MemoryRegion;
-
-/// Maps `len` bytes (rounded up to whole pages) of zeroed, pre-faulted anonymous memory.
-pub(crate) fn map_pages(len: usize) -> Result<(*mut u8, usize)> {
-    let len = len.max(1).div_ceil(4096) * 4096;
-    // SAFETY: anonymous private mapping, no file; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(FabricError::io("mmap", std::io::Error::last_os_error()));
-    }
-    Ok((p.cast(), len))
-}
-
-/// Unmaps memory of [`map_pages`].
-pub(crate) fn unmap_pages(p: *mut u8, len: usize) {
-    let len = len.max(1).div_ceil(4096) * 4096;
-    // SAFETY: `p..p+len` is a mapping made by `map_pages` that nothing uses any more.
-    unsafe { libc::munmap(p.cast(), len) };
-}
 
 /// A registered region of the `ofi` provider.
 pub struct OfiMr {
     d: Arc<Domain>,
+    /// The memory; unmapped after the registration is closed (fields drop after `Drop::drop`).
+    _mem: PrivateMem,
     ptr: *mut u8,
     len: usize,
     access: Access,
@@ -57,7 +33,8 @@ unsafe impl Sync for OfiMr {}
 
 impl OfiMr {
     pub(crate) fn alloc(d: &Arc<Domain>, len: usize, access: Access) -> Result<OfiMr> {
-        let (ptr, mapped) = map_pages(len)?;
+        let mem = PrivateMem::new(len)?;
+        let (ptr, mapped) = (mem.as_ptr(), mem.len());
         let mut fi_access = (sys::FI_SEND | sys::FI_RECV | sys::FI_READ | sys::FI_WRITE) as u64;
         if access.contains(Access::REMOTE_WRITE) {
             fi_access |= u64::from(sys::FI_REMOTE_WRITE);
@@ -68,16 +45,9 @@ impl OfiMr {
         if access.contains(Access::REMOTE_ATOMIC) {
             fi_access |= u64::from(sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE);
         }
-        let (mr, desc, key) = match d.register(ptr, mapped, fi_access) {
-            Ok(r) => r,
-            Err(e) => {
-                unmap_pages(ptr, mapped);
-                return Err(e);
-            }
-        };
+        let (mr, desc, key) = d.register(ptr, mapped, fi_access)?;
         let Ok(rkey) = u32::try_from(key) else {
             d.deregister(mr);
-            unmap_pages(ptr, mapped);
             return Err(FabricError::Unavailable {
                 provider: "ofi",
                 reason: format!(
@@ -98,6 +68,7 @@ impl OfiMr {
         drop(t);
         Ok(OfiMr {
             d: d.clone(),
+            _mem: mem,
             ptr,
             len,
             access,
@@ -150,6 +121,5 @@ impl Drop for OfiMr {
             *e = None;
         }
         self.d.deregister(self.mr);
-        unmap_pages(self.ptr, self.len);
     }
 }

@@ -25,15 +25,50 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cq::CqShared;
-use super::domain::{epoll_del, Domain, Inner, Slot};
+use super::domain::{epoll_del, rma_msg, Domain, Inner, Slot};
 use super::sys;
 use super::wire::{self, MsgHdr, HDR_LEN, MAX_GRANT, MAX_SEND};
+use super::OfiFabric;
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::types::{Access, Op, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus};
-use crate::rdma::QueuePair;
+use crate::rdma::{QpInit, QueuePair};
+
+/// A remote range (key and bounds) that a write on this queue pair has already delivered to.
+///
+/// libfabric's default completion of a write is "transmit complete": on `shm` and
+/// `tcp;ofi_rxm` it reports success even when the target refuses the key or the range, and
+/// only `FI_DELIVERY_COMPLETE` makes the initiator wait for the target's verdict (an error on
+/// `tcp;ofi_rxm`; on `shm`, no answer at all, so the request fails after the response timeout).
+/// Delivery completion costs a response from the target on every write (on `shm` also a
+/// copy through an inject buffer instead of an inline command). So a queue pair asks for it
+/// on the first write into a range, and once that completes without error, later writes that
+/// fall inside the proven range go transmit-complete: their key and bounds were accepted by
+/// the same target for the same region. Per-peer ordering (`FI_ORDER_WAW`, `FI_ORDER_SAW`) is
+/// what makes a later write-with-data or send see them, not delivery completion. What is lost:
+/// a region the target deregisters after it was proven is not noticed by the initiator (the
+/// write is dropped at the target); the queue pair's remote-access errors hold for every range
+/// it has not written yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub rkey: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Window {
+    fn covers(&self, w: &Window) -> bool {
+        self.rkey == w.rkey && self.start <= w.start && w.end <= self.end
+    }
+}
+
+/// Proven windows kept per queue pair (the oldest goes first): rfaas writes into a handful of
+/// ranges per connection (input slots, output slots).
+const MAX_WINDOWS: usize = 16;
 
 struct QpState {
     posted: VecDeque<RecvWr>,
+    /// Ranges proven by a delivery-complete write (see [`Window`]).
+    proven: Vec<Window>,
     /// Receives the peer has posted for us that we have not used.
     credits: u32,
     /// Receives we posted that the peer does not know of yet.
@@ -72,6 +107,34 @@ pub(crate) struct QpParts<'a> {
     pub max_recv: u32,
 }
 
+impl<'a> QpParts<'a> {
+    /// The parts of queue pair `num` to the peer at address-vector entry `peer`, whose side of
+    /// the handshake is `hello`, made as `init` says with `recvs` posted; `sock` is the side
+    /// channel.
+    pub(crate) fn new(
+        num: u32,
+        peer: u64,
+        hello: &wire::Hello,
+        init: QpInit<'_, OfiFabric>,
+        recvs: &'a [RecvWr],
+        sock: TcpStream,
+    ) -> QpParts<'a> {
+        QpParts {
+            num,
+            peer,
+            peer_qp: hello.qp_num,
+            peer_credits: hello.credits,
+            send_cq: init.send_cq.s.clone(),
+            recv_cq: init.recv_cq.s.clone(),
+            recvs,
+            sock,
+            rnr: init.timeouts.rnr,
+            response: init.timeouts.response,
+            max_recv: init.caps.max_recv_wr,
+        }
+    }
+}
+
 impl QpShared {
     fn st(&self) -> std::sync::MutexGuard<'_, QpState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -87,6 +150,30 @@ impl QpShared {
         st.unreported -= n;
         st.peer_view += n;
         n
+    }
+
+    /// Whether a write into `w` may skip delivery completion (see [`Window`]).
+    fn proven(&self, w: &Window) -> bool {
+        self.st().proven.iter().any(|p| p.covers(w))
+    }
+
+    /// A delivery-complete write into `w` succeeded: later writes inside it need none. A
+    /// window overlapping or touching one of the same key widens it.
+    pub(crate) fn prove(&self, w: Window) {
+        let mut st = self.st();
+        if let Some(p) = st
+            .proven
+            .iter_mut()
+            .find(|p| p.rkey == w.rkey && p.start <= w.end && w.start <= p.end)
+        {
+            p.start = p.start.min(w.start);
+            p.end = p.end.max(w.end);
+            return;
+        }
+        if st.proven.len() == MAX_WINDOWS {
+            st.proven.remove(0);
+        }
+        st.proven.push(w);
     }
 
     /// The peer granted `n` credits.
@@ -225,6 +312,7 @@ impl OfiQp {
                 credits: p.peer_credits,
                 unreported: 0,
                 peer_view: p.recvs.len() as u32,
+                proven: Vec::new(),
             }),
             sock: p.sock,
             rnr: p.rnr,
@@ -264,8 +352,9 @@ impl OfiQp {
     }
 
     /// Takes one credit for a message to the peer, waiting up to the RNR timeout; returns the
-    /// credits to piggyback, or `None` when the wait ran out or the queue pair failed.
-    fn take_credit(&self) -> Option<u32> {
+    /// credits to piggyback (at most `max_grant`), or `None` when the wait ran out or the queue
+    /// pair failed.
+    fn take_credit(&self, max_grant: u32) -> Option<u32> {
         let deadline = Instant::now() + self.s.rnr;
         let mut spins = 0u32;
         loop {
@@ -273,7 +362,7 @@ impl OfiQp {
                 let mut st = self.s.st();
                 if st.credits > 0 {
                     st.credits -= 1;
-                    let n = st.unreported.min(MAX_GRANT);
+                    let n = st.unreported.min(max_grant);
                     st.unreported -= n;
                     st.peer_view += n;
                     return Some(n);
@@ -357,8 +446,19 @@ impl QueuePair for OfiQp {
                 "send of {llen} bytes: the ofi provider carries at most {MAX_SEND} bytes per send"
             )));
         }
+        // A short write-with-immediate on a provider that does not report the length of remote
+        // writes carries the length in its CQ data (mode 1), and fewer credits.
+        let len_in_cq_data = matches!(wr.op, Op::WriteImm(..))
+            && !d.len_reported
+            && llen > 0
+            && llen <= wire::MAX_CQ_LEN;
         let piggy = if matches!(wr.op, Op::Send | Op::SendImm(_) | Op::WriteImm(..)) {
-            match self.take_credit() {
+            let max_grant = if len_in_cq_data {
+                wire::MAX_LEN_GRANT
+            } else {
+                MAX_GRANT
+            };
+            match self.take_credit(max_grant) {
                 Some(n) => n,
                 None => {
                     let st = if self.s.alive.load(Ordering::Acquire) {
@@ -372,6 +472,17 @@ impl QueuePair for OfiQp {
         } else {
             0
         };
+        // A write asks for delivery completion unless an earlier one on this queue pair proved
+        // its target range (see `Window`); that completion, when it comes, proves it.
+        let window = match wr.op {
+            Op::Write(r) | Op::WriteImm(r, _) if llen > 0 => Some(Window {
+                rkey: r.rkey,
+                start: r.addr,
+                end: r.addr.saturating_add(u64::from(llen)),
+            }),
+            _ => None,
+        };
+        let dc = window.is_some_and(|w| !self.s.proven(&w));
         let slot = Slot {
             busy: true,
             qp: self.s.num,
@@ -382,6 +493,7 @@ impl QueuePair for OfiQp {
             internal: false,
             flushed: false,
             deadline: Some(Instant::now() + self.s.response),
+            proves: if dc { window } else { None },
         };
         let solicited = wr.flags.contains(SendFlags::SOLICITED);
         let peer = self.s.peer;
@@ -414,9 +526,11 @@ impl QueuePair for OfiQp {
                 };
                 d.send_msg(&mut g, i, peer, &hdr, llen as usize)
             }
-            Op::WriteImm(remote, imm) if llen == 0 || !d.len_reported => {
+            Op::WriteImm(remote, imm) if llen == 0 || !(d.len_reported || len_in_cq_data) => {
                 // The write (if any), then its completion as a message: ordered after the data
-                // by FI_ORDER_SAW. A zero-length one is the message alone (no key checked).
+                // by FI_ORDER_SAW. A zero-length one is the message alone (no key checked);
+                // others come here on providers that do not report the length of a remote
+                // write when they are too long for the CQ data (over `MAX_CQ_LEN`).
                 let hdr = MsgHdr {
                     kind: wire::MSG_WRITE_IMM,
                     flags: if solicited { wire::FLAG_SOLICITED } else { 0 },
@@ -428,10 +542,11 @@ impl QueuePair for OfiQp {
                 if llen == 0 {
                     return d.send_msg(&mut g, i, peer, &hdr, 0);
                 }
-                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, false, None)?;
+                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, false, None, dc)?;
                 let internal = Slot {
                     qp: self.s.num,
                     internal: true,
+                    proves: None,
                     ..slot
                 };
                 let m = d.take_slot(&mut g, internal)?;
@@ -439,11 +554,18 @@ impl QueuePair for OfiQp {
             }
             Op::Write(remote) | Op::Read(remote) => {
                 let read = matches!(wr.op, Op::Read(_));
-                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, read, None)
+                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, read, None, dc)
             }
             Op::WriteImm(remote, imm) => {
-                let data = wire::pack_cq_data(self.s.peer_qp, imm, solicited, piggy);
-                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, false, Some(data))
+                let data = wire::CqData {
+                    dst_qp: self.s.peer_qp,
+                    imm,
+                    solicited,
+                    credits: piggy,
+                    len: len_in_cq_data.then_some(llen),
+                }
+                .pack();
+                self.post_rma(&mut g, i, remote, laddr, llen, ldesc, false, Some(data), dc)
             }
             Op::FetchAdd { remote, add } => {
                 self.post_atomic(&mut g, i, remote, sys::fi_op_FI_SUM, add, 0, laddr, ldesc)
@@ -505,8 +627,8 @@ impl QueuePair for OfiQp {
 }
 
 impl OfiQp {
-    /// Posts an RMA write (with remote CQ data `data`) or read from transmit slot `i`. Writes
-    /// ask for delivery completion, so a refused key or range comes back as an error.
+    /// Posts an RMA write (with remote CQ data `data`) or read from transmit slot `i`; a write
+    /// with `dc` asks for delivery completion (see [`Window`]).
     #[allow(clippy::too_many_arguments)]
     fn post_rma(
         &self,
@@ -518,6 +640,7 @@ impl OfiQp {
         ldesc: *mut libc::c_void,
         read: bool,
         data: Option<u64>,
+        dc: bool,
     ) -> Result<()> {
         let d = &*self.d;
         let iov = libc::iovec {
@@ -530,9 +653,7 @@ impl OfiQp {
             key: u64::from(remote.rkey),
         };
         let mut flags = sys::FI_COMPLETION;
-        if !read {
-            // Delivery complete: on shm and tcp;ofi_rxm the default (transmit) completion
-            // reports success even when the target refuses the key or range.
+        if dc {
             flags |= sys::FI_DELIVERY_COMPLETE;
         }
         if data.is_some() {
@@ -545,16 +666,7 @@ impl OfiQp {
             i,
             if read { "fi_readmsg" } else { "fi_writemsg" },
             |ep, ctx| {
-                let msg = sys::fi_msg_rma {
-                    msg_iov: (&iov as *const libc::iovec).cast(),
-                    desc: &mut desc,
-                    iov_count: 1,
-                    addr: peer,
-                    rma_iov: &rma,
-                    rma_iov_count: 1,
-                    context: ctx,
-                    data: data.unwrap_or(0),
-                };
+                let msg = rma_msg(&iov, &mut desc, peer, &rma, ctx, data.unwrap_or(0));
                 // SAFETY: `msg` and what it points to live across the call; the local buffer is
                 // registered (checked by the caller), who keeps it until the completion, as with
                 // verbs.
@@ -664,5 +776,148 @@ impl Drop for OfiQp {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.s.num);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Window;
+    use crate::rdma::ofi::{OfiFabric, OfiQp};
+    use crate::rdma::types::{
+        Access, Op, QpCaps, QpTimeouts, RemoteBuf, SendFlags, SendWr, Wc, WcStatus,
+    };
+    use crate::rdma::{
+        CompletionQueue, ConnRequest, Fabric, Listener, MemoryRegion, QpInit, QueuePair,
+    };
+
+    const WAIT: Duration = Duration::from_secs(20);
+
+    #[test]
+    fn windows_cover_and_widen() {
+        let w = |rkey, start, end| Window { rkey, start, end };
+        assert!(w(1, 0, 64).covers(&w(1, 0, 64)));
+        assert!(w(1, 0, 64).covers(&w(1, 8, 16)));
+        assert!(!w(1, 0, 64).covers(&w(1, 60, 68)));
+        assert!(!w(1, 0, 64).covers(&w(2, 0, 8)));
+    }
+
+    /// `b` connected to `a` on libfabric provider `prov`, with short response timers.
+    fn pair(prov: &str) -> (OfiFabric, OfiFabric, OfiQp, OfiQp, super::super::OfiCq) {
+        let a = OfiFabric::with_provider(Some(prov)).expect("ofi domain");
+        let b = OfiFabric::with_provider(Some(prov)).expect("ofi domain");
+        let cq_a = a.create_cq(64).unwrap();
+        let cq_b = b.create_cq(64).unwrap();
+        let timeouts = QpTimeouts {
+            rnr: Duration::from_millis(200),
+            response: Duration::from_millis(300),
+        };
+        let caps = QpCaps::default();
+        let listener = a.listen("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr();
+        let (qp_a, qp_b) = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let req = listener.next_request(WAIT).unwrap().expect("a request");
+                let init = QpInit {
+                    send_cq: &cq_a,
+                    recv_cq: &cq_a,
+                    caps,
+                    timeouts,
+                };
+                req.accept(init, &[], b"").unwrap()
+            });
+            let init = QpInit {
+                send_cq: &cq_b,
+                recv_cq: &cq_b,
+                caps,
+                timeouts,
+            };
+            let (qp_b, _) = b.connect(&addr, init, &[], b"", WAIT).unwrap();
+            (h.join().unwrap(), qp_b)
+        });
+        (a, b, qp_a, qp_b, cq_b)
+    }
+
+    fn one(cq: &super::super::OfiCq) -> Wc {
+        let mut wc = [Wc::EMPTY; 1];
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if cq.poll(&mut wc) == 1 {
+                return wc[0];
+            }
+            assert!(Instant::now() < deadline, "no completion in {WAIT:?}");
+            std::thread::yield_now();
+        }
+    }
+
+    fn write(id: u64, remote: RemoteBuf, src: &crate::rdma::Sge) -> SendWr {
+        SendWr {
+            wr_id: id,
+            op: Op::Write(remote),
+            sge: Some(*src),
+            flags: SendFlags::SIGNALED,
+        }
+    }
+
+    /// Writes that skip delivery completion inside a proven window land; a write past the
+    /// window's end (out of the region's bounds) and one with another key still fail, on each
+    /// libfabric provider (`RemoteAccess`, or `RetryExceeded` where shm never answers).
+    fn errors_outside_proven_windows(prov: &str) {
+        for bad in ["out of bounds", "wrong key"] {
+            let (a, b, _qp_a, qp_b, cq_b) = pair(prov);
+            let target = a
+                .alloc_mr(4096, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
+                .unwrap();
+            let src = b.alloc_mr(4096, Access::LOCAL_WRITE).unwrap();
+            for round in 0..3u8 {
+                src.write(0, &[round + 1; 64]);
+                qp_b.post_send(&write(
+                    u64::from(round),
+                    target.remote(0, 64),
+                    &src.sge(0, 64),
+                ))
+                .unwrap();
+                let c = one(&cq_b);
+                assert_eq!(c.status, WcStatus::Success, "{prov} round {round}: {c:?}");
+            }
+            // The last write is visible once the target has driven progress.
+            let deadline = Instant::now() + WAIT;
+            let mut got = [0u8; 64];
+            loop {
+                target.read(0, &mut got);
+                if got == [3u8; 64] {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{prov}: writes never landed");
+                std::thread::yield_now();
+            }
+            let remote = match bad {
+                "out of bounds" => target.remote(4096 - 8, 64),
+                _ => RemoteBuf {
+                    rkey: target.rkey() ^ 0x5a5a_0000,
+                    ..target.remote(0, 64)
+                },
+            };
+            src.write(0, &[0xee; 64]);
+            qp_b.post_send(&write(9, remote, &src.sge(0, 64))).unwrap();
+            let c = one(&cq_b);
+            assert!(
+                matches!(c.status, WcStatus::RemoteAccess | WcStatus::RetryExceeded),
+                "{prov}, {bad} after a proven window: {c:?}"
+            );
+            target.read(0, &mut got);
+            assert_eq!(got, [3u8; 64], "{prov}, {bad}: target memory changed");
+        }
+    }
+
+    #[test]
+    fn errors_outside_proven_windows_shm() {
+        errors_outside_proven_windows("shm");
+    }
+
+    #[test]
+    fn errors_outside_proven_windows_tcp_rxm() {
+        errors_outside_proven_windows("tcp;ofi_rxm");
     }
 }

@@ -10,10 +10,10 @@
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 
-use super::domain::{fi_error, getinfo, open_handles, Handles};
-use super::mr::{map_pages, unmap_pages};
+use super::domain::{fi_error, getinfo, open_handles, rma_msg, Handles};
 use super::sys;
 use crate::rdma::error::{FabricError, Result};
+use crate::rdma::segment::PrivateMem;
 
 /// CQ data of the setup write (the client's address).
 pub const SETUP: u64 = u64::MAX;
@@ -30,6 +30,8 @@ pub struct RawFloor {
     name: Vec<u8>,
     peer: Option<(u64, u64, u64)>,
     ctx: Box<sys::fi_context2>,
+    /// The buffer's memory: unmapped after the registration and endpoint close in `Drop`.
+    _mem: PrivateMem,
 }
 
 // SAFETY: the handles and buffer are owned by this value and used by one thread at a time
@@ -43,10 +45,12 @@ impl RawFloor {
             provider: "ofi-raw",
             reason: fi_error("fi_getinfo", e).to_string(),
         })?;
-        let h = open_handles(info)?;
+        // No wait object: the floor busy-polls, and a wait object must not cost it anything.
+        let h = open_handles(info, false)?;
         // SAFETY: `info` belongs to `h` and stays valid while it lives.
         let mr_mode = unsafe { (*(*h.info).domain_attr).mr_mode } as u32;
-        let (buf, len) = map_pages(len.max(4096))?;
+        let mem = PrivateMem::new(len.max(4096))?;
+        let (buf, len) = (mem.as_ptr(), mem.len());
         let mut mr = std::ptr::null_mut();
         let access = (sys::FI_READ
             | sys::FI_WRITE
@@ -57,7 +61,6 @@ impl RawFloor {
         // SAFETY: the buffer is mapped for `len` bytes until Drop, after the registration closes.
         let r = unsafe { sys::rfaas_fi_mr_reg(h.domain, buf.cast(), len, access, 7, &mut mr) };
         if r != 0 {
-            unmap_pages(buf, len);
             return Err(fi_error("fi_mr_reg", r as isize));
         }
         // SAFETY: `mr` is a fresh registration; binding/enabling as FI_MR_ENDPOINT asks.
@@ -83,6 +86,7 @@ impl RawFloor {
             name: Vec::new(),
             peer: None,
             ctx: Box::default(),
+            _mem: mem,
         };
         if r != 0 {
             return Err(fi_error("fi_getname", r as isize));
@@ -152,16 +156,7 @@ impl RawFloor {
         };
         let mut desc = self.desc;
         let ctx: *mut sys::fi_context2 = &mut *self.ctx;
-        let msg = sys::fi_msg_rma {
-            msg_iov: (&iov as *const libc::iovec).cast(),
-            desc: &mut desc,
-            iov_count: 1,
-            addr: peer,
-            rma_iov: &rma,
-            rma_iov_count: 1,
-            context: ctx.cast(),
-            data,
-        };
+        let msg = rma_msg(&iov, &mut desc, peer, &rma, ctx.cast(), data);
         let deadline = Instant::now() + timeout;
         loop {
             // SAFETY: `msg` and what it points to live across the call; the buffer stays
@@ -227,20 +222,7 @@ impl Drop for RawFloor {
             sys::rfaas_fi_close(self.mr.cast());
         }
         self.h.bounce_mr = std::ptr::null_mut();
-        let (p, n) = (self.buf, self.len);
-        // Close the endpoint before the buffer goes away.
-        drop(std::mem::replace(
-            &mut self.h,
-            Handles {
-                info: std::ptr::null_mut(),
-                fabric: std::ptr::null_mut(),
-                domain: std::ptr::null_mut(),
-                ep: std::ptr::null_mut(),
-                av: std::ptr::null_mut(),
-                cq: std::ptr::null_mut(),
-                bounce_mr: std::ptr::null_mut(),
-            },
-        ));
-        unmap_pages(p, n);
+        // Close the endpoint before the buffer goes away (with the fields, after this).
+        self.h.close_now();
     }
 }

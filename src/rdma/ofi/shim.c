@@ -99,3 +99,10 @@ int rfaas_fi_compare_atomicvalid(struct fid_ep *ep, enum fi_datatype dt, enum fi
                                  size_t *count) {
     return fi_compare_atomicvalid(ep, dt, op, count);
 }
+
+int rfaas_fi_cq_wait_fd(struct fid_cq *cq, int *fd) { return fi_control(&cq->fid, FI_GETWAIT, fd); }
+
+int rfaas_fi_trywait_cq(struct fid_fabric *fabric, struct fid_cq *cq) {
+    struct fid *fids[1] = {&cq->fid};
+    return fi_trywait(fabric, fids, 1);
+}

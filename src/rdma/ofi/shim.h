@@ -7,6 +7,7 @@
 #include <rdma/fi_atomic.h>
 #include <rdma/fi_cm.h>
 #include <rdma/fi_domain.h>
+#include <rdma/fi_eq.h>
 #include <rdma/fi_endpoint.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
@@ -42,4 +43,10 @@ ssize_t rfaas_fi_compare_atomicmsg(struct fid_ep *ep, const struct fi_msg_atomic
 int rfaas_fi_fetch_atomicvalid(struct fid_ep *ep, enum fi_datatype dt, enum fi_op op, size_t *count);
 int rfaas_fi_compare_atomicvalid(struct fid_ep *ep, enum fi_datatype dt, enum fi_op op,
                                  size_t *count);
+/* The completion queue's wait object as a file descriptor (fi_control FI_GETWAIT); 0 or a
+ * negative libfabric error. */
+int rfaas_fi_cq_wait_fd(struct fid_cq *cq, int *fd);
+/* fi_trywait on one completion queue: 0 when it is safe to block on its wait fd, -FI_EAGAIN
+ * when completions (or provider work) are pending. */
+int rfaas_fi_trywait_cq(struct fid_fabric *fabric, struct fid_cq *cq);
 #endif

@@ -5,33 +5,84 @@
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::MAX_PRIVATE_DATA;
 
-/// Bits of the remote CQ data: `imm` (32) | solicited (1) | credits (12) | target qp (19).
+/// Bits of the remote CQ data, low to high: `imm` (32) | solicited (1) | mode (1) | 16 bits that
+/// depend on the mode | target qp (14).
+///
+/// * mode 0: credits (12 bits; 4 unused). The write's length comes from the provider's
+///   completion at the target (shm), or from a `MSG_WRITE_IMM` message after the write.
+/// * mode 1 (providers that do not report the length of a remote write, e.g. libfabric 1.17's
+///   `tcp;ofi_rxm`): the length (13 bits, up to [`MAX_CQ_LEN`]) and credits (3 bits, up to
+///   [`MAX_LEN_GRANT`]), so a short write-with-immediate is one libfabric operation there too.
 const SOLICITED_BIT: u32 = 32;
-const CREDIT_SHIFT: u32 = 33;
+const MODE_BIT: u32 = 33;
+const FIELD_SHIFT: u32 = 34;
 const CREDIT_BITS: u32 = 12;
-const QP_SHIFT: u32 = CREDIT_SHIFT + CREDIT_BITS;
-/// Largest credit grant one message carries.
+const LEN_BITS: u32 = 13;
+const LEN_CREDIT_SHIFT: u32 = FIELD_SHIFT + LEN_BITS;
+const LEN_CREDIT_BITS: u32 = 3;
+const QP_SHIFT: u32 = 50;
+/// Largest credit grant one message (or a mode-0 write) carries.
 pub(crate) const MAX_GRANT: u32 = (1 << CREDIT_BITS) - 1;
-/// Queue pair numbers fit in 19 bits (they are reused after `MAX_QP_NUM` connections).
+/// Largest credit grant a mode-1 write carries.
+pub(crate) const MAX_LEN_GRANT: u32 = (1 << LEN_CREDIT_BITS) - 1;
+/// Longest write whose length travels in the CQ data (mode 1).
+pub(crate) const MAX_CQ_LEN: u32 = (1 << LEN_BITS) - 1;
+/// Queue pair numbers fit in 14 bits (they are reused after `MAX_QP_NUM` connections).
 pub(crate) const MAX_QP_NUM: u32 = (1 << (64 - QP_SHIFT)) - 1;
 
-/// Packs the remote CQ data of a write-with-immediate.
-pub(crate) fn pack_cq_data(dst_qp: u32, imm: u32, solicited: bool, credits: u32) -> u64 {
-    debug_assert!(dst_qp <= MAX_QP_NUM && credits <= MAX_GRANT);
-    (u64::from(dst_qp) << QP_SHIFT)
-        | (u64::from(credits) << CREDIT_SHIFT)
-        | (u64::from(solicited) << SOLICITED_BIT)
-        | u64::from(imm)
+/// The remote CQ data of a write-with-immediate, unpacked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CqData {
+    pub dst_qp: u32,
+    pub imm: u32,
+    pub solicited: bool,
+    pub credits: u32,
+    /// The write's length, when the initiator sent it (mode 1).
+    pub len: Option<u32>,
 }
 
-/// Unpacks [`pack_cq_data`]: (target qp, imm, solicited, credits).
-pub(crate) fn unpack_cq_data(data: u64) -> (u32, u32, bool, u32) {
-    (
-        (data >> QP_SHIFT) as u32,
-        data as u32,
-        (data >> SOLICITED_BIT) & 1 == 1,
-        ((data >> CREDIT_SHIFT) & u64::from(MAX_GRANT)) as u32,
-    )
+impl CqData {
+    /// Packs into 64 bits: mode 1 when `len` is set (it must be at most [`MAX_CQ_LEN`] and
+    /// `credits` at most [`MAX_LEN_GRANT`]), else mode 0 (`credits` at most [`MAX_GRANT`]).
+    pub(crate) fn pack(&self) -> u64 {
+        debug_assert!(self.dst_qp <= MAX_QP_NUM);
+        let field = match self.len {
+            Some(len) => {
+                debug_assert!(len <= MAX_CQ_LEN && self.credits <= MAX_LEN_GRANT);
+                (1u64 << MODE_BIT)
+                    | (u64::from(len) << FIELD_SHIFT)
+                    | (u64::from(self.credits) << LEN_CREDIT_SHIFT)
+            }
+            None => {
+                debug_assert!(self.credits <= MAX_GRANT);
+                u64::from(self.credits) << FIELD_SHIFT
+            }
+        };
+        (u64::from(self.dst_qp) << QP_SHIFT)
+            | field
+            | (u64::from(self.solicited) << SOLICITED_BIT)
+            | u64::from(self.imm)
+    }
+
+    /// Unpacks [`CqData::pack`].
+    pub(crate) fn unpack(data: u64) -> CqData {
+        let bits = |shift: u32, n: u32| ((data >> shift) & ((1u64 << n) - 1)) as u32;
+        let (credits, len) = if (data >> MODE_BIT) & 1 == 1 {
+            (
+                bits(LEN_CREDIT_SHIFT, LEN_CREDIT_BITS),
+                Some(bits(FIELD_SHIFT, LEN_BITS)),
+            )
+        } else {
+            (bits(FIELD_SHIFT, CREDIT_BITS), None)
+        };
+        CqData {
+            dst_qp: (data >> QP_SHIFT) as u32,
+            imm: data as u32,
+            solicited: (data >> SOLICITED_BIT) & 1 == 1,
+            credits,
+            len,
+        }
+    }
 }
 
 /// Kind of an internal message.
@@ -273,16 +324,26 @@ mod tests {
 
     #[test]
     fn cq_data_round_trips() {
-        for (qp, imm, sol, cr) in [
-            (1, 0, false, 0),
-            (MAX_QP_NUM, u32::MAX, true, MAX_GRANT),
-            (77, 0xdead_beef, false, 5),
+        let d = |dst_qp, imm, solicited, credits, len| CqData {
+            dst_qp,
+            imm,
+            solicited,
+            credits,
+            len,
+        };
+        for c in [
+            d(1, 0, false, 0, None),
+            d(MAX_QP_NUM, u32::MAX, true, MAX_GRANT, None),
+            d(77, 0xdead_beef, false, 5, None),
+            d(MAX_QP_NUM, u32::MAX, true, MAX_LEN_GRANT, Some(MAX_CQ_LEN)),
+            d(3, 0x1234_5678, false, 0, Some(64)),
+            d(1, 1, true, 2, Some(0)),
         ] {
-            assert_eq!(
-                unpack_cq_data(pack_cq_data(qp, imm, sol, cr)),
-                (qp, imm, sol, cr)
-            );
+            assert_eq!(CqData::unpack(c.pack()), c, "{c:?}");
         }
+        // Independent of pack: the qp in the top 14 bits, the mode bit, a mode-1 length.
+        let raw = (5u64 << 50) | (1 << 33) | (4096 << 34) | (1 << 47) | 9;
+        assert_eq!(CqData::unpack(raw), d(5, 9, false, 1, Some(4096)));
     }
 
     #[test]
