@@ -239,6 +239,10 @@ pub enum ExecutorEvent {
         /// Why.
         error: String,
     },
+    /// Every worker is connected and the first invocation was answered (printed after
+    /// [`ExecutorEvent::Ready`]): the manager starts a pooled replacement only now, so that the
+    /// replacement's start does not compete for the cores with this cold start.
+    Serving,
 }
 
 /// Private data a client sends when it connects a queue pair to a worker.
