@@ -135,6 +135,8 @@ impl FabricUser for Early {
                 fabric.provider()
             )));
         }
+        // The fabric is open and listening: pin before the library loads.
+        pin_main(&cfg);
         let (token, table, code_load_ns, stop) = prepare(&cfg)?;
         let listener = early.filter(|_| early_addr.as_deref() == Some(cfg.listen.as_str()));
         Serve {
@@ -154,6 +156,22 @@ type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
 /// The cores this process was allowed before its main thread pinned itself.
 static CPUSET: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 
+/// Pins the main thread, which becomes worker 0, to the first core (once): from then on
+/// neither loading the library nor the first invocation waits for a migration. Call it once
+/// the fabric is open (its threads, started by this one, would inherit the binding). The other
+/// workers pin themselves within the cpuset the process had before.
+fn pin_main(cfg: &ExecutorConfig) {
+    let Some(&core) = cfg.cores.first() else {
+        return;
+    };
+    if CPUSET.set(crate::pin::allowed_cores()).is_err() {
+        return; // pinned already
+    }
+    if let Err(e) = crate::pin::pin_current_thread(core as usize) {
+        tracing::warn!(core, "not pinned: {e}");
+    }
+}
+
 /// Pins the calling worker thread to `core`, within the process's cpuset as it was before any
 /// thread of it was pinned.
 fn pin_worker(core: usize) -> Result<(), crate::pin::PinError> {
@@ -167,13 +185,6 @@ fn pin_worker(core: usize) -> Result<(), crate::pin::PinError> {
 /// library, handle SIGTERM and SIGINT.
 fn prepare(cfg: &ExecutorConfig) -> Result<Prepared, ExecutorError> {
     let token = validate(cfg)?;
-    // This thread becomes worker 0: on its core from now on, so that neither loading the
-    // library nor the first invocation waits for a migration. The other workers pin
-    // themselves within the cpuset the process had before (threads inherit this one's).
-    let _ = CPUSET.set(crate::pin::allowed_cores());
-    if let Err(e) = crate::pin::pin_current_thread(cfg.cores[0] as usize) {
-        tracing::warn!(core = cfg.cores[0], "not pinned: {e}");
-    }
     let t0 = Instant::now();
     let table = load(cfg)?;
     let code_load_ns = t0.elapsed().as_nanos() as u64;
@@ -269,6 +280,7 @@ impl<W: Write + Send> Serve<'_, W> {
             Some(l) => l,
             None => fabric.listen(&cfg.listen)?,
         };
+        pin_main(cfg);
         report(
             self.out,
             &ExecutorEvent::Ready {
