@@ -30,3 +30,10 @@ pub const TEST_OFI_PROVIDER: &str = "RFAAS_TEST_OFI_PROVIDER";
 /// Tests only (`python/tests`, read there): the cargo output directory holding `rfaas` and
 /// `libfunctions.so` (default `target/debug`).
 pub const TARGET_DIR: &str = "RFAAS_TARGET_DIR";
+/// Internal, set by an executor manager for the executors it starts: the fabric provider an
+/// executor opens before its configuration arrives (see [`crate::executor::EARLY_PROVIDER_ENV`]).
+pub const EXECUTOR_PROVIDER: &str = crate::executor::EARLY_PROVIDER_ENV;
+/// Internal, set by an executor manager for the executors it starts: the fabric address an
+/// executor listens on before its configuration arrives (see
+/// [`crate::executor::EARLY_LISTEN_ENV`]).
+pub const EXECUTOR_LISTEN: &str = crate::executor::EARLY_LISTEN_ENV;
