@@ -2,7 +2,8 @@
 # Cold starts from the executor pool against fresh spawns, in one run: a local shm cluster with
 # one core rented out, `cold_benchmark --modes cached` with pool_size = 1, then pool_size = 0.
 # Prints cold_benchmark's p50/p99 per mode and the median of each phase over the rows, and the
-# phases of the median row (which add up to its latency). Release build; BUILD=0 skips it.
+# phases of the median row (which add up to its latency), and with .venv the analysis plots of
+# both (OUT_DIR/report). Release build; BUILD=0 skips it.
 # Usage: scripts/pool-bench.sh [REPETITIONS] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,4 +42,9 @@ for mode in sorted({r["mode"] for r in rows}):
     print("  median per phase:  " + ", ".join(f"{p[:-3]} {statistics.median(int(r[p]) for r in rs)/1e3:.0f}us" for p in phases))
     print(f"  median row ({int(med['latency_ns'])/1e3:.0f}us): " + ", ".join(f"{p[:-3]} {int(med[p])/1e3:.0f}us" for p in phases))
 PY
+# The report's plots: the phases of each mode's median row, and each phase's distribution.
+if [[ -x .venv/bin/python ]]; then
+    .venv/bin/python analysis/latency.py "$OUT"/cold-pool1.csv "$OUT"/cold-pool0.csv --out "$OUT/report" \
+        | grep -E 'cold_start|cold_median' || true
+fi
 echo "CSVs in $OUT"

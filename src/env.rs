@@ -42,3 +42,10 @@ pub const MUNGE_SOCKET: &str = "RFAAS_MUNGE_SOCKET";
 pub const CHAOS_SEED: &str = "RFAAS_CHAOS_SEED";
 /// Tests only (`tests/chaos.rs`): how many faults the chaos run injects (default 20).
 pub const CHAOS_STEPS: &str = "RFAAS_CHAOS_STEPS";
+/// Internal, set by an executor manager for the executors it starts: the fabric provider an
+/// executor opens before its configuration arrives (see [`crate::executor::EARLY_PROVIDER_ENV`]).
+pub const EXECUTOR_PROVIDER: &str = crate::executor::EARLY_PROVIDER_ENV;
+/// Internal, set by an executor manager for the executors it starts: the fabric address an
+/// executor listens on before its configuration arrives (see
+/// [`crate::executor::EARLY_LISTEN_ENV`]).
+pub const EXECUTOR_LISTEN: &str = crate::executor::EARLY_LISTEN_ENV;

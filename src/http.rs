@@ -459,6 +459,9 @@ pub async fn serve(
                 }
             },
         };
+        // Answers are small and go out in one write: nothing to gain from Nagle's algorithm,
+        // and a delayed ACK to lose on a request-answer exchange.
+        let _ = stream.set_nodelay(true);
         let authenticated = ConnectionAuthenticated::default();
         let id = {
             let mut c = conns.lock().unwrap_or_else(|p| p.into_inner());

@@ -89,6 +89,8 @@ fn every_allocation_gets_a_process_of_its_own_from_the_pool() {
         release(&m, &a);
         assert!(!alive(a.pid as i32), "round {round}: never reused");
     }
+    // The replacement of the last one starts once that one has ended.
+    pool_ready(&m, 1);
     let p = m.status().pool;
     assert_eq!((p.size, p.taken), (1, 3), "{p:?}");
     // Its memory is accounted for.

@@ -13,7 +13,7 @@ from .compare import compare_fabric, compare_latency, geometric_mean
 from .errors import InputError
 from .load import FABRIC, load_files
 from .percentiles import percentile_table
-from .phases import phase_table
+from .phases import median_row_table, phase_table
 from .throughput import throughput_table
 
 DESCRIPTION = """\
@@ -73,6 +73,10 @@ definitions
   cold phases      per group of rows that have phase values: the nearest-rank
                    median of each phase column and of latency_ns. Medians of
                    phases need not add up to the median total.
+  median row       per group of rows with every phase value: the phases of
+                   the row whose latency_ns is the nearest-rank p50 (ties: the
+                   first in the file). They add up to its latency; other_ns
+                   is what its phases leave of it.
   ratio            with --compare: new/old for p50 and p99 of each group
                    matched on its key (< 1: the new run is faster). Groups in
                    one run only are listed as "only in new"/"only in old".
@@ -82,6 +86,7 @@ outputs (in DIR, with --out DIR)
   percentiles.csv                   the percentile table (ns)
   throughput.csv                    when there are mode=throughput rows
   cold_phases.csv                   when there are cold-start phase columns
+  cold_median_row.csv               the phases of each cold-start group's median row
   fabric_floor.csv                  when a fabric floor CSV was given
   compare.csv, compare_fabric.csv   with --compare
   cdf_<mode>.png                    latency CDF, one file per mode, one line per group
@@ -89,7 +94,8 @@ outputs (in DIR, with --out DIR)
                                     scalable_benchmark is left out unless it is alone
   scalable_latency_vs_ranks.png     scalable_benchmark p50 and p99 against world_size
   scalable_throughput_vs_ranks.png  throughput against world_size
-  cold_start_phases.png             stacked median phases per cold-start group
+  cold_start_phases.png             the median row's phases, stacked, per cold-start group
+  cold_start_phase_distribution.png each phase's distribution per cold-start group
   hot_vs_warm.png                   p50 and p99, hot beside warm, for groups with both
   fabric_floor.png                  fabric floor p50 and p99 against payload
   Plots are drawn with matplotlib's headless Agg backend; latency axes in us.
@@ -166,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     table = percentile_table(res.raw)
     tput = throughput_table(res.raw)
     phase_tab, phases = phase_table(res.raw)
+    median_rows, _ = median_row_table(res.raw)
 
     if not table.empty:
         _section("latency percentiles (ns, nearest rank)", table)
@@ -173,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         _section("throughput (invocations/s, sum over ranks)", tput)
     if not phase_tab.empty:
         _section("cold-start phases (ns, median per phase)", phase_tab)
+    if not median_rows.empty:
+        _section("cold-start phases of the median row (ns, they add up to its latency)", median_rows)
     if not res.fabric.empty:
         _section("fabric floor (ns)", res.fabric.sort_values(list(schema.FABRIC_KEYS)))
 
@@ -201,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             _write_csv(tput, args.out, "throughput.csv", written)
         if not phase_tab.empty:
             _write_csv(phase_tab, args.out, "cold_phases.csv", written)
+        if not median_rows.empty:
+            _write_csv(median_rows, args.out, "cold_median_row.csv", written)
         if not res.fabric.empty:
             _write_csv(res.fabric, args.out, "fabric_floor.csv", written)
         if cmp_tab is not None:
@@ -210,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .plots import write_all  # matplotlib is only imported when plotting
 
-        plots = write_all(res.raw, table, tput, phase_tab, phases, res.fabric, args.out)
+        plots = write_all(res.raw, table, tput, median_rows, phases, res.fabric, args.out)
     except OSError as e:
         print(f"error: cannot write to {args.out}: {e.strerror or e}", file=sys.stderr)
         return 1

@@ -240,31 +240,66 @@ def plot_scalable_throughput(tput: pd.DataFrame, out_dir: str) -> str:
     return _save(fig, out_dir, "scalable_throughput_vs_ranks.png")
 
 
-def plot_cold_phases(phase_tab: pd.DataFrame, phases: list[str], out_dir: str) -> str:
-    """Stacked bars: median of each cold-start phase per group; diamond = median total latency."""
-    if phase_tab.empty:
+def plot_cold_phases(median_rows: pd.DataFrame, phases: list[str], out_dir: str) -> str:
+    """Stacked bars: the phases of each group's median row, which add up to that row's latency
+    (the group's p50, marked by a diamond on top of the stack)."""
+    if median_rows.empty:
         raise Skip("no rows with cold-start phase columns (*_ns other than latency_ns)")
     keys = list(schema.GROUP_KEYS)
-    tuples = [tuple(r) for r in phase_tab[keys].itertuples(index=False)]
+    tuples = [tuple(r) for r in median_rows[keys].itertuples(index=False)]
     label = _labeler(tuples, keys)
-    x = np.arange(len(phase_tab))
+    x = np.arange(len(median_rows))
     fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(x) + 5), 5))
     bottom = np.zeros(len(x))
-    for i, c in enumerate(phases):
-        h = phase_tab[f"p50_{c}"].astype("float64").fillna(0).to_numpy() / 1e3
-        ax.bar(x, h, 0.6, bottom=bottom, color=f"C{i % 10}", label=c.removesuffix("_ns").replace("_", " "))
+    parts = phases + (["other_ns"] if median_rows["other_ns"].astype("float64").gt(0).any() else [])
+    for i, c in enumerate(parts):
+        h = median_rows[c].astype("float64").fillna(0).to_numpy() / 1e3
+        name = "not in a phase" if c == "other_ns" else c.removesuffix("_ns").replace("_", " ")
+        ax.bar(x, h, 0.6, bottom=bottom, color=f"C{i % 10}", label=name)
         bottom += h
-    ax.plot(x, phase_tab["p50_latency_ns"].astype("float64") / 1e3, "kD", label="total latency_ns (p50)")
+    ax.plot(x, median_rows["latency_ns"].astype("float64") / 1e3, "kD", label="latency of that row (p50)")
     ax.set_xticks(x)
     ax.set_xticklabels([label(t) for t in tuples], rotation=30, ha="right", fontsize="small")
-    ax.set_ylabel("time (us), median per phase")
+    ax.set_ylabel("time (us)")
     ax.set_xlim(-0.75, len(x) - 0.25)
-    ax.set_title("cold start phases (stacked medians)")
+    ax.set_title("cold start phases of the median row (they add up to its latency)")
     ax.grid(True, axis="y", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     # top of the stack first, like the bars
     ax.legend(handles[::-1], labels[::-1], fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir, "cold_start_phases.png")
+
+
+def plot_cold_phase_distribution(raw: pd.DataFrame, phases: list[str], out_dir: str) -> str:
+    """One panel per phase (and the total): each group's distribution as a box (p25-p75, the
+    median as a line) with whiskers at p5 and p95, log scale."""
+    rows = raw[raw[phases].notna().all(axis=1)] if phases else raw.iloc[0:0]
+    if rows.empty:
+        raise Skip("no rows with cold-start phase columns (*_ns other than latency_ns)")
+    keys = list(schema.GROUP_KEYS)
+    groups = list(rows.groupby(keys, sort=True))
+    tuples = [k for k, _ in groups]
+    label = _labeler(tuples, keys)
+    panels = phases + ["latency_ns"]
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols + 1, 3.4 * nrows + 1), squeeze=False)
+    for ax, c in zip(axes.flat, panels):
+        # a phase of 0 ns cannot go on a log axis: drawn at 1 ns
+        data = [np.maximum(g[c].astype("float64").to_numpy(), 1.0) / 1e3 for _, g in groups]
+        ax.boxplot(data, whis=(5, 95), showfliers=False, widths=0.6)
+        ax.set_yscale("log")
+        ax.set_title("total (latency)" if c == "latency_ns" else c.removesuffix("_ns").replace("_", " "),
+                     fontsize="medium")
+        ax.set_xticks(np.arange(1, len(groups) + 1))
+        ax.set_xticklabels([label(t) for t in tuples], rotation=30, ha="right", fontsize="x-small")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("time (us)")
+    fig.suptitle("cold start phases: distribution per group (box p25-p75, line p50, whiskers p5-p95)")
+    return _save(fig, out_dir, "cold_start_phase_distribution.png")
 
 
 def hot_warm_pairs(table: pd.DataFrame) -> pd.DataFrame:
@@ -325,7 +360,7 @@ def _skip(reason: str):
     raise Skip(reason)
 
 
-def write_all(raw, table, tput, phase_tab, phases, fabric, out_dir: str) -> list[PlotResult]:
+def write_all(raw, table, tput, median_rows, phases, fabric, out_dir: str) -> list[PlotResult]:
     """Write every plot that has data; the others come back with a note."""
     os.makedirs(out_dir, exist_ok=True)
     jobs = []
@@ -339,7 +374,8 @@ def write_all(raw, table, tput, phase_tab, phases, fabric, out_dir: str) -> list
         ("latency_vs_payload.png", lambda: plot_latency_vs_payload(table, fabric, out_dir)),
         ("scalable_latency_vs_ranks.png", lambda: plot_scalable_latency(table, out_dir)),
         ("scalable_throughput_vs_ranks.png", lambda: plot_scalable_throughput(tput, out_dir)),
-        ("cold_start_phases.png", lambda: plot_cold_phases(phase_tab, phases, out_dir)),
+        ("cold_start_phases.png", lambda: plot_cold_phases(median_rows, phases, out_dir)),
+        ("cold_start_phase_distribution.png", lambda: plot_cold_phase_distribution(raw, phases, out_dir)),
         ("hot_vs_warm.png", lambda: plot_hot_vs_warm(table, out_dir)),
         ("fabric_floor.png", lambda: plot_fabric_floor(fabric, out_dir)),
     ]

@@ -12,7 +12,7 @@ from conftest import assert_valid_png, run_script
 ALL_PLOTS = [
     "cdf_hot.png", "cdf_warm.png", "cdf_cold.png", "cdf_throughput.png",
     "latency_vs_payload.png", "scalable_latency_vs_ranks.png", "scalable_throughput_vs_ranks.png",
-    "cold_start_phases.png", "hot_vs_warm.png", "fabric_floor.png",
+    "cold_start_phases.png", "cold_start_phase_distribution.png", "hot_vs_warm.png", "fabric_floor.png",
 ]
 
 
@@ -37,7 +37,8 @@ def test_full_report_writes_every_plot_and_table(tmp_path, inputs):
         assert str(out / name) in r.stdout  # the path is shown
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == sorted(ALL_PLOTS)
-    for name in ("percentiles.csv", "throughput.csv", "cold_phases.csv", "fabric_floor.csv"):
+    for name in ("percentiles.csv", "throughput.csv", "cold_phases.csv", "cold_median_row.csv",
+                 "fabric_floor.csv"):
         assert (out / name).stat().st_size > 0
 
     # the printed table and the CSV agree, and the CSV has every group
@@ -67,7 +68,8 @@ def test_plots_without_data_are_skipped_with_a_note(tmp_path):
     notes = [line for line in r.stdout.splitlines() if line.startswith("note: skipped")]
     skipped = {n.split()[2].rstrip(":") for n in notes}
     assert skipped == {"scalable_latency_vs_ranks.png", "scalable_throughput_vs_ranks.png",
-                       "cold_start_phases.png", "hot_vs_warm.png", "fabric_floor.png"}
+                       "cold_start_phases.png", "cold_start_phase_distribution.png", "hot_vs_warm.png",
+                       "fabric_floor.png"}
     assert all(len(n) < 120 for n in notes)
 
 

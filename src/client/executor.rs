@@ -456,8 +456,16 @@ impl<F: Fabric> Executor<F> {
     ) -> Result<Self, ClientError> {
         spec.check()?;
         let t0 = Instant::now();
-        manager.upload_for(spec)?;
-        let allocation = manager.allocate(&spec.request(format!("pid {}", std::process::id())))?;
+        // The allocation first: a library the manager has cached (the usual case) costs no
+        // exchange of its own. An unknown library or asset is a 404: upload them, then ask again.
+        let req = spec.request(format!("pid {}", std::process::id()));
+        let allocation = match manager.allocate(&req) {
+            Err(ClientError::Manager { status: 404, .. }) => {
+                manager.upload_for(spec)?;
+                manager.allocate(&req)?
+            }
+            other => other?,
+        };
         let request_ns = t0.elapsed().as_nanos() as u64;
         let (id, token) = (allocation.id, allocation.token.clone());
         match Self::connect(fabric, Some(manager.clone()), allocation, spec, None, opts) {

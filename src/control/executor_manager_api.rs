@@ -295,6 +295,10 @@ pub enum ExecutorEvent {
         /// The message it wrote (or what went wrong calling it).
         error: String,
     },
+    /// Every worker is connected and the first invocation was answered (printed after
+    /// [`ExecutorEvent::Ready`]): the manager starts a pooled replacement only now, so that the
+    /// replacement's start does not compete for the cores with this cold start.
+    Serving,
 }
 
 /// Private data a client sends when it connects a queue pair to a worker.

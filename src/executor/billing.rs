@@ -3,7 +3,7 @@
 //! (it reads the record when asked). Workers accumulate locally and add about once a second and
 //! when they stop, so billing costs nothing per invocation.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::control::executor_manager_api::{BillingTarget, TOKEN_LEN};
@@ -16,6 +16,63 @@ struct Inner<F: Fabric> {
     qp: F::Qp,
     cq: F::Cq,
     result: F::Mr,
+}
+
+/// The billing connection as workers see it while it is being made: connecting takes a fabric
+/// handshake with the manager, which the executor does in the background, off the cold start's
+/// path. Empty while connecting, then the connection (`None` when it failed: billing is off).
+pub struct BillingSlot<F: Fabric> {
+    value: OnceLock<Option<Billing<F>>>,
+    settled: Mutex<bool>,
+    changed: Condvar,
+}
+
+/// Longest [`BillingSlot::wait`]: more than the connection's own timeout.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<F: Fabric> Default for BillingSlot<F> {
+    fn default() -> Self {
+        BillingSlot {
+            value: OnceLock::new(),
+            settled: Mutex::new(false),
+            changed: Condvar::new(),
+        }
+    }
+}
+
+impl<F: Fabric> BillingSlot<F> {
+    /// Settles the slot (once; later calls change nothing).
+    pub fn settle(&self, billing: Option<Billing<F>>) {
+        let _ = self.value.set(billing);
+        *self.settled.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.changed.notify_all();
+    }
+
+    /// The connection if the slot is settled (`Some(None)`: settled without billing); `None`
+    /// while it is still being made.
+    pub fn try_get(&self) -> Option<Option<&Billing<F>>> {
+        self.value.get().map(Option::as_ref)
+    }
+
+    /// The connection, waiting until the slot is settled (whoever settles it does so after one
+    /// connection attempt, which has a timeout of its own; at most [`SETTLE_TIMEOUT`]).
+    pub fn wait(&self) -> Option<&Billing<F>> {
+        let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        while !*settled {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            settled = self
+                .changed
+                .wait_timeout(settled, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(settled);
+        self.value.get().and_then(Option::as_ref)
+    }
 }
 
 /// A connection to the manager's billing record of this allocation.

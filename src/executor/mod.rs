@@ -7,6 +7,13 @@
 //! disconnects or it is told to stop (SIGTERM), when pending invocations are answered with
 //! `ShuttingDown`. It dies with its manager (`PR_SET_PDEATHSIG`), and stops by itself when its
 //! lease's deadline passes, even if its manager is frozen ([`deadline`]).
+//!
+//! What lies on a cold start's path is kept short: the fabric is open and listening before the
+//! configuration arrives ([`EARLY_PROVIDER_ENV`], [`EARLY_LISTEN_ENV`]); the main thread pins
+//! itself to the first core as soon as it knows it and becomes worker 0 (no thread to start,
+//! no migration before the first invocation); billing connects to the manager on a thread of
+//! its own while the client connects; and [`ExecutorEvent::Serving`], which makes the manager
+//! start a pool replacement, goes out only after the first result.
 
 mod billing;
 pub mod deadline;
@@ -14,8 +21,8 @@ mod worker;
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
@@ -27,7 +34,7 @@ use crate::function::{ContentHash, FunctionError, FunctionLibrary, FunctionTable
 use crate::protocol::{worker_qp, HEADER_LEN, MAX_SLOTS};
 use crate::rdma::{Access, ConnRequest, Fabric, FabricUser, Listener, MemoryRegion};
 
-pub use billing::Billing;
+pub use billing::{Billing, BillingSlot};
 pub use worker::{Worker, WorkerExit};
 
 /// Errors of the executor process.
@@ -65,6 +72,12 @@ const MAX_CONFIG: u64 = 1 << 20;
 /// then open by the time a pooled executor gets its allocation. The configuration must name the
 /// same provider.
 pub const EARLY_PROVIDER_ENV: &str = "RFAAS_EXECUTOR_PROVIDER";
+
+/// Environment variable naming the fabric address an executor listens on *before* it reads its
+/// configuration (with [`EARLY_PROVIDER_ENV`]; the manager's `fabric_host:0`): a pooled
+/// executor is then listening when its allocation comes. A configuration that names another
+/// address gets a listener of its own.
+pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
@@ -112,6 +125,11 @@ impl FabricUser for Early {
     type Output = Result<(), ExecutorError>;
 
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        let early_addr = std::env::var(EARLY_LISTEN_ENV).ok();
+        let early = match &early_addr {
+            Some(a) => Some(fabric.listen(a)?),
+            None => None,
+        };
         let cfg = read_config()?;
         if cfg.provider != fabric.provider() {
             return Err(ExecutorError::Config(format!(
@@ -120,7 +138,10 @@ impl FabricUser for Early {
                 fabric.provider()
             )));
         }
+        // The fabric is open and listening: pin before the library loads.
+        pin_main(&cfg);
         let (token, table, code_load_ns, stop) = prepare(&cfg)?;
+        let listener = early.filter(|_| early_addr.as_deref() == Some(cfg.listen.as_str()));
         Serve {
             cfg: &cfg,
             token,
@@ -129,11 +150,39 @@ impl FabricUser for Early {
             stop,
             out: &mut std::io::stdout(),
         }
-        .run(fabric)
+        .serve(fabric, listener)
     }
 }
 
 type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
+
+/// The cores this process was allowed before its main thread pinned itself.
+static CPUSET: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Pins the main thread, which becomes worker 0, to the first core (once): from then on
+/// neither loading the library nor the first invocation waits for a migration. Call it once
+/// the fabric is open (its threads, started by this one, would inherit the binding). The other
+/// workers pin themselves within the cpuset the process had before.
+fn pin_main(cfg: &ExecutorConfig) {
+    let Some(&core) = cfg.cores.first() else {
+        return;
+    };
+    if CPUSET.set(crate::pin::allowed_cores()).is_err() {
+        return; // pinned already
+    }
+    if let Err(e) = crate::pin::pin_current_thread(core as usize) {
+        tracing::warn!(core, "not pinned: {e}");
+    }
+}
+
+/// Pins the calling worker thread to `core`, within the process's cpuset as it was before any
+/// thread of it was pinned.
+fn pin_worker(core: usize) -> Result<(), crate::pin::PinError> {
+    match CPUSET.get() {
+        Some(cpuset) => crate::pin::pin_current_thread_within(core, cpuset),
+        None => crate::pin::pin_current_thread(core),
+    }
+}
 
 /// What every executor does with its configuration before it serves: check it, load the
 /// library, handle SIGTERM and SIGINT.
@@ -210,7 +259,7 @@ fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
 }
 
 /// Runs an executor with `cfg`, reporting readiness on `out`.
-pub fn run(cfg: ExecutorConfig, out: &mut impl Write) -> Result<(), ExecutorError> {
+pub fn run(cfg: ExecutorConfig, out: &mut (impl Write + Send)) -> Result<(), ExecutorError> {
     let (token, table, code_load_ns, stop) = prepare(&cfg)?;
     cfg.provider.run(Serve {
         cfg: &cfg,
@@ -231,12 +280,28 @@ struct Serve<'a, W: Write> {
     out: &'a mut W,
 }
 
-impl<W: Write> FabricUser for Serve<'_, W> {
+impl<W: Write + Send> FabricUser for Serve<'_, W> {
     type Output = Result<(), ExecutorError>;
 
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
+        self.serve(fabric, None)
+    }
+}
+
+impl<W: Write + Send> Serve<'_, W> {
+    /// Listens on `cfg.listen` (unless `listener` does already), reports ready, accepts the
+    /// client's connections and serves.
+    fn serve<F: Fabric>(
+        self,
+        fabric: F,
+        listener: Option<F::Listener>,
+    ) -> Result<(), ExecutorError> {
         let cfg = self.cfg;
-        let listener = fabric.listen(&cfg.listen)?;
+        let listener = match listener {
+            Some(l) => l,
+            None => fabric.listen(&cfg.listen)?,
+        };
+        pin_main(cfg);
         report(
             self.out,
             &ExecutorEvent::Ready {
@@ -244,53 +309,93 @@ impl<W: Write> FabricUser for Serve<'_, W> {
                 code_load_ns: self.code_load_ns,
             },
         );
-        // Billing is connected after the ready report, while the answer travels to the client
-        // (workers need it only once they serve): off the cold start's path.
-        let billing = match &cfg.billing {
-            Some(t) => match Billing::<F>::connect(&fabric, t, &self.token) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::warn!(allocation = cfg.allocation, "billing disabled: {e}");
-                    None
-                }
-            },
-            None => None,
+        // Billing connects in the background (a handshake with the manager), while the client
+        // connects: workers need it only when they flush, about once a second.
+        let billing = BillingSlot::<F>::default();
+        // The manager hears "serving" once the first result is out (whichever worker gave it):
+        // whatever it starts then (a pool replacement) does not compete with this cold start.
+        let (out, said) = (Mutex::new(&mut *self.out), AtomicBool::new(false));
+        let serving = &|| {
+            if !said.swap(true, Ordering::AcqRel) {
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                report(&mut **out, &ExecutorEvent::Serving);
+            }
         };
-        let billing = billing.map(Arc::new);
-        let workers = accept_workers(
-            &fabric,
-            &listener,
-            cfg,
-            &self.token,
-            &self.table,
-            &self.stop,
-        )?;
-        drop(listener);
-        tracing::info!(
-            allocation = cfg.allocation,
-            workers = workers.len(),
-            "executor serving"
-        );
-        let exits: Vec<WorkerExit> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
+            match &cfg.billing {
+                Some(t) => {
+                    let (fabric, billing, token) = (&fabric, &billing, &self.token);
+                    let spawned = std::thread::Builder::new()
+                        .name("rfaas-billing".into())
+                        .spawn_scoped(s, move || {
+                            let b = Billing::<F>::connect(fabric, t, token)
+                                .inspect_err(|e| {
+                                    tracing::warn!(
+                                        allocation = cfg.allocation,
+                                        "billing disabled: {e}"
+                                    )
+                                })
+                                .ok();
+                            billing.settle(b);
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(allocation = cfg.allocation, "billing disabled: {e}");
+                        billing.settle(None);
+                    }
+                }
+                None => billing.settle(None),
+            }
+            let billing = &billing;
+            let workers = accept_workers(
+                &fabric,
+                &listener,
+                cfg,
+                &self.token,
+                &self.table,
+                &self.stop,
+            );
+            drop(listener);
+            let workers = match workers {
+                Ok(w) => w,
+                Err(e) => {
+                    // Nobody will flush: settle the slot so the billing thread's result is dropped.
+                    billing.settle(None);
+                    return Err(e);
+                }
+            };
+            tracing::info!(
+                allocation = cfg.allocation,
+                workers = workers.len(),
+                "executor serving"
+            );
+            let mut workers = workers.into_iter();
+            let first = workers.next();
+            // Workers 1.. on threads of their own; worker 0 on this thread, pinned already.
             let handles: Vec<_> = workers
-                .into_iter()
                 .enumerate()
                 .map(|(i, w)| {
-                    let (stop, billing) = (self.stop.clone(), billing.clone());
+                    let stop = &self.stop;
                     // Named so that tools (and tests) find the workers: rfaas-worker-<index>.
                     std::thread::Builder::new()
-                        .name(format!("rfaas-worker-{i}"))
-                        .spawn_scoped(s, move || w.serve(&stop, billing.as_deref()))
+                        .name(format!("rfaas-worker-{}", i + 1))
+                        .spawn_scoped(s, move || w.serve(stop, billing, Some(serving)))
                         .expect("spawn a worker thread")
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(WorkerExit::Panicked))
-                .collect()
-        });
-        tracing::info!(allocation = cfg.allocation, ?exits, "executor done");
-        Ok(())
+            let mut exits = Vec::new();
+            if let Some(w) = first {
+                // Named like the others (tools and tests find workers by thread name).
+                let _ = nix::sys::prctl::set_name(c"rfaas-worker-0");
+                exits.push(w.serve(&self.stop, billing, Some(serving)));
+            }
+            exits.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or(WorkerExit::Panicked)),
+            );
+            tracing::info!(allocation = cfg.allocation, ?exits, "executor done");
+            Ok(())
+        })
     }
 }
 

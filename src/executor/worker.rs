@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::billing::Billing;
+use super::billing::BillingSlot;
 use crate::control::executor_manager_api::ExecutorConfig;
 use crate::function::{FunctionStatus, FunctionTable};
 use crate::protocol::{
@@ -80,8 +80,15 @@ impl<F: Fabric> Worker<F> {
     }
 
     /// Serves until the client goes away or `stop` is set.
-    pub fn serve(mut self, stop: &AtomicBool, billing: Option<&Billing<F>>) -> WorkerExit {
-        if let Err(e) = crate::pin::pin_current_thread(self.core as usize) {
+    /// Billing goes to `billing` once it is connected; until then the worker keeps counting.
+    /// `after_first` runs once, right after this worker answered its first invocation.
+    pub fn serve(
+        mut self,
+        stop: &AtomicBool,
+        billing: &BillingSlot<F>,
+        mut after_first: Option<&(dyn Fn() + Sync)>,
+    ) -> WorkerExit {
+        if let Err(e) = super::pin_worker(self.core as usize) {
             tracing::warn!(worker = self.index, core = self.core, "not pinned: {e}");
         }
         let epoch = Instant::now();
@@ -135,13 +142,13 @@ impl<F: Fabric> Worker<F> {
                     }
                 }
                 self.drain_with(Status::ShuttingDown);
-                flush_billing(billing, &mut exec_ns, &mut hot_ns);
+                flush_billing(billing, true, &mut exec_ns, &mut hot_ns);
                 return WorkerExit::Stopped;
             }
             for wc in &wcs[..n] {
                 if !wc.is_ok() {
                     tracing::info!(worker = self.index, status = ?wc.status, "client connection ended");
-                    flush_billing(billing, &mut exec_ns, &mut hot_ns);
+                    flush_billing(billing, true, &mut exec_ns, &mut hot_ns);
                     return WorkerExit::ClientGone;
                 }
                 if wc.opcode == WcOpcode::RecvWriteImm {
@@ -149,11 +156,14 @@ impl<F: Fabric> Worker<F> {
                     sched.on_work(t);
                     self.invoke(wc);
                     exec_ns += now_ns() - t;
+                    if let Some(f) = after_first.take() {
+                        f();
+                    }
                 }
             }
-            if billing.is_some() && now_ns() - last_flush > 1_000_000_000 {
+            if now_ns() - last_flush > 1_000_000_000 {
                 last_flush = now_ns();
-                flush_billing(billing, &mut exec_ns, &mut hot_ns);
+                flush_billing(billing, false, &mut exec_ns, &mut hot_ns);
             }
         }
     }
@@ -271,8 +281,22 @@ impl<F: Fabric> Worker<F> {
     }
 }
 
-fn flush_billing<F: Fabric>(billing: Option<&Billing<F>>, exec_ns: &mut u64, hot_ns: &mut u64) {
-    if let Some(b) = billing {
+/// Adds what the worker counted to its bill and starts counting anew. While billing is still
+/// being connected the counts stay (`last`: the worker stops, so it waits for the connection,
+/// bounded by its timeout); without billing they are dropped.
+fn flush_billing<F: Fabric>(
+    billing: &BillingSlot<F>,
+    last: bool,
+    exec_ns: &mut u64,
+    hot_ns: &mut u64,
+) {
+    let target = if last {
+        Some(billing.wait())
+    } else {
+        billing.try_get()
+    };
+    let Some(target) = target else { return };
+    if let Some(b) = target {
         b.add(*exec_ns, *hot_ns);
     }
     *exec_ns = 0;

@@ -95,20 +95,26 @@ impl Libraries {
         Ok((path, len))
     }
 
-    /// The path of the cached library `hash`, verified (blocking: may hash the file).
-    pub fn path(&self, hash: &ContentHash) -> Result<PathBuf, FunctionError> {
+    /// The path of the cached library `hash` if it was verified before and its file has not
+    /// changed since (one `stat`: cheap enough for an async task); `None`: ask [`Self::path`].
+    pub fn verified_before(&self, hash: &ContentHash) -> Option<PathBuf> {
         let path = self.store.path_of(hash);
         let known = self
             .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(hash)
-            .copied();
-        if let (Some(known), Some(now)) = (known, FileId::of(&path)) {
-            if known == now {
-                self.touch(hash);
-                return Ok(path);
-            }
+            .copied()?;
+        (FileId::of(&path)? == known).then(|| {
+            self.touch(hash);
+            path
+        })
+    }
+
+    /// The path of the cached library `hash`, verified (blocking: may hash the file).
+    pub fn path(&self, hash: &ContentHash) -> Result<PathBuf, FunctionError> {
+        if let Some(path) = self.verified_before(hash) {
+            return Ok(path);
         }
         let path = self.store.verified_path(hash).inspect_err(|_| {
             self.verified

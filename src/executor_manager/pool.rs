@@ -1,12 +1,16 @@
 //! The executor pool: executor processes started ahead of allocations.
 //!
 //! * A pooled process is `rfaas executor` already exec'd, dynamically linked, its runtime
-//!   started, `PR_SET_PDEATHSIG` set and its fabric domain open, blocked reading its
-//!   [`ExecutorConfig`] from standard input. Nothing in it depends on an allocation: it holds no token, no library, no core.
-//! * An allocation [`Pool::take`]s one (then sends its configuration: the executor pins its
-//!   workers, loads the library and reports ready, as a fresh one does) and a replacement starts
-//!   in the background. A pooled process serves exactly one allocation: once taken it leaves
-//!   the pool for good and exits with its allocation, so no tenant ever sees another's state.
+//!   started, `PR_SET_PDEATHSIG` set, its fabric domain open and listening, blocked reading its
+//!   [`ExecutorConfig`] from standard input. Nothing in it depends on an allocation: it holds
+//!   no token, no library, no core.
+//! * An allocation [`Pool::take`]s one (then sends its configuration: the executor pins itself,
+//!   loads the library and reports ready, as a fresh one does). Its replacement starts once that
+//!   executor reports that it served its first invocation, or ends ([`Pool::refill`], called by
+//!   the service): started earlier, the replacement's exec and start-up would compete for the
+//!   cores with the very cold start that took the pooled one. An empty pool refills at once.
+//!   A pooled process serves exactly one allocation: once taken it leaves the pool for good
+//!   and exits with its allocation, so no tenant ever sees another's state.
 //! * A watcher task per pooled process owns it until it is taken: if the process dies in the
 //!   pool (killed, crashed) it is reaped, dropped from the pool and replaced. An empty pool
 //!   makes the caller spawn a fresh process.
@@ -65,6 +69,8 @@ pub struct Pool {
     logs: PathBuf,
     cwd: PathBuf,
     provider: crate::rdma::Provider,
+    /// The fabric address executors listen on (`fabric_host:0`), before their allocation.
+    listen: String,
     state: Mutex<State>,
 }
 
@@ -77,14 +83,15 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`.
-    /// Nothing starts before [`Pool::refill`].
+    /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`, their
+    /// fabric `provider` open and listening on `listen`. Nothing starts before [`Pool::refill`].
     pub fn new(
         size: usize,
         exe: &Path,
         logs: &Path,
         cwd: &Path,
         provider: crate::rdma::Provider,
+        listen: String,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             size,
@@ -92,6 +99,7 @@ impl Pool {
             logs: logs.to_path_buf(),
             cwd: cwd.to_path_buf(),
             provider,
+            listen,
             state: Mutex::new(State::default()),
         })
     }
@@ -122,7 +130,8 @@ impl Pool {
                 st.seq
             };
             let log = self.logs.join(format!("executor-pool-{seq}.log"));
-            let spawned = spawn::spawn_executor(&self.exe, &log, &self.cwd, self.provider);
+            let spawned =
+                spawn::spawn_executor(&self.exe, &log, &self.cwd, self.provider, &self.listen);
             self.state().starting -= 1;
             let child = match spawned {
                 Ok(c) => c,
@@ -195,8 +204,8 @@ impl Pool {
         });
     }
 
-    /// Takes a live pooled process and starts its replacement; `None` when the pool is empty
-    /// (or off): spawn a fresh one.
+    /// Takes a live pooled process (the caller refills the pool once its cold start is done);
+    /// `None` when the pool is empty (it starts refilling then) or off: spawn a fresh one.
     pub async fn take(self: &Arc<Self>) -> Option<Pooled> {
         if self.size == 0 {
             return None;
@@ -220,7 +229,8 @@ impl Pool {
                 continue;
             }
             self.state().taken += 1;
-            self.refill();
+            // No refill here: its start would compete for the cores with the cold start that
+            // took this one. The caller refills once its executor serves (or has ended).
             return Some(p);
         }
     }

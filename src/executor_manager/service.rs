@@ -200,6 +200,30 @@ struct Spawned {
     handle: ExecutorHandle,
     /// Taken from the pool (not spawned for this allocation).
     pooled: bool,
+    /// It took no configuration or closed its output without a word (it died).
+    silent: bool,
+}
+
+/// How an allocation attempt failed.
+enum Attempt {
+    /// Its pooled executor died before it could take the configuration.
+    PooledDied(ServiceError),
+    /// Anything else.
+    Failed(ServiceError),
+}
+
+impl Attempt {
+    fn into_error(self) -> ServiceError {
+        match self {
+            Attempt::PooledDied(e) | Attempt::Failed(e) => e,
+        }
+    }
+}
+
+impl From<ServiceError> for Attempt {
+    fn from(e: ServiceError) -> Self {
+        Attempt::Failed(e)
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -235,7 +259,14 @@ impl Service {
             cfg.keep_ended,
         )
         .starting_at(crate::control::ids::first_id_now());
-        let pool = Pool::new(cfg.pool_size, &exe, &logs, &cfg.run_dir, cfg.provider);
+        let pool = Pool::new(
+            cfg.pool_size,
+            &exe,
+            &logs,
+            &cfg.run_dir,
+            cfg.provider,
+            executor_listen(&cfg),
+        );
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.refill();
         }
@@ -417,10 +448,30 @@ impl Service {
     /// The steps, in order, each a method below: `ensure_accepting`, [`validate`] and
     /// [`validate_assets`], `lease_hold`, `library_path`, `asset_files`, `reserve`,
     /// `executor_config`, `spawn_supervised`, `wait_ready`, then `answer` or `abandon`.
+    ///
+    /// A pooled executor that dies before its configuration reaches it (killed while it
+    /// waited: nothing of the allocation's doing) is replaced by a fresh spawn, once.
     pub async fn allocate(
         self: Arc<Self>,
         req: AllocationRequest,
     ) -> Result<Allocation, ServiceError> {
+        match self.clone().allocate_with(req.clone(), true).await {
+            Err(Attempt::PooledDied(err)) => {
+                tracing::warn!("{err}; spawning a fresh executor instead");
+                self.allocate_with(req, false)
+                    .await
+                    .map_err(Attempt::into_error)
+            }
+            other => other.map_err(Attempt::into_error),
+        }
+    }
+
+    /// [`Self::allocate`], from the pool when `pool` (and it has one ready).
+    async fn allocate_with(
+        self: Arc<Self>,
+        req: AllocationRequest,
+        pool: bool,
+    ) -> Result<Allocation, Attempt> {
         self.ensure_accepting()?;
         let hash = validate(&req)?;
         let asset_hashes = validate_assets(&req.assets, &self.cfg)?;
@@ -441,7 +492,7 @@ impl Service {
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
-        let mut child = self.spawn_supervised(&res).await?;
+        let mut child = self.spawn_supervised(&res, pool).await?;
         let outcome = self.wait_ready(&mut child, &exec_cfg).await;
         match outcome {
             Ok((address, code_load_ns)) => {
@@ -457,7 +508,15 @@ impl Service {
                 answer.pooled = child.pooled;
                 Ok(answer)
             }
-            Err(err) => Err(self.abandon(id, child, err).await),
+            Err(err) => {
+                let pooled_died = child.pooled && child.silent;
+                let err = self.abandon(id, child, err).await;
+                Err(if pooled_died {
+                    Attempt::PooledDied(err)
+                } else {
+                    Attempt::Failed(err)
+                })
+            }
         }
     }
 
@@ -495,6 +554,10 @@ impl Service {
 
     /// Step 4: where the uploaded library `hash` is stored.
     async fn library_path(self: &Arc<Self>, hash: ContentHash) -> Result<PathBuf, ServiceError> {
+        // A library verified before costs a `stat` here, not a trip through the blocking pool.
+        if let Some(path) = self.libraries.verified_before(&hash) {
+            return Ok(path);
+        }
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.libraries.path(&hash))
             .await
@@ -596,7 +659,7 @@ impl Service {
             slots: req.slots,
             hot_timeout_ms: req.hot_timeout_ms,
             provider: self.cfg.provider,
-            listen: format!("{}:0", self.cfg.fabric_host),
+            listen: executor_listen(&self.cfg),
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
             deadline_file: self.deadline_file(lease_deadline),
@@ -610,16 +673,26 @@ impl Service {
     async fn spawn_supervised(
         self: &Arc<Self>,
         res: &Reservation,
+        pool: bool,
     ) -> Result<Spawned, ServiceError> {
         let id = res.id;
         let log = self.logs.join(format!("executor-{id}.log"));
-        let pooled = self.pool.take().await.map(|p| {
+        let taken = if pool { self.pool.take().await } else { None };
+        let pooled = taken.map(|p| {
             let _ = std::fs::rename(&p.log, &log);
             p.child
         });
         let fresh = pooled.is_none();
         let mut child = match pooled.map_or_else(
-            || spawn::spawn_executor(&self.exe, &log, &self.cfg.run_dir, self.cfg.provider),
+            || {
+                spawn::spawn_executor(
+                    &self.exe,
+                    &log,
+                    &self.cfg.run_dir,
+                    self.cfg.provider,
+                    &executor_listen(&self.cfg),
+                )
+            },
             Ok,
         ) {
             Ok(c) => c,
@@ -650,6 +723,7 @@ impl Service {
             stdout_tx: Some(stdout_tx),
             handle,
             pooled: !fresh,
+            silent: false,
         })
     }
 
@@ -670,12 +744,17 @@ impl Service {
                 ));
             };
             let since = std::time::Instant::now();
+            let silent = &mut child.silent;
             spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout)
                 .await
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .map_err(|e| {
+                    *silent = matches!(e, spawn::StartError::Config(_));
+                    ServiceError::Internal(e.to_string())
+                })?;
             spawn::first_event(stdout, self.cfg.executor_start_timeout, since)
                 .await
                 .map_err(|e| {
+                    *silent = matches!(e, spawn::StartError::Silent);
                     let timeout = matches!(e, spawn::StartError::Timeout(_));
                     let msg = format!("allocation {id}: {e}{}", log_tail(&child.log));
                     // Exited or wrote garbage before reporting: the library's doing (a
@@ -698,10 +777,18 @@ impl Service {
                 Ok(()) => {
                     let me = self.clone();
                     let open = child.stdout_tx.take().expect("stdout is drained once");
-                    spawn::drain_stdout(id, rest, open, move |error| {
-                        tracing::warn!(allocation = id, "executor failed: {error}");
-                        me.registry().report_error(id, &error);
-                    });
+                    let pool = self.pool.clone();
+                    spawn::drain_stdout(
+                        id,
+                        rest,
+                        open,
+                        move |error| {
+                            tracing::warn!(allocation = id, "executor failed: {error}");
+                            me.registry().report_error(id, &error);
+                        },
+                        // The pool's replacement starts once this cold start is done.
+                        move || pool.refill(),
+                    );
                     Ok((address, code_load_ns))
                 }
                 Err(e) => Err(ServiceError::from(e)),
@@ -710,6 +797,9 @@ impl Service {
                 "the executor could not start: {error}"
             ))),
             Ok((ExecutorEvent::InitFailed { error }, _)) => Err(ServiceError::InitFailed(error)),
+            Ok((ExecutorEvent::Serving, _)) => Err(ServiceError::ExecutorFailed(
+                "the executor reported serving before it was ready".into(),
+            )),
             Err(e) => Err(e),
         }
     }
@@ -770,6 +860,10 @@ impl Service {
 
     /// Called by the supervisor the moment an executor is gone: frees its resources.
     fn reaped(&self, id: u64, billing_slot: usize, how: &str, log: &std::path::Path) {
+        // An executor that ends without serving never asked for its pool replacement.
+        if !self.shutting_down.load(Ordering::Acquire) {
+            self.pool.refill();
+        }
         let billing = self.billing.close(billing_slot);
         let now = Instant::now();
         let mut reg = self.registry();
@@ -922,6 +1016,11 @@ impl Service {
             }
         }
     }
+}
+
+/// The fabric address executors listen on: the manager's fabric host, any port.
+fn executor_listen(cfg: &ManagerConfig) -> String {
+    format!("{}:0", cfg.fabric_host)
 }
 
 /// Logs the order cores are rented out in, and why.

@@ -61,13 +61,15 @@ pub enum StartError {
 }
 
 /// Starts `exe executor` with its standard error appended to `log`; the child is killed if
-/// it is dropped unreaped. It opens the fabric of `provider` before it reads its configuration
-/// (see [`crate::executor::EARLY_PROVIDER_ENV`]).
+/// it is dropped unreaped. It opens the fabric of `provider` and listens on `listen` before it
+/// reads its configuration (see [`crate::executor::EARLY_PROVIDER_ENV`] and
+/// [`crate::executor::EARLY_LISTEN_ENV`]).
 pub fn spawn_executor(
     exe: &Path,
     log: &Path,
     cwd: &Path,
     provider: crate::rdma::Provider,
+    listen: &str,
 ) -> Result<Child, StartError> {
     let exe_s = exe.display().to_string();
     let err = |source| StartError::Spawn {
@@ -83,6 +85,7 @@ pub fn spawn_executor(
     Command::new(exe)
         .arg("executor")
         .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
+        .env(crate::executor::EARLY_LISTEN_ENV, listen)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -146,20 +149,28 @@ pub async fn first_event(
 }
 
 /// Reads whatever else the executor of allocation `id` prints on standard output, until it
-/// closes: a later [`ExecutorEvent::Failed`] goes to `on_failure`, anything else to the log.
+/// closes: a later [`ExecutorEvent::Failed`] goes to `on_failure`, [`ExecutorEvent::Serving`]
+/// calls `on_serving` (once), anything else goes to the log.
 /// `open` is dropped when the output closes (see [`supervise`]).
 pub fn drain_stdout(
     id: u64,
     reader: BufReader<ChildStdout>,
     open: StdoutOpen,
     on_failure: impl Fn(String) + Send + 'static,
+    on_serving: impl FnOnce() + Send + 'static,
 ) {
     tokio::spawn(async move {
         let _open = open;
+        let mut on_serving = Some(on_serving);
         let mut lines = reader.lines();
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<ExecutorEvent>(line.trim()) {
                 Ok(ExecutorEvent::Failed { error }) => on_failure(error),
+                Ok(ExecutorEvent::Serving) => {
+                    if let Some(f) = on_serving.take() {
+                        f();
+                    }
+                }
                 _ => tracing::info!(
                     allocation = id,
                     "executor stdout: {}",

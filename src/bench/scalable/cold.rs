@@ -9,7 +9,7 @@ use super::gather::gather_all;
 use super::rank::{progress, RankState};
 use super::report::complete;
 use super::{client_options, max_size, place_client, Outcome, ScalableArgs, ScalableError};
-use crate::bench::invocation::{library_path, payload, BenchError};
+use crate::bench::invocation::{cold_mode, library_path, payload, BenchError};
 use crate::client::{AllocationSpec, Cluster};
 use crate::mpi_glue::collective::all_flags;
 use crate::rdma::{Fabric, FabricUser};
@@ -86,8 +86,8 @@ impl<C: Communicator> FabricUser for ColdRank<'_, C> {
     }
 }
 
-/// One cold start: `(node, total ns, phases)`.
-type ColdStep<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(String, u64, Vec<u64>), BenchError>;
+/// One cold start: `(node, total ns, phases, executor from the pool)`.
+type ColdStep<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(String, u64, Vec<u64>, bool), BenchError>;
 
 /// The cold loop: per size and repetition a barrier, then one cold start unless this rank has
 /// failed (or has no `step`); after each size the progress `Allgather`. The collectives do not
@@ -109,9 +109,11 @@ fn cold_loop<C: Communicator>(
                 continue;
             };
             match step(&input) {
-                Ok((node, total, phases)) => {
+                Ok((node, total, phases, pooled)) => {
                     if i >= warmup {
-                        state.record("cold", bytes, &node, 0, i - warmup, total, phases);
+                        // cold-pool or cold-fresh: where the executor came from.
+                        let mode = cold_mode("cold", pooled);
+                        state.record(&mode, bytes, &node, 0, i - warmup, total, phases);
                     }
                 }
                 Err(e) => state.fail(format!("cold {bytes} B: {e}")),
@@ -121,7 +123,7 @@ fn cold_loop<C: Communicator>(
     }
 }
 
-/// One cold start: `(node, total ns, phases in COLD_PHASES order)`.
+/// One cold start: `(node, total ns, phases in COLD_PHASES order, executor from the pool)`.
 fn cold_once<F: Fabric>(
     fabric: &F,
     cluster: &Cluster,
@@ -129,7 +131,7 @@ fn cold_once<F: Fabric>(
     args: &ScalableArgs,
     first: usize,
     input: &[u8],
-) -> Result<(String, u64, Vec<u64>), BenchError> {
+) -> Result<(String, u64, Vec<u64>, bool), BenchError> {
     let t0 = Instant::now();
     let exec = cluster.allocate(fabric, spec, client_options(args), first)?;
     let f = exec.function(&args.common.function)?;
@@ -139,6 +141,7 @@ fn cold_once<F: Fabric>(
     let first_ns = t1.elapsed().as_nanos() as u64;
     let total = t0.elapsed().as_nanos() as u64;
     let tm = exec.timings();
+    let pooled = exec.allocation().pooled;
     let node = exec
         .lease()
         .and_then(|l| l.parts().first().map(|p| p.node.clone()))
@@ -151,5 +154,6 @@ fn cold_once<F: Fabric>(
         node,
         total,
         crate::bench::invocation::cold_phases(&tm, first_ns, total),
+        pooled,
     ))
 }

@@ -14,7 +14,8 @@
 //!   invocations per second of each rank and of the job.
 //! * `cold`: no session: per repetition, a barrier, then every rank at once leases a core,
 //!   allocates an executor, connects and makes the first invocation (`Cluster::allocate`, timed
-//!   per phase as in `cold_benchmark`), then deallocates.
+//!   per phase as in `cold_benchmark`), then deallocates; a row's mode says where its executor
+//!   came from, `cold-pool` (the manager's pool) or `cold-fresh` (spawned for it).
 //!
 //! Every rank's rows travel to rank 0 as typed records (serde into postcard bytes) with
 //! `Gatherv` ([`gather_bytes`](crate::mpi_glue::collective::gather_bytes)); rank 0 decodes them
