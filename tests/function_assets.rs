@@ -345,15 +345,16 @@ fn bad_assets_are_refused_with_a_clear_error() {
             if message.contains("3000 bytes") && message.contains("max_assets_bytes")),
         "{err:?}"
     );
-    // One asset over the upload limit: refused before it is sent (the manager's HEAD answer
-    // says its limit), and by the manager when a request names it anyway.
+    // One asset over the upload limit: the allocation request, sent before any upload, names
+    // its size, so the manager refuses it before a byte of it is sent; a raw request naming it
+    // gets the same answer.
     let big = vec![3u8; upload_limit + 1];
     let s = spec(lib, &["init_count"], 1, 64).with_asset("big", big.clone());
     let err = allocate(&m, &s)
         .err()
         .expect("an asset over the upload limit");
     assert!(
-        matches!(&err, ClientError::Manager { status: 413, message, .. }
+        matches!(&err, ClientError::Manager { status: 400, message, .. }
             if message.contains(&format!("{} bytes", upload_limit + 1))
                 && message.contains("max_library_bytes")),
         "{err:?}"
