@@ -1,6 +1,7 @@
 //! Build script: with the `libfabric` feature, generates Rust bindings for the installed
 //! libfabric headers (found with pkg-config) and compiles the C shim that exports libfabric's
-//! `static inline` calls as real functions. Without the feature it does nothing.
+//! `static inline` calls as real functions. libfabric itself is not linked: `src/rdma/ofi/sys.rs`
+//! opens it when the `ofi` provider is first used. Without the feature it does nothing.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -18,8 +19,12 @@ mod libfabric {
 
     pub fn build() {
         println!("cargo:rerun-if-changed={SHIM}");
+        // Headers only: libfabric is opened at run time (src/rdma/ofi/sys.rs), not linked, so a
+        // binary built with the feature starts without loading it or what it pulls in (on
+        // Debian, libinfinipath's constructor alone costs 0.1-0.25 s of every process start).
         let lib = match pkg_config::Config::new()
             .atleast_version("1.17")
+            .cargo_metadata(false)
             .probe("libfabric")
         {
             Ok(lib) => lib,
@@ -35,9 +40,15 @@ mod libfabric {
         }
         cc.compile("rfaas_ofi_shim");
 
+        // Where pkg-config found the library: the second place sys.rs looks for it.
+        if let Some(dir) = lib.link_paths.first() {
+            println!("cargo:rustc-env=RFAAS_LIBFABRIC_LIBDIR={}", dir.display());
+        } else {
+            println!("cargo:rustc-env=RFAAS_LIBFABRIC_LIBDIR=");
+        }
         let mut b = bindgen::Builder::default()
             .header(SHIM.replace("shim.c", "shim.h"))
-            .allowlist_function("fi_.*|rfaas_fi_.*")
+            .allowlist_function("rfaas_fi_.*")
             .allowlist_type("fi_.*|fid_.*")
             .allowlist_var("FI_.*")
             .derive_default(true)

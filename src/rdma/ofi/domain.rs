@@ -87,6 +87,9 @@ pub(crate) fn rma_msg(
 
 /// Turns a negative libfabric return value into an error.
 pub(crate) fn fi_error(context: &str, ret: isize) -> FabricError {
+    if let Err(e) = sys::libfabric() {
+        return FabricError::io(context.to_string(), std::io::Error::other(e));
+    }
     let code = (-ret) as i32;
     // SAFETY: fi_strerror returns a pointer to a static string for any code.
     let msg = unsafe { CStr::from_ptr(sys::fi_strerror(code)) }
@@ -274,10 +277,13 @@ pub(crate) fn getinfo(
     provider: Option<&str>,
     atomics: bool,
 ) -> std::result::Result<*mut sys::fi_info, isize> {
+    if sys::libfabric().is_err() {
+        return Err(-(sys::FI_ENOSYS as isize)); // fi_error says why
+    }
     // SAFETY: fi_allocinfo returns a zeroed fi_info with its attribute structs allocated (or
     // null); every pointer is checked before use, strings are malloc'ed as fi_freeinfo expects.
     unsafe {
-        let hints = sys::rfaas_fi_allocinfo();
+        let hints = sys::fi_allocinfo();
         if hints.is_null() {
             return Err(-(sys::FI_ENOMEM as isize));
         }
@@ -1245,8 +1251,7 @@ pub(crate) fn open_handles(info: *mut sys::fi_info, wait_fd: bool) -> Result<Han
 
 /// The loaded libfabric's version, `major.minor`.
 pub(crate) fn libfabric_version() -> String {
-    // SAFETY: fi_version takes no arguments and has no preconditions.
-    let v = unsafe { sys::fi_version() };
+    let v = sys::fi_version();
     format!("{}.{}", v >> 16, v & 0xffff)
 }
 

@@ -1,8 +1,6 @@
 /* See shim.h. Each function forwards to the `static inline` call of the same name. */
 #include "shim.h"
 
-struct fi_info *rfaas_fi_allocinfo(void) { return fi_allocinfo(); }
-
 int rfaas_fi_domain(struct fid_fabric *fabric, struct fi_info *info, struct fid_domain **domain) {
     return fi_domain(fabric, info, domain, NULL);
 }

@@ -1,6 +1,8 @@
 /* The libfabric calls rfaas uses that the headers define as `static inline` (they dispatch
  * through the provider's operation tables), exported as real functions for Rust. Only API that
- * exists from libfabric 1.17 to 2.x. */
+ * exists from libfabric 1.17 to 2.x. They call only through the operation tables of objects
+ * libfabric made, never an exported libfabric symbol, so the shim needs no link to libfabric:
+ * the exported entry points are opened at run time (sys.rs). */
 #ifndef RFAAS_OFI_SHIM_H
 #define RFAAS_OFI_SHIM_H
 #include <rdma/fabric.h>
@@ -12,7 +14,6 @@
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
 
-struct fi_info *rfaas_fi_allocinfo(void);
 int rfaas_fi_domain(struct fid_fabric *fabric, struct fi_info *info, struct fid_domain **domain);
 int rfaas_fi_endpoint(struct fid_domain *domain, struct fi_info *info, struct fid_ep **ep);
 int rfaas_fi_av_open(struct fid_domain *domain, struct fi_av_attr *attr, struct fid_av **av);
