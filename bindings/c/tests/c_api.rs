@@ -100,9 +100,11 @@ fn run_ok(cmd: Command, what: &str) -> String {
     text
 }
 
-/// The library installed into a temporary PREFIX, and the programs built against it.
+/// The library installed into a PREFIX under cargo's target tmp directory, and the programs
+/// built against it. Not a `TempDir`: it lives in a `static`, which is never dropped, so a
+/// temporary directory would stay behind in /tmp (some 400 MB) after every run; this one is
+/// replaced by the next run instead.
 struct Installed {
-    _dir: tempfile::TempDir,
     prefix: PathBuf,
     bin: PathBuf,
 }
@@ -134,20 +136,17 @@ fn installed() -> Option<&'static Installed> {
         {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = dir.path().join("prefix");
-        let bin = dir.path().join("bin");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_api-install");
+        let _ = std::fs::remove_dir_all(&dir);
+        let prefix = dir.join("prefix");
+        let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         // The libraries cargo built for this test (in deps/, newer than any uplifted copy).
         built("deps/librfaas_c.so");
         let mut c = Command::new(repo().join("scripts/install-capi.sh"));
         c.arg(&prefix).arg(build_dir());
         run_ok(c, "scripts/install-capi.sh");
-        let i = Installed {
-            _dir: dir,
-            prefix,
-            bin,
-        };
+        let i = Installed { prefix, bin };
         let cflags = i.pkg_config(&["--cflags"]);
         let libs = i.pkg_config(&["--libs"]);
         let include = i.pkg_config(&["--variable=includedir"]);
