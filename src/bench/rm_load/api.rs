@@ -18,14 +18,8 @@ pub struct Api {
 impl Api {
     /// A client of `http` (`host:port`) with the cluster secret.
     pub fn new(http: &str, secret: &str) -> Api {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(4)
-            .build()
-            .into();
         Api {
-            agent,
+            agent: agent(),
             base: format!("http://{http}"),
             auth: format!("Bearer {secret}"),
         }
@@ -33,14 +27,8 @@ impl Api {
 
     /// A fresh client with its own connections.
     pub fn fresh(&self) -> Api {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(60)))
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(4)
-            .build()
-            .into();
         Api {
-            agent,
+            agent: agent(),
             ..self.clone()
         }
     }
@@ -89,4 +77,15 @@ impl Api {
         }
         Ok((v, took))
     }
+}
+
+/// An HTTP agent of its own (keeping up to 4 connections to the manager), whose answers are
+/// read whatever their status.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(4)
+        .build()
+        .into()
 }
