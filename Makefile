@@ -97,15 +97,17 @@ lint: setup check-function-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(FEATURES) -- -D warnings
 
-# A function library depends on rfaas-function alone: building jobs/functions must compile no
-# async runtime, HTTP stack or fabric layer. Lists its normal and build dependencies and fails on
-# any of these crates.
+# A function library depends on rfaas-function alone: building jobs/functions (or the test
+# library jobs/stateful) must compile no async runtime, HTTP stack or fabric layer. Lists their
+# normal and build dependencies and fails on any of these crates.
 FUNCTION_FORBIDDEN_DEPS := tokio|axum|hyper|ureq|rfaas|libloading|nix
 check-function-deps:
-	@deps=$$($(CARGO) tree -p rfaas-functions -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
+	@for pkg in rfaas-functions rfaas-stateful; do \
+	deps=$$($(CARGO) tree -p $$pkg -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
 	bad=$$(grep -xE '$(FUNCTION_FORBIDDEN_DEPS)' <<<"$$deps" || true); \
-	if [ -n "$$bad" ]; then echo "jobs/functions must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
-	echo "check-function-deps: jobs/functions builds with:" $$deps
+	if [ -n "$$bad" ]; then echo "$$pkg must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
+	echo "check-function-deps: $$pkg builds with:" $$deps; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -40,7 +40,14 @@ impl ApiFailure {
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        let mut r = (self.0, Json(ApiError { error: self.1 })).into_response();
+        let mut r = (
+            self.0,
+            Json(ApiError {
+                error: self.1,
+                code: None,
+            }),
+        )
+            .into_response();
         if self.0 == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

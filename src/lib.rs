@@ -19,8 +19,11 @@
 //!   schedule) as pure state machines.
 //! * [`control`] — control-plane messages (HTTP/JSON) and secrets.
 //! * [`function`] — function libraries with the rFaaS C ABI: the content-hash cache and the
-//!   loader; the ABI types and the export macro come from the function authors' crate
-//!   `rfaas-function` (`crates/rfaas-function`), re-exported here.
+//!   loader; the ABI types and the export macros come from the function authors' crate
+//!   `rfaas-function` (`crates/rfaas-function`), re-exported here. Function state loaded once:
+//!   an allocation ships named assets ([`client::AllocationSpec::add_asset`]), and the library's
+//!   optional init function ([`export_init!`], or `rfaas_init` in C) receives them once per
+//!   executor before the first invocation ([`function::assets`]).
 //! * [`executor`] — the executor process: one pinned worker thread per leased core.
 //! * [`executor_manager`] — the executor manager, one per node: its HTTP API
 //!   (`http_server`), allocation in named steps (`service`), spawning and reaping executors
@@ -75,6 +78,7 @@ pub mod size;
 #[cfg(feature = "mpi")]
 pub use mpi_glue::{offload, offload_async};
 
-/// Exports a safe Rust function with the rFaaS C ABI: the macro of the function authors' crate
-/// `rfaas-function`, re-exported (a function library should depend on that crate alone).
+/// Export a safe Rust function with the rFaaS C ABI (`export_function!`) and a library's init
+/// function (`export_init!`): the macros of the function authors' crate `rfaas-function`,
+/// re-exported (a function library should depend on that crate alone).
 pub use rfaas_function::{export_function, export_init};

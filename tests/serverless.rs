@@ -300,6 +300,7 @@ fn a_wrong_token_is_rejected() {
         hot_timeout_ms: 0,
         lease: None,
         client: "test".into(),
+        assets: Vec::new(),
     };
     let alloc = client.allocate(&req).unwrap();
     let fabric = ShmFabric::new().unwrap();

@@ -30,6 +30,7 @@ module rfaas
     integer(c_int), parameter :: RFAAS_STATUS_MPI = 11
     integer(c_int), parameter :: RFAAS_STATUS_FINISHED = 12
     integer(c_int), parameter :: RFAAS_STATUS_INTERNAL = 13
+    integer(c_int), parameter :: RFAAS_STATUS_INIT_FAILED = 14
 
     ! rfaas_session_config of rfaas.h (fill with rfaas_session_config_init first).
     type, bind(c) :: rfaas_session_config

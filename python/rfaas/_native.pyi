@@ -1,7 +1,7 @@
 """Type stubs of ``rfaas._native``, the compiled core of the ``rfaas`` package."""
 
 import os
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from .futures import Future
 
@@ -31,10 +31,13 @@ class Cluster:
         slots: int = 4,
         hot_timeout_ms: int = 100,
         timeout: float = 10.0,
+        assets: Optional[Mapping[str, BytesLike]] = None,
     ) -> Executor:
         """Leases (when the cluster has a resource manager) and allocates ``cores`` workers
         running ``functions`` of ``library`` (a path, or the shared object's bytes), and
-        connects to them. ``ClusterError`` when refused (no capacity, ...)."""
+        connects to them. ``ClusterError`` when refused (no capacity, ...). ``assets`` (name to
+        bytes) go once per executor to the library's init function; ``InitFailedError`` when
+        it refuses."""
 
 class Executor:
     """Workers of one allocation. Thread-safe; a context manager that closes it."""

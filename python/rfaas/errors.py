@@ -5,6 +5,7 @@
     Error
     ├── ConfigError            cluster file, secret or function library unusable
     ├── ClusterError           a manager refused or could not be reached; connecting failed
+    │   └── InitFailedError        the function library's init function refused to start
     ├── InvalidArgumentError   bad argument (also ValueError and TypeError)
     │   ├── InputTooLargeError     input larger than the allocation's input capacity
     │   └── UnknownFunctionError   name or index not part of the allocation (also KeyError)
@@ -24,6 +25,7 @@ __all__ = [
     "Error",
     "ConfigError",
     "ClusterError",
+    "InitFailedError",
     "InvalidArgumentError",
     "InputTooLargeError",
     "UnknownFunctionError",
@@ -49,6 +51,11 @@ class ConfigError(Error):
 class ClusterError(Error):
     """A resource manager or executor manager refused a request (no capacity, bad secret,
     ...) or could not be reached, or connecting to the workers failed."""
+
+
+class InitFailedError(ClusterError):
+    """The function library's init function (``rfaas_init``) refused to start the allocation;
+    the message is "function library init failed: " and its own. The cores were given back."""
 
 
 class InvalidArgumentError(Error, ValueError, TypeError):

@@ -37,6 +37,8 @@ pub enum Kind {
     Closed,
     /// `rfaas.SessionError`.
     Session,
+    /// `rfaas.InitFailedError`.
+    InitFailed,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             Kind::Busy => "BusyError",
             Kind::Closed => "ClosedError",
             Kind::Session => "SessionError",
+            Kind::InitFailed => "InitFailedError",
         }
     }
 
@@ -68,7 +71,7 @@ impl Kind {
     }
 }
 
-static CLASSES: [PyOnceLock<Py<PyType>>; 13] = [const { PyOnceLock::new() }; 13];
+static CLASSES: [PyOnceLock<Py<PyType>>; 14] = [const { PyOnceLock::new() }; 14];
 
 fn class(py: Python<'_>, kind: Kind) -> PyResult<&Bound<'_, PyType>> {
     CLASSES[kind as usize].import(py, "rfaas.errors", kind.name())
@@ -88,6 +91,7 @@ pub fn client(e: ClientError) -> PyErr {
         }
         ClientError::UnknownFunction(_) => Kind::UnknownFunction,
         ClientError::Invalid(_) => Kind::InvalidArgument,
+        ClientError::InitFailed { .. } => Kind::InitFailed,
         ClientError::Io(_) | ClientError::Config(_) => Kind::Config,
     };
     kind.err(e.to_string())

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString, PyType};
+use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use rfaas::client::{
     AllocationSpec, ClientError, ClientOptions, Cluster, Executor, FunctionId, InvokeError, Pending,
@@ -135,8 +135,11 @@ impl PyCluster {
     /// is the number of calls in flight per worker (1..256), `hot_timeout_ms` is -1 for
     /// always-busy-polling workers, 0 for workers that sleep between calls, or the
     /// milliseconds they stay hot after a call; `timeout` (seconds) bounds every call.
+    /// `assets` (a dict of name to bytes-like) are handed once per executor to the library's
+    /// init function; `InitFailedError` when it refuses.
     #[pyo3(signature = (library, functions, *, cores=1, input_capacity=4096,
-                        output_capacity=4096, slots=4, hot_timeout_ms=100, timeout=10.0))]
+                        output_capacity=4096, slots=4, hot_timeout_ms=100, timeout=10.0,
+                        assets=None))]
     #[allow(clippy::too_many_arguments)]
     fn allocate(
         &self,
@@ -149,6 +152,7 @@ impl PyCluster {
         slots: u32,
         hot_timeout_ms: i64,
         timeout: f64,
+        assets: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<PyExecutor> {
         let bytes = library_bytes(library)?;
         let functions: Vec<String> = if functions.is_instance_of::<PyString>() {
@@ -173,6 +177,9 @@ impl PyCluster {
         spec.output_capacity = output_capacity;
         spec.slots = slots;
         spec.hot_timeout_ms = hot_timeout_ms;
+        if let Some(assets) = assets {
+            add_assets(&mut spec, assets)?;
+        }
         let opts = ClientOptions {
             timeout: duration("timeout", timeout)?,
             ..ClientOptions::default()
@@ -213,6 +220,20 @@ impl PyCluster {
             ),
         }
     }
+}
+
+/// Adds the assets of a `dict` of name (str) to bytes-like to `spec`, in the dict's order.
+fn add_assets(spec: &mut AllocationSpec, assets: &Bound<'_, PyAny>) -> PyResult<()> {
+    let wrong = || Kind::InvalidArgument.err("assets: a dict of name (str) to bytes-like");
+    let dict = assets.cast::<PyDict>().map_err(|_| wrong())?;
+    for (name, value) in dict.iter() {
+        let name: String = name.extract().map_err(|_| wrong())?;
+        let bytes = Buffer::read(&value).map_err(|e| {
+            errors::buffer(assets.py(), &format!("assets[{name:?}]: bytes-like"), e)
+        })?;
+        spec.add_asset(name, bytes.as_slice().to_vec());
+    }
+    Ok(())
 }
 
 /// A library given as a path (str or os.PathLike) or as bytes.

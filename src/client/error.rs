@@ -18,6 +18,15 @@ pub enum ClientError {
         /// Its message.
         message: String,
     },
+    /// The function library's init function (`rfaas_init`) refused to start the allocation;
+    /// `message` is what it said. The allocation was released (its cores are free again).
+    #[error("function library init failed: {message}")]
+    InitFailed {
+        /// The executor manager that ran it ("executor manager http://...").
+        manager: String,
+        /// The init function's message.
+        message: String,
+    },
     /// A control-plane service could not be reached.
     #[error("{manager}: {message}")]
     Http {

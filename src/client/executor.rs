@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use super::error::{ClientError, InvokeError};
 use super::executor_manager::ManagerClient;
 use crate::control::executor_manager_api::{
-    Allocation, AllocationRequest, WorkerAccept, WorkerConnect, TOKEN_LEN,
+    Allocation, AllocationRequest, AssetRef, WorkerAccept, WorkerConnect, TOKEN_LEN,
 };
 use crate::protocol::invocation::FLAG_SOLICITED_REPLY;
 use crate::protocol::{InvocationHeader, RequestImm, SlotTable, Status, HEADER_LEN};
@@ -47,6 +47,44 @@ pub struct AllocationSpec {
     pub lease: Option<String>,
     /// The library's content hash, computed once (hashing megabytes costs milliseconds).
     hash: std::sync::OnceLock<crate::function::ContentHash>,
+    /// Named assets for the library's init function, in the order added.
+    assets: Vec<Asset>,
+}
+
+/// A named asset of an [`AllocationSpec`]: bytes the library's init function receives once per
+/// executor (see [`AllocationSpec::add_asset`]). Cheap to clone.
+#[derive(Clone)]
+pub struct Asset {
+    name: String,
+    bytes: std::sync::Arc<[u8]>,
+    hash: crate::function::ContentHash,
+}
+
+impl std::fmt::Debug for Asset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asset")
+            .field("name", &self.name)
+            .field("len", &self.bytes.len())
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+impl Asset {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Their content hash.
+    pub fn hash(&self) -> crate::function::ContentHash {
+        self.hash
+    }
 }
 
 impl AllocationSpec {
@@ -62,11 +100,58 @@ impl AllocationSpec {
             hot_timeout_ms: 100,
             lease: None,
             hash: std::sync::OnceLock::new(),
+            assets: Vec::new(),
         }
     }
 
-    /// The allocation request for this spec (the library by its content hash, which the
-    /// manager must already have: [`super::ManagerClient::upload_library_with_hash`]).
+    /// Adds a named asset: bytes uploaded to the executor manager by content hash (like the
+    /// library: sent once, cached there) and handed to the library's init function
+    /// (`rfaas_init`, see [`rfaas_function::init`]) once per executor, before the first
+    /// invocation. An asset of the same name is replaced. Names are 1 to 128 bytes of ASCII
+    /// letters, digits, `.`, `_`, `-`, not starting with a dot; a bad name fails the allocation
+    /// with [`ClientError::Invalid`] before anything is sent. A library without an init function
+    /// ignores its assets.
+    pub fn add_asset(&mut self, name: impl Into<String>, bytes: Vec<u8>) {
+        let name = name.into();
+        let hash = crate::function::ContentHash::of(&bytes);
+        let asset = Asset {
+            name,
+            bytes: bytes.into(),
+            hash,
+        };
+        match self.assets.iter_mut().find(|a| a.name == asset.name) {
+            Some(a) => *a = asset,
+            None => self.assets.push(asset),
+        }
+    }
+
+    /// [`Self::add_asset`], by value.
+    pub fn with_asset(mut self, name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        self.add_asset(name, bytes);
+        self
+    }
+
+    /// The assets, in the order added.
+    pub fn assets(&self) -> &[Asset] {
+        &self.assets
+    }
+
+    /// Checks what the client can check before sending anything: the function names and the
+    /// asset names.
+    pub fn check(&self) -> Result<(), ClientError> {
+        if self.functions.is_empty() || self.functions.len() > usize::from(u16::MAX) {
+            return Err(ClientError::Invalid(
+                "between 1 and 65535 function names".into(),
+            ));
+        }
+        for a in &self.assets {
+            crate::function::assets::check_asset_name(&a.name).map_err(ClientError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    /// The allocation request for this spec (the library and the assets by their content
+    /// hashes, which the manager must already have: [`super::ManagerClient::upload_for`]).
     /// `client` labels the allocation in the manager's logs and status.
     pub fn request(&self, client: String) -> AllocationRequest {
         AllocationRequest {
@@ -79,6 +164,15 @@ impl AllocationSpec {
             hot_timeout_ms: self.hot_timeout_ms,
             lease: self.lease.clone(),
             client,
+            assets: self
+                .assets
+                .iter()
+                .map(|a| AssetRef {
+                    name: a.name.clone(),
+                    sha256: a.hash.to_hex(),
+                    size: a.bytes.len() as u64,
+                })
+                .collect(),
         }
     }
 
@@ -346,7 +440,7 @@ pub struct Executor<F: Fabric> {
 }
 
 impl<F: Fabric> Executor<F> {
-    /// Uploads the library (unless cached), allocates `spec.cores` workers on `manager`, and
+    /// Uploads the library and the assets (unless cached), allocates `spec.cores` workers on `manager`, and
     /// connects to every worker over `fabric`.
     pub fn allocate(
         fabric: F,
@@ -354,13 +448,9 @@ impl<F: Fabric> Executor<F> {
         spec: &AllocationSpec,
         opts: ClientOptions,
     ) -> Result<Self, ClientError> {
-        if spec.functions.is_empty() || spec.functions.len() > usize::from(u16::MAX) {
-            return Err(ClientError::Invalid(
-                "between 1 and 65535 function names".into(),
-            ));
-        }
+        spec.check()?;
         let t0 = Instant::now();
-        manager.upload_library_leased(&spec.library, spec.library_hash(), spec.lease.as_deref())?;
+        manager.upload_for(spec)?;
         let allocation = manager.allocate(&spec.request(format!("pid {}", std::process::id())))?;
         let request_ns = t0.elapsed().as_nanos() as u64;
         let (id, token) = (allocation.id, allocation.token.clone());

@@ -8,7 +8,7 @@ use super::error::ClientError;
 use super::http::ApiClient;
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, LibraryStored, ManagerStatus,
-    ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
+    ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER, UPLOAD_LIMIT_HEADER,
 };
 use crate::function::ContentHash;
 
@@ -60,15 +60,70 @@ impl ManagerClient {
         hash: ContentHash,
         lease: Option<&str>,
     ) -> Result<ContentHash, ClientError> {
-        let url = self.api.at(&format!("/v1/libraries/{}", hash.to_hex()));
+        self.upload_blob("libraries", bytes, hash, lease)
+    }
+
+    /// Uploads a function asset (any bytes) unless the manager has it already, under a lease
+    /// like [`Self::upload_library_leased`]; returns its content hash.
+    pub fn upload_asset_leased(
+        &self,
+        bytes: &[u8],
+        hash: ContentHash,
+        lease: Option<&str>,
+    ) -> Result<ContentHash, ClientError> {
+        self.upload_blob("assets", bytes, hash, lease)
+    }
+
+    /// Uploads what `spec` needs (its library, then its assets), skipping what is cached.
+    pub fn upload_for(&self, spec: &super::AllocationSpec) -> Result<(), ClientError> {
+        let lease = spec.lease.as_deref();
+        self.upload_library_leased(spec.library(), spec.library_hash(), lease)?;
+        for asset in spec.assets() {
+            self.upload_asset_leased(asset.bytes(), asset.hash(), lease)?;
+        }
+        Ok(())
+    }
+
+    /// `HEAD` then (when missing) `PUT /v1/{kind}/{hash}`.
+    fn upload_blob(
+        &self,
+        kind: &str,
+        bytes: &[u8],
+        hash: ContentHash,
+        lease: Option<&str>,
+    ) -> Result<ContentHash, ClientError> {
+        let url = self.api.at(&format!("/v1/{kind}/{}", hash.to_hex()));
         let head = self
             .api
             .agent()
             .head(&url)
             .header("Authorization", self.api.auth())
             .call();
-        if head.map_err(|e| self.api.transport(e))?.status() == StatusCode::OK {
+        let head = head.map_err(|e| self.api.transport(e))?;
+        if head.status() == StatusCode::OK {
             return Ok(hash);
+        }
+        // The manager would refuse it unread (and a refused body shows here as a broken pipe).
+        let limit = head
+            .headers()
+            .get(UPLOAD_LIMIT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(limit) = limit.filter(|&l| bytes.len() as u64 > l) {
+            let what = if kind == "assets" {
+                "an asset"
+            } else {
+                "a library"
+            };
+            return Err(ClientError::Manager {
+                manager: format!("executor manager {}", self.api.url()),
+                status: 413,
+                message: format!(
+                    "{what} of {} bytes is larger than the {limit} bytes one upload may have \
+                     (max_library_bytes)",
+                    bytes.len()
+                ),
+            });
         }
         let mut put = self
             .api

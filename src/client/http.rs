@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ClientError;
-use crate::control::executor_manager_api::ApiError;
+use crate::control::executor_manager_api::{ApiError, INIT_FAILED_CODE};
 
 /// One HTTP/JSON service (an executor manager or the resource manager).
 #[derive(Clone)]
@@ -105,14 +105,22 @@ impl ApiClient {
         Err(self.refusal(&mut resp))
     }
 
-    /// A non-2xx answer as [`ClientError::Manager`], with the service's message.
+    /// A non-2xx answer as [`ClientError::Manager`], with the service's message
+    /// ([`ClientError::InitFailed`] for a library's failed init function).
     pub(crate) fn refusal(&self, resp: &mut ureq::http::Response<ureq::Body>) -> ClientError {
-        let message = match resp.body_mut().read_to_string() {
-            Ok(body) => serde_json::from_str::<ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or(body),
-            Err(e) => e.to_string(),
+        let (message, code) = match resp.body_mut().read_to_string() {
+            Ok(body) => match serde_json::from_str::<ApiError>(&body) {
+                Ok(e) => (e.error, e.code),
+                Err(_) => (body, None),
+            },
+            Err(e) => (e.to_string(), None),
         };
+        if code.as_deref() == Some(INIT_FAILED_CODE) {
+            return ClientError::InitFailed {
+                manager: self.label.clone(),
+                message,
+            };
+        }
         ClientError::Manager {
             manager: self.label.clone(),
             status: resp.status().as_u16(),

@@ -28,7 +28,7 @@ mod lease;
 pub use cluster::{invoke_once, Cluster};
 pub use error::{ClientError, InvokeError};
 pub use executor::{
-    AllocationSpec, AllocationTimings, ClientOptions, Executor, FunctionId, Pending,
+    AllocationSpec, AllocationTimings, Asset, ClientOptions, Executor, FunctionId, Pending,
 };
 pub use executor_manager::ManagerClient;
 pub use lease::{Lease, LeaseOptions, RmClient};

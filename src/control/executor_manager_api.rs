@@ -3,14 +3,18 @@
 //! | method | path | body → answer |
 //! |---|---|---|
 //! | `PUT` | `/v1/libraries/{sha256}` | raw bytes of an ELF shared object, header [`UPLOAD_LEASE_HEADER`] with a resource manager → [`LibraryStored`] (cached by content hash) |
-//! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise |
+//! | `HEAD` | `/v1/libraries/{sha256}` | → 200 when cached, 404 otherwise; header [`UPLOAD_LIMIT_HEADER`] |
+//! | `PUT` | `/v1/assets/{sha256}` | raw bytes of a function asset (any content), same header and limits as a library → [`LibraryStored`] (cached by content hash) |
+//! | `HEAD` | `/v1/assets/{sha256}` | → 200 when cached, 404 otherwise |
 //! | `POST` | `/v1/allocations` | [`AllocationRequest`] → [`Allocation`] |
 //! | `DELETE` | `/v1/allocations/{id}` | header [`ALLOCATION_TOKEN_HEADER`] (or the lease token) → 204, 403 without |
 //! | `GET` | `/v1/allocations/{id}` | → [`AllocationStatus`] |
 //! | `GET` | `/v1/status` | → [`ManagerStatus`] |
 //! | `GET` | `/v1/health` | → `{"ok":true}` (no authentication) |
 //!
-//! Errors are [`ApiError`] JSON bodies with a 4xx/5xx status.
+//! Errors are [`ApiError`] JSON bodies with a 4xx/5xx status. An allocation whose library's init
+//! function failed is a 422 whose [`ApiError::code`] is [`INIT_FAILED_CODE`] and whose message is
+//! the one the init function wrote.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +27,11 @@ pub const MAX_LIBRARY_BYTES: usize = 256 << 20;
 /// its node.
 pub const UPLOAD_LEASE_HEADER: &str = "X-Rfaas-Lease";
 
+/// The header of a `HEAD /v1/libraries/...` or `/v1/assets/...` answer that says the largest
+/// upload the manager accepts, in bytes (`max_library_bytes`): a client refuses a larger one
+/// itself, with a clear error, instead of sending bytes the manager will not read.
+pub const UPLOAD_LIMIT_HEADER: &str = "X-Rfaas-Upload-Limit";
+
 /// The header that carries an allocation's token when ending it (`DELETE /v1/allocations/{id}`).
 pub const ALLOCATION_TOKEN_HEADER: &str = "X-Rfaas-Allocation-Token";
 
@@ -34,6 +43,39 @@ pub const TOKEN_LEN: usize = 32;
 pub struct ApiError {
     /// What went wrong, for a person.
     pub error: String,
+    /// What went wrong, for a program, when a client may act on it (e.g. [`INIT_FAILED_CODE`]);
+    /// absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// [`ApiError::code`] of an allocation refused because the library's init function
+/// (`rfaas_init`) returned an error; [`ApiError::error`] is its message.
+pub const INIT_FAILED_CODE: &str = "init_failed";
+
+/// One named asset an allocation ships beside its library: uploaded before by content hash
+/// (`PUT /v1/assets/{sha256}`), passed to the library's init function by name.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AssetRef {
+    /// Its name, as the init function looks it up ([`crate::function::assets::check_asset_name`]).
+    pub name: String,
+    /// SHA-256 (hex) of its bytes.
+    pub sha256: String,
+    /// Its length in bytes.
+    pub size: u64,
+}
+
+/// An asset as the executor manager hands it to an executor: a verified file of its cache.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecutorAsset {
+    /// Its name.
+    pub name: String,
+    /// The cached file (the executor maps it read-only).
+    pub path: String,
+    /// SHA-256 (hex) of its bytes, verified by the manager.
+    pub sha256: String,
+    /// Its length in bytes (the executor checks the file has exactly this many).
+    pub size: u64,
 }
 
 /// Answer to a library upload.
@@ -68,6 +110,10 @@ pub struct AllocationRequest {
     /// Free text naming the client, for logs.
     #[serde(default)]
     pub client: String,
+    /// Named assets for the library's init function, in the order the client listed them
+    /// (none: nothing is passed; a library without init ignores them).
+    #[serde(default)]
+    pub assets: Vec<AssetRef>,
 }
 
 /// One worker of an allocation.
@@ -96,7 +142,8 @@ pub struct Allocation {
     pub workers: Vec<WorkerInfo>,
     /// Nanoseconds spent by the manager: spawning the process until it reported ready.
     pub spawn_ns: u64,
-    /// Nanoseconds the executor took to load the library and resolve the functions.
+    /// Nanoseconds the executor took to load the library, resolve the functions, map the assets
+    /// and run the library's init function (if any).
     pub code_load_ns: u64,
     /// Whether the executor came from the manager's pool of pre-started processes (`false`:
     /// spawned fresh for this allocation).
@@ -210,6 +257,10 @@ pub struct ExecutorConfig {
     /// deadline in it passes or it is removed. `None`: no lease (no resource manager).
     #[serde(default)]
     pub deadline_file: Option<String>,
+    /// The allocation's assets, mapped by the executor and passed to the library's init function
+    /// (called once, before the ready report).
+    #[serde(default)]
+    pub assets: Vec<ExecutorAsset>,
 }
 
 /// A billing record in the executor manager's registered memory.
@@ -231,12 +282,17 @@ pub enum ExecutorEvent {
     Ready {
         /// Fabric address clients connect to.
         address: String,
-        /// Nanoseconds to load the library and resolve the functions.
+        /// Nanoseconds to load the library, resolve the functions and run its init function.
         code_load_ns: u64,
     },
     /// Could not start.
     Failed {
         /// Why.
+        error: String,
+    },
+    /// The library's init function (`rfaas_init`) refused to start.
+    InitFailed {
+        /// The message it wrote (or what went wrong calling it).
         error: String,
     },
 }

@@ -22,7 +22,8 @@ use crate::control::executor_manager_api::{
     ExecutorConfig, ExecutorEvent, WorkerAccept, WorkerConnect, TOKEN_LEN,
 };
 use crate::control::secret::secrets_equal;
-use crate::function::{ContentHash, FunctionLibrary, FunctionTable};
+use crate::function::assets::MappedAssets;
+use crate::function::{ContentHash, FunctionError, FunctionLibrary, FunctionTable};
 use crate::protocol::{HEADER_LEN, MAX_SLOTS};
 use crate::rdma::{
     Access, ConnRequest, Fabric, FabricUser, Listener, MemoryRegion, QpCaps, QpInit, QpTimeouts,
@@ -85,12 +86,17 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
         None => read_config().and_then(|cfg| run(cfg, &mut std::io::stdout())),
     };
     if let Err(e) = &result {
-        report(
-            &mut std::io::stdout(),
-            &ExecutorEvent::Failed {
+        let event = match e {
+            ExecutorError::Function(FunctionError::InitFailed { message, .. }) => {
+                ExecutorEvent::InitFailed {
+                    error: message.clone(),
+                }
+            }
+            _ => ExecutorEvent::Failed {
                 error: e.to_string(),
             },
-        );
+        };
+        report(&mut std::io::stdout(), &event);
     }
     result
 }
@@ -137,6 +143,7 @@ type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
 fn prepare(cfg: &ExecutorConfig) -> Result<Prepared, ExecutorError> {
     let token = validate(cfg)?;
     let t0 = Instant::now();
+    // Loading includes the library's init function: it runs before the ready report.
     let table = load(cfg)?;
     let code_load_ns = t0.elapsed().as_nanos() as u64;
     let stop = Arc::new(AtomicBool::new(false));
@@ -177,15 +184,32 @@ fn validate(cfg: &ExecutorConfig) -> Result<[u8; TOKEN_LEN], ExecutorError> {
         .map_err(|_| ExecutorError::Config(format!("token must have {TOKEN_LEN} bytes")))
 }
 
-/// Loads the library named by the configuration and resolves the requested functions.
+/// Loads the library named by the configuration, resolves the requested functions, maps the
+/// assets and calls the library's init function (if it has one) once with them. The mapped
+/// assets are kept for the life of the process (a library may keep pointers into them).
 fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
     let hash: ContentHash = cfg
         .library_hash
         .parse()
         .map_err(|e| ExecutorError::Config(format!("{e:?}")))?;
-    // The manager verified this file's hash just before it spawned us.
+    // The manager verified this file's hash (and the assets') just before it spawned us.
     let lib = FunctionLibrary::open_verified(hash, Path::new(&cfg.library_path).to_path_buf())?;
-    Ok(lib.resolve(&cfg.functions)?)
+    let table = lib.resolve(&cfg.functions)?;
+    let assets = MappedAssets::map(
+        cfg.assets
+            .iter()
+            .map(|a| (a.name.as_str(), Path::new(&a.path), a.size)),
+    )?;
+    // Once per process: never unmapped, whatever the library keeps.
+    let assets: &'static MappedAssets = Box::leak(Box::new(assets));
+    if lib.run_init(assets)? {
+        tracing::info!(
+            allocation = cfg.allocation,
+            assets = assets.len(),
+            "library initialised"
+        );
+    }
+    Ok(table)
 }
 
 /// Runs an executor with `cfg`, reporting readiness on `out`.

@@ -144,6 +144,13 @@ pub struct ManagerArgs {
     /// (default 4 GiB).
     #[arg(long, value_name = "BYTES")]
     pub max_cache_bytes: Option<u64>,
+    /// Most assets one allocation may ship for its library's init function (default 32).
+    #[arg(long, value_name = "N")]
+    pub max_assets: Option<u32>,
+    /// Most bytes of assets one allocation may ship, all together (default 1 GiB; each asset is
+    /// an upload, so at most max_library_bytes).
+    #[arg(long, value_name = "BYTES")]
+    pub max_assets_bytes: Option<u64>,
     /// Ended allocations remembered for status queries.
     #[arg(long, value_name = "N")]
     pub keep_ended: Option<usize>,
@@ -184,6 +191,8 @@ struct FileConfig {
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
     max_cache_bytes: Option<u64>,
+    max_assets: Option<u32>,
+    max_assets_bytes: Option<u64>,
     keep_ended: Option<usize>,
     ready_file: Option<PathBuf>,
     resource_manager: Option<String>,
@@ -206,6 +215,15 @@ enum SizeValue {
 /// Pooled executors by default: one is enough for a cold start at a time, and costs a few MiB
 /// and no core while it waits.
 pub const DEFAULT_POOL_SIZE: usize = 1;
+/// Assets one allocation may ship by default (`max_assets`).
+pub const DEFAULT_MAX_ASSETS: u32 = 32;
+/// Bytes of assets one allocation may ship by default, all together (`max_assets_bytes`).
+pub const DEFAULT_MAX_ASSETS_BYTES: u64 = 1 << 30;
+/// Most assets one allocation may ship, whatever the configuration says (the init entry counts
+/// them in a `uint32_t`, every one is a mapped file of the executor, and their paths travel in
+/// the executor's configuration, at most 1 MiB).
+pub const MAX_ASSETS: u32 = 1024;
+
 /// Most pooled executors.
 pub const MAX_POOL_SIZE: usize = 64;
 
@@ -251,8 +269,12 @@ pub struct ManagerConfig {
     pub stop_grace: Duration,
     /// Largest library upload.
     pub max_library_bytes: usize,
-    /// Library cache size limit, bytes.
+    /// Library cache size limit, bytes (the asset cache has the same limit of its own).
     pub max_cache_bytes: u64,
+    /// Most assets per allocation.
+    pub max_assets: u32,
+    /// Most bytes of assets per allocation, all together.
+    pub max_assets_bytes: u64,
     /// Ended allocations remembered.
     pub keep_ended: usize,
     /// Where to announce readiness.
@@ -397,6 +419,14 @@ impl ManagerConfig {
                 .max_library_bytes
                 .or(file.max_library_bytes)
                 .unwrap_or(MAX_LIBRARY_BYTES),
+            max_assets: args
+                .max_assets
+                .or(file.max_assets)
+                .unwrap_or(DEFAULT_MAX_ASSETS),
+            max_assets_bytes: args
+                .max_assets_bytes
+                .or(file.max_assets_bytes)
+                .unwrap_or(DEFAULT_MAX_ASSETS_BYTES),
             keep_ended: args.keep_ended.or(file.keep_ended).unwrap_or(100),
             ready_file: args.ready_file.clone().or(file.ready_file.map(rel)),
             resource_manager: args
@@ -443,6 +473,9 @@ impl ManagerConfig {
             return bad(format!(
                 "max_library_bytes must be in 1..={MAX_LIBRARY_BYTES}"
             ));
+        }
+        if self.max_assets > MAX_ASSETS {
+            return bad(format!("max_assets must be in 0..={MAX_ASSETS}"));
         }
         for (name, d) in [
             ("executor_start_timeout_ms", self.executor_start_timeout),
@@ -575,6 +608,26 @@ mod tests {
         let want = std::env::current_dir().unwrap().join("some/relative/dir");
         assert_eq!(cfg.run_dir, want);
         assert!(cfg.cache_dir.is_absolute(), "{:?}", cfg.cache_dir);
+    }
+
+    #[test]
+    fn asset_limits_default_and_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let mut args = ManagerArgs {
+            secret_file: Some(secret),
+            ..Default::default()
+        };
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!((cfg.max_assets, cfg.max_assets_bytes), (32, 1 << 30));
+        args.max_assets = Some(1025);
+        let e = ManagerConfig::load(&args).unwrap_err();
+        assert!(e.to_string().contains("max_assets"), "{e}");
+        args.max_assets = Some(0); // no assets at all: allowed
+        args.max_assets_bytes = Some(10);
+        let cfg = ManagerConfig::load(&args).unwrap();
+        assert_eq!((cfg.max_assets, cfg.max_assets_bytes), (0, 10));
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   time limit → 408. The request head must arrive within the request timeout too (hyper's
 //!   header-read timer), so a client that sends half a request and stalls holds nothing for
 //!   long; connections beyond [`MAX_CONNECTIONS`] are refused.
+//! * Assets (`PUT`/`HEAD /v1/assets/{sha256}`) are uploaded like libraries, with the same lease
+//!   rule and limits, without the ELF check.
+//! * An allocation refused by the library's init function is a 422 whose JSON body carries
+//!   `"code": "init_failed"` beside the function's message.
 //! * JSON is parsed here, so a bad document or a missing field is a 400 naming it.
 //! * Allocation runs as a task of its own: a client that disconnects mid-allocation cannot leave
 //!   cores reserved or an executor half started.
@@ -26,12 +30,13 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 use crate::control::executor_manager_api::{
-    AllocationRequest, ALLOCATION_TOKEN_HEADER, UPLOAD_LEASE_HEADER,
+    AllocationRequest, ApiError, ALLOCATION_TOKEN_HEADER, INIT_FAILED_CODE, UPLOAD_LEASE_HEADER,
+    UPLOAD_LIMIT_HEADER,
 };
 use crate::control::resource_manager_api::LEASE_TOKEN_HEADER;
 use crate::http::{parse_json, protect, read_body, Authenticator, Caller};
 
-use super::service::{Service, ServiceError};
+use super::service::{Blob, Service, ServiceError};
 
 pub use crate::http::{serve, ApiFailure, MAX_CONNECTIONS, MAX_JSON_BYTES};
 
@@ -59,6 +64,7 @@ pub fn router(service: Arc<Service>, auth: Arc<Authenticator>) -> Router {
             "/v1/libraries/{hash}",
             put(upload_library).head(head_library),
         )
+        .route("/v1/assets/{hash}", put(upload_asset).head(head_asset))
         .route("/v1/allocations", post(allocate))
         .route("/v1/allocations/{id}", get(allocation).delete(deallocate))
         .route("/v1/status", get(status));
@@ -70,6 +76,26 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn upload_library(
+    st: State<AppState>,
+    hash: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    upload(Blob::Library, st, hash, headers, body).await
+}
+
+async fn upload_asset(
+    st: State<AppState>,
+    hash: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiFailure> {
+    upload(Blob::Asset, st, hash, headers, body).await
+}
+
+/// An upload of a library or an asset: the same lease rule, size and time limits.
+async fn upload(
+    kind: Blob,
     State(st): State<AppState>,
     Path(hash): Path<String>,
     headers: HeaderMap,
@@ -116,7 +142,7 @@ async fn upload_library(
     let bytes = read_body(&headers, body, limit, timeout).await;
     allowed?;
     let bytes = bytes?;
-    let (stored, new) = st.service.store_library(&hash, bytes).await?;
+    let (stored, new) = st.service.store_blob(kind, &hash, bytes).await?;
     Ok((
         if new {
             StatusCode::CREATED
@@ -128,15 +154,27 @@ async fn upload_library(
         .into_response())
 }
 
-async fn head_library(
+async fn head_library(st: State<AppState>, hash: Path<String>) -> Result<Response, ApiFailure> {
+    head(Blob::Library, st, hash).await
+}
+
+async fn head_asset(st: State<AppState>, hash: Path<String>) -> Result<Response, ApiFailure> {
+    head(Blob::Asset, st, hash).await
+}
+
+/// 200 when cached, 404 otherwise; both say the upload limit ([`UPLOAD_LIMIT_HEADER`]).
+async fn head(
+    kind: Blob,
     State(st): State<AppState>,
     Path(hash): Path<String>,
-) -> Result<StatusCode, ApiFailure> {
-    Ok(if st.service.has_library(&hash).await? {
+) -> Result<Response, ApiFailure> {
+    let status = if st.service.has_blob(kind, &hash).await? {
         StatusCode::OK
     } else {
         StatusCode::NOT_FOUND
-    })
+    };
+    let limit = st.service.config().max_library_bytes.to_string();
+    Ok((status, [(UPLOAD_LIMIT_HEADER, limit)]).into_response())
 }
 
 async fn allocate(
@@ -153,10 +191,22 @@ async fn allocate(
     .await?;
     let req: AllocationRequest = parse_json(&bytes, "allocation request")?;
     let task = tokio::spawn(st.service.clone().allocate(req));
-    let alloc = task
+    let outcome = task
         .await
-        .map_err(|e| ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok((StatusCode::CREATED, Json(alloc)).into_response())
+        .map_err(|e| ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match outcome {
+        Ok(alloc) => Ok((StatusCode::CREATED, Json(alloc)).into_response()),
+        // The library's own message, marked so that clients can tell it from other refusals.
+        Err(ServiceError::InitFailed(message)) => Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ApiError {
+                error: message,
+                code: Some(INIT_FAILED_CODE.into()),
+            }),
+        )
+            .into_response()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiFailure> {

@@ -1,4 +1,4 @@
-//! The manager's library cache: [`LibraryStore`] plus a memory of files already verified.
+//! The manager's library cache (and, with [`Libraries::open_assets`], its asset cache): [`LibraryStore`] plus a memory of files already verified.
 //!
 //! The store checks a cached file's content hash on every lookup; hashing a 20 MB library costs
 //! tens of milliseconds, too much for every cold start. A file this manager wrote or verified is
@@ -50,8 +50,21 @@ pub struct Libraries {
 impl Libraries {
     /// Opens (creating) the cache directory.
     pub fn open(dir: &Path) -> Result<Libraries, FunctionError> {
+        Self::with_store(LibraryStore::open(dir)?)
+    }
+
+    /// Opens (creating) a cache directory of function assets: the same rules, files named
+    /// `<hash>.asset` ([`crate::function::store::ASSET_SUFFIX`]).
+    pub fn open_assets(dir: &Path) -> Result<Libraries, FunctionError> {
+        Self::with_store(LibraryStore::open_with_suffix(
+            dir,
+            crate::function::store::ASSET_SUFFIX,
+        )?)
+    }
+
+    fn with_store(store: LibraryStore) -> Result<Libraries, FunctionError> {
         Ok(Libraries {
-            store: LibraryStore::open(dir)?,
+            store,
             verified: Mutex::new(HashMap::new()),
             used: Mutex::new((0, HashMap::new())),
         })
@@ -67,6 +80,19 @@ impl Libraries {
         let cached = self.store.store(bytes)?;
         self.remember(&cached.hash, &cached.path);
         Ok(cached)
+    }
+
+    /// The path of the cached file `hash` and its length, verified (blocking: may hash it).
+    pub fn path_and_len(&self, hash: &ContentHash) -> Result<(PathBuf, u64), FunctionError> {
+        let path = self.path(hash)?;
+        let len = std::fs::metadata(&path)
+            .map_err(|e| FunctionError::Io {
+                op: "stat",
+                path: path.clone(),
+                source: e,
+            })?
+            .len();
+        Ok((path, len))
     }
 
     /// The path of the cached library `hash`, verified (blocking: may hash the file).
@@ -117,7 +143,7 @@ impl Libraries {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                let hash: ContentHash = name.strip_suffix(".so")?.parse().ok()?;
+                let hash: ContentHash = name.strip_suffix(self.store.suffix())?.parse().ok()?;
                 let len = e.metadata().ok()?.len();
                 Some((used.get(&hash).copied().unwrap_or(0), hash, e.path(), len))
             })

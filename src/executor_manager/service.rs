@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
-    Allocation, AllocationRequest, AllocationStatus, ExecutorConfig, ExecutorEvent, LibraryStored,
-    ManagerStatus, WorkerInfo, TOKEN_LEN,
+    Allocation, AllocationRequest, AllocationStatus, AssetRef, ExecutorAsset, ExecutorConfig,
+    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, TOKEN_LEN,
 };
 use crate::control::secret::new_token;
 use crate::function::ContentHash;
@@ -55,6 +55,10 @@ pub enum ServiceError {
     /// The executor refused the allocation (bad library, unknown function...) (422).
     #[error("{0}")]
     ExecutorFailed(String),
+    /// The library's init function refused to start, with this message (422, and the
+    /// [`INIT_FAILED_CODE`](crate::control::executor_manager_api::INIT_FAILED_CODE) code).
+    #[error("function library init failed: {0}")]
+    InitFailed(String),
     /// The manager is shutting down (503).
     #[error("{0}")]
     Unavailable(String),
@@ -76,7 +80,7 @@ impl ServiceError {
             ServiceError::BadRequest(_) => 400,
             ServiceError::NotFound(_) => 404,
             ServiceError::NoCapacity(_) => 409,
-            ServiceError::ExecutorFailed(_) => 422,
+            ServiceError::ExecutorFailed(_) | ServiceError::InitFailed(_) => 422,
             ServiceError::Unavailable(_) => 503,
             ServiceError::Internal(_) => 500,
             ServiceError::Timeout(_) => 504,
@@ -159,12 +163,80 @@ pub fn validate(req: &AllocationRequest) -> Result<ContentHash, ServiceError> {
     Ok(hash)
 }
 
+/// Checks the assets of an allocation request against the limits (`max_assets`,
+/// `max_assets_bytes`, the upload limit `max_library_bytes`) and the naming rules; returns their
+/// hashes, in order.
+pub fn validate_assets(
+    assets: &[AssetRef],
+    cfg: &ManagerConfig,
+) -> Result<Vec<ContentHash>, ServiceError> {
+    let bad = |m: String| Err(ServiceError::BadRequest(m));
+    if assets.len() > cfg.max_assets as usize {
+        return bad(format!(
+            "{} assets are too many: this executor manager accepts at most {} per allocation \
+             (max_assets)",
+            assets.len(),
+            cfg.max_assets
+        ));
+    }
+    let mut total: u64 = 0;
+    let mut hashes = Vec::with_capacity(assets.len());
+    for (i, a) in assets.iter().enumerate() {
+        crate::function::assets::check_asset_name(&a.name).map_err(ServiceError::BadRequest)?;
+        if assets[..i].iter().any(|b| b.name == a.name) {
+            return bad(format!("asset {:?} is named twice", a.name));
+        }
+        let Ok(hash) = a.sha256.parse::<ContentHash>() else {
+            return bad(format!(
+                "asset {:?}: sha256 must be the SHA-256 (64 hex digits) of an asset uploaded before",
+                a.name
+            ));
+        };
+        if a.size > cfg.max_library_bytes as u64 {
+            return bad(format!(
+                "asset {:?} has {} bytes, more than the {} one upload may have (max_library_bytes)",
+                a.name, a.size, cfg.max_library_bytes
+            ));
+        }
+        total = total.saturating_add(a.size);
+        hashes.push(hash);
+    }
+    if total > cfg.max_assets_bytes {
+        return bad(format!(
+            "the assets have {total} bytes together, more than the {} this executor manager \
+             accepts per allocation (max_assets_bytes)",
+            cfg.max_assets_bytes
+        ));
+    }
+    Ok(hashes)
+}
+
+/// What [`Service::store_blob`] stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blob {
+    /// A function library: must be an ELF shared object.
+    Library,
+    /// A function asset: any bytes.
+    Asset,
+}
+
+impl Blob {
+    fn name(self) -> &'static str {
+        match self {
+            Blob::Library => "library",
+            Blob::Asset => "asset",
+        }
+    }
+}
+
 /// The executor manager's state and actions.
 pub struct Service {
     cfg: ManagerConfig,
     exe: PathBuf,
     logs: PathBuf,
     libraries: Libraries,
+    /// Function assets, cached like libraries in `<cache dir>/assets`.
+    assets: Libraries,
     billing: Billing,
     registry: Mutex<Registry>,
     handles: Mutex<HashMap<u64, ExecutorHandle>>,
@@ -217,6 +289,7 @@ impl Service {
                 source,
             })?;
         let libraries = Libraries::open(&cfg.cache_dir)?;
+        let assets = Libraries::open_assets(&cfg.cache_dir.join("assets"))?;
         let order = super::topology::discover(&cfg.cores, cfg.nic.as_deref())?;
         log_core_order(&order);
         let billing = Billing::start(cfg.provider, &cfg.fabric_host, cfg.max_allocations as usize)?;
@@ -237,6 +310,7 @@ impl Service {
             exe,
             logs,
             libraries,
+            assets,
             billing,
             registry: Mutex::new(registry),
             handles: Mutex::new(HashMap::new()),
@@ -322,6 +396,18 @@ impl Service {
         hash: &str,
         bytes: axum::body::Bytes,
     ) -> Result<(LibraryStored, bool), ServiceError> {
+        self.store_blob(Blob::Library, hash, bytes).await
+    }
+
+    /// Stores a library or an asset whose hash the client named (a library must be an ELF
+    /// shared object); evicts the least recently used of its kind beyond the cache limit.
+    /// `Ok((stored, newly_written))`.
+    pub async fn store_blob(
+        self: &Arc<Self>,
+        kind: Blob,
+        hash: &str,
+        bytes: axum::body::Bytes,
+    ) -> Result<(LibraryStored, bool), ServiceError> {
         let want: ContentHash = hash.parse().map_err(|_| {
             ServiceError::BadRequest(format!("{hash:?} is not a SHA-256 (64 hex digits)"))
         })?;
@@ -333,25 +419,28 @@ impl Service {
                     "the uploaded bytes have SHA-256 {got}, not {want} as the path says"
                 )));
             }
-            crate::function::elf::check_shared_object(&bytes).map_err(|why| {
-                ServiceError::BadRequest(format!(
-                    "the upload is {why}: a function library must be an ELF shared object"
-                ))
-            })?;
-            let cached = me
-                .libraries
+            if kind == Blob::Library {
+                crate::function::elf::check_shared_object(&bytes).map_err(|why| {
+                    ServiceError::BadRequest(format!(
+                        "the upload is {why}: a function library must be an ELF shared object"
+                    ))
+                })?;
+            }
+            let cache = me.cache(kind);
+            let cached = cache
                 .store(&bytes)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
             let new = cached.outcome != crate::function::StoreOutcome::Reused;
-            let evicted = me.libraries.evict_to(me.cfg.max_cache_bytes, &got);
+            let evicted = cache.evict_to(me.cfg.max_cache_bytes, &got);
             if !evicted.is_empty() {
                 tracing::info!(
                     evicted = evicted.len(),
                     limit = me.cfg.max_cache_bytes,
-                    "library cache over its limit: least recently used libraries removed"
+                    "{} cache over its limit: least recently used files removed",
+                    kind.name()
                 );
             }
-            tracing::info!(hash = %got, bytes = bytes.len(), new, "library stored");
+            tracing::info!(hash = %got, bytes = bytes.len(), new, "{} stored", kind.name());
             Ok((
                 LibraryStored {
                     hash: got.to_hex(),
@@ -366,11 +455,23 @@ impl Service {
 
     /// Whether the library `hash` is cached (and intact).
     pub async fn has_library(self: &Arc<Self>, hash: &str) -> Result<bool, ServiceError> {
+        self.has_blob(Blob::Library, hash).await
+    }
+
+    fn cache(&self, kind: Blob) -> &Libraries {
+        match kind {
+            Blob::Library => &self.libraries,
+            Blob::Asset => &self.assets,
+        }
+    }
+
+    /// Whether the library or asset `hash` is cached (and intact).
+    pub async fn has_blob(self: &Arc<Self>, kind: Blob, hash: &str) -> Result<bool, ServiceError> {
         let Ok(hash) = hash.parse::<ContentHash>() else {
             return Ok(false);
         };
         let me = self.clone();
-        tokio::task::spawn_blocking(move || me.libraries.path(&hash).is_ok())
+        tokio::task::spawn_blocking(move || me.cache(kind).path(&hash).is_ok())
             .await
             .map_err(|e| ServiceError::Internal(e.to_string()))
     }
@@ -378,18 +479,20 @@ impl Service {
     /// Allocates: validate, reserve, spawn, wait until the executor is ready. Runs to the end
     /// even if the caller goes away (spawn it as a task): a half-made allocation never leaks.
     ///
-    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`],
-    /// `lease_hold`, `library_path`, `reserve`, `executor_config`, `spawn_supervised`,
-    /// `wait_ready`, then `answer` or `abandon`.
+    /// The steps, in order, each a method below: `ensure_accepting`, [`validate`] and
+    /// [`validate_assets`], `lease_hold`, `library_path`, `asset_files`, `reserve`,
+    /// `executor_config`, `spawn_supervised`, `wait_ready`, then `answer` or `abandon`.
     pub async fn allocate(
         self: Arc<Self>,
         req: AllocationRequest,
     ) -> Result<Allocation, ServiceError> {
         self.ensure_accepting()?;
         let hash = validate(&req)?;
+        let asset_hashes = validate_assets(&req.assets, &self.cfg)?;
         let hold = self.lease_hold(&req).await?;
         let lease_deadline = hold.as_ref().map(|h| (h.id, h.expires_at_unix_ms));
         let library_path = self.library_path(hash).await?;
+        let assets = self.asset_files(&req.assets, asset_hashes).await?;
         let memory = allocation_bytes(
             req.cores,
             req.slots,
@@ -398,7 +501,8 @@ impl Service {
         );
         let res = self.reserve(&req, memory, hold)?;
         let id = res.id;
-        let exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
+        let mut exec_cfg = self.executor_config(&req, &res, hash, &library_path, lease_deadline)?;
+        exec_cfg.assets = assets;
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
@@ -465,6 +569,48 @@ impl Service {
                     "unknown library {hash}: upload it first with PUT /v1/libraries/{hash}"
                 ))
             })
+    }
+
+    /// Step 4b: the cached files of the request's assets (hashes from [`validate_assets`]),
+    /// verified, with their sizes checked against the request's.
+    async fn asset_files(
+        self: &Arc<Self>,
+        assets: &[AssetRef],
+        hashes: Vec<ContentHash>,
+    ) -> Result<Vec<ExecutorAsset>, ServiceError> {
+        if assets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let me = self.clone();
+        let assets = assets.to_vec();
+        tokio::task::spawn_blocking(move || {
+            assets
+                .into_iter()
+                .zip(hashes)
+                .map(|(a, hash)| {
+                    let (path, len) = me.assets.path_and_len(&hash).map_err(|_| {
+                        ServiceError::NotFound(format!(
+                            "unknown asset {:?} ({hash}): upload it first with PUT /v1/assets/{hash}",
+                            a.name
+                        ))
+                    })?;
+                    if len != a.size {
+                        return Err(ServiceError::BadRequest(format!(
+                            "asset {:?} has {len} bytes, not {} as the request says",
+                            a.name, a.size
+                        )));
+                    }
+                    Ok(ExecutorAsset {
+                        name: a.name,
+                        path: path.display().to_string(),
+                        sha256: hash.to_hex(),
+                        size: len,
+                    })
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
     /// Step 5: reserves cores and memory in the registry, within the lease's cores on this
@@ -544,6 +690,7 @@ impl Service {
             billing: Some(billing),
             connect_timeout_ms: self.cfg.executor_connect_timeout.as_millis() as u64,
             deadline_file: self.deadline_file(lease_deadline),
+            assets: Vec::new(),
         })
     }
 
@@ -652,6 +799,7 @@ impl Service {
             Ok((ExecutorEvent::Failed { error }, _)) => Err(ServiceError::ExecutorFailed(format!(
                 "the executor could not start: {error}"
             ))),
+            Ok((ExecutorEvent::InitFailed { error }, _)) => Err(ServiceError::InitFailed(error)),
             Err(e) => Err(e),
         }
     }
@@ -923,6 +1071,7 @@ mod tests {
             hot_timeout_ms: -1,
             lease: None,
             client: "t".into(),
+            assets: Vec::new(),
         }
     }
 

@@ -57,6 +57,22 @@ pub enum FunctionError {
         /// The name as requested.
         name: String,
     },
+    /// An asset could not be used (bad name, missing file, wrong size).
+    #[error("function asset {name:?}: {reason}")]
+    Asset {
+        /// The asset's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The library's init function (`rfaas_init`) returned an error status.
+    #[error("function library init failed: {message}")]
+    InitFailed {
+        /// The status it returned (not 0).
+        status: i32,
+        /// The message it wrote into its error buffer (or a note that it wrote none).
+        message: String,
+    },
     /// A requested function name that can never be a symbol.
     #[error("invalid function name {name:?}: {reason}")]
     InvalidName {

@@ -34,8 +34,13 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 use super::abi::{
     ExtendedFunction, FunctionStatus, RawFunction, EXTENDED_SYMBOL_PREFIX, EXT_STATUS_OK,
 };
+use super::assets::MappedAssets;
 use super::store::{CachedLibrary, LibraryStore};
 use super::{ContentHash, FunctionError, Result};
+use rfaas_function::init::{InitFunction, INIT_OK, INIT_SYMBOL};
+
+/// Bytes of the error buffer an init function may write its message into.
+pub const INIT_ERROR_CAPACITY: usize = 4096;
 
 /// A loaded function library. Cheap to clone; unloaded when the last clone and the last
 /// [`Function`] resolved from it are dropped.
@@ -121,7 +126,7 @@ impl FunctionLibrary {
         if name.contains('\0') {
             return Err(invalid("contains a NUL byte"));
         }
-        if name.starts_with(EXTENDED_SYMBOL_PREFIX) {
+        if name.starts_with(EXTENDED_SYMBOL_PREFIX) || name == INIT_SYMBOL {
             return Err(invalid("names an rfaas-internal entry point"));
         }
         let unknown = || FunctionError::UnknownFunction {
@@ -156,6 +161,58 @@ impl FunctionLibrary {
             .map(|n| self.function(n.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         Ok(FunctionTable { functions })
+    }
+
+    /// Whether the library defines the optional init entry `rfaas_init`.
+    pub fn has_init(&self) -> bool {
+        self.lookup(INIT_SYMBOL).is_some()
+    }
+
+    /// Calls the library's init entry `rfaas_init` once with `assets`, if it defines one;
+    /// returns whether it did. A status other than 0 is [`FunctionError::InitFailed`] with the
+    /// message the function wrote (at most [`INIT_ERROR_CAPACITY`] bytes, cut at the first NUL,
+    /// invalid UTF-8 replaced).
+    ///
+    /// Call it once per process, before any function of the library runs, and keep `assets`
+    /// alive for as long as the library is loaded: a C library may keep pointers into them.
+    pub fn run_init(&self, assets: &MappedAssets) -> Result<bool> {
+        let Some(ptr) = self.lookup(INIT_SYMBOL) else {
+            return Ok(false);
+        };
+        // SAFETY: `rfaas_init` defined by the library itself (checked by `lookup`) has the
+        // signature `InitFunction` by the ABI of `rfaas_function::init`; function pointers have
+        // the size of data pointers on every platform rfaas supports.
+        let init = unsafe { std::mem::transmute::<*mut c_void, InitFunction>(ptr) };
+        let raw = assets.raw();
+        let mut err = vec![0u8; INIT_ERROR_CAPACITY];
+        let n = u32::try_from(raw.len()).map_err(|_| FunctionError::Asset {
+            name: String::new(),
+            reason: format!("{} assets are too many", raw.len()),
+        })?;
+        // SAFETY: `raw` holds `n` entries whose names are NUL-terminated and whose data is
+        // readable for `len` bytes (mapped by `assets`, alive for this call and beyond); `err` is
+        // writable for its length, passed as the capacity; the library is trusted to honour the
+        // ABI (module docs, "Trust") and stays loaded (`self.lib`).
+        let status = unsafe {
+            init(
+                raw.as_ptr(),
+                n,
+                err.as_mut_ptr().cast::<std::ffi::c_char>(),
+                INIT_ERROR_CAPACITY as u32,
+            )
+        };
+        if status == INIT_OK {
+            return Ok(true);
+        }
+        let end = err.iter().position(|&b| b == 0).unwrap_or(err.len());
+        let text = String::from_utf8_lossy(&err[..end]);
+        let text = text.trim();
+        let message = if text.is_empty() {
+            format!("rfaas_init returned {status} without a message")
+        } else {
+            text.to_string()
+        };
+        Err(FunctionError::InitFailed { status, message })
     }
 
     /// The address of a function named `name` defined by this library itself, if any.

@@ -17,7 +17,11 @@
 //!    requested functions **by name, in the order requested** ([`FunctionLibrary::resolve`]):
 //!    the index of a function in invocations is its position in the client's request. An
 //!    unknown name fails the allocation with [`FunctionError::UnknownFunction`].
-//! 4. Each invocation is a [`FunctionTable::call`], which checks the returned length against the
+//! 4. If the library exports the optional init entry `rfaas_init`
+//!    ([`rfaas_function::init`]), the executor maps the allocation's assets
+//!    ([`assets::MappedAssets`]) and calls it once ([`FunctionLibrary::run_init`]) before it
+//!    reports ready; an error status fails the allocation with the init function's message.
+//! 5. Each invocation is a [`FunctionTable::call`], which checks the returned length against the
 //!    caller's output capacity and turns the outcome into a [`FunctionStatus`].
 //!
 //! ```no_run
@@ -32,6 +36,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod assets;
 pub mod elf;
 pub mod error;
 pub mod hash;

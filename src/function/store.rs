@@ -48,7 +48,15 @@ pub struct CachedLibrary {
 #[derive(Debug, Clone)]
 pub struct LibraryStore {
     dir: PathBuf,
+    /// File name suffix after the hash: `.so` for libraries, [`ASSET_SUFFIX`] for assets.
+    suffix: &'static str,
 }
+
+/// File name suffix of a library in the cache (`<hash>.so`).
+pub const LIBRARY_SUFFIX: &str = ".so";
+/// File name suffix of a function asset in its cache (`<hash>.asset`): same rules as libraries,
+/// a directory of its own.
+pub const ASSET_SUFFIX: &str = ".asset";
 
 /// What is at a library's path.
 enum Existing {
@@ -60,6 +68,11 @@ enum Existing {
 impl LibraryStore {
     /// Opens (creating it with mode 0700 if needed) the cache directory `dir`.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_suffix(dir, LIBRARY_SUFFIX)
+    }
+
+    /// [`Self::open`] for files named `<hash><suffix>` ([`ASSET_SUFFIX`] for function assets).
+    pub fn open_with_suffix(dir: impl AsRef<Path>, suffix: &'static str) -> Result<Self> {
         let dir = dir.as_ref();
         fs::DirBuilder::new()
             .recursive(true)
@@ -90,7 +103,7 @@ impl LibraryStore {
                 meta.mode() & 0o7777
             )));
         }
-        Ok(LibraryStore { dir })
+        Ok(LibraryStore { dir, suffix })
     }
 
     /// The cache directory (absolute).
@@ -100,7 +113,12 @@ impl LibraryStore {
 
     /// Where the library with this hash lives (whether or not it is there).
     pub fn path_of(&self, hash: &ContentHash) -> PathBuf {
-        self.dir.join(format!("{hash}.so"))
+        self.dir.join(format!("{hash}{}", self.suffix))
+    }
+
+    /// The file name suffix after the hash.
+    pub fn suffix(&self) -> &'static str {
+        self.suffix
     }
 
     /// Stores `bytes`, writing the file only if no file with the same content is there.

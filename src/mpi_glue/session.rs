@@ -642,7 +642,7 @@ fn lead(
         .map(|p| cluster.manager_at(&p.address))
         .collect();
     for m in &managers {
-        m.upload_library_leased(spec.library(), spec.library_hash(), spec.lease.as_deref())?;
+        m.upload_for(&spec)?;
     }
     let jobs: Vec<(i32, usize, u32)> = plan
         .iter()

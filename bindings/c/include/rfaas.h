@@ -75,6 +75,9 @@ typedef enum rfaas_status {
   RFAAS_STATUS_FINISHED = 12,
   // A bug in rfaas: a Rust panic was caught at the boundary (the message says where).
   RFAAS_STATUS_INTERNAL = 13,
+  // The function library's init function (`rfaas_init`) refused to start the allocation;
+  // `rfaas_last_error()` says "function library init failed: " and its message.
+  RFAAS_STATUS_INIT_FAILED = 14,
 } rfaas_status;
 
 // A cluster file opened with `rfaas_cluster_open` (opaque).
@@ -92,6 +95,17 @@ typedef struct rfaas_pending rfaas_pending;
 
 // A session on this rank (opaque). Used from the thread that created it only.
 typedef struct rfaas_session rfaas_session;
+
+// One named asset of an allocation (`rfaas_allocation_spec::assets`).
+typedef struct rfaas_allocation_asset {
+  // Its name: 1 to 128 bytes of ASCII letters, digits, '.', '_' and '-', not starting with a
+  // dot (NUL-terminated).
+  const char *name;
+  // Its bytes (`len` of them; may be NULL when `len` is 0). Copied during `rfaas_allocate`.
+  const uint8_t *data;
+  // Their number.
+  size_t len;
+} rfaas_allocation_asset;
 
 // What to allocate. Fill it with `rfaas_allocation_spec_init` first, then set the fields you
 // need.
@@ -117,6 +131,13 @@ typedef struct rfaas_allocation_spec {
   int64_t hot_timeout_ms;
   // How long each call waits for its result, ms. Default 10000.
   uint32_t timeout_ms;
+  // Named assets for the library's init function (`rfaas_init`, see `rfaas_function.h`):
+  // `n_assets` entries, or NULL. Uploaded once per executor manager (cached there by content
+  // hash) and passed to `rfaas_init` once per executor, before the first invocation. Default
+  // NULL.
+  const struct rfaas_allocation_asset *assets;
+  // Number of entries at `assets`. Default 0.
+  size_t n_assets;
 } rfaas_allocation_spec;
 
 // How a session is set up: the same on every rank. Fill it with `rfaas_session_config_init`
@@ -207,8 +228,10 @@ const char *rfaas_cluster_provider(const struct rfaas_cluster *cluster);
 void rfaas_cluster_close(struct rfaas_cluster *cluster);
 
 // Allocates `spec->cores` workers (leasing them first when the cluster file names a resource
-// manager; the lease is released with the allocation), uploads the library unless the manager
-// has it cached, and connects to every worker. Blocking (milliseconds); thread-safe.
+// manager; the lease is released with the allocation), uploads the library and the assets
+// unless the manager has them cached, and connects to every worker. Blocking (milliseconds);
+// thread-safe. `RFAAS_STATUS_INIT_FAILED` when the library's init function refused to start
+// (`rfaas_last_error()` is its message).
 //
 // # Safety
 // `cluster` from `rfaas_cluster_open`; `spec` a valid pointer whose buffers and strings are

@@ -53,6 +53,26 @@ pub struct rfaas_allocation_spec {
     pub hot_timeout_ms: i64,
     /// How long each call waits for its result, ms. Default 10000.
     pub timeout_ms: u32,
+    /// Named assets for the library's init function (`rfaas_init`, see `rfaas_function.h`):
+    /// `n_assets` entries, or NULL. Uploaded once per executor manager (cached there by content
+    /// hash) and passed to `rfaas_init` once per executor, before the first invocation. Default
+    /// NULL.
+    pub assets: *const rfaas_allocation_asset,
+    /// Number of entries at `assets`. Default 0.
+    pub n_assets: usize,
+}
+
+/// One named asset of an allocation (`rfaas_allocation_spec::assets`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct rfaas_allocation_asset {
+    /// Its name: 1 to 128 bytes of ASCII letters, digits, '.', '_' and '-', not starting with a
+    /// dot (NUL-terminated).
+    pub name: *const c_char,
+    /// Its bytes (`len` of them; may be NULL when `len` is 0). Copied during `rfaas_allocate`.
+    pub data: *const u8,
+    /// Their number.
+    pub len: usize,
 }
 
 /// Fills `spec` with the defaults (no library, no functions).
@@ -75,6 +95,8 @@ pub unsafe extern "C" fn rfaas_allocation_spec_init(spec: *mut rfaas_allocation_
             slots: d.slots,
             hot_timeout_ms: d.hot_timeout_ms,
             timeout_ms: ClientOptions::default().timeout.as_millis() as u32,
+            assets: std::ptr::null(),
+            n_assets: 0,
         };
         // SAFETY: not NULL, and writable by the caller's contract.
         unsafe { put(spec, v) };
@@ -140,8 +162,10 @@ pub unsafe extern "C" fn rfaas_cluster_close(cluster: *mut rfaas_cluster) {
 }
 
 /// Allocates `spec->cores` workers (leasing them first when the cluster file names a resource
-/// manager; the lease is released with the allocation), uploads the library unless the manager
-/// has it cached, and connects to every worker. Blocking (milliseconds); thread-safe.
+/// manager; the lease is released with the allocation), uploads the library and the assets
+/// unless the manager has them cached, and connects to every worker. Blocking (milliseconds);
+/// thread-safe. `RFAAS_STATUS_INIT_FAILED` when the library's init function refused to start
+/// (`rfaas_last_error()` is its message).
 ///
 /// # Safety
 /// `cluster` from `rfaas_cluster_open`; `spec` a valid pointer whose buffers and strings are
@@ -192,6 +216,19 @@ pub unsafe extern "C" fn rfaas_allocate(
         a.output_capacity = s.output_capacity;
         a.slots = s.slots;
         a.hot_timeout_ms = s.hot_timeout_ms;
+        // SAFETY: the caller's contract on the spec's assets.
+        for (i, asset) in unsafe { assets(&s) }?.iter().enumerate() {
+            // SAFETY: as above.
+            let name = unsafe { str_arg(asset.name, &format!("spec->assets[{i}].name")) }?;
+            let data = if asset.len == 0 {
+                Vec::new()
+            } else {
+                // SAFETY: as above.
+                unsafe { in_buf(asset.data, asset.len, &format!("spec->assets[{i}].data")) }?
+                    .to_vec()
+            };
+            a.add_asset(name, data);
+        }
         let opts = ClientOptions {
             timeout: timeout(s.timeout_ms),
             ..ClientOptions::default()
@@ -209,6 +246,21 @@ pub unsafe extern "C" fn rfaas_allocate(
         unsafe { put(out, b) };
         Ok(())
     })
+}
+
+/// The spec's assets as a slice.
+///
+/// # Safety
+/// `s.assets` NULL or valid for `s.n_assets` entries.
+unsafe fn assets(s: &rfaas_allocation_spec) -> Result<&[rfaas_allocation_asset], Error> {
+    if s.n_assets == 0 {
+        return Ok(&[]);
+    }
+    if s.assets.is_null() {
+        return Err(Error::null("spec->assets (with spec->n_assets > 0)"));
+    }
+    // SAFETY: not NULL, valid for `n_assets` entries by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(s.assets, s.n_assets) })
 }
 
 fn timeout(ms: u32) -> Duration {

@@ -44,6 +44,9 @@ pub enum rfaas_status {
     Finished = 12,
     /// A bug in rfaas: a Rust panic was caught at the boundary (the message says where).
     Internal = 13,
+    /// The function library's init function (`rfaas_init`) refused to start the allocation;
+    /// `rfaas_last_error()` says "function library init failed: " and its message.
+    InitFailed = 14,
 }
 
 /// An error on its way to the C caller: the code and the message for `rfaas_last_error()`.
@@ -110,6 +113,7 @@ impl From<ClientError> for Error {
         let code = match &e {
             ClientError::UnknownFunction(_) => rfaas_status::UnknownFunction,
             ClientError::Invalid(_) => rfaas_status::InvalidArgument,
+            ClientError::InitFailed { .. } => rfaas_status::InitFailed,
             _ => rfaas_status::Cluster,
         };
         Error::new(code, e.to_string())

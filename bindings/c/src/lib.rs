@@ -55,6 +55,7 @@ pub extern "C" fn rfaas_status_name(code: c_int) -> *const c_char {
         11 => "RFAAS_STATUS_MPI\0",
         12 => "RFAAS_STATUS_FINISHED\0",
         13 => "RFAAS_STATUS_INTERNAL\0",
+        14 => "RFAAS_STATUS_INIT_FAILED\0",
         _ => "unknown\0",
     };
     s.as_ptr().cast()

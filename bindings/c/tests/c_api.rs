@@ -164,6 +164,12 @@ fn installed() -> Option<&'static Installed> {
             ("mpicc", vec![], ex.join("c/offload_mpi.c"), "offload_mpi"),
             ("mpicc", vec![], tests_c.join("bad_input.c"), "bad_input"),
             (
+                "cc",
+                vec![],
+                tests_c.join("assets_client.c"),
+                "assets_client",
+            ),
+            (
                 "mpif90",
                 vec![
                     format!("{}/rfaas.f90", include[0]),
@@ -384,6 +390,43 @@ fn bad_input_gets_codes_and_messages_two_ranks() {
     ] {
         assert!(text.contains(check), "{check}:\n{text}");
     }
+}
+
+/// The C library with an init function (`jobs/functions-c/stateful.c`), built with `make`.
+fn stateful_c_library(dir: &Path) -> String {
+    let mut c = Command::new("make");
+    c.arg("-s")
+        .arg("-C")
+        .arg(repo().join("jobs/functions-c"))
+        .arg(format!("OUT={}", dir.display()));
+    run_ok(c, "make -C jobs/functions-c");
+    dir.join("libstateful_c.so").display().to_string()
+}
+
+/// Assets through the C API: `rfaas_allocation_spec::assets` reaches the C library's
+/// `rfaas_init`; its failure is `RFAAS_STATUS_INIT_FAILED` with its message; bad names and a
+/// NULL array are refused.
+#[test]
+fn c_client_ships_assets_to_a_c_init() {
+    let Some(i) = installed() else { return };
+    let cluster = LocalCluster::start();
+    let libs = tempfile::tempdir().unwrap();
+    let lib = stateful_c_library(libs.path());
+    let mut c = Command::new(i.program("assets_client"));
+    c.arg(cluster.file()).arg(lib).current_dir(i.bin.as_path());
+    let text = run_ok(c, "assets_client");
+    assert!(
+        text.contains("lookup through the table: ok, init ran 1 time(s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "allocate with 'fail' -> RFAAS_STATUS_INIT_FAILED: function library init failed: \
+             asset 'fail' says: from C"
+        ),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("assets_client: ok"), "{text}");
 }
 
 /// The benchmark script on this build, briefly: one CSV, both clients, the requested counts.
