@@ -30,7 +30,7 @@ impl Model {
         }
         let model = tract_onnx::onnx()
             .model_for_read(&mut &onnx[..])
-            .map_err(|e| format!("not an ONNX model ({} bytes): {e}", onnx.len()))?;
+            .map_err(|e| format!("not an ONNX model ({} bytes): {e:#}", onnx.len()))?;
         let fact = model
             .input_fact(0)
             .map_err(|e| format!("the model has no input: {e}"))?;
