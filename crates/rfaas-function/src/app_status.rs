@@ -37,7 +37,7 @@
 //! assert_eq!(app_status::decode(&out[..n]).unwrap(), b"42");
 //! let n = double(b"forty", &mut out);
 //! let err = app_status::decode(&out[..n]).unwrap_err();
-//! assert_eq!(err.code(), AppErrorCode::BadInput);
+//! assert_eq!(err.code(), Some(AppErrorCode::BadInput));
 //! assert_eq!(err.to_string(), "bad input: not a decimal number");
 //! ```
 
