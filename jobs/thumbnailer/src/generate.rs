@@ -60,7 +60,7 @@ pub fn picture(seed: u64, width: u32, height: u32) -> RgbImage {
                 c[k] = c[k] * (1.0 - a) + dc[k] * a;
             }
         }
-        let grain = (rng.unit() - 0.5) * 48.0;
+        let grain = (rng.unit() - 0.5) * 24.0;
         *px = Rgb(c.map(|v| (v + grain).clamp(0.0, 255.0) as u8));
     }
     img
@@ -129,8 +129,9 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// a few KB): the picture's size (4:3) is adjusted over a few encodings.
 pub fn jpeg_of_size(seed: u64, target_bytes: usize) -> Vec<u8> {
     let target = target_bytes.max(1024) as f64;
-    // About 1.3 bytes per pixel at quality 90 with this grain: a first guess, then corrected.
-    let mut pixels = target / 1.3;
+    // About 0.3 bytes per pixel at quality 90 with this grain (a 100 KB picture is about
+    // 630x470, like a photo on the web): a first guess, then corrected.
+    let mut pixels = target / 0.3;
     let mut best = Vec::new();
     for _ in 0..5 {
         let w = ((pixels * 4.0 / 3.0).sqrt().round() as u32).clamp(16, 8192);
