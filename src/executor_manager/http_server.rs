@@ -36,7 +36,8 @@ use crate::control::executor_manager_api::{
 use crate::control::resource_manager_api::LEASE_TOKEN_HEADER;
 use crate::http::{parse_json, protect, read_body, Authenticator, Caller};
 
-use super::service::{Blob, Service, ServiceError};
+use super::assets::Blob;
+use super::service::{Service, ServiceError};
 
 pub use crate::http::{serve, ApiFailure, MAX_CONNECTIONS, MAX_JSON_BYTES};
 

@@ -23,6 +23,7 @@
 //! grace period, and returns. Executors also die with their manager (`PR_SET_PDEATHSIG`), so
 //! even a `kill -9` of the manager orphans nothing.
 
+pub mod assets;
 pub mod billing;
 pub mod config;
 pub mod cores;

@@ -20,6 +20,7 @@ use crate::control::secret::new_token;
 use crate::function::ContentHash;
 use crate::protocol::MAX_SLOTS;
 
+use super::assets::{cached_assets, validate_assets, Blob};
 use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
@@ -161,72 +162,6 @@ pub fn validate(req: &AllocationRequest) -> Result<ContentHash, ServiceError> {
         ));
     }
     Ok(hash)
-}
-
-/// Checks the assets of an allocation request against the limits (`max_assets`,
-/// `max_assets_bytes`, the upload limit `max_library_bytes`) and the naming rules; returns their
-/// hashes, in order.
-pub fn validate_assets(
-    assets: &[AssetRef],
-    cfg: &ManagerConfig,
-) -> Result<Vec<ContentHash>, ServiceError> {
-    let bad = |m: String| Err(ServiceError::BadRequest(m));
-    if assets.len() > cfg.max_assets as usize {
-        return bad(format!(
-            "{} assets are too many: this executor manager accepts at most {} per allocation \
-             (max_assets)",
-            assets.len(),
-            cfg.max_assets
-        ));
-    }
-    let mut total: u64 = 0;
-    let mut hashes = Vec::with_capacity(assets.len());
-    for (i, a) in assets.iter().enumerate() {
-        crate::function::assets::check_asset_name(&a.name).map_err(ServiceError::BadRequest)?;
-        if assets[..i].iter().any(|b| b.name == a.name) {
-            return bad(format!("asset {:?} is named twice", a.name));
-        }
-        let Ok(hash) = a.sha256.parse::<ContentHash>() else {
-            return bad(format!(
-                "asset {:?}: sha256 must be the SHA-256 (64 hex digits) of an asset uploaded before",
-                a.name
-            ));
-        };
-        if a.size > cfg.max_library_bytes as u64 {
-            return bad(format!(
-                "asset {:?} has {} bytes, more than the {} one upload may have (max_library_bytes)",
-                a.name, a.size, cfg.max_library_bytes
-            ));
-        }
-        total = total.saturating_add(a.size);
-        hashes.push(hash);
-    }
-    if total > cfg.max_assets_bytes {
-        return bad(format!(
-            "the assets have {total} bytes together, more than the {} this executor manager \
-             accepts per allocation (max_assets_bytes)",
-            cfg.max_assets_bytes
-        ));
-    }
-    Ok(hashes)
-}
-
-/// What [`Service::store_blob`] stores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blob {
-    /// A function library: must be an ELF shared object.
-    Library,
-    /// A function asset: any bytes.
-    Asset,
-}
-
-impl Blob {
-    fn name(self) -> &'static str {
-        match self {
-            Blob::Library => "library",
-            Blob::Asset => "asset",
-        }
-    }
 }
 
 /// The executor manager's state and actions.
@@ -583,34 +518,9 @@ impl Service {
         }
         let me = self.clone();
         let assets = assets.to_vec();
-        tokio::task::spawn_blocking(move || {
-            assets
-                .into_iter()
-                .zip(hashes)
-                .map(|(a, hash)| {
-                    let (path, len) = me.assets.path_and_len(&hash).map_err(|_| {
-                        ServiceError::NotFound(format!(
-                            "unknown asset {:?} ({hash}): upload it first with PUT /v1/assets/{hash}",
-                            a.name
-                        ))
-                    })?;
-                    if len != a.size {
-                        return Err(ServiceError::BadRequest(format!(
-                            "asset {:?} has {len} bytes, not {} as the request says",
-                            a.name, a.size
-                        )));
-                    }
-                    Ok(ExecutorAsset {
-                        name: a.name,
-                        path: path.display().to_string(),
-                        sha256: hash.to_hex(),
-                        size: len,
-                    })
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        tokio::task::spawn_blocking(move || cached_assets(&me.assets, &assets, &hashes))
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
     /// Step 5: reserves cores and memory in the registry, within the lease's cores on this
