@@ -118,6 +118,13 @@ check-function-deps:
 	if [ -n "$$bad" ]; then echo "$$pkg must depend on rfaas-function alone; it pulls in: $$bad"; exit 1; fi; \
 	echo "check-function-deps: $$pkg builds with:" $$deps; \
 	done
+	@# The applications bring their codecs and tract, but no platform runtime either.
+	@for pkg in rfaas-thumbnailer rfaas-classifier; do \
+	deps=$$($(CARGO) tree -p $$pkg -e normal,build --prefix none --format '{p}' | awk '{print $$1}' | sort -u); \
+	bad=$$(grep -xE '$(FUNCTION_FORBIDDEN_DEPS)' <<<"$$deps" || true); \
+	if [ -n "$$bad" ]; then echo "$$pkg must not depend on the platform's runtime; it pulls in: $$bad"; exit 1; fi; \
+	echo "check-function-deps: $$pkg builds with $$(wc -w <<<"$$deps") crates, none of: $(FUNCTION_FORBIDDEN_DEPS)"; \
+	done
 
 clean:
 	$(CARGO) clean

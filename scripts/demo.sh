@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The main job (`make demo`, after the release build): the fabric floor, then a local cluster on
 # shared memory (127.0.0.1), one real invocation through the CLI, the warm and cold benchmarks
-# against it, scalable_benchmark and the Black-Scholes example under mpirun, and the analysis
-# report (table, CSV, PNG plots). Everything lands in results/demo-<time>/; the cluster is
+# against it, scalable_benchmark and the Black-Scholes example under mpirun, the applications
+# (thumbnails against local rayon, the ONNX classifier with its model loaded once), and the
+# analysis report (table, CSV, PNG plots). Everything lands in results/demo-<time>/; the cluster is
 # stopped whatever happens.
 #
 # Environment: REPETITIONS (warm benchmark calls per mode and size, default 20000),
 # COLD_REPETITIONS (default 20), MPI_RANKS (default 2), MPI_REPETITIONS (scalable_benchmark
-# calls per rank and size, default 5000), RESULTS (default results), PYTHON (default .venv/bin/python).
+# calls per rank and size, default 5000), THUMBNAILS (generated photos, default 40) and
+# THUMBNAIL_KB (their size, default 100), CLASSIFIER_CALLS (calls per classifier function,
+# default 50), RESULTS (default results), PYTHON (default .venv/bin/python).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +20,9 @@ REPETITIONS=${REPETITIONS:-20000}
 COLD_REPETITIONS=${COLD_REPETITIONS:-20}
 MPI_RANKS=${MPI_RANKS:-2}
 MPI_REPETITIONS=${MPI_REPETITIONS:-5000}
+THUMBNAILS=${THUMBNAILS:-40}
+THUMBNAIL_KB=${THUMBNAIL_KB:-100}
+CLASSIFIER_CALLS=${CLASSIFIER_CALLS:-50}
 PYTHON=${PYTHON:-.venv/bin/python}
 [[ -x "$PYTHON" ]] || PYTHON=python3
 out="$RESULTS/demo-$(date +%Y%m%d-%H%M%S)"
@@ -65,6 +71,17 @@ step "MPI: scalable_benchmark, $MPI_RANKS ranks sharing one lease, latency from 
 
 step "MPI: Black-Scholes, half of every rank's options offloaded, checked against a local run"
 "${MPIRUN[@]}" "$R/examples/black_scholes_mpi" --cluster "$run/cluster.json" --library "$R/libfunctions.so"
+
+step "thumbnailer: $THUMBNAILS generated ${THUMBNAIL_KB} KB photos, 2 rfaas workers (2 calls in flight each) against 2 local rayon threads"
+"$R/examples/thumbnailer" --cluster "$run/cluster.json" --library "$R/libthumbnailer.so" \
+    --input "$out/photos" --generate "$THUMBNAILS" --size-kb "$THUMBNAIL_KB" --output "$out/thumbnails" \
+    --workers 2 --in-flight 2 --csv "$out/thumbnailer.csv"
+
+step "classifier: a small ONNX model (jobs/classifier/tests/make_model.py) shipped as an asset, loaded once by init"
+"$PYTHON" jobs/classifier/tests/make_model.py "$out/classifier"
+"$R/examples/classifier" --cluster "$run/cluster.json" --library "$R/libclassifier.so" \
+    --model "$out/classifier/model.onnx" --top-k 3 --bench "$CLASSIFIER_CALLS" \
+    --csv "$out/classifier.csv" "$out/classifier"/image0.png "$out/classifier"/image1.png
 
 "$R/rfaas" local-cluster stop --run-dir "$run"
 trap - EXIT

@@ -122,6 +122,8 @@ if [[ "${RFAAS_SETUP_SKIP_PYTHON:-0}" != 1 ]]; then
         python3 -m venv "$VENV"
     fi
     [[ -f analysis/requirements.txt ]] && install_pinned analysis/requirements.txt
+    # The classifier tests' fixtures: onnx builds the model, onnxruntime gives reference scores.
+    [[ -f jobs/classifier/tests/requirements.txt ]] && install_pinned jobs/classifier/tests/requirements.txt
     if [[ -f python/pyproject.toml ]]; then
         install_pinned python/requirements-dev.txt
         # The rfaas package (maturin builds the extension in release mode into target/):

@@ -13,9 +13,12 @@
 //! * `memcpy` in one process ([`memcpy`]), the reference for the 1 MiB bandwidth target;
 //!
 //! so that the layer's overhead is a ratio measured in one run ([`stats::summary`]).
+//! The applications (thumbnailer, classifier) measure batches remotely and locally with
+//! [`batch`].
 //! Results are CSV rows ([`stats::Row`], header [`stats::CSV_HEADER`]), written with `csv` and
 //! serde like every CSV of the benchmarks ([`csv_rows`]).
 
+pub mod batch;
 pub mod child;
 pub mod cli;
 pub mod csv_rows;

@@ -28,10 +28,15 @@
 //! A library that needs state loaded once (a model, a lookup table) exports an init function
 //! with [`export_init!`]; it receives the named assets the allocation shipped (see [`init`]).
 //!
+//! A function that can fail on bad input frames its output with a one-byte application status
+//! ([`app_status`]): 0 and the payload, or an error code and a message the client decodes into a
+//! typed error.
+//!
 //! The platform crate `rfaas` re-exports this crate (`rfaas::function::abi`,
 //! `rfaas::export_function!`), and its loader calls what the macro exports.
 
 pub mod abi;
+pub mod app_status;
 mod export;
 pub mod init;
 
