@@ -25,6 +25,10 @@
 //! * A wrong rkey, an access out of bounds or without the right gives
 //!   [`WcStatus::RemoteAccess`] at the initiator, leaves the target's memory unchanged, and moves
 //!   the queue pair to the error state: later requests complete with [`WcStatus::WrFlush`].
+//!   One known exception, in the `ofi` provider: once a write into a range of a remote region
+//!   succeeded, later writes into that range on the same queue pair complete at transmit, so a
+//!   region the target deregisters afterwards is not reported at the initiator (the target
+//!   drops those writes; its memory is not touched). See `ofi`'s "Semantics worth knowing".
 //! * With no receive posted, a `WriteImm` or `Send` waits up to [`QpTimeouts::rnr`], then fails with
 //!   [`WcStatus::RnrRetryExceeded`].
 //! * A peer that dies produces error or flush completions for everything outstanding, within a
