@@ -55,7 +55,7 @@ impl<F: Fabric> BillingSlot<F> {
     }
 
     /// The connection, waiting until the slot is settled (whoever settles it does so after one
-    /// connection attempt, which has a timeout of its own; at most [`SETTLE_TIMEOUT`]).
+    /// connection attempt, which has a timeout of its own; at most `SETTLE_TIMEOUT`).
     pub fn wait(&self) -> Option<&Billing<F>> {
         let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
         let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());

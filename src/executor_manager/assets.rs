@@ -58,7 +58,7 @@ pub fn validate_assets(
     Ok(hashes)
 }
 
-/// What [`Service::store_blob`] stores.
+/// What [`Service::store_blob`](super::service::Service::store_blob) stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blob {
     /// A function library: must be an ELF shared object.

@@ -2,7 +2,7 @@
 //!
 //! * Every route but `GET /v1/health` needs a credential ([`crate::http::protect`]: the cluster
 //!   secret, the node credential or a MUNGE credential); otherwise 401 with a JSON
-//!   [`ApiError`](crate::control::executor_manager_api::ApiError).
+//!   [`ApiError`].
 //! * Ending an allocation (`DELETE /v1/allocations/{id}`) also needs its token
 //!   ([`ALLOCATION_TOKEN_HEADER`]) or the token of the lease it runs under
 //!   ([`LEASE_TOKEN_HEADER`]), or the node credential: 403 otherwise.
