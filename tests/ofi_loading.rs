@@ -30,3 +30,22 @@ fn rfaas_starts_without_loading_libfabric() {
         );
     }
 }
+
+/// A process whose pid a SIGKILLed libfabric `shm` process had (the kernel recycles pids) finds
+/// that process's region `/dev/shm/<pid>:0:0` still there; its first endpoint must open anyway
+/// (it used to fail with `fi_enable: Device or resource busy`).
+#[cfg(feature = "libfabric")]
+#[test]
+fn a_stale_shm_region_of_a_dead_process_with_this_pid_does_not_block_the_endpoint() {
+    use rfaas::rdma::ofi::OfiFabric;
+    use rfaas::rdma::Fabric;
+    let stale = format!("/dev/shm/{}:0:0", std::process::id());
+    std::fs::write(&stale, vec![0u8; 4096]).expect("a stale region in /dev/shm");
+    // Nothing else in this test binary has opened a libfabric endpoint yet.
+    let fabric = OfiFabric::with_provider(Some("shm"))
+        .unwrap_or_else(|e| panic!("an ofi shm domain beside a stale region: {e}"));
+    let cq = fabric.create_cq(16);
+    assert!(cq.is_ok(), "{:?}", cq.err());
+    drop(fabric);
+    let _ = std::fs::remove_file(&stale);
+}

@@ -1174,6 +1174,7 @@ fn map_err(err: i32, prov_errno: i32) -> WcStatus {
 /// queue gets a file-descriptor wait object (`FI_WAIT_FD`) where the provider offers one
 /// (`tcp;ofi_rxm` does, libfabric 1.17's `shm` does not), else none.
 pub(crate) fn open_handles(info: *mut sys::fi_info, wait_fd: bool) -> Result<Handles> {
+    remove_stale_shm_regions_of_this_pid();
     let mut h = Handles {
         info,
         ..Handles::EMPTY
@@ -1328,4 +1329,42 @@ fn progress_thread(weak: Weak<Domain>, epfd: OwnedFd) {
             }
         }
     }
+}
+
+/// Removes the shared-memory regions that libfabric's `shm` provider names after a process id
+/// (`/dev/shm/<pid>:<domain>:<endpoint>`) and that a dead process with this process's id left
+/// behind: a process killed with SIGKILL never unlinks its regions, and when the kernel hands
+/// its pid to a new process, that process's first endpoint fails with `fi_enable: Device or
+/// resource busy`. Any such file that exists before this process opened its first endpoint is
+/// stale (a pid names one live process), so this runs once per process, before the first one.
+fn remove_stale_shm_regions_of_this_pid() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prefix = format!("{}:", std::process::id());
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let rest = name.strip_prefix(&prefix);
+            let ours = rest.is_some_and(|r| {
+                r.split(':').count() == 2
+                    && r.split(':')
+                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            });
+            if ours {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::warn!(
+                        region = name,
+                        "removed a libfabric shm region a dead process with this pid left"
+                    ),
+                    Err(e) => tracing::warn!(
+                        region = name,
+                        "cannot remove a stale libfabric shm region: {e}"
+                    ),
+                }
+            }
+        }
+    });
 }
