@@ -18,69 +18,24 @@ use rfaas_function::app_status::AppErrorCode;
 use thumbnailer::generate;
 
 /// The function library `lib<name>.so` of workspace package `package`:
-/// `$RFAAS_TEST_APPS_DIR/lib<name>.so`, a `target/<profile>/lib<name>.so` newer than its sources
-/// (`make test` builds every library of the workspace first), or built here into a target
-/// directory of this test's own (slow for the classifier: tract).
+/// `$RFAAS_TEST_APPS_DIR/lib<name>.so`, or [`common::workspace_library`] (slow for the
+/// classifier when it has to build it: tract).
 fn app_library(package: &str, name: &str) -> Vec<u8> {
     let file = format!("lib{name}.so");
     if let Some(dir) = std::env::var_os("RFAAS_TEST_APPS_DIR") {
         let path = Path::new(&dir).join(&file);
         return fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let crate_dir = repo.join("jobs").join(name);
-    let newest = [
-        crate_dir.join("src"),
-        crate_dir.join("Cargo.toml"),
-        repo.join("crates/rfaas-function/src"),
-    ]
-    .iter()
-    .filter_map(|p| newest_in(p))
-    .max()
-    .expect("the library's sources");
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let fresh = [deps.parent().unwrap().join(&file), deps.join(&file)]
-        .into_iter()
-        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .filter(|(m, _)| *m >= newest)
-        .max();
-    if let Some((_, path)) = fresh {
-        return fs::read(path).unwrap();
-    }
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apps-target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "--lib",
-            "-p",
-            package,
-            "--manifest-path",
-        ])
-        .arg(repo.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("run cargo to build a function library");
-    assert!(
-        out.status.success(),
-        "cargo build -p {package} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read(target.join("debug").join(file)).unwrap()
-}
-
-fn newest_in(path: &Path) -> Option<std::time::SystemTime> {
-    let meta = fs::metadata(path).ok()?;
-    if meta.is_file() {
-        return meta.modified().ok();
-    }
-    fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| newest_in(&e.ok()?.path()))
-        .max()
+    let crate_dir = format!("jobs/{name}");
+    common::workspace_library(
+        package,
+        &file,
+        &[
+            &format!("{crate_dir}/src"),
+            &format!("{crate_dir}/Cargo.toml"),
+            "crates/rfaas-function/src",
+        ],
+    )
 }
 
 fn thumbnailer_library() -> &'static [u8] {

@@ -379,7 +379,8 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn newest_source() -> SystemTime {
+/// The newest modification time of the files under `paths` (relative to the repository).
+fn newest_source(paths: &[&str]) -> SystemTime {
     fn walk(path: &Path, newest: &mut SystemTime) {
         let Ok(meta) = fs::metadata(path) else { return };
         if meta.is_dir() {
@@ -391,19 +392,54 @@ fn newest_source() -> SystemTime {
         }
     }
     let mut newest = SystemTime::UNIX_EPOCH;
-    for p in [
-        "src",
-        "Cargo.toml",
-        "jobs/functions/src",
-        "jobs/functions/Cargo.toml",
-    ] {
+    for p in paths {
         walk(&repo().join(p), &mut newest);
     }
     newest
 }
 
-/// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, a fresh
-/// `target/<profile>/libfunctions.so`, or built into a target directory of this test's own.
+/// The function library `file` (`lib<name>.so`) of workspace package `package`: a
+/// `target/<profile>/<file>` newer than every file under `sources` (`make test` builds every
+/// library of the workspace first), or built here into a target directory of this test's own.
+pub fn workspace_library(package: &str, file: &str, sources: &[&str]) -> Vec<u8> {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let profile_dir = deps.parent().unwrap();
+    let newest = newest_source(sources);
+    let fresh = [profile_dir.join(file), deps.join(file)]
+        .into_iter()
+        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .filter(|(m, _)| *m >= newest)
+        .max();
+    if let Some((_, path)) = fresh {
+        return fs::read(path).unwrap();
+    }
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("libraries-target");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--lib",
+            "-p",
+            package,
+            "--manifest-path",
+        ])
+        .arg(repo().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .expect("run cargo to build a function library");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::read(target.join("debug").join(file)).unwrap()
+}
+
+/// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, or
+/// [`workspace_library`].
 pub fn functions_library() -> &'static [u8] {
     static LIB: OnceLock<Vec<u8>> = OnceLock::new();
     LIB.get_or_init(|| {
@@ -411,43 +447,16 @@ pub fn functions_library() -> &'static [u8] {
             return fs::read(&path)
                 .unwrap_or_else(|e| panic!("{}: {e}", PathBuf::from(path).display()));
         }
-        let exe = std::env::current_exe().unwrap();
-        let deps = exe.parent().unwrap();
-        let profile_dir = deps.parent().unwrap();
-        let newest = newest_source();
-        let fresh = [
-            profile_dir.join("libfunctions.so"),
-            deps.join("libfunctions.so"),
-        ]
-        .into_iter()
-        .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
-        .filter(|(m, _)| *m >= newest)
-        .max();
-        if let Some((_, path)) = fresh {
-            return fs::read(path).unwrap();
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("functions-target");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "rfaas-functions",
-                "--lib",
-                "--manifest-path",
-            ])
-            .arg(repo().join("Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .output()
-            .expect("run cargo to build the example function library");
-        assert!(
-            out.status.success(),
-            "cargo build -p rfaas-functions failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        fs::read(target.join("debug/libfunctions.so")).unwrap()
+        workspace_library(
+            "rfaas-functions",
+            "libfunctions.so",
+            &[
+                "src",
+                "Cargo.toml",
+                "jobs/functions/src",
+                "jobs/functions/Cargo.toml",
+            ],
+        )
     })
 }
 
