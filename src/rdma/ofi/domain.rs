@@ -32,8 +32,11 @@ pub(crate) const RX_BUFS: usize = 64;
 pub(crate) const BUF: usize = HDR_LEN + MAX_SEND;
 /// How long a post waits for room in the transmit queue before it reports `QueueFull`.
 const POST_WAIT: Duration = Duration::from_secs(5);
-/// How often the progress thread drives progress when nothing else happens.
+/// How often the progress thread drives progress when nothing else does.
 const PROGRESS_TICK_MS: i32 = 1;
+/// Every how many ticks the progress thread fails requests past their deadline (the
+/// response timeouts are seconds; this keeps the domain lock off the hot loop's path).
+const EXPIRE_EVERY: u32 = 10;
 
 /// The API version rfaas asks for: the oldest it supports (Debian 12).
 pub(crate) const API_VERSION: u32 = (1 << 16) | 17;
@@ -231,6 +234,9 @@ pub(crate) struct Domain {
     /// write-with-immediate is a write followed by a `MSG_WRITE_IMM` message.
     pub(crate) len_reported: bool,
     probe_len: AtomicU64,
+    /// How many times the completion queue was drained (by anyone): the progress thread
+    /// stands aside while this moves between its ticks.
+    drains: AtomicU64,
     ctx: Box<[UnsafeCell<sys::fi_context2>]>,
     bounce: PrivateMem,
     bounce_desc: *mut c_void,
@@ -456,6 +462,7 @@ impl Domain {
             next_key: AtomicU64::new(1),
             len_reported: false,
             probe_len: AtomicU64::new(u64::MAX),
+            drains: AtomicU64::new(0),
             ctx: ctx.into_boxed_slice(),
             bounce,
             bounce_desc: std::ptr::null_mut(),
@@ -754,13 +761,15 @@ impl Domain {
 
     /// Takes a free transmit slot, driving progress while none is free (bounded).
     pub(crate) fn take_slot(&self, g: &mut Inner, slot: Slot) -> Result<usize> {
-        let deadline = Instant::now() + POST_WAIT;
+        // The clock is read only once the queue is full, not on every post.
+        let mut deadline = None;
         loop {
             if let Some(i) = g.free.pop() {
                 g.slots[i as usize] = Slot { busy: true, ..slot };
                 return Ok(i as usize);
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= *deadline.get_or_insert(now + POST_WAIT) {
                 return Err(FabricError::QueueFull);
             }
             self.drain_cq(g);
@@ -781,13 +790,14 @@ impl Domain {
         what: &str,
         mut f: impl FnMut(*mut sys::fid_ep, *mut c_void) -> isize,
     ) -> Result<()> {
-        let deadline = Instant::now() + POST_WAIT;
+        let mut deadline = None;
         loop {
             let r = f(self.h.ep, self.ctx_ptr(slot));
             if r == 0 {
                 return Ok(());
             }
-            if r != -(sys::FI_EAGAIN as isize) || Instant::now() >= deadline {
+            let now = Instant::now();
+            if r != -(sys::FI_EAGAIN as isize) || now >= *deadline.get_or_insert(now + POST_WAIT) {
                 Self::free_slot(g, slot);
                 return Err(if r == -(sys::FI_EAGAIN as isize) {
                     FabricError::QueueFull
@@ -883,6 +893,9 @@ impl Domain {
     /// Reads every available entry of the libfabric completion queue and dispatches it; then
     /// sends due credit grants.
     pub(crate) fn drain_cq(&self, g: &mut Inner) {
+        // Under the domain lock: a plain increment, no read-modify-write needed.
+        self.drains
+            .store(self.drains.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         let mut e = [sys::fi_cq_data_entry::default(); 16];
         loop {
             // SAFETY: `e` has room for 16 entries of the configured format (FI_CQ_FORMAT_DATA).
@@ -890,6 +903,12 @@ impl Domain {
             if n > 0 {
                 for ent in &e[..n as usize] {
                     self.dispatch(g, ent);
+                }
+                // A short batch emptied the queue: reading it again would only run the
+                // provider's progress once more (on `tcp;ofi_rxm` a poll and the read that
+                // resets its signal descriptor, two system calls per completion).
+                if (n as usize) < e.len() {
+                    break;
                 }
                 continue;
             }
@@ -1174,7 +1193,7 @@ fn map_err(err: i32, prov_errno: i32) -> WcStatus {
 /// queue gets a file-descriptor wait object (`FI_WAIT_FD`) where the provider offers one
 /// (`tcp;ofi_rxm` does, libfabric 1.17's `shm` does not), else none.
 pub(crate) fn open_handles(info: *mut sys::fi_info, wait_fd: bool) -> Result<Handles> {
-    remove_stale_shm_regions_of_this_pid();
+    super::shm_regions::remove_stale_regions_of_this_pid();
     let mut h = Handles {
         info,
         ..Handles::EMPTY
@@ -1291,20 +1310,32 @@ pub(crate) fn epoll_del(epfd: i32, fd: i32) {
     unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
 }
 
-/// The domain's progress thread: drives libfabric progress at least every
+/// The domain's progress thread: makes sure libfabric progress is driven at least every
 /// [`PROGRESS_TICK_MS`] (so remote atomics and writes with data land, and credit grants leave,
-/// while the application does not poll), and watches the side-channel sockets of the queue pairs
-/// so a peer that dies moves its queue pairs to the error state.
+/// while the application does not poll): it drives it itself only when nobody drained the
+/// completion queue since its last tick. It also fails requests past their deadline and watches
+/// the side-channel sockets of the queue pairs, so a peer that dies moves its queue pairs to the
+/// error state.
 fn progress_thread(weak: Weak<Domain>, epfd: OwnedFd) {
     let mut evs = [libc::epoll_event { events: 0, u64: 0 }; 32];
+    let (mut seen, mut ticks) = (u64::MAX, 0u32);
     loop {
         {
             let Some(d) = weak.upgrade() else { return };
             if d.stop.load(Ordering::SeqCst) {
                 return;
             }
-            d.progress();
-            d.expire_slots();
+            // Stand aside while the application drives progress itself (a hot loop polling
+            // its completion queue): our call would only contend for the domain lock and the
+            // cores. Otherwise drive it, so work lands while nobody polls.
+            if d.drains.load(Ordering::Relaxed) == seen {
+                d.progress();
+            }
+            seen = d.drains.load(Ordering::Relaxed);
+            ticks = ticks.wrapping_add(1);
+            if ticks % EXPIRE_EVERY == 0 {
+                d.expire_slots();
+            }
         }
         // SAFETY: `evs` has room for 32 events; the epoll fd is this thread's own duplicate.
         let n = unsafe {
@@ -1329,42 +1360,4 @@ fn progress_thread(weak: Weak<Domain>, epfd: OwnedFd) {
             }
         }
     }
-}
-
-/// Removes the shared-memory regions that libfabric's `shm` provider names after a process id
-/// (`/dev/shm/<pid>:<domain>:<endpoint>`) and that a dead process with this process's id left
-/// behind: a process killed with SIGKILL never unlinks its regions, and when the kernel hands
-/// its pid to a new process, that process's first endpoint fails with `fi_enable: Device or
-/// resource busy`. Any such file that exists before this process opened its first endpoint is
-/// stale (a pid names one live process), so this runs once per process, before the first one.
-fn remove_stale_shm_regions_of_this_pid() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let prefix = format!("{}:", std::process::id());
-        let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let rest = name.strip_prefix(&prefix);
-            let ours = rest.is_some_and(|r| {
-                r.split(':').count() == 2
-                    && r.split(':')
-                        .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            });
-            if ours {
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::warn!(
-                        region = name,
-                        "removed a libfabric shm region a dead process with this pid left"
-                    ),
-                    Err(e) => tracing::warn!(
-                        region = name,
-                        "cannot remove a stale libfabric shm region: {e}"
-                    ),
-                }
-            }
-        }
-    });
 }
