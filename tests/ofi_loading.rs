@@ -49,3 +49,77 @@ fn a_stale_shm_region_of_a_dead_process_with_this_pid_does_not_block_the_endpoin
     drop(fabric);
     let _ = std::fs::remove_file(&stale);
 }
+
+/// The libfabric `shm` regions (`/dev/shm/<pid>:<n>:<n>`) of process `pid`.
+#[cfg(feature = "libfabric")]
+fn shm_regions_of(pid: u32) -> Vec<String> {
+    let prefix = format!("{pid}:");
+    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| {
+                    n.strip_prefix(&prefix).is_some_and(|rest| {
+                        let parts: Vec<&str> = rest.split(':').collect();
+                        parts.len() == 2
+                            && parts
+                                .iter()
+                                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// An executor on libfabric `shm` killed with SIGKILL never unlinks its regions; the executor
+/// manager removes them once it has reaped it (before it reports the allocation ended), so they
+/// do not stay in `/dev/shm` until reboot. This process opens no libfabric endpoint of its own.
+#[cfg(feature = "libfabric")]
+#[test]
+fn an_ofi_executor_killed_with_sigkill_leaves_no_shm_region_once_reaped() {
+    use common::{alloc_body, functions_library, wait_for, Manager, ManagerOptions, NO_HANG};
+    use rfaas::control::executor_manager_api::{Allocation, AllocationStatus};
+    let m = Manager::start_with(ManagerOptions {
+        provider: "ofi",
+        env: vec![(rfaas::env::OFI_PROVIDER, "shm".to_string())],
+        ..ManagerOptions::default()
+    });
+    let lib = m.upload(functions_library());
+    let (code, body) = m.call(
+        "POST",
+        "/v1/allocations",
+        Some(alloc_body(&lib, &["echo"], 1).as_bytes()),
+    );
+    assert_eq!(code, 201, "allocation: {body}\n{}", m.log_text());
+    let a: Allocation = serde_json::from_str(&body).unwrap();
+    // The test is not vacuous: the executor's endpoint has a region named after its pid.
+    let regions = wait_for(NO_HANG, "the executor's libfabric shm region", || {
+        Some(shm_regions_of(a.pid)).filter(|r| !r.is_empty())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let state = wait_for(NO_HANG, "the manager to reap the executor", || {
+        let (code, body) = m.call("GET", &format!("/v1/allocations/{}", a.id), None);
+        assert_eq!(code, 200, "{body}");
+        let s: AllocationStatus = serde_json::from_str(&body).unwrap();
+        (s.state != "running").then_some(s)
+    });
+    assert_eq!(
+        state.reason.as_deref(),
+        Some("killed by signal 9 (SIGKILL)"),
+        "{state:?}"
+    );
+    let left = shm_regions_of(a.pid);
+    assert!(
+        left.is_empty(),
+        "regions {left:?} of the killed executor {} are still in /dev/shm (it had {regions:?})\n{}",
+        a.pid,
+        m.log_text()
+    );
+}

@@ -28,7 +28,8 @@
 //! Each manager gets its own cores (the cpuset of `start` split evenly, or `--cores-per-node`),
 //! so two allocations never share a core even across managers. `stop` SIGTERMs every manager
 //! (which stops its executors), waits, SIGKILLs the process groups of any left, and checks in
-//! `/proc` that no process of those groups remains.
+//! `/proc` that no process of those groups remains; then (feature `libfabric`) it removes the
+//! libfabric `shm` regions those processes left in `/dev/shm`.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
@@ -603,6 +604,7 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
     }
     // Anything left in the managers' process groups (executors included) goes now.
     let deadline = Instant::now() + Duration::from_secs(3);
+    let mut stopped: Vec<i32> = ours.iter().chain(&gone).map(|(pid, _)| *pid).collect();
     loop {
         // Everything in the groups of our managers; in the groups of managers that died
         // before (killed?), only executors (the group id may have been reused since).
@@ -625,8 +627,17 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
         }
         for p in &left {
             let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            stopped.push(p.pid);
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // libfabric shm regions of what was stopped (those killed never unlink theirs); only pids
+    // that are gone by now.
+    #[cfg(feature = "libfabric")]
+    for pid in stopped {
+        if let Ok(pid) = u32::try_from(pid) {
+            crate::rdma::ofi::remove_shm_regions_of_dead(pid);
+        }
     }
     // DIR/rm-state.json stays: it is the resource manager's durable state (`start
     // --resume-state` picks it up).

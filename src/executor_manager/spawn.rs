@@ -259,7 +259,8 @@ impl ExecutorHandle {
     }
 }
 
-/// Hands `child` to a supervisor task, which reaps it, applies stop requests, and calls
+/// Hands `child` to a supervisor task, which reaps it (and removes the libfabric `shm` regions
+/// it left, feature `libfabric`), applies stop requests, and calls
 /// `on_exit(reason)` as soon as it is gone (before waiters of [`ExecutorHandle::wait_exit`]
 /// wake).
 ///
@@ -301,6 +302,9 @@ pub fn supervise(
             Ok(status) => exit_reason(status),
             Err(e) => format!("could not be waited for: {e}"),
         };
+        // Reaped: libfabric shm regions it left (killed by a signal) go now, not at reboot.
+        #[cfg(feature = "libfabric")]
+        crate::rdma::ofi::remove_shm_regions_of_dead(pid);
         let _ = tokio::time::timeout(STDOUT_GRACE, async {
             while stdout_open.changed().await.is_ok() {}
         })

@@ -50,6 +50,7 @@ mod listener;
 mod mr;
 mod qp;
 pub mod raw;
+mod shm_regions;
 mod sys;
 mod wire;
 
@@ -61,6 +62,7 @@ pub use domain::OfiInfo;
 pub use listener::{OfiListener, OfiRequest, HANDSHAKE_TIMEOUT};
 pub use mr::OfiMr;
 pub use qp::OfiQp;
+pub use shm_regions::remove_regions_of_dead as remove_shm_regions_of_dead;
 
 use super::error::Result;
 use super::provider::Provider;
