@@ -8,8 +8,9 @@
 //! descriptor too, after `fi_trywait` says nothing is pending: incoming data wakes the waiter,
 //! which drives progress itself. Where the provider has none (libfabric 1.17's `shm`; `cxi` and
 //! `efa`), the wait sleeps in slices of [`WAIT_SLICE`] and drives progress between them. Either
-//! way the domain's progress thread also drives progress at least every millisecond, so no
-//! completion waits longer than that for someone to call into libfabric.
+//! way the domain's progress thread makes sure progress is driven at least every millisecond
+//! (itself, when nobody else did since its last tick), so no completion waits longer than that
+//! for someone to call into libfabric.
 
 use std::os::fd::RawFd;
 use std::sync::Arc;

@@ -26,8 +26,9 @@
 //!   pair numbers, receive credits and private data, then stays open as the liveness channel.
 //! * **Progress**: libfabric's data progress is manual on every provider rfaas targets, so
 //!   whoever polls an empty completion queue drives it, and each domain runs a progress thread
-//!   that drives it at least every millisecond (remote atomics on billing memory, credit grants
-//!   and writes with data land while no one polls) and watches the side channels. A blocked
+//!   that makes sure it is driven at least every millisecond (remote atomics on billing memory,
+//!   credit grants and writes with data land while no one polls), standing aside while the
+//!   application drives it, and watches the side channels. A blocked
 //!   waiter sleeps on the completion queue's wait object where the provider has one
 //!   (`FI_WAIT_FD` + `fi_trywait`: `tcp;ofi_rxm`), else spins, then sleeps in 200 µs slices
 //!   (`shm`, and `cxi` / `efa`, which have none); [`OfiInfo::wait_object`] says which.
