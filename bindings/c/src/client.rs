@@ -8,7 +8,7 @@ use std::time::Duration;
 use rfaas_core::client::{AllocationSpec, ClientOptions, Cluster, FunctionId, Pending};
 
 use crate::args::{
-    answer, function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg, take_handle,
+    answer, collect, function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg,
 };
 use crate::error::{guard, rfaas_status, Error};
 use crate::executor::{AllocateAny, AnyExecutor};
@@ -410,15 +410,18 @@ pub unsafe extern "C" fn rfaas_wait_pending(
     output_capacity: usize,
     output_len: *mut usize,
 ) -> c_int {
+    let output = (output, output_capacity, output_len);
     guard(|| {
         // SAFETY: the caller's contract: `pending` from rfaas_submit, not consumed yet, and the
         // other pointers.
         unsafe {
-            let p = take_handle(pending, "pending")?.inner;
-            let e = exec(executor)?;
-            answer(output, output_capacity, output_len, |out| {
-                Ok(e.wait(p, out)?)
-            })
+            collect(
+                pending,
+                "pending",
+                || exec(executor),
+                output,
+                |e, p, out| Ok(e.wait(p.inner, out)?),
+            )
         }
     })
 }

@@ -17,7 +17,7 @@ use mpi::topology::SimpleCommunicator;
 use rfaas_core::client::{ClientOptions, FunctionId};
 use rfaas_core::mpi_glue::{Offload, Session, SessionConfig};
 
-use crate::args::{answer, function_names, in_buf, need, opt_str_arg, put, str_arg, take_handle};
+use crate::args::{answer, collect, function_names, in_buf, need, opt_str_arg, put, str_arg};
 use crate::error::{guard, rfaas_status, Error};
 
 /// How a session is set up: the same on every rank. Fill it with `rfaas_session_config_init`
@@ -422,15 +422,18 @@ pub unsafe extern "C" fn rfaas_wait(
     output_capacity: usize,
     output_len: *mut usize,
 ) -> c_int {
+    let output = (output, output_capacity, output_len);
     guard(|| {
         // SAFETY: the caller's contract: `offload` from rfaas_offload_async, not consumed yet,
         // and the other pointers.
         unsafe {
-            let o = take_handle(offload, "offload")?.inner;
-            let s = live(session)?;
-            answer(output, output_capacity, output_len, |out| {
-                Ok(s.wait(o, out)?)
-            })
+            collect(
+                offload,
+                "offload",
+                || live(session),
+                output,
+                |s, o, out| Ok(s.wait(o.inner, out)?),
+            )
         }
     })
 }
