@@ -17,6 +17,39 @@ use rfaas::rdma::shm::ShmFabric;
 use rfaas::rdma::tcp::TcpFabric;
 use rfaas::rdma::{Fabric, FabricError, QpInit};
 
+/// Runs the scenario `$scenario(fabric, provider)` on every provider, each a test of its own
+/// named `$scenario::<provider>`: shm, tcp and, with the `libfabric` feature, ofi on libfabric's
+/// `shm` and `tcp;ofi_rxm`.
+macro_rules! on_every_provider {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[test]
+            fn shm() {
+                $scenario(ShmFabric::new().unwrap(), "shm");
+            }
+
+            #[test]
+            fn tcp() {
+                $scenario(TcpFabric::new().unwrap(), "tcp");
+            }
+
+            #[cfg(feature = "libfabric")]
+            #[test]
+            fn ofi_shm() {
+                $scenario(ofi("shm"), "ofi:shm");
+            }
+
+            #[cfg(feature = "libfabric")]
+            #[test]
+            fn ofi_tcp_rxm() {
+                $scenario(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
+            }
+        }
+    };
+}
+
 fn manager(provider: &'static str) -> Manager {
     #[cfg(feature = "libfabric")]
     if let Some(prov) = provider.strip_prefix("ofi:") {
@@ -131,27 +164,7 @@ fn every_function_and_size<F: Fabric>(fabric: F, provider: &'static str) {
     exec.deallocate().unwrap();
 }
 
-#[test]
-fn shm_every_function_and_size() {
-    every_function_and_size(ShmFabric::new().unwrap(), "shm");
-}
-
-#[test]
-fn tcp_every_function_and_size() {
-    every_function_and_size(TcpFabric::new().unwrap(), "tcp");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_shm_every_function_and_size() {
-    every_function_and_size(ofi("shm"), "ofi:shm");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_tcp_rxm_every_function_and_size() {
-    every_function_and_size(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
-}
+on_every_provider!(every_function_and_size);
 
 /// 100,000 invocations on one allocation, several in flight: every result matches its call.
 fn many_invocations<F: Fabric>(fabric: F, provider: &'static str) {
@@ -372,27 +385,7 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
     drop(exec); // deallocation fails (the manager is gone) without hanging
 }
 
-#[test]
-fn shm_manager_killed_fails_clients_fast() {
-    manager_killed(ShmFabric::new().unwrap(), "shm");
-}
-
-#[test]
-fn tcp_manager_killed_fails_clients_fast() {
-    manager_killed(TcpFabric::new().unwrap(), "tcp");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_shm_manager_killed_fails_clients_fast() {
-    manager_killed(ofi("shm"), "ofi:shm");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_tcp_rxm_manager_killed_fails_clients_fast() {
-    manager_killed(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
-}
+on_every_provider!(manager_killed);
 
 /// Several threads share one Executor, each on its own worker.
 #[test]
