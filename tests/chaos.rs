@@ -392,6 +392,24 @@ impl Shared {
         eprintln!("chaos: VIOLATION: {v}");
         self.ledger.lock().unwrap().violations.push(v);
     }
+
+    /// Updates the record of lease `id` (one the clients were granted).
+    fn update(&self, id: u64, f: impl FnOnce(&mut LeaseRecord)) {
+        f(self.ledger.lock().unwrap().leases.get_mut(&id).unwrap());
+    }
+
+    /// Lease `id` was reported ended (410).
+    fn ended(&self, id: u64) {
+        self.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
+        self.update(id, |rec| rec.ended = true);
+    }
+
+    /// Lease `id` lives at least until `deadline_unix_ms`.
+    fn lives_until(&self, id: u64, deadline_unix_ms: u64) {
+        self.update(id, |rec| {
+            rec.deadline_unix_ms = rec.deadline_unix_ms.max(deadline_unix_ms)
+        });
+    }
 }
 
 /// The slack of a deadline check: the resource manager's tick, a clock step, a busy machine.
@@ -530,21 +548,11 @@ fn renew(shared: &Shared, rm: &RmClient, id: u64, token: &str, ttl_ms: u64) -> b
     match rm.renew(id, token) {
         Ok(r) => {
             shared.counters.renewals.fetch_add(1, Ordering::Relaxed);
-            let mut l = shared.ledger.lock().unwrap();
-            let rec = l.leases.get_mut(&id).unwrap();
-            rec.deadline_unix_ms = rec.deadline_unix_ms.max(r.expires_at_unix_ms);
+            shared.lives_until(id, r.expires_at_unix_ms);
             true
         }
         Err(ClientError::Manager { status: 410, .. }) => {
-            shared.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
-            shared
-                .ledger
-                .lock()
-                .unwrap()
-                .leases
-                .get_mut(&id)
-                .unwrap()
-                .ended = true;
+            shared.ended(id);
             false
         }
         Err(ClientError::Manager {
@@ -557,9 +565,7 @@ fn renew(shared: &Shared, rm: &RmClient, id: u64, token: &str, ttl_ms: u64) -> b
         }
         Err(_) => {
             // No answer: it may have been applied.
-            let mut l = shared.ledger.lock().unwrap();
-            let rec = l.leases.get_mut(&id).unwrap();
-            rec.deadline_unix_ms = rec.deadline_unix_ms.max(asked + ttl_ms);
+            shared.lives_until(id, asked + ttl_ms);
             true
         }
     }
@@ -572,26 +578,11 @@ fn release(shared: &Shared, rm: &RmClient, id: u64, token: &str) {
         match rm.release(id, token) {
             Ok(_) => {
                 shared.counters.releases.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .released = true;
+                shared.update(id, |rec| rec.released = true);
                 return;
             }
             Err(ClientError::Manager { status: 410, .. }) => {
-                shared.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .ended = true;
+                shared.ended(id);
                 return;
             }
             Err(ClientError::Manager {
@@ -694,14 +685,7 @@ fn check(shared: &Shared, c: &LocalCluster, nodes: usize, when: &str) {
         }
         match rm.renew(id, &token) {
             Err(ClientError::Manager { status: 410, .. }) => {
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .ended = true;
+                shared.update(id, |rec| rec.ended = true);
             }
             Ok(_) => {}
             Err(e) => shared.violation(format!("{when}: lease {id} lost: {e}")),
