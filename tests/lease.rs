@@ -407,26 +407,10 @@ fn local_cluster_with_a_resource_manager_invokes_and_stops_without_leftovers() {
     assert!(pids.iter().all(|p| alive(*p)));
 
     // `rfaas invoke` leases through the resource manager by itself.
-    let lib = dir.path().join("libfunctions.so");
-    std::fs::write(&lib, functions_library()).unwrap();
-    let input = dir.path().join("in");
-    std::fs::write(&input, b"through a lease").unwrap();
-    let out = Command::new(common::rfaas_bin())
-        .args([
-            "invoke",
-            "--function",
-            "echo",
-            "--timeout-s",
-            "10",
-            "--library",
-        ])
-        .arg(&lib)
-        .arg("--input")
-        .arg(&input)
-        .arg("--cluster")
-        .arg(run.join("cluster.json"))
-        .output()
-        .unwrap();
+    let out =
+        common::invoke_echo_command(dir.path(), &run.join("cluster.json"), b"through a lease")
+            .output()
+            .unwrap();
     assert!(
         out.status.success() && out.stdout == b"through a lease",
         "invoke: {}",

@@ -438,6 +438,25 @@ pub fn workspace_library(package: &str, file: &str, sources: &[&str]) -> Vec<u8>
     fs::read(target.join("debug").join(file)).unwrap()
 }
 
+/// `rfaas invoke` of the example library's `echo` on `input` against the cluster file `cluster`
+/// (10 s per call), with the library and the input written into `dir`: add environment, then
+/// run it.
+pub fn invoke_echo_command(dir: &Path, cluster: &Path, input: &[u8]) -> Command {
+    let lib = dir.join("libfunctions.so");
+    fs::write(&lib, functions_library()).unwrap();
+    let input_file = dir.join("in");
+    fs::write(&input_file, input).unwrap();
+    let mut c = Command::new(rfaas_bin());
+    c.args(["invoke", "--function", "echo", "--timeout-s", "10"])
+        .arg("--library")
+        .arg(&lib)
+        .arg("--input")
+        .arg(&input_file)
+        .arg("--cluster")
+        .arg(cluster);
+    c
+}
+
 /// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, or
 /// [`workspace_library`].
 pub fn functions_library() -> &'static [u8] {
