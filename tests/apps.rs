@@ -3,11 +3,12 @@
 //! input. Bad input must come back as an application error status (the first output byte,
 //! `rfaas_function::app_status`) and the same executor must go on serving.
 
+#[path = "../jobs/classifier/tests/fixtures/mod.rs"]
+mod classifier_fixture;
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use common::{Manager, NO_HANG};
@@ -151,47 +152,18 @@ fn classifier_library() -> &'static [u8] {
     LIB.get_or_init(|| app_library("rfaas-classifier", "classifier"))
 }
 
-/// Python for the classifier's fixtures: `$PYTHON`, the checkout's `.venv`, or `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 /// The classifier's fixtures (`jobs/classifier/tests/make_model.py`: a small ONNX model, PNG
 /// images at its input size and onnxruntime's scores for them) in a temporary directory; `None`
 /// when Python lacks numpy, onnx or onnxruntime (a failure under `CI=true`).
 fn classifier_fixtures() -> Option<tempfile::TempDir> {
-    let py = python();
-    let probe = Command::new(&py)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        common::skip_unless_ci(&format!(
-            "{} cannot import numpy, onnx and onnxruntime (scripts/setup.sh installs them)",
-            py.display()
-        ));
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/classifier/tests/make_model.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make_model.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(dir)
+    match classifier_fixture::make(&script) {
+        Ok(dir) => Some(dir),
+        Err(why) => {
+            common::skip_unless_ci(&why);
+            None
+        }
+    }
 }
 
 /// Largest difference allowed between the function's scores (tract) and onnxruntime's: see

@@ -7,8 +7,9 @@
 //! `.venv`; `PYTHON` overrides the interpreter). Without them the test is skipped, except under
 //! `CI=true` where it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod fixtures;
+
+use std::path::Path;
 
 use classifier::{decode_output, request, with_top_k};
 use rfaas_function::app_status::AppErrorCode;
@@ -25,51 +26,20 @@ fn in_ci() -> bool {
         .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"))
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
-/// Runs make_model.py into a temporary directory; `None` (skipped) when Python or its packages
-/// are missing outside CI.
+/// The fixtures in a temporary directory; `None` (skipped) when Python or its packages are
+/// missing outside CI.
 fn fixtures() -> Option<tempfile::TempDir> {
-    let py = python();
-    let probe = Command::new(&py)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = format!(
-            "{} cannot import numpy, onnx and onnxruntime (scripts/setup.sh installs them): {:?}",
-            py.display(),
-            probe.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        );
-        assert!(
-            !in_ci(),
-            "{why}; under CI=true a missing tool fails the test"
-        );
-        eprintln!("SKIPPED: {why}");
-        return None;
+    match fixtures::make(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_model.py")) {
+        Ok(dir) => Some(dir),
+        Err(why) => {
+            assert!(
+                !in_ci(),
+                "{why}; under CI=true a missing tool fails the test"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_model.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make_model.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(dir)
 }
 
 #[test]
