@@ -121,6 +121,16 @@ pub unsafe fn collect<P, O>(
     unsafe { answer(output, capacity, output_len, |out| wait(o, p, out)) }
 }
 
+/// Hands `handle` to the caller through the out-pointer `out`, boxed: the caller gives it back
+/// to [`take_handle`] or to the API's function that frees it.
+///
+/// # Safety
+/// `out` not NULL and valid for a write.
+pub unsafe fn give_handle<T>(out: *mut *mut T, handle: T) {
+    // SAFETY: the caller's contract.
+    unsafe { out.write(Box::into_raw(Box::new(handle))) };
+}
+
 /// Takes back a handle made by `Box::into_raw` (a pending call), which the caller gives up.
 ///
 /// # Safety

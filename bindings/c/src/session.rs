@@ -17,7 +17,9 @@ use mpi::topology::SimpleCommunicator;
 use rfaas_core::client::{ClientOptions, FunctionId};
 use rfaas_core::mpi_glue::{Offload, Session, SessionConfig};
 
-use crate::args::{answer, collect, function_names, in_buf, need, opt_str_arg, put, str_arg};
+use crate::args::{
+    answer, collect, function_names, give_handle, in_buf, need, opt_str_arg, put, str_arg,
+};
 use crate::error::{guard, rfaas_status, Error};
 
 /// How a session is set up: the same on every rank. Fill it with `rfaas_session_config_init`
@@ -237,12 +239,12 @@ unsafe fn start(
     let r = Session::start(&*comm, &s);
     ManuallyDrop::into_inner(comm);
     let session = r?;
-    let b = Box::into_raw(Box::new(rfaas_session {
+    let handle = rfaas_session {
         inner: Some(session),
         thread: thread_id(),
-    }));
+    };
     // SAFETY: not NULL, writable by contract.
-    unsafe { put(out, b) };
+    unsafe { give_handle(out, handle) };
     Ok(())
 }
 
@@ -401,9 +403,8 @@ pub unsafe extern "C" fn rfaas_offload_async(
                 e.into()
             }
         })?;
-        let b = Box::into_raw(Box::new(rfaas_offload_pending { inner: o }));
         // SAFETY: not NULL, writable.
-        unsafe { put(offload, b) };
+        unsafe { give_handle(offload, rfaas_offload_pending { inner: o }) };
         Ok(())
     })
 }
