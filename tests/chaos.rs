@@ -326,25 +326,6 @@ fn restarts_through_the_cli_keep_addresses_and_clients_keep_invoking() {
     }
 }
 
-/// splitmix64: the test's own deterministic generator (the seed reproduces a run's choices).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// What the clients know of one lease they were granted.
 #[derive(Debug)]
 struct LeaseRecord {
@@ -417,13 +398,13 @@ const DEADLINE_SLACK_MS: u64 = 2000;
 
 /// One client thread: lease one core, allocate, invoke and renew, release; again.
 fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let cluster = Cluster::open(Some(cluster_file)).unwrap();
     let rm = cluster.resource_manager.clone().unwrap();
     let fabric = ShmFabric::new().unwrap();
     let c = &shared.counters;
     while !shared.stop.load(Ordering::Relaxed) {
-        let ttl_ms = 2000 + rng.below(2000);
+        let ttl_ms = 2000 + rng.u64(..2000);
         let asked = unix_ms();
         let grant = {
             let _g = shared.gate.read().unwrap();
@@ -474,7 +455,7 @@ fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
         match exec {
             Ok(exec) => {
                 c.allocations.fetch_add(1, Ordering::Relaxed);
-                let calls = 5 + rng.below(40);
+                let calls = 5 + rng.u64(..40);
                 for k in 0..calls {
                     if shared.stop.load(Ordering::Relaxed) {
                         break;
@@ -500,10 +481,12 @@ fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
 }
 
 /// One invocation of `echo` or `checksum` on random bytes, checked; false when it failed.
-fn call(shared: &Shared, exec: &Executor<ShmFabric>, rng: &mut Rng) -> bool {
-    let checksum = rng.below(2) == 0;
-    let len = rng.below(200) as usize;
-    let input = rng.bytes(len);
+fn call(shared: &Shared, exec: &Executor<ShmFabric>, rng: &mut fastrand::Rng) -> bool {
+    let checksum = rng.u64(..2) == 0;
+    let len = rng.u64(..200) as usize;
+    let input = std::iter::repeat_with(|| rng.u8(..))
+        .take(len)
+        .collect::<Vec<u8>>();
     let f = exec
         .function(if checksum { "checksum" } else { "echo" })
         .unwrap();
@@ -792,7 +775,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
             })
         })
         .collect();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut faults: HashMap<&str, u32> = HashMap::new();
     let mut every_pid: BTreeSet<i32> = c.pids().into_iter().map(|p| p.0).collect();
     // Some load before the first fault.
@@ -801,13 +784,13 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
     });
     for step in 1..=steps {
         let daemons: Vec<String> = c.pids().into_iter().map(|p| p.1).collect();
-        let pick = rng.below(daemons.len() as u64 + 1) as usize;
-        let kill9 = rng.below(2) == 0;
-        let pause = Duration::from_millis(100 + rng.below(2400));
+        let pick = rng.u64(..daemons.len() as u64 + 1) as usize;
+        let kill9 = rng.u64(..2) == 0;
+        let pause = Duration::from_millis(100 + rng.u64(..2400));
         let what = if pick == daemons.len() {
             // An executor (if one runs now; else nothing this step).
             let ex = executors(&c);
-            match ex.get(rng.below(ex.len().max(1) as u64) as usize) {
+            match ex.get(rng.u64(..ex.len().max(1) as u64) as usize) {
                 Some(pid) => {
                     every_pid.insert(*pid);
                     let pid = Pid::from_raw(*pid);
