@@ -166,10 +166,6 @@ fn classifier_fixtures() -> Option<tempfile::TempDir> {
     }
 }
 
-/// Largest difference allowed between the function's scores (tract) and onnxruntime's: see
-/// jobs/classifier/tests/reference.rs.
-const SCORE_TOLERANCE: f32 = 1e-5;
-
 fn classifier_spec(model: Option<&[u8]>, labels: Option<&[u8]>) -> AllocationSpec {
     let mut spec = AllocationSpec::new(
         classifier_library().to_vec(),
@@ -195,8 +191,8 @@ fn classifier_through_an_executor_manager() {
     };
     let read = |name: &str| fs::read(dir.path().join(name)).unwrap();
     let model = read("model.onnx");
-    let reference: serde_json::Value = serde_json::from_slice(&read("reference.json")).unwrap();
-    let classes = reference["classes"].as_u64().unwrap() as usize;
+    let reference = classifier_fixture::Reference::read(dir.path());
+    let classes = reference.classes;
     let labels: String = (0..classes).map(|i| format!("label {i}\n")).collect();
     let m = Manager::start();
     let client = ManagerClient::new(&m.http, &m.secret);
@@ -232,30 +228,14 @@ fn classifier_through_an_executor_manager() {
         exec.function("classify_reload").unwrap(),
     ];
     let mut out = vec![0u8; spec.output_capacity as usize];
-    for image in reference["images"].as_array().unwrap() {
-        let want: Vec<f32> = image["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let png = read(image["file"].as_str().unwrap());
+    for image in &reference.images {
+        let want = &image.scores;
+        let png = read(&image.file);
         let input = classifier::with_top_k(classes as u16, &png);
         for f in funcs {
             let n = exec.invoke(f, &input, &mut out).unwrap();
             let got = classifier::decode_output(&out[..n]).unwrap();
-            assert_eq!(got.len(), classes);
-            for c in &got {
-                let w = want[c.index as usize];
-                assert!(
-                    (c.score - w).abs() <= SCORE_TOLERANCE,
-                    "{}: class {} scored {} through rfaas, {w} by onnxruntime",
-                    image["file"],
-                    c.index,
-                    c.score
-                );
-                assert_eq!(c.label, format!("label {}", c.index));
-            }
+            image.check_scores(&got, |i| format!("label {i}"), "through rfaas");
             let best = (0..classes)
                 .max_by(|&a, &b| want[a].total_cmp(&want[b]))
                 .unwrap();
