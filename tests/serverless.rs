@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{functions_library, Manager, ManagerOptions};
@@ -281,17 +280,7 @@ fn unknown_functions_and_the_c_library() {
 }
 
 fn c_library() -> Vec<u8> {
-    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serverless-c");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
-    let st = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&src)
-        .arg(format!("OUT={}", out_dir.display()))
-        .status()
-        .expect("run make");
-    assert!(st.success(), "building the C library failed");
-    std::fs::read(out_dir.join("libfunctions_c.so")).unwrap()
+    common::functions_c_library("serverless-c", "functions_c")
 }
 
 /// A client that presents a wrong token is refused by the executor, which keeps waiting for the
@@ -387,20 +376,26 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
 
 on_every_provider!(manager_killed);
 
-/// Several threads share one Executor, each on its own worker.
-#[test]
-fn threads_share_an_executor() {
-    let m = manager("shm");
+/// An allocation of `echo` on two workers (one where the machine has a single core) of the shm
+/// manager `m`.
+fn echo_on_two_cores(m: &Manager) -> Executor<ShmFabric> {
     let client = ManagerClient::new(&m.http, &m.secret);
     let mut s = spec(&["echo"], 64);
     s.cores = common::cores().len().min(2) as u32;
-    let exec = Executor::allocate(
+    Executor::allocate(
         ShmFabric::new().unwrap(),
         &client,
         &s,
         ClientOptions::default(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Several threads share one Executor, each on its own worker.
+#[test]
+fn threads_share_an_executor() {
+    let m = manager("shm");
+    let exec = echo_on_two_cores(&m);
     let echo = exec.function("echo").unwrap();
     std::thread::scope(|sc| {
         for t in 0..4u32 {
@@ -422,16 +417,7 @@ fn threads_share_an_executor() {
 #[test]
 fn workers_run_pinned_on_their_own_cores() {
     let m = manager("shm");
-    let client = ManagerClient::new(&m.http, &m.secret);
-    let mut s = spec(&["echo"], 64);
-    s.cores = common::cores().len().min(2) as u32;
-    let exec = Executor::allocate(
-        ShmFabric::new().unwrap(),
-        &client,
-        &s,
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let exec = echo_on_two_cores(&m);
     let echo = exec.function("echo").unwrap();
     let mut out = [0u8; 8];
     for w in 0..exec.workers() {

@@ -262,25 +262,8 @@ pub fn http(
     secret: Option<&str>,
     body: Option<&[u8]>,
 ) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder().method(method).uri(&url);
-    let req = match secret {
-        Some(s) => req.header("Authorization", format!("Bearer {s}")),
-        None => req,
-    };
-    let resp = match body {
-        Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let code = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (code, text)
+    let bearer = secret.map(|s| format!("Bearer {s}"));
+    http_as(addr, method, path, bearer.as_deref(), &[], body)
 }
 
 /// One HTTP/1.1 request with `Authorization: <authorization>` (when given), more headers and
@@ -455,6 +438,26 @@ pub fn invoke_echo_command(dir: &Path, cluster: &Path, input: &[u8]) -> Command 
         .arg("--cluster")
         .arg(cluster);
     c
+}
+
+/// The C library `lib<name>.so` of `jobs/functions-c`, built with its Makefile (the C compiler
+/// is part of the build environment: scripts/setup.sh installs it) into this test's own
+/// directory `out` of the target's scratch space.
+pub fn functions_c_library(out: &str, name: &str) -> Vec<u8> {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
+    let st = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&src)
+        .arg(format!("OUT={}", out_dir.display()))
+        .status()
+        .expect("run make");
+    assert!(
+        st.success(),
+        "building the C libraries of jobs/functions-c failed"
+    );
+    fs::read(out_dir.join(format!("lib{name}.so"))).unwrap()
 }
 
 /// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, or
