@@ -250,14 +250,7 @@ fn restarts_through_the_cli_keep_addresses_and_clients_keep_invoking() {
     // client leases through the same cluster.json.
     lease.renew().unwrap();
     assert_eq!(echo(&exec, b"after").unwrap(), b"after");
-    wait_for(NO_HANG, "every executor manager registered again", || {
-        let n = c.rm().nodes().ok()?;
-        (n.nodes.len() == nodes
-            && n.nodes
-                .iter()
-                .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
-        .then_some(())
-    });
+    wait_all_alive(&c, nodes, "every executor manager registered again");
     if nodes > 1 {
         let other = c.cluster().lease(1, &no_renew).unwrap();
         assert_ne!(other.id(), lease.id());
@@ -584,6 +577,18 @@ fn release(shared: &Shared, rm: &RmClient, id: u64, token: &str) {
     }
 }
 
+/// Waits until the resource manager lists `nodes` nodes, every one alive.
+fn wait_all_alive(c: &LocalCluster, nodes: usize, what: &str) {
+    wait_for(NO_HANG, what, || {
+        let n = c.rm().nodes().ok()?;
+        (n.nodes.len() == nodes
+            && n.nodes
+                .iter()
+                .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
+        .then_some(())
+    });
+}
+
 /// The invariants, checked with the workers' grants and releases held back.
 fn check(shared: &Shared, c: &LocalCluster, nodes: usize, when: &str) {
     let rm = c.rm();
@@ -841,14 +846,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
         eprintln!("chaos: step {step}/{steps}: {what}");
         // Settle: every node alive again (a frozen manager that was declared dead registers
         // again), then the invariants.
-        wait_for(NO_HANG, "every node alive", || {
-            let n = c.rm().nodes().ok()?;
-            (n.nodes.len() == nodes
-                && n.nodes
-                    .iter()
-                    .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
-            .then_some(())
-        });
+        wait_all_alive(&c, nodes, "every node alive");
         check(&shared, &c, nodes, &format!("after step {step} ({what})"));
     }
     // Load goes on after the last fault.

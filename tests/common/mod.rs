@@ -634,24 +634,8 @@ pub fn http_with_header(
     secret: &str,
     header: (&str, &str),
 ) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("Authorization", format!("Bearer {secret}"))
-        .header(header.0, header.1)
-        .body(())
-        .unwrap();
-    let mut resp = agent
-        .run(req)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let code = resp.status().as_u16();
-    (code, resp.body_mut().read_to_string().unwrap_or_default())
+    let bearer = format!("Bearer {secret}");
+    http_as(addr, method, path, Some(&bearer), &[header], None)
 }
 
 /// The fabric a test cluster runs on: an rfaas provider and, for `ofi`, the libfabric provider
