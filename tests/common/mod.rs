@@ -209,6 +209,25 @@ impl Manager {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Allocates `cores` workers running `functions` of the uploaded library `lib` through the
+    /// HTTP API; fails the test (with the manager's log) unless it is granted.
+    pub fn allocate(
+        &self,
+        lib: &str,
+        functions: &[&str],
+        cores: u32,
+    ) -> rfaas::control::executor_manager_api::Allocation {
+        let body = alloc_body(lib, functions, cores);
+        let (code, body) = self.call("POST", "/v1/allocations", Some(body.as_bytes()));
+        assert_eq!(
+            code,
+            201,
+            "allocation failed: {body}\nmanager log:\n{}",
+            self.log_text()
+        );
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// Uploads a library; its hash.
     pub fn upload(&self, lib: &[u8]) -> String {
         let hash = rfaas::function::ContentHash::of(lib).to_hex();
