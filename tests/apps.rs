@@ -3,11 +3,12 @@
 //! input. Bad input must come back as an application error status (the first output byte,
 //! `rfaas_function::app_status`) and the same executor must go on serving.
 
+#[path = "../jobs/classifier/tests/fixtures/mod.rs"]
+mod classifier_fixture;
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::OnceLock;
 
 use common::{Manager, NO_HANG};
@@ -151,52 +152,19 @@ fn classifier_library() -> &'static [u8] {
     LIB.get_or_init(|| app_library("rfaas-classifier", "classifier"))
 }
 
-/// Python for the classifier's fixtures: `$PYTHON`, the checkout's `.venv`, or `python3`.
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
 /// The classifier's fixtures (`jobs/classifier/tests/make_model.py`: a small ONNX model, PNG
 /// images at its input size and onnxruntime's scores for them) in a temporary directory; `None`
 /// when Python lacks numpy, onnx or onnxruntime (a failure under `CI=true`).
 fn classifier_fixtures() -> Option<tempfile::TempDir> {
-    let py = python();
-    let probe = Command::new(&py)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        common::skip_unless_ci(&format!(
-            "{} cannot import numpy, onnx and onnxruntime (scripts/setup.sh installs them)",
-            py.display()
-        ));
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/classifier/tests/make_model.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make_model.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(dir)
+    match classifier_fixture::make(&script) {
+        Ok(dir) => Some(dir),
+        Err(why) => {
+            common::skip_unless_ci(&why);
+            None
+        }
+    }
 }
-
-/// Largest difference allowed between the function's scores (tract) and onnxruntime's: see
-/// jobs/classifier/tests/reference.rs.
-const SCORE_TOLERANCE: f32 = 1e-5;
 
 fn classifier_spec(model: Option<&[u8]>, labels: Option<&[u8]>) -> AllocationSpec {
     let mut spec = AllocationSpec::new(
@@ -223,8 +191,8 @@ fn classifier_through_an_executor_manager() {
     };
     let read = |name: &str| fs::read(dir.path().join(name)).unwrap();
     let model = read("model.onnx");
-    let reference: serde_json::Value = serde_json::from_slice(&read("reference.json")).unwrap();
-    let classes = reference["classes"].as_u64().unwrap() as usize;
+    let reference = classifier_fixture::Reference::read(dir.path());
+    let classes = reference.classes;
     let labels: String = (0..classes).map(|i| format!("label {i}\n")).collect();
     let m = Manager::start();
     let client = ManagerClient::new(&m.http, &m.secret);
@@ -260,30 +228,14 @@ fn classifier_through_an_executor_manager() {
         exec.function("classify_reload").unwrap(),
     ];
     let mut out = vec![0u8; spec.output_capacity as usize];
-    for image in reference["images"].as_array().unwrap() {
-        let want: Vec<f32> = image["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let png = read(image["file"].as_str().unwrap());
+    for image in &reference.images {
+        let want = &image.scores;
+        let png = read(&image.file);
         let input = classifier::with_top_k(classes as u16, &png);
         for f in funcs {
             let n = exec.invoke(f, &input, &mut out).unwrap();
             let got = classifier::decode_output(&out[..n]).unwrap();
-            assert_eq!(got.len(), classes);
-            for c in &got {
-                let w = want[c.index as usize];
-                assert!(
-                    (c.score - w).abs() <= SCORE_TOLERANCE,
-                    "{}: class {} scored {} through rfaas, {w} by onnxruntime",
-                    image["file"],
-                    c.index,
-                    c.score
-                );
-                assert_eq!(c.label, format!("label {}", c.index));
-            }
+            image.check_scores(&got, |i| format!("label {i}"), "through rfaas");
             let best = (0..classes)
                 .max_by(|&a, &b| want[a].total_cmp(&want[b]))
                 .unwrap();

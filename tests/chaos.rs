@@ -250,14 +250,7 @@ fn restarts_through_the_cli_keep_addresses_and_clients_keep_invoking() {
     // client leases through the same cluster.json.
     lease.renew().unwrap();
     assert_eq!(echo(&exec, b"after").unwrap(), b"after");
-    wait_for(NO_HANG, "every executor manager registered again", || {
-        let n = c.rm().nodes().ok()?;
-        (n.nodes.len() == nodes
-            && n.nodes
-                .iter()
-                .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
-        .then_some(())
-    });
+    wait_all_alive(&c, nodes, "every executor manager registered again");
     if nodes > 1 {
         let other = c.cluster().lease(1, &no_renew).unwrap();
         assert_ne!(other.id(), lease.id());
@@ -326,25 +319,6 @@ fn restarts_through_the_cli_keep_addresses_and_clients_keep_invoking() {
     }
 }
 
-/// splitmix64: the test's own deterministic generator (the seed reproduces a run's choices).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
 /// What the clients know of one lease they were granted.
 #[derive(Debug)]
 struct LeaseRecord {
@@ -392,6 +366,24 @@ impl Shared {
         eprintln!("chaos: VIOLATION: {v}");
         self.ledger.lock().unwrap().violations.push(v);
     }
+
+    /// Updates the record of lease `id` (one the clients were granted).
+    fn update(&self, id: u64, f: impl FnOnce(&mut LeaseRecord)) {
+        f(self.ledger.lock().unwrap().leases.get_mut(&id).unwrap());
+    }
+
+    /// Lease `id` was reported ended (410).
+    fn ended(&self, id: u64) {
+        self.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
+        self.update(id, |rec| rec.ended = true);
+    }
+
+    /// Lease `id` lives at least until `deadline_unix_ms`.
+    fn lives_until(&self, id: u64, deadline_unix_ms: u64) {
+        self.update(id, |rec| {
+            rec.deadline_unix_ms = rec.deadline_unix_ms.max(deadline_unix_ms)
+        });
+    }
 }
 
 /// The slack of a deadline check: the resource manager's tick, a clock step, a busy machine.
@@ -399,13 +391,13 @@ const DEADLINE_SLACK_MS: u64 = 2000;
 
 /// One client thread: lease one core, allocate, invoke and renew, release; again.
 fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let cluster = Cluster::open(Some(cluster_file)).unwrap();
     let rm = cluster.resource_manager.clone().unwrap();
     let fabric = ShmFabric::new().unwrap();
     let c = &shared.counters;
     while !shared.stop.load(Ordering::Relaxed) {
-        let ttl_ms = 2000 + rng.below(2000);
+        let ttl_ms = 2000 + rng.u64(..2000);
         let asked = unix_ms();
         let grant = {
             let _g = shared.gate.read().unwrap();
@@ -456,7 +448,7 @@ fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
         match exec {
             Ok(exec) => {
                 c.allocations.fetch_add(1, Ordering::Relaxed);
-                let calls = 5 + rng.below(40);
+                let calls = 5 + rng.u64(..40);
                 for k in 0..calls {
                     if shared.stop.load(Ordering::Relaxed) {
                         break;
@@ -482,10 +474,12 @@ fn worker(shared: &Shared, cluster_file: &Path, seed: u64) {
 }
 
 /// One invocation of `echo` or `checksum` on random bytes, checked; false when it failed.
-fn call(shared: &Shared, exec: &Executor<ShmFabric>, rng: &mut Rng) -> bool {
-    let checksum = rng.below(2) == 0;
-    let len = rng.below(200) as usize;
-    let input = rng.bytes(len);
+fn call(shared: &Shared, exec: &Executor<ShmFabric>, rng: &mut fastrand::Rng) -> bool {
+    let checksum = rng.u64(..2) == 0;
+    let len = rng.u64(..200) as usize;
+    let input = std::iter::repeat_with(|| rng.u8(..))
+        .take(len)
+        .collect::<Vec<u8>>();
     let f = exec
         .function(if checksum { "checksum" } else { "echo" })
         .unwrap();
@@ -530,21 +524,11 @@ fn renew(shared: &Shared, rm: &RmClient, id: u64, token: &str, ttl_ms: u64) -> b
     match rm.renew(id, token) {
         Ok(r) => {
             shared.counters.renewals.fetch_add(1, Ordering::Relaxed);
-            let mut l = shared.ledger.lock().unwrap();
-            let rec = l.leases.get_mut(&id).unwrap();
-            rec.deadline_unix_ms = rec.deadline_unix_ms.max(r.expires_at_unix_ms);
+            shared.lives_until(id, r.expires_at_unix_ms);
             true
         }
         Err(ClientError::Manager { status: 410, .. }) => {
-            shared.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
-            shared
-                .ledger
-                .lock()
-                .unwrap()
-                .leases
-                .get_mut(&id)
-                .unwrap()
-                .ended = true;
+            shared.ended(id);
             false
         }
         Err(ClientError::Manager {
@@ -557,9 +541,7 @@ fn renew(shared: &Shared, rm: &RmClient, id: u64, token: &str, ttl_ms: u64) -> b
         }
         Err(_) => {
             // No answer: it may have been applied.
-            let mut l = shared.ledger.lock().unwrap();
-            let rec = l.leases.get_mut(&id).unwrap();
-            rec.deadline_unix_ms = rec.deadline_unix_ms.max(asked + ttl_ms);
+            shared.lives_until(id, asked + ttl_ms);
             true
         }
     }
@@ -572,26 +554,11 @@ fn release(shared: &Shared, rm: &RmClient, id: u64, token: &str) {
         match rm.release(id, token) {
             Ok(_) => {
                 shared.counters.releases.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .released = true;
+                shared.update(id, |rec| rec.released = true);
                 return;
             }
             Err(ClientError::Manager { status: 410, .. }) => {
-                shared.counters.ended_seen.fetch_add(1, Ordering::Relaxed);
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .ended = true;
+                shared.ended(id);
                 return;
             }
             Err(ClientError::Manager {
@@ -608,6 +575,18 @@ fn release(shared: &Shared, rm: &RmClient, id: u64, token: &str) {
             }
         }
     }
+}
+
+/// Waits until the resource manager lists `nodes` nodes, every one alive.
+fn wait_all_alive(c: &LocalCluster, nodes: usize, what: &str) {
+    wait_for(NO_HANG, what, || {
+        let n = c.rm().nodes().ok()?;
+        (n.nodes.len() == nodes
+            && n.nodes
+                .iter()
+                .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
+        .then_some(())
+    });
 }
 
 /// The invariants, checked with the workers' grants and releases held back.
@@ -694,14 +673,7 @@ fn check(shared: &Shared, c: &LocalCluster, nodes: usize, when: &str) {
         }
         match rm.renew(id, &token) {
             Err(ClientError::Manager { status: 410, .. }) => {
-                shared
-                    .ledger
-                    .lock()
-                    .unwrap()
-                    .leases
-                    .get_mut(&id)
-                    .unwrap()
-                    .ended = true;
+                shared.update(id, |rec| rec.ended = true);
             }
             Ok(_) => {}
             Err(e) => shared.violation(format!("{when}: lease {id} lost: {e}")),
@@ -808,7 +780,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
             })
         })
         .collect();
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut faults: HashMap<&str, u32> = HashMap::new();
     let mut every_pid: BTreeSet<i32> = c.pids().into_iter().map(|p| p.0).collect();
     // Some load before the first fault.
@@ -817,13 +789,13 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
     });
     for step in 1..=steps {
         let daemons: Vec<String> = c.pids().into_iter().map(|p| p.1).collect();
-        let pick = rng.below(daemons.len() as u64 + 1) as usize;
-        let kill9 = rng.below(2) == 0;
-        let pause = Duration::from_millis(100 + rng.below(2400));
+        let pick = rng.u64(..daemons.len() as u64 + 1) as usize;
+        let kill9 = rng.u64(..2) == 0;
+        let pause = Duration::from_millis(100 + rng.u64(..2400));
         let what = if pick == daemons.len() {
             // An executor (if one runs now; else nothing this step).
             let ex = executors(&c);
-            match ex.get(rng.below(ex.len().max(1) as u64) as usize) {
+            match ex.get(rng.u64(..ex.len().max(1) as u64) as usize) {
                 Some(pid) => {
                     every_pid.insert(*pid);
                     let pid = Pid::from_raw(*pid);
@@ -874,14 +846,7 @@ fn chaos_under_mixed_load_keeps_every_invariant() {
         eprintln!("chaos: step {step}/{steps}: {what}");
         // Settle: every node alive again (a frozen manager that was declared dead registers
         // again), then the invariants.
-        wait_for(NO_HANG, "every node alive", || {
-            let n = c.rm().nodes().ok()?;
-            (n.nodes.len() == nodes
-                && n.nodes
-                    .iter()
-                    .all(|n| n.state == rfaas::scheduler::NodeState::Alive))
-            .then_some(())
-        });
+        wait_all_alive(&c, nodes, "every node alive");
         check(&shared, &c, nodes, &format!("after step {step} ({what})"));
     }
     // Load goes on after the last fault.

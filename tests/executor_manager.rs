@@ -15,6 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rfaas::client::{AllocationSpec, ClientOptions, Executor, InvokeError, ManagerClient};
 use rfaas::control::executor_manager_api::{Allocation, ApiError};
 
@@ -244,21 +246,6 @@ fn a_stalled_client_is_timed_out_and_blocks_no_one() {
     assert_eq!(client.status().unwrap().cores_free, cores().len() as u32);
 }
 
-fn allocate(m: &Manager, lib: &str, functions: &[&str], cores: u32) -> Allocation {
-    let (code, body) = m.call(
-        "POST",
-        "/v1/allocations",
-        Some(alloc_body(lib, functions, cores).as_bytes()),
-    );
-    assert_eq!(
-        code,
-        201,
-        "allocation failed: {body}\nmanager log:\n{}",
-        m.log_text()
-    );
-    serde_json::from_str(&body).unwrap()
-}
-
 fn state_of(m: &Manager, id: u64) -> rfaas::control::executor_manager_api::AllocationStatus {
     let (code, body) = m.call("GET", &format!("/v1/allocations/{id}"), None);
     assert_eq!(code, 200, "{body}");
@@ -271,7 +258,7 @@ fn state_of(m: &Manager, id: u64) -> rfaas::control::executor_manager_api::Alloc
 fn allocate_release_and_cores_come_back() {
     let m = Manager::start();
     let lib = m.upload(functions_library());
-    let a = allocate(&m, &lib, &["echo"], 1);
+    let a = m.allocate(&lib, &["echo"], 1);
     assert_eq!(a.workers.len(), 1);
     assert_eq!(a.token.len(), 64);
     assert!(a.spawn_ns > 0 && a.spawn_ns >= a.code_load_ns, "{a:?}");
@@ -317,7 +304,7 @@ fn cores_are_never_shared_and_a_full_node_says_what_is_free() {
     let lib = m.upload(functions_library());
     let mut allocs = Vec::new();
     for _ in 0..all.len() {
-        allocs.push(allocate(&m, &lib, &["echo"], 1));
+        allocs.push(m.allocate(&lib, &["echo"], 1));
     }
     let mut used: Vec<u32> = allocs
         .iter()
@@ -340,7 +327,7 @@ fn cores_are_never_shared_and_a_full_node_says_what_is_free() {
             .0,
         204
     );
-    let again = allocate(&m, &lib, &["echo"], 1);
+    let again = m.allocate(&lib, &["echo"], 1);
     assert_eq!(again.workers[0].core, first.workers[0].core);
 }
 
@@ -348,12 +335,8 @@ fn cores_are_never_shared_and_a_full_node_says_what_is_free() {
 fn an_executor_killed_with_sigkill_frees_its_cores_at_once() {
     let m = Manager::start();
     let lib = m.upload(functions_library());
-    let a = allocate(&m, &lib, &["echo"], 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let a = m.allocate(&lib, &["echo"], 1);
+    kill(Pid::from_raw(a.pid as i32), Signal::SIGKILL).unwrap();
     let s = wait_for(NO_HANG, "the allocation to end", || {
         let s = state_of(&m, a.id);
         (s.state != "running").then_some(s)
@@ -446,7 +429,7 @@ fn invocations_bill_and_a_crash_is_reported_with_its_signal() {
 fn sigterm_stops_executors_and_exits_cleanly() {
     let mut m = Manager::start();
     let lib = m.upload(functions_library());
-    let a = allocate(&m, &lib, &["echo"], 1);
+    let a = m.allocate(&lib, &["echo"], 1);
     let status = m.terminate(NO_HANG).expect("manager exits after SIGTERM");
     assert!(status.success(), "{status}\n{}", m.log_text());
     wait_for(NO_HANG, "the executor to be gone", || {
@@ -603,12 +586,8 @@ fn local_cluster_on_tcp_starts_and_stops_without_leftovers() {
 fn executors_die_with_a_manager_killed_with_sigkill() {
     let m = Manager::start();
     let lib = m.upload(functions_library());
-    let a = allocate(&m, &lib, &["echo"], 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(m.pid()),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let a = m.allocate(&lib, &["echo"], 1);
+    kill(Pid::from_raw(m.pid()), Signal::SIGKILL).unwrap();
     wait_for(NO_HANG, "the orphaned executor to die", || {
         (!alive(a.pid as i32)).then_some(())
     });
@@ -644,7 +623,7 @@ fn executor_timeouts_end_allocations_and_say_why() {
         ..Default::default()
     });
     let lib = m.upload(functions_library());
-    let a = allocate(&m, &lib, &["echo"], 1);
+    let a = m.allocate(&lib, &["echo"], 1);
     let s = wait_for(NO_HANG, "the executor to give up", || {
         let s = state_of(&m, a.id);
         (s.state != "running").then_some(s)

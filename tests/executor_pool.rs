@@ -38,18 +38,7 @@ fn pool_ready(m: &Manager, n: usize) -> Vec<u32> {
 }
 
 fn allocate(m: &Manager, lib: &str) -> Allocation {
-    let (code, body) = m.call(
-        "POST",
-        "/v1/allocations",
-        Some(alloc_body(lib, &["echo"], 1).as_bytes()),
-    );
-    assert_eq!(
-        code,
-        201,
-        "allocation failed: {body}\nmanager log:\n{}",
-        m.log_text()
-    );
-    serde_json::from_str(&body).unwrap()
+    m.allocate(lib, &["echo"], 1)
 }
 
 fn release(m: &Manager, a: &Allocation) {

@@ -1460,6 +1460,35 @@ macro_rules! suite {
     };
 }
 
+/// [`suite!`] with the tests of the contract every provider without exceptions passes (shm,
+/// tcp, verbs), then `extra` tests of this provider.
+macro_rules! contract_suite {
+    ($trials:ident, $name:literal, $mk:expr $(, $extra:ident)* $(,)?) => {
+        suite!(
+            $trials,
+            $name,
+            $mk,
+            [
+                send_recv,
+                write_imm_sizes,
+                write_then_imm_ordering,
+                read,
+                atomics,
+                access_errors,
+                local_protection,
+                rnr_timeout,
+                rnr_then_post,
+                shared_cq_64,
+                blocking_wait,
+                bad_handshakes,
+                cross_process_echo,
+                peer_killed,
+                $($extra,)*
+            ]
+        )
+    };
+}
+
 /// [`suite!`] with a run-time name prefix.
 #[cfg(feature = "libfabric")]
 macro_rules! suite_named {
@@ -1483,52 +1512,11 @@ fn main() {
     fn shm() -> ShmFabric {
         ShmFabric::new().expect("shm domain")
     }
-    suite!(
-        trials,
-        "shm",
-        shm,
-        [
-            send_recv,
-            write_imm_sizes,
-            write_then_imm_ordering,
-            read,
-            atomics,
-            access_errors,
-            local_protection,
-            rnr_timeout,
-            rnr_then_post,
-            shared_cq_64,
-            blocking_wait,
-            bad_handshakes,
-            cross_process_echo,
-            peer_killed,
-            other_uid_refused,
-        ]
-    );
+    contract_suite!(trials, "shm", shm, other_uid_refused);
     fn tcp() -> rfaas::rdma::tcp::TcpFabric {
         rfaas::rdma::tcp::TcpFabric::new().expect("tcp domain")
     }
-    suite!(
-        trials,
-        "tcp",
-        tcp,
-        [
-            send_recv,
-            write_imm_sizes,
-            write_then_imm_ordering,
-            read,
-            atomics,
-            access_errors,
-            local_protection,
-            rnr_timeout,
-            rnr_then_post,
-            shared_cq_64,
-            blocking_wait,
-            bad_handshakes,
-            cross_process_echo,
-            peer_killed,
-        ]
-    );
+    contract_suite!(trials, "tcp", tcp);
     register_verbs(&mut trials);
     #[cfg(feature = "libfabric")]
     ofi_suites(&mut trials);
@@ -1679,27 +1667,7 @@ fn register_verbs(trials: &mut Vec<Trial>) {
     fn verbs() -> VerbsFabric {
         VerbsFabric::open_default().expect("verbs device")
     }
-    suite!(
-        trials,
-        "verbs",
-        verbs,
-        [
-            send_recv,
-            write_imm_sizes,
-            write_then_imm_ordering,
-            read,
-            atomics,
-            access_errors,
-            local_protection,
-            rnr_timeout,
-            rnr_then_post,
-            shared_cq_64,
-            blocking_wait,
-            bad_handshakes,
-            cross_process_echo,
-            peer_killed,
-        ]
-    );
+    contract_suite!(trials, "verbs", verbs);
 }
 
 /// Without the feature a named device is an error, not a silent skip.

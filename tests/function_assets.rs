@@ -47,17 +47,7 @@ fn stateful_library() -> &'static [u8] {
 /// The C test library `jobs/functions-c/stateful.c`, built with `make` (a C compiler is part of
 /// the build environment: scripts/setup.sh installs it).
 fn stateful_c_library() -> Vec<u8> {
-    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("function-assets-c");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
-    let st = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&src)
-        .arg(format!("OUT={}", out_dir.display()))
-        .status()
-        .expect("run make");
-    assert!(st.success(), "building the C libraries failed");
-    std::fs::read(out_dir.join("libstateful_c.so")).unwrap()
+    common::functions_c_library("function-assets-c", "stateful_c")
 }
 
 fn manager(extra: &str) -> Manager {

@@ -16,7 +16,9 @@ use common::{
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use rfaas::client::{AllocationSpec, ClientError, ClientOptions, Cluster, LeaseOptions};
+use rfaas::client::{
+    AllocationSpec, ClientError, ClientOptions, Cluster, Executor, Lease, LeaseOptions,
+};
 use rfaas::cluster::ClusterFile;
 use rfaas::rdma::shm::ShmFabric;
 use serde_json::{json, Value};
@@ -54,6 +56,23 @@ impl Setup {
 
     fn free(&self) -> u64 {
         self.rm.metrics()["cores_grantable"].as_u64().unwrap()
+    }
+
+    /// A lease of one core and an allocation of [`spec`] under it over shm, with its executor's
+    /// pid and the executor manager that hosts it.
+    fn leased_allocation(&self) -> (Lease, Executor<ShmFabric>, i32, &Manager) {
+        let lease = self.cluster().lease(1, &LeaseOptions::default()).unwrap();
+        let exec = self
+            .cluster()
+            .allocate_leased(&ShmFabric::new().unwrap(), &lease, &spec(), opts())
+            .unwrap();
+        let pid = exec.allocation().pid as i32;
+        let em = self
+            .ems
+            .iter()
+            .find(|m| m.http == lease.parts()[0].address)
+            .expect("the lease's executor manager");
+        (lease, exec, pid, em)
     }
 }
 
@@ -407,26 +426,10 @@ fn local_cluster_with_a_resource_manager_invokes_and_stops_without_leftovers() {
     assert!(pids.iter().all(|p| alive(*p)));
 
     // `rfaas invoke` leases through the resource manager by itself.
-    let lib = dir.path().join("libfunctions.so");
-    std::fs::write(&lib, functions_library()).unwrap();
-    let input = dir.path().join("in");
-    std::fs::write(&input, b"through a lease").unwrap();
-    let out = Command::new(common::rfaas_bin())
-        .args([
-            "invoke",
-            "--function",
-            "echo",
-            "--timeout-s",
-            "10",
-            "--library",
-        ])
-        .arg(&lib)
-        .arg("--input")
-        .arg(&input)
-        .arg("--cluster")
-        .arg(run.join("cluster.json"))
-        .output()
-        .unwrap();
+    let out =
+        common::invoke_echo_command(dir.path(), &run.join("cluster.json"), b"through a lease")
+            .output()
+            .unwrap();
     assert!(
         out.status.success() && out.stdout == b"through a lease",
         "invoke: {}",
@@ -471,18 +474,7 @@ fn local_cluster_with_a_resource_manager_invokes_and_stops_without_leftovers() {
 fn a_manager_declared_dead_registers_again_and_stops_what_ended() {
     use nix::sys::signal::kill;
     let s = Setup::start(RM_KEYS);
-    let cluster = s.cluster();
-    let fabric = ShmFabric::new().unwrap();
-    let lease = cluster.lease(1, &LeaseOptions::default()).unwrap();
-    let exec = cluster
-        .allocate_leased(&fabric, &lease, &spec(), opts())
-        .unwrap();
-    let pid = exec.allocation().pid as i32;
-    let em = s
-        .ems
-        .iter()
-        .find(|m| m.http == lease.parts()[0].address)
-        .unwrap();
+    let (lease, exec, pid, em) = s.leased_allocation();
     // The manager stops answering (its executor keeps running): declared dead, lease ended.
     kill(Pid::from_raw(em.pid()), Signal::SIGSTOP).unwrap();
     wait_for(common::NO_HANG, "the node to be declared dead", || {
@@ -508,19 +500,8 @@ fn a_manager_declared_dead_registers_again_and_stops_what_ended() {
 #[test]
 fn a_frozen_executor_manager_s_executor_stops_when_its_lease_can_no_longer_be_vouched_for() {
     let s = Setup::start(RM_KEYS);
-    let cluster = s.cluster();
-    let fabric = ShmFabric::new().unwrap();
-    let lease = cluster.lease(1, &LeaseOptions::default()).unwrap();
-    let exec = cluster
-        .allocate_leased(&fabric, &lease, &spec(), opts())
-        .unwrap();
-    let pid = exec.allocation().pid as i32;
+    let (lease, exec, pid, em) = s.leased_allocation();
     assert_eq!(echo(&exec, b"before").unwrap(), b"before");
-    let em = s
-        .ems
-        .iter()
-        .find(|m| m.http == lease.parts()[0].address)
-        .expect("the lease's executor manager");
     // Frozen: it neither heartbeats nor stops anything. The resource manager declares the node
     // dead and ends the lease; the executor must stop serving by itself.
     let em_pid = Pid::from_raw(em.pid());

@@ -26,23 +26,6 @@ const CORES: u64 = 32;
 /// Leases a client holds at most.
 const HOLD: usize = 3;
 
-/// splitmix64: a small seeded generator (the test needs reproducible choices, not quality).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What the clients were told.
 #[derive(Default)]
 struct Model {
@@ -101,7 +84,7 @@ fn client(
     secret: String,
     model: Arc<Mutex<Model>>,
     mut mine: Vec<u64>,
-    mut rng: Rng,
+    mut rng: fastrand::Rng,
     tag: String,
     stop: Arc<AtomicBool>,
 ) {
@@ -113,9 +96,9 @@ fn client(
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
-        if mine.len() < HOLD && (mine.is_empty() || rng.below(2) == 0) {
+        if mine.len() < HOLD && (mine.is_empty() || rng.u64(..2) == 0) {
             let who = format!("{tag}-{n}");
-            let body = json!({"cores": 1 + rng.below(3), "ttl_ms": 600_000, "client": who,
+            let body = json!({"cores": 1 + rng.u64(..3), "ttl_ms": 600_000, "client": who,
                               "allow_split": true});
             let Some((code, text)) = try_call(&agent, &addr, &secret, "POST", "/v1/leases", body)
             else {
@@ -139,7 +122,7 @@ fn client(
             );
             mine.push(id);
         } else {
-            let id = mine.swap_remove(rng.below(mine.len() as u64) as usize);
+            let id = mine.swap_remove(rng.u64(..mine.len() as u64) as usize);
             let token = model.lock().unwrap().held[&id].0.clone();
             let path = format!("/v1/leases/{id}");
             let Some((code, text)) = try_call(
@@ -243,7 +226,7 @@ fn sigkill_during_grants_and_releases_loses_nothing_acknowledged() {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rfaas::control::ids::first_id_now);
     println!("RFAAS_CRASH_SEED={seed}");
-    let mut rng = Rng(seed);
+    let mut rng = fastrand::Rng::with_seed(seed);
     // A small log threshold and few remembered ended leases: compactions all the time.
     let mut rm = ResourceManager::start("compact_log_bytes = 16384\nkeep_ended = 100\n");
     for i in 0..NODES {
@@ -274,13 +257,13 @@ fn sigkill_during_grants_and_releases_loses_nothing_acknowledged() {
                     model.clone(),
                     stop.clone(),
                 );
-                let r = Rng(rng.next());
+                let r = rng.fork();
                 let tag = format!("c{cycle}-{c}");
                 std::thread::spawn(move || client(addr, secret, model, mine, r, tag, stop))
             })
             .collect();
         // A random moment of the burst (this chooses when to kill; it orders nothing).
-        std::thread::sleep(Duration::from_millis(rng.below(150)));
+        std::thread::sleep(Duration::from_millis(rng.u64(..150)));
         kill(Pid::from_raw(rm.child.id() as i32), Signal::SIGKILL).unwrap();
         stop.store(true, Ordering::Relaxed);
         for c in clients {

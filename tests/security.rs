@@ -440,24 +440,8 @@ fn a_client_with_munge_and_no_secret_leases_allocates_and_invokes() {
     lease.release().unwrap();
 
     // The command line takes MUNGE from the environment.
-    let lib = dir.path().join("libfunctions.so");
-    std::fs::write(&lib, functions_library()).unwrap();
-    let input = dir.path().join("in");
-    std::fs::write(&input, b"from the environment").unwrap();
-    let out = Command::new(common::rfaas_bin())
-        .args([
-            "invoke",
-            "--function",
-            "echo",
-            "--timeout-s",
-            "10",
-            "--library",
-        ])
-        .arg(&lib)
-        .arg("--input")
-        .arg(&input)
-        .arg("--cluster")
-        .arg(&file)
+    let invoke = || common::invoke_echo_command(dir.path(), &file, b"from the environment");
+    let out = invoke()
         .env("RFAAS_MUNGE_SOCKET", munged.socket())
         .output()
         .unwrap();
@@ -467,13 +451,7 @@ fn a_client_with_munge_and_no_secret_leases_allocates_and_invokes() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Without it, the same command cannot authenticate and says why.
-    let out = Command::new(common::rfaas_bin())
-        .args(["invoke", "--function", "echo", "--library"])
-        .arg(&lib)
-        .arg("--input")
-        .arg(&input)
-        .arg("--cluster")
-        .arg(&file)
+    let out = invoke()
         .env_remove("RFAAS_MUNGE_SOCKET")
         .env_remove("RFAAS_MUNGE")
         .output()

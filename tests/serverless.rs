@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{functions_library, Manager, ManagerOptions};
@@ -16,6 +15,39 @@ use rfaas::protocol::Status;
 use rfaas::rdma::shm::ShmFabric;
 use rfaas::rdma::tcp::TcpFabric;
 use rfaas::rdma::{Fabric, FabricError, QpInit};
+
+/// Runs the scenario `$scenario(fabric, provider)` on every provider, each a test of its own
+/// named `$scenario::<provider>`: shm, tcp and, with the `libfabric` feature, ofi on libfabric's
+/// `shm` and `tcp;ofi_rxm`.
+macro_rules! on_every_provider {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[test]
+            fn shm() {
+                $scenario(ShmFabric::new().unwrap(), "shm");
+            }
+
+            #[test]
+            fn tcp() {
+                $scenario(TcpFabric::new().unwrap(), "tcp");
+            }
+
+            #[cfg(feature = "libfabric")]
+            #[test]
+            fn ofi_shm() {
+                $scenario(ofi("shm"), "ofi:shm");
+            }
+
+            #[cfg(feature = "libfabric")]
+            #[test]
+            fn ofi_tcp_rxm() {
+                $scenario(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
+            }
+        }
+    };
+}
 
 fn manager(provider: &'static str) -> Manager {
     #[cfg(feature = "libfabric")]
@@ -131,27 +163,7 @@ fn every_function_and_size<F: Fabric>(fabric: F, provider: &'static str) {
     exec.deallocate().unwrap();
 }
 
-#[test]
-fn shm_every_function_and_size() {
-    every_function_and_size(ShmFabric::new().unwrap(), "shm");
-}
-
-#[test]
-fn tcp_every_function_and_size() {
-    every_function_and_size(TcpFabric::new().unwrap(), "tcp");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_shm_every_function_and_size() {
-    every_function_and_size(ofi("shm"), "ofi:shm");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_tcp_rxm_every_function_and_size() {
-    every_function_and_size(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
-}
+on_every_provider!(every_function_and_size);
 
 /// 100,000 invocations on one allocation, several in flight: every result matches its call.
 fn many_invocations<F: Fabric>(fabric: F, provider: &'static str) {
@@ -268,17 +280,7 @@ fn unknown_functions_and_the_c_library() {
 }
 
 fn c_library() -> Vec<u8> {
-    let out_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serverless-c");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
-    let st = Command::new("make")
-        .arg("-s")
-        .arg("-C")
-        .arg(&src)
-        .arg(format!("OUT={}", out_dir.display()))
-        .status()
-        .expect("run make");
-    assert!(st.success(), "building the C library failed");
-    std::fs::read(out_dir.join("libfunctions_c.so")).unwrap()
+    common::functions_c_library("serverless-c", "functions_c")
 }
 
 /// A client that presents a wrong token is refused by the executor, which keeps waiting for the
@@ -372,42 +374,28 @@ fn manager_killed<F: Fabric>(fabric: F, provider: &'static str) {
     drop(exec); // deallocation fails (the manager is gone) without hanging
 }
 
-#[test]
-fn shm_manager_killed_fails_clients_fast() {
-    manager_killed(ShmFabric::new().unwrap(), "shm");
-}
+on_every_provider!(manager_killed);
 
-#[test]
-fn tcp_manager_killed_fails_clients_fast() {
-    manager_killed(TcpFabric::new().unwrap(), "tcp");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_shm_manager_killed_fails_clients_fast() {
-    manager_killed(ofi("shm"), "ofi:shm");
-}
-
-#[cfg(feature = "libfabric")]
-#[test]
-fn ofi_tcp_rxm_manager_killed_fails_clients_fast() {
-    manager_killed(ofi("tcp;ofi_rxm"), "ofi:tcp;ofi_rxm");
+/// An allocation of `echo` on two workers (one where the machine has a single core) of the shm
+/// manager `m`.
+fn echo_on_two_cores(m: &Manager) -> Executor<ShmFabric> {
+    let client = ManagerClient::new(&m.http, &m.secret);
+    let mut s = spec(&["echo"], 64);
+    s.cores = common::cores().len().min(2) as u32;
+    Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &client,
+        &s,
+        ClientOptions::default(),
+    )
+    .unwrap()
 }
 
 /// Several threads share one Executor, each on its own worker.
 #[test]
 fn threads_share_an_executor() {
     let m = manager("shm");
-    let client = ManagerClient::new(&m.http, &m.secret);
-    let mut s = spec(&["echo"], 64);
-    s.cores = common::cores().len().min(2) as u32;
-    let exec = Executor::allocate(
-        ShmFabric::new().unwrap(),
-        &client,
-        &s,
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let exec = echo_on_two_cores(&m);
     let echo = exec.function("echo").unwrap();
     std::thread::scope(|sc| {
         for t in 0..4u32 {
@@ -429,16 +417,7 @@ fn threads_share_an_executor() {
 #[test]
 fn workers_run_pinned_on_their_own_cores() {
     let m = manager("shm");
-    let client = ManagerClient::new(&m.http, &m.secret);
-    let mut s = spec(&["echo"], 64);
-    s.cores = common::cores().len().min(2) as u32;
-    let exec = Executor::allocate(
-        ShmFabric::new().unwrap(),
-        &client,
-        &s,
-        ClientOptions::default(),
-    )
-    .unwrap();
+    let exec = echo_on_two_cores(&m);
     let echo = exec.function("echo").unwrap();
     let mut out = [0u8; 8];
     for w in 0..exec.workers() {

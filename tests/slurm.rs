@@ -416,6 +416,24 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// Kills (-9) the daemon `what` whose ready file is `ready` and waits until whoever supervises
+/// it started it again (a ready file with another pid): the ready information before and after.
+fn kill_until_restarted<T: serde::de::DeserializeOwned>(
+    ready: &Path,
+    pid: impl Fn(&T) -> u32,
+    what: &str,
+) -> (T, T) {
+    let read = || -> Option<T> { serde_json::from_slice(&fs::read(ready).ok()?).ok() };
+    let before = read().unwrap_or_else(|| panic!("{what}'s ready file"));
+    kill(Pid::from_raw(pid(&before) as i32), Signal::SIGKILL).unwrap();
+    let after = common::wait_for(
+        Duration::from_secs(60),
+        &format!("{what} to be restarted"),
+        || read().filter(|r| pid(r) != pid(&before)),
+    );
+    (before, after)
+}
+
 /// Waits until `run_dir/cluster.json` names a resource manager that grants a lease of one
 /// core; returns the cluster.
 fn first_lease(run_dir: &Path, timeout: Duration) -> (Cluster, rfaas::client::Lease) {
@@ -585,20 +603,10 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
 
     // 1b. The resource manager crashes (kill -9): the script starts it again on the same
     // address with the same state, and the clients' cluster.json still leads to it.
-    let ready = run_dir.join("rm.json");
-    let read_ready = || -> Option<rfaas::resource_manager::ReadyInfo> {
-        serde_json::from_slice(&fs::read(&ready).ok()?).ok()
-    };
-    let before = read_ready().expect("the resource manager's ready file");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(before.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let after = common::wait_for(
-        Duration::from_secs(60),
-        "the resource manager to be restarted by the script",
-        || read_ready().filter(|r| r.pid != before.pid),
+    let (before, after) = kill_until_restarted::<rfaas::resource_manager::ReadyInfo>(
+        &run_dir.join("rm.json"),
+        |r| r.pid,
+        "the resource manager",
     );
     assert_eq!(after.http, before.http, "restarted on the same address");
     let (_, lease) = first_lease(&run_dir, Duration::from_secs(60));
@@ -606,20 +614,10 @@ fn cluster_and_benchmark_jobs_on_a_real_slurm() {
 
     // 1c. An executor manager crashes (kill -9): its task starts it again on the same address;
     // it registers again there, and a lease on its node allocates and invokes.
-    let em_ready = run_dir.join("nodes/n1/em.json");
-    let read_em = || -> Option<rfaas::executor_manager::ReadyInfo> {
-        serde_json::from_slice(&fs::read(&em_ready).ok()?).ok()
-    };
-    let before = read_em().expect("n1's executor manager's ready file");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(before.pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let after = common::wait_for(
-        Duration::from_secs(60),
-        "n1's executor manager to be restarted by its task",
-        || read_em().filter(|r| r.pid != before.pid),
+    let (before, after) = kill_until_restarted::<rfaas::executor_manager::ReadyInfo>(
+        &run_dir.join("nodes/n1/em.json"),
+        |r| r.pid,
+        "n1's executor manager",
     );
     assert_eq!(after.http, before.http, "restarted on the same address");
     let rm = cluster.resource_manager.clone().unwrap();

@@ -11,58 +11,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyType};
 
 use rfaas::client::{
-    AllocationSpec, ClientError, ClientOptions, Cluster, Executor, FunctionId, InvokeError, Pending,
+    AllocateAny, AllocationSpec, AnyExecutor, ClientError, ClientOptions, Cluster, FunctionId,
+    InvokeError, Pending,
 };
-use rfaas::rdma::{Fabric, FabricUser};
 
 use crate::buffer::Buffer;
 use crate::errors::{self, Kind};
-
-/// An allocation's executor behind one type, whatever the provider.
-pub(crate) trait AnyExec: Send + Sync {
-    fn invoke(&self, f: FunctionId, input: &[u8], out: &mut [u8]) -> Result<usize, InvokeError>;
-    fn submit(&self, f: FunctionId, input: &[u8], out_len: usize) -> Result<Pending, InvokeError>;
-    fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError>;
-    fn poll(&self, p: &Pending, out: &mut [u8]) -> Result<Option<usize>, InvokeError>;
-    fn allocation_id(&self) -> u64;
-    fn close(self: Box<Self>) -> Result<(), ClientError>;
-}
-
-impl<F: Fabric> AnyExec for Executor<F> {
-    fn invoke(&self, f: FunctionId, input: &[u8], out: &mut [u8]) -> Result<usize, InvokeError> {
-        Executor::invoke(self, f, input, out)
-    }
-    fn submit(&self, f: FunctionId, input: &[u8], out_len: usize) -> Result<Pending, InvokeError> {
-        Executor::submit(self, None, f, input, out_len)
-    }
-    fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError> {
-        Executor::wait(self, p, out)
-    }
-    fn poll(&self, p: &Pending, out: &mut [u8]) -> Result<Option<usize>, InvokeError> {
-        Executor::poll(self, p, out)
-    }
-    fn allocation_id(&self) -> u64 {
-        self.allocation().id
-    }
-    fn close(self: Box<Self>) -> Result<(), ClientError> {
-        self.deallocate()
-    }
-}
-
-/// Allocates over the cluster's provider.
-struct Allocate<'a> {
-    cluster: &'a Cluster,
-    spec: &'a AllocationSpec,
-    opts: ClientOptions,
-}
-
-impl FabricUser for Allocate<'_> {
-    type Output = Result<Box<dyn AnyExec>, ClientError>;
-    fn run<F: Fabric>(self, fabric: F) -> Self::Output {
-        let e = self.cluster.allocate(&fabric, self.spec, self.opts, 0)?;
-        Ok(Box::new(e))
-    }
-}
 
 thread_local! {
     /// Where a result lands before it becomes a new `bytes` (its length is known only then).
@@ -189,7 +143,7 @@ impl PyCluster {
             .detach(|| {
                 cluster
                     .provider
-                    .run(Allocate {
+                    .run(AllocateAny {
                         cluster,
                         spec: &spec,
                         opts,
@@ -200,7 +154,7 @@ impl PyCluster {
             .map_err(errors::client)?;
         Ok(PyExecutor {
             inner: Arc::new(Shared {
-                id: exec.allocation_id(),
+                id: exec.allocation().id,
                 exec: RwLock::new(Some(exec)),
                 functions,
                 cores: cores as usize,
@@ -253,7 +207,7 @@ fn library_bytes(library: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
 }
 
 pub(crate) struct Shared {
-    exec: RwLock<Option<Box<dyn AnyExec>>>,
+    exec: RwLock<Option<Box<dyn AnyExecutor>>>,
     id: u64,
     functions: Vec<String>,
     cores: usize,
@@ -294,7 +248,7 @@ impl Shared {
     }
 
     /// Runs `f` on the open executor, or raises `ClosedError`.
-    fn with<T>(&self, f: impl FnOnce(&dyn AnyExec) -> PyResult<T>) -> PyResult<T> {
+    fn with<T>(&self, f: impl FnOnce(&dyn AnyExecutor) -> PyResult<T>) -> PyResult<T> {
         let g = self.exec.read().unwrap_or_else(|p| p.into_inner());
         match g.as_deref() {
             Some(e) => f(e),
@@ -387,7 +341,7 @@ impl PyExecutor {
         let input = Buffer::read(data).map_err(|e| errors::buffer(py, "data", e))?;
         let input = input.as_slice();
         let pending = s.with(|ex| {
-            py.detach(|| ex.submit(f, input, out_len))
+            py.detach(|| ex.submit(None, f, input, out_len))
                 .map_err(errors::invoke)
         })?;
         let call = PyPending {
@@ -411,7 +365,7 @@ impl PyExecutor {
                 .take()
         });
         match exec {
-            Some(e) => py.detach(|| e.close()).map_err(errors::client),
+            Some(e) => py.detach(|| e.deallocate()).map_err(errors::client),
             None => Ok(()),
         }
     }
@@ -493,7 +447,7 @@ impl PyPending {
         &self,
         py: Python<'py>,
         get: impl Fn(
-                &dyn AnyExec,
+                &dyn AnyExecutor,
                 &Mutex<Option<Pending>>,
                 &mut [u8],
             ) -> Result<Option<usize>, InvokeError>

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+mod any_executor;
 mod cluster;
 mod credential;
 mod error;
@@ -26,6 +27,7 @@ mod executor_manager;
 mod http;
 mod lease;
 
+pub use any_executor::{AllocateAny, AnyExecutor};
 pub use cluster::{invoke_once, Cluster};
 pub use credential::Credential;
 pub use error::{ClientError, InvokeError};

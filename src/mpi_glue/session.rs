@@ -14,8 +14,8 @@ use super::report::{RankReport, SessionReport};
 use super::SessionError;
 use crate::bench::stats::Latencies;
 use crate::client::{
-    AllocationSpec, ClientError, ClientOptions, Cluster, Executor, FunctionId, InvokeError, Lease,
-    LeaseOptions, ManagerClient, Pending,
+    AllocationSpec, AnyExecutor, ClientError, ClientOptions, Cluster, Executor, FunctionId,
+    InvokeError, Lease, LeaseOptions, ManagerClient, Pending,
 };
 use crate::control::executor_manager_api::Allocation;
 use crate::rdma::{Fabric, FabricUser, Provider};
@@ -137,57 +137,6 @@ impl Leader {
     }
 }
 
-/// This rank's executors behind one type, whatever the provider.
-trait RankExec {
-    fn invoke_on(
-        &self,
-        worker: usize,
-        f: FunctionId,
-        input: &[u8],
-        out: &mut [u8],
-    ) -> Result<usize, InvokeError>;
-    fn submit_on(
-        &self,
-        worker: usize,
-        f: FunctionId,
-        input: &[u8],
-        out_len: usize,
-    ) -> Result<Pending, InvokeError>;
-    fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError>;
-    fn poll(&self, p: &Pending, out: &mut [u8]) -> Result<Option<usize>, InvokeError>;
-    fn allocation(&self) -> &Allocation;
-}
-
-impl<F: Fabric> RankExec for Executor<F> {
-    fn invoke_on(
-        &self,
-        worker: usize,
-        f: FunctionId,
-        input: &[u8],
-        out: &mut [u8],
-    ) -> Result<usize, InvokeError> {
-        Executor::invoke_on(self, worker, f, input, out)
-    }
-    fn submit_on(
-        &self,
-        worker: usize,
-        f: FunctionId,
-        input: &[u8],
-        out_len: usize,
-    ) -> Result<Pending, InvokeError> {
-        Executor::submit(self, Some(worker), f, input, out_len)
-    }
-    fn wait(&self, p: Pending, out: &mut [u8]) -> Result<usize, InvokeError> {
-        Executor::wait(self, p, out)
-    }
-    fn poll(&self, p: &Pending, out: &mut [u8]) -> Result<Option<usize>, InvokeError> {
-        Executor::poll(self, p, out)
-    }
-    fn allocation(&self) -> &Allocation {
-        Executor::allocation(self)
-    }
-}
-
 /// Connects to every assigned allocation over the cluster's provider.
 struct ConnectAll<'a> {
     assigned: &'a [Assigned],
@@ -196,7 +145,7 @@ struct ConnectAll<'a> {
 }
 
 impl FabricUser for ConnectAll<'_> {
-    type Output = Result<Vec<Box<dyn RankExec>>, ClientError>;
+    type Output = Result<Vec<Box<dyn AnyExecutor>>, ClientError>;
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
         let mut spec = self.spec.clone();
         self.assigned
@@ -211,7 +160,7 @@ impl FabricUser for ConnectAll<'_> {
                     None,
                     self.opts,
                 )?;
-                Ok(Box::new(e) as Box<dyn RankExec>)
+                Ok(Box::new(e) as Box<dyn AnyExecutor>)
             })
             .collect()
     }
@@ -242,7 +191,7 @@ pub struct Session {
     size: i32,
     provider: Provider,
     functions: Vec<String>,
-    execs: Vec<Box<dyn RankExec>>,
+    execs: Vec<Box<dyn AnyExecutor>>,
     nodes: Vec<String>,
     next: Cell<usize>,
     counters: RefCell<Counters>,
@@ -517,7 +466,7 @@ impl Session {
         output_len: usize,
     ) -> Result<Offload, InvokeError> {
         let start = self.clock();
-        match self.execs[exec].submit_on(worker, f, input, output_len) {
+        match self.execs[exec].submit(Some(worker), f, input, output_len) {
             Ok(pending) => Ok(Offload {
                 exec,
                 pending,

@@ -57,7 +57,9 @@ pub mod types;
 pub mod verbs;
 
 pub(crate) mod cq_core;
+pub(crate) mod fabric_impl;
 pub(crate) mod mr_table;
+pub(crate) mod registration;
 pub(crate) mod spsc;
 
 use std::os::fd::RawFd;

@@ -57,6 +57,17 @@ pub(crate) struct Resolved {
     pub offset: u64,
 }
 
+/// The completion status of an access the region table refuses: `RemoteAccess` for a peer's
+/// access (`remote`), `LocalProtection` for a local SGE.
+#[inline]
+pub(crate) fn access_failure(remote: bool) -> WcStatus {
+    if remote {
+        WcStatus::RemoteAccess
+    } else {
+        WcStatus::LocalProtection
+    }
+}
+
 impl TableView {
     /// A view over `cap` entries at `entries`.
     ///
@@ -86,11 +97,7 @@ impl TableView {
         need: Access,
         remote: bool,
     ) -> std::result::Result<Resolved, WcStatus> {
-        let fail = if remote {
-            WcStatus::RemoteAccess
-        } else {
-            WcStatus::LocalProtection
-        };
+        let fail = access_failure(remote);
         let (slot, gen) = split_key(key);
         if slot >= self.cap {
             return Err(fail);

@@ -6,26 +6,87 @@
 //! before it maps one, so the owner can never make the peer's accesses fault (SIGBUS).
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 use super::error::{FabricError, Result};
+
+/// A range of memory this process mapped with `mmap`, unmapped on drop: what a [`Segment`] and
+/// a [`PrivateMem`] are made of (both dereference to it for [`Mapping::as_ptr`] and
+/// [`Mapping::len`]).
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; the pointer is valid for the mapping's lifetime in every
+// thread, and all concurrent access goes through raw pointers or atomics.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: `&Mapping` only exposes the address, never a Rust reference to the bytes.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` (or anonymous memory with `fd` -1 and `MAP_ANONYMOUS` in
+    /// `flags`) at an address the kernel picks; `what` names the mapping in errors.
+    fn new(
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+        fd: RawFd,
+        what: &str,
+    ) -> Result<Mapping> {
+        // SAFETY: a new mapping at an address the kernel picks, so no existing memory is
+        // affected; the result is checked against MAP_FAILED before use.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(os_err(what));
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// First byte.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes (a multiple of the page size).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for zero length (never: mappings are at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` describe exactly the mapping made in `new`, unmapped only here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
 
 /// A mapped shared-memory segment. Unmapped on drop; the memory lives on while any process
 /// still maps it or holds its fd.
 #[derive(Debug)]
 pub struct Segment {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Mapping,
     fd: OwnedFd,
     writable: bool,
 }
 
-// SAFETY: the segment is plain shared memory; the pointer is valid for the segment's lifetime in
-// every thread, and all concurrent access goes through raw pointers or atomics.
-unsafe impl Send for Segment {}
-// SAFETY: as above: `&Segment` only exposes the address, never a Rust reference to the bytes.
-unsafe impl Sync for Segment {}
+impl std::ops::Deref for Segment {
+    type Target = Mapping;
+
+    fn deref(&self) -> &Mapping {
+        &self.map
+    }
+}
 
 const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
 
@@ -102,34 +163,8 @@ impl Segment {
             libc::PROT_READ
         };
         let flags = libc::MAP_SHARED | if populate { libc::MAP_POPULATE } else { 0 };
-        // SAFETY: mapping a whole open memfd at an address the kernel picks; the result is
-        // checked against MAP_FAILED before use.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd.as_raw_fd(), 0) };
-        if p == libc::MAP_FAILED {
-            return Err(os_err("mmap segment"));
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
-        Ok(Segment {
-            ptr,
-            len,
-            fd,
-            writable,
-        })
-    }
-
-    /// First byte of the mapping.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length of the mapping in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for a zero-length segment (never: segments are at least a page).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+        let map = Mapping::new(len, prot, flags, fd.as_raw_fd(), "mmap segment")?;
+        Ok(Segment { map, fd, writable })
     }
 
     /// True when mapped read-write.
@@ -156,71 +191,32 @@ impl Segment {
     }
 }
 
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe exactly the mapping made in `map`, unmapped only here.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 /// Private anonymous memory, page aligned and pre-faulted: for regions that peers never touch,
 /// and for the tcp provider, whose peers reach memory through the progress thread.
 #[derive(Debug)]
 pub struct PrivateMem {
-    ptr: NonNull<u8>,
-    len: usize,
+    map: Mapping,
 }
 
-// SAFETY: plain memory accessed through raw pointers and atomics only.
-unsafe impl Send for PrivateMem {}
-// SAFETY: as above.
-unsafe impl Sync for PrivateMem {}
+impl std::ops::Deref for PrivateMem {
+    type Target = Mapping;
+
+    fn deref(&self) -> &Mapping {
+        &self.map
+    }
+}
 
 impl PrivateMem {
     /// Allocates `len` zeroed bytes (rounded up to pages).
     pub fn new(len: usize) -> Result<PrivateMem> {
         let len = page_round(len);
-        // SAFETY: anonymous private mapping; result checked against MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(os_err("mmap anonymous"));
-        }
-        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| os_err("mmap returned null"))?;
-        Ok(PrivateMem { ptr, len })
-    }
-
-    /// First byte.
-    pub fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length in bytes (a multiple of the page size).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True for zero length (never).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-impl Drop for PrivateMem {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
+        let map = Mapping::new(
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            "mmap anonymous",
+        )?;
+        Ok(PrivateMem { map })
     }
 }

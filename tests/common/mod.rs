@@ -209,6 +209,25 @@ impl Manager {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Allocates `cores` workers running `functions` of the uploaded library `lib` through the
+    /// HTTP API; fails the test (with the manager's log) unless it is granted.
+    pub fn allocate(
+        &self,
+        lib: &str,
+        functions: &[&str],
+        cores: u32,
+    ) -> rfaas::control::executor_manager_api::Allocation {
+        let body = alloc_body(lib, functions, cores);
+        let (code, body) = self.call("POST", "/v1/allocations", Some(body.as_bytes()));
+        assert_eq!(
+            code,
+            201,
+            "allocation failed: {body}\nmanager log:\n{}",
+            self.log_text()
+        );
+        serde_json::from_str(&body).unwrap()
+    }
+
     /// Uploads a library; its hash.
     pub fn upload(&self, lib: &[u8]) -> String {
         let hash = rfaas::function::ContentHash::of(lib).to_hex();
@@ -262,25 +281,8 @@ pub fn http(
     secret: Option<&str>,
     body: Option<&[u8]>,
 ) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder().method(method).uri(&url);
-    let req = match secret {
-        Some(s) => req.header("Authorization", format!("Bearer {s}")),
-        None => req,
-    };
-    let resp = match body {
-        Some(b) => agent.run(req.body(b.to_vec()).unwrap()),
-        None => agent.run(req.body(()).unwrap()),
-    };
-    let mut resp = resp.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let code = resp.status().as_u16();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    (code, text)
+    let bearer = secret.map(|s| format!("Bearer {s}"));
+    http_as(addr, method, path, bearer.as_deref(), &[], body)
 }
 
 /// One HTTP/1.1 request with `Authorization: <authorization>` (when given), more headers and
@@ -436,6 +438,45 @@ pub fn workspace_library(package: &str, file: &str, sources: &[&str]) -> Vec<u8>
         String::from_utf8_lossy(&out.stderr)
     );
     fs::read(target.join("debug").join(file)).unwrap()
+}
+
+/// `rfaas invoke` of the example library's `echo` on `input` against the cluster file `cluster`
+/// (10 s per call), with the library and the input written into `dir`: add environment, then
+/// run it.
+pub fn invoke_echo_command(dir: &Path, cluster: &Path, input: &[u8]) -> Command {
+    let lib = dir.join("libfunctions.so");
+    fs::write(&lib, functions_library()).unwrap();
+    let input_file = dir.join("in");
+    fs::write(&input_file, input).unwrap();
+    let mut c = Command::new(rfaas_bin());
+    c.args(["invoke", "--function", "echo", "--timeout-s", "10"])
+        .arg("--library")
+        .arg(&lib)
+        .arg("--input")
+        .arg(&input_file)
+        .arg("--cluster")
+        .arg(cluster);
+    c
+}
+
+/// The C library `lib<name>.so` of `jobs/functions-c`, built with its Makefile (the C compiler
+/// is part of the build environment: scripts/setup.sh installs it) into this test's own
+/// directory `out` of the target's scratch space.
+pub fn functions_c_library(out: &str, name: &str) -> Vec<u8> {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs/functions-c");
+    let st = Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(&src)
+        .arg(format!("OUT={}", out_dir.display()))
+        .status()
+        .expect("run make");
+    assert!(
+        st.success(),
+        "building the C libraries of jobs/functions-c failed"
+    );
+    fs::read(out_dir.join(format!("lib{name}.so"))).unwrap()
 }
 
 /// The example function library (`jobs/functions`): `$RFAAS_TEST_FUNCTIONS_LIB`, or
@@ -612,24 +653,8 @@ pub fn http_with_header(
     secret: &str,
     header: (&str, &str),
 ) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://{addr}{path}");
-    let req = ureq::http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("Authorization", format!("Bearer {secret}"))
-        .header(header.0, header.1)
-        .body(())
-        .unwrap();
-    let mut resp = agent
-        .run(req)
-        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let code = resp.status().as_u16();
-    (code, resp.body_mut().read_to_string().unwrap_or_default())
+    let bearer = format!("Bearer {secret}");
+    http_as(addr, method, path, Some(&bearer), &[header], None)
 }
 
 /// The fabric a test cluster runs on: an rfaas provider and, for `ofi`, the libfabric provider

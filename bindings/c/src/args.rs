@@ -101,6 +101,36 @@ pub unsafe fn answer(
     Ok(())
 }
 
+/// Collects a posted call: takes back its handle `pending` (consumed whatever the outcome),
+/// then finds the handle's owner with `owner` and lends the caller's output buffer to `wait`, as
+/// [`answer`] does.
+///
+/// # Safety
+/// As [`take_handle`] for `pending`, as [`answer`] for the output arguments.
+pub unsafe fn collect<P, O>(
+    pending: *mut P,
+    what: &str,
+    owner: impl FnOnce() -> Result<O, Error>,
+    (output, capacity, output_len): (*mut c_void, usize, *mut usize),
+    wait: impl FnOnce(O, P, &mut [u8]) -> Result<usize, Error>,
+) -> Result<(), Error> {
+    // SAFETY: the caller's contract on `pending`.
+    let p = unsafe { take_handle(pending, what) }?;
+    let o = owner()?;
+    // SAFETY: the caller's contract on the output arguments.
+    unsafe { answer(output, capacity, output_len, |out| wait(o, p, out)) }
+}
+
+/// Hands `handle` to the caller through the out-pointer `out`, boxed: the caller gives it back
+/// to [`take_handle`] or to the API's function that frees it.
+///
+/// # Safety
+/// `out` not NULL and valid for a write.
+pub unsafe fn give_handle<T>(out: *mut *mut T, handle: T) {
+    // SAFETY: the caller's contract.
+    unsafe { out.write(Box::into_raw(Box::new(handle))) };
+}
+
 /// Takes back a handle made by `Box::into_raw` (a pending call), which the caller gives up.
 ///
 /// # Safety

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rfaas_core::client::{AllocationSpec, ClientOptions, Cluster, FunctionId, Pending};
 
 use crate::args::{
-    answer, function_names, in_buf, need, opt_str_arg, out_buf, put, str_arg, take_handle,
+    answer, collect, function_names, give_handle, in_buf, need, opt_str_arg, out_buf, put, str_arg,
 };
 use crate::error::{guard, rfaas_status, Error};
 use crate::executor::{AllocateAny, AnyExecutor};
@@ -121,9 +121,8 @@ pub unsafe extern "C" fn rfaas_cluster_open(
         // SAFETY: the caller's contract on `path`.
         let path = unsafe { opt_str_arg(path, "path") }?;
         let inner = Cluster::open(path.map(Path::new))?;
-        let b = Box::into_raw(Box::new(rfaas_cluster { inner }));
         // SAFETY: `out` is not NULL and valid for a write.
-        unsafe { put(out, b) };
+        unsafe { give_handle(out, rfaas_cluster { inner }) };
         Ok(())
     })
 }
@@ -243,9 +242,8 @@ pub unsafe extern "C" fn rfaas_allocate(
                 opts,
             })
             .map_err(|e| Error::new(rfaas_status::Cluster, e.to_string()))??;
-        let b = Box::into_raw(Box::new(rfaas_executor { inner: exec }));
         // SAFETY: `out` is not NULL and valid for a write.
-        unsafe { put(out, b) };
+        unsafe { give_handle(out, rfaas_executor { inner: exec }) };
         Ok(())
     })
 }
@@ -389,9 +387,8 @@ pub unsafe extern "C" fn rfaas_submit(
             }
         };
         let p = e.submit(worker, function_id(function)?, input, output_capacity)?;
-        let b = Box::into_raw(Box::new(rfaas_pending { inner: p }));
         // SAFETY: not NULL, valid for a write.
-        unsafe { put(pending, b) };
+        unsafe { give_handle(pending, rfaas_pending { inner: p }) };
         Ok(())
     })
 }
@@ -410,15 +407,18 @@ pub unsafe extern "C" fn rfaas_wait_pending(
     output_capacity: usize,
     output_len: *mut usize,
 ) -> c_int {
+    let output = (output, output_capacity, output_len);
     guard(|| {
         // SAFETY: the caller's contract: `pending` from rfaas_submit, not consumed yet, and the
         // other pointers.
         unsafe {
-            let p = take_handle(pending, "pending")?.inner;
-            let e = exec(executor)?;
-            answer(output, output_capacity, output_len, |out| {
-                Ok(e.wait(p, out)?)
-            })
+            collect(
+                pending,
+                "pending",
+                || exec(executor),
+                output,
+                |e, p, out| Ok(e.wait(p.inner, out)?),
+            )
         }
     })
 }

@@ -17,7 +17,9 @@ use mpi::topology::SimpleCommunicator;
 use rfaas_core::client::{ClientOptions, FunctionId};
 use rfaas_core::mpi_glue::{Offload, Session, SessionConfig};
 
-use crate::args::{answer, function_names, in_buf, need, opt_str_arg, put, str_arg, take_handle};
+use crate::args::{
+    answer, collect, function_names, give_handle, in_buf, need, opt_str_arg, put, str_arg,
+};
 use crate::error::{guard, rfaas_status, Error};
 
 /// How a session is set up: the same on every rank. Fill it with `rfaas_session_config_init`
@@ -237,12 +239,12 @@ unsafe fn start(
     let r = Session::start(&*comm, &s);
     ManuallyDrop::into_inner(comm);
     let session = r?;
-    let b = Box::into_raw(Box::new(rfaas_session {
+    let handle = rfaas_session {
         inner: Some(session),
         thread: thread_id(),
-    }));
+    };
     // SAFETY: not NULL, writable by contract.
-    unsafe { put(out, b) };
+    unsafe { give_handle(out, handle) };
     Ok(())
 }
 
@@ -401,9 +403,8 @@ pub unsafe extern "C" fn rfaas_offload_async(
                 e.into()
             }
         })?;
-        let b = Box::into_raw(Box::new(rfaas_offload_pending { inner: o }));
         // SAFETY: not NULL, writable.
-        unsafe { put(offload, b) };
+        unsafe { give_handle(offload, rfaas_offload_pending { inner: o }) };
         Ok(())
     })
 }
@@ -422,15 +423,18 @@ pub unsafe extern "C" fn rfaas_wait(
     output_capacity: usize,
     output_len: *mut usize,
 ) -> c_int {
+    let output = (output, output_capacity, output_len);
     guard(|| {
         // SAFETY: the caller's contract: `offload` from rfaas_offload_async, not consumed yet,
         // and the other pointers.
         unsafe {
-            let o = take_handle(offload, "offload")?.inner;
-            let s = live(session)?;
-            answer(output, output_capacity, output_len, |out| {
-                Ok(s.wait(o, out)?)
-            })
+            collect(
+                offload,
+                "offload",
+                || live(session),
+                output,
+                |s, o, out| Ok(s.wait(o.inner, out)?),
+            )
         }
     })
 }

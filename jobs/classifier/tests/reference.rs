@@ -1,84 +1,47 @@
 //! The classifier against an independent runtime: `make_model.py` builds a small convolutional
 //! ONNX model with fixed seeds and scores a few images with onnxruntime; the function, loaded
-//! through its init with the model as an asset, must give the same scores within [`TOLERANCE`]
+//! through its init with the model as an asset, must give the same scores within [`fixtures::TOLERANCE`]
 //! and the same ranking. In process (the rlib); tests/apps.rs runs it through a local cluster.
 //!
 //! Needs Python with numpy, onnx and onnxruntime (`scripts/setup.sh` installs them into
 //! `.venv`; `PYTHON` overrides the interpreter). Without them the test is skipped, except under
 //! `CI=true` where it fails.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod fixtures;
+
+use std::path::Path;
 
 use classifier::{decode_output, request, with_top_k};
 use rfaas_function::app_status::AppErrorCode;
 use rfaas_function::init::Assets;
-
-/// Largest absolute difference allowed between a score of tract and of onnxruntime. The model's
-/// scores are softmax probabilities (in [0, 1]); float32 convolutions summed in a different order
-/// differ by about 1e-7 here, so 1e-5 leaves room and still catches a wrong normalization
-/// (which moves scores by 1e-2 or more).
-const TOLERANCE: f32 = 1e-5;
 
 fn in_ci() -> bool {
     std::env::var("CI")
         .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1"))
 }
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
-
-/// Runs make_model.py into a temporary directory; `None` (skipped) when Python or its packages
-/// are missing outside CI.
+/// The fixtures in a temporary directory; `None` (skipped) when Python or its packages are
+/// missing outside CI.
 fn fixtures() -> Option<tempfile::TempDir> {
-    let py = python();
-    let probe = Command::new(&py)
-        .args(["-c", "import numpy, onnx, onnxruntime"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = format!(
-            "{} cannot import numpy, onnx and onnxruntime (scripts/setup.sh installs them): {:?}",
-            py.display(),
-            probe.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        );
-        assert!(
-            !in_ci(),
-            "{why}; under CI=true a missing tool fails the test"
-        );
-        eprintln!("SKIPPED: {why}");
-        return None;
+    match fixtures::make(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_model.py")) {
+        Ok(dir) => Some(dir),
+        Err(why) => {
+            assert!(
+                !in_ci(),
+                "{why}; under CI=true a missing tool fails the test"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make_model.py");
-    let out = Command::new(&py)
-        .arg(script)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make_model.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(dir)
 }
 
 #[test]
 fn scores_match_onnxruntime_and_bad_input_is_an_error_status() {
     let Some(dir) = fixtures() else { return };
     let model = std::fs::read(dir.path().join("model.onnx")).unwrap();
-    let reference: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("reference.json")).unwrap()).unwrap();
-    let classes = reference["classes"].as_u64().unwrap() as usize;
+    let reference = fixtures::Reference::read(dir.path());
+    let classes = reference.classes;
     let labels: String = (0..classes).map(|i| format!("class-{i}\n")).collect();
 
     // Before init: a clear "not ready" status, not a panic.
@@ -109,35 +72,19 @@ fn scores_match_onnxruntime_and_bad_input_is_an_error_status() {
     ]))
     .unwrap();
 
-    for image in reference["images"].as_array().unwrap() {
-        let want: Vec<f32> = image["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let png = std::fs::read(dir.path().join(image["file"].as_str().unwrap())).unwrap();
+    for image in &reference.images {
+        let want = &image.scores;
+        let png = std::fs::read(dir.path().join(&image.file)).unwrap();
         // Every class, so that every score is compared.
         let input = with_top_k(classes as u16, &png);
         let n = classifier::classify(&input, &mut out);
         let got = decode_output(&out[..n]).unwrap();
-        assert_eq!(got.len(), classes);
-        for c in &got {
-            let w = want[c.index as usize];
-            assert!(
-                (c.score - w).abs() <= TOLERANCE,
-                "{}: class {} scored {} by tract, {w} by onnxruntime",
-                image["file"],
-                c.index,
-                c.score
-            );
-            assert_eq!(c.label, format!("class-{}", c.index));
-        }
+        image.check_scores(&got, |i| format!("class-{i}"), "by tract");
         // The ranking is onnxruntime's (its scores here differ by far more than the tolerance).
         let mut order: Vec<usize> = (0..classes).collect();
         order.sort_by(|&a, &b| want[b].total_cmp(&want[a]));
         let got_order: Vec<usize> = got.iter().map(|c| c.index as usize).collect();
-        assert_eq!(got_order[..3], order[..3], "{}", image["file"]);
+        assert_eq!(got_order[..3], order[..3], "{}", image.file);
 
         // Default k is 5; the reload variant computes the same.
         let n = classifier::classify(&png, &mut out);
@@ -184,22 +131,12 @@ fn scores_match_onnxruntime_and_bad_input_is_an_error_status() {
     assert!(classifier::init(&Assets::new(vec![("model", &model)])).is_err());
 }
 
-/// `png` with its IHDR patched to declare `w`×`h` (CRC fixed with the same polynomial PNG uses).
+/// `png` with its IHDR patched to declare `w`×`h` (and its CRC fixed).
 fn png_declaring(png: &[u8], w: u32, h: u32) -> Vec<u8> {
     let mut p = png.to_vec();
     p[16..20].copy_from_slice(&w.to_be_bytes());
     p[20..24].copy_from_slice(&h.to_be_bytes());
-    let mut c = 0xffff_ffffu32;
-    for &b in &p[12..29] {
-        c ^= u32::from(b);
-        for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-        }
-    }
-    p[29..33].copy_from_slice(&(!c).to_be_bytes());
+    let crc = crc32fast::hash(&p[12..29]);
+    p[29..33].copy_from_slice(&crc.to_be_bytes());
     p
 }

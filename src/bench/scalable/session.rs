@@ -111,14 +111,15 @@ pub(super) fn run_session<C: Communicator>(
                 continue;
             }
             let phase = Phase {
+                f,
                 bytes,
                 count,
                 measured,
             };
             let r = if throughput {
-                throughput_phase(&session, args.in_flight, f, phase, &mut rr, &mut state)
+                throughput_phase(&session, args.in_flight, phase, &mut rr, &mut state)
             } else {
-                warm_phase(&session, f, phase, &mut rr, &mut state)
+                warm_phase(&session, phase, &mut rr, &mut state)
             };
             if let Err(e) = r {
                 state.fail(format!("{mode} {bytes} B: {e}"));
@@ -132,27 +133,35 @@ pub(super) fn run_session<C: Communicator>(
     complete(comm, args, &state, gathered, report)
 }
 
-/// One phase of one size: `count` calls, recorded when `measured`.
+/// One phase of one size: `count` calls of `f`, recorded when `measured`.
 #[derive(Clone, Copy)]
 struct Phase {
+    f: crate::client::FunctionId,
     bytes: usize,
     count: usize,
     measured: bool,
 }
 
+impl Phase {
+    /// The input of every call of rank `rank` (its bytes differ by size and rank) and a buffer
+    /// for the results.
+    fn buffers(&self, rank: i32) -> (Vec<u8>, Vec<u8>) {
+        let input = payload(self.bytes, self.bytes + rank as usize);
+        (input, vec![0u8; self.bytes.max(1)])
+    }
+}
+
 fn warm_phase(
     session: &Session,
-    f: crate::client::FunctionId,
     p: Phase,
     rr: &mut RoundRobin,
     state: &mut RankState,
 ) -> Result<(), InvokeError> {
-    let input = payload(p.bytes, p.bytes + state.rank as usize);
-    let mut output = vec![0u8; p.bytes.max(1)];
+    let (input, mut output) = p.buffers(state.rank);
     for i in 0..p.count {
         let (w, node, worker) = rr.take()?;
         let t = Instant::now();
-        session.offload_on(w, f, &input, &mut output)?;
+        session.offload_on(w, p.f, &input, &mut output)?;
         let ns = t.elapsed().as_nanos() as u64;
         if p.measured {
             state.record("warm", p.bytes, &node, worker, i, ns, vec![]);
@@ -167,13 +176,11 @@ fn warm_phase(
 fn throughput_phase(
     session: &Session,
     in_flight: usize,
-    f: crate::client::FunctionId,
     p: Phase,
     rr: &mut RoundRobin,
     state: &mut RankState,
 ) -> Result<(), InvokeError> {
-    let input = payload(p.bytes, p.bytes + state.rank as usize);
-    let mut output = vec![0u8; p.bytes.max(1)];
+    let (input, mut output) = p.buffers(state.rank);
     let mut flight = VecDeque::with_capacity(in_flight);
     let mut submitted = 0usize;
     let first_record = state.records.len();
@@ -182,7 +189,7 @@ fn throughput_phase(
         while flight.len() < in_flight && submitted < p.count {
             let (w, node, worker) = rr.take()?;
             let t = Instant::now();
-            let o = session.offload_async_on(w, f, &input, output.len())?;
+            let o = session.offload_async_on(w, p.f, &input, output.len())?;
             flight.push_back((submitted, node, worker, t, o));
             submitted += 1;
         }

@@ -56,7 +56,6 @@ mod sys;
 mod wire;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use cq::OfiCq;
 pub use domain::OfiInfo;
@@ -67,8 +66,6 @@ pub use shm_regions::remove_regions_of_dead as remove_shm_regions_of_dead;
 
 use super::error::Result;
 use super::provider::Provider;
-use super::types::{Access, RecvWr};
-use super::{Fabric, QpInit};
 use domain::Domain;
 
 /// Where a provider wants offsets into the region rather than virtual addresses (no
@@ -142,37 +139,12 @@ pub fn configured_provider() -> Option<String> {
         .find(|v| !v.is_empty())
 }
 
-impl Fabric for OfiFabric {
-    type Mr = OfiMr;
-    type Cq = OfiCq;
-    type Qp = OfiQp;
-    type Listener = OfiListener;
-    type Request = OfiRequest;
-
-    fn provider(&self) -> Provider {
-        Provider::Ofi
-    }
-
-    fn alloc_mr(&self, len: usize, access: Access) -> Result<OfiMr> {
-        OfiMr::alloc(&self.d, len, access)
-    }
-
-    fn create_cq(&self, depth: u32) -> Result<OfiCq> {
-        OfiCq::new(&self.d, depth)
-    }
-
-    fn listen(&self, addr: &str) -> Result<OfiListener> {
-        OfiListener::bind(&self.d, addr)
-    }
-
-    fn connect(
-        &self,
-        addr: &str,
-        init: QpInit<'_, Self>,
-        initial_recvs: &[RecvWr],
-        private_data: &[u8],
-        timeout: Duration,
-    ) -> Result<(OfiQp, Vec<u8>)> {
-        listener::connect(&self.d, addr, init, initial_recvs, private_data, timeout)
-    }
-}
+crate::rdma::fabric_impl::impl_fabric!(OfiFabric {
+    provider: Provider::Ofi,
+    domain: d,
+    Mr: OfiMr = OfiMr::alloc,
+    Cq: OfiCq = OfiCq::new,
+    Listener: OfiListener = OfiListener::bind,
+    Request: OfiRequest,
+    Qp: OfiQp = listener::connect,
+});

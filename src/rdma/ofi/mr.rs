@@ -8,20 +8,16 @@ use std::sync::Arc;
 use super::domain::{Domain, MrEntry};
 use super::sys;
 use crate::rdma::error::{FabricError, Result};
+use crate::rdma::registration::{impl_memory_region, Registration};
 use crate::rdma::segment::PrivateMem;
 use crate::rdma::types::{Access, RemoteBuf};
-use crate::rdma::MemoryRegion;
 
 /// A registered region of the `ofi` provider.
 pub struct OfiMr {
     d: Arc<Domain>,
     /// The memory; unmapped after the registration is closed (fields drop after `Drop::drop`).
     _mem: PrivateMem,
-    ptr: *mut u8,
-    len: usize,
-    access: Access,
-    lkey: u32,
-    rkey: u32,
+    reg: Registration,
     mr: *mut sys::fid_mr,
 }
 
@@ -69,45 +65,34 @@ impl OfiMr {
         Ok(OfiMr {
             d: d.clone(),
             _mem: mem,
-            ptr,
-            len,
-            access,
-            lkey,
-            rkey,
+            reg: Registration {
+                ptr,
+                len,
+                lkey,
+                rkey,
+                access,
+            },
             mr,
         })
     }
 }
 
-impl MemoryRegion for OfiMr {
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn lkey(&self) -> u32 {
-        self.lkey
-    }
-    fn rkey(&self) -> u32 {
-        self.rkey
-    }
-    fn access(&self) -> Access {
-        self.access
-    }
+impl_memory_region!(
+    OfiMr,
+    reg,
     fn remote(&self, off: usize, len: u32) -> RemoteBuf {
         let base = if self.d.virt_addr() {
-            self.ptr as u64
+            self.reg.ptr as u64
         } else {
             super::OFFSET_BIAS
         };
         RemoteBuf {
             addr: base + off as u64,
-            rkey: self.rkey,
+            rkey: self.reg.rkey,
             len,
         }
     }
-}
+);
 
 impl Drop for OfiMr {
     fn drop(&mut self) {
@@ -116,7 +101,7 @@ impl Drop for OfiMr {
             .mrs
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .get_mut(self.lkey as usize)
+            .get_mut(self.reg.lkey as usize)
         {
             *e = None;
         }

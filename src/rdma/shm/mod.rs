@@ -36,7 +36,6 @@ mod wire;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use cq::ShmCq;
 pub use listener::{ShmListener, ShmRequest};
@@ -48,7 +47,7 @@ pub use ring::RingLoop;
 use super::error::{FabricError, Result};
 use super::mr_table::{Entry, MrTable, ENTRY_SIZE};
 use super::segment::Segment;
-use super::{Access, Fabric, Provider, QpInit, RecvWr};
+use super::Provider;
 use arena::{Arena, ArenaClass};
 use control::Control;
 
@@ -134,40 +133,15 @@ impl Domain {
     }
 }
 
-impl Fabric for ShmFabric {
-    type Mr = ShmMr;
-    type Cq = ShmCq;
-    type Qp = ShmQp;
-    type Listener = ShmListener;
-    type Request = ShmRequest;
-
-    fn provider(&self) -> Provider {
-        Provider::Shm
-    }
-
-    fn alloc_mr(&self, len: usize, access: Access) -> Result<ShmMr> {
-        ShmMr::alloc(&self.dom, len, access)
-    }
-
-    fn create_cq(&self, depth: u32) -> Result<ShmCq> {
-        ShmCq::new(depth)
-    }
-
-    fn listen(&self, addr: &str) -> Result<ShmListener> {
-        ShmListener::bind(&self.dom, addr)
-    }
-
-    fn connect(
-        &self,
-        addr: &str,
-        init: QpInit<'_, Self>,
-        initial_recvs: &[RecvWr],
-        private_data: &[u8],
-        timeout: Duration,
-    ) -> Result<(ShmQp, Vec<u8>)> {
-        listener::connect(&self.dom, addr, init, initial_recvs, private_data, timeout)
-    }
-}
+crate::rdma::fabric_impl::impl_fabric!(ShmFabric {
+    provider: Provider::Shm,
+    domain: dom,
+    Mr: ShmMr = ShmMr::alloc,
+    Cq: ShmCq = |_, depth| ShmCq::new(depth),
+    Listener: ShmListener = ShmListener::bind,
+    Request: ShmRequest,
+    Qp: ShmQp = listener::connect,
+});
 
 #[cfg(test)]
 mod arena_size_tests {

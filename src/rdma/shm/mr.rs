@@ -5,8 +5,9 @@ use std::sync::Arc;
 use super::arena::ArenaClass;
 use super::Domain;
 use crate::rdma::error::{FabricError, Result};
+use crate::rdma::registration::{impl_memory_region, Registration};
 use crate::rdma::segment::PrivateMem;
-use crate::rdma::{Access, MemoryRegion};
+use crate::rdma::Access;
 
 #[derive(Debug)]
 enum Backing {
@@ -23,10 +24,7 @@ enum Backing {
 #[derive(Debug)]
 pub struct ShmMr {
     dom: Arc<Domain>,
-    ptr: *mut u8,
-    len: usize,
-    key: u32,
-    access: Access,
+    reg: Registration,
     backing: Backing,
 }
 
@@ -87,10 +85,13 @@ impl ShmMr {
         };
         Ok(ShmMr {
             dom: dom.clone(),
-            ptr,
-            len,
-            key,
-            access,
+            reg: Registration {
+                ptr,
+                len,
+                lkey: key,
+                rkey: key,
+                access,
+            },
             backing,
         })
     }
@@ -105,27 +106,11 @@ impl Domain {
     }
 }
 
-impl MemoryRegion for ShmMr {
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn lkey(&self) -> u32 {
-        self.key
-    }
-    fn rkey(&self) -> u32 {
-        self.key
-    }
-    fn access(&self) -> Access {
-        self.access
-    }
-}
+impl_memory_region!(ShmMr, reg);
 
 impl Drop for ShmMr {
     fn drop(&mut self) {
-        self.dom.table.deregister(self.key);
+        self.dom.table.deregister(self.reg.lkey);
         if let Backing::Arena {
             class,
             off,

@@ -23,7 +23,7 @@ use crate::rdma::notify::Notifier;
 use crate::rdma::segment::Segment;
 use crate::rdma::spsc::Spsc;
 use crate::rdma::{
-    Access, Op, QpTimeouts, QueuePair, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
+    Access, Op, QpTimeouts, QueuePair, RecvWr, RemoteBuf, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
 
 const STATE_OK: u32 = 0;
@@ -384,64 +384,41 @@ impl ShmQp {
                 (s.addr as *mut u8, s.len)
             }
         };
-        let peer = &sh.peer;
+        match self.perform(wr, lptr, llen) {
+            Ok(n) => (WcStatus::Success, n),
+            Err(s) => (s, 0),
+        }
+    }
+
+    /// Runs the remote part of a request whose local buffer `lptr..+llen` is checked; returns
+    /// the byte count.
+    #[inline]
+    fn perform(&self, wr: &SendWr, lptr: *mut u8, llen: u32) -> std::result::Result<u32, WcStatus> {
+        let peer = &self.sh.peer;
         match wr.op {
             Op::Write(rb) => {
+                let dst = self.remote(rb, llen, Access::REMOTE_WRITE)?;
                 if llen > 0 {
-                    let dst = match peer.translate(rb.rkey, rb.addr, llen, Access::REMOTE_WRITE) {
-                        Ok(p) => p,
-                        Err(s) => return (s, 0),
-                    };
                     // SAFETY: `lptr..+llen` is a checked local region, `dst..+llen` a checked
                     // range of the peer's read-write mapping; distinct mappings never overlap
                     // in a way that matters for a byte copy of shared memory.
                     unsafe { std::ptr::copy(lptr, dst, llen as usize) };
                 }
-                (WcStatus::Success, llen)
             }
             Op::WriteImm(rb, imm) => {
-                let dst = if llen > 0 {
-                    match peer.translate(rb.rkey, rb.addr, llen, Access::REMOTE_WRITE) {
-                        Ok(p) => p,
-                        Err(s) => return (s, 0),
-                    }
-                } else {
-                    std::ptr::null_mut()
-                };
-                let n = sh.produced.load(Ordering::Relaxed);
-                if let Err(s) = self.credit(n) {
-                    return (s, 0);
-                }
+                let dst = self.remote(rb, llen, Access::REMOTE_WRITE)?;
+                let n = self.next_message()?;
                 if llen > 0 {
                     // SAFETY: as for `Write`.
                     unsafe { std::ptr::copy(lptr, dst, llen as usize) };
                 }
-                let flags = if wr.flags.contains(SendFlags::SOLICITED) {
-                    ring::FLAG_SOLICITED
-                } else {
-                    0
-                };
-                peer.ring.publish(
-                    n,
-                    ring::Entry {
-                        opcode: ring::OP_WRITE_IMM,
-                        imm,
-                        byte_len: llen,
-                        flags,
-                    },
-                );
-                sh.produced.store(n + 1, Ordering::Relaxed);
-                peer.notifier.signal_after_seqcst(flags != 0);
-                (WcStatus::Success, llen)
+                self.publish(n, ring::OP_WRITE_IMM, imm, llen, wr.flags);
             }
             Op::Send | Op::SendImm(_) => {
                 if llen > peer.ring.msg_size() {
-                    return (WcStatus::RemoteInvalidRequest, 0);
+                    return Err(WcStatus::RemoteInvalidRequest);
                 }
-                let n = sh.produced.load(Ordering::Relaxed);
-                if let Err(s) = self.credit(n) {
-                    return (s, 0);
-                }
+                let n = self.next_message()?;
                 if llen > 0 {
                     // SAFETY: the slab slot of message `n` has `msg_size >= llen` bytes and the
                     // target does not read it until we publish `n`; the source is checked.
@@ -451,37 +428,18 @@ impl ShmQp {
                     Op::SendImm(i) => (ring::OP_SEND_IMM, i),
                     _ => (ring::OP_SEND, 0),
                 };
-                let flags = if wr.flags.contains(SendFlags::SOLICITED) {
-                    ring::FLAG_SOLICITED
-                } else {
-                    0
-                };
-                peer.ring.publish(
-                    n,
-                    ring::Entry {
-                        opcode,
-                        imm,
-                        byte_len: llen,
-                        flags,
-                    },
-                );
-                sh.produced.store(n + 1, Ordering::Relaxed);
-                peer.notifier.signal_after_seqcst(flags != 0);
-                (WcStatus::Success, llen)
+                self.publish(n, opcode, imm, llen, wr.flags);
             }
             Op::Read(rb) => {
+                let src = self.remote(rb, llen, Access::REMOTE_READ)?;
                 if llen > 0 {
-                    let src = match peer.translate(rb.rkey, rb.addr, llen, Access::REMOTE_READ) {
-                        Ok(p) => p,
-                        Err(s) => return (s, 0),
-                    };
-                    // SAFETY: checked source in the peer's mapping, checked writable local target.
+                    // SAFETY: checked source in the peer's mapping, checked writable local
+                    // target.
                     unsafe { std::ptr::copy(src, lptr, llen as usize) };
                 }
-                (WcStatus::Success, llen)
             }
             Op::FetchAdd { remote, add } => {
-                self.atomic(remote.rkey, remote.addr, lptr, llen, |w| {
+                return self.atomic(remote.rkey, remote.addr, lptr, llen, |w| {
                     w.fetch_add(add, Ordering::AcqRel)
                 })
             }
@@ -489,12 +447,63 @@ impl ShmQp {
                 remote,
                 compare,
                 swap,
-            } => self.atomic(remote.rkey, remote.addr, lptr, llen, |w| {
-                match w.compare_exchange(compare, swap, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(v) | Err(v) => v,
-                }
-            }),
+            } => {
+                return self.atomic(remote.rkey, remote.addr, lptr, llen, |w| {
+                    match w.compare_exchange(compare, swap, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(v) | Err(v) => v,
+                    }
+                })
+            }
         }
+        Ok(llen)
+    }
+
+    /// Where `len` bytes of the peer's memory at `rb` land in our mapping, checked for `need`;
+    /// a null pointer (never dereferenced: copies of zero bytes) when `len` is 0, which needs no
+    /// check.
+    #[inline]
+    fn remote(
+        &self,
+        rb: RemoteBuf,
+        len: u32,
+        need: Access,
+    ) -> std::result::Result<*mut u8, WcStatus> {
+        if len == 0 {
+            return Ok(std::ptr::null_mut());
+        }
+        self.sh.peer.translate(rb.rkey, rb.addr, len, need)
+    }
+
+    /// The sequence number of the next message to the peer, once the peer has a receive posted
+    /// for it (see [`ShmQp::credit`]).
+    #[inline]
+    fn next_message(&self) -> std::result::Result<u64, WcStatus> {
+        let n = self.sh.produced.load(Ordering::Relaxed);
+        self.credit(n)?;
+        Ok(n)
+    }
+
+    /// Publishes message `n`, whose payload is in place, to the peer's ring and wakes the peer
+    /// (for a solicited message, also a peer armed for solicited events only).
+    #[inline]
+    fn publish(&self, n: u64, opcode: u32, imm: u32, byte_len: u32, wr_flags: SendFlags) {
+        let flags = if wr_flags.contains(SendFlags::SOLICITED) {
+            ring::FLAG_SOLICITED
+        } else {
+            0
+        };
+        let peer = &self.sh.peer;
+        peer.ring.publish(
+            n,
+            ring::Entry {
+                opcode,
+                imm,
+                byte_len,
+                flags,
+            },
+        );
+        self.sh.produced.store(n + 1, Ordering::Relaxed);
+        peer.notifier.signal_after_seqcst(flags != 0);
     }
 
     #[inline]
@@ -505,17 +514,17 @@ impl ShmQp {
         lptr: *mut u8,
         llen: u32,
         f: impl FnOnce(&AtomicU64) -> u64,
-    ) -> (WcStatus, u32) {
+    ) -> std::result::Result<u32, WcStatus> {
         if llen < 8 {
-            return (WcStatus::LocalLength, 0);
+            return Err(WcStatus::LocalLength);
         }
         if addr % 8 != 0 {
-            return (WcStatus::RemoteInvalidRequest, 0);
+            return Err(WcStatus::RemoteInvalidRequest);
         }
-        let p = match self.sh.peer.translate(rkey, addr, 8, Access::REMOTE_ATOMIC) {
-            Ok(p) => p,
-            Err(s) => return (s, 0),
-        };
+        let p = self
+            .sh
+            .peer
+            .translate(rkey, addr, 8, Access::REMOTE_ATOMIC)?;
         // SAFETY: `p` is an 8-byte aligned word (the peer's arena is page aligned in both
         // mappings and `addr` is 8-aligned) inside the read-write mapping, accessed atomically
         // by every party.
@@ -523,7 +532,7 @@ impl ShmQp {
         // SAFETY: `lptr` is a checked local region of at least 8 bytes with LOCAL_WRITE;
         // unaligned write because SGEs need not be aligned.
         unsafe { std::ptr::write_unaligned(lptr.cast::<u64>(), old) };
-        (WcStatus::Success, 8)
+        Ok(8)
     }
 }
 

@@ -18,7 +18,7 @@ use arc_swap::ArcSwapOption;
 
 use super::progress::Progress;
 use crate::rdma::error::Result;
-use crate::rdma::mr_table::{split_key, HeapMrTable};
+use crate::rdma::mr_table::{access_failure, split_key, HeapMrTable};
 use crate::rdma::segment::PrivateMem;
 use crate::rdma::types::{Access, WcStatus};
 
@@ -135,11 +135,7 @@ impl Domain {
         need: Access,
         remote: bool,
     ) -> std::result::Result<Pinned, WcStatus> {
-        let fail = if remote {
-            WcStatus::RemoteAccess
-        } else {
-            WcStatus::LocalProtection
-        };
+        let fail = access_failure(remote);
         let r = self.table.view().check(key, addr, len, need, remote)?;
         let region = self
             .slots

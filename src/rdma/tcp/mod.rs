@@ -64,7 +64,6 @@ mod wire;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use cq::{TcpCq, HYBRID_MAX_QPS};
 pub use listener::{TcpListener, TcpRequest, HANDSHAKE_TIMEOUT};
@@ -73,8 +72,6 @@ pub use qp::TcpQp;
 
 use super::error::Result;
 use super::provider::Provider;
-use super::types::{Access, RecvWr};
-use super::{Fabric, QpInit};
 use domain::Domain;
 
 /// A domain of the tcp provider: registered memory, completion queues and connections, plus
@@ -95,37 +92,12 @@ impl TcpFabric {
     }
 }
 
-impl Fabric for TcpFabric {
-    type Mr = TcpMr;
-    type Cq = TcpCq;
-    type Qp = TcpQp;
-    type Listener = TcpListener;
-    type Request = TcpRequest;
-
-    fn provider(&self) -> Provider {
-        Provider::Tcp
-    }
-
-    fn alloc_mr(&self, len: usize, access: Access) -> Result<TcpMr> {
-        TcpMr::new(self.dom.clone(), len, access)
-    }
-
-    fn create_cq(&self, depth: u32) -> Result<TcpCq> {
-        TcpCq::new(depth)
-    }
-
-    fn listen(&self, addr: &str) -> Result<TcpListener> {
-        TcpListener::bind(&self.dom, addr)
-    }
-
-    fn connect(
-        &self,
-        addr: &str,
-        init: QpInit<'_, Self>,
-        initial_recvs: &[RecvWr],
-        private_data: &[u8],
-        timeout: Duration,
-    ) -> Result<(TcpQp, Vec<u8>)> {
-        listener::connect(&self.dom, addr, init, initial_recvs, private_data, timeout)
-    }
-}
+crate::rdma::fabric_impl::impl_fabric!(TcpFabric {
+    provider: Provider::Tcp,
+    domain: dom,
+    Mr: TcpMr = |dom: &Arc<Domain>, len, access| TcpMr::new(Arc::clone(dom), len, access),
+    Cq: TcpCq = |_, depth| TcpCq::new(depth),
+    Listener: TcpListener = TcpListener::bind,
+    Request: TcpRequest,
+    Qp: TcpQp = listener::connect,
+});

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::wire::{kind, op, Header, Hello, HDR_LEN, HELLO_LEN};
 use super::*;
 use crate::rdma::{
-    CompletionQueue, ConnRequest, Fabric, Listener, MemoryRegion, Op, QpCaps, QpTimeouts,
-    QueuePair, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
+    Access, CompletionQueue, ConnRequest, Fabric, Listener, MemoryRegion, Op, QpCaps, QpInit,
+    QpTimeouts, QueuePair, RecvWr, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
 
 /// Upper bound of every wait in these tests.

@@ -65,7 +65,6 @@ mod layout;
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use conn::{VerbsListener, VerbsRequest, ACCEPT_TIMEOUT};
 pub use cq::VerbsCq;
@@ -74,7 +73,7 @@ pub use qp::VerbsQp;
 pub use wire::{MAX_ACCEPT_DATA, MAX_CONNECT_DATA};
 
 use crate::rdma::error::Result;
-use crate::rdma::{Access, Fabric, Provider, QpInit, RecvWr};
+use crate::rdma::Provider;
 
 /// The verbs fabric: one RDMA device and its protection domain. Cheap to clone.
 #[derive(Clone)]
@@ -137,37 +136,12 @@ impl VerbsFabric {
     }
 }
 
-impl Fabric for VerbsFabric {
-    type Mr = VerbsMr;
-    type Cq = VerbsCq;
-    type Qp = VerbsQp;
-    type Listener = VerbsListener;
-    type Request = VerbsRequest;
-
-    fn provider(&self) -> Provider {
-        Provider::Verbs
-    }
-
-    fn alloc_mr(&self, len: usize, access: Access) -> Result<VerbsMr> {
-        VerbsMr::alloc(&self.dev, len, access)
-    }
-
-    fn create_cq(&self, depth: u32) -> Result<VerbsCq> {
-        VerbsCq::new(&self.dev, depth)
-    }
-
-    fn listen(&self, addr: &str) -> Result<VerbsListener> {
-        VerbsListener::bind(&self.dev, addr)
-    }
-
-    fn connect(
-        &self,
-        addr: &str,
-        init: QpInit<'_, Self>,
-        initial_recvs: &[RecvWr],
-        private_data: &[u8],
-        timeout: Duration,
-    ) -> Result<(VerbsQp, Vec<u8>)> {
-        conn::connect(&self.dev, addr, init, initial_recvs, private_data, timeout)
-    }
-}
+crate::rdma::fabric_impl::impl_fabric!(VerbsFabric {
+    provider: Provider::Verbs,
+    domain: dev,
+    Mr: VerbsMr = VerbsMr::alloc,
+    Cq: VerbsCq = VerbsCq::new,
+    Listener: VerbsListener = VerbsListener::bind,
+    Request: VerbsRequest,
+    Qp: VerbsQp = conn::connect,
+});

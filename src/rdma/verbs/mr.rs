@@ -9,7 +9,8 @@ use rdma_sys::{ibv_access_flags, ibv_dereg_mr, ibv_mr, ibv_reg_mr};
 use super::device::Device;
 use super::error::last_os_error;
 use crate::rdma::error::{FabricError, Result};
-use crate::rdma::{Access, MemoryRegion};
+use crate::rdma::registration::{impl_memory_region, Registration};
+use crate::rdma::Access;
 
 /// The `ibv_access_flags` for `access`.
 ///
@@ -34,13 +35,9 @@ pub(crate) fn access_flags(access: Access) -> u32 {
 
 /// Registered memory of the verbs provider.
 pub struct VerbsMr {
-    ptr: NonNull<u8>,
-    len: usize,
+    reg: Registration,
     map_len: usize,
     mr: NonNull<ibv_mr>,
-    lkey: u32,
-    rkey: u32,
-    access: Access,
     // Keeps the protection domain alive until the region is deregistered.
     _dev: Arc<Device>,
 }
@@ -53,13 +50,7 @@ unsafe impl Sync for VerbsMr {}
 
 impl std::fmt::Debug for VerbsMr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerbsMr")
-            .field("addr", &self.ptr)
-            .field("len", &self.len)
-            .field("lkey", &self.lkey)
-            .field("rkey", &self.rkey)
-            .field("access", &self.access)
-            .finish()
+        f.debug_struct("VerbsMr").field("reg", &self.reg).finish()
     }
 }
 
@@ -122,13 +113,15 @@ impl VerbsMr {
         let (lkey, rkey) = unsafe { ((*mr.as_ptr()).lkey, (*mr.as_ptr()).rkey) };
         dev.add_mr(lkey, p as u64, len as u64);
         Ok(VerbsMr {
-            ptr,
-            len,
+            reg: Registration {
+                ptr: ptr.as_ptr(),
+                len,
+                lkey,
+                rkey,
+                access,
+            },
             map_len,
             mr,
-            lkey,
-            rkey,
-            access,
             _dev: Arc::clone(dev),
         })
     }
@@ -136,7 +129,7 @@ impl VerbsMr {
 
 impl Drop for VerbsMr {
     fn drop(&mut self) {
-        self._dev.remove_mr(self.lkey);
+        self._dev.remove_mr(self.reg.lkey);
         // SAFETY: the registration and mapping were made in `alloc` and are released once,
         // registration first. The caller must not have requests in flight on the region (as
         // with verbs; a late access then fails with a protection error, not a memory error).
@@ -145,28 +138,12 @@ impl Drop for VerbsMr {
             if ret != 0 {
                 tracing::warn!("ibv_dereg_mr: errno {ret}");
             }
-            libc::munmap(self.ptr.as_ptr().cast(), self.map_len);
+            libc::munmap(self.reg.ptr.cast(), self.map_len);
         }
     }
 }
 
-impl MemoryRegion for VerbsMr {
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn lkey(&self) -> u32 {
-        self.lkey
-    }
-    fn rkey(&self) -> u32 {
-        self.rkey
-    }
-    fn access(&self) -> Access {
-        self.access
-    }
-}
+impl_memory_region!(VerbsMr, reg);
 
 #[cfg(test)]
 mod tests {

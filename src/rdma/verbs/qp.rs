@@ -835,36 +835,32 @@ mod tests {
     /// Builds a request the way `post_send` does for a caller (no internal signaling) on a
     /// queue pair granted 64 bytes of inline data, with every SGE registered.
     fn send(op: Op, sge: Option<Sge>, flags: SendFlags) -> (ibv_send_wr, ibv_sge) {
-        let mut storage = ibv_sge {
-            addr: 0,
-            length: 0,
-            lkey: 0,
-        };
-        let wr = SendWr {
-            wr_id: 5,
-            op,
-            sge,
-            flags,
-        };
+        let (wr, mut storage) = request(5, op, sge, flags);
         let signal = SignalPolicy::new(1024).decide(flags.contains(SendFlags::SIGNALED));
         let inline = want_inline(&wr, 64, |_| true);
         let w = build_send_wr(&wr, 0xabc, signal, inline, &mut storage);
         (w, storage)
     }
 
-    #[test]
-    fn hidden_signals_set_the_device_flag() {
-        let mut storage = ibv_sge {
+    /// A caller's request and an empty SGE for `build_send_wr` to fill.
+    fn request(wr_id: u64, op: Op, sge: Option<Sge>, flags: SendFlags) -> (SendWr, ibv_sge) {
+        let wr = SendWr {
+            wr_id,
+            op,
+            sge,
+            flags,
+        };
+        let storage = ibv_sge {
             addr: 0,
             length: 0,
             lkey: 0,
         };
-        let wr = SendWr {
-            wr_id: 1,
-            op: Op::Send,
-            sge: None,
-            flags: SendFlags::empty(),
-        };
+        (wr, storage)
+    }
+
+    #[test]
+    fn hidden_signals_set_the_device_flag() {
+        let (wr, mut storage) = request(1, Op::Send, None, SendFlags::empty());
         let w = build_send_wr(&wr, 1, Signal::Hidden, false, &mut storage);
         assert_eq!(w.send_flags, ibv_send_flags::IBV_SEND_SIGNALED.0);
         let w = build_send_wr(&wr, 1, Signal::Unsignaled, false, &mut storage);

@@ -20,8 +20,8 @@ use std::time::Duration;
 use super::*;
 use crate::rdma::provider::FabricUser;
 use crate::rdma::{
-    CompletionQueue, ConnRequest, FabricError, Listener, MemoryRegion, Op, QueuePair, RemoteBuf,
-    SendFlags, SendWr, Wc, WcOpcode, WcStatus,
+    Access, CompletionQueue, ConnRequest, Fabric, FabricError, Listener, MemoryRegion, Op, QpInit,
+    QueuePair, RecvWr, RemoteBuf, SendFlags, SendWr, Wc, WcOpcode, WcStatus,
 };
 
 /// Whether this machine has RDMA devices, asked of the kernel (sysfs) rather than of the code
