@@ -39,11 +39,12 @@ use crate::scheduler::{
     Change, Config, Event, LeaseId, Millis, SchedError, Scheduler, Snapshot, TokenSource,
 };
 
-/// Version of the state file format: 3 adds the log's sequence number the snapshot covers
+/// Version of the state file format: 4 is binary (`postcard` behind a checksummed header,
+/// [`super::store::snapshot_file`]; earlier versions are JSON, still read), 3 adds the log's sequence number the snapshot covers
 /// (`log_seq`), 2 stores wall-clock times, 1 stored times relative to the writing process's
 /// start (still read, with the time left kept as it was). 1 and 2 are read as snapshots
 /// covering no record: that is the migration from the whole-file state of earlier versions.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// Log size from which the log is compacted into a new snapshot (and it is larger than the
 /// snapshot), unless configured otherwise.

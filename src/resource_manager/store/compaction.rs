@@ -4,7 +4,7 @@
 //!    so every older segment holds only records already applied to the scheduler.
 //! 2. The caller takes the snapshot and the sequence number of the last record it reflects,
 //!    under the scheduler's lock (at least every record of the older segments).
-//! 3. The snapshot is written atomically ([`crate::atomic_write`]: temporary file, fsync,
+//! 3. The snapshot is encoded ([`snapshot_file`]) and written atomically ([`crate::atomic_write`]: temporary file, fsync,
 //!    rename, fsync of the directory), saying which record it covers.
 //! 4. The older segments are deleted.
 //!
@@ -14,11 +14,12 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::resource_manager::state::{write_atomic, StateError, StateFile, STATE_VERSION};
+use crate::atomic_write::{write_atomic, Durability};
+use crate::resource_manager::state::{StateError, StateFile, STATE_VERSION};
 use crate::scheduler::Snapshot;
 
 use super::committer::Writer;
-use super::{segments, Store};
+use super::{segments, snapshot_file, Store};
 
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +73,10 @@ impl Store {
             log_seq: seq,
             snapshot,
         };
-        let bytes = write_atomic(&self.state, &file)?;
+        let encoded = snapshot_file::encode(&file);
+        drop(file);
+        write_atomic(&self.state, &encoded, 0o600, Durability::Synced).map_err(io(&self.state))?;
+        let bytes = encoded.len() as u64;
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         self.shared.snapshot_bytes.store(bytes, Ordering::Relaxed);
         // 4. The segments it covers.

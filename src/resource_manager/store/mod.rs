@@ -3,7 +3,8 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | [`frame`] | a record on disk: length, CRC-32, JSON [`LogRecord`] |
+//! | [`frame`] | a record on disk: length, CRC-32, [`LogRecord`] in `postcard` (JSON read) |
+//! | [`snapshot_file`] | the snapshot on disk: header, CRC-32, `postcard` (JSON read) |
 //! | [`segments`] | the log's files `STATE.log.SEQ` beside the snapshot `STATE` |
 //! | [`committer`] | one thread, group commit: all pending records, one write, one fsync |
 //! | [`compaction`] | a new snapshot, then the segments it covers go |
@@ -21,6 +22,7 @@ pub mod compaction;
 pub mod frame;
 pub mod recovery;
 pub mod segments;
+pub mod snapshot_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
