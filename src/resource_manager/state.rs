@@ -50,9 +50,9 @@ pub const STATE_VERSION: u32 = 4;
 /// snapshot), unless configured otherwise.
 pub const DEFAULT_COMPACT_BYTES: u64 = 32 << 20;
 
-/// The state file (the snapshot).
+/// The state file (the snapshot; written from a borrowed [`crate::scheduler::SnapshotView`]).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct StateFile {
+pub struct StateFile<S = Snapshot> {
     /// [`STATE_VERSION`].
     pub version: u32,
     /// Wall-clock time of the write, for people.
@@ -61,7 +61,7 @@ pub struct StateFile {
     #[serde(default)]
     pub log_seq: u64,
     /// The scheduler.
-    pub snapshot: Snapshot,
+    pub snapshot: S,
 }
 
 /// The state file cannot be used.
@@ -369,14 +369,20 @@ impl RmState {
     }
 
     /// Writes a snapshot of the state and drops the log it covers (blocking: the snapshot is
-    /// taken under the scheduler's lock, then written). Nothing without a state file.
+    /// encoded under the scheduler's lock, then written). Nothing without a state file.
     pub fn compact(&self) -> Result<(), StateError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        // Encoded under the lock straight from the scheduler (no copy of it first); the
+        // checksum and the write come after the lock is released.
         let done = store.compact(|| {
             let inner = self.lock();
-            (inner.sched.snapshot(self.now()), inner.seq)
+            let view = inner.sched.snapshot_view(self.now());
+            (
+                super::store::snapshot_file::encode_payload(&view, inner.seq),
+                inner.seq,
+            )
         })?;
         if let Some(c) = done {
             tracing::info!(

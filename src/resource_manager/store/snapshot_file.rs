@@ -13,6 +13,8 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+
 use crate::resource_manager::state::{StateError, StateFile, STATE_VERSION};
 
 /// The first bytes of a binary snapshot.
@@ -24,19 +26,43 @@ pub const HEADER: usize = 24;
 /// The oldest version of the binary format (older versions are JSON).
 pub const FIRST_BINARY: u32 = 4;
 
-/// `file` as the bytes of a binary snapshot (its `version` is written as [`STATE_VERSION`]).
-pub fn encode(file: &StateFile) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + 64 * (file.snapshot.leases.len() + 16));
+/// A snapshot file's bytes, header still unsealed: [`encode_payload`] writes them (under the
+/// scheduler's lock, as fast as it can), [`Payload::seal`] adds the checksum (after it).
+#[derive(Debug)]
+pub struct Payload(Vec<u8>);
+
+/// The bytes of a binary snapshot file of `snapshot` (a [`crate::scheduler::Snapshot`] or a
+/// [`crate::scheduler::SnapshotView`]) covering the log up to record `log_seq`, to be sealed.
+pub fn encode_payload<S: Serialize>(snapshot: &S, log_seq: u64) -> Payload {
+    let file = StateFile {
+        version: STATE_VERSION,
+        saved_at_unix_ms: crate::resource_manager::state::unix_ms_now(),
+        log_seq,
+        snapshot,
+    };
+    let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&STATE_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 12]);
-    let mut out = postcard::to_extend(file, out).expect("a snapshot always serialises");
-    let payload = &out[HEADER..];
-    let crc = crc32fast::hash(payload);
-    let len = payload.len() as u64;
-    out[12..16].copy_from_slice(&crc.to_le_bytes());
-    out[16..24].copy_from_slice(&len.to_le_bytes());
-    out
+    Payload(postcard::to_extend(&file, out).expect("a snapshot always serialises"))
+}
+
+impl Payload {
+    /// The file's bytes, with the payload's checksum and length in the header.
+    pub fn seal(self) -> Vec<u8> {
+        let mut out = self.0;
+        let payload = &out[HEADER..];
+        let crc = crc32fast::hash(payload);
+        let len = payload.len() as u64;
+        out[12..16].copy_from_slice(&crc.to_le_bytes());
+        out[16..24].copy_from_slice(&len.to_le_bytes());
+        out
+    }
+}
+
+/// `snapshot` as the bytes of a binary snapshot file covering the log up to `log_seq`.
+pub fn encode<S: Serialize>(snapshot: &S, log_seq: u64) -> Vec<u8> {
+    encode_payload(snapshot, log_seq).seal()
 }
 
 /// The snapshot in `bytes`, read from `path` (named in errors): binary or JSON.
@@ -141,9 +167,16 @@ mod tests {
         let f = state();
         assert_eq!(f.snapshot.leases.len(), 1);
         assert_eq!(f.snapshot.ended.len(), 1);
-        let bytes = encode(&f);
+        let bytes = encode(&f.snapshot, f.log_seq);
         assert!(bytes.starts_with(MAGIC));
         let back = decode(Path::new("s"), &bytes).unwrap();
+        assert_eq!((back.version, back.log_seq), (STATE_VERSION, 7));
+        let now = crate::resource_manager::state::unix_ms_now();
+        assert!(back.saved_at_unix_ms.abs_diff(now) < 3_600_000);
+        let back = StateFile {
+            saved_at_unix_ms: f.saved_at_unix_ms,
+            ..back
+        };
         assert_eq!(json(&back), json(&f));
         assert!(bytes.len() < serde_json::to_vec(&f).unwrap().len());
     }
@@ -167,7 +200,8 @@ mod tests {
 
     #[test]
     fn a_damaged_binary_snapshot_is_refused_with_the_reason() {
-        let bytes = encode(&state());
+        let f = state();
+        let bytes = encode(&f.snapshot, f.log_seq);
         let refused = |b: &[u8]| decode(Path::new("rm-state"), b).unwrap_err().to_string();
         let mut flipped = bytes.clone();
         flipped[HEADER + 10] ^= 1;

@@ -222,7 +222,8 @@ fn a_crash_at_any_step_of_a_compaction_recovers_the_same_state() {
     let done = store
         .compact(|| {
             crash1 = Some(copy_state(&state));
-            (src.sched.snapshot(Millis(2)), src.seq)
+            let snap = src.sched.snapshot_view(Millis(2));
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
         })
         .unwrap()
         .unwrap();
@@ -333,7 +334,10 @@ fn a_json_snapshot_and_json_log_of_an_earlier_build_migrate_to_binary() {
     );
     // The next compaction rewrites the snapshot in binary.
     store
-        .compact(|| (src.sched.snapshot(Millis(3)), src.seq))
+        .compact(|| {
+            let snap = src.sched.snapshot(Millis(3));
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
+        })
         .unwrap()
         .unwrap();
     store.close().unwrap();
