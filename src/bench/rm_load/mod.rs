@@ -212,21 +212,25 @@ struct Cycles {
     /// (cycle index, grant + release time) of every cycle.
     round_trips: Vec<(u64, Duration)>,
     refused: u64,
+    /// Cycles whose lease had ended (its node declared dead) before its renewal or release.
+    ended: u64,
     elapsed: Duration,
 }
 
 fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
     let total = args.cycles as u64;
     let grant_body = json!({"cores": 1, "ttl_ms": args.ttl_ms, "client": "rm_load"});
     let start = Instant::now();
     let handles: Vec<_> = (0..args.clients.max(1))
         .map(|_| {
-            let (api, next, refused, body) = (
+            let (api, next, refused, ended, body) = (
                 api.fresh(),
                 next.clone(),
                 refused.clone(),
+                ended.clone(),
                 grant_body.clone(),
             );
             std::thread::spawn(move || -> Result<_, RmLoadError> {
@@ -248,12 +252,28 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
                     g.record(tg);
                     let id = v["lease"].as_u64().unwrap_or(0);
                     let token = json!({"token": v["token"]});
-                    let (_, tr) =
-                        api.expect(200, "POST", &format!("/v1/leases/{id}/renew"), Some(&token))?;
-                    r.record(tr);
-                    let (_, tx) =
-                        api.expect(200, "DELETE", &format!("/v1/leases/{id}"), Some(&token))?;
-                    x.record(tx);
+                    // 410: the lease ended meanwhile (its node missed heartbeats the load
+                    // generator could not send in time): counted, not fatal.
+                    let (code, v, tr) =
+                        api.call("POST", &format!("/v1/leases/{id}/renew"), Some(&token))?;
+                    match code {
+                        200 => r.record(tr),
+                        410 => {
+                            ended.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => return Err(RmLoadError::Api(format!("renew: {code} {v}"))),
+                    }
+                    let (code, v, tx) =
+                        api.call("DELETE", &format!("/v1/leases/{id}"), Some(&token))?;
+                    match code {
+                        200 => x.record(tx),
+                        410 => {
+                            ended.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => return Err(RmLoadError::Api(format!("release: {code} {v}"))),
+                    }
                     trips.push((i, tg + tx));
                 }
             })
@@ -265,6 +285,7 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
         release: Latencies::new(),
         round_trips: Vec::with_capacity(args.cycles),
         refused: 0,
+        ended: 0,
         elapsed: Duration::ZERO,
     };
     for h in handles {
@@ -278,6 +299,7 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
     }
     out.elapsed = start.elapsed();
     out.refused = refused.load(Ordering::Relaxed);
+    out.ended = ended.load(Ordering::Relaxed);
     out.round_trips.sort_unstable_by_key(|(i, _)| *i);
     Ok(out)
 }
@@ -400,6 +422,7 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     rows.latencies("load", "release", &c.release);
     rows.add("load", "grants_per_s", c.grant.count() as f64 / secs, "1/s");
     rows.add("load", "refused", c.refused as f64, "grants");
+    rows.add("load", "ended_by_node_death", c.ended as f64, "cycles");
     rows.add(
         "load",
         "background_heartbeats_per_s",

@@ -62,6 +62,12 @@ impl Store {
         let start = {
             let mut w = self.shared.lock_writer();
             if w.start != w.next_seq {
+                // What was written to the old segment is durable before the syncers move on
+                // to the new one (they sync the segment being written).
+                if let Err(e) = w.file.sync_data() {
+                    super::committer::poison(&self.shared, &e);
+                    return Err(io(&segments::path(&self.state, w.start))(e));
+                }
                 let next = w.next_seq;
                 *w = Writer::open(&self.state, next)
                     .map_err(io(&segments::path(&self.state, next)))?;
