@@ -47,8 +47,9 @@ use crate::scheduler::{
 pub const STATE_VERSION: u32 = 4;
 
 /// Log size from which the log is compacted into a new snapshot (and it is larger than the
-/// snapshot), unless configured otherwise.
-pub const DEFAULT_COMPACT_BYTES: u64 = 32 << 20;
+/// snapshot), unless configured otherwise. It bounds what a restart replays: at 100,000 leases
+/// (an 11 MiB snapshot) a 28 MiB log took 0.6 s of a 0.9 s restart to read and replay.
+pub const DEFAULT_COMPACT_BYTES: u64 = 8 << 20;
 
 /// The state file (the snapshot; written from a borrowed [`crate::scheduler::SnapshotView`]).
 #[derive(Debug, Serialize, Deserialize)]

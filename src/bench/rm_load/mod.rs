@@ -409,6 +409,8 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
 
     // The measured cycles.
     let before = rm.usage()?;
+    let generator_before = process::usage_of(std::process::id())?;
+    rows.add("load", "loadavg_1m_before", load_average(), "tasks");
     let (bg_hb, bg_renew) = (heartbeats.done.clone(), renewals.done.clone());
     let (hb0, rn0) = (
         bg_hb.load(Ordering::Relaxed),
@@ -416,6 +418,8 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     );
     let c = run_cycles(&api, args)?;
     let after = rm.usage()?;
+    let generator_after = process::usage_of(std::process::id())?;
+    rows.add("load", "loadavg_1m_after", load_average(), "tasks");
     let secs = c.elapsed.as_secs_f64();
     rows.latencies("load", "grant", &c.grant);
     rows.latencies("load", "renew", &c.renew);
@@ -450,6 +454,12 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         "rm",
         "cpu_percent",
         (after.cpu.saturating_sub(before.cpu)).as_secs_f64() / secs * 100.0,
+        "%",
+    );
+    rows.add(
+        "generator",
+        "cpu_percent",
+        (generator_after.cpu.saturating_sub(generator_before.cpu)).as_secs_f64() / secs * 100.0,
         "%",
     );
     rows.add("rm", "rss_mib", after.rss as f64 / 1048576.0, "MiB");
@@ -517,6 +527,15 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     }
     w.finish()?;
     Ok(rows.rows)
+}
+
+/// The machine's load average over the last minute (`/proc/loadavg`; -1 if unreadable): the
+/// other work the figures shared the cores with.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
 }
 
 fn metric(m: &Value, key: &str) -> f64 {
