@@ -84,8 +84,8 @@ impl Writer {
         })
     }
 
-    /// Appends `bytes` (not yet durable: see [`sync`]); on failure the segment is cut back to
-    /// where it was, so that the next write follows the last good record.
+    /// Appends `bytes` (not yet durable: the syncers make it so); on failure the segment is
+    /// cut back to where it was, so that the next write follows the last good record.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self.file.write_all(bytes) {
             Ok(()) => {
@@ -192,7 +192,7 @@ fn write(shared: &Shared) {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("cannot append to the state log: {e}");
                 shared.durable.send_modify(|d| {
-                    if d.failed.as_ref().is_none_or(|f| f.0 < last) {
+                    if !d.failed.as_ref().is_some_and(|f| f.0 >= last) {
                         d.failed = Some((last, e.to_string()));
                     }
                 });
