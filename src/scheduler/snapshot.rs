@@ -237,4 +237,45 @@ mod tests {
         assert_eq!(sorted(from_binary), sorted(direct.clone()));
         assert_eq!(sorted(from_json), sorted(direct));
     }
+
+    #[test]
+    fn a_snapshot_with_a_lease_twice_on_a_node_or_on_an_unknown_or_dead_one_is_refused() {
+        let mut s = Scheduler::new(Config::default());
+        for name in ["a", "b"] {
+            let info = NodeInfo {
+                name: name.into(),
+                address: format!("{name}:1"),
+                cores: 4,
+                memory: 0,
+                hosted: vec![],
+            };
+            s.register(info, Millis(0)).unwrap();
+        }
+        s.grant(LeaseRequest::cores(2), Millis(1)).unwrap();
+        let good = s.snapshot(Millis(2));
+        let restore = |snap: Snapshot| {
+            Scheduler::from_snapshot(Config::default(), TokenSource::Random, snap, Millis(3))
+        };
+        let restored = restore(good.clone()).unwrap();
+        restored.check_invariants().unwrap();
+        assert_eq!(restored.metrics().cores_used, 2);
+
+        let mut twice = good.clone();
+        let part = twice.leases[0].parts[0];
+        twice.leases[0].parts.push(part);
+        let e = restore(twice).unwrap_err().to_string();
+        assert!(e.contains("twice on one node"), "{e}");
+
+        let mut unknown = good.clone();
+        unknown.leases[0].parts[0].node = NodeId(99);
+        let e = restore(unknown).unwrap_err().to_string();
+        assert!(e.contains("unknown node"), "{e}");
+
+        let mut dead = good;
+        let on = dead.leases[0].parts[0].node;
+        let n = dead.nodes.iter_mut().find(|n| n.id == on).unwrap();
+        n.state = NodeState::Dead;
+        let e = restore(dead).unwrap_err().to_string();
+        assert!(e.contains("dead node"), "{e}");
+    }
 }
