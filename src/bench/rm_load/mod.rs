@@ -9,8 +9,10 @@
 //! 4. With C concurrent clients, runs M cycles of grant → renew → release, timing each call:
 //!    p50/p99 per call, grants per second, and the grant + release round trip of the first and
 //!    the last 10% of the cycles side by side (it must not grow with the leases ever granted).
-//! 5. The manager's RSS and CPU (`/proc`), its state's size (snapshot + log), what the
-//!    background load achieved (late or failed heartbeats and renewals).
+//! 5. The manager's RSS and CPU (`/proc`), the load generator's own CPU and the machine's
+//!    load average around the cycles (what else the cores served), its state's size
+//!    (snapshot + log), what the background load achieved (late or failed heartbeats and
+//!    renewals, cycles whose lease a node death ended).
 //! 6. `kill -9` and restart with the L leases: the time until it is ready again, and the
 //!    leases it restored.
 //!

@@ -347,3 +347,45 @@ fn a_json_snapshot_and_json_log_of_an_earlier_build_migrate_to_binary() {
     assert_eq!(got, names("n", 5));
     assert_eq!((r.version, r.last_seq, r.replayed), (4, 5, 0));
 }
+
+#[test]
+fn close_makes_every_queued_record_durable_and_concurrent_writers_all_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let src = std::sync::Mutex::new(Source::new());
+    let (store, _) = Store::open(&state, 100, u64::MAX).unwrap();
+    // Eight writers, each waiting for its record before the next (like handlers); records are
+    // appended in sequence order under one lock, as the scheduler's lock does.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (src, store) = (&src, &store);
+            s.spawn(move || {
+                for i in 0..25 {
+                    let seq = {
+                        let mut src = src.lock().unwrap();
+                        let r = src.register(&format!("t{t}-{i}"));
+                        let seq = r.seq;
+                        store.append(r);
+                        seq
+                    };
+                    block_on(store.wait(seq)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.durable().seq, 200);
+    let commits = store.stats().commits.load(Ordering::Relaxed);
+    assert!(
+        (1..=200).contains(&commits),
+        "{commits} syncs for 200 records"
+    );
+    // Queued and never waited for: close writes and syncs them all.
+    let mut src = src.into_inner().unwrap();
+    for i in 0..50 {
+        store.append(src.register(&format!("late-{i}")));
+    }
+    store.close().unwrap();
+    assert_eq!(store.durable().seq, 250);
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!((got.len(), r.last_seq), (250, 250));
+}
