@@ -39,19 +39,21 @@ use crate::scheduler::{
     Change, Config, Event, LeaseId, Millis, SchedError, Scheduler, Snapshot, TokenSource,
 };
 
-/// Version of the state file format: 3 adds the log's sequence number the snapshot covers
+/// Version of the state file format: 4 is binary (`postcard` behind a checksummed header,
+/// [`super::store::snapshot_file`]; earlier versions are JSON, still read), 3 adds the log's sequence number the snapshot covers
 /// (`log_seq`), 2 stores wall-clock times, 1 stored times relative to the writing process's
 /// start (still read, with the time left kept as it was). 1 and 2 are read as snapshots
 /// covering no record: that is the migration from the whole-file state of earlier versions.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// Log size from which the log is compacted into a new snapshot (and it is larger than the
-/// snapshot), unless configured otherwise.
-pub const DEFAULT_COMPACT_BYTES: u64 = 32 << 20;
+/// snapshot), unless configured otherwise. It bounds what a restart replays: at 100,000 leases
+/// (an 11 MiB snapshot) a 28 MiB log took 0.6 s of a 0.9 s restart to read and replay.
+pub const DEFAULT_COMPACT_BYTES: u64 = 8 << 20;
 
-/// The state file (the snapshot).
+/// The state file (the snapshot; written from a borrowed [`crate::scheduler::SnapshotView`]).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct StateFile {
+pub struct StateFile<S = Snapshot> {
     /// [`STATE_VERSION`].
     pub version: u32,
     /// Wall-clock time of the write, for people.
@@ -60,7 +62,7 @@ pub struct StateFile {
     #[serde(default)]
     pub log_seq: u64,
     /// The scheduler.
-    pub snapshot: Snapshot,
+    pub snapshot: S,
 }
 
 /// The state file cannot be used.
@@ -368,14 +370,20 @@ impl RmState {
     }
 
     /// Writes a snapshot of the state and drops the log it covers (blocking: the snapshot is
-    /// taken under the scheduler's lock, then written). Nothing without a state file.
+    /// encoded under the scheduler's lock, then written). Nothing without a state file.
     pub fn compact(&self) -> Result<(), StateError> {
         let Some(store) = &self.store else {
             return Ok(());
         };
+        // Encoded under the lock straight from the scheduler (no copy of it first); the
+        // checksum and the write come after the lock is released.
         let done = store.compact(|| {
             let inner = self.lock();
-            (inner.sched.snapshot(self.now()), inner.seq)
+            let view = inner.sched.snapshot_view(self.now());
+            (
+                super::store::snapshot_file::encode_payload(&view, inner.seq),
+                inner.seq,
+            )
         })?;
         if let Some(c) = done {
             tracing::info!(

@@ -10,7 +10,7 @@
 //! Not recorded, on purpose: heartbeats (a restored node gets a full heartbeat timeout
 //! anyway), and what restore recomputes from the leases (a node's usage and lease set).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +121,8 @@ fn last_of_each<T: Copy + Eq + std::hash::Hash>(v: Vec<T>) -> Vec<T> {
 #[derive(Debug)]
 pub struct Image {
     nodes: BTreeMap<NodeId, Node>,
-    leases: BTreeMap<LeaseId, Lease>,
+    /// Hashed, not ordered: replay is mostly lease upserts (sorted once, at the end).
+    leases: HashMap<LeaseId, Lease>,
     ended: VecDeque<EndedLease>,
     meta: Meta,
     keep_ended: usize,
@@ -132,7 +133,11 @@ impl Image {
     pub fn new(snap: Snapshot, keep_ended: usize) -> Image {
         Image {
             nodes: snap.nodes.into_iter().map(|n| (n.id, n)).collect(),
-            leases: snap.leases.into_iter().map(|l| (l.id, l)).collect(),
+            leases: {
+                let mut m = HashMap::with_capacity(snap.leases.len() + snap.leases.len() / 4);
+                m.extend(snap.leases.into_iter().map(|l| (l.id, l)));
+                m
+            },
             ended: snap.ended.into(),
             meta: Meta {
                 next_node: snap.next_node,
@@ -185,10 +190,12 @@ impl Image {
 
     /// The snapshot it amounts to, taken at `taken_at`.
     pub fn into_snapshot(self, taken_at: Millis) -> Snapshot {
+        let mut leases: Vec<Lease> = self.leases.into_values().collect();
+        leases.sort_unstable_by_key(|l| l.id);
         Snapshot {
             taken_at,
             nodes: self.nodes.into_values().collect(),
-            leases: self.leases.into_values().collect(),
+            leases,
             ended: self.ended.into(),
             next_node: self.meta.next_node,
             next_lease: self.meta.next_lease,

@@ -80,9 +80,10 @@ pub struct Part {
     pub memory: u64,
 }
 
-/// How a lease ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "node", rename_all = "snake_case")]
+/// How a lease ended. In JSON (the API) `{"kind": "node_dead", "node": "a"}`; in compact
+/// binary formats (the resource manager's log and snapshot, `postcard`, which cannot read
+/// adjacently tagged enums) a plain variant index and its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndReason {
     /// Its client released it.
     Released,
@@ -92,6 +93,67 @@ pub enum EndReason {
     NodeDead(String),
     /// A node holding a part of it deregistered.
     Deregistered(String),
+}
+
+/// [`EndReason`] in human-readable formats.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", content = "node", rename_all = "snake_case")]
+enum TaggedReason {
+    Released,
+    Expired,
+    NodeDead(String),
+    Deregistered(String),
+}
+
+/// [`EndReason`] in compact formats.
+#[derive(Serialize, Deserialize)]
+enum CompactReason {
+    Released,
+    Expired,
+    NodeDead(String),
+    Deregistered(String),
+}
+
+impl Serialize for EndReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (tagged, compact) = match self.clone() {
+            EndReason::Released => (TaggedReason::Released, CompactReason::Released),
+            EndReason::Expired => (TaggedReason::Expired, CompactReason::Expired),
+            EndReason::NodeDead(n) => (
+                TaggedReason::NodeDead(n.clone()),
+                CompactReason::NodeDead(n),
+            ),
+            EndReason::Deregistered(n) => (
+                TaggedReason::Deregistered(n.clone()),
+                CompactReason::Deregistered(n),
+            ),
+        };
+        if s.is_human_readable() {
+            tagged.serialize(s)
+        } else {
+            compact.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EndReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(if d.is_human_readable() {
+            match TaggedReason::deserialize(d)? {
+                TaggedReason::Released => EndReason::Released,
+                TaggedReason::Expired => EndReason::Expired,
+                TaggedReason::NodeDead(n) => EndReason::NodeDead(n),
+                TaggedReason::Deregistered(n) => EndReason::Deregistered(n),
+            }
+        } else {
+            match CompactReason::deserialize(d)? {
+                CompactReason::Released => EndReason::Released,
+                CompactReason::Expired => EndReason::Expired,
+                CompactReason::NodeDead(n) => EndReason::NodeDead(n),
+                CompactReason::Deregistered(n) => EndReason::Deregistered(n),
+            }
+        })
+    }
 }
 
 impl fmt::Display for EndReason {
@@ -212,4 +274,46 @@ pub struct LeaseView {
     pub state: LeaseState,
     /// How the scheduler learnt of it.
     pub origin: Origin,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> [EndReason; 4] {
+        [
+            EndReason::Released,
+            EndReason::Expired,
+            EndReason::NodeDead("a".into()),
+            EndReason::Deregistered("b".into()),
+        ]
+    }
+
+    #[test]
+    fn end_reasons_are_tagged_in_json_and_compact_in_postcard() {
+        let json: Vec<String> = all()
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [
+                r#"{"kind":"released"}"#,
+                r#"{"kind":"expired"}"#,
+                r#"{"kind":"node_dead","node":"a"}"#,
+                r#"{"kind":"deregistered","node":"b"}"#,
+            ]
+        );
+        for (r, j) in all().into_iter().zip(&json) {
+            assert_eq!(serde_json::from_str::<EndReason>(j).unwrap(), r);
+            let bytes = postcard::to_stdvec(&r).unwrap();
+            assert_eq!(postcard::from_bytes::<EndReason>(&bytes).unwrap(), r);
+        }
+        // Variant index, then the node's name: a byte, or two and the name.
+        assert_eq!(postcard::to_stdvec(&EndReason::Expired).unwrap(), [1]);
+        assert_eq!(
+            postcard::to_stdvec(&EndReason::NodeDead("a".into())).unwrap(),
+            [2, 1, b'a']
+        );
+    }
 }

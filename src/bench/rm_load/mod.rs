@@ -9,8 +9,10 @@
 //! 4. With C concurrent clients, runs M cycles of grant → renew → release, timing each call:
 //!    p50/p99 per call, grants per second, and the grant + release round trip of the first and
 //!    the last 10% of the cycles side by side (it must not grow with the leases ever granted).
-//! 5. The manager's RSS and CPU (`/proc`), its state's size (snapshot + log), what the
-//!    background load achieved (late or failed heartbeats and renewals).
+//! 5. The manager's RSS and CPU (`/proc`), the load generator's own CPU and the machine's
+//!    load average around the cycles (what else the cores served), its state's size
+//!    (snapshot + log), what the background load achieved (late or failed heartbeats and
+//!    renewals, cycles whose lease a node death ended).
 //! 6. `kill -9` and restart with the L leases: the time until it is ready again, and the
 //!    leases it restored.
 //!
@@ -212,21 +214,25 @@ struct Cycles {
     /// (cycle index, grant + release time) of every cycle.
     round_trips: Vec<(u64, Duration)>,
     refused: u64,
+    /// Cycles whose lease had ended (its node declared dead) before its renewal or release.
+    ended: u64,
     elapsed: Duration,
 }
 
 fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
     let total = args.cycles as u64;
     let grant_body = json!({"cores": 1, "ttl_ms": args.ttl_ms, "client": "rm_load"});
     let start = Instant::now();
     let handles: Vec<_> = (0..args.clients.max(1))
         .map(|_| {
-            let (api, next, refused, body) = (
+            let (api, next, refused, ended, body) = (
                 api.fresh(),
                 next.clone(),
                 refused.clone(),
+                ended.clone(),
                 grant_body.clone(),
             );
             std::thread::spawn(move || -> Result<_, RmLoadError> {
@@ -248,12 +254,28 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
                     g.record(tg);
                     let id = v["lease"].as_u64().unwrap_or(0);
                     let token = json!({"token": v["token"]});
-                    let (_, tr) =
-                        api.expect(200, "POST", &format!("/v1/leases/{id}/renew"), Some(&token))?;
-                    r.record(tr);
-                    let (_, tx) =
-                        api.expect(200, "DELETE", &format!("/v1/leases/{id}"), Some(&token))?;
-                    x.record(tx);
+                    // 410: the lease ended meanwhile (its node missed heartbeats the load
+                    // generator could not send in time): counted, not fatal.
+                    let (code, v, tr) =
+                        api.call("POST", &format!("/v1/leases/{id}/renew"), Some(&token))?;
+                    match code {
+                        200 => r.record(tr),
+                        410 => {
+                            ended.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => return Err(RmLoadError::Api(format!("renew: {code} {v}"))),
+                    }
+                    let (code, v, tx) =
+                        api.call("DELETE", &format!("/v1/leases/{id}"), Some(&token))?;
+                    match code {
+                        200 => x.record(tx),
+                        410 => {
+                            ended.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        _ => return Err(RmLoadError::Api(format!("release: {code} {v}"))),
+                    }
                     trips.push((i, tg + tx));
                 }
             })
@@ -265,6 +287,7 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
         release: Latencies::new(),
         round_trips: Vec::with_capacity(args.cycles),
         refused: 0,
+        ended: 0,
         elapsed: Duration::ZERO,
     };
     for h in handles {
@@ -278,6 +301,7 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
     }
     out.elapsed = start.elapsed();
     out.refused = refused.load(Ordering::Relaxed);
+    out.ended = ended.load(Ordering::Relaxed);
     out.round_trips.sort_unstable_by_key(|(i, _)| *i);
     Ok(out)
 }
@@ -387,6 +411,8 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
 
     // The measured cycles.
     let before = rm.usage()?;
+    let generator_before = process::usage_of(std::process::id())?;
+    rows.add("load", "loadavg_1m_before", load_average(), "tasks");
     let (bg_hb, bg_renew) = (heartbeats.done.clone(), renewals.done.clone());
     let (hb0, rn0) = (
         bg_hb.load(Ordering::Relaxed),
@@ -394,12 +420,15 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     );
     let c = run_cycles(&api, args)?;
     let after = rm.usage()?;
+    let generator_after = process::usage_of(std::process::id())?;
+    rows.add("load", "loadavg_1m_after", load_average(), "tasks");
     let secs = c.elapsed.as_secs_f64();
     rows.latencies("load", "grant", &c.grant);
     rows.latencies("load", "renew", &c.renew);
     rows.latencies("load", "release", &c.release);
     rows.add("load", "grants_per_s", c.grant.count() as f64 / secs, "1/s");
     rows.add("load", "refused", c.refused as f64, "grants");
+    rows.add("load", "ended_by_node_death", c.ended as f64, "cycles");
     rows.add(
         "load",
         "background_heartbeats_per_s",
@@ -427,6 +456,12 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         "rm",
         "cpu_percent",
         (after.cpu.saturating_sub(before.cpu)).as_secs_f64() / secs * 100.0,
+        "%",
+    );
+    rows.add(
+        "generator",
+        "cpu_percent",
+        (generator_after.cpu.saturating_sub(generator_before.cpu)).as_secs_f64() / secs * 100.0,
         "%",
     );
     rows.add("rm", "rss_mib", after.rss as f64 / 1048576.0, "MiB");
@@ -494,6 +529,15 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     }
     w.finish()?;
     Ok(rows.rows)
+}
+
+/// The machine's load average over the last minute (`/proc/loadavg`; -1 if unreadable): the
+/// other work the figures shared the cores with.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
 }
 
 fn metric(m: &Value, key: &str) -> f64 {

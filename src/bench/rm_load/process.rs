@@ -73,39 +73,7 @@ impl RmProcess {
 
     /// RSS and CPU time now.
     pub fn usage(&self) -> Result<Usage, RmLoadError> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        let kb = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0)
-                * 1024
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
-        // Fields after the command name (which may hold spaces) start at the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 of stat(5); 12 and 13 after the ')'.
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100)
-            .max(1) as u64;
-        let cpu_ticks = ticks(11) + ticks(12);
-        Ok(Usage {
-            rss: kb("VmRSS:"),
-            rss_peak: kb("VmHWM:"),
-            cpu: Duration::from_millis(cpu_ticks * 1000 / hz),
-        })
+        usage_of(self.pid())
     }
 
     /// (snapshot bytes, log bytes) of its state now.
@@ -165,4 +133,41 @@ fn spawn(exe: &Path, dir: &Path) -> Result<(Child, String), RmLoadError> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// RSS and CPU time of process `pid` now, from `/proc`.
+pub fn usage_of(pid: u32) -> Result<Usage, RmLoadError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid))?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5); 12 and 13 after the ')'.
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as u64;
+    let cpu_ticks = ticks(11) + ticks(12);
+    Ok(Usage {
+        rss: kb("VmRSS:"),
+        rss_peak: kb("VmHWM:"),
+        cpu: Duration::from_millis(cpu_ticks * 1000 / hz),
+    })
 }

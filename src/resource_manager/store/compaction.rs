@@ -2,10 +2,12 @@
 //!
 //! 1. The committer's segment is rotated: records written from now on go to a new segment,
 //!    so every older segment holds only records already applied to the scheduler.
-//! 2. The caller takes the snapshot and the sequence number of the last record it reflects,
-//!    under the scheduler's lock (at least every record of the older segments).
-//! 3. The snapshot is written atomically ([`crate::atomic_write`]: temporary file, fsync,
-//!    rename, fsync of the directory), saying which record it covers.
+//! 2. The caller encodes the snapshot and says the sequence number of the last record it
+//!    reflects, under the scheduler's lock (at least every record of the older segments),
+//!    straight from the scheduler's maps ([`crate::scheduler::SnapshotView`]), not from a
+//!    copy of them.
+//! 3. The snapshot is sealed (checksum) and written atomically ([`crate::atomic_write`]:
+//!    temporary file, fsync, rename, fsync of the directory), saying which record it covers.
 //! 4. The older segments are deleted.
 //!
 //! A crash before 3 leaves the old snapshot and every segment; between 3 and 4 the new
@@ -14,10 +16,11 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::resource_manager::state::{write_atomic, StateError, StateFile, STATE_VERSION};
-use crate::scheduler::Snapshot;
+use crate::atomic_write::{write_atomic, Durability};
+use crate::resource_manager::state::StateError;
 
 use super::committer::Writer;
+use super::snapshot_file::Payload;
 use super::{segments, Store};
 
 /// What a compaction did.
@@ -32,11 +35,12 @@ pub struct Compacted {
 }
 
 impl Store {
-    /// Compacts the log into a snapshot that `take` returns with the last record it reflects
-    /// (`None` when another compaction is running).
+    /// Compacts the log into a snapshot that `take` encodes
+    /// ([`super::snapshot_file::encode_payload`]), with the last record it reflects (`None` when
+    /// another compaction is running).
     pub fn compact(
         &self,
-        take: impl FnOnce() -> (Snapshot, u64),
+        take: impl FnOnce() -> (Payload, u64),
     ) -> Result<Option<Compacted>, StateError> {
         if self.shared.compacting.swap(true, Ordering::AcqRel) {
             return Ok(None);
@@ -49,7 +53,7 @@ impl Store {
         r.map(Some)
     }
 
-    fn compact_now(&self, take: impl FnOnce() -> (Snapshot, u64)) -> Result<Compacted, StateError> {
+    fn compact_now(&self, take: impl FnOnce() -> (Payload, u64)) -> Result<Compacted, StateError> {
         let io = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
@@ -58,6 +62,12 @@ impl Store {
         let start = {
             let mut w = self.shared.lock_writer();
             if w.start != w.next_seq {
+                // What was written to the old segment is durable before the syncers move on
+                // to the new one (they sync the segment being written).
+                if let Err(e) = w.file.sync_data() {
+                    super::committer::poison(&self.shared, &e);
+                    return Err(io(&segments::path(&self.state, w.start))(e));
+                }
                 let next = w.next_seq;
                 *w = Writer::open(&self.state, next)
                     .map_err(io(&segments::path(&self.state, next)))?;
@@ -65,14 +75,11 @@ impl Store {
             w.start
         };
         // 2, 3. The snapshot.
-        let (snapshot, seq) = take();
-        let file = StateFile {
-            version: STATE_VERSION,
-            saved_at_unix_ms: crate::resource_manager::state::unix_ms_now(),
-            log_seq: seq,
-            snapshot,
-        };
-        let bytes = write_atomic(&self.state, &file)?;
+        let (payload, seq) = take();
+        let encoded = payload.seal();
+        write_atomic(&self.state, &encoded, 0o600, Durability::Synced).map_err(io(&self.state))?;
+        let bytes = encoded.len() as u64;
+        drop(encoded);
         self.shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
         self.shared.snapshot_bytes.store(bytes, Ordering::Relaxed);
         // 4. The segments it covers.

@@ -3,9 +3,10 @@
 //!
 //! | file | concept |
 //! |---|---|
-//! | [`frame`] | a record on disk: length, CRC-32, JSON [`LogRecord`] |
+//! | [`frame`] | a record on disk: length, CRC-32, [`LogRecord`] in `postcard` (JSON read) |
+//! | [`snapshot_file`] | the snapshot on disk: header, CRC-32, `postcard` (JSON read) |
 //! | [`segments`] | the log's files `STATE.log.SEQ` beside the snapshot `STATE` |
-//! | [`committer`] | one thread, group commit: all pending records, one write, one fsync |
+//! | [`committer`] | group commit: all pending records in one write; overlapping fsyncs |
 //! | [`compaction`] | a new snapshot, then the segments it covers go |
 //! | [`recovery`] | snapshot + log → state at start; torn tail dropped, corruption refused |
 //!
@@ -21,6 +22,7 @@ pub mod compaction;
 pub mod frame;
 pub mod recovery;
 pub mod segments;
+pub mod snapshot_file;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,7 +41,7 @@ use committer::Writer;
 /// Counters of the store, for metrics and benchmarks.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Group commits (one write and one fsync each).
+    /// `fdatasync` calls that succeeded (each covers every record written before it).
     pub commits: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
@@ -60,6 +62,8 @@ pub(crate) struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     writer: Mutex<Writer>,
+    sync: Mutex<committer::SyncState>,
+    sync_wake: Condvar,
     durable: watch::Sender<Durable>,
     stats: Stats,
     /// Bytes of log since the last snapshot.
@@ -106,6 +110,8 @@ impl Store {
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
             writer: Mutex::new(writer),
+            sync: Mutex::new(committer::SyncState::default()),
+            sync_wake: Condvar::new(),
             durable: watch::Sender::new(Durable {
                 seq: recovered.last_seq,
                 failed: None,

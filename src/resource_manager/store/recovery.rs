@@ -11,11 +11,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::resource_manager::state::{StateError, StateFile, STATE_VERSION};
+use crate::resource_manager::state::{StateError, STATE_VERSION};
 use crate::scheduler::{Image, Snapshot};
 
 use super::frame::{self, Stop};
-use super::segments;
+use super::{segments, snapshot_file};
 
 /// What was found on disk.
 #[derive(Debug)]
@@ -58,17 +58,7 @@ fn read_snapshot(state: &Path) -> Result<Base, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(state)(e)),
         Ok(bytes) => {
-            let file: StateFile =
-                serde_json::from_slice(&bytes).map_err(|e| corrupt(state, e.to_string()))?;
-            if !(1..=STATE_VERSION).contains(&file.version) {
-                return Err(corrupt(
-                    state,
-                    format!(
-                        "version {}, this build reads 1 to {STATE_VERSION}",
-                        file.version
-                    ),
-                ));
-            }
+            let file = snapshot_file::decode(state, &bytes)?;
             Ok(Some((
                 file.snapshot,
                 file.version,

@@ -222,7 +222,8 @@ fn a_crash_at_any_step_of_a_compaction_recovers_the_same_state() {
     let done = store
         .compact(|| {
             crash1 = Some(copy_state(&state));
-            (src.sched.snapshot(Millis(2)), src.seq)
+            let snap = src.sched.snapshot_view(Millis(2));
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
         })
         .unwrap()
         .unwrap();
@@ -287,4 +288,104 @@ fn concurrent_changes_share_one_fsync() {
     assert_eq!(store.stats().records.load(Ordering::Relaxed), 50);
     store.close().unwrap();
     assert_eq!(nodes_on_disk(&state).0.len(), 50);
+}
+
+#[test]
+fn a_json_snapshot_and_json_log_of_an_earlier_build_migrate_to_binary() {
+    use crate::resource_manager::state::StateFile;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    // What the previous build left: a JSON snapshot (version 3) covering records 1 and 2,
+    // then a segment of JSON records 3 and 4.
+    src.register("n1");
+    src.register("n2");
+    let old = StateFile {
+        version: 3,
+        saved_at_unix_ms: 1,
+        log_seq: 2,
+        snapshot: src.sched.snapshot(Millis(2)),
+    };
+    std::fs::write(&state, serde_json::to_vec(&old).unwrap()).unwrap();
+    let mut log = Vec::new();
+    for name in ["n3", "n4"] {
+        let json = serde_json::to_vec(&src.register(name)).unwrap();
+        log.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        log.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
+        log.extend_from_slice(&json);
+    }
+    std::fs::write(segments::path(&state, 3), &log).unwrap();
+
+    let (store, r) = Store::open(&state, 100, 1).unwrap();
+    assert_eq!((r.version, r.last_seq, r.replayed), (3, 4, 2));
+    store.append(src.register("n5"));
+    block_on(store.wait(5)).unwrap();
+    let newest = std::fs::read(newest_segment(&state)).unwrap();
+    assert_eq!(
+        newest[frame::HEADER],
+        frame::BINARY,
+        "new records are binary"
+    );
+    let (got, _) = nodes_on_disk(&state);
+    assert_eq!(
+        got,
+        names("n", 5),
+        "JSON snapshot + JSON and binary records"
+    );
+    // The next compaction rewrites the snapshot in binary.
+    store
+        .compact(|| {
+            let snap = src.sched.snapshot(Millis(3));
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
+        })
+        .unwrap()
+        .unwrap();
+    store.close().unwrap();
+    let bytes = std::fs::read(&state).unwrap();
+    assert!(bytes.starts_with(snapshot_file::MAGIC));
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 5));
+    assert_eq!((r.version, r.last_seq, r.replayed), (4, 5, 0));
+}
+
+#[test]
+fn close_makes_every_queued_record_durable_and_concurrent_writers_all_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let src = std::sync::Mutex::new(Source::new());
+    let (store, _) = Store::open(&state, 100, u64::MAX).unwrap();
+    // Eight writers, each waiting for its record before the next (like handlers); records are
+    // appended in sequence order under one lock, as the scheduler's lock does.
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (src, store) = (&src, &store);
+            s.spawn(move || {
+                for i in 0..25 {
+                    let seq = {
+                        let mut src = src.lock().unwrap();
+                        let r = src.register(&format!("t{t}-{i}"));
+                        let seq = r.seq;
+                        store.append(r);
+                        seq
+                    };
+                    block_on(store.wait(seq)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.durable().seq, 200);
+    let commits = store.stats().commits.load(Ordering::Relaxed);
+    assert!(
+        (1..=200).contains(&commits),
+        "{commits} syncs for 200 records"
+    );
+    // Queued and never waited for: close writes and syncs them all.
+    let mut src = src.into_inner().unwrap();
+    for i in 0..50 {
+        store.append(src.register(&format!("late-{i}")));
+    }
+    store.close().unwrap();
+    assert_eq!(store.durable().seq, 250);
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!((got.len(), r.last_seq), (250, 250));
 }
