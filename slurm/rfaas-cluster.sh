@@ -45,7 +45,7 @@
 #   RUST_LOG             log level of the daemons (default info)
 #
 # Files in RUN_DIR (logs under RUN_DIR/logs, per-node EM run directories under RUN_DIR/nodes):
-#   secret  node-secret  cluster.json  job  rm.json (RM ready file)  rm-state.json  nodes/<node>/em.json
+#   secret  node-secret  cluster.json  job  rm.json (RM ready file)  rm-state  nodes/<node>/em.json
 #
 # Edit the resources below. Slurm's own options on the sbatch command line override them.
 #SBATCH --job-name=rfaas-cluster
@@ -99,7 +99,10 @@ if [[ -f $RUN_DIR/job ]]; then
 fi
 printf '%s\n' "$SLURM_JOB_ID" >"$RUN_DIR/job"
 # Leftovers of an earlier cluster would be read as this one's.
-rm -f "$CLUSTER_JSON" "$RM_READY" "$RUN_DIR/rm-state.json" "$RUN_DIR"/nodes/*/em.json
+# The resource manager's state is a snapshot and its log segments (rm-state.log.N); rm-state.json*
+# is the name an older rfaas used.
+rm -f "$CLUSTER_JSON" "$RM_READY" "$RUN_DIR"/rm-state "$RUN_DIR"/rm-state.log.* \
+	"$RUN_DIR"/rm-state.json "$RUN_DIR"/rm-state.json.log.* "$RUN_DIR"/nodes/*/em.json
 
 # A fresh secret per cluster: 32 random bytes as hex, written by builtins and od only, never
 # shown. Written to a temporary file and renamed, so no reader ever sees a partial secret.
@@ -206,7 +209,7 @@ trap 'shutdown $?' EXIT
 # the daemons are no MPI programs (a site's MpiDefault=pmix would set up PMIx for nothing).
 RM_ARGS=(resource-manager --listen "$RM_HOST:0" --secret-file "$SECRET_FILE"
 	--node-secret-file "$NODE_SECRET_FILE"
-	--state-file "$RUN_DIR/rm-state.json" --ready-file "$RM_READY")
+	--state-file "$RUN_DIR/rm-state" --ready-file "$RM_READY")
 [[ -n ${RFAAS_RM_CONFIG:-} ]] && RM_ARGS+=(--config "$RFAAS_RM_CONFIG")
 # Started again (same state file, same address) if it crashes: see the end of this script.
 start_rm() {

@@ -342,7 +342,7 @@ fn the_walkthrough_runs_on_a_tcp_cluster_whose_state_outlives_stop() {
 
     // stop keeps the durable state; start --resume-state starts from it (the walkthrough's two
     // grants are counted there), a plain start does not.
-    let state = run.join("rm-state.json");
+    let state = run.join("rm-state");
     assert!(state.exists(), "stop removed {}", state.display());
     let out = local_cluster(&["start", "--resume-state"], &run, &[]);
     assert!(out.status.success(), "start --resume-state: {}", text(&out));
@@ -457,7 +457,7 @@ fn local_cluster_and_status_help_name_the_resource_manager() {
         );
     }
     let h = help("rfaas", &["local-cluster".into(), "stop".into()]);
-    assert!(h.contains("rm-state.json is kept"), "{h}");
+    assert!(h.contains("rm-state is kept"), "{h}");
     let h = help("rfaas", &["local-cluster".into(), "start".into()]);
     assert!(
         h.contains("RFAAS_PROVIDER") && h.contains("--resume-state"),

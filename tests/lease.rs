@@ -466,7 +466,7 @@ fn local_cluster_with_a_resource_manager_invokes_and_stops_without_leftovers() {
     assert!(!run.join("pids").exists());
     // The resource manager's durable state outlives the cluster (`start --resume-state`).
     let state =
-        rfaas::resource_manager::store::recovery::recover(&run.join("rm-state.json"), 100).unwrap();
+        rfaas::resource_manager::store::recovery::recover(&run.join("rm-state"), 100).unwrap();
     assert!(state.snapshot.is_some(), "{state:?}");
 }
 

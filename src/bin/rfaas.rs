@@ -67,7 +67,7 @@ enum LocalCluster {
     /// register with it; returns once all are ready, having written DIR/cluster.json.
     Start(local::StartArgs),
     /// Stop the executor managers started in DIR (they deregister), every process they spawned,
-    /// then the resource manager; its state file DIR/rm-state.json is kept.
+    /// then the resource manager; its state file DIR/rm-state is kept.
     Stop(local::StopArgs),
     /// Start one daemon of the cluster in DIR again (`rm` or `em-N`) with the arguments and on
     /// the address it had (one still running is stopped first), as after a crash.

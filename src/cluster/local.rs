@@ -14,8 +14,8 @@
 //! DIR/em-N/           manager N's run directory (library cache, executor logs)
 //! DIR/logs/em-N.log   manager N's log (stdout and stderr)
 //! DIR/rm.json         the resource manager's ready file (unless --no-resource-manager)
-//! DIR/rm-state.json   the resource manager's state file (unless --no-resource-manager),
-//!                     and its log DIR/rm-state.json.log.N
+//! DIR/rm-state   the resource manager's state file (unless --no-resource-manager),
+//!                     and its log DIR/rm-state.log.N
 //! DIR/logs/rm.log     the resource manager's log
 //! ```
 //!
@@ -84,7 +84,7 @@ pub struct StartArgs {
     #[arg(long, value_name = "FILE")]
     pub resource_manager_config: Option<PathBuf>,
     /// Start the resource manager from the state a previous cluster in DIR left in
-    /// DIR/rm-state.json (kept by `stop`): its leases and nodes come back. Without it the
+    /// DIR/rm-state (kept by `stop`): its leases and nodes come back. Without it the
     /// file is discarded and the cluster starts empty.
     #[arg(long, conflicts_with = "no_resource_manager")]
     pub resume_state: bool,
@@ -138,9 +138,15 @@ impl RunDir {
     pub fn ready_file(&self, name: &str) -> PathBuf {
         self.0.join(format!("{name}.json"))
     }
-    /// `DIR/rm-state.json`: the resource manager's state file.
+    /// `DIR/rm-state`: the resource manager's state file (binary). A run directory from
+    /// before the rename keeps its `DIR/rm-state.json` (the manager reads either format).
     pub fn rm_state(&self) -> PathBuf {
-        self.0.join("rm-state.json")
+        let legacy = self.0.join("rm-state.json");
+        if legacy.exists() {
+            legacy
+        } else {
+            self.0.join("rm-state")
+        }
     }
     /// `DIR/daemons.json`: how each daemon was started, with the address it bound.
     pub fn daemons(&self) -> PathBuf {
@@ -639,7 +645,7 @@ pub fn stop(args: &StopArgs) -> Result<Option<Stopped>, ClusterError> {
             crate::rdma::ofi::remove_shm_regions_of_dead(pid);
         }
     }
-    // DIR/rm-state.json stays: it is the resource manager's durable state (`start
+    // DIR/rm-state stays: it is the resource manager's durable state (`start
     // --resume-state` picks it up).
     for path in [dir.pids(), dir.cluster_file(), dir.daemons()] {
         let _ = fs::remove_file(path);

@@ -9,7 +9,7 @@
 //!                                  # cluster secret may, single-user mode)
 //! munge = true                     # also accept MUNGE credentials from clients
 //! munge_socket = "/run/munge/munge.socket.2"  # munged's socket (implies munge = true)
-//! state_file = "/var/lib/rfaas/rm-state.json"  # durable state (none: state lives in memory)
+//! state_file = "/var/lib/rfaas/rm-state"  # durable state (none: state lives in memory)
 //! ready_file = "/run/rfaas/rm.json" # {http, pid, state_file} once the API is up
 //! default_ttl_ms = 60000           # lease TTL when a request names none
 //! max_ttl_ms = 86400000            # longest TTL granted (longer requests are clamped)
@@ -41,7 +41,7 @@ The config file takes every flag as a key, with '_' for '-':
 
   listen = \"0.0.0.0:5000\"
   secret_file = \"/run/rfaas/secret\"   # mode 0600; never put the secret on a command line
-  state_file = \"/var/lib/rfaas/rm-state.json\"
+  state_file = \"/var/lib/rfaas/rm-state\"
   default_ttl_ms = 60000
   heartbeat_timeout_ms = 10000
 

@@ -525,7 +525,7 @@ mod tests {
     #[tokio::test]
     async fn a_whole_file_state_of_version_2_is_migrated_as_the_first_snapshot() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rm-state.json");
+        let path = dir.path().join("rm-state");
         // What the previous release wrote: the whole state, no log, no `log_seq`.
         let now = Millis(unix_ms_now());
         let mut old = Scheduler::new(Config::default());

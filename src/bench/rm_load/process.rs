@@ -41,7 +41,7 @@ impl RmProcess {
             dir.join("rm.toml"),
             format!(
                 "listen = \"127.0.0.1:0\"\nsecret_file = \"secret\"\n\
-                 state_file = \"rm-state.json\"\nready_file = \"rm.json\"\n{extra}"
+                 state_file = \"rm-state\"\nready_file = \"rm.json\"\n{extra}"
             ),
         )?;
         let (child, http) = spawn(exe, dir)?;
@@ -78,7 +78,7 @@ impl RmProcess {
 
     /// (snapshot bytes, log bytes) of its state now.
     pub fn state_bytes(&self) -> Result<(u64, u64), RmLoadError> {
-        let state = self.dir.join("rm-state.json");
+        let state = self.dir.join("rm-state");
         let snapshot = std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0);
         let mut log = 0;
         for (_, p) in crate::resource_manager::store::segments::list(&state)? {
