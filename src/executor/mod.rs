@@ -79,6 +79,11 @@ pub const EARLY_PROVIDER_ENV: &str = "RFAAS_EXECUTOR_PROVIDER";
 /// address gets a listener of its own.
 pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 
+/// Environment variable that makes an executor started with [`EARLY_PROVIDER_ENV`] print
+/// [`ExecutorEvent::Standby`] once its fabric is open and listening (set by the executor pool,
+/// which counts the process ready only then; a fresh spawn does not print it).
+pub const EARLY_STANDBY_ENV: &str = "RFAAS_EXECUTOR_STANDBY";
+
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
 /// the client why.
@@ -111,11 +116,22 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
     result
 }
 
-/// Reads and parses the configuration from standard input (until it closes).
+/// Reads and parses the configuration from standard input: one JSON document, taken as soon
+/// as it is complete (a pooled executor's cold start does not wait for the manager to close
+/// the pipe too); at most `MAX_CONFIG` bytes.
 fn read_config() -> Result<ExecutorConfig, ExecutorError> {
-    let mut raw = String::new();
-    std::io::stdin().take(MAX_CONFIG).read_to_string(&mut raw)?;
-    serde_json::from_str::<ExecutorConfig>(&raw).map_err(|e| ExecutorError::Config(e.to_string()))
+    let input = std::io::BufReader::new(std::io::stdin().lock().take(MAX_CONFIG));
+    match serde_json::Deserializer::from_reader(input)
+        .into_iter::<ExecutorConfig>()
+        .next()
+    {
+        Some(Ok(cfg)) => Ok(cfg),
+        Some(Err(e)) if e.is_io() => Err(ExecutorError::Io(e.into())),
+        Some(Err(e)) => Err(ExecutorError::Config(e.to_string())),
+        None => Err(ExecutorError::Config(
+            "standard input closed without a configuration".into(),
+        )),
+    }
 }
 
 /// An executor whose fabric is opened before its configuration is read.
@@ -130,6 +146,9 @@ impl FabricUser for Early {
             Some(a) => Some(fabric.listen(a)?),
             None => None,
         };
+        if std::env::var_os(EARLY_STANDBY_ENV).is_some() {
+            report(&mut std::io::stdout(), &ExecutorEvent::Standby);
+        }
         let cfg = read_config()?;
         if cfg.provider != fabric.provider() {
             return Err(ExecutorError::Config(format!(
@@ -309,9 +328,12 @@ impl<W: Write + Send> Serve<'_, W> {
                 code_load_ns: self.code_load_ns,
             },
         );
-        // Billing connects in the background (a handshake with the manager), while the client
-        // connects: workers need it only when they flush, about once a second.
+        // Billing connects in the background (a handshake with the manager) once the first
+        // result is out (or after `BILLING_DEFER`): workers need it only when they flush,
+        // about once a second, and its handshake would compete with the client's connection
+        // and first invocation for the allocation's core.
         let billing = BillingSlot::<F>::default();
+        let served = (Mutex::new(false), std::sync::Condvar::new());
         // The manager hears "serving" once the first result is out (whichever worker gave it):
         // whatever it starts then (a pool replacement) does not compete with this cold start.
         let (out, said) = (Mutex::new(&mut *self.out), AtomicBool::new(false));
@@ -319,15 +341,20 @@ impl<W: Write + Send> Serve<'_, W> {
             if !said.swap(true, Ordering::AcqRel) {
                 let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                 report(&mut **out, &ExecutorEvent::Serving);
+                drop(out);
+                *served.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                served.1.notify_all();
             }
         };
         std::thread::scope(|s| {
             match &cfg.billing {
                 Some(t) => {
                     let (fabric, billing, token) = (&fabric, &billing, &self.token);
+                    let served = &served;
                     let spawned = std::thread::Builder::new()
                         .name("rfaas-billing".into())
                         .spawn_scoped(s, move || {
+                            wait_served(served);
                             let b = Billing::<F>::connect(fabric, t, token)
                                 .inspect_err(|e| {
                                     tracing::warn!(
@@ -396,6 +423,28 @@ impl<W: Write + Send> Serve<'_, W> {
             tracing::info!(allocation = cfg.allocation, ?exits, "executor done");
             Ok(())
         })
+    }
+}
+
+/// Longest wait of the billing connection for the first result (see [`wait_served`]).
+const BILLING_DEFER: Duration = Duration::from_millis(200);
+
+/// Waits until `served` is set (the first result is out) or [`BILLING_DEFER`] has passed
+/// (a client that connects and never calls, or a stop before the first call: the executor's
+/// exit waits for this thread at most that long).
+fn wait_served(served: &(Mutex<bool>, std::sync::Condvar)) {
+    let deadline = Instant::now() + BILLING_DEFER;
+    let mut done = served.0.lock().unwrap_or_else(|p| p.into_inner());
+    while !*done {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        done = served
+            .1
+            .wait_timeout(done, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
