@@ -194,6 +194,21 @@ fn pin_main(cfg: &ExecutorConfig) {
     }
 }
 
+/// Gives the calling thread the cpuset the process had before its main thread was pinned
+/// (for helper threads started by a pinned thread; nothing when it was never pinned).
+fn unpin_current_thread() {
+    let Some(cpuset) = CPUSET.get() else {
+        return;
+    };
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpuset {
+        let _ = set.set(c);
+    }
+    if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        tracing::debug!("helper thread keeps its binding: {e}");
+    }
+}
+
 /// Pins the calling worker thread to `core`, within the process's cpuset as it was before any
 /// thread of it was pinned.
 fn pin_worker(core: usize) -> Result<(), crate::pin::PinError> {
@@ -354,6 +369,8 @@ impl<W: Write + Send> Serve<'_, W> {
                     let spawned = std::thread::Builder::new()
                         .name("rfaas-billing".into())
                         .spawn_scoped(s, move || {
+                            // Not on worker 0's core, whose binding it inherited.
+                            unpin_current_thread();
                             wait_served(served);
                             let b = Billing::<F>::connect(fabric, t, token)
                                 .inspect_err(|e| {
@@ -462,6 +479,22 @@ fn accept_workers<F: Fabric>(
     let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
     let deadline = Instant::now() + timeout;
     let stride = (HEADER_LEN + cfg.input_capacity as usize).next_multiple_of(64);
+    // Every worker's completion queue and buffers (pre-faulted) are made now, while the
+    // manager answers the client and the client gets ready to connect, not after it knocked.
+    let mut prepared = (0..n)
+        .map(|_| -> Result<_, ExecutorError> {
+            let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
+            let input = fabric.alloc_mr(
+                stride * cfg.slots as usize,
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+            )?;
+            let output = fabric.alloc_mr(
+                cfg.output_capacity as usize * cfg.slots as usize,
+                Access::LOCAL_WRITE,
+            )?;
+            Ok(Some((cq, input, output)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut connected = 0;
     while connected < n {
         if stop.load(std::sync::atomic::Ordering::Acquire) {
@@ -507,15 +540,10 @@ fn accept_workers<F: Fabric>(
             req.reject("no such worker, or already connected");
             continue;
         }
-        let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
-        let input = fabric.alloc_mr(
-            stride * cfg.slots as usize,
-            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-        )?;
-        let output = fabric.alloc_mr(
-            cfg.output_capacity as usize * cfg.slots as usize,
-            Access::LOCAL_WRITE,
-        )?;
+        // Present: worker `w` was not connected before (checked above).
+        let (cq, input, output) = prepared[w]
+            .take()
+            .ok_or_else(|| ExecutorError::Config(format!("worker {w} connected twice")))?;
         let recvs = worker_qp::receives(cfg.slots);
         let accept = WorkerAccept {
             input: input.remote(0, input.len() as u32),
