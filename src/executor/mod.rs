@@ -349,6 +349,9 @@ impl<W: Write + Send> Serve<'_, W> {
         // and first invocation for the allocation's core.
         let billing = BillingSlot::<F>::default();
         let served = (Mutex::new(false), std::sync::Condvar::new());
+        // The listener, once every worker is connected: closing it joins its accept thread,
+        // which waits for a turn on a busy node, so it closes after the first result.
+        let parked: Mutex<Option<F::Listener>> = Mutex::new(None);
         // The manager hears "serving" once the first result is out (whichever worker gave it):
         // whatever it starts then (a pool replacement) does not compete with this cold start.
         let (out, said) = (Mutex::new(&mut *self.out), AtomicBool::new(false));
@@ -359,6 +362,7 @@ impl<W: Write + Send> Serve<'_, W> {
                 drop(out);
                 *served.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 served.1.notify_all();
+                drop(parked.lock().unwrap_or_else(|p| p.into_inner()).take());
             }
         };
         std::thread::scope(|s| {
@@ -398,9 +402,11 @@ impl<W: Write + Send> Serve<'_, W> {
                 &self.table,
                 &self.stop,
             );
-            drop(listener);
             let workers = match workers {
-                Ok(w) => w,
+                Ok(w) => {
+                    *parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+                    w
+                }
                 Err(e) => {
                     // Nobody will flush: settle the slot so the billing thread's result is dropped.
                     billing.settle(None);
