@@ -150,6 +150,7 @@ impl FabricUser for Early {
             report(&mut std::io::stdout(), &ExecutorEvent::Standby);
         }
         let cfg = read_config()?;
+        tracing::debug!(allocation = cfg.allocation, "configuration read");
         if cfg.provider != fabric.provider() {
             return Err(ExecutorError::Config(format!(
                 "the configuration names provider {}, but {} was opened",

@@ -505,6 +505,12 @@ impl Service {
 
         let t0 = Instant::now();
         let mut child = self.spawn_supervised(&res, pool).await?;
+        tracing::debug!(
+            allocation = id,
+            pooled = child.pooled,
+            us = t0.elapsed().as_micros() as u64,
+            "executor process in hand"
+        );
         let outcome = self.wait_ready(&mut child, &exec_cfg).await;
         match outcome {
             Ok((address, code_load_ns)) => {
