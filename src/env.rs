@@ -49,3 +49,6 @@ pub const EXECUTOR_PROVIDER: &str = crate::executor::EARLY_PROVIDER_ENV;
 /// executor listens on before its configuration arrives (see
 /// [`crate::executor::EARLY_LISTEN_ENV`]).
 pub const EXECUTOR_LISTEN: &str = crate::executor::EARLY_LISTEN_ENV;
+/// Internal, set by an executor manager for the executors of its pool: print a standby event
+/// once the fabric is open (see [`crate::executor::EARLY_STANDBY_ENV`]).
+pub const EXECUTOR_STANDBY: &str = crate::executor::EARLY_STANDBY_ENV;

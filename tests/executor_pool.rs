@@ -6,6 +6,11 @@
 //!   a pool of one, loses no allocation and never hangs: the pool replaces the dead and
 //!   allocations that find it empty spawn fresh (`pool_size = 0` forces that path).
 //! * Pooled processes are gone once the manager stops, by SIGTERM or by SIGKILL.
+//! * A pooled process counts as ready only once its fabric listens (it said so on standby),
+//!   and an allocation that comes while the pool's process is still starting waits for it
+//!   instead of spawning another.
+//! * `oversubscribe = N` rents each core N times (benchmarks only) and is refused together
+//!   with a resource manager.
 
 mod common;
 
@@ -196,4 +201,119 @@ fn pool_size_zero_spawns_fresh_and_bad_sizes_are_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pool_size"), "{err}");
+}
+
+/// Whether `pid` runs a thread named `name` (`/proc/<pid>/task/*/comm`).
+fn has_thread(pid: u32, name: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks.flatten().any(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_pooled_process_is_ready_only_once_its_fabric_listens() {
+    let m = manager_with_pool(1);
+    let lib = m.upload(functions_library());
+    let mut checked = 0;
+    for round in 0..3 {
+        let a = allocate(&m, &lib);
+        // Its end starts the replacement: from then on, every status that lists a process as
+        // ready must find it listening (the shm listener's accept thread runs).
+        release(&m, &a);
+        let pid = wait_for(DID_NOT_HANG, "the replacement to be ready", || {
+            let p = m.status().pool;
+            let pid = *p.ready.first()?;
+            assert!(
+                has_thread(pid, "rfaas-shm-accep") || !alive(pid as i32),
+                "round {round}: pid {pid} is listed ready but does not listen yet"
+            );
+            Some(pid)
+        });
+        assert_ne!(pid, a.pid, "round {round}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
+
+#[test]
+fn an_allocation_waits_for_a_starting_pooled_process_instead_of_spawning_another() {
+    let m = manager_with_pool(1);
+    let lib = m.upload(functions_library());
+    pool_ready(&m, 1);
+    for round in 0..3 {
+        let a = allocate(&m, &lib);
+        assert!(a.pooled, "round {round}: {a:?}");
+        // Released without an invocation: the replacement starts as the executor ends, before
+        // the answer, and the next allocation comes while it starts.
+        release(&m, &a);
+        let b = allocate(&m, &lib);
+        assert!(
+            b.pooled,
+            "round {round}: the allocation waited for the starting process: {b:?}\n{}",
+            m.log_text()
+        );
+        release(&m, &b);
+        pool_ready(&m, 1);
+    }
+    let p = m.status().pool;
+    assert_eq!(
+        (p.taken, p.empty),
+        (6, 0),
+        "no fresh spawn was needed: {p:?}"
+    );
+}
+
+#[test]
+fn oversubscribe_rents_each_core_several_times_and_only_without_a_resource_manager() {
+    let one = vec![cores()[0]];
+    let m = Manager::start_with(ManagerOptions {
+        cores: one.clone(),
+        extra: "pool_size = 0\noversubscribe = 3\nexecutor_connect_timeout_ms = 30000\n".into(),
+        ..Default::default()
+    });
+    let st = m.status();
+    assert_eq!((st.cores_total, st.cores_free), (3, 3), "{st:?}");
+    assert!(
+        m.log_text().contains("OVERSUBSCRIBED"),
+        "the manager warns: {}",
+        m.log_text()
+    );
+    let lib = m.upload(functions_library());
+    let got: Vec<Allocation> = (0..3).map(|_| allocate(&m, &lib)).collect();
+    for a in &got {
+        assert_eq!(a.workers[0].core, one[0], "{a:?}");
+    }
+    let (code, body) = m.call(
+        "POST",
+        "/v1/allocations",
+        Some(alloc_body(&lib, &["echo"], 1).as_bytes()),
+    );
+    assert_eq!(code, 409, "a fourth does not fit: {body}");
+    for a in &got {
+        release(&m, a);
+    }
+    assert_eq!(m.status().cores_free, 3);
+    // Refused with a resource manager, and out of range.
+    for (flags, needle) in [
+        (
+            vec!["--oversubscribe", "2", "--resource-manager", "127.0.0.1:1"],
+            "resource manager",
+        ),
+        (vec!["--oversubscribe", "0"], "oversubscribe"),
+        (vec!["--oversubscribe", "1000"], "oversubscribe"),
+    ] {
+        let out = std::process::Command::new(rfaas_bin())
+            .arg("executor-manager")
+            .args(&flags)
+            .args(["--secret-file", "/nonexistent"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
 }

@@ -290,7 +290,7 @@ pub fn summarize(records: &[Record]) -> Vec<String> {
 /// The executor manager (node) an allocation is on: its lease's node when a resource manager
 /// placed it, else the first manager of the cluster file (where allocations without a lease
 /// go), else its address.
-fn node_of<F: Fabric>(exec: &Executor<F>, cluster: &Cluster) -> String {
+pub(crate) fn node_of<F: Fabric>(exec: &Executor<F>, cluster: &Cluster) -> String {
     exec.lease()
         .and_then(|l| l.parts().first().map(|p| p.node.clone()))
         .or_else(|| cluster.names.first().cloned())
@@ -363,6 +363,15 @@ pub struct ColdArgs {
     /// Executor hot timeout, ms.
     #[arg(long, default_value_t = -1)]
     pub hot_timeout: i64,
+    /// Do not wait, before each cold start, until the managers' executor pools are full
+    /// again: back to back, a cold start may find its pooled executor still starting.
+    #[arg(long)]
+    pub back_to_back: bool,
+    /// Bursts of concurrent cold starts instead of one at a time, comma separated (1,8,32,64):
+    /// --repetitions rounds of each, one client thread per cold start (mode `cached` only;
+    /// give --hot-timeout 0 so that idle executors sleep).
+    #[arg(long, value_delimiter = ',')]
+    pub bursts: Vec<usize>,
 }
 
 fn spec(library: Vec<u8>, args: &CommonArgs, cores: u32, hot_timeout_ms: i64) -> AllocationSpec {
@@ -582,7 +591,7 @@ pub fn run_cold(args: &ColdArgs) -> Result<Vec<Record>, BenchError> {
         cluster: &cluster,
         library,
     })??;
-    let cfg = serde_json::json!({"modes": args.modes, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function});
+    let cfg = serde_json::json!({"modes": args.modes, "hot_timeout_ms": args.hot_timeout, "sizes": args.common.sizes, "repetitions": args.common.repetitions, "function": args.common.function, "back_to_back": args.back_to_back, "bursts": args.bursts});
     finish(&args.common, "cold_benchmark", &records, &COLD_PHASES, cfg)?;
     Ok(records)
 }
@@ -612,6 +621,9 @@ impl FabricUser for Cold<'_> {
             ),
             None => None,
         };
+        if !self.args.bursts.is_empty() {
+            return self.bursts(&fabric, lease.as_ref());
+        }
         for mode in &self.args.modes {
             if mode != "cached" && mode != "uncached" {
                 return Err(BenchError::Usage(format!(
@@ -642,6 +654,10 @@ impl FabricUser for Cold<'_> {
                             s
                         }
                     };
+                    if !self.args.back_to_back && !super::cold_burst::wait_pools_full(self.cluster)
+                    {
+                        eprintln!("[cold_benchmark] the executor pools were not full within {:?}; measuring anyway", super::cold_burst::POOL_WAIT);
+                    }
                     let t0 = Instant::now();
                     let exec = match &lease {
                         Some(l) => self.cluster.allocate_leased(&fabric, l, &s, opts(c))?,
@@ -675,6 +691,55 @@ impl FabricUser for Cold<'_> {
                         });
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Cold<'_> {
+    /// `--bursts`: rounds of concurrent cold starts per burst size (see [`super::cold_burst`]).
+    fn bursts<F: Fabric>(
+        &self,
+        fabric: &F,
+        lease: Option<&crate::client::Lease>,
+    ) -> Result<Vec<Record>, BenchError> {
+        let c = &self.args.common;
+        if self.args.modes.iter().any(|m| m != "cached") {
+            return Err(BenchError::Usage(
+                "--bursts measures the mode cached only: give --modes cached".into(),
+            ));
+        }
+        if lease.is_some() {
+            return Err(BenchError::Usage(
+                "--bursts needs a cluster without a resource manager (each cold start would \
+                 need a lease of its own)"
+                    .into(),
+            ));
+        }
+        let spec = spec(self.library.clone(), c, 1, self.args.hot_timeout);
+        spec.library_hash();
+        // Many client threads on few cores: they sleep on their completion queue soon.
+        let opts = ClientOptions {
+            spin: Duration::from_micros(50),
+            ..opts(c)
+        };
+        let mut out = Vec::new();
+        for &size in &c.sizes {
+            let input = payload(size, size);
+            for &burst in &self.args.bursts {
+                out.extend(super::cold_burst::run_bursts(
+                    fabric,
+                    self.cluster,
+                    &spec,
+                    opts,
+                    &c.function,
+                    &input,
+                    "cached",
+                    burst,
+                    c.repetitions,
+                    c.warmup.min(1),
+                )?);
             }
         }
         Ok(out)

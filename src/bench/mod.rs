@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod child;
 pub mod cli;
+pub mod cold_burst;
 pub mod csv_rows;
 pub mod invocation;
 pub mod lease;

@@ -295,6 +295,10 @@ pub enum ExecutorEvent {
         /// The message it wrote (or what went wrong calling it).
         error: String,
     },
+    /// A pooled executor (started with `RFAAS_EXECUTOR_STANDBY`) has exec'd, opened its
+    /// fabric domain and listens: it waits for its configuration. Printed once, before anything
+    /// else; the pool counts the process ready only from this line on.
+    Standby,
     /// Every worker is connected and the first invocation was answered (printed after
     /// [`ExecutorEvent::Ready`]): the manager starts a pooled replacement only now, so that the
     /// replacement's start does not compete for the cores with this cold start.

@@ -79,6 +79,11 @@ pub const EARLY_PROVIDER_ENV: &str = "RFAAS_EXECUTOR_PROVIDER";
 /// address gets a listener of its own.
 pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 
+/// Environment variable that makes an executor started with [`EARLY_PROVIDER_ENV`] print
+/// [`ExecutorEvent::Standby`] once its fabric is open and listening (set by the executor pool,
+/// which counts the process ready only then; a fresh spawn does not print it).
+pub const EARLY_STANDBY_ENV: &str = "RFAAS_EXECUTOR_STANDBY";
+
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
 /// the client why.
@@ -111,11 +116,22 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
     result
 }
 
-/// Reads and parses the configuration from standard input (until it closes).
+/// Reads and parses the configuration from standard input: one JSON document, taken as soon
+/// as it is complete (a pooled executor's cold start does not wait for the manager to close
+/// the pipe too); at most `MAX_CONFIG` bytes.
 fn read_config() -> Result<ExecutorConfig, ExecutorError> {
-    let mut raw = String::new();
-    std::io::stdin().take(MAX_CONFIG).read_to_string(&mut raw)?;
-    serde_json::from_str::<ExecutorConfig>(&raw).map_err(|e| ExecutorError::Config(e.to_string()))
+    let input = std::io::BufReader::new(std::io::stdin().lock().take(MAX_CONFIG));
+    match serde_json::Deserializer::from_reader(input)
+        .into_iter::<ExecutorConfig>()
+        .next()
+    {
+        Some(Ok(cfg)) => Ok(cfg),
+        Some(Err(e)) if e.is_io() => Err(ExecutorError::Io(e.into())),
+        Some(Err(e)) => Err(ExecutorError::Config(e.to_string())),
+        None => Err(ExecutorError::Config(
+            "standard input closed without a configuration".into(),
+        )),
+    }
 }
 
 /// An executor whose fabric is opened before its configuration is read.
@@ -130,7 +146,11 @@ impl FabricUser for Early {
             Some(a) => Some(fabric.listen(a)?),
             None => None,
         };
+        if std::env::var_os(EARLY_STANDBY_ENV).is_some() {
+            report(&mut std::io::stdout(), &ExecutorEvent::Standby);
+        }
         let cfg = read_config()?;
+        tracing::debug!(allocation = cfg.allocation, "configuration read");
         if cfg.provider != fabric.provider() {
             return Err(ExecutorError::Config(format!(
                 "the configuration names provider {}, but {} was opened",
@@ -172,6 +192,21 @@ fn pin_main(cfg: &ExecutorConfig) {
     }
     if let Err(e) = crate::pin::pin_current_thread(core as usize) {
         tracing::warn!(core, "not pinned: {e}");
+    }
+}
+
+/// Gives the calling thread the cpuset the process had before its main thread was pinned
+/// (for helper threads started by a pinned thread; nothing when it was never pinned).
+fn unpin_current_thread() {
+    let Some(cpuset) = CPUSET.get() else {
+        return;
+    };
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cpuset {
+        let _ = set.set(c);
+    }
+    if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+        tracing::debug!("helper thread keeps its binding: {e}");
     }
 }
 
@@ -309,9 +344,15 @@ impl<W: Write + Send> Serve<'_, W> {
                 code_load_ns: self.code_load_ns,
             },
         );
-        // Billing connects in the background (a handshake with the manager), while the client
-        // connects: workers need it only when they flush, about once a second.
+        // Billing connects in the background (a handshake with the manager) once the first
+        // result is out (or after `BILLING_DEFER`): workers need it only when they flush,
+        // about once a second, and its handshake would compete with the client's connection
+        // and first invocation for the allocation's core.
         let billing = BillingSlot::<F>::default();
+        let served = (Mutex::new(false), std::sync::Condvar::new());
+        // The listener, once every worker is connected: closing it joins its accept thread,
+        // which waits for a turn on a busy node, so it closes after the first result.
+        let parked: Mutex<Option<F::Listener>> = Mutex::new(None);
         // The manager hears "serving" once the first result is out (whichever worker gave it):
         // whatever it starts then (a pool replacement) does not compete with this cold start.
         let (out, said) = (Mutex::new(&mut *self.out), AtomicBool::new(false));
@@ -319,15 +360,23 @@ impl<W: Write + Send> Serve<'_, W> {
             if !said.swap(true, Ordering::AcqRel) {
                 let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                 report(&mut **out, &ExecutorEvent::Serving);
+                drop(out);
+                *served.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                served.1.notify_all();
+                drop(parked.lock().unwrap_or_else(|p| p.into_inner()).take());
             }
         };
         std::thread::scope(|s| {
             match &cfg.billing {
                 Some(t) => {
                     let (fabric, billing, token) = (&fabric, &billing, &self.token);
+                    let served = &served;
                     let spawned = std::thread::Builder::new()
                         .name("rfaas-billing".into())
                         .spawn_scoped(s, move || {
+                            // Not on worker 0's core, whose binding it inherited.
+                            unpin_current_thread();
+                            wait_served(served);
                             let b = Billing::<F>::connect(fabric, t, token)
                                 .inspect_err(|e| {
                                     tracing::warn!(
@@ -354,9 +403,11 @@ impl<W: Write + Send> Serve<'_, W> {
                 &self.table,
                 &self.stop,
             );
-            drop(listener);
             let workers = match workers {
-                Ok(w) => w,
+                Ok(w) => {
+                    *parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
+                    w
+                }
                 Err(e) => {
                     // Nobody will flush: settle the slot so the billing thread's result is dropped.
                     billing.settle(None);
@@ -399,6 +450,31 @@ impl<W: Write + Send> Serve<'_, W> {
     }
 }
 
+/// Longest wait of the billing connection for the first result (see [`wait_served`]).
+const BILLING_DEFER: Duration = Duration::from_millis(200);
+
+/// Waits until `served` is set (the first result is out) or [`BILLING_DEFER`] has passed
+/// (a client that connects and never calls, or a stop before the first call: the executor's
+/// exit waits for this thread at most that long).
+fn wait_served(served: &(Mutex<bool>, std::sync::Condvar)) {
+    let deadline = Instant::now() + BILLING_DEFER;
+    let mut done = served.0.lock().unwrap_or_else(|p| p.into_inner());
+    while !*done {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        done = served
+            .1
+            .wait_timeout(done, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+}
+
+/// How long the executor polls its listener without sleeping after its ready report.
+const CONNECT_SPIN: Duration = Duration::from_millis(2);
+
 /// Waits until the client connected every worker (token checked), building the workers.
 fn accept_workers<F: Fabric>(
     fabric: &F,
@@ -413,6 +489,23 @@ fn accept_workers<F: Fabric>(
     let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
     let deadline = Instant::now() + timeout;
     let stride = (HEADER_LEN + cfg.input_capacity as usize).next_multiple_of(64);
+    // Every worker's completion queue and buffers (pre-faulted) are made now, while the
+    // manager answers the client and the client gets ready to connect, not after it knocked.
+    let mut prepared = (0..n)
+        .map(|_| -> Result<_, ExecutorError> {
+            let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
+            let input = fabric.alloc_mr(
+                stride * cfg.slots as usize,
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+            )?;
+            let output = fabric.alloc_mr(
+                cfg.output_capacity as usize * cfg.slots as usize,
+                Access::LOCAL_WRITE,
+            )?;
+            Ok(Some((cq, input, output)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let spin_until = Instant::now() + CONNECT_SPIN;
     let mut connected = 0;
     while connected < n {
         if stop.load(std::sync::atomic::Ordering::Acquire) {
@@ -428,8 +521,17 @@ fn accept_workers<F: Fabric>(
                 timeout,
             });
         }
-        let Some(req) = listener.next_request((deadline - now).min(Duration::from_millis(100)))?
-        else {
+        // Spin first (the client connects within a few hundred microseconds of the ready
+        // report): the request is taken without waiting for this thread to be woken.
+        let wait = if now < spin_until {
+            Duration::ZERO
+        } else {
+            (deadline - now).min(Duration::from_millis(100))
+        };
+        let Some(req) = listener.next_request(wait)? else {
+            if wait.is_zero() {
+                std::thread::yield_now();
+            }
             continue;
         };
         let Some(hello) = WorkerConnect::decode(req.private_data()) else {
@@ -458,15 +560,10 @@ fn accept_workers<F: Fabric>(
             req.reject("no such worker, or already connected");
             continue;
         }
-        let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
-        let input = fabric.alloc_mr(
-            stride * cfg.slots as usize,
-            Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-        )?;
-        let output = fabric.alloc_mr(
-            cfg.output_capacity as usize * cfg.slots as usize,
-            Access::LOCAL_WRITE,
-        )?;
+        // Present: worker `w` was not connected before (checked above).
+        let (cq, input, output) = prepared[w]
+            .take()
+            .ok_or_else(|| ExecutorError::Config(format!("worker {w} connected twice")))?;
         let recvs = worker_qp::receives(cfg.slots);
         let accept = WorkerAccept {
             input: input.remote(0, input.len() as u32),

@@ -21,6 +21,8 @@
 //! max_allocations = 64            # live allocations at once (default: one per core)
 //! pool_size = 1                   # executor processes kept started ahead of allocations
 //!                                 # (default 1; 0 turns the pool off)
+//! oversubscribe = 1               # BENCHMARKS ONLY: each core counts N times (N executors
+//!                                 # share it); refused with a resource manager
 //! request_timeout_ms = 10000      # to send a request's head, and then its body
 //! stop_grace_ms = 2000            # SIGTERM to SIGKILL of an executor
 //! resource_manager = "10.0.0.1:5000"  # register with this resource manager (same secret);
@@ -100,6 +102,10 @@ pub struct ManagerArgs {
     /// Executor processes kept started ahead of allocations (default 1; 0: no pool).
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
+    /// Benchmarks only: each core counts N times, so N executors share it (default 1: one
+    /// executor per core). Refused together with a resource manager; the manager warns at start.
+    #[arg(long, value_name = "N")]
+    pub oversubscribe: Option<u32>,
     /// Grace between SIGTERM and SIGKILL when an executor is stopped, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub stop_grace_ms: Option<u64>,
@@ -146,6 +152,7 @@ struct FileConfig {
     executor_connect_timeout_ms: Option<u64>,
     max_allocations: Option<u32>,
     pool_size: Option<usize>,
+    oversubscribe: Option<u32>,
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
     max_library_bytes: Option<usize>,
@@ -185,6 +192,8 @@ pub const MAX_ASSETS: u32 = 1024;
 
 /// Most pooled executors.
 pub const MAX_POOL_SIZE: usize = 64;
+/// Largest `oversubscribe`.
+pub const MAX_OVERSUBSCRIBE: u32 = 64;
 
 /// The resolved configuration of an executor manager.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +227,8 @@ pub struct ManagerConfig {
     pub max_allocations: u32,
     /// Executor processes kept started ahead of allocations (0: none).
     pub pool_size: usize,
+    /// How many executors may share one core (1: none; more only for benchmarks).
+    pub oversubscribe: u32,
     /// Request head, then body.
     pub request_timeout: Duration,
     /// SIGTERM to SIGKILL.
@@ -293,11 +304,13 @@ impl ManagerConfig {
         let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let (run_dir, cache_dir) = (absolute(run_dir), absolute(cache_dir));
         let ms = Duration::from_millis;
+        let oversubscribe = args.oversubscribe.or(file.oversubscribe).unwrap_or(1);
         let cfg = ManagerConfig {
             max_allocations: args
                 .max_allocations
                 .or(file.max_allocations)
-                .unwrap_or(cores.len() as u32),
+                .unwrap_or((cores.len() as u32).saturating_mul(oversubscribe.max(1))),
+            oversubscribe,
             pool_size: args
                 .pool_size
                 .or(file.pool_size)
@@ -378,6 +391,16 @@ impl ManagerConfig {
         }
         if self.max_allocations == 0 {
             return bad("max_allocations must be at least 1".into());
+        }
+        if self.oversubscribe == 0 || self.oversubscribe > MAX_OVERSUBSCRIBE {
+            return bad(format!("oversubscribe must be in 1..={MAX_OVERSUBSCRIBE}"));
+        }
+        if self.oversubscribe > 1 && self.resource_manager.is_some() {
+            return bad(
+                "oversubscribe is for benchmarks on a manager without a resource manager: \
+                 leased cores are never shared"
+                    .into(),
+            );
         }
         if self.pool_size > MAX_POOL_SIZE {
             return bad(format!("pool_size must be in 0..={MAX_POOL_SIZE}"));

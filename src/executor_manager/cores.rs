@@ -35,7 +35,19 @@ impl CorePool {
         CorePool { owner }
     }
 
-    /// Cores in the pool.
+    /// A pool in which each of `cores` counts `per_core` times (at least once): `per_core`
+    /// allocations may share a core. For benchmarks only (the manager's `oversubscribe`):
+    /// executors that share a core share its time. The slots go round the cores, so that the
+    /// first allocations still get a core each.
+    pub fn oversubscribed(cores: impl IntoIterator<Item = u32>, per_core: u32) -> CorePool {
+        let once = CorePool::new(cores).owner;
+        let owner = (0..per_core.max(1))
+            .flat_map(|_| once.iter().copied())
+            .collect();
+        CorePool { owner }
+    }
+
+    /// Executor slots in the pool (cores, times the oversubscription).
     pub fn total(&self) -> u32 {
         self.owner.len() as u32
     }
@@ -45,9 +57,15 @@ impl CorePool {
         self.owner.iter().filter(|(_, o)| o.is_none()).count() as u32
     }
 
-    /// Every core, in preference order.
+    /// Every core, in preference order (once, also when oversubscribed).
     pub fn order(&self) -> Vec<u32> {
-        self.owner.iter().map(|(c, _)| *c).collect()
+        let mut order: Vec<u32> = Vec::new();
+        for (c, _) in &self.owner {
+            if !order.contains(c) {
+                order.push(*c);
+            }
+        }
+        order
     }
 
     /// The free cores, in preference order (the next reservation takes the first ones).
@@ -87,12 +105,18 @@ impl CorePool {
             });
         }
         let mut picked = Vec::with_capacity(n as usize);
-        for (c, o) in self.owner.iter_mut().filter(|(_, o)| o.is_none()) {
-            if picked.len() == n as usize {
-                break;
+        // Distinct cores first (they repeat only when oversubscribed), then any free slot.
+        for distinct in [true, false] {
+            for i in 0..self.owner.len() {
+                let (c, o) = self.owner[i];
+                if picked.len() == n as usize {
+                    break;
+                }
+                if o.is_none() && !(distinct && picked.contains(&c)) {
+                    self.owner[i].1 = Some(owner);
+                    picked.push(c);
+                }
             }
-            *o = Some(owner);
-            picked.push(*c);
         }
         Ok(picked)
     }
@@ -159,6 +183,31 @@ mod tests {
         );
         assert_eq!(pool.reserve(3, 1).unwrap(), vec![6]);
         assert_eq!(pool.owned_by(2), vec![7, 0]);
+    }
+
+    #[test]
+    fn oversubscribed_cores_count_several_times_and_spread_first() {
+        let mut pool = CorePool::oversubscribed([3, 5], 3);
+        assert_eq!((pool.total(), pool.free()), (6, 6));
+        assert_eq!(pool.order(), vec![3, 5]);
+        // One allocation per core before any core is shared.
+        assert_eq!(pool.reserve(1, 1).unwrap(), vec![3]);
+        assert_eq!(pool.reserve(2, 1).unwrap(), vec![5]);
+        // Two cores for one allocation: two distinct ones while there are.
+        assert_eq!(pool.reserve(3, 2).unwrap(), vec![3, 5]);
+        assert_eq!(pool.reserve(4, 2).unwrap(), vec![3, 5]);
+        assert_eq!(pool.reserve(5, 1).unwrap_err().free, 0);
+        assert_eq!(pool.release(3), vec![3, 5]);
+        assert_eq!(pool.free(), 2);
+        // Without oversubscription it is the plain pool.
+        let plain = CorePool::oversubscribed([3, 5, 3], 1);
+        assert_eq!((plain.total(), plain.order()), (2, vec![3, 5]));
+        // A core free in two slots goes once to an allocation of two, with another core.
+        let mut pool = CorePool::oversubscribed([0, 1], 2);
+        pool.reserve(1, 1).unwrap(); // 0
+        pool.reserve(2, 1).unwrap(); // 1
+        pool.release(1);
+        assert_eq!(pool.reserve(3, 2).unwrap(), vec![0, 1]);
     }
 
     #[test]

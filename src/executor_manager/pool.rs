@@ -3,7 +3,12 @@
 //! * A pooled process is `rfaas executor` already exec'd, dynamically linked, its runtime
 //!   started, `PR_SET_PDEATHSIG` set, its fabric domain open and listening, blocked reading its
 //!   [`ExecutorConfig`] from standard input. Nothing in it depends on an allocation: it holds
-//!   no token, no library, no core.
+//!   no token, no library, no core. It counts as ready only once it printed
+//!   [`ExecutorEvent::Standby`] (within the start timeout, else it is killed): until then it is
+//!   *starting*.
+//! * An allocation that finds no ready process but one starting that no other allocation waits
+//!   for waits for it (bounded by twice the recent start-to-standby time): it started earlier,
+//!   so it is ready sooner than a fresh spawn would be. Otherwise it spawns a fresh process.
 //! * An allocation [`Pool::take`]s one (then sends its configuration: the executor pins itself,
 //!   loads the library and reports ready, as a fresh one does). Its replacement starts once that
 //!   executor reports that it served its first invocation, or ends ([`Pool::refill`], called by
@@ -19,21 +24,33 @@
 //!   on a runtime worker thread (the death signal fires when the forking thread exits).
 //!
 //! [`ExecutorConfig`]: crate::control::executor_manager_api::ExecutorConfig
+//! [`ExecutorEvent::Standby`]: crate::control::executor_manager_api::ExecutorEvent::Standby
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::process::Child;
-use tokio::sync::oneshot;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdout};
+use tokio::sync::{oneshot, watch, Notify};
 
-use crate::control::executor_manager_api::PoolStatus;
+use crate::control::executor_manager_api::{ExecutorEvent, PoolStatus};
 
 use super::spawn;
 
 /// Longest wait for a pooled process's watcher to hand it over.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Longest standby line a pooled process may print.
+const MAX_STANDBY_LINE: usize = 256;
+
+/// Start-to-standby time assumed before the first one was measured.
+const FIRST_STANDBY_GUESS: Duration = Duration::from_millis(20);
+
+/// An allocation waits for a starting process at least this long (a start measured on a quiet
+/// node must not make a busy one spawn duplicates).
+const MIN_STARTING_WAIT: Duration = Duration::from_millis(5);
 
 /// A pooled process taken for an allocation.
 #[derive(Debug)]
@@ -53,8 +70,13 @@ struct Entry {
 #[derive(Default)]
 struct State {
     ready: VecDeque<Entry>,
-    /// Being forked now (counted so that concurrent refills do not overshoot).
-    starting: usize,
+    /// Being forked now, or forked and not yet on standby (their pids, 0 while forked): counted
+    /// so that concurrent refills do not overshoot, and waited for by allocations.
+    starting: Vec<u32>,
+    /// Allocations waiting for a starting process (at most one each).
+    waiting: usize,
+    /// Moving average of start-to-standby times, ns (0: none measured yet).
+    standby_ns: u64,
     closed: bool,
     seq: u64,
     taken: u64,
@@ -71,7 +93,13 @@ pub struct Pool {
     provider: crate::rdma::Provider,
     /// The fabric address executors listen on (`fabric_host:0`), before their allocation.
     listen: String,
+    /// Longest start-to-standby time before a starting process is killed.
+    start_timeout: Duration,
     state: Mutex<State>,
+    /// Woken when a starting process goes on standby or dies.
+    changed: Notify,
+    /// `true` once the pool shuts down (starting processes are killed then).
+    closed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -84,7 +112,8 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`, their
-    /// fabric `provider` open and listening on `listen`. Nothing starts before [`Pool::refill`].
+    /// fabric `provider` open and listening on `listen`; one that is not on standby within
+    /// `start_timeout` is killed. Nothing starts before [`Pool::refill`].
     pub fn new(
         size: usize,
         exe: &Path,
@@ -92,6 +121,7 @@ impl Pool {
         cwd: &Path,
         provider: crate::rdma::Provider,
         listen: String,
+        start_timeout: Duration,
     ) -> Arc<Pool> {
         Arc::new(Pool {
             size,
@@ -100,7 +130,10 @@ impl Pool {
             cwd: cwd.to_path_buf(),
             provider,
             listen,
+            start_timeout,
             state: Mutex::new(State::default()),
+            changed: Notify::new(),
+            closed: watch::channel(false).0,
         })
     }
 
@@ -109,65 +142,140 @@ impl Pool {
     }
 
     /// Starts processes until the pool holds its size. Call it from within the manager's
-    /// runtime: the processes are forked by a task on a runtime worker thread.
+    /// runtime: the processes are forked by a task on a runtime worker thread. They count as
+    /// starting from this call on (an allocation that comes next waits for one of them).
     pub fn refill(self: &Arc<Self>) {
         if self.size == 0 {
             return;
         }
-        let me = self.clone();
-        tokio::spawn(async move { me.fill_now() });
+        let n = {
+            let mut st = self.state();
+            if st.closed {
+                return;
+            }
+            let n = self.size.saturating_sub(st.ready.len() + st.starting.len());
+            let len = st.starting.len() + n;
+            st.starting.resize(len, 0);
+            n
+        };
+        if n > 0 {
+            let me = self.clone();
+            tokio::spawn(async move { me.fork(n) });
+        }
     }
 
-    fn fill_now(self: &Arc<Self>) {
-        loop {
+    /// Forks `n` processes counted as starting (with pid 0) by [`Pool::refill`].
+    fn fork(self: &Arc<Self>, n: usize) {
+        for _ in 0..n {
             let seq = {
                 let mut st = self.state();
-                if st.closed || st.ready.len() + st.starting >= self.size {
-                    return;
+                if st.closed {
+                    forget_starting(&mut st, 0);
+                    continue;
                 }
-                st.starting += 1;
                 st.seq += 1;
                 st.seq
             };
             let log = self.logs.join(format!("executor-pool-{seq}.log"));
-            let spawned =
-                spawn::spawn_executor(&self.exe, &log, &self.cwd, self.provider, &self.listen);
-            self.state().starting -= 1;
+            let t0 = Instant::now();
+            let spawned = spawn::spawn_executor(
+                &self.exe,
+                &log,
+                &self.cwd,
+                self.provider,
+                &self.listen,
+                true,
+            );
             let child = match spawned {
                 Ok(c) => c,
                 Err(e) => {
+                    forget_starting(&mut self.state(), 0);
+                    self.changed.notify_waiters();
                     // Allocations fall back to fresh spawns (which will report the error).
                     tracing::error!("executor pool: {e}");
-                    return;
+                    continue;
                 }
             };
             let pid = child.id().unwrap_or(0);
-            let (claim, claimed) = oneshot::channel();
-            self.watch(child, log, claimed);
-            let mut st = self.state();
-            st.ready.push_back(Entry { pid, claim });
-            if st.closed {
-                // Shutdown began while it was forked: dropping the entry kills it.
-                st.ready.clear();
-                return;
+            {
+                let mut st = self.state();
+                if let Some(p) = st.starting.iter_mut().find(|p| **p == 0) {
+                    *p = pid;
+                }
             }
-            tracing::debug!(pid, ready = st.ready.len(), "pooled executor started");
+            self.watch(child, log, t0);
+            tracing::debug!(pid, "pooled executor forked");
         }
     }
 
-    /// The watcher of a pooled process: hands it over when claimed, kills it when the pool
-    /// drops its entry, reaps and replaces it when it dies in the pool.
-    fn watch(
-        self: &Arc<Self>,
-        mut child: Child,
-        log: PathBuf,
-        claimed: oneshot::Receiver<oneshot::Sender<Pooled>>,
-    ) {
+    /// The watcher of a pooled process: waits for its standby line (then it is ready), hands
+    /// it over when claimed, kills it when the pool drops its entry or shuts down, reaps and
+    /// replaces it when it dies in the pool.
+    fn watch(self: &Arc<Self>, mut child: Child, log: PathBuf, forked: Instant) {
         let me = Arc::downgrade(self);
         // Out of the child while it waits: tokio's `Child::wait` closes standard input.
-        let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
+        let (stdin, mut stdout) = (child.stdin.take(), child.stdout.take());
+        let mut closed = self.closed.subscribe();
+        let timeout = self.start_timeout;
         tokio::spawn(async move {
             let pid = child.id().unwrap_or(0);
+            // Starting: until it is on standby (or dies, or times out, or the pool closes).
+            let standby = tokio::select! {
+                r = tokio::time::timeout(timeout, read_standby(stdout.as_mut())) => match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(why)) => Err(why),
+                    Err(_) => Err(format!("was not on standby within {timeout:?}")),
+                },
+                status = child.wait() => Err(status.map_or_else(|e| e.to_string(), spawn::exit_reason)),
+                _ = closed.wait_for(|c| *c) => Err(String::new()),
+            };
+            let Some(pool) = me.upgrade() else {
+                return; // the manager is gone: dropping the child kills it
+            };
+            let (claim, claimed) = oneshot::channel();
+            let refused = {
+                let mut st = pool.state();
+                forget_starting(&mut st, pid);
+                match &standby {
+                    Ok(()) if !st.closed => {
+                        let ns = forked.elapsed().as_nanos() as u64;
+                        st.standby_ns = match st.standby_ns {
+                            0 => ns,
+                            avg => (avg * 7 + ns) / 8,
+                        };
+                        st.ready.push_back(Entry { pid, claim });
+                        tracing::debug!(
+                            pid,
+                            ready = st.ready.len(),
+                            standby_us = ns / 1000,
+                            "pooled executor on standby"
+                        );
+                        None
+                    }
+                    Ok(()) => Some(String::new()),
+                    Err(why) => {
+                        if !st.closed {
+                            st.died += 1;
+                        }
+                        Some(why.clone())
+                    }
+                }
+            };
+            pool.changed.notify_waiters();
+            if let Some(why) = refused {
+                if !why.is_empty() {
+                    // Not replaced at once: a process that cannot start would start again and
+                    // again. The next allocation that finds the pool empty refills it.
+                    tracing::error!(pid, "pooled executor {why} (log: {})", log.display());
+                }
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
+                    let _ = std::fs::remove_file(&log);
+                }
+                return;
+            }
+            drop(pool);
             tokio::select! {
                 status = child.wait() => {
                     let how = status.map_or_else(|e| e.to_string(), spawn::exit_reason);
@@ -204,17 +312,63 @@ impl Pool {
         });
     }
 
+    /// How long an allocation waits for a starting process: twice the recent start-to-standby
+    /// time, at least [`MIN_STARTING_WAIT`], at most the start timeout.
+    fn starting_wait(&self) -> Duration {
+        let ns = match self.state().standby_ns {
+            0 => FIRST_STANDBY_GUESS.as_nanos() as u64,
+            ns => ns,
+        };
+        Duration::from_nanos(ns.saturating_mul(2))
+            .max(MIN_STARTING_WAIT)
+            .min(self.start_timeout)
+    }
+
     /// Takes a live pooled process (the caller refills the pool once its cold start is done);
     /// `None` when the pool is empty (it starts refilling then) or off: spawn a fresh one.
+    /// With no process ready but one starting that no other caller waits for, it waits for
+    /// that one (bounded, see [`Pool::starting_wait`]).
     pub async fn take(self: &Arc<Self>) -> Option<Pooled> {
         if self.size == 0 {
             return None;
         }
+        let mut wait: Option<Waiting<'_>> = None;
+        let mut deadline = None;
         loop {
-            let Some(entry) = self.state().ready.pop_front() else {
-                self.state().empty += 1;
-                self.refill();
-                return None;
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read: a change after the read still wakes us.
+            changed.as_mut().enable();
+            let entry = {
+                let mut st = self.state();
+                match st.ready.pop_front() {
+                    Some(e) => Some(e),
+                    // Each starting process is waited for by one allocation at most.
+                    None if wait.is_none() && st.starting.len() > st.waiting && !st.closed => {
+                        st.waiting += 1;
+                        wait = Some(Waiting(self));
+                        None
+                    }
+                    None if wait.is_some() && st.starting.len() >= st.waiting && !st.closed => None,
+                    None => {
+                        st.empty += 1;
+                        drop(st);
+                        self.refill();
+                        return None;
+                    }
+                }
+            };
+            let Some(entry) = entry else {
+                let until = *deadline.get_or_insert_with(|| Instant::now() + self.starting_wait());
+                let left = until.saturating_duration_since(Instant::now());
+                if tokio::time::timeout(left, changed).await.is_err() {
+                    self.state().empty += 1;
+                    tracing::debug!(
+                        "no pooled executor on standby within {left:?}: spawning a fresh one"
+                    );
+                    return None;
+                }
+                continue;
             };
             let (reply, got) = oneshot::channel();
             if entry.claim.send(reply).is_err() {
@@ -240,11 +394,15 @@ impl Pool {
         let pids: Vec<u32> = {
             let mut st = self.state();
             st.closed = true;
-            st.ready.drain(..).map(|e| e.pid).collect()
+            let starting = st.starting.clone();
+            st.ready.drain(..).map(|e| e.pid).chain(starting).collect()
         };
+        // Starting processes are killed by their watchers too.
+        self.closed.send_replace(true);
+        self.changed.notify_waiters();
         // The watchers kill and reap them; wait until the pids are gone.
         let gone = async {
-            for pid in pids {
+            for pid in pids.into_iter().filter(|&p| p != 0) {
                 while std::path::Path::new(&format!("/proc/{pid}/stat")).exists() && !is_zombie(pid)
                 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -258,14 +416,57 @@ impl Pool {
     pub fn status(&self) -> PoolStatus {
         let st = self.state();
         let pids: Vec<u32> = st.ready.iter().map(|e| e.pid).collect();
+        let starting = st.starting.iter().filter(|&&p| p != 0);
         PoolStatus {
             size: self.size as u32,
-            memory: pids.iter().map(|&p| resident_bytes(p)).sum(),
+            memory: pids
+                .iter()
+                .chain(starting)
+                .map(|&p| resident_bytes(p))
+                .sum(),
             ready: pids,
             taken: st.taken,
             empty: st.empty,
             died: st.died,
         }
+    }
+}
+
+/// An allocation waiting for a starting process: counted in [`State::waiting`] while it lives.
+struct Waiting<'a>(&'a Pool);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state().waiting -= 1;
+    }
+}
+
+/// Drops one `pid` (0: one being forked) from the starting processes.
+fn forget_starting(st: &mut State, pid: u32) {
+    if let Some(i) = st.starting.iter().position(|&p| p == pid) {
+        st.starting.swap_remove(i);
+    }
+}
+
+/// Reads a pooled process's first line, byte by byte (what follows stays in the pipe for the
+/// allocation), and checks that it is [`ExecutorEvent::Standby`].
+async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<(), String> {
+    let Some(out) = stdout else {
+        return Err("has no standard output".into());
+    };
+    let mut line = Vec::new();
+    loop {
+        match out.read_u8().await {
+            Ok(b'\n') => break,
+            Ok(b) if line.len() < MAX_STANDBY_LINE => line.push(b),
+            Ok(_) => return Err("printed an overlong first line".into()),
+            Err(_) => return Err("closed its standard output before standby".into()),
+        }
+    }
+    let text = String::from_utf8_lossy(&line);
+    match serde_json::from_str::<ExecutorEvent>(text.trim()) {
+        Ok(ExecutorEvent::Standby) => Ok(()),
+        _ => Err(format!("printed {text:?} instead of standby")),
     }
 }
 

@@ -230,6 +230,13 @@ impl Registry {
         }
     }
 
+    /// The same registry with each core counting `per_core` times (see
+    /// [`CorePool::oversubscribed`]; benchmarks only). Call it before any reservation.
+    pub fn oversubscribed(mut self, per_core: u32) -> Registry {
+        self.cores = CorePool::oversubscribed(self.cores.order(), per_core);
+        self
+    }
+
     /// The same registry, handing out ids from `first` on (see [`crate::control::ids`]).
     pub fn starting_at(mut self, first: u64) -> Registry {
         self.next_id = first.max(1);

@@ -258,7 +258,18 @@ impl Service {
             cfg.max_allocations,
             cfg.keep_ended,
         )
+        .oversubscribed(cfg.oversubscribe)
         .starting_at(crate::control::ids::first_id_now());
+        if cfg.oversubscribe > 1 {
+            tracing::warn!(
+                "OVERSUBSCRIBED (benchmarks only): each of the {} cores counts {} times, so up to \
+                 {} executors share a core and its time; latencies measured so are not those of \
+                 a core per executor",
+                order.cores.len(),
+                cfg.oversubscribe,
+                cfg.oversubscribe
+            );
+        }
         let pool = Pool::new(
             cfg.pool_size,
             &exe,
@@ -266,6 +277,7 @@ impl Service {
             &cfg.run_dir,
             cfg.provider,
             executor_listen(&cfg),
+            cfg.executor_start_timeout,
         );
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.refill();
@@ -493,6 +505,12 @@ impl Service {
 
         let t0 = Instant::now();
         let mut child = self.spawn_supervised(&res, pool).await?;
+        tracing::debug!(
+            allocation = id,
+            pooled = child.pooled,
+            us = t0.elapsed().as_micros() as u64,
+            "executor process in hand"
+        );
         let outcome = self.wait_ready(&mut child, &exec_cfg).await;
         match outcome {
             Ok((address, code_load_ns)) => {
@@ -691,6 +709,7 @@ impl Service {
                     &self.cfg.run_dir,
                     self.cfg.provider,
                     &executor_listen(&self.cfg),
+                    false,
                 )
             },
             Ok,
@@ -797,9 +816,11 @@ impl Service {
                 "the executor could not start: {error}"
             ))),
             Ok((ExecutorEvent::InitFailed { error }, _)) => Err(ServiceError::InitFailed(error)),
-            Ok((ExecutorEvent::Serving, _)) => Err(ServiceError::ExecutorFailed(
-                "the executor reported serving before it was ready".into(),
-            )),
+            Ok((ev @ (ExecutorEvent::Serving | ExecutorEvent::Standby), _)) => {
+                Err(ServiceError::ExecutorFailed(format!(
+                    "the executor reported {ev:?} instead of ready"
+                )))
+            }
             Err(e) => Err(e),
         }
     }

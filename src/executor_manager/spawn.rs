@@ -63,13 +63,15 @@ pub enum StartError {
 /// Starts `exe executor` with its standard error appended to `log`; the child is killed if
 /// it is dropped unreaped. It opens the fabric of `provider` and listens on `listen` before it
 /// reads its configuration (see [`crate::executor::EARLY_PROVIDER_ENV`] and
-/// [`crate::executor::EARLY_LISTEN_ENV`]).
+/// [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (the pool's processes) it prints
+/// [`ExecutorEvent::Standby`] once it listens ([`crate::executor::EARLY_STANDBY_ENV`]).
 pub fn spawn_executor(
     exe: &Path,
     log: &Path,
     cwd: &Path,
     provider: crate::rdma::Provider,
     listen: &str,
+    standby: bool,
 ) -> Result<Child, StartError> {
     let exe_s = exe.display().to_string();
     let err = |source| StartError::Spawn {
@@ -82,11 +84,14 @@ pub fn spawn_executor(
         .mode(0o600)
         .open(log)
         .map_err(err)?;
-    Command::new(exe)
-        .arg("executor")
+    let mut cmd = Command::new(exe);
+    cmd.arg("executor")
         .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
-        .env(crate::executor::EARLY_LISTEN_ENV, listen)
-        .stdin(Stdio::piped())
+        .env(crate::executor::EARLY_LISTEN_ENV, listen);
+    if standby {
+        cmd.env(crate::executor::EARLY_STANDBY_ENV, "1");
+    }
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .current_dir(cwd)

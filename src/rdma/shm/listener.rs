@@ -191,25 +191,46 @@ fn accept_loop(
             continue;
         }
         sh.inflight.fetch_add(1, Ordering::AcqRel);
+        // A client sends its connect message right after `connect`: when it is there already,
+        // the handshake cannot block, and this thread does it (no thread to start on a cold
+        // start's path). Otherwise a thread of its own waits for it (bounded).
+        if readable_now(&conn) {
+            handshake(dom, conn, sh, tx);
+            continue;
+        }
         let (dom, sh, tx) = (dom.clone(), sh.clone(), tx.clone());
         let spawned = std::thread::Builder::new()
             .name("rfaas-shm-handshake".into())
-            .spawn(move || {
-                match incoming(&dom, conn) {
-                    Ok(req) => {
-                        if tx.send(req).is_ok() {
-                            let one = 1u64.to_ne_bytes();
-                            let _ = nix::unistd::write(&sh.efd, &one);
-                        }
-                    }
-                    Err(why) => tracing::warn!("shm listener: refused a connection: {why}"),
-                }
-                sh.inflight.fetch_sub(1, Ordering::AcqRel);
-            });
+            .spawn(move || handshake(&dom, conn, &sh, &tx));
         if let Err(e) = spawned {
             tracing::warn!("shm listener: cannot spawn a handshake thread: {e}");
         }
     }
+}
+
+/// Whether `sock` has a message waiting now.
+fn readable_now(sock: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+}
+
+/// The passive half of a handshake on `conn`, queued for [`Listener::next_request`]; ends one
+/// of the listener's handshakes in flight.
+fn handshake(dom: &Arc<Domain>, conn: OwnedFd, sh: &LShared, tx: &mpsc::Sender<ShmRequest>) {
+    match incoming(dom, conn) {
+        Ok(req) => {
+            if tx.send(req).is_ok() {
+                let one = 1u64.to_ne_bytes();
+                let _ = nix::unistd::write(&sh.efd, &one);
+            }
+        }
+        Err(why) => tracing::warn!("shm listener: refused a connection: {why}"),
+    }
+    sh.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Runs the passive half of a handshake up to the point where the application decides.
@@ -462,13 +483,15 @@ pub(crate) fn connect(
 ) -> Result<(ShmQp, Vec<u8>)> {
     check_pd(private_data)?;
     let a = ShmAddr::parse(addr)?;
+    // Everything the connect message needs is made first: it goes out right after `connect`,
+    // so the listener finds it waiting and handshakes without a thread of its own.
+    let (qp_num, rs) = new_recv_state(dom, &init, initial_recvs)?;
+    let (hello, owned) = our_side(dom, Kind::Connect, qp_num, &rs, &init, private_data)?;
+    let fds = fd_list(dom, &owned, &rs, &init);
     let sock = seqpacket()?;
     sock_connect(sock.as_raw_fd(), &a.unix()?)
         .map_err(|e| FabricError::io(format!("connect to shm address {addr}"), e))?;
     check_peer_uid(&sock).map_err(FabricError::Handshake)?;
-    let (qp_num, rs) = new_recv_state(dom, &init, initial_recvs)?;
-    let (hello, owned) = our_side(dom, Kind::Connect, qp_num, &rs, &init, private_data)?;
-    let fds = fd_list(dom, &owned, &rs, &init);
     wire::send(sock.as_fd(), &hello, &fds)?;
     let (reply, fds) = wire::recv(sock.as_fd(), timeout)?;
     match reply.kind {
