@@ -191,11 +191,18 @@ fn unix_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// SIGKILLs a daemon (a session leader: local-cluster starts each in its own session) and
+/// waits until it and everything in its session are gone. Its main thread turns zombie before
+/// its other threads have exited, and an executor dies (by `PR_SET_PDEATHSIG`) only when the
+/// thread that forked it exits: waiting for the pid alone let a call reach an executor of a
+/// "dead" manager.
 fn kill9_and_wait(pid: i32) {
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
-    wait_for(NO_HANG, "the killed process to be gone", || {
-        (!alive(pid)).then_some(())
-    });
+    wait_for(
+        NO_HANG,
+        "the killed daemon and its session to be gone",
+        || (!alive(pid) && common::group_members(pid).is_empty()).then_some(()),
+    );
 }
 
 #[test]
