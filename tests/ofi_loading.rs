@@ -123,3 +123,67 @@ fn an_ofi_executor_killed_with_sigkill_leaves_no_shm_region_once_reaped() {
         m.log_text()
     );
 }
+
+/// `rfaas local-cluster stop` removes the libfabric `shm` regions that the processes it stopped
+/// left behind (a manager or executor it had to kill never unlinks its own), and nothing else:
+/// not the regions of a live process, not files of another shape.
+#[cfg(feature = "libfabric")]
+#[test]
+fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
+    let exe = env!("CARGO_BIN_EXE_rfaas");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = Command::new(exe)
+        .args([
+            "local-cluster",
+            "start",
+            "--provider",
+            "shm",
+            "--nodes",
+            "1",
+        ])
+        .args([
+            "--cores-per-node",
+            "1",
+            "--no-resource-manager",
+            "--run-dir",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "local-cluster start: {out:?}");
+    let pids = std::fs::read_to_string(run.join("pids")).unwrap();
+    let manager: u32 = pids
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a manager pid in {pids:?}"));
+    // What a manager killed with SIGKILL would have left, and two files that must stay.
+    let left_by_manager = format!("/dev/shm/{manager}:7:7");
+    let of_a_live_process = format!("/dev/shm/{}:7:7", std::process::id());
+    let other_shape = format!("/dev/shm/{manager}:7:x");
+    for f in [&left_by_manager, &of_a_live_process, &other_shape] {
+        std::fs::write(f, b"region").unwrap();
+    }
+    let out = Command::new(exe)
+        .args(["local-cluster", "stop", "--run-dir"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let still = |f: &str| std::path::Path::new(f).exists();
+    let (gone, live, other) = (
+        !still(&left_by_manager),
+        still(&of_a_live_process),
+        still(&other_shape),
+    );
+    for f in [&left_by_manager, &of_a_live_process, &other_shape] {
+        let _ = std::fs::remove_file(f);
+    }
+    assert!(out.status.success(), "local-cluster stop: {out:?}");
+    assert!(gone, "{left_by_manager} stayed after stop");
+    assert!(
+        live,
+        "stop removed {of_a_live_process}, a live process's region"
+    );
+    assert!(other, "stop removed {other_shape}, not a region name");
+}

@@ -12,7 +12,7 @@
 //! * `rfaas local-cluster stop` removes those of the daemons and executors it stopped.
 //!
 //! Only files of exactly the `<pid>:<n>:<n>` shape are touched, and (except for a process's own
-//! pid) only when that pid is dead.
+//! pid) only when that pid is dead (gone, or a zombie with no thread left).
 
 use std::path::Path;
 
@@ -35,15 +35,33 @@ pub(crate) fn region_pid(name: &str) -> Option<u32> {
     pid.parse().ok().filter(|&p| p > 0)
 }
 
-/// Whether no process (not even a zombie) has id `pid` (`kill(pid, 0)` fails with `ESRCH`).
+/// Whether process `pid` is dead: no process has that id (`kill(pid, 0)` fails with `ESRCH`),
+/// or it is a zombie none of whose threads still runs. A zombie holds its pid until its parent
+/// reaps it, so no new process can own regions of that name meanwhile; daemons whose starter
+/// has exited are reaped by init, which in some containers never does.
 fn dead(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };
-    matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), None) {
+        Err(nix::errno::Errno::ESRCH) => true,
+        _ => zombie_without_threads(pid),
+    }
+}
+
+/// Whether `/proc/<pid>` says zombie and lists no thread but the (exited) main one.
+fn zombie_without_threads(pid: u32) -> bool {
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            Some(state == "Z" || state == "X")
+        })
+        .unwrap_or(false);
+    zombie
+        && std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count() <= 1)
+            .unwrap_or(true)
 }
 
 /// Removes the regions in `dir` named after `pid`; returns how many were removed.
@@ -77,9 +95,9 @@ fn remove_in(dir: &Path, pid: u32) -> usize {
 }
 
 /// Removes the libfabric `shm` regions (`/dev/shm/<pid>:<n>:<n>`) of process `pid` if that
-/// process is dead (reaped: not even a zombie); returns how many were removed. Called by the
-/// executor manager after it reaps an executor and by `rfaas local-cluster stop` for what it
-/// stopped; a live pid (or a zombie not yet reaped) is left alone.
+/// process is dead (reaped, or a zombie with no thread left); returns how many were removed.
+/// Called by the executor manager after it reaps an executor and by `rfaas local-cluster stop`
+/// for what it stopped; a live pid is left alone.
 pub fn remove_regions_of_dead(pid: u32) -> usize {
     if !dead(pid) {
         return 0;
@@ -159,5 +177,23 @@ mod tests {
         assert_eq!(remove_regions_of_dead(std::process::id()), 0);
         // pid 1 always exists.
         assert!(!dead(1));
+    }
+
+    #[test]
+    fn a_zombie_is_dead_and_a_reaped_pid_too() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: it turns zombie once it has exited (bounded wait for that event).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !zombie_without_threads(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} never became a zombie"
+            );
+            std::thread::yield_now();
+        }
+        assert!(dead(pid));
+        child.wait().unwrap();
+        assert!(dead(pid));
     }
 }
