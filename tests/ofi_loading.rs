@@ -125,8 +125,8 @@ fn an_ofi_executor_killed_with_sigkill_leaves_no_shm_region_once_reaped() {
 }
 
 /// `rfaas local-cluster stop` removes the libfabric `shm` regions that the processes it stopped
-/// left behind (a manager or executor it had to kill never unlinks its own), and nothing else:
-/// not the regions of a live process, not files of another shape.
+/// left behind (a manager or executor it had to kill never unlinks its own), and no file of
+/// another shape.
 #[cfg(feature = "libfabric")]
 #[test]
 fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
@@ -158,11 +158,12 @@ fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
         .next()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("a manager pid in {pids:?}"));
-    // What a manager killed with SIGKILL would have left, and two files that must stay.
+    // What a manager killed with SIGKILL would have left, and a file of another shape that must
+    // stay (that a live pid's regions stay is `shm_regions`' unit test: stop only looks at the
+    // pids it stopped).
     let left_by_manager = format!("/dev/shm/{manager}:7:7");
-    let of_a_live_process = format!("/dev/shm/{}:7:7", std::process::id());
     let other_shape = format!("/dev/shm/{manager}:7:x");
-    for f in [&left_by_manager, &of_a_live_process, &other_shape] {
+    for f in [&left_by_manager, &other_shape] {
         std::fs::write(f, b"region").unwrap();
     }
     let out = Command::new(exe)
@@ -171,19 +172,66 @@ fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
         .output()
         .unwrap();
     let still = |f: &str| std::path::Path::new(f).exists();
-    let (gone, live, other) = (
-        !still(&left_by_manager),
-        still(&of_a_live_process),
-        still(&other_shape),
-    );
-    for f in [&left_by_manager, &of_a_live_process, &other_shape] {
+    let (gone, other) = (!still(&left_by_manager), still(&other_shape));
+    for f in [&left_by_manager, &other_shape] {
         let _ = std::fs::remove_file(f);
     }
     assert!(out.status.success(), "local-cluster stop: {out:?}");
     assert!(gone, "{left_by_manager} stayed after stop");
-    assert!(
-        live,
-        "stop removed {of_a_live_process}, a live process's region"
-    );
     assert!(other, "stop removed {other_shape}, not a region name");
+}
+
+/// A pooled executor has its libfabric endpoint open before any allocation takes it. One killed
+/// while it waits in the pool, and one the manager kills when it stops, leave no region behind
+/// once the manager has reaped them.
+#[cfg(feature = "libfabric")]
+#[test]
+fn pooled_ofi_executors_killed_in_the_pool_or_at_stop_leave_no_shm_region() {
+    use common::{wait_for, Manager, ManagerOptions, NO_HANG};
+    use rfaas::control::executor_manager_api::ManagerStatus;
+    let mut m = Manager::start_with(ManagerOptions {
+        provider: "ofi",
+        env: vec![(rfaas::env::OFI_PROVIDER, "shm".to_string())],
+        ..ManagerOptions::default()
+    });
+    let pooled = |m: &Manager| {
+        let (code, body) = m.call("GET", "/v1/status", None);
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<ManagerStatus>(&body)
+            .unwrap()
+            .pool
+            .ready
+    };
+    let with_regions = |m: &Manager| {
+        wait_for(NO_HANG, "a pooled executor with its shm region", || {
+            pooled(m)
+                .into_iter()
+                .find(|&pid| !shm_regions_of(pid).is_empty())
+        })
+    };
+    let first = with_regions(&m);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The manager reaps it, removes its regions and starts a replacement.
+    let second = wait_for(NO_HANG, "a replacement in the pool", || {
+        Some(with_regions(&m)).filter(|&p| p != first)
+    });
+    assert!(
+        shm_regions_of(first).is_empty(),
+        "{:?}",
+        shm_regions_of(first)
+    );
+    // SIGTERM: the manager stops cleanly (libfabric's own handler, which would exit(1) at
+    // once, must not have replaced the manager's).
+    let stopped = m.terminate(NO_HANG).expect("the manager did not stop");
+    assert!(stopped.success(), "{stopped:?}; its log:\n{}", m.log_text());
+    assert!(
+        shm_regions_of(second).is_empty(),
+        "{:?} after the manager stopped; its log:\n{}",
+        shm_regions_of(second),
+        m.log_text()
+    );
 }

@@ -270,6 +270,7 @@ impl Pool {
                 }
                 let _ = child.start_kill();
                 let _ = child.wait().await;
+                spawn::forget_shm_regions(pid);
                 if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
                     let _ = std::fs::remove_file(&log);
                 }
@@ -279,6 +280,7 @@ impl Pool {
             tokio::select! {
                 status = child.wait() => {
                     let how = status.map_or_else(|e| e.to_string(), spawn::exit_reason);
+                    spawn::forget_shm_regions(pid);
                     tracing::warn!(pid, "pooled executor {how} before it was used; replacing it (log: {})", log.display());
                     if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
                         let _ = std::fs::remove_file(&log);
@@ -305,6 +307,7 @@ impl Pool {
                     Err(_) => {
                         let _ = child.start_kill();
                         let _ = child.wait().await;
+                        spawn::forget_shm_regions(pid);
                         let _ = std::fs::remove_file(&log);
                     }
                 },
@@ -327,7 +330,7 @@ impl Pool {
     /// Takes a live pooled process (the caller refills the pool once its cold start is done);
     /// `None` when the pool is empty (it starts refilling then) or off: spawn a fresh one.
     /// With no process ready but one starting that no other caller waits for, it waits for
-    /// that one (bounded, see [`Pool::starting_wait`]).
+    /// that one (bounded: twice the recent start-to-standby time, at least 5 ms).
     pub async fn take(self: &Arc<Self>) -> Option<Pooled> {
         if self.size == 0 {
             return None;
@@ -401,8 +404,9 @@ impl Pool {
         self.closed.send_replace(true);
         self.changed.notify_waiters();
         // The watchers kill and reap them; wait until the pids are gone.
+        let pids: Vec<u32> = pids.into_iter().filter(|&p| p != 0).collect();
         let gone = async {
-            for pid in pids.into_iter().filter(|&p| p != 0) {
+            for &pid in &pids {
                 while std::path::Path::new(&format!("/proc/{pid}/stat")).exists() && !is_zombie(pid)
                 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -410,6 +414,11 @@ impl Pool {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), gone).await;
+        // Their watchers remove their shm regions once they have reaped them, but the manager
+        // may exit first: do it here too (a zombie counts as dead; a live pid is left alone).
+        for pid in pids {
+            spawn::forget_shm_regions(pid);
+        }
     }
 
     /// What `rfaas status` shows of the pool.

@@ -90,6 +90,10 @@ pub fn spawn_executor(
         .env(crate::executor::EARLY_LISTEN_ENV, listen);
     if standby {
         cmd.env(crate::executor::EARLY_STANDBY_ENV, "1");
+    } else {
+        // Inherited from the manager's own environment it would make a fresh executor report
+        // standby first, which its allocation would take for a failure.
+        cmd.env_remove(crate::executor::EARLY_STANDBY_ENV);
     }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -307,9 +311,7 @@ pub fn supervise(
             Ok(status) => exit_reason(status),
             Err(e) => format!("could not be waited for: {e}"),
         };
-        // Reaped: libfabric shm regions it left (killed by a signal) go now, not at reboot.
-        #[cfg(feature = "libfabric")]
-        crate::rdma::ofi::remove_shm_regions_of_dead(pid);
+        forget_shm_regions(pid);
         let _ = tokio::time::timeout(STDOUT_GRACE, async {
             while stdout_open.changed().await.is_ok() {}
         })
@@ -322,6 +324,15 @@ pub fn supervise(
         stop: stop_tx,
         exited: exit_rx,
     }
+}
+
+/// Removes the libfabric `shm` regions of executor `pid`, which the manager has just reaped: one
+/// killed by a signal never unlinks them, and they would stay in `/dev/shm` until reboot.
+pub(super) fn forget_shm_regions(pid: u32) {
+    #[cfg(feature = "libfabric")]
+    crate::rdma::ofi::remove_shm_regions_of_dead(pid);
+    #[cfg(not(feature = "libfabric"))]
+    let _ = pid;
 }
 
 #[cfg(test)]

@@ -107,7 +107,7 @@ impl OfiFabric {
 /// Signals whose handlers libfabric 1.17 installs when it is loaded (its shm provider's cleanup
 /// handlers: they turn a segfault into `exit(1)` and chain into the process's own SIGTERM
 /// handling).
-const LIBFABRIC_SIGNALS: [i32; 6] = [
+pub(crate) const LIBFABRIC_SIGNALS: [i32; 6] = [
     libc::SIGINT,
     libc::SIGILL,
     libc::SIGABRT,
@@ -116,10 +116,12 @@ const LIBFABRIC_SIGNALS: [i32; 6] = [
     libc::SIGTERM,
 ];
 
-/// Puts back the default action of the signals libfabric takes over when it is loaded, so a
-/// crashing executor is still reported as killed by its signal and the daemons' own SIGTERM
-/// handling is the only one. Called first thing by every rfaas binary. The cost: libfabric's
-/// shm provider no longer removes its `/dev/shm` files when a process dies of a signal.
+/// Puts back the default action of the signals libfabric takes over, for a libfabric loaded
+/// before rfaas's code runs (preloaded, or linked by another library); called first thing by
+/// every rfaas binary. The libfabric rfaas opens itself at run time keeps the process's
+/// handlers anyway (`sys::SignalsKept`), so a crashing executor is still reported as killed by
+/// its signal and the daemons' own SIGTERM handling is the only one. The cost: libfabric's shm
+/// provider no longer removes its `/dev/shm` files when a process dies of a signal.
 pub fn restore_default_signals() {
     for sig in LIBFABRIC_SIGNALS {
         // SAFETY: installing SIG_DFL has no memory-safety preconditions; it runs before any

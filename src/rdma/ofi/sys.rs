@@ -73,10 +73,13 @@ fn open() -> Result<Libfabric, String> {
     }
     let mut errors = Vec::new();
     for name in &candidates {
+        let kept = SignalsKept::save();
         // SAFETY: opening libfabric runs its initialisers (and those of the libraries it
         // needs), which is what linking it would have done at start-up; nothing else is
         // assumed about the process.
-        match unsafe { libloading::Library::new(name) } {
+        let loaded = unsafe { libloading::Library::new(name) };
+        drop(kept);
+        match loaded {
             Ok(lib) => return resolve(lib).map_err(|e| format!("{name}: {e}")),
             Err(e) => errors.push(e.to_string()),
         }
@@ -123,8 +126,50 @@ pub unsafe fn fi_getinfo(
     info: *mut *mut fi_info,
 ) -> c_int {
     match libfabric() {
-        Ok(l) => (l.getinfo)(version, node, service, flags, hints, info),
+        Ok(l) => {
+            // The first fi_getinfo initialises the providers; shm's installs its handlers.
+            let _kept = SignalsKept::save();
+            (l.getinfo)(version, node, service, flags, hints, info)
+        }
         Err(_) => -(FI_ENOSYS as c_int),
+    }
+}
+
+/// The handlers of the signals libfabric takes over ([`super::LIBFABRIC_SIGNALS`]: its shm
+/// provider installs cleanup handlers that turn a crash into `exit(1)` and run before the
+/// process's own SIGTERM handling), saved when made and put back when dropped. Loading
+/// libfabric and initialising its providers happen inside one, so whatever the process had
+/// (the default action, or the managers' graceful-shutdown handler installed at start) stays.
+struct SignalsKept(Vec<(c_int, libc::sigaction)>);
+
+impl SignalsKept {
+    fn save() -> SignalsKept {
+        let mut kept = Vec::new();
+        for sig in super::LIBFABRIC_SIGNALS {
+            let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+            // SAFETY: a null new action only reads the current one into `old`, which is valid
+            // for writes; `sig` is a valid signal number.
+            let rc = unsafe { libc::sigaction(sig, std::ptr::null(), old.as_mut_ptr()) };
+            if rc == 0 {
+                // SAFETY: sigaction succeeded, so it filled `old` (and zeroed is a valid
+                // sigaction anyway).
+                kept.push((sig, unsafe { old.assume_init() }));
+            }
+        }
+        SignalsKept(kept)
+    }
+}
+
+impl Drop for SignalsKept {
+    fn drop(&mut self) {
+        for (sig, action) in &self.0 {
+            // SAFETY: `action` is what sigaction returned for `sig` a moment ago: installing it
+            // again restores a handler (or default) that was valid then and still is (handlers
+            // of this process are never unloaded).
+            unsafe {
+                libc::sigaction(*sig, action, std::ptr::null_mut());
+            }
+        }
     }
 }
 
