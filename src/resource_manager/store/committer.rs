@@ -12,7 +12,9 @@
 //! the failed batch get its error. A failed `fdatasync` leaves the written data in an unknown
 //! state (the kernel reports such an error once and may drop the dirty pages), so the log is
 //! poisoned, as PostgreSQL does since 2018: this and every later change fails until the
-//! manager is restarted and recovers what is on disk.
+//! manager is restarted and recovers what is on disk. Each syncer syncs through its own open
+//! file description of the segment (the kernel reports a writeback error once per
+//! description), so no syncer can report records durable whose loss another one was told of.
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -47,8 +49,27 @@ pub(super) struct SyncState {
 pub struct Durable {
     /// Every record up to this one is on disk.
     pub seq: u64,
-    /// The last failure: records up to this one could not be written (yet), and why.
-    pub failed: Option<(u64, String)>,
+    /// The last failure: the records `first..=last` could not be written (yet), and why
+    /// (`0..=u64::MAX` once the log is poisoned: nothing more becomes durable).
+    pub failed: Option<Failed>,
+}
+
+/// Records that failed: `first..=last`, and why.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    /// The first record of the failed range.
+    pub first: u64,
+    /// The last record of the failed range.
+    pub last: u64,
+    /// Why.
+    pub error: String,
+}
+
+impl Failed {
+    /// Whether record `seq` is one of the failed.
+    pub fn covers(&self, seq: u64) -> bool {
+        (self.first..=self.last).contains(&seq)
+    }
 }
 
 /// The newest segment, open for appending.
@@ -60,6 +81,11 @@ pub(super) struct Writer {
     pub(super) len: u64,
     /// The next record to be written.
     pub(super) next_seq: u64,
+    /// One descriptor of the segment per syncer, opened before anything was written to it:
+    /// the kernel reports a writeback error once per open file description, so a syncer whose
+    /// `fdatasync` succeeds on its own description knows that nothing written before it
+    /// started was lost (with shared descriptions another syncer could have taken the error).
+    sync_files: Vec<File>,
 }
 
 impl Writer {
@@ -76,11 +102,15 @@ impl Writer {
         let len = file.metadata()?.len();
         file.sync_all()?;
         segments::sync_dir(state)?;
+        let sync_files = (0..SYNCERS)
+            .map(|_| File::open(&path))
+            .collect::<std::io::Result<_>>()?;
         Ok(Writer {
             file,
             start: seq,
             len,
             next_seq: seq,
+            sync_files,
         })
     }
 
@@ -110,7 +140,7 @@ pub(super) fn run(shared: Arc<Shared>) {
             let shared = &shared;
             std::thread::Builder::new()
                 .name(format!("rfaas-rm-sync{i}"))
-                .spawn_scoped(scope, move || sync(shared))
+                .spawn_scoped(scope, move || sync(shared, i))
                 .expect("a thread for the log's syncs");
         }
         write(&shared);
@@ -122,6 +152,11 @@ pub(super) fn run(shared: Arc<Shared>) {
 impl Shared {
     pub(super) fn lock_sync(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Why the log is poisoned, if it is.
+    pub(super) fn poisoned(&self) -> Option<String> {
+        self.lock_sync().poisoned.clone()
     }
 }
 
@@ -150,6 +185,7 @@ fn write(shared: &Shared) {
             retry.append(&mut batch);
             batch = std::mem::take(&mut retry);
         }
+        let first = batch.first().map_or(0, |r| r.seq);
         let Some(last) = batch.last().map(|r| r.seq) else {
             if closed {
                 return;
@@ -192,8 +228,14 @@ fn write(shared: &Shared) {
                 shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("cannot append to the state log: {e}");
                 shared.durable.send_modify(|d| {
-                    if !d.failed.as_ref().is_some_and(|f| f.0 >= last) {
-                        d.failed = Some((last, e.to_string()));
+                    // Only this batch fails: earlier ones may still be syncing. A poisoned
+                    // log's failure stays.
+                    if !d.failed.as_ref().is_some_and(|f| f.last == u64::MAX) {
+                        d.failed = Some(Failed {
+                            first,
+                            last,
+                            error: e.to_string(),
+                        });
                     }
                 });
                 if closed {
@@ -208,9 +250,9 @@ fn write(shared: &Shared) {
     }
 }
 
-/// A syncer: makes what was written durable, overlapping with the other syncers, until the
-/// committer has stopped and everything written is synced.
-fn sync(shared: &Shared) {
+/// Syncer `index`: makes what was written durable, overlapping with the other syncers, until
+/// the committer has stopped and everything written is synced.
+fn sync(shared: &Shared, index: usize) {
     loop {
         let covers = {
             let mut s = shared.lock_sync();
@@ -231,12 +273,19 @@ fn sync(shared: &Shared) {
         };
         // The segment being written now; data of an older segment was synced when the
         // compaction rotated it away ([`super::compaction`]).
-        let file = shared.lock_writer().file.try_clone();
+        let file = shared.lock_writer().sync_files[index].try_clone();
         let r = file.and_then(|f| f.sync_data());
         match r {
             Ok(()) => {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+                // Under the sync lock, which poisoning takes: once poisoned, nothing more is
+                // reported durable.
+                let s = shared.lock_sync();
+                if s.poisoned.is_some() {
+                    return;
+                }
                 shared.durable.send_modify(|d| d.seq = d.seq.max(covers));
+                drop(s);
             }
             Err(e) => {
                 poison(shared, &e);
@@ -254,10 +303,16 @@ pub(super) fn poison(shared: &Shared, e: &std::io::Error) {
          resource manager to recover the state on disk"
     );
     tracing::error!("{message}");
-    shared.lock_sync().poisoned = Some(message.clone());
+    let mut s = shared.lock_sync();
+    s.poisoned = Some(message.clone());
     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-    shared
-        .durable
-        .send_modify(|d| d.failed = Some((u64::MAX, message)));
+    shared.durable.send_modify(|d| {
+        d.failed = Some(Failed {
+            first: 0,
+            last: u64::MAX,
+            error: message,
+        })
+    });
+    drop(s);
     shared.sync_wake.notify_all();
 }

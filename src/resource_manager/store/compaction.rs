@@ -58,6 +58,11 @@ impl Store {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
         };
+        // A poisoned log refused changes that the scheduler in memory still holds: a snapshot
+        // of it would save them. Only a restart (recovering what is on disk) goes on.
+        if let Some(why) = self.shared.poisoned() {
+            return Err(io(&self.state)(std::io::Error::other(why)));
+        }
         // 1. Rotate.
         let start = {
             let mut w = self.shared.lock_writer();

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-pub use committer::Durable;
+pub use committer::{Durable, Failed};
 pub use frame::LogRecord;
 pub use recovery::Recovered;
 
@@ -158,12 +158,12 @@ impl Store {
     pub async fn wait(&self, seq: u64) -> Result<(), String> {
         let mut rx = self.shared.durable.subscribe();
         let d = rx
-            .wait_for(|d| d.seq >= seq || d.failed.as_ref().is_some_and(|f| f.0 >= seq))
+            .wait_for(|d| d.seq >= seq || d.failed.as_ref().is_some_and(|f| f.covers(seq)))
             .await
             .map_err(|_| "the log committer stopped".to_string())?
             .clone();
         match d.failed {
-            Some((_, e)) if d.seq < seq => Err(e),
+            Some(f) if d.seq < seq => Err(f.error),
             _ => Ok(()),
         }
     }
@@ -202,7 +202,7 @@ impl Store {
         }
         let d = self.durable();
         match d.failed {
-            Some((upto, e)) if upto > d.seq => Err(e),
+            Some(f) if f.last > d.seq => Err(f.error),
             _ => Ok(()),
         }
     }
