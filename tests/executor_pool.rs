@@ -218,7 +218,6 @@ fn has_thread(pid: u32, name: &str) -> bool {
 fn a_pooled_process_is_ready_only_once_its_fabric_listens() {
     let m = manager_with_pool(1);
     let lib = m.upload(functions_library());
-    let mut checked = 0;
     for round in 0..3 {
         let a = allocate(&m, &lib);
         // Its end starts the replacement: from then on, every status that lists a process as
@@ -234,14 +233,18 @@ fn a_pooled_process_is_ready_only_once_its_fabric_listens() {
             Some(pid)
         });
         assert_ne!(pid, a.pid, "round {round}");
-        checked += 1;
     }
-    assert_eq!(checked, 3);
 }
 
 #[test]
 fn an_allocation_waits_for_a_starting_pooled_process_instead_of_spawning_another() {
-    let m = manager_with_pool(1);
+    // A wait far longer than any start (the default, twice the recent start time, would
+    // make the test depend on how busy the machine is): the test checks that the allocation
+    // waits for the starting process, not how fast it starts.
+    let m = Manager::start_with(ManagerOptions {
+        extra: "request_timeout_ms = 30000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\npool_size = 1\npool_wait_ms = 20000\n".into(),
+        ..Default::default()
+    });
     let lib = m.upload(functions_library());
     pool_ready(&m, 1);
     for round in 0..3 {

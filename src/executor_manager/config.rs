@@ -21,6 +21,9 @@
 //! max_allocations = 64            # live allocations at once (default: one per core)
 //! pool_size = 1                   # executor processes kept started ahead of allocations
 //!                                 # (default 1; 0 turns the pool off)
+//! pool_wait_ms = 20               # how long an allocation waits for a starting pooled
+//!                                 # process before it spawns a fresh one (default: twice the
+//!                                 # recent start time, at least 5 ms)
 //! oversubscribe = 1               # BENCHMARKS ONLY: each core counts N times (N executors
 //!                                 # share it); refused with a resource manager
 //! request_timeout_ms = 10000      # to send a request's head, and then its body
@@ -152,6 +155,7 @@ struct FileConfig {
     executor_connect_timeout_ms: Option<u64>,
     max_allocations: Option<u32>,
     pool_size: Option<usize>,
+    pool_wait_ms: Option<u64>,
     oversubscribe: Option<u32>,
     request_timeout_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
@@ -227,6 +231,9 @@ pub struct ManagerConfig {
     pub max_allocations: u32,
     /// Executor processes kept started ahead of allocations (0: none).
     pub pool_size: usize,
+    /// How long an allocation waits for a starting pooled process (`None`: twice the recent
+    /// start time, at least 5 ms).
+    pub pool_wait: Option<Duration>,
     /// How many executors may share one core (1: none; more only for benchmarks).
     pub oversubscribe: u32,
     /// Request head, then body.
@@ -315,6 +322,7 @@ impl ManagerConfig {
                 .pool_size
                 .or(file.pool_size)
                 .unwrap_or(DEFAULT_POOL_SIZE),
+            pool_wait: file.pool_wait_ms.map(Duration::from_millis),
             node,
             listen,
             provider,

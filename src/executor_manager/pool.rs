@@ -95,6 +95,8 @@ pub struct Pool {
     listen: String,
     /// Longest start-to-standby time before a starting process is killed.
     start_timeout: Duration,
+    /// How long an allocation waits for a starting process (`None`: adaptive).
+    wait: Option<Duration>,
     state: Mutex<State>,
     /// Woken when a starting process goes on standby or dies.
     changed: Notify,
@@ -110,10 +112,21 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The pool's time limits.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTiming {
+    /// Longest start-to-standby time before a starting process is killed.
+    pub start_timeout: Duration,
+    /// How long an allocation waits for a starting process (`None`: twice the recent start
+    /// time, at least 5 ms).
+    pub wait: Option<Duration>,
+}
+
 impl Pool {
     /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`, their
     /// fabric `provider` open and listening on `listen`; one that is not on standby within
-    /// `start_timeout` is killed. Nothing starts before [`Pool::refill`].
+    /// `timing.start_timeout` is killed; an allocation waits `timing.wait` for a starting one
+    /// (`None`: see [`Pool::take`]). Nothing starts before [`Pool::refill`].
     pub fn new(
         size: usize,
         exe: &Path,
@@ -121,8 +134,12 @@ impl Pool {
         cwd: &Path,
         provider: crate::rdma::Provider,
         listen: String,
-        start_timeout: Duration,
+        timing: PoolTiming,
     ) -> Arc<Pool> {
+        let PoolTiming {
+            start_timeout,
+            wait,
+        } = timing;
         Arc::new(Pool {
             size,
             exe: exe.to_path_buf(),
@@ -131,6 +148,7 @@ impl Pool {
             provider,
             listen,
             start_timeout,
+            wait,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
             closed: watch::channel(false).0,
@@ -315,9 +333,13 @@ impl Pool {
         });
     }
 
-    /// How long an allocation waits for a starting process: twice the recent start-to-standby
-    /// time, at least [`MIN_STARTING_WAIT`], at most the start timeout.
+    /// How long an allocation waits for a starting process: `pool_wait_ms` if configured, else
+    /// twice the recent start-to-standby time, at least [`MIN_STARTING_WAIT`]; at most the
+    /// start timeout.
     fn starting_wait(&self) -> Duration {
+        if let Some(wait) = self.wait {
+            return wait.min(self.start_timeout);
+        }
         let ns = match self.state().standby_ns {
             0 => FIRST_STANDBY_GUESS.as_nanos() as u64,
             ns => ns,
@@ -330,7 +352,8 @@ impl Pool {
     /// Takes a live pooled process (the caller refills the pool once its cold start is done);
     /// `None` when the pool is empty (it starts refilling then) or off: spawn a fresh one.
     /// With no process ready but one starting that no other caller waits for, it waits for
-    /// that one (bounded: twice the recent start-to-standby time, at least 5 ms).
+    /// that one (bounded: `pool_wait_ms`, else twice the recent start-to-standby time, at least
+    /// 5 ms).
     pub async fn take(self: &Arc<Self>) -> Option<Pooled> {
         if self.size == 0 {
             return None;

@@ -25,7 +25,7 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
-use super::pool::Pool;
+use super::pool::{Pool, PoolTiming};
 use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
@@ -277,7 +277,10 @@ impl Service {
             &cfg.run_dir,
             cfg.provider,
             executor_listen(&cfg),
-            cfg.executor_start_timeout,
+            PoolTiming {
+                start_timeout: cfg.executor_start_timeout,
+                wait: cfg.pool_wait,
+            },
         );
         if tokio::runtime::Handle::try_current().is_ok() {
             pool.refill();
