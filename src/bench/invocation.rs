@@ -368,8 +368,9 @@ pub struct ColdArgs {
     #[arg(long)]
     pub back_to_back: bool,
     /// Bursts of concurrent cold starts instead of one at a time, comma separated (1,8,32,64):
-    /// --repetitions rounds of each, one client thread per cold start (mode `cached` only;
-    /// give --hot-timeout 0 so that idle executors sleep).
+    /// --repetitions rounds of each, one client thread per cold start, after at most one
+    /// unmeasured round (--warmup 0 for none; mode `cached` only; give --hot-timeout 0 so that
+    /// idle executors sleep).
     #[arg(long, value_delimiter = ',')]
     pub bursts: Vec<usize>,
 }
