@@ -195,15 +195,17 @@ fn pin_main(cfg: &ExecutorConfig) {
     }
 }
 
-/// Gives the calling thread the cpuset the process had before its main thread was pinned
-/// (for helper threads started by a pinned thread; nothing when it was never pinned).
-fn unpin_current_thread() {
-    let Some(cpuset) = CPUSET.get() else {
-        return;
-    };
+/// Binds the calling helper thread (started by worker 0, whose binding it inherited) to the
+/// allocation's other cores, or to worker 0's when it has only one: never to cores the
+/// allocation did not rent (other tenants' cores).
+fn bind_helper_to_allocation(cores: &[u32]) {
+    let mine = if cores.len() > 1 { &cores[1..] } else { cores };
     let mut set = nix::sched::CpuSet::new();
-    for &c in cpuset {
-        let _ = set.set(c);
+    for &c in mine {
+        let _ = set.set(c as usize);
+    }
+    if mine.is_empty() {
+        return;
     }
     if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
         tracing::debug!("helper thread keeps its binding: {e}");
@@ -374,8 +376,8 @@ impl<W: Write + Send> Serve<'_, W> {
                     let spawned = std::thread::Builder::new()
                         .name("rfaas-billing".into())
                         .spawn_scoped(s, move || {
-                            // Not on worker 0's core, whose binding it inherited.
-                            unpin_current_thread();
+                            // Off worker 0's core where the allocation has others.
+                            bind_helper_to_allocation(&cfg.cores);
                             wait_served(served);
                             let b = Billing::<F>::connect(fabric, t, token)
                                 .inspect_err(|e| {
