@@ -195,17 +195,16 @@ fn pin_main(cfg: &ExecutorConfig) {
     }
 }
 
-/// Binds the calling helper thread (started by worker 0, whose binding it inherited) to the
-/// allocation's other cores, or to worker 0's when it has only one: never to cores the
-/// allocation did not rent (other tenants' cores).
+/// Binds the calling helper thread (started by worker 0, whose binding it inherited) to all of
+/// the allocation's cores: the scheduler may run it beside any of its workers, never on cores
+/// the allocation did not rent (other tenants' cores).
 fn bind_helper_to_allocation(cores: &[u32]) {
-    let mine = if cores.len() > 1 { &cores[1..] } else { cores };
-    let mut set = nix::sched::CpuSet::new();
-    for &c in mine {
-        let _ = set.set(c as usize);
-    }
-    if mine.is_empty() {
+    if cores.is_empty() {
         return;
+    }
+    let mut set = nix::sched::CpuSet::new();
+    for &c in cores {
+        let _ = set.set(c as usize);
     }
     if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
         tracing::debug!("helper thread keeps its binding: {e}");
@@ -376,7 +375,7 @@ impl<W: Write + Send> Serve<'_, W> {
                     let spawned = std::thread::Builder::new()
                         .name("rfaas-billing".into())
                         .spawn_scoped(s, move || {
-                            // Off worker 0's core where the allocation has others.
+                            // Not on worker 0's core alone, whose binding it inherited.
                             bind_helper_to_allocation(&cfg.cores);
                             wait_served(served);
                             let b = Billing::<F>::connect(fabric, t, token)
