@@ -4,59 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{cores, functions_library, rfaas_bin};
-
-/// A local cluster in a temporary directory, stopped on drop.
-struct LocalCluster {
-    dir: tempfile::TempDir,
-    run: PathBuf,
-}
-
-impl LocalCluster {
-    /// `nodes` executor managers of one core each, with a resource manager, on shm.
-    fn start(nodes: usize) -> LocalCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        let out = Command::new(rfaas_bin())
-            .args(["local-cluster", "start", "--provider", "shm", "--nodes"])
-            .arg(nodes.to_string())
-            .args(["--cores-per-node", "1", "--run-dir"])
-            .arg(&run)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "local-cluster start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        LocalCluster { dir, run }
-    }
-
-    fn cluster_file(&self) -> PathBuf {
-        self.run.join("cluster.json")
-    }
-
-    fn library(&self) -> PathBuf {
-        let path = self.dir.path().join("libfunctions.so");
-        if !path.exists() {
-            std::fs::write(&path, functions_library()).unwrap();
-        }
-        path
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(rfaas_bin())
-            .args(["local-cluster", "stop", "--run-dir"])
-            .arg(&self.run)
-            .output();
-    }
-}
+use common::cores;
+use common::local_cluster::LocalCluster;
 
 /// Runs a benchmark binary to its end (its calls time out after 10 s, so it cannot hang).
 fn run_bench(bin: &str, cluster: &LocalCluster, output: &Path, extra: &[&str]) -> Output {
@@ -110,7 +62,11 @@ fn placements(stderr: &str) -> (Vec<(&'static str, usize)>, bool) {
 fn warm_and_cold_benchmarks_keep_the_client_off_their_workers() {
     let allowed: Vec<usize> = cores().into_iter().map(|c| c as usize).collect();
     let nodes = allowed.len().min(2);
-    let cluster = LocalCluster::start(nodes);
+    // `nodes` executor managers of one core each, with a resource manager.
+    let cluster = LocalCluster::start(
+        &[],
+        &["--nodes", &nodes.to_string(), "--cores-per-node", "1"],
+    );
     // The local cluster gives its managers the first `nodes` cores of the cpuset, one each.
     let manager_cores = &allowed[..nodes];
     let out_dir = tempfile::tempdir().unwrap();

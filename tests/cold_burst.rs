@@ -10,10 +10,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{functions_library, rfaas_bin};
+use common::local_cluster::LocalCluster;
 
 /// The columns of a cold_benchmark row this test reads.
 #[derive(Debug, serde::Deserialize)]
@@ -31,72 +31,43 @@ struct Row {
     client_ns: u64,
 }
 
-/// A local shm cluster renting one core with `manager_config`, stopped on drop.
-struct LocalCluster {
-    dir: tempfile::TempDir,
-    run: PathBuf,
+/// A local shm cluster renting one core with `manager_config`, without a resource manager.
+fn start(manager_config: &str) -> LocalCluster {
+    LocalCluster::start(
+        &[("em.toml", manager_config)],
+        &[
+            "--cores-per-node",
+            "1",
+            "--no-resource-manager",
+            "--manager-config",
+            "{dir}/em.toml",
+        ],
+    )
 }
 
-impl LocalCluster {
-    fn start(manager_config: &str) -> LocalCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path().join("run");
-        let cfg = dir.path().join("em.toml");
-        std::fs::write(&cfg, manager_config).unwrap();
-        let out = Command::new(rfaas_bin())
-            .args(["local-cluster", "start", "--provider", "shm"])
-            .args(["--cores-per-node", "1", "--no-resource-manager"])
-            .arg("--manager-config")
-            .arg(&cfg)
-            .arg("--run-dir")
-            .arg(&run)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "local-cluster start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        LocalCluster { dir, run }
-    }
-
-    /// Runs cold_benchmark with `extra` flags to its end (calls time out after 10 s); its rows.
-    fn cold_benchmark(&self, name: &str, extra: &[&str]) -> Vec<Row> {
-        let library = self.dir.path().join("libfunctions.so");
-        if !library.exists() {
-            std::fs::write(&library, functions_library()).unwrap();
-        }
-        let csv = self.dir.path().join(format!("{name}.csv"));
-        let out = Command::new(env!("CARGO_BIN_EXE_cold_benchmark"))
-            .arg("--cluster")
-            .arg(self.run.join("cluster.json"))
-            .arg("--library")
-            .arg(&library)
-            .arg("--output")
-            .arg(&csv)
-            .args(["--function", "empty", "--modes", "cached", "--sizes", "64"])
-            .args(["--timeout-s", "10"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cold_benchmark {extra:?}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        read_rows(&csv)
-    }
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(rfaas_bin())
-            .args(["local-cluster", "stop", "--run-dir"])
-            .arg(&self.run)
-            .output();
-    }
+/// Runs cold_benchmark against `cluster` with `extra` flags to its end (calls time out after
+/// 10 s); its rows.
+fn cold_benchmark(cluster: &LocalCluster, name: &str, extra: &[&str]) -> Vec<Row> {
+    let csv = cluster.dir.path().join(format!("{name}.csv"));
+    let out = Command::new(env!("CARGO_BIN_EXE_cold_benchmark"))
+        .arg("--cluster")
+        .arg(cluster.cluster_file())
+        .arg("--library")
+        .arg(cluster.library())
+        .arg("--output")
+        .arg(&csv)
+        .args(["--function", "empty", "--modes", "cached", "--sizes", "64"])
+        .args(["--timeout-s", "10"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cold_benchmark {extra:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_rows(&csv)
 }
 
 fn read_rows(path: &Path) -> Vec<Row> {
@@ -118,8 +89,8 @@ fn assert_phases_add_up(rows: &[Row]) {
 
 #[test]
 fn one_at_a_time_every_cold_start_is_served_from_a_full_pool() {
-    let cluster = LocalCluster::start("pool_size = 1\n");
-    let rows = cluster.cold_benchmark("single", &["--repetitions", "4", "--warmup", "1"]);
+    let cluster = start("pool_size = 1\n");
+    let rows = cold_benchmark(&cluster, "single", &["--repetitions", "4", "--warmup", "1"]);
     assert_eq!(rows.len(), 4, "{rows:?}");
     for r in &rows {
         assert_eq!(
@@ -133,8 +104,9 @@ fn one_at_a_time_every_cold_start_is_served_from_a_full_pool() {
 
 #[test]
 fn bursts_of_concurrent_cold_starts_on_an_oversubscribed_core() {
-    let cluster = LocalCluster::start("pool_size = 2\noversubscribe = 4\n");
-    let rows = cluster.cold_benchmark(
+    let cluster = start("pool_size = 2\noversubscribe = 4\n");
+    let rows = cold_benchmark(
+        &cluster,
         "bursts",
         &[
             "--bursts",

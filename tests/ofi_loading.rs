@@ -130,29 +130,17 @@ fn an_ofi_executor_killed_with_sigkill_leaves_no_shm_region_once_reaped() {
 #[cfg(feature = "libfabric")]
 #[test]
 fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
-    let exe = env!("CARGO_BIN_EXE_rfaas");
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let out = Command::new(exe)
-        .args([
-            "local-cluster",
-            "start",
-            "--provider",
-            "shm",
+    let cluster = common::local_cluster::LocalCluster::start(
+        &[],
+        &[
             "--nodes",
             "1",
-        ])
-        .args([
             "--cores-per-node",
             "1",
             "--no-resource-manager",
-            "--run-dir",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "local-cluster start: {out:?}");
-    let pids = std::fs::read_to_string(run.join("pids")).unwrap();
+        ],
+    );
+    let pids = std::fs::read_to_string(cluster.run.join("pids")).unwrap();
     let manager: u32 = pids
         .split_whitespace()
         .next()
@@ -166,11 +154,7 @@ fn local_cluster_stop_removes_the_shm_regions_of_what_it_stopped() {
     for f in [&left_by_manager, &other_shape] {
         std::fs::write(f, b"region").unwrap();
     }
-    let out = Command::new(exe)
-        .args(["local-cluster", "stop", "--run-dir"])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let out = cluster.stop();
     let still = |f: &str| std::path::Path::new(f).exists();
     let (gone, other) = (!still(&left_by_manager), still(&other_shape));
     for f in [&left_by_manager, &other_shape] {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod black_scholes;
+pub mod local_cluster;
 
 use std::fs;
 use std::io::{Read, Write};
