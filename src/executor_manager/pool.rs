@@ -430,8 +430,7 @@ impl Pool {
         let pids: Vec<u32> = pids.into_iter().filter(|&p| p != 0).collect();
         let gone = async {
             for &pid in &pids {
-                while std::path::Path::new(&format!("/proc/{pid}/stat")).exists() && !is_zombie(pid)
-                {
+                while crate::cluster::procs::alive(pid as i32) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             }
@@ -500,17 +499,6 @@ async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<(), String> {
         Ok(ExecutorEvent::Standby) => Ok(()),
         _ => Err(format!("printed {text:?} instead of standby")),
     }
-}
-
-/// Whether `pid` is a zombie (dead, not yet reaped).
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true)
 }
 
 /// Resident memory of `pid`, bytes (0 if it is gone).

@@ -51,13 +51,10 @@ fn dead(pid: u32) -> bool {
 
 /// Whether `/proc/<pid>` says zombie and lists no thread but the (exited) main one.
 fn zombie_without_threads(pid: u32) -> bool {
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let zombie = i32::try_from(pid)
         .ok()
-        .and_then(|s| {
-            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
-            Some(state == "Z" || state == "X")
-        })
-        .unwrap_or(false);
+        .and_then(crate::cluster::procs::stat)
+        .is_some_and(|s| s.state == 'Z' || s.state == 'X');
     zombie
         && std::fs::read_dir(format!("/proc/{pid}/task"))
             .map(|d| d.count() <= 1)
