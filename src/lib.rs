@@ -67,6 +67,7 @@ pub mod executor;
 pub mod executor_manager;
 pub mod function;
 pub mod http;
+pub mod http_agent;
 pub mod logging;
 pub mod manager_process;
 #[cfg(feature = "mpi")]

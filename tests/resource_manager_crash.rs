@@ -88,11 +88,12 @@ fn client(
     tag: String,
     stop: Arc<AtomicBool>,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(common::NO_HANG))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = rfaas::http_agent::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(common::NO_HANG))
+            .http_status_as_error(false)
+            .build(),
+    );
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         n += 1;

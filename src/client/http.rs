@@ -46,12 +46,13 @@ impl ApiClient {
         } else {
             format!("http://{http}")
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .timeout_connect(Some(connect))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::http_agent::agent(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .timeout_connect(Some(connect))
+                .http_status_as_error(false)
+                .build(),
+        );
         let label = if what.is_empty() {
             base.clone()
         } else {

@@ -366,11 +366,12 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 fn healthy(http: &str) -> bool {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(1)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::http_agent::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(1)))
+            .http_status_as_error(false)
+            .build(),
+    );
     agent
         .get(format!("http://{http}/v1/health"))
         .call()

@@ -32,11 +32,12 @@ pub fn query(
     secret: &str,
     timeout: Duration,
 ) -> Result<ManagerStatus, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = crate::http_agent::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build(),
+    );
     let mut resp = agent
         .get(format!("http://{}/v1/status", entry.http))
         .header("Authorization", &format!("Bearer {secret}"))

@@ -96,12 +96,13 @@ impl RmLink {
         } else {
             format!("http://{addr}")
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(5)))
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let agent = crate::http_agent::agent(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(5)))
+                .timeout_connect(Some(Duration::from_secs(2)))
+                .http_status_as_error(false)
+                .build(),
+        );
         RmLink {
             base,
             auth: format!("Bearer {secret}"),

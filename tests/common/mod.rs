@@ -296,11 +296,12 @@ pub fn http_as(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = rfaas::http_agent::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build(),
+    );
     let url = format!("http://{addr}{path}");
     let mut req = ureq::http::Request::builder().method(method).uri(&url);
     if let Some(a) = authorization {

@@ -82,10 +82,11 @@ impl Api {
 /// An HTTP agent of its own (keeping up to 4 connections to the manager), whose answers are
 /// read whatever their status.
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(60)))
-        .http_status_as_error(false)
-        .max_idle_connections_per_host(4)
-        .build()
-        .into()
+    crate::http_agent::agent(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(60)))
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(4)
+            .build(),
+    )
 }
