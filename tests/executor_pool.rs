@@ -9,6 +9,9 @@
 //! * A pooled process counts as ready only once its fabric listens (it said so on standby),
 //!   and an allocation that comes while the pool's process is still starting waits for it
 //!   instead of spawning another.
+//! * Through the client (which asks for it), an allocation from the pool is answered as soon
+//!   as its executor has the configuration; a fresh spawn only once it is ready. A pooled
+//!   executor that then fails to start fails the allocation with its reason all the same.
 //! * `oversubscribe = N` rents each core N times (benchmarks only) and is refused together
 //!   with a resource manager.
 
@@ -20,7 +23,7 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rfaas::client::{AllocationSpec, ClientOptions, Executor, ManagerClient};
+use rfaas::client::{AllocationSpec, ClientError, ClientOptions, Executor, ManagerClient};
 use rfaas::control::executor_manager_api::Allocation;
 
 const DID_NOT_HANG: Duration = Duration::from_secs(20);
@@ -113,6 +116,60 @@ fn a_pooled_executor_serves_invocations_and_only_its_client() {
         exec.deallocate().unwrap();
     }
     assert_ne!(pids[0], pids[1]);
+}
+
+/// The client asks for an early answer: a pooled executor is answered once it has its
+/// configuration (it loads the library while the client connects), a fresh one once ready;
+/// either serves. A pooled executor whose start fails (a function its library lacks) fails
+/// the allocation with the executor's own reason, and the core comes back.
+#[test]
+fn a_pooled_executor_is_answered_early_and_its_failed_start_still_reaches_the_client() {
+    for size in [1, 0] {
+        let m = manager_with_pool(size);
+        if size > 0 {
+            pool_ready(&m, size);
+        }
+        let manager = ManagerClient::new(&m.http, &m.secret);
+        let spec = AllocationSpec::new(functions_library().to_vec(), &["echo"]);
+        let fabric = rfaas::rdma::shm::ShmFabric::new().unwrap();
+        let exec = Executor::allocate(fabric, &manager, &spec, ClientOptions::default())
+            .expect("allocate through the client");
+        let a = exec.allocation().clone();
+        assert_eq!((a.pooled, a.early), (size > 0, size > 0), "{a:?}");
+        if a.early {
+            assert_eq!(a.code_load_ns, 0, "not known when answered early: {a:?}");
+            assert!(a.ready_within_ms > 0, "{a:?}");
+        }
+        let echo = exec.function("echo").unwrap();
+        let mut out = vec![0u8; 128];
+        let n = exec.invoke(echo, b"early", &mut out).unwrap();
+        assert_eq!(&out[..n], b"early");
+        // Connected and answered: the manager has seen it ready.
+        assert_eq!(manager.allocation(a.id).unwrap().state, "running");
+        exec.deallocate().unwrap();
+
+        if size > 0 {
+            pool_ready(&m, size);
+        }
+        let bad = AllocationSpec::new(functions_library().to_vec(), &["no_such_function"]);
+        let fabric = rfaas::rdma::shm::ShmFabric::new().unwrap();
+        let err = Executor::allocate(fabric, &manager, &bad, ClientOptions::default())
+            .err()
+            .expect("a function the library lacks fails the allocation");
+        match &err {
+            ClientError::Manager {
+                status, message, ..
+            } => {
+                assert_eq!(*status, 422, "{err:?}");
+                assert!(message.contains("no_such_function"), "{err:?}");
+            }
+            other => panic!("pool {size}: expected the manager's refusal, got {other:?}"),
+        }
+        wait_for(DID_NOT_HANG, "the core to come back", || {
+            let st = m.status();
+            (st.cores_free == st.cores_total).then_some(())
+        });
+    }
 }
 
 #[test]

@@ -262,6 +262,7 @@ fn raw_request(library: &str, assets: Vec<AssetRef>) -> AllocationRequest {
         hot_timeout_ms: 0,
         lease: None,
         client: "function_assets test".into(),
+        early_answer: false,
         assets,
     }
 }

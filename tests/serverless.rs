@@ -302,6 +302,7 @@ fn a_wrong_token_is_rejected() {
         hot_timeout_ms: 0,
         lease: None,
         client: "test".into(),
+        early_answer: false,
         assets: Vec::new(),
     };
     let alloc = client.allocate(&req).unwrap();

@@ -164,6 +164,7 @@ impl AllocationSpec {
             hot_timeout_ms: self.hot_timeout_ms,
             lease: self.lease.clone(),
             client,
+            early_answer: false,
             assets: self
                 .assets
                 .iter()
@@ -458,7 +459,10 @@ impl<F: Fabric> Executor<F> {
         let t0 = Instant::now();
         // The allocation first: a library the manager has cached (the usual case) costs no
         // exchange of its own. An unknown library or asset is a 404: upload them, then ask again.
-        let req = spec.request(format!("pid {}", std::process::id()));
+        let mut req = spec.request(format!("pid {}", std::process::id()));
+        // A pooled executor is answered once it has its configuration: the library loads
+        // while this client connects (a failed start is asked for below).
+        req.early_answer = true;
         let allocation = match manager.allocate(&req) {
             Err(ClientError::Manager { status: 404, .. }) => {
                 manager.upload_for(spec)?;
@@ -467,13 +471,19 @@ impl<F: Fabric> Executor<F> {
             other => other?,
         };
         let request_ns = t0.elapsed().as_nanos() as u64;
-        let (id, token) = (allocation.id, allocation.token.clone());
+        let (id, token, early) = (allocation.id, allocation.token.clone(), allocation.early);
         match Self::connect(fabric, Some(manager.clone()), allocation, spec, None, opts) {
             Ok(mut e) => {
                 e.timings.request_ns = request_ns;
                 Ok(e)
             }
             Err(err) => {
+                // Answered before it was ready: the connection fails when the executor does,
+                // and its manager says why.
+                let err = match early {
+                    true => manager.start_failure(id, DEATH_REPORT_WAIT).unwrap_or(err),
+                    false => err,
+                };
                 let _ = manager.deallocate(id, &token);
                 Err(err)
             }
@@ -505,6 +515,12 @@ impl<F: Fabric> Executor<F> {
             .ok_or_else(|| ClientError::Config("malformed allocation token".into()))?;
         let all: Vec<usize> = (0..allocation.workers.len()).collect();
         let chosen = workers.unwrap_or(&all);
+        // An executor answered before it was ready accepts once it is: that may take it up to
+        // its manager's start timeout.
+        let timeout = match allocation.early {
+            true => opts.connect_timeout + Duration::from_millis(allocation.ready_within_ms),
+            false => opts.connect_timeout,
+        };
         let t1 = Instant::now();
         let conns = chosen
             .iter()
@@ -514,8 +530,15 @@ impl<F: Fabric> Executor<F> {
                         "allocation has no worker {w}"
                     )));
                 }
-                connect_worker(&fabric, &allocation.address, &token, w as u32, spec, &opts)
-                    .map(Mutex::new)
+                connect_worker(
+                    &fabric,
+                    &allocation.address,
+                    &token,
+                    w as u32,
+                    spec,
+                    timeout,
+                )
+                .map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let timings = AllocationTimings {
@@ -816,7 +839,7 @@ fn connect_worker<F: Fabric>(
     token: &[u8; TOKEN_LEN],
     worker: u32,
     spec: &AllocationSpec,
-    opts: &ClientOptions,
+    timeout: Duration,
 ) -> Result<Conn<F>, ClientError> {
     let slots = spec.slots.clamp(1, crate::protocol::MAX_SLOTS);
     let stride = HEADER_LEN + spec.input_capacity as usize;
@@ -834,7 +857,7 @@ fn connect_worker<F: Fabric>(
         worker,
     }
     .encode();
-    let (qp, pd) = fabric.connect(address, init, &recvs, &hello, opts.connect_timeout)?;
+    let (qp, pd) = fabric.connect(address, init, &recvs, &hello, timeout)?;
     let remote = WorkerAccept::decode(&pd)
         .ok_or_else(|| ClientError::Config("worker sent malformed accept data".into()))?;
     if remote.slots < slots || (remote.stride as usize) < stride {

@@ -196,6 +196,30 @@ impl ManagerClient {
         )
     }
 
+    /// Why allocation `id`, answered before its executor was ready
+    /// ([`Allocation::early`](crate::control::executor_manager_api::Allocation::early)), failed
+    /// to start, once the manager knows (asked within `wait`): the error its allocation request
+    /// would have had (422, or [`ClientError::InitFailed`]). `None` when it did not fail to
+    /// start, or the manager could not tell in time.
+    pub fn start_failure(&self, id: u64, wait: Duration) -> Option<ClientError> {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.allocation_within(id, left.max(Duration::from_millis(1))) {
+                Ok(s) if s.state == "failed" => {
+                    let message = s
+                        .reason
+                        .unwrap_or_else(|| "the executor failed to start".into());
+                    return Some(self.api.failure(422, message, s.code.as_deref()));
+                }
+                Ok(s) if s.state == "starting" && !left.is_zero() => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// The manager's cores, memory and allocations.
     pub fn status(&self) -> Result<ManagerStatus, ClientError> {
         self.api.get("/v1/status")

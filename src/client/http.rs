@@ -122,7 +122,14 @@ impl ApiClient {
             },
             Err(e) => (e.to_string(), None),
         };
-        if code.as_deref() == Some(INIT_FAILED_CODE) {
+        self.failure(resp.status().as_u16(), message, code.as_deref())
+    }
+
+    /// The service's refusal `message` (HTTP `status`, error `code`) as a [`ClientError`]:
+    /// [`ClientError::InitFailed`] for a library's failed init function, else
+    /// [`ClientError::Manager`].
+    pub(crate) fn failure(&self, status: u16, message: String, code: Option<&str>) -> ClientError {
+        if code == Some(INIT_FAILED_CODE) {
             return ClientError::InitFailed {
                 manager: self.label.clone(),
                 message,
@@ -130,7 +137,7 @@ impl ApiClient {
         }
         ClientError::Manager {
             manager: self.label.clone(),
-            status: resp.status().as_u16(),
+            status,
             message,
         }
     }

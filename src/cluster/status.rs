@@ -384,6 +384,7 @@ mod tests {
                 id: 3,
                 state: "exited".into(),
                 reason: Some("killed by signal 11 (SIGSEGV)".into()),
+                code: None,
                 cores: vec![0],
                 execution_ns: 1500,
                 hot_polling_ns: 0,

@@ -110,6 +110,12 @@ pub struct AllocationRequest {
     /// Free text naming the client, for logs.
     #[serde(default)]
     pub client: String,
+    /// Answer as soon as an executor from the manager's pool has its configuration, before it
+    /// has loaded the library (see [`Allocation::early`]): the library then loads while the
+    /// client connects. Only pooled executors are answered early; a client asking for it must
+    /// learn a failed start from the allocation's state when its connection fails.
+    #[serde(default)]
+    pub early_answer: bool,
     /// Named assets for the library's init function, in the order the client listed them
     /// (none: nothing is passed; a library without init ignores them).
     #[serde(default)]
@@ -149,6 +155,17 @@ pub struct Allocation {
     /// spawned fresh for this allocation).
     #[serde(default)]
     pub pooled: bool,
+    /// Answered before the executor was ready (asked for with
+    /// [`AllocationRequest::early_answer`]): it has its configuration and listens, and accepts
+    /// connections once it has loaded the library. `spawn_ns` is then the hand-over and
+    /// `code_load_ns` 0 (the library loads while the client connects). A start that fails
+    /// shows in the allocation's state (`GET /v1/allocations/{id}`: `failed`, with the reason).
+    #[serde(default)]
+    pub early: bool,
+    /// With `early`: the longest the executor may take to become ready (the manager's start
+    /// timeout, milliseconds); a client's connection waits that long on top of its own timeout.
+    #[serde(default)]
+    pub ready_within_ms: u64,
 }
 
 /// State of an allocation, as the executor manager sees it.
@@ -161,6 +178,10 @@ pub struct AllocationStatus {
     /// Why the executor ended, when it did.
     #[serde(default)]
     pub reason: Option<String>,
+    /// [`INIT_FAILED_CODE`] when it failed to start because the library's init function
+    /// refused (the reason is then the library's message).
+    #[serde(default)]
+    pub code: Option<String>,
     /// Cores it holds (or held), one per worker in worker order: worker `i` is pinned to
     /// `cores[i]`.
     pub cores: Vec<u32>,
@@ -298,7 +319,12 @@ pub enum ExecutorEvent {
     /// A pooled executor (started with `RFAAS_EXECUTOR_STANDBY`) has exec'd, opened its
     /// fabric domain and listens: it waits for its configuration. Printed once, before anything
     /// else; the pool counts the process ready only from this line on.
-    Standby,
+    Standby {
+        /// The fabric address it listens on (clients may connect before it is ready: their
+        /// connection is accepted once it is).
+        #[serde(default)]
+        address: Option<String>,
+    },
     /// Every worker is connected and the first invocation was answered (printed after
     /// [`ExecutorEvent::Ready`]): the manager starts a pooled replacement only now, so that the
     /// replacement's start does not compete for the cores with this cold start.

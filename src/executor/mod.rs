@@ -81,7 +81,9 @@ pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 
 /// Environment variable that makes an executor started with [`EARLY_PROVIDER_ENV`] print
 /// [`ExecutorEvent::Standby`] once its fabric is open and listening (set by the executor pool,
-/// which counts the process ready only then; a fresh spawn does not print it).
+/// which counts the process ready only then; a fresh spawn does not print it). Its value is the
+/// manager's rentable cores (a cpulist such as `0-3,8`): the process waits for its configuration
+/// on them.
 pub const EARLY_STANDBY_ENV: &str = "RFAAS_EXECUTOR_STANDBY";
 
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
@@ -146,8 +148,10 @@ impl FabricUser for Early {
             Some(a) => Some(fabric.listen(a)?),
             None => None,
         };
-        if std::env::var_os(EARLY_STANDBY_ENV).is_some() {
-            report(&mut std::io::stdout(), &ExecutorEvent::Standby);
+        if let Ok(cores) = std::env::var(EARLY_STANDBY_ENV) {
+            wait_on(&cores);
+            let address = early.as_ref().map(|l| l.local_addr());
+            report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
         }
         let cfg = read_config()?;
         tracing::debug!(allocation = cfg.allocation, "configuration read");
@@ -176,8 +180,40 @@ impl FabricUser for Early {
 
 type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
 
-/// The cores this process was allowed before its main thread pinned itself.
+/// The cores this process was allowed before its main thread narrowed or pinned itself.
 static CPUSET: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+/// Whether the main thread has pinned itself to its first core.
+static MAIN_PINNED: AtomicBool = AtomicBool::new(false);
+
+/// [`CPUSET`], read the first time.
+fn cpuset() -> &'static [usize] {
+    CPUSET.get_or_init(crate::pin::allowed_cores)
+}
+
+/// While a pooled executor waits for its configuration, its main thread runs only on the
+/// rentable cores (`list`, a cpulist from the pool; those of them it may use): woken by its
+/// configuration it is then on a rentable core, with one rentable core exactly the one it pins
+/// to, and pinning moves nothing. Moving a running thread to another core costs a migration
+/// and, on a VM, the wake-up of that core: tens of microseconds on a cold start's path.
+fn wait_on(list: &str) {
+    let allowed = cpuset();
+    let Ok(cores) = crate::executor_manager::config::parse_cpulist(list) else {
+        return;
+    };
+    let mut set = nix::sched::CpuSet::new();
+    let mut any = false;
+    for c in cores.into_iter().map(|c| c as usize) {
+        if allowed.contains(&c) && set.set(c).is_ok() {
+            any = true;
+        }
+    }
+    if any {
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            tracing::debug!("standby on all allowed cores: {e}");
+        }
+    }
+}
 
 /// Pins the main thread, which becomes worker 0, to the first core (once): from then on
 /// neither loading the library nor the first invocation waits for a migration. Call it once
@@ -187,10 +223,11 @@ fn pin_main(cfg: &ExecutorConfig) {
     let Some(&core) = cfg.cores.first() else {
         return;
     };
-    if CPUSET.set(crate::pin::allowed_cores()).is_err() {
+    let cpuset = cpuset();
+    if MAIN_PINNED.swap(true, Ordering::AcqRel) {
         return; // pinned already
     }
-    if let Err(e) = crate::pin::pin_current_thread(core as usize) {
+    if let Err(e) = crate::pin::pin_current_thread_within(core as usize, cpuset) {
         tracing::warn!(core, "not pinned: {e}");
     }
 }

@@ -59,6 +59,8 @@ pub struct Pooled {
     pub child: Child,
     /// The log its standard error goes to (rename it to the allocation's).
     pub log: PathBuf,
+    /// The fabric address it listens on, as its standby report said.
+    pub address: Option<String>,
 }
 
 /// A ready pooled process, as the pool holds it: its watcher owns the process.
@@ -91,8 +93,8 @@ pub struct Pool {
     logs: PathBuf,
     cwd: PathBuf,
     provider: crate::rdma::Provider,
-    /// The fabric address executors listen on (`fabric_host:0`), before their allocation.
-    listen: String,
+    /// Where its processes wait for their allocation.
+    standby: StandbyAt,
     /// Longest start-to-standby time before a starting process is killed.
     start_timeout: Duration,
     /// How long an allocation waits for a starting process (`None`: adaptive).
@@ -112,6 +114,16 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// Where pooled processes wait for their allocation.
+#[derive(Debug, Clone)]
+pub struct StandbyAt {
+    /// The fabric address they listen on (`fabric_host:0`).
+    pub listen: String,
+    /// The cores allocations are rented from: they wait on those (see
+    /// [`spawn::spawn_executor`]).
+    pub cores: Vec<u32>,
+}
+
 /// The pool's time limits.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTiming {
@@ -124,7 +136,7 @@ pub struct PoolTiming {
 
 impl Pool {
     /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`, their
-    /// fabric `provider` open and listening on `listen`; one that is not on standby within
+    /// fabric `provider` open, waiting as `standby` says; one that is not on standby within
     /// `timing.start_timeout` is killed; an allocation waits `timing.wait` for a starting one
     /// (`None`: see [`Pool::take`]). Nothing starts before [`Pool::refill`].
     pub fn new(
@@ -133,7 +145,7 @@ impl Pool {
         logs: &Path,
         cwd: &Path,
         provider: crate::rdma::Provider,
-        listen: String,
+        standby: StandbyAt,
         timing: PoolTiming,
     ) -> Arc<Pool> {
         let PoolTiming {
@@ -146,7 +158,7 @@ impl Pool {
             logs: logs.to_path_buf(),
             cwd: cwd.to_path_buf(),
             provider,
-            listen,
+            standby,
             start_timeout,
             wait,
             state: Mutex::new(State::default()),
@@ -201,8 +213,8 @@ impl Pool {
                 &log,
                 &self.cwd,
                 self.provider,
-                &self.listen,
-                true,
+                &self.standby.listen,
+                Some(&self.standby.cores),
             );
             let child = match spawned {
                 Ok(c) => c,
@@ -240,7 +252,7 @@ impl Pool {
             // Starting: until it is on standby (or dies, or times out, or the pool closes).
             let standby = tokio::select! {
                 r = tokio::time::timeout(timeout, read_standby(stdout.as_mut())) => match r {
-                    Ok(Ok(())) => Ok(()),
+                    Ok(Ok(address)) => Ok(address),
                     Ok(Err(why)) => Err(why),
                     Err(_) => Err(format!("was not on standby within {timeout:?}")),
                 },
@@ -255,7 +267,7 @@ impl Pool {
                 let mut st = pool.state();
                 forget_starting(&mut st, pid);
                 match &standby {
-                    Ok(()) if !st.closed => {
+                    Ok(_) if !st.closed => {
                         let ns = forked.elapsed().as_nanos() as u64;
                         st.standby_ns = match st.standby_ns {
                             0 => ns,
@@ -270,7 +282,7 @@ impl Pool {
                         );
                         None
                     }
-                    Ok(()) => Some(String::new()),
+                    Ok(_) => Some(String::new()),
                     Err(why) => {
                         if !st.closed {
                             st.died += 1;
@@ -320,7 +332,8 @@ impl Pool {
                     Ok(reply) => {
                         child.stdin = stdin;
                         child.stdout = stdout;
-                        let _ = reply.send(Pooled { child, log });
+                        let address = standby.ok().flatten();
+                        let _ = reply.send(Pooled { child, log, address });
                     }
                     Err(_) => {
                         let _ = child.start_kill();
@@ -481,7 +494,7 @@ fn forget_starting(st: &mut State, pid: u32) {
 
 /// Reads a pooled process's first line, byte by byte (what follows stays in the pipe for the
 /// allocation), and checks that it is [`ExecutorEvent::Standby`].
-async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<(), String> {
+async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<Option<String>, String> {
     let Some(out) = stdout else {
         return Err("has no standard output".into());
     };
@@ -496,7 +509,7 @@ async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<(), String> {
     }
     let text = String::from_utf8_lossy(&line);
     match serde_json::from_str::<ExecutorEvent>(text.trim()) {
-        Ok(ExecutorEvent::Standby) => Ok(()),
+        Ok(ExecutorEvent::Standby { address }) => Ok(address),
         _ => Err(format!("printed {text:?} instead of standby")),
     }
 }

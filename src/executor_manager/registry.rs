@@ -100,6 +100,8 @@ pub struct Record {
     pub error: Option<String>,
     /// Final billing (execution ns, hot-polling ns), once ended.
     pub billing: (u64, u64),
+    /// It failed to start because the library's init function refused.
+    pub init_failed: bool,
 }
 
 impl Record {
@@ -326,6 +328,7 @@ impl Registry {
                 reason: None,
                 error: None,
                 billing: (0, 0),
+                init_failed: false,
             },
         );
         Ok(Reservation {
@@ -379,6 +382,14 @@ impl Registry {
         Some(self.end(id, State::Failed, (0, 0), now))
     }
 
+    /// The start of `id` failed because the library's init function refused (its status says
+    /// so, for a client answered before the executor was ready).
+    pub fn init_failed(&mut self, id: u64) {
+        if let Some(r) = self.records.get_mut(&id) {
+            r.init_failed = true;
+        }
+    }
+
     /// The executor of `id` reported a failure while running (e.g. its client never connected);
     /// it becomes part of the reason when the process exits.
     pub fn report_error(&mut self, id: u64, error: &str) {
@@ -425,6 +436,8 @@ impl Registry {
             _ => return None,
         };
         r.reason = Some(match (&r.error, state) {
+            // The library's own words, as its allocation request would have had them.
+            (Some(e), _) if r.init_failed => e.clone(),
             (Some(e), _) => format!("{e} (executor {how})"),
             (None, State::Failed) => format!("executor {how} before it was ready"),
             (None, _) => how.to_string(),

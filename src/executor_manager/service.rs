@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, AssetRef, ExecutorAsset, ExecutorConfig,
-    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, TOKEN_LEN,
+    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, INIT_FAILED_CODE, TOKEN_LEN,
 };
 use crate::control::secret::new_token;
 use crate::function::ContentHash;
@@ -25,7 +25,7 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
-use super::pool::{Pool, PoolTiming};
+use super::pool::{Pool, PoolTiming, StandbyAt};
 use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
@@ -200,6 +200,11 @@ struct Spawned {
     handle: ExecutorHandle,
     /// Taken from the pool (not spawned for this allocation).
     pooled: bool,
+    /// Where a pooled executor listens, as its standby report said.
+    address: Option<String>,
+    /// A pooled executor's log, renamed to `log` once its configuration went out (the
+    /// rename is off the cold start's path).
+    pool_log: Option<PathBuf>,
     /// It took no configuration or closed its output without a word (it died).
     silent: bool,
 }
@@ -276,7 +281,10 @@ impl Service {
             &logs,
             &cfg.run_dir,
             cfg.provider,
-            executor_listen(&cfg),
+            StandbyAt {
+                listen: executor_listen(&cfg),
+                cores: order.cores.clone(),
+            },
             PoolTiming {
                 start_timeout: cfg.executor_start_timeout,
                 wait: cfg.pool_wait,
@@ -514,7 +522,35 @@ impl Service {
             us = t0.elapsed().as_micros() as u64,
             "executor process in hand"
         );
-        let outcome = self.wait_ready(&mut child, &exec_cfg).await;
+        // Asked for, and a pooled executor says where it listens: answer once it has its
+        // configuration; its ready report is awaited in the background.
+        let early = req.early_answer.then(|| child.address.clone()).flatten();
+        let outcome = match early {
+            Some(address) => match self.hand_over(&mut child, &exec_cfg).await {
+                Ok(since) => {
+                    let spawn_ns = t0.elapsed().as_nanos() as u64;
+                    let mut answer =
+                        self.answer(&res, exec_cfg.token, child.pid, address, spawn_ns, 0);
+                    answer.pooled = true;
+                    answer.early = true;
+                    answer.ready_within_ms = self.cfg.executor_start_timeout.as_millis() as u64;
+                    tracing::info!(
+                        allocation = id,
+                        pid = child.pid,
+                        "executor has its configuration: answered before it is ready"
+                    );
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = me.await_ready(&mut child, since).await {
+                            me.abandon(child.id, child, err).await;
+                        }
+                    });
+                    return Ok(answer);
+                }
+                Err(e) => Err(e),
+            },
+            None => self.wait_ready(&mut child, &exec_cfg).await,
+        };
         match outcome {
             Ok((address, code_load_ns)) => {
                 let spawn_ns = t0.elapsed().as_nanos() as u64;
@@ -699,8 +735,10 @@ impl Service {
         let id = res.id;
         let log = self.logs.join(format!("executor-{id}.log"));
         let taken = if pool { self.pool.take().await } else { None };
+        let (mut address, mut pool_log) = (None, None);
         let pooled = taken.map(|p| {
-            let _ = std::fs::rename(&p.log, &log);
+            address = p.address;
+            pool_log = Some(p.log);
             p.child
         });
         let fresh = pooled.is_none();
@@ -712,7 +750,7 @@ impl Service {
                     &self.cfg.run_dir,
                     self.cfg.provider,
                     &executor_listen(&self.cfg),
-                    false,
+                    None,
                 )
             },
             Ok,
@@ -745,6 +783,8 @@ impl Service {
             stdout_tx: Some(stdout_tx),
             handle,
             pooled: !fresh,
+            address,
+            pool_log,
             silent: false,
         })
     }
@@ -757,22 +797,50 @@ impl Service {
         child: &mut Spawned,
         exec_cfg: &ExecutorConfig,
     ) -> Result<(String, u64), ServiceError> {
+        let since = self.hand_over(child, exec_cfg).await?;
+        self.await_ready(child, since).await
+    }
+
+    /// Step 8a: writes the executor its configuration (bounded); when it went out.
+    async fn hand_over(
+        &self,
+        child: &mut Spawned,
+        exec_cfg: &ExecutorConfig,
+    ) -> Result<std::time::Instant, ServiceError> {
+        self.ensure_accepting()?;
+        let (Some(stdin), true) = (child.stdin.take(), child.stdout.is_some()) else {
+            return Err(ServiceError::Internal(
+                "executor spawned without pipes".into(),
+            ));
+        };
+        let since = std::time::Instant::now();
+        let sent = spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout).await;
+        if let Some(from) = child.pool_log.take() {
+            let _ = std::fs::rename(from, &child.log);
+        }
+        sent.map_err(|e| {
+            child.silent = matches!(e, spawn::StartError::Config(_));
+            ServiceError::Internal(e.to_string())
+        })?;
+        Ok(since)
+    }
+
+    /// Step 8b: waits (bounded, from `since`, when the configuration went out) for the
+    /// executor's first event; on "ready", marks the allocation ready and keeps draining its
+    /// standard output. Its fabric address and code-load time.
+    async fn await_ready(
+        self: &Arc<Self>,
+        child: &mut Spawned,
+        since: std::time::Instant,
+    ) -> Result<(String, u64), ServiceError> {
         let id = child.id;
         let started = async {
-            self.ensure_accepting()?;
-            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let Some(stdout) = child.stdout.take() else {
                 return Err(ServiceError::Internal(
                     "executor spawned without pipes".into(),
                 ));
             };
-            let since = std::time::Instant::now();
             let silent = &mut child.silent;
-            spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout)
-                .await
-                .map_err(|e| {
-                    *silent = matches!(e, spawn::StartError::Config(_));
-                    ServiceError::Internal(e.to_string())
-                })?;
             spawn::first_event(stdout, self.cfg.executor_start_timeout, since)
                 .await
                 .map_err(|e| {
@@ -819,7 +887,7 @@ impl Service {
                 "the executor could not start: {error}"
             ))),
             Ok((ExecutorEvent::InitFailed { error }, _)) => Err(ServiceError::InitFailed(error)),
-            Ok((ev @ (ExecutorEvent::Serving | ExecutorEvent::Standby), _)) => {
+            Ok((ev @ (ExecutorEvent::Serving | ExecutorEvent::Standby { .. }), _)) => {
                 Err(ServiceError::ExecutorFailed(format!(
                     "the executor reported {ev:?} instead of ready"
                 )))
@@ -858,6 +926,8 @@ impl Service {
             spawn_ns,
             code_load_ns,
             pooled: false,
+            early: false,
+            ready_within_ms: 0,
         }
     }
 
@@ -868,9 +938,23 @@ impl Service {
         drop(child.stdin.take());
         drop(child.stdout.take());
         drop(child.stdout_tx.take());
+        if let Some(from) = child.pool_log.take() {
+            let _ = std::fs::rename(from, &child.log);
+        }
         tracing::warn!(allocation = id, pid = child.pid, "allocation failed: {err}");
-        self.registry()
-            .start_failed(id, &err.to_string(), Instant::now());
+        {
+            let mut reg = self.registry();
+            let text = match &err {
+                // The library's own words: the status then tells a client what it would
+                // have been answered (see `AllocationStatus::code`).
+                ServiceError::InitFailed(message) => {
+                    reg.init_failed(id);
+                    message.clone()
+                }
+                other => other.to_string(),
+            };
+            reg.start_failed(id, &text, Instant::now());
+        }
         // The executor is about to exit (it reported failure or died) or still alive
         // (timeout); either way it goes now, and its cores come back before we answer.
         let handle = &child.handle;
@@ -978,6 +1062,7 @@ impl Service {
             id: r.id,
             state: r.state.name().to_string(),
             reason: r.reason.clone(),
+            code: r.init_failed.then(|| INIT_FAILED_CODE.to_string()),
             cores: r.cores.clone(),
             execution_ns,
             hot_polling_ns,
@@ -1104,6 +1189,7 @@ mod tests {
             hot_timeout_ms: -1,
             lease: None,
             client: "t".into(),
+            early_answer: false,
             assets: Vec::new(),
         }
     }

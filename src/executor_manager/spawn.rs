@@ -63,15 +63,16 @@ pub enum StartError {
 /// Starts `exe executor` with its standard error appended to `log`; the child is killed if
 /// it is dropped unreaped. It opens the fabric of `provider` and listens on `listen` before it
 /// reads its configuration (see [`crate::executor::EARLY_PROVIDER_ENV`] and
-/// [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (the pool's processes) it prints
-/// [`ExecutorEvent::Standby`] once it listens ([`crate::executor::EARLY_STANDBY_ENV`]).
+/// [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (the pool's processes: the rentable
+/// cores) it prints [`ExecutorEvent::Standby`] once it listens
+/// ([`crate::executor::EARLY_STANDBY_ENV`]), and waits for its configuration on those cores.
 pub fn spawn_executor(
     exe: &Path,
     log: &Path,
     cwd: &Path,
     provider: crate::rdma::Provider,
     listen: &str,
-    standby: bool,
+    standby: Option<&[u32]>,
 ) -> Result<Child, StartError> {
     let exe_s = exe.display().to_string();
     let err = |source| StartError::Spawn {
@@ -88,8 +89,11 @@ pub fn spawn_executor(
     cmd.arg("executor")
         .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
         .env(crate::executor::EARLY_LISTEN_ENV, listen);
-    if standby {
-        cmd.env(crate::executor::EARLY_STANDBY_ENV, "1");
+    if let Some(cores) = standby {
+        cmd.env(
+            crate::executor::EARLY_STANDBY_ENV,
+            super::config::format_cpulist(cores),
+        );
     } else {
         // Inherited from the manager's own environment it would make a fresh executor report
         // standby first, which its allocation would take for a failure.
