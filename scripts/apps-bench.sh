@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 R=target/release
 if [[ ${BUILD:-1} != 0 ]]; then
     cargo build --release -p rfaas-thumbnailer -p rfaas-classifier --lib
-    cargo build --release -p rfaas --bin rfaas --example thumbnailer --example classifier
+    cargo build --release -p rfaas --bin rfaas --bin rfaas-executor --example thumbnailer --example classifier
 fi
 mkdir -p "$OUT"
 run="$OUT/cluster"

@@ -13,7 +13,7 @@ OUT=${2:-$(mktemp -d /tmp/rfaas-burst-bench.XXXXXX)}
 BURSTS=${3:-1,8,32,64}
 R=target/release
 if [[ ${BUILD:-1} != 0 ]]; then
-    cargo build --release -p rfaas --bin rfaas --bin cold_benchmark
+    cargo build --release -p rfaas --bin rfaas --bin rfaas-executor --bin cold_benchmark
     cargo build --release -p rfaas-functions --lib
 fi
 mkdir -p "$OUT"

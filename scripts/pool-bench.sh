@@ -11,7 +11,7 @@ REPS=${1:-200}
 OUT=${2:-$(mktemp -d /tmp/rfaas-pool-bench.XXXXXX)}
 R=target/release
 if [[ ${BUILD:-1} != 0 ]]; then
-    cargo build --release -p rfaas --bin rfaas --bin cold_benchmark
+    cargo build --release -p rfaas --bin rfaas --bin rfaas-executor --bin cold_benchmark
     cargo build --release -p rfaas-functions --lib
 fi
 mkdir -p "$OUT"

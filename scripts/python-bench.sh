@@ -21,7 +21,7 @@ OUT=${OUT:-results/python-bench-$(date +%Y%m%d-%H%M%S)}
 
 if [ "${BUILD:-1}" = 1 ]; then
     cargo build --release -p rfaas -p rfaas-functions --features rfaas/mpi --lib \
-        --bin warm_benchmark --bin rfaas
+        --bin warm_benchmark --bin rfaas --bin rfaas-executor
 fi
 mkdir -p "$OUT"
 RUN=$(mktemp -d /tmp/rfaas-python-bench.XXXXXX)

@@ -269,6 +269,11 @@ fn allocate_release_and_cores_come_back() {
         ["executor".to_string()],
         "nothing but `executor` on the command line"
     );
+    // The lean executor binary lies beside `rfaas` (cargo builds both), so it is the one used.
+    assert!(
+        cmdline[0].ends_with("/rfaas-executor"),
+        "executors run as rfaas-executor: {cmdline:?}"
+    );
     let st = m.status();
     assert_eq!(st.cores_free, st.cores_total - 1);
     assert!(st.memory_free < st.memory_total);
@@ -668,4 +673,21 @@ fn a_library_whose_constructor_exits_is_a_client_error_not_a_server_error() {
     assert_eq!(code, 422, "{body}");
     let st = m.status();
     assert_eq!(st.cores_free, st.cores_total, "cores back");
+}
+
+/// `rfaas-executor` is started by managers only: any other command line is a usage error.
+#[test]
+fn the_lean_executor_binary_refuses_other_command_lines() {
+    for args in [&[][..], &["serve"][..], &["executor", "extra"][..]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rfaas-executor"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("usage: rfaas-executor executor"),
+            "{args:?}: {out:?}"
+        );
+    }
 }

@@ -95,9 +95,20 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
     let rm_secret = crate::control::secret::read_secret_file(
         c.node_secret_file.as_deref().unwrap_or(&c.secret_file),
     )?;
-    let exe =
-        std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?;
+    let exe = executor_exe(
+        std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?,
+    );
     manager_process::block_on("rfaas-em", serve(cfg, auth, rm_secret, exe))
+}
+
+/// The executable that executors run as (`<exe> executor`): `rfaas-executor` when it lies
+/// beside this `rfaas` (`this`), a lean binary of the executor alone that starts faster; else
+/// this executable.
+fn executor_exe(this: PathBuf) -> PathBuf {
+    let lean = this.with_file_name("rfaas-executor");
+    let chosen = if lean.is_file() { lean } else { this };
+    tracing::info!(executable = %chosen.display(), "executors run as `<executable> executor`");
+    chosen
 }
 
 async fn serve(

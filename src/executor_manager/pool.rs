@@ -494,7 +494,9 @@ fn forget_starting(st: &mut State, pid: u32) {
 
 /// Reads a pooled process's first line, byte by byte (what follows stays in the pipe for the
 /// allocation), and checks that it is [`ExecutorEvent::Standby`].
-async fn read_standby(stdout: Option<&mut ChildStdout>) -> Result<Option<String>, String> {
+pub(crate) async fn read_standby(
+    stdout: Option<&mut ChildStdout>,
+) -> Result<Option<String>, String> {
     let Some(out) = stdout else {
         return Err("has no standard output".into());
     };

@@ -202,6 +202,9 @@ struct Spawned {
     pooled: bool,
     /// Where a pooled executor listens, as its standby report said.
     address: Option<String>,
+    /// A fresh executor started to be answered early: it reports standby (with its address)
+    /// before it reads its configuration, on the allocation's cores.
+    awaits_standby: bool,
     /// A pooled executor's log, renamed to `log` once its configuration went out (the
     /// rename is off the cold start's path).
     pool_log: Option<PathBuf>,
@@ -515,23 +518,25 @@ impl Service {
         tracing::info!(allocation = id, client = %req.client, cores = ?res.cores, memory, library = %hash, "allocating");
 
         let t0 = Instant::now();
-        let mut child = self.spawn_supervised(&res, pool).await?;
+        let mut child = self.spawn_supervised(&res, pool, req.early_answer).await?;
         tracing::debug!(
             allocation = id,
             pooled = child.pooled,
             us = t0.elapsed().as_micros() as u64,
             "executor process in hand"
         );
-        // Asked for, and a pooled executor says where it listens: answer once it has its
-        // configuration; its ready report is awaited in the background.
-        let early = req.early_answer.then(|| child.address.clone()).flatten();
+        // Asked for, and the executor says where it listens (a pooled one said so on standby,
+        // a fresh one says so once it has started): answer once it has its configuration; its
+        // ready report is awaited in the background.
+        let early = req.early_answer && (child.address.is_some() || child.awaits_standby);
         let outcome = match early {
-            Some(address) => match self.hand_over(&mut child, &exec_cfg).await {
-                Ok(since) => {
+            true => match self.early_hand_over(&mut child, &exec_cfg).await {
+                Ok((since, None)) => self.await_ready(&mut child, since).await,
+                Ok((since, Some(address))) => {
                     let spawn_ns = t0.elapsed().as_nanos() as u64;
                     let mut answer =
                         self.answer(&res, exec_cfg.token, child.pid, address, spawn_ns, 0);
-                    answer.pooled = true;
+                    answer.pooled = child.pooled;
                     answer.early = true;
                     answer.ready_within_ms = self.cfg.executor_start_timeout.as_millis() as u64;
                     tracing::info!(
@@ -549,7 +554,7 @@ impl Service {
                 }
                 Err(e) => Err(e),
             },
-            None => self.wait_ready(&mut child, &exec_cfg).await,
+            false => self.wait_ready(&mut child, &exec_cfg).await,
         };
         match outcome {
             Ok((address, code_load_ns)) => {
@@ -731,6 +736,7 @@ impl Service {
         self: &Arc<Self>,
         res: &Reservation,
         pool: bool,
+        early: bool,
     ) -> Result<Spawned, ServiceError> {
         let id = res.id;
         let log = self.logs.join(format!("executor-{id}.log"));
@@ -750,7 +756,7 @@ impl Service {
                     &self.cfg.run_dir,
                     self.cfg.provider,
                     &executor_listen(&self.cfg),
-                    None,
+                    early.then_some(&res.cores[..]),
                 )
             },
             Ok,
@@ -784,6 +790,7 @@ impl Service {
             handle,
             pooled: !fresh,
             address,
+            awaits_standby: fresh && early,
             pool_log,
             silent: false,
         })
@@ -823,6 +830,33 @@ impl Service {
             ServiceError::Internal(e.to_string())
         })?;
         Ok(since)
+    }
+
+    /// Step 8a for an early answer: [`Self::hand_over`], and for a fresh executor its standby
+    /// report (bounded); when the configuration went out, and where the executor listens
+    /// (`None`: it did not say, so it is answered once ready).
+    async fn early_hand_over(
+        &self,
+        child: &mut Spawned,
+        exec_cfg: &ExecutorConfig,
+    ) -> Result<(std::time::Instant, Option<String>), ServiceError> {
+        let since = self.hand_over(child, exec_cfg).await?;
+        if !child.awaits_standby {
+            return Ok((since, child.address.clone()));
+        }
+        let timeout = self.cfg.executor_start_timeout;
+        let id = child.id;
+        match tokio::time::timeout(timeout, super::pool::read_standby(child.stdout.as_mut())).await
+        {
+            Ok(Ok(address)) => Ok((since, address)),
+            Ok(Err(why)) => Err(ServiceError::ExecutorFailed(format!(
+                "allocation {id}: the executor {why}{}",
+                log_tail(&child.log)
+            ))),
+            Err(_) => Err(ServiceError::Timeout(format!(
+                "allocation {id}: the executor did not start within {timeout:?}"
+            ))),
+        }
     }
 
     /// Step 8b: waits (bounded, from `since`, when the configuration went out) for the
@@ -865,6 +899,7 @@ impl Service {
                 rest,
             )) => match self.registry().ready(id) {
                 Ok(()) => {
+                    tracing::info!(allocation = id, pid = child.pid, %address, code_load_ns, "executor ready");
                     let me = self.clone();
                     let open = child.stdout_tx.take().expect("stdout is drained once");
                     let pool = self.pool.clone();
@@ -907,7 +942,6 @@ impl Service {
         code_load_ns: u64,
     ) -> Allocation {
         let id = res.id;
-        tracing::info!(allocation = id, pid, %address, spawn_ns, code_load_ns, "executor ready");
         Allocation {
             id,
             token,
