@@ -383,56 +383,58 @@ impl<W: Write + Send> Serve<'_, W> {
             },
         );
         // Billing connects in the background (a handshake with the manager) once the first
-        // result is out (or after `BILLING_DEFER`): workers need it only when they flush,
-        // about once a second, and its handshake would compete with the client's connection
-        // and first invocation for the allocation's core.
-        let billing = BillingSlot::<F>::default();
-        let served = (Mutex::new(false), std::sync::Condvar::new());
+        // result is out (see `serving`): workers need it only when they flush, about once a
+        // second, and starting its thread earlier (tens of microseconds here) and its handshake
+        // would compete with the client's connection and first invocation for the
+        // allocation's core.
+        let billing = Arc::new(BillingSlot::<F>::default());
+        if cfg.billing.is_none() {
+            billing.settle(None);
+        }
+        let billing_started = AtomicBool::new(false);
+        let start_billing = || {
+            let Some(t) = cfg.billing.clone() else { return };
+            if billing_started.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let (fabric, token, slot) = (fabric.clone(), self.token, billing.clone());
+            let (allocation, cores) = (cfg.allocation, cfg.cores.clone());
+            // Not joined: the workers' last flush waits for it (bounded by its connection's
+            // timeout), and nothing else needs it to end.
+            let spawned = std::thread::Builder::new()
+                .name("rfaas-billing".into())
+                .spawn(move || {
+                    // Not on worker 0's core alone, whose binding it inherited.
+                    bind_helper_to_allocation(&cores);
+                    let b = Billing::<F>::connect(&fabric, &t, &token)
+                        .inspect_err(|e| tracing::warn!(allocation, "billing disabled: {e}"))
+                        .ok();
+                    slot.settle(b);
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(allocation = cfg.allocation, "billing disabled: {e}");
+                billing.settle(None);
+            }
+        };
         // The listener, once every worker is connected: closing it joins its accept thread,
         // which waits for a turn on a busy node, so it closes after the first result.
         let parked: Mutex<Option<F::Listener>> = Mutex::new(None);
         // The manager hears "serving" once the first result is out (whichever worker gave it):
         // whatever it starts then (a pool replacement) does not compete with this cold start.
+        // Each worker runs it once: after its first result (or, with none, a second in or as
+        // it ends; see `Worker::serve`).
         let (out, said) = (Mutex::new(&mut *self.out), AtomicBool::new(false));
         let serving = &|| {
+            start_billing();
             if !said.swap(true, Ordering::AcqRel) {
                 let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
                 report(&mut **out, &ExecutorEvent::Serving);
                 drop(out);
-                *served.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                served.1.notify_all();
                 drop(parked.lock().unwrap_or_else(|p| p.into_inner()).take());
             }
         };
         std::thread::scope(|s| {
-            match &cfg.billing {
-                Some(t) => {
-                    let (fabric, billing, token) = (&fabric, &billing, &self.token);
-                    let served = &served;
-                    let spawned = std::thread::Builder::new()
-                        .name("rfaas-billing".into())
-                        .spawn_scoped(s, move || {
-                            // Not on worker 0's core alone, whose binding it inherited.
-                            bind_helper_to_allocation(&cfg.cores);
-                            wait_served(served);
-                            let b = Billing::<F>::connect(fabric, t, token)
-                                .inspect_err(|e| {
-                                    tracing::warn!(
-                                        allocation = cfg.allocation,
-                                        "billing disabled: {e}"
-                                    )
-                                })
-                                .ok();
-                            billing.settle(b);
-                        });
-                    if let Err(e) = spawned {
-                        tracing::warn!(allocation = cfg.allocation, "billing disabled: {e}");
-                        billing.settle(None);
-                    }
-                }
-                None => billing.settle(None),
-            }
-            let billing = &billing;
+            let billing = &*billing;
             let workers = accept_workers(
                 &fabric,
                 &listener,
@@ -446,11 +448,7 @@ impl<W: Write + Send> Serve<'_, W> {
                     *parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(listener);
                     w
                 }
-                Err(e) => {
-                    // Nobody will flush: settle the slot so the billing thread's result is dropped.
-                    billing.settle(None);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
             tracing::info!(
                 allocation = cfg.allocation,
@@ -485,28 +483,6 @@ impl<W: Write + Send> Serve<'_, W> {
             tracing::info!(allocation = cfg.allocation, ?exits, "executor done");
             Ok(())
         })
-    }
-}
-
-/// Longest wait of the billing connection for the first result (see [`wait_served`]).
-const BILLING_DEFER: Duration = Duration::from_millis(200);
-
-/// Waits until `served` is set (the first result is out) or [`BILLING_DEFER`] has passed
-/// (a client that connects and never calls, or a stop before the first call: the executor's
-/// exit waits for this thread at most that long).
-fn wait_served(served: &(Mutex<bool>, std::sync::Condvar)) {
-    let deadline = Instant::now() + BILLING_DEFER;
-    let mut done = served.0.lock().unwrap_or_else(|p| p.into_inner());
-    while !*done {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        done = served
-            .1
-            .wait_timeout(done, left)
-            .unwrap_or_else(|p| p.into_inner())
-            .0;
     }
 }
 

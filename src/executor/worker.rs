@@ -81,7 +81,8 @@ impl<F: Fabric> Worker<F> {
 
     /// Serves until the client goes away or `stop` is set.
     /// Billing goes to `billing` once it is connected; until then the worker keeps counting.
-    /// `after_first` runs once, right after this worker answered its first invocation.
+    /// `after_first` runs once, right after this worker answered its first invocation, or, when
+    /// none came, at its first periodic billing flush (about a second in) or before it ends.
     pub fn serve(
         mut self,
         stop: &AtomicBool,
@@ -142,12 +143,18 @@ impl<F: Fabric> Worker<F> {
                     }
                 }
                 self.drain_with(Status::ShuttingDown);
+                if let Some(f) = after_first.take() {
+                    f();
+                }
                 flush_billing(billing, true, &mut exec_ns, &mut hot_ns);
                 return WorkerExit::Stopped;
             }
             for wc in &wcs[..n] {
                 if !wc.is_ok() {
                     tracing::info!(worker = self.index, status = ?wc.status, "client connection ended");
+                    if let Some(f) = after_first.take() {
+                        f();
+                    }
                     flush_billing(billing, true, &mut exec_ns, &mut hot_ns);
                     return WorkerExit::ClientGone;
                 }
@@ -163,6 +170,9 @@ impl<F: Fabric> Worker<F> {
             }
             if now_ns() - last_flush > 1_000_000_000 {
                 last_flush = now_ns();
+                if let Some(f) = after_first.take() {
+                    f();
+                }
                 flush_billing(billing, false, &mut exec_ns, &mut hot_ns);
             }
         }
