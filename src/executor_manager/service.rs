@@ -205,8 +205,8 @@ struct Spawned {
     /// A fresh executor started to be answered early: it reports standby (with its address)
     /// before it reads its configuration, on the allocation's cores.
     awaits_standby: bool,
-    /// A pooled executor's log, renamed to `log` once its configuration went out (the
-    /// rename is off the cold start's path).
+    /// A pooled executor's log, renamed to `log` while the manager waits for its ready report
+    /// (the rename is off the cold start's path).
     pool_log: Option<PathBuf>,
     /// It took no configuration or closed its output without a word (it died).
     silent: bool,
@@ -539,13 +539,13 @@ impl Service {
                     answer.pooled = child.pooled;
                     answer.early = true;
                     answer.ready_within_ms = self.cfg.executor_start_timeout.as_millis() as u64;
-                    tracing::info!(
-                        allocation = id,
-                        pid = child.pid,
-                        "executor has its configuration: answered before it is ready"
-                    );
                     let me = self.clone();
                     tokio::spawn(async move {
+                        tracing::info!(
+                            allocation = child.id,
+                            pid = child.pid,
+                            "executor has its configuration: answered before it is ready"
+                        );
                         if let Err(err) = me.await_ready(&mut child, since).await {
                             me.abandon(child.id, child, err).await;
                         }
@@ -821,14 +821,12 @@ impl Service {
             ));
         };
         let since = std::time::Instant::now();
-        let sent = spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout).await;
-        if let Some(from) = child.pool_log.take() {
-            let _ = std::fs::rename(from, &child.log);
-        }
-        sent.map_err(|e| {
-            child.silent = matches!(e, spawn::StartError::Config(_));
-            ServiceError::Internal(e.to_string())
-        })?;
+        spawn::send_config(stdin, exec_cfg, self.cfg.executor_start_timeout)
+            .await
+            .map_err(|e| {
+                child.silent = matches!(e, spawn::StartError::Config(_));
+                ServiceError::Internal(e.to_string())
+            })?;
         Ok(since)
     }
 
@@ -868,6 +866,9 @@ impl Service {
         since: std::time::Instant,
     ) -> Result<(String, u64), ServiceError> {
         let id = child.id;
+        if let Some(from) = child.pool_log.take() {
+            let _ = std::fs::rename(from, &child.log);
+        }
         let started = async {
             let Some(stdout) = child.stdout.take() else {
                 return Err(ServiceError::Internal(
