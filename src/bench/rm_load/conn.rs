@@ -18,6 +18,9 @@ use super::RmLoadError;
 /// The longest a request (connecting included) may take before the run fails.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Connections [`Conn::open_many`] opens at once.
+pub const OPEN_AT_ONCE: usize = 32;
+
 /// Where and how to reach the manager: its address and the prepared headers.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -142,6 +145,34 @@ impl Conn {
         let body = resp.into_body().collect().await.map_err(api)?.to_bytes();
         self.sender = Some(sender);
         Ok((status, body))
+    }
+
+    /// Opens `n` connections to `target`, at most [`OPEN_AT_ONCE`] at a time, each
+    /// authenticated by a first request before the next ones open: the manager closes the
+    /// oldest of more than 64 connections of one peer that have not yet sent credentials
+    /// ([`crate::http::MAX_UNAUTHENTICATED_PER_PEER`]), and all of the generator's come from
+    /// 127.0.0.1.
+    pub async fn open_many(target: &Target, n: usize) -> Result<Vec<Conn>, RmLoadError> {
+        let mut conns = Vec::with_capacity(n);
+        while conns.len() < n {
+            let batch = (n - conns.len()).min(OPEN_AT_ONCE);
+            let opened: Vec<_> = (0..batch)
+                .map(|_| {
+                    let mut c = Conn::new(target);
+                    tokio::spawn(async move {
+                        // Lease 0 never exists (ids start at the time in microseconds): a
+                        // cheap request that passes authentication.
+                        c.expect(404, Method::GET, "/v1/leases/0", Bytes::new())
+                            .await
+                            .map(|_| c)
+                    })
+                })
+                .collect();
+            for o in opened {
+                conns.push(o.await.map_err(|e| RmLoadError::Setup(e.to_string()))??);
+            }
+        }
+        Ok(conns)
     }
 
     /// [`Conn::call`] that must answer `status`: the body and the time taken.

@@ -328,11 +328,13 @@ async fn run_cycles(target: &Target, args: &RmLoadArgs) -> Result<Cycles, RmLoad
     let ended = Arc::new(AtomicU64::new(0));
     let grant_body =
         Bytes::from(json!({"cores": 1, "ttl_ms": args.ttl_ms, "client": "rm_load"}).to_string());
+    let conns = Conn::open_many(target, args.clients.max(1)).await?;
     let start = Instant::now();
-    let clients: Vec<_> = (0..args.clients.max(1))
-        .map(|_| {
+    let clients: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
             tokio::spawn(client_cycles(
-                Conn::new(target),
+                conn,
                 grant_body.clone(),
                 next.clone(),
                 args.cycles as u64,
@@ -453,7 +455,7 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
                 Bytes::new(),
             )
         },
-    );
+    )?;
 
     // L leases, renewing.
     let t = Instant::now();
@@ -488,7 +490,7 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
                 let body = Bytes::from(json!({ "token": token }).to_string());
                 (Method::POST, format!("/v1/leases/{id}/renew"), body)
             },
-        )
+        )?
     };
 
     // The measured cycles.

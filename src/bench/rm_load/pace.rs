@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::conn::{Conn, Target};
+use super::RmLoadError;
 use crate::bench::stats::Latencies;
 
 /// What a paced load did.
@@ -43,8 +44,8 @@ pub struct Pacer {
 
 impl Pacer {
     /// Sends `request(item)` for every item of `items` once per `every` on `rt`, over `lanes`
-    /// connections to `target` (item i on lane i % lanes); an answer other than 200 counts as
-    /// failed.
+    /// connections to `target` (item i on lane i % lanes, opened first); an answer other than
+    /// 200 counts as failed.
     pub fn start(
         rt: &Runtime,
         target: &Target,
@@ -52,17 +53,19 @@ impl Pacer {
         every: Duration,
         lanes: usize,
         request: impl Fn(usize) -> PacedRequest + Send + Sync + 'static,
-    ) -> Pacer {
+    ) -> Result<Pacer, RmLoadError> {
         let (stop, _) = watch::channel(false);
         let done = Arc::new(AtomicU64::new(0));
         let request = Arc::new(request);
         let lanes = lanes.max(1);
-        let handles = (0..lanes)
-            .map(|lane| {
+        let conns = rt.block_on(Conn::open_many(target, lanes))?;
+        let handles = conns
+            .into_iter()
+            .enumerate()
+            .map(|(lane, mut conn)| {
                 let mine: Vec<usize> = (lane..items).step_by(lanes).collect();
                 let (mut stopped, done, request) =
                     (stop.subscribe(), done.clone(), request.clone());
-                let mut conn = Conn::new(target);
                 rt.spawn(async move {
                     let mut out = Paced::default();
                     let n = mine.len().max(1) as u32;
@@ -106,11 +109,11 @@ impl Pacer {
                 })
             })
             .collect();
-        Pacer {
+        Ok(Pacer {
             stop,
             lanes: handles,
             done,
-        }
+        })
     }
 
     /// Stops the lanes (each finishes the request it has in flight) and returns what they did.
