@@ -84,8 +84,9 @@ pub struct RmLoadArgs {
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_timeout_ms: u64,
     /// Connections sending heartbeats (one request in flight each), and as many sending
-    /// renewals.
-    #[arg(long, default_value_t = 4)]
+    /// renewals (the default rates, 3,000 heartbeats/s and 5,000 renewals/s, need more than
+    /// a few: a connection sends its next request only once the last is answered).
+    #[arg(long, default_value_t = 32)]
     pub background_threads: usize,
     /// Threads of the load generator's async runtime, which runs the clients of the measured
     /// cycles, the heartbeats, the renewals and the health floor (registration and the
