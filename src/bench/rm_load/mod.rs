@@ -93,6 +93,11 @@ pub struct RmLoadArgs {
     /// filling grants use blocking clients of their own).
     #[arg(long, default_value_t = 2)]
     pub generator_threads: usize,
+    /// The manager's `compact_log_bytes` (default: the manager's own): how much log it
+    /// writes before compacting it into a snapshot, which holds the scheduler's lock while
+    /// it encodes the state.
+    #[arg(long)]
+    pub compact_log_bytes: Option<u64>,
     /// The `rfaas` binary (default: beside this one).
     #[arg(long)]
     pub rfaas: Option<PathBuf>,
@@ -403,9 +408,12 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         &exe,
         &dir,
         &format!(
-            "heartbeat_timeout_ms = {}\nmax_ttl_ms = {}\n",
+            "heartbeat_timeout_ms = {}\nmax_ttl_ms = {}\n{}",
             args.heartbeat_timeout_ms,
-            args.ttl_ms.max(86_400_000)
+            args.ttl_ms.max(86_400_000),
+            args.compact_log_bytes
+                .map(|b| format!("compact_log_bytes = {b}\n"))
+                .unwrap_or_default()
         ),
     )?;
     let api = Api::new(&rm.http, &rm.secret);
