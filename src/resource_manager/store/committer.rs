@@ -194,6 +194,9 @@ fn log_thread(shared: &Shared, index: usize) {
             let mut w = shared.lock_writer();
             let (batch, closed) = {
                 let mut q = shared.lock_queue();
+                if q.abandoned {
+                    q.records.clear();
+                }
                 let mut batch = std::mem::take(&mut q.retry);
                 batch.append(&mut q.records);
                 (batch, q.closed)
@@ -219,6 +222,22 @@ fn log_thread(shared: &Shared, index: usize) {
                     (w.sync_files[index].clone(), batch.len(), buf.len())
                 }
                 Err(e) => {
+                    // Back in the queue before the writer's lock is released: no other thread
+                    // may write the records after these first.
+                    let mut q = shared.lock_queue();
+                    if closed {
+                        // Closing: given up, with every later record (written after a gap,
+                        // they would make the log unreadable); their handlers are told at
+                        // the close.
+                        q.abandoned = true;
+                        q.records.clear();
+                    } else {
+                        let mut later = std::mem::take(&mut q.records);
+                        q.retry = batch;
+                        q.retry.append(&mut later);
+                        q.retry_at = Instant::now() + RETRY;
+                    }
+                    drop(q);
                     drop(w);
                     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!("cannot append to the state log: {e}");
@@ -228,13 +247,6 @@ fn log_thread(shared: &Shared, index: usize) {
                         last,
                         error: e.to_string(),
                     });
-                    if !closed {
-                        let mut q = shared.lock_queue();
-                        let mut later = std::mem::take(&mut q.records);
-                        q.retry = batch;
-                        q.retry.append(&mut later);
-                        q.retry_at = Instant::now() + RETRY;
-                    }
                     continue;
                 }
             }

@@ -61,6 +61,8 @@ struct Queue {
     /// Log threads waiting for records: an append wakes one only when one waits.
     idle: usize,
     closed: bool,
+    /// A write failed while closing: nothing more is written.
+    abandoned: bool,
 }
 
 /// What the handlers, the log threads and compaction share.
@@ -118,6 +120,7 @@ impl Store {
                 retry_at: Instant::now(),
                 idle: 0,
                 closed: false,
+                abandoned: false,
             }),
             wake: Condvar::new(),
             writer: Mutex::new(writer),
