@@ -377,19 +377,27 @@ impl RmState {
         };
         // Encoded under the lock straight from the scheduler (no copy of it first); the
         // checksum and the write come after the lock is released.
+        let started = Instant::now();
+        let mut locked = std::time::Duration::ZERO;
         let done = store.compact(|| {
+            let t = Instant::now();
             let inner = self.lock();
             let view = inner.sched.snapshot_view(self.now());
-            (
+            let encoded = (
                 super::store::snapshot_file::encode_payload(&view, inner.seq),
                 inner.seq,
-            )
+            );
+            drop(inner);
+            locked = t.elapsed();
+            encoded
         })?;
         if let Some(c) = done {
             tracing::info!(
                 seq = c.seq,
                 bytes = c.snapshot_bytes,
                 segments_removed = c.segments_removed,
+                locked_ms = locked.as_secs_f64() * 1e3,
+                total_ms = started.elapsed().as_secs_f64() * 1e3,
                 "state compacted into a snapshot"
             );
         }

@@ -20,6 +20,7 @@
 //! value, unit) through [`crate::bench::csv_rows`].
 
 pub mod api;
+pub mod conn;
 pub mod pace;
 pub mod process;
 
@@ -28,13 +29,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use clap::Args as ClapArgs;
-use serde::Serialize;
+use hyper::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::csv_rows::{CsvError, RowWriter};
 use super::stats::Latencies;
 use api::Api;
+use conn::{Conn, Target};
 use pace::Pacer;
 use process::RmProcess;
 
@@ -79,9 +83,21 @@ pub struct RmLoadArgs {
     /// The manager's heartbeat timeout (nodes heartbeat at a third of it).
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_timeout_ms: u64,
-    /// Threads sending heartbeats, and as many sending renewals.
-    #[arg(long, default_value_t = 4)]
+    /// Connections sending heartbeats (one request in flight each), and as many sending
+    /// renewals (the default rates, 3,000 heartbeats/s and 5,000 renewals/s, need more than
+    /// a few: a connection sends its next request only once the last is answered).
+    #[arg(long, default_value_t = 32)]
     pub background_threads: usize,
+    /// Threads of the load generator's async runtime, which runs the clients of the measured
+    /// cycles, the heartbeats, the renewals and the health floor (registration and the
+    /// filling grants use blocking clients of their own).
+    #[arg(long, default_value_t = 2)]
+    pub generator_threads: usize,
+    /// The manager's `compact_log_bytes` (default: the manager's own): how much log it
+    /// writes before compacting it into a snapshot, which holds the scheduler's lock while
+    /// it encodes the state.
+    #[arg(long)]
+    pub compact_log_bytes: Option<u64>,
     /// The `rfaas` binary (default: beside this one).
     #[arg(long)]
     pub rfaas: Option<PathBuf>,
@@ -219,66 +235,118 @@ struct Cycles {
     elapsed: Duration,
 }
 
-fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
+/// The part of a grant's answer a cycle needs.
+#[derive(Deserialize)]
+struct Granted {
+    lease: u64,
+    token: String,
+}
+
+/// What one client of the cycles measured.
+#[derive(Default)]
+struct ClientCycles {
+    grant: Latencies,
+    renew: Latencies,
+    release: Latencies,
+    trips: Vec<(u64, Duration)>,
+}
+
+/// One client: cycles (grant, renew, release on its own connection, one request in flight)
+/// until `total` cycles were started by all clients.
+async fn client_cycles(
+    mut conn: Conn,
+    grant_body: Bytes,
+    next: Arc<AtomicU64>,
+    total: u64,
+    refused: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
+) -> Result<ClientCycles, RmLoadError> {
+    let mut out = ClientCycles::default();
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= total {
+            return Ok(out);
+        }
+        let a = conn
+            .call(Method::POST, "/v1/leases", grant_body.clone())
+            .await?;
+        if a.status == 503 {
+            refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if a.status != 201 {
+            return Err(RmLoadError::Api(format!(
+                "grant: {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            )));
+        }
+        out.grant.record(a.took);
+        let g: Granted = serde_json::from_slice(&a.body)
+            .map_err(|e| RmLoadError::Api(format!("grant answer: {e}")))?;
+        let token = Bytes::from(json!({ "token": g.token }).to_string());
+        // 410: the lease ended meanwhile (its node missed heartbeats the load generator could
+        // not send in time): counted, not fatal.
+        let r = conn
+            .call(
+                Method::POST,
+                &format!("/v1/leases/{}/renew", g.lease),
+                token.clone(),
+            )
+            .await?;
+        match r.status {
+            200 => out.renew.record(r.took),
+            410 => {
+                ended.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            c => {
+                return Err(RmLoadError::Api(format!(
+                    "renew: {c} {}",
+                    String::from_utf8_lossy(&r.body)
+                )))
+            }
+        }
+        let x = conn
+            .call(Method::DELETE, &format!("/v1/leases/{}", g.lease), token)
+            .await?;
+        match x.status {
+            200 => out.release.record(x.took),
+            410 => {
+                ended.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            c => {
+                return Err(RmLoadError::Api(format!(
+                    "release: {c} {}",
+                    String::from_utf8_lossy(&x.body)
+                )))
+            }
+        }
+        out.trips.push((i, a.took + x.took));
+    }
+}
+
+/// The measured cycles: `args.clients` clients, each a task with its own connection.
+async fn run_cycles(target: &Target, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
     let next = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let ended = Arc::new(AtomicU64::new(0));
-    let total = args.cycles as u64;
-    let grant_body = json!({"cores": 1, "ttl_ms": args.ttl_ms, "client": "rm_load"});
+    let grant_body =
+        Bytes::from(json!({"cores": 1, "ttl_ms": args.ttl_ms, "client": "rm_load"}).to_string());
+    let conns = Conn::open_many(target, args.clients.max(1)).await?;
     let start = Instant::now();
-    let handles: Vec<_> = (0..args.clients.max(1))
-        .map(|_| {
-            let (api, next, refused, ended, body) = (
-                api.fresh(),
+    let clients: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            tokio::spawn(client_cycles(
+                conn,
+                grant_body.clone(),
                 next.clone(),
+                args.cycles as u64,
                 refused.clone(),
                 ended.clone(),
-                grant_body.clone(),
-            );
-            std::thread::spawn(move || -> Result<_, RmLoadError> {
-                let (mut g, mut r, mut x) = (Latencies::new(), Latencies::new(), Latencies::new());
-                let mut trips = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return Ok((g, r, x, trips));
-                    }
-                    let (code, v, tg) = api.call("POST", "/v1/leases", Some(&body))?;
-                    if code == 503 {
-                        refused.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if code != 201 {
-                        return Err(RmLoadError::Api(format!("grant: {code} {v}")));
-                    }
-                    g.record(tg);
-                    let id = v["lease"].as_u64().unwrap_or(0);
-                    let token = json!({"token": v["token"]});
-                    // 410: the lease ended meanwhile (its node missed heartbeats the load
-                    // generator could not send in time): counted, not fatal.
-                    let (code, v, tr) =
-                        api.call("POST", &format!("/v1/leases/{id}/renew"), Some(&token))?;
-                    match code {
-                        200 => r.record(tr),
-                        410 => {
-                            ended.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        _ => return Err(RmLoadError::Api(format!("renew: {code} {v}"))),
-                    }
-                    let (code, v, tx) =
-                        api.call("DELETE", &format!("/v1/leases/{id}"), Some(&token))?;
-                    match code {
-                        200 => x.record(tx),
-                        410 => {
-                            ended.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        _ => return Err(RmLoadError::Api(format!("release: {code} {v}"))),
-                    }
-                    trips.push((i, tg + tx));
-                }
-            })
+            ))
         })
         .collect();
     let mut out = Cycles {
@@ -290,14 +358,23 @@ fn run_cycles(api: &Api, args: &RmLoadArgs) -> Result<Cycles, RmLoadError> {
         ended: 0,
         elapsed: Duration::ZERO,
     };
-    for h in handles {
-        let (g, r, x, trips) = h
-            .join()
-            .map_err(|_| RmLoadError::Setup("a client thread panicked".into()))??;
-        out.grant.merge(&g);
-        out.renew.merge(&r);
-        out.release.merge(&x);
-        out.round_trips.extend(trips);
+    let mut failure = None;
+    for c in clients {
+        match c.await {
+            Ok(Ok(c)) => {
+                out.grant.merge(&c.grant);
+                out.renew.merge(&c.renew);
+                out.release.merge(&c.release);
+                out.round_trips.extend(c.trips);
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => {
+                failure = failure.or(Some(RmLoadError::Setup(format!("a client failed: {e}"))))
+            }
+        }
+    }
+    if let Some(e) = failure {
+        return Err(e);
     }
     out.elapsed = start.elapsed();
     out.refused = refused.load(Ordering::Relaxed);
@@ -331,18 +408,35 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         &exe,
         &dir,
         &format!(
-            "heartbeat_timeout_ms = {}\nmax_ttl_ms = {}\n",
+            "heartbeat_timeout_ms = {}\nmax_ttl_ms = {}\n{}",
             args.heartbeat_timeout_ms,
-            args.ttl_ms.max(86_400_000)
+            args.ttl_ms.max(86_400_000),
+            args.compact_log_bytes
+                .map(|b| format!("compact_log_bytes = {b}\n"))
+                .unwrap_or_default()
         ),
     )?;
     let api = Api::new(&rm.http, &rm.secret);
+    let target = Target::new(&rm.http, &rm.secret)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.generator_threads.max(1))
+        .thread_name("rm-load")
+        .enable_all()
+        .build()?;
 
     // Floors.
-    let mut health = Latencies::new();
-    for _ in 0..2000 {
-        health.record(api.expect(200, "GET", "/v1/health", None)?.1);
-    }
+    let health = rt.block_on(async {
+        let mut conn = Conn::new(&target);
+        let mut l = Latencies::new();
+        for _ in 0..2000 {
+            l.record(
+                conn.expect(200, Method::GET, "/v1/health", Bytes::new())
+                    .await?
+                    .1,
+            );
+        }
+        Ok::<_, RmLoadError>(l)
+    })?;
     rows.latencies("floor", "health", &health);
     rows.latencies("floor", "fsync", &fsync_floor(&dir, 300)?);
 
@@ -357,19 +451,20 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     })?;
     rows.add("setup", "register_s", t.elapsed().as_secs_f64(), "s");
     let every = Duration::from_millis(intervals.first().copied().unwrap_or(1000));
-    let heartbeats = {
-        let api = api.clone();
-        Pacer::start(
-            args.nodes,
-            every,
-            args.background_threads,
-            move || api.fresh(),
-            |api, i| match api.call("POST", &format!("/v1/nodes/sim-{i}/heartbeat"), None) {
-                Ok((code, _, took)) => (code == 200, took),
-                Err(_) => (false, Duration::ZERO),
-            },
-        )
-    };
+    let heartbeats = Pacer::start(
+        &rt,
+        &target,
+        args.nodes,
+        every,
+        args.background_threads,
+        |i| {
+            (
+                Method::POST,
+                format!("/v1/nodes/sim-{i}/heartbeat"),
+                Bytes::new(),
+            )
+        },
+    )?;
 
     // L leases, renewing.
     let t = Instant::now();
@@ -392,21 +487,19 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     );
     let held = Arc::new(held);
     let renewals = {
-        let (api, held) = (api.clone(), held.clone());
+        let held = held.clone();
         Pacer::start(
+            &rt,
+            &target,
             args.leases,
             Duration::from_millis(ttl / 3),
             args.background_threads,
-            move || api.fresh(),
-            move |api, i| {
+            move |i| {
                 let (id, token) = &held[i];
-                let body = json!({"token": token});
-                match api.call("POST", &format!("/v1/leases/{id}/renew"), Some(&body)) {
-                    Ok((code, _, took)) => (code == 200, took),
-                    Err(_) => (false, Duration::ZERO),
-                }
+                let body = Bytes::from(json!({ "token": token }).to_string());
+                (Method::POST, format!("/v1/leases/{id}/renew"), body)
             },
-        )
+        )?
     };
 
     // The measured cycles.
@@ -418,7 +511,7 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         bg_hb.load(Ordering::Relaxed),
         bg_renew.load(Ordering::Relaxed),
     );
-    let c = run_cycles(&api, args)?;
+    let c = rt.block_on(run_cycles(&target, args))?;
     let after = rm.usage()?;
     let generator_after = process::usage_of(std::process::id())?;
     rows.add("load", "loadavg_1m_after", load_average(), "tasks");
@@ -475,8 +568,8 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     rows.add("rm", "snapshot_mib", snap as f64 / 1048576.0, "MiB");
     rows.add("rm", "log_mib", log as f64 / 1048576.0, "MiB");
 
-    let hb = heartbeats.stop();
-    let rn = renewals.stop();
+    let hb = heartbeats.stop(&rt);
+    let rn = renewals.stop(&rt);
     rows.latencies("background", "heartbeat", &hb.latencies);
     rows.add("background", "heartbeat_failed", hb.failed as f64, "calls");
     rows.add("background", "heartbeat_late", hb.late as f64, "calls");

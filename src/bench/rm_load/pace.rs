@@ -1,10 +1,21 @@
-//! Background load at a steady rate: each of `items` once per `every`, spread evenly over the
-//! period (heartbeats of the simulated nodes, renewals of the held leases), on a few threads.
+//! Background load at a steady rate: a request for each of `items` once per `every`, spread
+//! evenly over the period (heartbeats of the simulated nodes, renewals of the held leases),
+//! over a few keep-alive connections ("lanes", one request in flight each) on the load
+//! generator's async runtime.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use axum::body::Bytes;
+use hyper::Method;
+use tokio::runtime::Runtime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::conn::{Conn, Target};
+use super::RmLoadError;
 use crate::bench::stats::Latencies;
 
 /// What a paced load did.
@@ -14,111 +25,109 @@ pub struct Paced {
     pub latencies: Latencies,
     /// Operations done.
     pub done: u64,
-    /// Operations that failed (an error or an unexpected status).
+    /// Operations that failed (an error or a status other than 200).
     pub failed: u64,
     /// Operations started later than due by more than a tenth of the period.
     pub late: u64,
 }
 
-/// Sleeps until `due` in short slices; `false` if `stop` was set meanwhile.
-fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= due {
-            return true;
-        }
-        std::thread::sleep((due - now).min(Duration::from_millis(50)));
-    }
-}
+/// A request of a paced load: method, path, body.
+pub type PacedRequest = (Method, String, Bytes);
 
 /// A running paced load; [`Pacer::stop`] ends it.
 pub struct Pacer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    out: Arc<Mutex<Paced>>,
+    stop: watch::Sender<bool>,
+    lanes: Vec<JoinHandle<Paced>>,
     /// Operations done so far.
     pub done: Arc<AtomicU64>,
 }
 
 impl Pacer {
-    /// Runs `op(state, item)` for every item of `items` once per `every`, on `threads` threads
-    /// (item i on thread i % threads, each with its own `state` from `make`). `op` returns
-    /// whether the operation succeeded.
-    pub fn start<S: Send + 'static>(
+    /// Sends `request(item)` for every item of `items` once per `every` on `rt`, over `lanes`
+    /// connections to `target` (item i on lane i % lanes, opened first); an answer other than
+    /// 200 counts as failed.
+    pub fn start(
+        rt: &Runtime,
+        target: &Target,
         items: usize,
         every: Duration,
-        threads: usize,
-        make: impl Fn() -> S,
-        op: impl Fn(&mut S, usize) -> (bool, Duration) + Send + Sync + 'static,
-    ) -> Pacer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let out = Arc::new(Mutex::new(Paced::default()));
+        lanes: usize,
+        request: impl Fn(usize) -> PacedRequest + Send + Sync + 'static,
+    ) -> Result<Pacer, RmLoadError> {
+        let (stop, _) = watch::channel(false);
         let done = Arc::new(AtomicU64::new(0));
-        let op = Arc::new(op);
-        let threads = threads.max(1);
-        let handles = (0..threads)
-            .map(|t| {
-                let mine: Vec<usize> = (t..items).step_by(threads).collect();
-                let (stop, out, done, op) = (stop.clone(), out.clone(), done.clone(), op.clone());
-                let mut state = make();
-                std::thread::spawn(move || {
-                    let mut local = Paced::default();
+        let request = Arc::new(request);
+        let lanes = lanes.max(1);
+        let conns = rt.block_on(Conn::open_many(target, lanes))?;
+        let handles = conns
+            .into_iter()
+            .enumerate()
+            .map(|(lane, mut conn)| {
+                let mine: Vec<usize> = (lane..items).step_by(lanes).collect();
+                let (mut stopped, done, request) =
+                    (stop.subscribe(), done.clone(), request.clone());
+                rt.spawn(async move {
+                    let mut out = Paced::default();
                     let n = mine.len().max(1) as u32;
                     let start = Instant::now();
                     let mut round = 0u32;
-                    'run: loop {
+                    'run: while !mine.is_empty() {
                         let base = start + every * round;
                         for (j, &item) in mine.iter().enumerate() {
-                            if stop.load(Ordering::Relaxed) {
-                                break 'run;
-                            }
                             let due = base + every * j as u32 / n;
                             let now = Instant::now();
                             if due > now {
-                                if !sleep_until(due, &stop) {
-                                    break 'run;
+                                tokio::select! {
+                                    _ = tokio::time::sleep_until(due) => {}
+                                    _ = stopped.wait_for(|s| *s) => break 'run,
                                 }
                             } else if now - due > every / 10 {
-                                local.late += 1;
+                                out.late += 1;
                             }
-                            let (ok, took) = op(&mut state, item);
-                            local.latencies.record(took);
-                            local.done += 1;
+                            if *stopped.borrow() {
+                                break 'run;
+                            }
+                            let (method, path, body) = request(item);
+                            match conn.call(method, &path, body).await {
+                                Ok(a) => {
+                                    out.latencies.record(a.took);
+                                    if a.status != 200 {
+                                        out.failed += 1;
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::debug!("paced request failed: {e}");
+                                    out.failed += 1;
+                                }
+                            }
+                            out.done += 1;
                             done.fetch_add(1, Ordering::Relaxed);
-                            if !ok {
-                                local.failed += 1;
-                            }
-                        }
-                        if mine.is_empty() {
-                            break;
                         }
                         round += 1;
                     }
-                    let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
-                    o.latencies.merge(&local.latencies);
-                    o.done += local.done;
-                    o.failed += local.failed;
-                    o.late += local.late;
+                    out
                 })
             })
             .collect();
-        Pacer {
+        Ok(Pacer {
             stop,
-            threads: handles,
-            out,
+            lanes: handles,
             done,
-        }
+        })
     }
 
-    /// Stops the threads and returns what they did.
-    pub fn stop(self) -> Paced {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
-            let _ = t.join();
+    /// Stops the lanes (each finishes the request it has in flight) and returns what they did.
+    pub fn stop(self, rt: &Runtime) -> Paced {
+        self.stop.send_replace(true);
+        let mut all = Paced::default();
+        for lane in self.lanes {
+            if let Ok(p) = rt.block_on(lane) {
+                all.latencies.merge(&p.latencies);
+                all.done += p.done;
+                all.failed += p.failed;
+                all.late += p.late;
+            }
         }
-        std::mem::take(&mut *self.out.lock().unwrap_or_else(|p| p.into_inner()))
+        all
     }
 }

@@ -105,7 +105,11 @@ fn spawn(exe: &Path, dir: &Path) -> Result<(Child, String), RmLoadError> {
     let mut child = Command::new(exe)
         .args(["resource-manager", "--config"])
         .arg(dir.join("rm.toml"))
-        .env("RUST_LOG", "warn")
+        // Warnings only, unless the benchmark's own RUST_LOG asks for more.
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

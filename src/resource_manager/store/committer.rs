@@ -1,47 +1,48 @@
-//! The committer: one thread that appends every record pending at the moment to the newest
-//! segment in one write (group commit), and [`SYNCERS`] threads that make what was written
-//! durable with `fdatasync`, then tell the waiting handlers ([`Durable`]).
+//! Group commit: [`LOG_THREADS`] threads, each of which takes every record pending at the
+//! moment, appends them to the newest segment in one write, makes what was written durable
+//! with `fdatasync`, then tells the waiting handlers ([`super::waiters`]).
 //!
-//! The syncs overlap: a sync covers every record written before it started, so a record
-//! written while another sync is in flight does not wait for that one to end before its own
-//! starts (with one sync at a time a change waited 1.5 syncs on average, and the disk's cache
+//! The syncs overlap: while one thread syncs, the next records are taken, written and synced
+//! by another, and a sync covers every record written before it started, so a record written
+//! while another sync is in flight does not wait for that one to end before its own starts
+//! (with one sync at a time a change waited 1.5 syncs on average, and the disk's cache
 //! flushes were not shared). The kernel joins overlapping `fdatasync` calls of one file into
-//! one journal commit where it can.
+//! one journal commit where it can. The thread that writes a batch syncs it: a record goes
+//! from its handler to a log thread and back, two hand-offs (a separate writer thread that
+//! passed the batch on to a syncer made three), and a log thread is woken only when one is
+//! idle and records wait.
 //!
-//! A failed write is cut back off the segment and retried with the next batch; the handlers of
-//! the failed batch get its error. A failed `fdatasync` leaves the written data in an unknown
-//! state (the kernel reports such an error once and may drop the dirty pages), so the log is
-//! poisoned, as PostgreSQL does since 2018: this and every later change fails until the
-//! manager is restarted and recovers what is on disk. Each syncer syncs through its own open
-//! file description of the segment (the kernel reports a writeback error once per
-//! description), so no syncer can report records durable whose loss another one was told of.
+//! A failed write is cut back off the segment and retried with the next batch (or after
+//! [`RETRY`]); the handlers of the failed batch get its error. A failed `fdatasync` leaves the
+//! written data in an unknown state (the kernel reports such an error once and may drop the
+//! dirty pages), so the log is poisoned, as PostgreSQL does since 2018: this and every later
+//! change fails until the manager is restarted and recovers what is on disk. Each log thread
+//! syncs through its own open file description of the segment (the kernel reports a writeback
+//! error once per description), so no thread can report records durable whose loss another
+//! one was told of.
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::frame::{self, LogRecord};
+use super::frame;
 use super::{segments, Shared};
 
 /// How long a failed batch waits before it is retried (unless new records come first).
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Threads that call `fdatasync`: at most this many syncs are in flight at once.
-pub const SYNCERS: usize = 4;
+/// Threads that write and `fdatasync` the log: at most this many syncs are in flight at once.
+pub const LOG_THREADS: usize = 4;
 
-/// What the committer wrote and what the syncers made durable (under [`Shared`]'s `sync`).
+/// What the log threads wrote, and whether a sync failed (under [`Shared`]'s `sync`).
 #[derive(Debug, Default)]
 pub(super) struct SyncState {
     /// The last record written to the segment.
     written: u64,
-    /// The last record a sync started (or finished) covers.
-    started: u64,
     /// A sync failed: nothing is durable any more.
     poisoned: Option<String>,
-    /// The committer has written everything and stopped.
-    closed: bool,
 }
 
 /// How far the log is durable.
@@ -81,11 +82,11 @@ pub(super) struct Writer {
     pub(super) len: u64,
     /// The next record to be written.
     pub(super) next_seq: u64,
-    /// One descriptor of the segment per syncer, opened before anything was written to it:
-    /// the kernel reports a writeback error once per open file description, so a syncer whose
-    /// `fdatasync` succeeds on its own description knows that nothing written before it
-    /// started was lost (with shared descriptions another syncer could have taken the error).
-    sync_files: Vec<File>,
+    /// One descriptor of the segment per log thread, opened before anything was written to
+    /// it: the kernel reports a writeback error once per open file description, so a thread
+    /// whose `fdatasync` succeeds on its own description knows that nothing written before it
+    /// started was lost (with shared descriptions another thread could have taken the error).
+    sync_files: Vec<Arc<File>>,
 }
 
 impl Writer {
@@ -102,8 +103,8 @@ impl Writer {
         let len = file.metadata()?.len();
         file.sync_all()?;
         segments::sync_dir(state)?;
-        let sync_files = (0..SYNCERS)
-            .map(|_| File::open(&path))
+        let sync_files = (0..LOG_THREADS)
+            .map(|_| File::open(&path).map(Arc::new))
             .collect::<std::io::Result<_>>()?;
         Ok(Writer {
             file,
@@ -114,7 +115,7 @@ impl Writer {
         })
     }
 
-    /// Appends `bytes` (not yet durable: the syncers make it so); on failure the segment is
+    /// Appends `bytes` (not yet durable: a sync makes it so); on failure the segment is
     /// cut back to where it was, so that the next write follows the last good record.
     fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self.file.write_all(bytes) {
@@ -132,20 +133,17 @@ impl Writer {
     }
 }
 
-/// The committer thread's loop, with its syncers, until the store is closed and everything is
-/// written and synced (or writing fails at close).
+/// The log threads, until the store is closed and everything queued is written and synced
+/// (or writing fails at close).
 pub(super) fn run(shared: Arc<Shared>) {
     std::thread::scope(|scope| {
-        for i in 0..SYNCERS {
+        for i in 0..LOG_THREADS {
             let shared = &shared;
             std::thread::Builder::new()
-                .name(format!("rfaas-rm-sync{i}"))
-                .spawn_scoped(scope, move || sync(shared, i))
-                .expect("a thread for the log's syncs");
+                .name(format!("rfaas-rm-log{i}"))
+                .spawn_scoped(scope, move || log_thread(shared, i))
+                .expect("a thread for the log");
         }
-        write(&shared);
-        shared.lock_sync().closed = true;
-        shared.sync_wake.notify_all();
     });
 }
 
@@ -160,137 +158,124 @@ impl Shared {
     }
 }
 
-/// Takes the pending records and writes them, batch after batch.
-fn write(shared: &Shared) {
-    let mut retry: Vec<LogRecord> = Vec::new();
+/// Log thread `index`: waits for records, writes all that are pending, syncs them, tells
+/// their handlers; returns once the store is closed and nothing is left.
+fn log_thread(shared: &Shared, index: usize) {
     let mut buf = Vec::new();
     loop {
-        let (mut batch, closed) = {
+        // Wait for records (or a failed batch's retry to be due).
+        {
             let mut q = shared.lock_queue();
-            while q.records.is_empty() && !q.closed {
-                if retry.is_empty() {
-                    q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
-                } else {
-                    q = shared
-                        .wake
-                        .wait_timeout(q, RETRY)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+            loop {
+                let now = Instant::now();
+                let retry_due = !q.retry.is_empty() && (q.closed || q.retry_at <= now);
+                if !q.records.is_empty() || retry_due {
                     break;
                 }
-            }
-            (std::mem::take(&mut q.records), q.closed)
-        };
-        if !retry.is_empty() {
-            retry.append(&mut batch);
-            batch = std::mem::take(&mut retry);
-        }
-        let first = batch.first().map_or(0, |r| r.seq);
-        let Some(last) = batch.last().map(|r| r.seq) else {
-            if closed {
-                return;
-            }
-            continue;
-        };
-        if shared.lock_sync().poisoned.is_some() {
-            // Their handlers already know: every record fails once the log is poisoned.
-            if closed {
-                return;
-            }
-            continue;
-        }
-        buf.clear();
-        for r in &batch {
-            frame::encode(r, &mut buf);
-        }
-        let result = {
-            let mut w = shared.lock_writer();
-            let r = w.append(&buf);
-            if r.is_ok() {
-                w.next_seq = last + 1;
-                // Under the writer's lock, so that a sync that sees it finds the data written.
-                shared.lock_sync().written = last;
-            }
-            r
-        };
-        match result {
-            Ok(()) => {
-                shared.sync_wake.notify_one();
-                shared
-                    .stats
-                    .records
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                shared
-                    .log_bytes
-                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("cannot append to the state log: {e}");
-                shared.durable.send_modify(|d| {
-                    // Only this batch fails: earlier ones may still be syncing. A poisoned
-                    // log's failure stays.
-                    if !d.failed.as_ref().is_some_and(|f| f.last == u64::MAX) {
-                        d.failed = Some(Failed {
-                            first,
-                            last,
-                            error: e.to_string(),
-                        });
-                    }
-                });
-                if closed {
+                if q.closed {
                     return;
                 }
-                retry = batch;
+                q.idle += 1;
+                q = if q.retry.is_empty() {
+                    shared.wake.wait(q).unwrap_or_else(|p| p.into_inner())
+                } else {
+                    let left = q.retry_at.saturating_duration_since(now);
+                    shared
+                        .wake
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                };
+                q.idle -= 1;
             }
         }
+        // Take and write them under the writer's lock: batches go to the segment in order.
+        let (file, count, bytes) = {
+            let mut w = shared.lock_writer();
+            let (batch, closed) = {
+                let mut q = shared.lock_queue();
+                if q.abandoned {
+                    q.records.clear();
+                }
+                let mut batch = std::mem::take(&mut q.retry);
+                batch.append(&mut q.records);
+                (batch, q.closed)
+            };
+            let (Some(first), Some(last)) =
+                (batch.first().map(|r| r.seq), batch.last().map(|r| r.seq))
+            else {
+                continue; // another thread took them
+            };
+            if shared.lock_sync().poisoned.is_some() {
+                continue; // their handlers already know: every record fails once poisoned
+            }
+            buf.clear();
+            for r in &batch {
+                frame::encode(r, &mut buf);
+            }
+            match w.append(&buf) {
+                Ok(()) => {
+                    w.next_seq = last + 1;
+                    // Under the writer's lock, so that a sync that sees it finds the data
+                    // written.
+                    shared.lock_sync().written = last;
+                    (w.sync_files[index].clone(), batch.len(), buf.len())
+                }
+                Err(e) => {
+                    // Back in the queue before the writer's lock is released: no other thread
+                    // may write the records after these first.
+                    let mut q = shared.lock_queue();
+                    if closed {
+                        // Closing: given up, with every later record (written after a gap,
+                        // they would make the log unreadable); their handlers are told at
+                        // the close.
+                        q.abandoned = true;
+                        q.records.clear();
+                    } else {
+                        let mut later = std::mem::take(&mut q.records);
+                        q.retry = batch;
+                        q.retry.append(&mut later);
+                        q.retry_at = Instant::now() + RETRY;
+                    }
+                    drop(q);
+                    drop(w);
+                    shared.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!("cannot append to the state log: {e}");
+                    // Only this batch fails: earlier ones may still be syncing.
+                    shared.waiters.fail(Failed {
+                        first,
+                        last,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            }
+        };
+        shared
+            .stats
+            .records
+            .fetch_add(count as u64, Ordering::Relaxed);
+        shared.log_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         if buf.capacity() > 16 << 20 {
             buf = Vec::new();
         }
-    }
-}
-
-/// Syncer `index`: makes what was written durable, overlapping with the other syncers, until
-/// the committer has stopped and everything written is synced.
-fn sync(shared: &Shared, index: usize) {
-    loop {
-        let covers = {
-            let mut s = shared.lock_sync();
-            loop {
-                if s.poisoned.is_some() {
-                    return;
-                }
-                if s.written > s.started {
-                    break;
-                }
-                if s.closed {
-                    return;
-                }
-                s = shared.sync_wake.wait(s).unwrap_or_else(|p| p.into_inner());
-            }
-            s.started = s.written;
-            s.written
-        };
-        // The segment being written now; data of an older segment was synced when the
-        // compaction rotated it away ([`super::compaction`]).
-        let file = shared.lock_writer().sync_files[index].try_clone();
-        let r = file.and_then(|f| f.sync_data());
-        match r {
+        // Sync: it covers every record written before it starts, by any thread. The file is
+        // the segment written; data of a segment rotated away meanwhile was synced by the
+        // compaction that rotated it ([`super::compaction`]).
+        let covers = shared.lock_sync().written;
+        match file.sync_data() {
             Ok(()) => {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);
                 // Under the sync lock, which poisoning takes: once poisoned, nothing more is
                 // reported durable.
                 let s = shared.lock_sync();
                 if s.poisoned.is_some() {
-                    return;
+                    continue;
                 }
-                shared.durable.send_modify(|d| d.seq = d.seq.max(covers));
+                shared.waiters.advance(covers);
                 drop(s);
             }
-            Err(e) => {
-                poison(shared, &e);
-                return;
-            }
+            Err(e) => poison(shared, &e),
         }
     }
 }
@@ -306,13 +291,10 @@ pub(super) fn poison(shared: &Shared, e: &std::io::Error) {
     let mut s = shared.lock_sync();
     s.poisoned = Some(message.clone());
     shared.stats.errors.fetch_add(1, Ordering::Relaxed);
-    shared.durable.send_modify(|d| {
-        d.failed = Some(Failed {
-            first: 0,
-            last: u64::MAX,
-            error: message,
-        })
+    shared.waiters.fail(Failed {
+        first: 0,
+        last: u64::MAX,
+        error: message,
     });
     drop(s);
-    shared.sync_wake.notify_all();
 }

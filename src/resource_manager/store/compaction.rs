@@ -1,6 +1,6 @@
 //! Compaction: the state as a new snapshot, so that the log segments it covers can go.
 //!
-//! 1. The committer's segment is rotated: records written from now on go to a new segment,
+//! 1. The log's segment is rotated: records written from now on go to a new segment,
 //!    so every older segment holds only records already applied to the scheduler.
 //! 2. The caller encodes the snapshot and says the sequence number of the last record it
 //!    reflects, under the scheduler's lock (at least every record of the older segments),
@@ -67,7 +67,7 @@ impl Store {
         let start = {
             let mut w = self.shared.lock_writer();
             if w.start != w.next_seq {
-                // What was written to the old segment is durable before the syncers move on
+                // What was written to the old segment is durable before the log threads move on
                 // to the new one (they sync the segment being written).
                 if let Err(e) = w.file.sync_data() {
                     super::committer::poison(&self.shared, &e);

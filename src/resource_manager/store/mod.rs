@@ -7,6 +7,7 @@
 //! | [`snapshot_file`] | the snapshot on disk: header, CRC-32, `postcard` (JSON read) |
 //! | [`segments`] | the log's files `STATE.log.SEQ` beside the snapshot `STATE` |
 //! | [`committer`] | group commit: all pending records in one write; overlapping fsyncs |
+//! | [`waiters`] | the handlers waiting for their records, woken when those are durable |
 //! | [`compaction`] | a new snapshot, then the segments it covers go |
 //! | [`recovery`] | snapshot + log → state at start; torn tail dropped, corruption refused |
 //!
@@ -23,13 +24,13 @@ pub mod frame;
 pub mod recovery;
 pub mod segments;
 pub mod snapshot_file;
+pub mod waiters;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-
-use tokio::sync::watch;
+use std::time::Instant;
 
 pub use committer::{Durable, Failed};
 pub use frame::LogRecord;
@@ -51,20 +52,26 @@ pub struct Stats {
     pub snapshots: AtomicU64,
 }
 
-#[derive(Default)]
+/// The records appended and not yet taken by a log thread.
 struct Queue {
     records: Vec<LogRecord>,
+    /// A batch whose write failed, to be written again (before `records`) at `retry_at`.
+    retry: Vec<LogRecord>,
+    retry_at: Instant,
+    /// Log threads waiting for records: an append wakes one only when one waits.
+    idle: usize,
     closed: bool,
+    /// A write failed while closing: nothing more is written.
+    abandoned: bool,
 }
 
-/// What the handlers, the committer and compaction share.
+/// What the handlers, the log threads and compaction share.
 pub(crate) struct Shared {
     queue: Mutex<Queue>,
     wake: Condvar,
     writer: Mutex<Writer>,
     sync: Mutex<committer::SyncState>,
-    sync_wake: Condvar,
-    durable: watch::Sender<Durable>,
+    waiters: waiters::Waiters,
     stats: Stats,
     /// Bytes of log since the last snapshot.
     log_bytes: AtomicU64,
@@ -107,15 +114,18 @@ impl Store {
                 source,
             })?;
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                records: Vec::new(),
+                retry: Vec::new(),
+                retry_at: Instant::now(),
+                idle: 0,
+                closed: false,
+                abandoned: false,
+            }),
             wake: Condvar::new(),
             writer: Mutex::new(writer),
             sync: Mutex::new(committer::SyncState::default()),
-            sync_wake: Condvar::new(),
-            durable: watch::Sender::new(Durable {
-                seq: recovered.last_seq,
-                failed: None,
-            }),
+            waiters: waiters::Waiters::new(recovered.last_seq),
             stats: Stats::default(),
             log_bytes: AtomicU64::new(recovered.log_bytes),
             snapshot_bytes: AtomicU64::new(recovered.snapshot_bytes),
@@ -150,27 +160,23 @@ impl Store {
     /// Queues a record for the committer. Records must be appended in sequence order (the
     /// caller holds the lock that orders the changes).
     pub fn append(&self, record: LogRecord) {
-        self.shared.lock_queue().records.push(record);
-        self.shared.wake.notify_one();
+        let mut q = self.shared.lock_queue();
+        q.records.push(record);
+        let idle = q.idle > 0;
+        drop(q);
+        if idle {
+            self.shared.wake.notify_one();
+        }
     }
 
     /// Waits until record `seq` is on disk; the write's error if it failed.
     pub async fn wait(&self, seq: u64) -> Result<(), String> {
-        let mut rx = self.shared.durable.subscribe();
-        let d = rx
-            .wait_for(|d| d.seq >= seq || d.failed.as_ref().is_some_and(|f| f.covers(seq)))
-            .await
-            .map_err(|_| "the log committer stopped".to_string())?
-            .clone();
-        match d.failed {
-            Some(f) if d.seq < seq => Err(f.error),
-            _ => Ok(()),
-        }
+        self.shared.waiters.wait(seq).await
     }
 
     /// How far the log is durable.
     pub fn durable(&self) -> Durable {
-        self.shared.durable.borrow().clone()
+        self.shared.waiters.durable()
     }
 
     /// The counters.
@@ -200,6 +206,7 @@ impl Store {
         if let Some(t) = thread {
             let _ = t.join();
         }
+        self.shared.waiters.close();
         let d = self.durable();
         match d.failed {
             Some(f) if f.last > d.seq => Err(f.error),
