@@ -41,6 +41,9 @@ pub const LOG_THREADS: usize = 4;
 pub(super) struct SyncState {
     /// The last record written to the segment.
     written: u64,
+    /// The segment it was written to (its start): a sync of another segment's file does not
+    /// cover it.
+    segment: u64,
     /// A sync failed: nothing is durable any more.
     poisoned: Option<String>,
 }
@@ -116,18 +119,24 @@ impl Writer {
     }
 
     /// Appends `bytes` (not yet durable: a sync makes it so); on failure the segment is
-    /// cut back to where it was, so that the next write follows the last good record.
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// cut back to where it was, so that the next write follows the last good record. The
+    /// error, and whether the cut failed too (the segment then ends in a torn write: nothing
+    /// may follow it).
+    fn append(&mut self, bytes: &[u8]) -> Result<(), (std::io::Error, bool)> {
         match self.file.write_all(bytes) {
             Ok(()) => {
                 self.len += bytes.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                if let Err(cut) = self.file.set_len(self.len) {
-                    tracing::error!("cannot cut back a failed write of the log: {cut}");
-                }
-                Err(e)
+                let torn = match self.file.set_len(self.len) {
+                    Ok(()) => false,
+                    Err(cut) => {
+                        tracing::error!("cannot cut back a failed write of the log: {cut}");
+                        true
+                    }
+                };
+                Err((e, torn))
             }
         }
     }
@@ -139,10 +148,26 @@ pub(super) fn run(shared: Arc<Shared>) {
     std::thread::scope(|scope| {
         for i in 0..LOG_THREADS {
             let shared = &shared;
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("rfaas-rm-log{i}"))
-                .spawn_scoped(scope, move || log_thread(shared, i))
-                .expect("a thread for the log");
+                .spawn_scoped(scope, move || {
+                    // A panic would leave its batch's handlers waiting and the next batch
+                    // written after a gap: the log is poisoned instead (nothing more is saved,
+                    // every waiter is told).
+                    let run = std::panic::AssertUnwindSafe(|| log_thread(shared, i));
+                    if std::panic::catch_unwind(run).is_err() {
+                        poison(shared, &std::io::Error::other("a log thread panicked"));
+                    }
+                });
+            if let Err(e) = spawned {
+                // Fewer threads would do, but none at all would write nothing: say so to
+                // every change rather than let them wait.
+                if i == 0 {
+                    poison(shared, &e);
+                } else {
+                    tracing::warn!("the state log runs with {i} threads: {e}");
+                }
+            }
         }
     });
 }
@@ -190,7 +215,7 @@ fn log_thread(shared: &Shared, index: usize) {
             }
         }
         // Take and write them under the writer's lock: batches go to the segment in order.
-        let (file, count, bytes) = {
+        let (file, segment, last, count, bytes) = {
             let mut w = shared.lock_writer();
             let (batch, closed) = {
                 let mut q = shared.lock_queue();
@@ -218,10 +243,25 @@ fn log_thread(shared: &Shared, index: usize) {
                     w.next_seq = last + 1;
                     // Under the writer's lock, so that a sync that sees it finds the data
                     // written.
-                    shared.lock_sync().written = last;
-                    (w.sync_files[index].clone(), batch.len(), buf.len())
+                    let mut s = shared.lock_sync();
+                    (s.written, s.segment) = (last, w.start);
+                    drop(s);
+                    (
+                        w.sync_files[index].clone(),
+                        w.start,
+                        last,
+                        batch.len(),
+                        buf.len(),
+                    )
                 }
-                Err(e) => {
+                Err((e, torn)) => {
+                    if torn {
+                        // The segment ends in a torn write that could not be cut off: a record
+                        // written after it would be unreadable.
+                        drop(w);
+                        poison(shared, &e);
+                        continue;
+                    }
                     // Back in the queue before the writer's lock is released: no other thread
                     // may write the records after these first.
                     let mut q = shared.lock_queue();
@@ -259,10 +299,18 @@ fn log_thread(shared: &Shared, index: usize) {
         if buf.capacity() > 16 << 20 {
             buf = Vec::new();
         }
-        // Sync: it covers every record written before it starts, by any thread. The file is
-        // the segment written; data of a segment rotated away meanwhile was synced by the
-        // compaction that rotated it ([`super::compaction`]).
-        let covers = shared.lock_sync().written;
+        // Sync: it covers every record written before it starts, by any thread, to this
+        // segment. When a compaction rotated the log since this batch was written (it synced
+        // the old segment first, [`super::compaction`]), the records written since went to
+        // the new one, which this sync does not cover: it then answers for its own batch.
+        let covers = {
+            let s = shared.lock_sync();
+            if s.segment == segment {
+                s.written
+            } else {
+                last
+            }
+        };
         match file.sync_data() {
             Ok(()) => {
                 shared.stats.commits.fetch_add(1, Ordering::Relaxed);

@@ -206,8 +206,8 @@ impl Store {
         if let Some(t) = thread {
             let _ = t.join();
         }
-        self.shared.waiters.close();
         let d = self.durable();
+        self.shared.waiters.close();
         match d.failed {
             Some(f) if f.last > d.seq => Err(f.error),
             _ => Ok(()),

@@ -123,10 +123,17 @@ impl Waiters {
         tell(woken);
     }
 
-    /// The log stopped: whoever still waits is told so.
+    /// The log stopped: whoever still waits is told so, and so is whoever waits later.
     pub fn close(&self) {
         let woken = {
             let mut g = self.lock();
+            if !g.now.failed.as_ref().is_some_and(|f| f.last == u64::MAX) {
+                g.now.failed = Some(Failed {
+                    first: g.now.seq + 1,
+                    last: u64::MAX,
+                    error: "the state log was closed".to_string(),
+                });
+            }
             std::mem::take(&mut g.pending)
                 .into_values()
                 .flatten()
@@ -231,5 +238,17 @@ mod tests {
         w.close();
         assert_eq!(poll(&mut f[0]), Some(Ok(())));
         assert!(matches!(poll(&mut f[1]), Some(Err(m)) if m.contains("closed")));
+    }
+
+    #[test]
+    fn after_close_every_wait_for_an_undecided_record_fails_at_once() {
+        let w = Waiters::new(3);
+        let mut before = waiting(&w, 4..=4);
+        w.close();
+        let closed = Some(Err("the state log was closed".to_string()));
+        assert_eq!(poll(&mut before[0]), closed);
+        // A wait that starts later is not left hanging either; a durable record stays durable.
+        assert_eq!(poll(&mut (Box::pin(w.wait(9)) as Wait<'_>)), closed);
+        assert_eq!(poll(&mut (Box::pin(w.wait(3)) as Wait<'_>)), Some(Ok(())));
     }
 }
