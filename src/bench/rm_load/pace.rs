@@ -38,7 +38,7 @@ pub type PacedRequest = (Method, String, Bytes);
 pub struct Pacer {
     stop: watch::Sender<bool>,
     lanes: Vec<JoinHandle<Paced>>,
-    /// Operations done so far.
+    /// Operations answered with success so far (what a sustained rate counts).
     pub done: Arc<AtomicU64>,
 }
 
@@ -91,7 +91,10 @@ impl Pacer {
                             match conn.call(method, &path, body).await {
                                 Ok(a) => {
                                     out.latencies.record(a.took);
-                                    if a.status != 200 {
+                                    if a.status == 200 {
+                                        // The sustained rate counts answered calls only.
+                                        done.fetch_add(1, Ordering::Relaxed);
+                                    } else {
                                         out.failed += 1;
                                     }
                                 }
@@ -101,7 +104,6 @@ impl Pacer {
                                 }
                             }
                             out.done += 1;
-                            done.fetch_add(1, Ordering::Relaxed);
                         }
                         round += 1;
                     }
@@ -121,11 +123,18 @@ impl Pacer {
         self.stop.send_replace(true);
         let mut all = Paced::default();
         for lane in self.lanes {
-            if let Ok(p) = rt.block_on(lane) {
-                all.latencies.merge(&p.latencies);
-                all.done += p.done;
-                all.failed += p.failed;
-                all.late += p.late;
+            match rt.block_on(lane) {
+                Ok(p) => {
+                    all.latencies.merge(&p.latencies);
+                    all.done += p.done;
+                    all.failed += p.failed;
+                    all.late += p.late;
+                }
+                // Its counts are lost: at least its call in flight failed.
+                Err(e) => {
+                    tracing::warn!("a paced lane ended abnormally: {e}");
+                    all.failed += 1;
+                }
             }
         }
         all
