@@ -10,10 +10,15 @@ fn main() -> ExitCode {
     // The same command line as `rfaas executor`, so that tools (and `rfaas local-cluster`)
     // recognise executors by it.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // What its manager checks before it uses this binary (see `executor_exe`).
+    if args == ["build-info"] {
+        println!("{}", rfaas::executor::build_info());
+        return ExitCode::SUCCESS;
+    }
     if args != ["executor"] {
         eprintln!(
             "usage: rfaas-executor executor  (started by an executor manager; it reads its \
-             configuration on standard input)"
+             configuration on standard input), or rfaas-executor build-info"
         );
         return ExitCode::from(2);
     }

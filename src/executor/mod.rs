@@ -86,6 +86,23 @@ pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 /// on them.
 pub const EARLY_STANDBY_ENV: &str = "RFAAS_EXECUTOR_STANDBY";
 
+/// What a manager and the executor binary it starts must agree on: the version and the
+/// features that change what an executor can do (its fabric providers, its pinning). Printed
+/// by `rfaas-executor build-info`; a manager uses that binary only when it prints the same.
+pub fn build_info() -> String {
+    let features = [
+        ("verbs", cfg!(feature = "verbs")),
+        ("libfabric", cfg!(feature = "libfabric")),
+        ("hwloc", cfg!(feature = "hwloc")),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| *name)
+    .collect::<Vec<_>>()
+    .join(",");
+    format!("rfaas {} [{features}]", env!("CARGO_PKG_VERSION"))
+}
+
 /// Entry point of `rfaas executor`: reads the configuration from standard input and serves.
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
 /// the client why.

@@ -38,7 +38,7 @@ pub mod service;
 pub mod spawn;
 pub mod topology;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -102,11 +102,48 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
 }
 
 /// The executable that executors run as (`<exe> executor`): `rfaas-executor` when it lies
-/// beside this `rfaas` (`this`), a lean binary of the executor alone that starts faster; else
-/// this executable.
+/// beside this `rfaas` (`this`), a lean binary of the executor alone that starts faster, built
+/// with the same version and features ([`crate::executor::build_info`]); else this executable
+/// (with a warning when a lean one is there but does not match: a differently built executor
+/// could not open the manager's fabric). One built well before this binary is used with a
+/// warning (cargo links the two in one build, in either order).
 fn executor_exe(this: PathBuf) -> PathBuf {
     let lean = this.with_file_name("rfaas-executor");
-    let chosen = if lean.is_file() { lean } else { this };
+    if !lean.is_file() {
+        tracing::info!(executable = %this.display(), "executors run as `<executable> executor`");
+        return this;
+    }
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let stale = matches!((modified(&lean), modified(&this)),
+        (Some(l), Some(t)) if t.duration_since(l).is_ok_and(|d| d.as_secs() > 600));
+    let info = std::process::Command::new(&lean)
+        .arg("build-info")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let ours = crate::executor::build_info();
+    let why_not = match &info {
+        None => Some("it does not say how it was built".to_string()),
+        Some(i) if *i != ours => Some(format!("it was built as {i:?}, this as {ours:?}")),
+        _ => None,
+    };
+    if stale && why_not.is_none() {
+        tracing::warn!(
+            lean = %lean.display(),
+            "the lean executor binary was built more than 10 minutes before this one: rebuild both \
+             (`make build`) if the executor's code changed since"
+        );
+    }
+    let chosen = match why_not {
+        None => lean,
+        Some(why) => {
+            tracing::warn!(lean = %lean.display(), "not using the lean executor binary: {why}");
+            this
+        }
+    };
     tracing::info!(executable = %chosen.display(), "executors run as `<executable> executor`");
     chosen
 }
@@ -188,4 +225,34 @@ async fn serve(
     }
     tracing::info!("executor manager stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A directory with an `rfaas` and an `rfaas-executor` script that prints `info`.
+    fn dir_with_lean(info: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let this = dir.path().join("rfaas");
+        std::fs::write(&this, b"").unwrap();
+        if let Some(info) = info {
+            let lean = dir.path().join("rfaas-executor");
+            std::fs::write(&lean, format!("#!/bin/sh\necho '{info}'\n")).unwrap();
+            std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        (dir, this)
+    }
+
+    #[test]
+    fn the_lean_executor_is_used_only_when_it_was_built_alike() {
+        let ours = crate::executor::build_info();
+        let (dir, this) = dir_with_lean(Some(&ours));
+        assert_eq!(executor_exe(this), dir.path().join("rfaas-executor"));
+        let (_dir, this) = dir_with_lean(Some("rfaas 0.0.1 [libfabric]"));
+        assert_eq!(executor_exe(this.clone()), this, "another build: not used");
+        let (_dir, this) = dir_with_lean(None);
+        assert_eq!(executor_exe(this.clone()), this, "none beside it");
+    }
 }
