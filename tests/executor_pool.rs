@@ -143,8 +143,11 @@ fn executors_are_answered_early_and_a_failed_start_still_reaches_the_client() {
         let mut out = vec![0u8; 128];
         let n = exec.invoke(echo, b"early", &mut out).unwrap();
         assert_eq!(&out[..n], b"early");
-        // Connected and answered: the manager has seen it ready.
-        assert_eq!(manager.allocation(a.id).unwrap().state, "running");
+        // Connected and answered: the manager sees it ready once it has read its report
+        // (in the background after an early answer).
+        wait_for(DID_NOT_HANG, "the allocation to be running", || {
+            (manager.allocation(a.id).unwrap().state == "running").then_some(())
+        });
         exec.deallocate().unwrap();
 
         if size > 0 {

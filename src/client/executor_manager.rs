@@ -210,7 +210,16 @@ impl ManagerClient {
                     let message = s
                         .reason
                         .unwrap_or_else(|| "the executor failed to start".into());
-                    return Some(self.api.failure(422, message, s.code.as_deref()));
+                    let status = s.status.unwrap_or(422);
+                    return Some(self.api.failure(status, message, s.code.as_deref()));
+                }
+                // Stopped before it was ready, and not by this client: its manager is
+                // shutting down (what the allocation request would have been told, 503).
+                Ok(s) if s.state == "released" || s.state == "stopping" => {
+                    let message = s
+                        .reason
+                        .unwrap_or_else(|| "stopped before it was ready".into());
+                    return Some(self.api.failure(503, message, None));
                 }
                 Ok(s) if s.state == "starting" && !left.is_zero() => {
                     std::thread::sleep(Duration::from_millis(5));

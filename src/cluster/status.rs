@@ -385,6 +385,7 @@ mod tests {
                 state: "exited".into(),
                 reason: Some("killed by signal 11 (SIGSEGV)".into()),
                 code: None,
+                status: None,
                 cores: vec![0],
                 execution_ns: 1500,
                 hot_polling_ns: 0,

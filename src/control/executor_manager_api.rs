@@ -112,8 +112,9 @@ pub struct AllocationRequest {
     pub client: String,
     /// Answer as soon as an executor from the manager's pool has its configuration, before it
     /// has loaded the library (see [`Allocation::early`]): the library then loads while the
-    /// client connects. Only pooled executors are answered early; a client asking for it must
-    /// learn a failed start from the allocation's state when its connection fails.
+    /// client connects. Pooled executors are answered once they have their configuration,
+    /// fresh ones once they have started too; a client asking for it must learn a failed start
+    /// from the allocation's state when its connection fails.
     #[serde(default)]
     pub early_answer: bool,
     /// Named assets for the library's init function, in the order the client listed them
@@ -182,6 +183,11 @@ pub struct AllocationStatus {
     /// refused (the reason is then the library's message).
     #[serde(default)]
     pub code: Option<String>,
+    /// When it failed to start: the HTTP status its allocation request would have been
+    /// answered with (422 for an executor or library that refused, 504 for a timeout, 503 for
+    /// a manager shutting down...).
+    #[serde(default)]
+    pub status: Option<u16>,
     /// Cores it holds (or held), one per worker in worker order: worker `i` is pinned to
     /// `cores[i]`.
     pub cores: Vec<u32>,

@@ -43,7 +43,7 @@ use super::spawn;
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Longest standby line a pooled process may print.
-const MAX_STANDBY_LINE: usize = 256;
+const MAX_STANDBY_LINE: usize = 4096;
 
 /// Start-to-standby time assumed before the first one was measured.
 const FIRST_STANDBY_GUESS: Duration = Duration::from_millis(20);
@@ -253,7 +253,7 @@ impl Pool {
             let standby = tokio::select! {
                 r = tokio::time::timeout(timeout, read_standby(stdout.as_mut())) => match r {
                     Ok(Ok(address)) => Ok(address),
-                    Ok(Err(why)) => Err(why),
+                    Ok(Err(why)) => Err(why.to_string()),
                     Err(_) => Err(format!("was not on standby within {timeout:?}")),
                 },
                 status = child.wait() => Err(status.map_or_else(|e| e.to_string(), spawn::exit_reason)),
@@ -492,27 +492,49 @@ fn forget_starting(st: &mut State, pid: u32) {
     }
 }
 
-/// Reads a pooled process's first line, byte by byte (what follows stays in the pipe for the
-/// allocation), and checks that it is [`ExecutorEvent::Standby`].
+/// Why an executor's first line was not [`ExecutorEvent::Standby`].
+#[derive(Debug)]
+pub(crate) enum NotStandby {
+    /// It reported another event (a failure to start, most likely).
+    Said(ExecutorEvent),
+    /// Anything else: what it did.
+    Other(String),
+}
+
+impl std::fmt::Display for NotStandby {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotStandby::Said(ev) => write!(f, "reported {ev:?} instead of standby"),
+            NotStandby::Other(what) => f.write_str(what),
+        }
+    }
+}
+
+/// Reads an executor's first line, byte by byte (what follows stays in the pipe for the
+/// allocation), and checks that it is [`ExecutorEvent::Standby`]; the address it listens on.
 pub(crate) async fn read_standby(
     stdout: Option<&mut ChildStdout>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, NotStandby> {
+    let other = |what: &str| Err(NotStandby::Other(what.to_string()));
     let Some(out) = stdout else {
-        return Err("has no standard output".into());
+        return other("has no standard output");
     };
     let mut line = Vec::new();
     loop {
         match out.read_u8().await {
             Ok(b'\n') => break,
             Ok(b) if line.len() < MAX_STANDBY_LINE => line.push(b),
-            Ok(_) => return Err("printed an overlong first line".into()),
-            Err(_) => return Err("closed its standard output before standby".into()),
+            Ok(_) => return other("printed an overlong first line"),
+            Err(_) => return other("closed its standard output before standby"),
         }
     }
     let text = String::from_utf8_lossy(&line);
     match serde_json::from_str::<ExecutorEvent>(text.trim()) {
         Ok(ExecutorEvent::Standby { address }) => Ok(address),
-        _ => Err(format!("printed {text:?} instead of standby")),
+        Ok(ev) => Err(NotStandby::Said(ev)),
+        Err(_) => Err(NotStandby::Other(format!(
+            "printed {text:?} instead of standby"
+        ))),
     }
 }
 

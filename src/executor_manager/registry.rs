@@ -102,6 +102,8 @@ pub struct Record {
     pub billing: (u64, u64),
     /// It failed to start because the library's init function refused.
     pub init_failed: bool,
+    /// The HTTP status its start failure would have had as an answer to its request.
+    pub failure_status: Option<u16>,
 }
 
 impl Record {
@@ -329,6 +331,7 @@ impl Registry {
                 error: None,
                 billing: (0, 0),
                 init_failed: false,
+                failure_status: None,
             },
         );
         Ok(Reservation {
@@ -372,6 +375,12 @@ impl Registry {
     pub fn start_failed(&mut self, id: u64, error: &str, now: Instant) -> Option<Freed> {
         let r = self.records.get_mut(&id)?;
         if !r.state.is_live() {
+            // Its process was reaped before the failure was recorded (its manager read the
+            // report late): the report, not "exited before it was ready", is the reason.
+            if r.state == State::Failed && r.error.is_none() {
+                r.error = Some(error.to_string());
+                r.reason = Some(error.to_string());
+            }
             return None;
         }
         r.error = Some(error.to_string());
@@ -382,11 +391,13 @@ impl Registry {
         Some(self.end(id, State::Failed, (0, 0), now))
     }
 
-    /// The start of `id` failed because the library's init function refused (its status says
-    /// so, for a client answered before the executor was ready).
-    pub fn init_failed(&mut self, id: u64) {
+    /// How the start of `id` failed: the HTTP `status` its request would have been answered
+    /// with, and whether the library's init function refused (its status says so, for a client
+    /// answered before the executor was ready). Call it before [`Registry::start_failed`].
+    pub fn start_failure(&mut self, id: u64, status: u16, init_failed: bool) {
         if let Some(r) = self.records.get_mut(&id) {
-            r.init_failed = true;
+            r.failure_status = Some(status);
+            r.init_failed = init_failed;
         }
     }
 

@@ -25,7 +25,7 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
-use super::pool::{Pool, PoolTiming, StandbyAt};
+use super::pool::{NotStandby, Pool, PoolTiming, StandbyAt};
 use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
 use super::spawn::{self, ExecutorHandle, StopRequest};
@@ -547,6 +547,18 @@ impl Service {
                             "executor has its configuration: answered before it is ready"
                         );
                         if let Err(err) = me.await_ready(&mut child, since).await {
+                            // Released by its client (or stopped by a shutdown) before its
+                            // ready report was read: its stop is under way, nothing failed.
+                            let stopped = me.registry().get(child.id).is_some_and(|r| {
+                                matches!(r.state, State::Stopping | State::Released)
+                            });
+                            if stopped {
+                                tracing::debug!(
+                                    allocation = child.id,
+                                    "stopped before it was ready: {err}"
+                                );
+                                return;
+                            }
                             me.abandon(child.id, child, err).await;
                         }
                     });
@@ -847,6 +859,13 @@ impl Service {
         match tokio::time::timeout(timeout, super::pool::read_standby(child.stdout.as_mut())).await
         {
             Ok(Ok(address)) => Ok((since, address)),
+            // What the ready report's reader would have answered (see `Self::await_ready`).
+            Ok(Err(NotStandby::Said(ExecutorEvent::Failed { error }))) => Err(
+                ServiceError::ExecutorFailed(format!("the executor could not start: {error}")),
+            ),
+            Ok(Err(NotStandby::Said(ExecutorEvent::InitFailed { error }))) => {
+                Err(ServiceError::InitFailed(error))
+            }
             Ok(Err(why)) => Err(ServiceError::ExecutorFailed(format!(
                 "allocation {id}: the executor {why}{}",
                 log_tail(&child.log)
@@ -969,27 +988,29 @@ impl Service {
     /// Step 9 on failure: marks the allocation failed and makes sure its executor is gone
     /// (its cores come back before the caller is answered); returns `err`.
     async fn abandon(&self, id: u64, mut child: Spawned, err: ServiceError) -> ServiceError {
-        // Its pipes close first: an executor still waiting for its configuration exits.
-        drop(child.stdin.take());
-        drop(child.stdout.take());
-        drop(child.stdout_tx.take());
+        // The log gets its name and the failure is recorded before the standard output counts
+        // as closed: the supervisor waits for that before it records the exit, which then finds
+        // the failure (and an empty log to remove) in place.
         if let Some(from) = child.pool_log.take() {
             let _ = std::fs::rename(from, &child.log);
         }
         tracing::warn!(allocation = id, pid = child.pid, "allocation failed: {err}");
         {
             let mut reg = self.registry();
+            let init = matches!(err, ServiceError::InitFailed(_));
+            reg.start_failure(id, err.status(), init);
             let text = match &err {
                 // The library's own words: the status then tells a client what it would
                 // have been answered (see `AllocationStatus::code`).
-                ServiceError::InitFailed(message) => {
-                    reg.init_failed(id);
-                    message.clone()
-                }
+                ServiceError::InitFailed(message) => message.clone(),
                 other => other.to_string(),
             };
             reg.start_failed(id, &text, Instant::now());
         }
+        // Its pipes close: an executor still waiting for its configuration exits.
+        drop(child.stdin.take());
+        drop(child.stdout.take());
+        drop(child.stdout_tx.take());
         // The executor is about to exit (it reported failure or died) or still alive
         // (timeout); either way it goes now, and its cores come back before we answer.
         let handle = &child.handle;
@@ -1098,6 +1119,7 @@ impl Service {
             state: r.state.name().to_string(),
             reason: r.reason.clone(),
             code: r.init_failed.then(|| INIT_FAILED_CODE.to_string()),
+            status: r.failure_status,
             cores: r.cores.clone(),
             execution_ns,
             hot_polling_ns,
