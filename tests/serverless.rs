@@ -425,21 +425,6 @@ fn workers_run_pinned_on_their_own_cores() {
         exec.invoke_on(w, echo, b"x", &mut out).unwrap(); // every worker thread is up
     }
     let alloc = exec.allocation().clone();
-    let mut pinned: Vec<u32> = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", alloc.pid)).unwrap() {
-        let status =
-            std::fs::read_to_string(task.unwrap().path().join("status")).unwrap_or_default();
-        let allowed = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        if let Ok(core) = allowed.parse::<u32>() {
-            pinned.push(core); // a single core: a pinned worker (other threads may use the whole set)
-        }
-    }
-    pinned.sort();
     let mut want: Vec<u32> = alloc.workers.iter().map(|w| w.core).collect();
     want.sort();
     want.dedup();
@@ -449,10 +434,44 @@ fn workers_run_pinned_on_their_own_cores() {
         "two workers got the same core: {:?}",
         alloc.workers
     );
+    // Worker threads by name (rfaas-worker-<index>), each with the cores it may run on. A
+    // thread just started by a worker (billing, after the first result) carries the worker's
+    // name and core until it runs: wait until every such newcomer has named itself.
+    let worker_threads = || {
+        let mut workers: Vec<(usize, String)> = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{}/task", alloc.pid)).unwrap() {
+            let path = task.unwrap().path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let Some(index) = name.trim().strip_prefix("rfaas-worker-") else {
+                continue;
+            };
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            let allowed = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            workers.push((index.parse().unwrap(), allowed));
+        }
+        workers.sort();
+        workers
+    };
+    let expected: Vec<(usize, String)> = alloc
+        .workers
+        .iter()
+        .map(|w| (w.index as usize, w.core.to_string()))
+        .collect();
     if common::cores().len() > 1 {
+        let mut workers = worker_threads();
+        let deadline = std::time::Instant::now() + common::NO_HANG;
+        while workers != expected && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            workers = worker_threads();
+        }
         assert_eq!(
-            pinned, want,
-            "threads pinned to single cores vs the cores the manager assigned"
+            workers, expected,
+            "each worker thread pinned to the single core the manager assigned it"
         );
     }
 }
