@@ -51,7 +51,7 @@ pub const STATE_VERSION: u32 = 4;
 /// (an 11 MiB snapshot) a 28 MiB log took 0.6 s of a 0.9 s restart to read and replay.
 pub const DEFAULT_COMPACT_BYTES: u64 = 8 << 20;
 
-/// The state file (the snapshot; written from a shared [`crate::scheduler::SnapshotView`]).
+/// The state file (the snapshot; written from a borrowed [`crate::scheduler::SnapshotView`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StateFile<S = Snapshot> {
     /// [`STATE_VERSION`].
@@ -375,17 +375,21 @@ impl RmState {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        // Taken under the lock (a reference to every node and lease, no copy of them: see
-        // `SnapshotView`), encoded after it is released, while grants go on.
+        // Encoded under the lock straight from the scheduler (no copy of it first); the
+        // checksum and the write come after the lock is released.
         let started = Instant::now();
         let mut locked = std::time::Duration::ZERO;
         let done = store.compact(|| {
             let t = Instant::now();
             let inner = self.lock();
-            let (view, seq) = (inner.sched.snapshot_view(self.now()), inner.seq);
+            let view = inner.sched.snapshot_view(self.now());
+            let encoded = (
+                super::store::snapshot_file::encode_payload(&view, inner.seq),
+                inner.seq,
+            );
             drop(inner);
             locked = t.elapsed();
-            (super::store::snapshot_file::encode_payload(&view, seq), seq)
+            encoded
         })?;
         if let Some(c) = done {
             tracing::info!(

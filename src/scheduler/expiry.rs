@@ -2,8 +2,6 @@
 //! heartbeat timeout are marked dead, leases past their deadline end), and
 //! [`Scheduler::next_deadline`] says when it next has something to do.
 
-use std::sync::Arc;
-
 use super::clock::Millis;
 use super::event::Event;
 use super::lease::EndReason;
@@ -26,11 +24,7 @@ impl Scheduler {
             });
             self.end_node_leases(id, &EndReason::NodeDead(name), &mut events);
             self.unindex(id);
-            self.nodes
-                .get_mut(&id)
-                .map(Arc::make_mut)
-                .expect("node exists")
-                .state = NodeState::Dead;
+            self.nodes.get_mut(&id).expect("node exists").state = NodeState::Dead;
             self.touch_node(id);
             self.counters.node_deaths += 1;
         }

@@ -92,7 +92,7 @@ impl Scheduler {
         let mut out = Vec::with_capacity(marks.nodes.len() + marks.leases.len());
         for id in last_of_each(marks.nodes) {
             out.push(match self.nodes.get(&id) {
-                Some(n) => Change::Node(Node::clone(n)),
+                Some(n) => Change::Node(n.clone()),
                 None => Change::NodeGone(id),
             });
         }
@@ -100,8 +100,8 @@ impl Scheduler {
         // recorded once, where it was touched last, as it is at the end.
         for id in last_of_each(marks.leases) {
             out.push(match (self.leases.get(&id), self.ended_by_id.get(&id)) {
-                (Some(l), _) => Change::Lease(Lease::clone(l)),
-                (None, Some(e)) => Change::Ended(EndedLease::clone(e)),
+                (Some(l), _) => Change::Lease(l.clone()),
+                (None, Some(e)) => Change::Ended(e.clone()),
                 (None, None) => Change::Forget(id),
             });
         }

@@ -1,15 +1,13 @@
 //! Leases granted, renewed and released: [`Scheduler::grant`] (placement by policy, split over
 //! nodes when allowed), [`Scheduler::renew`], [`Scheduler::release`], and the token checks.
 
-use std::sync::Arc;
-
 use super::clock::Millis;
 use super::error::SchedError;
 use super::event::Ended;
 use super::lease::{
     EndReason, Grant, Lease, LeaseId, LeaseRequest, LeaseState, Origin, Part, PartView,
 };
-use super::node::NodeId;
+use super::node::{Node, NodeId};
 use super::state_machine::Scheduler;
 use super::token::token_matches;
 
@@ -73,7 +71,7 @@ impl Scheduler {
             ));
         };
         let nodes = &self.nodes;
-        let memory_free = |id: NodeId| nodes.get(&id).map_or(0, |n| n.memory_free());
+        let memory_free = |id: NodeId| nodes.get(&id).map_or(0, Node::memory_free);
         let placed = match self
             .free
             .place_one(req.cores, memory, req.policy, memory_free)
@@ -101,11 +99,7 @@ impl Scheduler {
                 cores,
                 memory: u64::from(cores) * req.memory_per_core,
             };
-            let n = self
-                .nodes
-                .get_mut(&nid)
-                .map(Arc::make_mut)
-                .expect("indexed node exists");
+            let n = self.nodes.get_mut(&nid).expect("indexed node exists");
             self.free.remove(nid, n.cores_free());
             n.cores_used += part.cores;
             n.memory_used += part.memory;
@@ -123,7 +117,7 @@ impl Scheduler {
         self.deadlines.insert((expires_at, id));
         self.leases.insert(
             id,
-            Arc::new(Lease {
+            Lease {
                 id,
                 token: token.clone(),
                 client: req.client,
@@ -133,7 +127,7 @@ impl Scheduler {
                 expires_at,
                 state: LeaseState::Live,
                 origin: Origin::Granted,
-            }),
+            },
         );
         self.counters.grants += 1;
         self.touch_lease(id);
@@ -154,7 +148,7 @@ impl Scheduler {
         token: &str,
         now: Millis,
     ) -> Result<Millis, SchedError> {
-        let Some(l) = self.leases.get_mut(&lease).map(Arc::make_mut) else {
+        let Some(l) = self.leases.get_mut(&lease) else {
             return Err(self.not_live(lease, token));
         };
         if !token_matches(&l.token, token) {

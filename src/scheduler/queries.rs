@@ -2,7 +2,7 @@
 
 use super::lease::{Lease, LeaseId, LeaseView, Part, PartView};
 use super::metrics::Metrics;
-use super::node::{NodeState, NodeView};
+use super::node::{Node, NodeState, NodeView};
 use super::state_machine::Scheduler;
 
 impl Scheduler {
@@ -41,7 +41,7 @@ impl Scheduler {
 
     /// Every node, by id (registration order).
     pub fn nodes(&self) -> Vec<NodeView> {
-        let mut v: Vec<NodeView> = self.nodes.values().map(|n| n.view()).collect();
+        let mut v: Vec<NodeView> = self.nodes.values().map(Node::view).collect();
         v.sort_unstable_by_key(|n| n.id);
         v
     }

@@ -3,7 +3,6 @@
 //! [`Scheduler::drain`] / [`Scheduler::resume`] and [`Scheduler::deregister`].
 
 use std::collections::{BTreeSet, HashSet};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,11 +83,7 @@ impl Scheduler {
         let (id, new, revived) = match self.by_name.get(&info.name).copied() {
             Some(id) => {
                 self.unindex(id);
-                let n = self
-                    .nodes
-                    .get_mut(&id)
-                    .map(Arc::make_mut)
-                    .expect("indexed node exists");
+                let n = self.nodes.get_mut(&id).expect("indexed node exists");
                 let revived = n.state == NodeState::Dead;
                 n.address = info.address;
                 n.cores_total = info.cores;
@@ -104,7 +99,7 @@ impl Scheduler {
                 self.next_node += 1;
                 self.nodes.insert(
                     id,
-                    Arc::new(Node {
+                    Node {
                         id,
                         name: info.name.clone(),
                         address: info.address,
@@ -116,7 +111,7 @@ impl Scheduler {
                         registered_at: now,
                         state: NodeState::Alive,
                         leases: BTreeSet::new(),
-                    }),
+                    },
                 );
                 self.by_name.insert(info.name, id);
                 (id, true, false)
@@ -133,12 +128,8 @@ impl Scheduler {
         };
         self.touch_node(id);
         for h in info.hosted {
-            let node = self
-                .nodes
-                .get_mut(&id)
-                .map(Arc::make_mut)
-                .expect("node exists");
-            if let Some(l) = self.leases.get_mut(&h.lease).map(Arc::make_mut) {
+            let node = self.nodes.get_mut(&id).expect("node exists");
+            if let Some(l) = self.leases.get_mut(&h.lease) {
                 match l.parts.iter_mut().find(|p| p.node == id) {
                     Some(p) => {
                         let (dc, dm) = (
@@ -176,7 +167,7 @@ impl Scheduler {
                 node.leases.insert(h.lease);
                 self.leases.insert(
                     h.lease,
-                    Arc::new(Lease {
+                    Lease {
                         id: h.lease,
                         token: h.token,
                         client: h.client,
@@ -190,7 +181,7 @@ impl Scheduler {
                         expires_at,
                         state: LeaseState::Live,
                         origin: Origin::Adopted,
-                    }),
+                    },
                 );
                 self.deadlines.insert((expires_at, h.lease));
                 self.next_lease = self.next_lease.max(h.lease.0.saturating_add(1));
@@ -213,11 +204,7 @@ impl Scheduler {
         if now > n.last_heartbeat {
             self.heartbeats.remove(&(n.last_heartbeat, id));
             self.heartbeats.insert((now, id));
-            self.nodes
-                .get_mut(&id)
-                .map(Arc::make_mut)
-                .expect("node exists")
-                .last_heartbeat = now;
+            self.nodes.get_mut(&id).expect("node exists").last_heartbeat = now;
         }
         Ok(())
     }
@@ -228,11 +215,7 @@ impl Scheduler {
             return Err(SchedError::NodeDead(node.to_string()));
         }
         self.unindex(id);
-        self.nodes
-            .get_mut(&id)
-            .map(Arc::make_mut)
-            .expect("node exists")
-            .state = to;
+        self.nodes.get_mut(&id).expect("node exists").state = to;
         self.reindex(id);
         self.touch_node(id);
         Ok(())

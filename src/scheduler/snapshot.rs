@@ -2,7 +2,6 @@
 //! ([`Scheduler::from_snapshot`]), for the resource manager's durable state file.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
@@ -34,61 +33,60 @@ pub struct Snapshot {
     pub counters: Counters,
 }
 
-/// The whole state as it is, shared: the scheduler's nodes, leases and remembered ended
-/// leases are [`Arc`]s, so taking this under the scheduler's lock costs a reference count per
-/// entity, not a copy of it, and it is serialised after the lock is released, exactly as the
-/// [`Snapshot`] it amounts to (nodes and leases in no particular order). A change made while it
-/// is held copies only the entity it changes ([`Arc::make_mut`]). The resource manager's
-/// compaction takes it (under the lock) and encodes it (after).
-#[derive(Debug, Clone)]
-pub struct SnapshotView {
+/// The whole state as it is, borrowed: serialises exactly as the [`Snapshot`] it amounts to
+/// (nodes and leases in no particular order), without copying it first. The resource manager
+/// encodes it under the scheduler's lock, which is much shorter than cloning every lease
+/// ([`Scheduler::snapshot`]) under it.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotView<'a> {
+    sched: &'a Scheduler,
     taken_at: Millis,
-    nodes: Vec<Arc<Node>>,
-    leases: Vec<Arc<Lease>>,
-    ended: Vec<Arc<EndedLease>>,
-    next_node: u32,
-    next_lease: u64,
-    counters: Counters,
 }
 
-impl Serialize for SnapshotView {
+/// The values of a map as a sequence of known length.
+struct Values<'a, K, V>(&'a HashMap<K, V>);
+
+impl<K, V: Serialize> Serialize for Values<'_, K, V> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
+}
+
+impl Serialize for SnapshotView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let sched = self.sched;
+        let ended: Vec<&EndedLease> = sched
+            .ended
+            .iter()
+            .filter_map(|id| sched.ended_by_id.get(id))
+            .collect();
         // The fields of `Snapshot`, in its order.
         let mut st = s.serialize_struct("Snapshot", 7)?;
         st.serialize_field("taken_at", &self.taken_at)?;
-        st.serialize_field("nodes", &self.nodes)?;
-        st.serialize_field("leases", &self.leases)?;
-        st.serialize_field("ended", &self.ended)?;
-        st.serialize_field("next_node", &self.next_node)?;
-        st.serialize_field("next_lease", &self.next_lease)?;
-        st.serialize_field("counters", &self.counters)?;
+        st.serialize_field("nodes", &Values(&sched.nodes))?;
+        st.serialize_field("leases", &Values(&sched.leases))?;
+        st.serialize_field("ended", &ended)?;
+        st.serialize_field("next_node", &sched.next_node)?;
+        st.serialize_field("next_lease", &sched.next_lease)?;
+        st.serialize_field("counters", &sched.counters)?;
         st.end()
     }
 }
 
 impl Scheduler {
-    /// The whole state at `now`, shared, to serialise as a [`Snapshot`] (see [`SnapshotView`]).
-    pub fn snapshot_view(&self, now: Millis) -> SnapshotView {
+    /// The whole state at `now`, borrowed, to serialise as a [`Snapshot`].
+    pub fn snapshot_view(&self, now: Millis) -> SnapshotView<'_> {
         SnapshotView {
+            sched: self,
             taken_at: now,
-            nodes: self.nodes.values().cloned().collect(),
-            leases: self.leases.values().cloned().collect(),
-            ended: self
-                .ended
-                .iter()
-                .filter_map(|id| self.ended_by_id.get(id).cloned())
-                .collect(),
-            next_node: self.next_node,
-            next_lease: self.next_lease,
-            counters: self.counters,
         }
     }
 
     /// The whole state at `now`, to persist.
     pub fn snapshot(&self, now: Millis) -> Snapshot {
-        let mut nodes: Vec<Node> = self.nodes.values().map(|n| Node::clone(n)).collect();
+        let mut nodes: Vec<Node> = self.nodes.values().cloned().collect();
         nodes.sort_unstable_by_key(|n| n.id);
-        let mut leases: Vec<Lease> = self.leases.values().map(|l| Lease::clone(l)).collect();
+        let mut leases: Vec<Lease> = self.leases.values().cloned().collect();
         leases.sort_unstable_by_key(|l| l.id);
         Snapshot {
             taken_at: now,
@@ -97,7 +95,7 @@ impl Scheduler {
             ended: self
                 .ended
                 .iter()
-                .filter_map(|id| self.ended_by_id.get(id).map(|e| EndedLease::clone(e)))
+                .filter_map(|id| self.ended_by_id.get(id).cloned())
                 .collect(),
             next_node: self.next_node,
             next_lease: self.next_lease,
@@ -135,7 +133,7 @@ impl Scheduler {
             n.last_heartbeat = now;
             s.next_node = s.next_node.max(n.id.0.saturating_add(1));
             s.by_name.insert(n.name.clone(), n.id);
-            s.nodes.insert(n.id, Arc::new(n));
+            s.nodes.insert(n.id, n);
         }
         // Bulk construction: the ordered sets (deadlines, each node's leases) are built once
         // from sorted vectors instead of by one insertion per lease.
@@ -150,7 +148,7 @@ impl Scheduler {
                 )));
             }
             for (i, p) in l.parts.iter().enumerate() {
-                let n = s.nodes.get_mut(&p.node).map(Arc::make_mut).ok_or_else(|| {
+                let n = s.nodes.get_mut(&p.node).ok_or_else(|| {
                     SchedError::Invalid(format!("snapshot lease {} is on an unknown node", l.id))
                 })?;
                 if n.state == NodeState::Dead || l.parts[..i].iter().any(|q| q.node == p.node) {
@@ -168,11 +166,11 @@ impl Scheduler {
             l.expires_at = now.plus_ms(l.expires_at.0.saturating_sub(snap.taken_at.0));
             s.next_lease = s.next_lease.max(l.id.0.saturating_add(1));
             deadlines.push((l.expires_at, l.id));
-            s.leases.insert(l.id, Arc::new(l));
+            s.leases.insert(l.id, l);
         }
         s.deadlines = deadlines.into_iter().collect();
         for (id, leases) in on_node {
-            if let Some(n) = s.nodes.get_mut(&id).map(Arc::make_mut) {
+            if let Some(n) = s.nodes.get_mut(&id) {
                 n.leases = leases.into_iter().collect();
             }
         }
@@ -183,7 +181,7 @@ impl Scheduler {
             }
             s.next_lease = s.next_lease.max(id.0.saturating_add(1));
             s.ended.push_back(id);
-            s.ended_by_id.insert(id, Arc::new(e));
+            s.ended_by_id.insert(id, e);
         }
         let ids: Vec<NodeId> = s.nodes.keys().copied().collect();
         for id in ids {

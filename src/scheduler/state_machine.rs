@@ -38,7 +38,6 @@
 //! so a memory-bound request can walk more nodes.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -103,18 +102,16 @@ pub struct EndedLease {
 pub struct Scheduler {
     pub(super) config: Config,
     pub(super) tokens: TokenSource,
-    /// Nodes and leases are shared ([`Arc`]): a snapshot takes them under the lock in
-    /// microseconds and encodes them after it; a change meanwhile copies what it changes.
-    pub(super) nodes: HashMap<NodeId, Arc<Node>>,
+    pub(super) nodes: HashMap<NodeId, Node>,
     pub(super) by_name: HashMap<String, NodeId>,
     pub(super) next_node: u32,
     pub(super) free: FreeIndex,
     pub(super) heartbeats: BTreeSet<(Millis, NodeId)>,
-    pub(super) leases: HashMap<LeaseId, Arc<Lease>>,
+    pub(super) leases: HashMap<LeaseId, Lease>,
     pub(super) deadlines: BTreeSet<(Millis, LeaseId)>,
     pub(super) next_lease: u64,
     pub(super) ended: VecDeque<LeaseId>,
-    pub(super) ended_by_id: HashMap<LeaseId, Arc<EndedLease>>,
+    pub(super) ended_by_id: HashMap<LeaseId, EndedLease>,
     pub(super) counters: Counters,
     /// What commands touched, when the journal is on ([`super::journal`]).
     pub(super) marks: Option<Marks>,
@@ -196,7 +193,7 @@ impl Scheduler {
 
     /// Ends a live lease: every part goes back to its node; remembered as ended.
     pub(super) fn end_lease(&mut self, id: LeaseId, reason: EndReason) -> Option<Ended> {
-        let mut lease = Arc::unwrap_or_clone(self.leases.remove(&id)?);
+        let mut lease = self.leases.remove(&id)?;
         self.touch_lease(id);
         self.deadlines.remove(&(lease.expires_at, id));
         for p in &lease.parts {
@@ -206,11 +203,7 @@ impl Scheduler {
             if n.schedulable() {
                 self.free.remove(p.node, n.cores_free());
             }
-            let n = self
-                .nodes
-                .get_mut(&p.node)
-                .map(Arc::make_mut)
-                .expect("node exists");
+            let n = self.nodes.get_mut(&p.node).expect("node exists");
             debug_assert!(n.cores_used >= p.cores && n.memory_used >= p.memory);
             n.cores_used = n.cores_used.saturating_sub(p.cores);
             n.memory_used = n.memory_used.saturating_sub(p.memory);
@@ -241,10 +234,10 @@ impl Scheduler {
             self.ended.push_back(id);
             self.ended_by_id.insert(
                 id,
-                Arc::new(EndedLease {
+                EndedLease {
                     view,
                     token: lease.token,
-                }),
+                },
             );
         }
         Some(ended)

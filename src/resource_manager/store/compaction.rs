@@ -2,10 +2,10 @@
 //!
 //! 1. The log's segment is rotated: records written from now on go to a new segment,
 //!    so every older segment holds only records already applied to the scheduler.
-//! 2. The caller takes the snapshot and the sequence number of the last record it reflects
-//!    under the scheduler's lock (at least every record of the older segments): a shared
-//!    reference to every node and lease ([`crate::scheduler::SnapshotView`]), not a copy of
-//!    them, so the lock is held for milliseconds; it encodes it after releasing the lock.
+//! 2. The caller encodes the snapshot and says the sequence number of the last record it
+//!    reflects, under the scheduler's lock (at least every record of the older segments),
+//!    straight from the scheduler's maps ([`crate::scheduler::SnapshotView`]), not from a
+//!    copy of them.
 //! 3. The snapshot is sealed (checksum) and written atomically ([`crate::atomic_write`]:
 //!    temporary file, fsync, rename, fsync of the directory), saying which record it covers.
 //! 4. The older segments are deleted.
