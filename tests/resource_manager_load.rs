@@ -4,9 +4,11 @@
 //! machine's speed (no timing is asserted): every cycle's three calls answered, nothing
 //! refused, no background call failed, every held lease live and restored after the restart.
 
+mod common;
+
 use std::collections::HashMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NODES: u32 = 8;
 const LEASES: u32 = 40;
@@ -60,17 +62,10 @@ fn the_load_generator_completes_every_cycle_and_the_restart_restores_every_held_
         .arg(&out)
         .spawn()
         .expect("start rm_load_benchmark");
-    // Did not hang: a generous limit, polled.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("rm_load_benchmark did not finish within 300 s");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    // Did not hang: a generous limit.
+    let Some(status) = common::wait_exit(&mut child, Duration::from_secs(300)) else {
+        let _ = child.kill();
+        panic!("rm_load_benchmark did not finish within 300 s");
     };
     assert!(status.success(), "rm_load_benchmark failed: {status}");
 

@@ -463,15 +463,10 @@ fn workers_run_pinned_on_their_own_cores() {
         .map(|w| (w.index as usize, w.core.to_string()))
         .collect();
     if common::cores().len() > 1 {
-        let mut workers = worker_threads();
-        let deadline = std::time::Instant::now() + common::NO_HANG;
-        while workers != expected && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            workers = worker_threads();
-        }
-        assert_eq!(
-            workers, expected,
-            "each worker thread pinned to the single core the manager assigned it"
+        common::wait_for(
+            common::NO_HANG,
+            &format!("each worker thread pinned to the single core the manager assigned it: {expected:?}"),
+            || (worker_threads() == expected).then_some(()),
         );
     }
 }
