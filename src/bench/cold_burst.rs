@@ -18,7 +18,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use super::invocation::{cold_phases, BenchError, Record};
-use crate::client::{AllocationSpec, ClientOptions, Cluster, Executor};
+use crate::client::{AllocationSpec, ClientOptions, Cluster, Executor, Lease};
 use crate::rdma::Fabric;
 
 /// Longest wait for the managers' pools to be full before a cold start.
@@ -52,27 +52,33 @@ pub fn burst_mode(mode: &str, burst: usize, pooled: bool) -> String {
     super::invocation::cold_mode(&format!("{mode}-burst{burst}"), pooled)
 }
 
-/// What one thread of a burst measured.
-struct One {
-    latency_ns: u64,
-    phases: Vec<u64>,
-    pooled: bool,
-    node: String,
+/// What one cold start measured.
+pub(super) struct One {
+    pub(super) latency_ns: u64,
+    pub(super) phases: Vec<u64>,
+    pub(super) pooled: bool,
+    pub(super) node: String,
 }
 
-/// One cold start of a burst: allocate, connect, invoke once; the executor is handed back so
-/// that every thread's executor lives until the whole burst is measured.
-fn cold_start<F: Fabric>(
+/// One cold start (of a burst, or of `cold_benchmark`'s sequence): allocate (inside `lease`
+/// when there is one, else from manager `first` on), connect, invoke once; the executor is
+/// handed back (a burst keeps every thread's executor until the whole burst is measured).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn cold_start<F: Fabric>(
     fabric: &F,
     cluster: &Cluster,
     spec: &AllocationSpec,
     opts: ClientOptions,
     function: &str,
     input: &[u8],
+    lease: Option<&Lease>,
     first: usize,
 ) -> Result<(One, Executor<F>), BenchError> {
     let t0 = Instant::now();
-    let exec = cluster.allocate(fabric, spec, opts, first)?;
+    let exec = match lease {
+        Some(l) => cluster.allocate_leased(fabric, l, spec, opts)?,
+        None => cluster.allocate(fabric, spec, opts, first)?,
+    };
     let f = exec.function(function)?;
     let mut output = vec![0u8; exec.output_capacity()];
     let t1 = Instant::now();
@@ -122,7 +128,8 @@ pub fn run_bursts<F: Fabric>(
                     let (barrier, fabric) = (&barrier, fabric.clone());
                     s.spawn(move || {
                         barrier.wait();
-                        cold_start(&fabric, cluster, spec, opts, function, input, t % managers)
+                        let first = t % managers;
+                        cold_start(&fabric, cluster, spec, opts, function, input, None, first)
                     })
                 })
                 .collect();

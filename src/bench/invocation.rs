@@ -659,36 +659,32 @@ impl FabricUser for Cold<'_> {
                     {
                         eprintln!("[cold_benchmark] the executor pools were not full within {:?}; measuring anyway", super::cold_burst::POOL_WAIT);
                     }
-                    let t0 = Instant::now();
-                    let exec = match &lease {
-                        Some(l) => self.cluster.allocate_leased(&fabric, l, &s, opts(c))?,
-                        None => self.cluster.allocate(&fabric, &s, opts(c), 0)?,
-                    };
-                    let f = exec.function(&c.function)?;
-                    let mut output = vec![0u8; exec.output_capacity()];
-                    let t1 = Instant::now();
-                    exec.invoke(f, &input, &mut output)?;
-                    let first = t1.elapsed().as_nanos() as u64;
-                    let total = t0.elapsed().as_nanos() as u64;
-                    let tm = exec.timings();
-                    let pooled = exec.allocation().pooled;
-                    let node = node_of(&exec, self.cluster);
-                    let cores = worker_cores(&exec, &node);
+                    let (one, exec) = super::cold_burst::cold_start(
+                        &fabric,
+                        self.cluster,
+                        &s,
+                        opts(c),
+                        &c.function,
+                        &input,
+                        lease.as_ref(),
+                        0,
+                    )?;
+                    let cores = worker_cores(&exec, &one.node);
                     exec.deallocate()?;
                     client.keep_clear_of(&cores);
                     if i >= c.warmup.min(3) {
                         out.push(Record {
                             benchmark: "cold_benchmark".into(),
-                            mode: cold_mode(mode, pooled),
+                            mode: cold_mode(mode, one.pooled),
                             provider: fabric.provider().name().into(),
                             payload_bytes: size,
                             rank: 0,
                             world_size: 1,
-                            node,
+                            node: one.node,
                             worker: 0,
                             repetition: i - c.warmup.min(3),
-                            latency_ns: total,
-                            phases: cold_phases(&tm, first, total),
+                            latency_ns: one.latency_ns,
+                            phases: one.phases,
                         });
                     }
                 }
