@@ -64,6 +64,17 @@ pub struct Answer {
     pub took: Duration,
 }
 
+impl Answer {
+    /// This answer to `what` ("grant", "renew"...) as an error: its status and body.
+    pub fn unexpected(&self, what: &str) -> RmLoadError {
+        RmLoadError::Api(format!(
+            "{what}: {} {}",
+            self.status,
+            String::from_utf8_lossy(&self.body)
+        ))
+    }
+}
+
 impl Conn {
     /// A connection to `target`, opened on the first request.
     pub fn new(target: &Target) -> Conn {

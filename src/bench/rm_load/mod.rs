@@ -275,18 +275,12 @@ async fn client_cycles(
             continue;
         }
         if a.status != 201 {
-            return Err(RmLoadError::Api(format!(
-                "grant: {} {}",
-                a.status,
-                String::from_utf8_lossy(&a.body)
-            )));
+            return Err(a.unexpected("grant"));
         }
         out.grant.record(a.took);
         let g: Granted = serde_json::from_slice(&a.body)
             .map_err(|e| RmLoadError::Api(format!("grant answer: {e}")))?;
         let token = Bytes::from(json!({ "token": g.token }).to_string());
-        // 410: the lease ended meanwhile (its node missed heartbeats the load generator could
-        // not send in time): counted, not fatal.
         let r = conn
             .call(
                 Method::POST,
@@ -294,36 +288,39 @@ async fn client_cycles(
                 token.clone(),
             )
             .await?;
-        match r.status {
-            200 => out.renew.record(r.took),
-            410 => {
-                ended.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            c => {
-                return Err(RmLoadError::Api(format!(
-                    "renew: {c} {}",
-                    String::from_utf8_lossy(&r.body)
-                )))
-            }
+        if !lease_call_done(&r, "renew", &mut out.renew, &ended)? {
+            continue;
         }
         let x = conn
             .call(Method::DELETE, &format!("/v1/leases/{}", g.lease), token)
             .await?;
-        match x.status {
-            200 => out.release.record(x.took),
-            410 => {
-                ended.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            c => {
-                return Err(RmLoadError::Api(format!(
-                    "release: {c} {}",
-                    String::from_utf8_lossy(&x.body)
-                )))
-            }
+        if !lease_call_done(&x, "release", &mut out.release, &ended)? {
+            continue;
         }
         out.trips.push((i, a.took + x.took));
+    }
+}
+
+/// A renewal's or release's answer `a`: 200 counts its time into `lat` (`true`: the cycle goes
+/// on); 410, the lease ended meanwhile (its node missed heartbeats the load generator could not
+/// send in time), counts into `ended`, not fatal (`false`: the cycle ends); anything else is an
+/// error.
+fn lease_call_done(
+    a: &conn::Answer,
+    what: &str,
+    lat: &mut Latencies,
+    ended: &AtomicU64,
+) -> Result<bool, RmLoadError> {
+    match a.status {
+        200 => {
+            lat.record(a.took);
+            Ok(true)
+        }
+        410 => {
+            ended.fetch_add(1, Ordering::Relaxed);
+            Ok(false)
+        }
+        _ => Err(a.unexpected(what)),
     }
 }
 
