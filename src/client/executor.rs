@@ -643,18 +643,14 @@ impl<F: Fabric> Executor<F> {
         };
         let mut death = self.death.lock().unwrap_or_else(|p| p.into_inner());
         let report = death.get_or_insert_with(|| {
-            let id = self.allocation.id;
-            let deadline = Instant::now() + DEATH_REPORT_WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match manager.allocation_within(id, left.max(Duration::from_millis(1))) {
-                    Ok(s) if !matches!(s.state.as_str(), "starting" | "running") => {
-                        return s.reason.unwrap_or(s.state);
-                    }
-                    Ok(_) if !left.is_zero() => std::thread::sleep(Duration::from_millis(10)),
-                    _ => return String::new(),
-                }
-            }
+            manager
+                .allocation_settled(
+                    self.allocation.id,
+                    DEATH_REPORT_WAIT,
+                    &["starting", "running"],
+                )
+                .map(|s| s.reason.unwrap_or(s.state))
+                .unwrap_or_default()
         });
         if report.is_empty() {
             InvokeError::ExecutorGone(why)

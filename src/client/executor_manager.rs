@@ -202,28 +202,42 @@ impl ManagerClient {
     /// would have had (422, or [`ClientError::InitFailed`]). `None` when it did not fail to
     /// start, or the manager could not tell in time.
     pub fn start_failure(&self, id: u64, wait: Duration) -> Option<ClientError> {
+        let s = self.allocation_settled(id, wait, &["starting"])?;
+        match s.state.as_str() {
+            "failed" => {
+                let message = s
+                    .reason
+                    .unwrap_or_else(|| "the executor failed to start".into());
+                let status = s.status.unwrap_or(422);
+                Some(self.api.failure(status, message, s.code.as_deref()))
+            }
+            // Stopped before it was ready, and not by this client: its manager is shutting
+            // down (what the allocation request would have been told, 503).
+            "released" | "stopping" => {
+                let message = s
+                    .reason
+                    .unwrap_or_else(|| "stopped before it was ready".into());
+                Some(self.api.failure(503, message, None))
+            }
+            _ => None,
+        }
+    }
+
+    /// State of allocation `id` once it is in none of the `pending` states, asked until then
+    /// within `wait` (a few milliseconds apart, each answer within what is left: the manager
+    /// may be frozen); `None` if the manager could not tell in time.
+    pub fn allocation_settled(
+        &self,
+        id: u64,
+        wait: Duration,
+        pending: &[&str],
+    ) -> Option<AllocationStatus> {
         let deadline = std::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.allocation_within(id, left.max(Duration::from_millis(1))) {
-                Ok(s) if s.state == "failed" => {
-                    let message = s
-                        .reason
-                        .unwrap_or_else(|| "the executor failed to start".into());
-                    let status = s.status.unwrap_or(422);
-                    return Some(self.api.failure(status, message, s.code.as_deref()));
-                }
-                // Stopped before it was ready, and not by this client: its manager is
-                // shutting down (what the allocation request would have been told, 503).
-                Ok(s) if s.state == "released" || s.state == "stopping" => {
-                    let message = s
-                        .reason
-                        .unwrap_or_else(|| "stopped before it was ready".into());
-                    return Some(self.api.failure(503, message, None));
-                }
-                Ok(s) if s.state == "starting" && !left.is_zero() => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                Ok(s) if !pending.contains(&s.state.as_str()) => return Some(s),
+                Ok(_) if !left.is_zero() => std::thread::sleep(Duration::from_millis(5)),
                 _ => return None,
             }
         }
