@@ -56,6 +56,20 @@ pub fn pin_current_thread_within(core: usize, cpuset: &[usize]) -> Result<(), Pi
     bind(core)
 }
 
+/// Binds the calling thread to the set of `cores` (any of them; cores beyond what a CPU set
+/// holds are left out, and nothing happens when none is left).
+pub fn bind_current_thread_to(cores: impl IntoIterator<Item = usize>) -> Result<(), PinError> {
+    let mut set = CpuSet::new();
+    let mut any = false;
+    for c in cores {
+        any |= set.set(c).is_ok();
+    }
+    if any {
+        sched_setaffinity(Pid::from_raw(0), &set)?;
+    }
+    Ok(())
+}
+
 fn bind(core: usize) -> Result<(), PinError> {
     let mut set = CpuSet::new();
     set.set(core)?;

@@ -218,17 +218,9 @@ fn wait_on(list: &str) {
     let Ok(cores) = crate::executor_manager::config::parse_cpulist(list) else {
         return;
     };
-    let mut set = nix::sched::CpuSet::new();
-    let mut any = false;
-    for c in cores.into_iter().map(|c| c as usize) {
-        if allowed.contains(&c) && set.set(c).is_ok() {
-            any = true;
-        }
-    }
-    if any {
-        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
-            tracing::debug!("standby on all allowed cores: {e}");
-        }
+    let cores = cores.into_iter().map(|c| c as usize);
+    if let Err(e) = crate::pin::bind_current_thread_to(cores.filter(|c| allowed.contains(c))) {
+        tracing::debug!("standby on all allowed cores: {e}");
     }
 }
 
@@ -253,14 +245,7 @@ fn pin_main(cfg: &ExecutorConfig) {
 /// the allocation's cores: the scheduler may run it beside any of its workers, never on cores
 /// the allocation did not rent (other tenants' cores).
 fn bind_helper_to_allocation(cores: &[u32]) {
-    if cores.is_empty() {
-        return;
-    }
-    let mut set = nix::sched::CpuSet::new();
-    for &c in cores {
-        let _ = set.set(c as usize);
-    }
-    if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+    if let Err(e) = crate::pin::bind_current_thread_to(cores.iter().map(|&c| c as usize)) {
         tracing::debug!("helper thread keeps its binding: {e}");
     }
 }
