@@ -212,6 +212,15 @@ struct Spawned {
     silent: bool,
 }
 
+impl Spawned {
+    /// Gives a pooled executor's log the allocation's name (once).
+    fn name_log(&mut self) {
+        if let Some(from) = self.pool_log.take() {
+            let _ = std::fs::rename(from, &self.log);
+        }
+    }
+}
+
 /// How an allocation attempt failed.
 enum Attempt {
     /// Its pooled executor died before it could take the configuration.
@@ -885,9 +894,7 @@ impl Service {
         since: std::time::Instant,
     ) -> Result<(String, u64), ServiceError> {
         let id = child.id;
-        if let Some(from) = child.pool_log.take() {
-            let _ = std::fs::rename(from, &child.log);
-        }
+        child.name_log();
         let started = async {
             let Some(stdout) = child.stdout.take() else {
                 return Err(ServiceError::Internal(
@@ -991,9 +998,7 @@ impl Service {
         // The log gets its name and the failure is recorded before the standard output counts
         // as closed: the supervisor waits for that before it records the exit, which then finds
         // the failure (and an empty log to remove) in place.
-        if let Some(from) = child.pool_log.take() {
-            let _ = std::fs::rename(from, &child.log);
-        }
+        child.name_log();
         tracing::warn!(allocation = id, pid = child.pid, "allocation failed: {err}");
         {
             let mut reg = self.registry();
