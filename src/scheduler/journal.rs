@@ -10,7 +10,7 @@
 //! Not recorded, on purpose: heartbeats (a restored node gets a full heartbeat timeout
 //! anyway), and what restore recomputes from the leases (a node's usage and lease set).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -81,11 +81,7 @@ impl Scheduler {
 
     /// What changed since the last call (nothing with the journal off), and the counters.
     pub fn take_changes(&mut self) -> (Vec<Change>, Meta) {
-        let meta = Meta {
-            next_node: self.next_node,
-            next_lease: self.next_lease,
-            counters: self.counters,
-        };
+        let meta = self.meta();
         let Some(marks) = self.marks.as_mut().map(std::mem::take) else {
             return (Vec::new(), meta);
         };
@@ -124,6 +120,9 @@ pub struct Image {
     /// Hashed, not ordered: replay is mostly lease upserts (sorted once, at the end).
     leases: HashMap<LeaseId, Lease>,
     ended: VecDeque<EndedLease>,
+    /// The ids in `ended`: a snapshot taken in pieces may already hold an ended lease whose
+    /// record is replayed after it, which must not be remembered twice.
+    ended_ids: HashSet<LeaseId>,
     meta: Meta,
     keep_ended: usize,
 }
@@ -138,6 +137,7 @@ impl Image {
                 m.extend(snap.leases.into_iter().map(|l| (l.id, l)));
                 m
             },
+            ended_ids: snap.ended.iter().map(|e| e.view.id).collect(),
             ended: snap.ended.into(),
             meta: Meta {
                 next_node: snap.next_node,
@@ -163,9 +163,11 @@ impl Image {
                 }
                 Change::Ended(e) => {
                     self.leases.remove(&e.view.id);
-                    if self.keep_ended > 0 {
+                    if self.keep_ended > 0 && self.ended_ids.insert(e.view.id) {
                         while self.ended.len() >= self.keep_ended {
-                            self.ended.pop_front();
+                            if let Some(old) = self.ended.pop_front() {
+                                self.ended_ids.remove(&old.view.id);
+                            }
                         }
                         self.ended.push_back(e);
                     }
@@ -205,7 +207,7 @@ impl Image {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scheduler::{Config, LeaseRequest, NodeInfo, TokenSource};
 
@@ -221,10 +223,10 @@ mod tests {
 
     /// Nodes ("name state cores_used"), live leases (id, cores, deadline), ended lease ids,
     /// grants counted.
-    type Observed = (Vec<String>, Vec<(u64, u32, u64)>, Vec<u64>, u64);
+    pub(crate) type Observed = (Vec<String>, Vec<(u64, u32, u64)>, Vec<u64>, u64);
 
     /// The state a scheduler restored from `snap` shows (what an operator sees).
-    fn observed(snap: Snapshot) -> Observed {
+    pub(crate) fn observed(snap: Snapshot) -> Observed {
         let s = Scheduler::from_snapshot(Config::default(), TokenSource::Random, snap, Millis(0))
             .unwrap();
         s.check_invariants().unwrap();
@@ -298,6 +300,33 @@ mod tests {
         assert_eq!(direct.1.len(), 1);
         assert_eq!(direct.2.len(), 3);
         assert_eq!(direct.3, 7);
+    }
+
+    /// A snapshot read in pieces may hold an ended lease whose record is replayed after it.
+    #[test]
+    fn an_ended_lease_replayed_again_is_remembered_once() {
+        let mut s = Scheduler::new(Config::default());
+        s.register(node("a", 4), Millis(0)).unwrap();
+        s.journal(true);
+        let mut ended = Vec::new();
+        for _ in 0..3 {
+            let g = s.grant(LeaseRequest::cores(1), Millis(1)).unwrap();
+            s.release(g.lease, &g.token).unwrap();
+            let (changes, meta) = s.take_changes();
+            ended.push((changes, meta, g.lease.0));
+        }
+        let mut img = Image::new(s.snapshot(Millis(0)), 2);
+        img.leases.clear();
+        img.ended.clear();
+        img.ended_ids.clear();
+        let ids = |img: &Image| img.ended.iter().map(|e| e.view.id.0).collect::<Vec<_>>();
+        let (a, b, c) = (ended[0].2, ended[1].2, ended[2].2);
+        for i in [0, 1, 0] {
+            img.apply(ended[i].0.clone(), ended[i].1);
+        }
+        assert_eq!(ids(&img), [a, b], "a replayed again stays where it was");
+        img.apply(ended[2].0.clone(), ended[2].1);
+        assert_eq!(ids(&img), [b, c], "the oldest makes room");
     }
 
     #[test]

@@ -220,10 +220,11 @@ fn a_crash_at_any_step_of_a_compaction_recovers_the_same_state() {
     // Crash 1: after the rotation, before the snapshot is written.
     let mut crash1 = None;
     let done = store
-        .compact(|| {
+        .compact(|covers| {
+            assert_eq!(covers, src.seq, "every record was written");
             crash1 = Some(copy_state(&state));
             let snap = src.sched.snapshot_view(Millis(2));
-            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
+            snapshot_file::encode_payload(&snap, covers)
         })
         .unwrap()
         .unwrap();
@@ -334,9 +335,9 @@ fn a_json_snapshot_and_json_log_of_an_earlier_build_migrate_to_binary() {
     );
     // The next compaction rewrites the snapshot in binary.
     store
-        .compact(|| {
-            let snap = src.sched.snapshot(Millis(3));
-            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
+        .compact(|covers| {
+            assert_eq!(covers, src.seq, "every record was written");
+            snapshot_file::encode_payload(&src.sched.snapshot(Millis(3)), covers)
         })
         .unwrap()
         .unwrap();
