@@ -26,11 +26,16 @@ impl Source {
         let info = NodeInfo {
             name: name.into(),
             address: format!("{name}:1"),
-            cores: 4,
+            cores: 64,
             memory: 0,
             hosted: vec![],
         };
         self.sched.register(info, Millis(1)).unwrap();
+        self.record()
+    }
+
+    /// The record of what changed since the last one.
+    fn record(&mut self) -> LogRecord {
         let (changes, meta) = self.sched.take_changes();
         self.seq += 1;
         LogRecord {
@@ -389,4 +394,67 @@ fn close_makes_every_queued_record_durable_and_concurrent_writers_all_finish() {
     assert_eq!(store.durable().seq, 250);
     let (got, r) = nodes_on_disk(&state);
     assert_eq!((got.len(), r.last_seq), (250, 250));
+}
+
+/// Compactions that read the scheduler in pieces while writers keep changing it (grants and
+/// releases, each appended under the lock and waited for, like handlers): after the store is
+/// closed, what is on disk recovers to the state the scheduler has.
+#[test]
+fn compactions_between_concurrent_changes_recover_the_schedulers_state() {
+    use crate::resource_manager::store::snapshot_pieces::encode_in_pieces;
+    use crate::scheduler::journal::tests::observed;
+    use crate::scheduler::LeaseRequest;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm-state");
+    let src = std::sync::Mutex::new(Source::new());
+    let (store, _) = Store::open(&state, 100, 1).unwrap();
+    for i in 1..=4 {
+        let r = src.lock().unwrap().register(&format!("n{i}"));
+        store.append(r);
+    }
+    let writers_done = std::sync::atomic::AtomicUsize::new(0);
+    let compactions = std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (src, store, done) = (&src, &store, &writers_done);
+            s.spawn(move || {
+                let mut held = std::collections::VecDeque::new();
+                for i in 0..60u64 {
+                    let seq = {
+                        let mut src = src.lock().unwrap();
+                        let g = src.sched.grant(LeaseRequest::cores(1), Millis(2 + i));
+                        held.push_back(g.unwrap());
+                        if (i + t) % 2 == 1 {
+                            let g = held.pop_front().unwrap();
+                            src.sched.release(g.lease, &g.token).unwrap();
+                        }
+                        let r = src.record();
+                        let seq = r.seq;
+                        store.append(r);
+                        seq
+                    };
+                    block_on(store.wait(seq)).unwrap();
+                }
+                done.fetch_add(1, Ordering::Release);
+            });
+        }
+        let mut compactions = 0;
+        while writers_done.load(Ordering::Acquire) < 4 || compactions == 0 {
+            let done = store
+                .compact(|covers| {
+                    encode_in_pieces(covers, Millis(0), 2, |f| f(&src.lock().unwrap().sched))
+                })
+                .unwrap();
+            compactions += usize::from(done.is_some());
+        }
+        compactions
+    });
+    store.close().unwrap();
+    let src = src.into_inner().unwrap();
+    let r = recovery::recover(&state, Config::default().keep_ended).unwrap();
+    let expected = observed(src.sched.snapshot(Millis(0)));
+    assert_eq!(expected.1.len(), 120, "half the 240 grants are still live");
+    assert_eq!(observed(r.snapshot.unwrap()), expected);
+    assert!(compactions > 0);
+    assert_eq!(r.last_seq, src.seq);
 }
