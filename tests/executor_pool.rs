@@ -379,3 +379,107 @@ fn oversubscribe_rents_each_core_several_times_and_only_without_a_resource_manag
         assert!(err.contains(needle), "{flags:?}: {err}");
     }
 }
+
+/// The state letter of `pid`'s main thread (`R` running, `S` sleeping, ...), from
+/// `/proc/PID/stat`.
+fn main_thread_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) S ...": the comm may hold spaces and parentheses, the state follows the last.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// An allocation request wakes the pooled process it would take (the "configuration coming"
+/// nudge) before it is checked: one that then fails (an unknown library) leaves the process in
+/// the pool, which goes back to sleep (no unbounded polling on the rentable core) and then
+/// serves the next allocation as usual.
+#[test]
+fn a_pooled_process_woken_for_a_failed_request_sleeps_again_and_serves_the_next() {
+    let m = manager_with_pool(1);
+    let lib = m.upload(functions_library());
+    let pooled = pool_ready(&m, 1)[0];
+    let unknown = rfaas::function::ContentHash::of(b"no such library").to_hex();
+    let asleep = || {
+        wait_for(DID_NOT_HANG, "the pooled process to sleep", || {
+            (main_thread_state(pooled) == Some('S')).then_some(())
+        })
+    };
+    for round in 0..3 {
+        asleep();
+        let switches = voluntary_switches(pooled);
+        let body = alloc_body(&unknown, &["echo"], 1);
+        let (code, body) = m.call("POST", "/v1/allocations", Some(body.as_bytes()));
+        assert_eq!(code, 404, "round {round}: an unknown library: {body}");
+        // Its configuration never comes: after its bounded poll it sleeps in read(2) again,
+        // having been woken (a sleeping thread switches voluntarily only once woken).
+        asleep();
+        assert!(
+            voluntary_switches(pooled) > switches,
+            "round {round}: the request woke the pooled process"
+        );
+        assert_eq!(
+            pool_ready(&m, 1),
+            vec![pooled],
+            "round {round}: still the same pooled process"
+        );
+    }
+    let a = allocate(&m, &lib);
+    assert!(a.pooled, "{a:?}");
+    assert_eq!(a.pid, pooled, "the nudged process took the allocation");
+    release(&m, &a);
+}
+
+/// How often `pid`'s main thread gave up its core voluntarily (slept).
+fn voluntary_switches(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("voluntary_ctxt_switches in /proc/PID/status")
+}
+
+/// A pooled executor makes worker 0's queue and buffers while it waits, in the client's default
+/// shape: allocations of other shapes (smaller, and larger than those) get buffers that fit
+/// them, and every slot carries inputs of the full capacity intact.
+#[test]
+fn pooled_executors_serve_allocations_of_any_shape() {
+    let m = manager_with_pool(1);
+    let manager = ManagerClient::new(&m.http, &m.secret);
+    for (slots, capacity) in [(1u32, 64u32), (4, 4096), (8, 64 * 1024)] {
+        pool_ready(&m, 1);
+        let mut spec = AllocationSpec::new(functions_library().to_vec(), &["echo"]);
+        spec.slots = slots;
+        spec.input_capacity = capacity;
+        spec.output_capacity = capacity;
+        let fabric = rfaas::rdma::shm::ShmFabric::new().unwrap();
+        let exec = Executor::allocate(fabric, &manager, &spec, ClientOptions::default())
+            .expect("allocate through the client");
+        assert!(exec.allocation().pooled, "{slots} x {capacity}");
+        let echo = exec.function("echo").unwrap();
+        // All slots in flight at once, each with a full-capacity input of its own bytes.
+        let inputs: Vec<Vec<u8>> = (0..slots)
+            .map(|s| {
+                (0..capacity as usize)
+                    .map(|i| (i as u32 * 7 + s * 31) as u8)
+                    .collect()
+            })
+            .collect();
+        let pending: Vec<_> = inputs
+            .iter()
+            .map(|input| {
+                exec.submit(None, echo, input, capacity as usize)
+                    .expect("submit")
+            })
+            .collect();
+        for (s, p) in pending.into_iter().enumerate() {
+            let mut out = vec![0u8; capacity as usize];
+            let n = exec.wait(p, &mut out).expect("wait");
+            assert_eq!(n, capacity as usize, "slot {s} of {slots} x {capacity}");
+            assert!(
+                out == inputs[s],
+                "slot {s} of {slots} x {capacity}: echoed intact"
+            );
+        }
+        exec.deallocate().unwrap();
+    }
+}

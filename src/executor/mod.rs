@@ -16,10 +16,11 @@
 //! start a pool replacement, goes out only after the first result.
 
 mod billing;
+pub mod config_input;
 pub mod deadline;
 mod worker;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,7 +66,7 @@ pub enum ExecutorError {
 }
 
 /// Largest configuration document read from standard input.
-const MAX_CONFIG: u64 = 1 << 20;
+const MAX_CONFIG: usize = 1 << 20;
 
 /// Environment variable naming the fabric provider an executor opens *before* it reads its
 /// configuration (set by the executor manager, which knows its provider): the fabric domain is
@@ -135,22 +136,9 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
     result
 }
 
-/// Reads and parses the configuration from standard input: one JSON document, taken as soon
-/// as it is complete (a pooled executor's cold start does not wait for the manager to close
-/// the pipe too); at most `MAX_CONFIG` bytes.
+/// Reads and parses the configuration from standard input (see [`config_input`]).
 fn read_config() -> Result<ExecutorConfig, ExecutorError> {
-    let input = std::io::BufReader::new(std::io::stdin().lock().take(MAX_CONFIG));
-    match serde_json::Deserializer::from_reader(input)
-        .into_iter::<ExecutorConfig>()
-        .next()
-    {
-        Some(Ok(cfg)) => Ok(cfg),
-        Some(Err(e)) if e.is_io() => Err(ExecutorError::Io(e.into())),
-        Some(Err(e)) => Err(ExecutorError::Config(e.to_string())),
-        None => Err(ExecutorError::Config(
-            "standard input closed without a configuration".into(),
-        )),
-    }
+    config_input::read_config(MAX_CONFIG)
 }
 
 /// An executor whose fabric is opened before its configuration is read.
@@ -165,10 +153,13 @@ impl FabricUser for Early {
             Some(a) => Some(fabric.listen(a)?),
             None => None,
         };
+        let mut spare = None;
         if let Ok(cores) = std::env::var(EARLY_STANDBY_ENV) {
             wait_on(&cores);
             let address = early.as_ref().map(|l| l.local_addr());
             report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
+            // While it waits: worker 0's queue and buffers in the clients' default shape.
+            spare = Spare::make(&fabric);
         }
         let cfg = read_config()?;
         tracing::debug!(allocation = cfg.allocation, "configuration read");
@@ -191,8 +182,62 @@ impl FabricUser for Early {
             stop,
             out: &mut std::io::stdout(),
         }
-        .serve(fabric, listener)
+        .serve(fabric, listener, spare)
     }
+}
+
+/// Slots of the [`Spare`] buffers: the client's default (`AllocationSpec::new`).
+const SPARE_SLOTS: u32 = 4;
+
+/// Input and output capacity of the [`Spare`] buffers, bytes: the client's default.
+const SPARE_CAPACITY: usize = 4096;
+
+/// Worker 0's completion queue and buffers, made by a pooled executor while it waits for its
+/// configuration (they depend on nothing of an allocation: fresh, zeroed, pre-faulted memory),
+/// in the client's default shape ([`SPARE_SLOTS`] slots of [`SPARE_CAPACITY`] bytes). An
+/// allocation whose slots and capacities fit in them uses them (larger buffers than it needs:
+/// offsets are computed from its own sizes); any other makes its own, as without them.
+struct Spare<F: Fabric> {
+    cq: F::Cq,
+    cq_depth: u32,
+    input: F::Mr,
+    output: F::Mr,
+}
+
+impl<F: Fabric> Spare<F> {
+    /// Makes them (`None` if the fabric refuses: the allocation then makes its own).
+    fn make(fabric: &F) -> Option<Spare<F>> {
+        let cq_depth = worker_qp::cq_depth(SPARE_SLOTS);
+        let stride = input_stride(SPARE_CAPACITY as u32);
+        let made = (|| -> Result<Spare<F>, crate::rdma::FabricError> {
+            Ok(Spare {
+                cq: fabric.create_cq(cq_depth)?,
+                cq_depth,
+                input: fabric.alloc_mr(
+                    stride * SPARE_SLOTS as usize,
+                    Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+                )?,
+                output: fabric
+                    .alloc_mr(SPARE_CAPACITY * SPARE_SLOTS as usize, Access::LOCAL_WRITE)?,
+            })
+        })();
+        made.inspect_err(|e| tracing::debug!("no spare worker buffers: {e}"))
+            .ok()
+    }
+
+    /// Whether an allocation configured as `cfg` fits in them.
+    fn fits(&self, cfg: &ExecutorConfig) -> bool {
+        let slots = cfg.slots as usize;
+        self.cq_depth >= worker_qp::cq_depth(cfg.slots)
+            && self.input.len() >= input_stride(cfg.input_capacity) * slots
+            && self.output.len() >= cfg.output_capacity as usize * slots
+    }
+}
+
+/// Bytes between two slots of a worker's input buffer: the header and the input capacity,
+/// rounded up to a cache line.
+fn input_stride(input_capacity: u32) -> usize {
+    (HEADER_LEN + input_capacity as usize).next_multiple_of(64)
 }
 
 type Prepared = ([u8; TOKEN_LEN], FunctionTable, u64, Arc<AtomicBool>);
@@ -359,17 +404,18 @@ impl<W: Write + Send> FabricUser for Serve<'_, W> {
     type Output = Result<(), ExecutorError>;
 
     fn run<F: Fabric>(self, fabric: F) -> Self::Output {
-        self.serve(fabric, None)
+        self.serve(fabric, None, None)
     }
 }
 
 impl<W: Write + Send> Serve<'_, W> {
     /// Listens on `cfg.listen` (unless `listener` does already), reports ready, accepts the
-    /// client's connections and serves.
+    /// client's connections (worker 0 on `spare` buffers if they fit) and serves.
     fn serve<F: Fabric>(
         self,
         fabric: F,
         listener: Option<F::Listener>,
+        spare: Option<Spare<F>>,
     ) -> Result<(), ExecutorError> {
         let cfg = self.cfg;
         let listener = match listener {
@@ -444,6 +490,7 @@ impl<W: Write + Send> Serve<'_, W> {
                 &self.token,
                 &self.table,
                 &self.stop,
+                spare,
             );
             let workers = match workers {
                 Ok(w) => {
@@ -499,16 +546,22 @@ fn accept_workers<F: Fabric>(
     token: &[u8; TOKEN_LEN],
     table: &FunctionTable,
     stop: &AtomicBool,
+    spare: Option<Spare<F>>,
 ) -> Result<Vec<Worker<F>>, ExecutorError> {
     let n = cfg.cores.len();
     let mut slots: Vec<Option<Worker<F>>> = (0..n).map(|_| None).collect();
     let timeout = Duration::from_millis(cfg.connect_timeout_ms.max(1));
     let deadline = Instant::now() + timeout;
-    let stride = (HEADER_LEN + cfg.input_capacity as usize).next_multiple_of(64);
+    let stride = input_stride(cfg.input_capacity);
     // Every worker's completion queue and buffers (pre-faulted) are made now, while the
-    // manager answers the client and the client gets ready to connect, not after it knocked.
+    // manager answers the client and the client gets ready to connect, not after it knocked;
+    // worker 0's were made before the configuration came, if they fit.
+    let mut spare = spare.filter(|s| s.fits(cfg));
     let mut prepared = (0..n)
         .map(|_| -> Result<_, ExecutorError> {
+            if let Some(s) = spare.take() {
+                return Ok(Some((s.cq, s.input, s.output)));
+            }
             let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
             let input = fabric.alloc_mr(
                 stride * cfg.slots as usize,

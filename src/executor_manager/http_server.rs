@@ -171,6 +171,9 @@ async fn allocate(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
+    // The pooled executor this allocation will likely take wakes now, while the request is
+    // read, checked and its cores reserved (see `Pool::nudge`).
+    st.service.nudge_pool();
     let bytes = read_body(
         &headers,
         body,

@@ -27,6 +27,7 @@
 //! [`ExecutorEvent::Standby`]: crate::control::executor_manager_api::ExecutorEvent::Standby
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -67,6 +68,9 @@ pub struct Pooled {
 struct Entry {
     pid: u32,
     claim: oneshot::Sender<oneshot::Sender<Pooled>>,
+    /// A duplicate of its standard input's write end, for [`Pool::nudge`] (closed when the
+    /// entry leaves the pool).
+    nudge: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -273,7 +277,10 @@ impl Pool {
                             0 => ns,
                             avg => (avg * 7 + ns) / 8,
                         };
-                        st.ready.push_back(Entry { pid, claim });
+                        let nudge = stdin
+                            .as_ref()
+                            .and_then(|s| s.as_fd().try_clone_to_owned().ok());
+                        st.ready.push_back(Entry { pid, claim, nudge });
                         tracing::debug!(
                             pid,
                             ready = st.ready.len(),
@@ -362,6 +369,21 @@ impl Pool {
             .min(self.start_timeout)
     }
 
+    /// Tells the ready process that [`Pool::take`] would take next that its configuration is
+    /// coming: one whitespace byte on its standard input
+    /// ([`NUDGE`](crate::executor::config_input::NUDGE)), on which it wakes and then polls for
+    /// the configuration without sleeping (for at most
+    /// [`NUDGE_SPIN`](crate::executor::config_input::NUDGE_SPIN)). Call it as an allocation
+    /// request arrives: the process wakes while the request is checked and its cores reserved,
+    /// not after its configuration was written. Harmless when no configuration follows.
+    pub fn nudge(&self) {
+        let st = self.state();
+        if let Some(fd) = st.ready.front().and_then(|e| e.nudge.as_ref()) {
+            // Non-blocking pipe, empty but for earlier nudges: a full one needs no more.
+            let _ = nix::unistd::write(fd, crate::executor::config_input::NUDGE);
+        }
+    }
+
     /// Takes a live pooled process (the caller refills the pool once its cold start is done);
     /// `None` when the pool is empty (it starts refilling then) or off: spawn a fresh one.
     /// With no process ready but one starting that no other caller waits for, it waits for
@@ -409,8 +431,10 @@ impl Pool {
                 }
                 continue;
             };
+            let Entry { claim, nudge, .. } = entry;
+            drop(nudge);
             let (reply, got) = oneshot::channel();
-            if entry.claim.send(reply).is_err() {
+            if claim.send(reply).is_err() {
                 continue; // its watcher saw it die
             }
             let Ok(Ok(mut p)) = tokio::time::timeout(CLAIM_TIMEOUT, got).await else {

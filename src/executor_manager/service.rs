@@ -501,6 +501,14 @@ impl Service {
         }
     }
 
+    /// Wakes the pooled executor the next allocation would take ([`Pool::nudge`]): call it as
+    /// an authenticated allocation request arrives, before its body is read.
+    pub fn nudge_pool(&self) {
+        if !self.shutting_down.load(Ordering::Acquire) {
+            self.pool.nudge();
+        }
+    }
+
     /// [`Self::allocate`], from the pool when `pool` (and it has one ready).
     async fn allocate_with(
         self: Arc<Self>,
