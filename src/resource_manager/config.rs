@@ -18,7 +18,7 @@
 //! tick_interval_ms = 100           # how often expiries and deaths are checked
 //! request_timeout_ms = 10000       # to send a request's head, and then its body
 //! keep_ended = 10000               # ended leases remembered ("lease 7 has ended: expired")
-//! compact_log_bytes = 8388608      # the state log is compacted into a new snapshot beyond
+//! compact_log_bytes = 33554432     # the state log is compacted into a new snapshot beyond
 //!                                  # this size (and the snapshot's)
 //! ```
 //!

@@ -73,6 +73,6 @@ pub use metrics::{Counters, Metrics};
 pub use node::{HostedLease, Node, NodeId, NodeInfo, NodeState, NodeView};
 pub use placement::Policy;
 pub use registration::Registered;
-pub use snapshot::{Snapshot, SnapshotIds, SnapshotView};
+pub use snapshot::{Snapshot, SnapshotView};
 pub use state_machine::{Config, EndedLease, Scheduler};
 pub use token::TokenSource;

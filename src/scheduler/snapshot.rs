@@ -73,23 +73,6 @@ impl Serialize for SnapshotView<'_> {
     }
 }
 
-/// The ids of everything a [`Snapshot`] holds, listed at one moment ([`Scheduler::snapshot_ids`]),
-/// so that the entities can then be read a piece at a time ([`Scheduler::snapshot_node`],
-/// [`Scheduler::snapshot_lease`], [`Scheduler::snapshot_ended`]), letting other commands run
-/// between the pieces. An entity gone by the time its piece is read is left out; one that
-/// changed is read as it is then. Such a snapshot is *fuzzy*: it is a state that existed only
-/// if nothing changed meanwhile, and becomes exact by replaying every change made after the
-/// ids were listed (records are upserts of whole entities, [`super::journal`]).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SnapshotIds {
-    /// Nodes, in the order [`SnapshotView`] writes them.
-    pub nodes: Vec<NodeId>,
-    /// Live leases, in the order [`SnapshotView`] writes them.
-    pub leases: Vec<LeaseId>,
-    /// Remembered ended leases, oldest first.
-    pub ended: Vec<LeaseId>,
-}
-
 impl Scheduler {
     /// The whole state at `now`, borrowed, to serialise as a [`Snapshot`].
     pub fn snapshot_view(&self, now: Millis) -> SnapshotView<'_> {
@@ -97,35 +80,6 @@ impl Scheduler {
             sched: self,
             taken_at: now,
         }
-    }
-
-    /// The ids a snapshot of the state holds now (see [`SnapshotIds`]).
-    pub fn snapshot_ids(&self) -> SnapshotIds {
-        SnapshotIds {
-            nodes: self.nodes.keys().copied().collect(),
-            leases: self.leases.keys().copied().collect(),
-            ended: self
-                .ended
-                .iter()
-                .copied()
-                .filter(|id| self.ended_by_id.contains_key(id))
-                .collect(),
-        }
-    }
-
-    /// Node `id` as a snapshot holds it; `None` once it is gone.
-    pub fn snapshot_node(&self, id: NodeId) -> Option<&Node> {
-        self.nodes.get(&id)
-    }
-
-    /// Live lease `id` as a snapshot holds it; `None` once it has ended.
-    pub fn snapshot_lease(&self, id: LeaseId) -> Option<&Lease> {
-        self.leases.get(&id)
-    }
-
-    /// Ended lease `id` as a snapshot holds it; `None` once it is no longer remembered.
-    pub fn snapshot_ended(&self, id: LeaseId) -> Option<&EndedLease> {
-        self.ended_by_id.get(&id)
     }
 
     /// The id allocators and the counters, as a snapshot holds them.

@@ -2,13 +2,12 @@
 //!
 //! 1. The log's segment is rotated: records written from now on go to a new segment,
 //!    so every older segment holds only records already applied to the scheduler.
-//! 2. The caller encodes the snapshot, which must reflect at least every record of the older
-//!    segments (every change applied before the rotation): the resource manager reads it from
-//!    the scheduler a piece at a time between commands ([`super::snapshot_pieces`]), so it may
-//!    also reflect later changes, which recovery replays over it anyway.
+//! 2. The caller encodes the snapshot and says the sequence number of the last record it
+//!    reflects, under the scheduler's lock (at least every record of the older segments),
+//!    straight from the scheduler's maps ([`crate::scheduler::SnapshotView`]), not from a
+//!    copy of them.
 //! 3. The snapshot is sealed (checksum) and written atomically ([`crate::atomic_write`]:
-//!    temporary file, fsync, rename, fsync of the directory), saying that it covers the
-//!    records before the new segment.
+//!    temporary file, fsync, rename, fsync of the directory), saying which record it covers.
 //! 4. The older segments are deleted.
 //!
 //! A crash before 3 leaves the old snapshot and every segment; between 3 and 4 the new
@@ -37,12 +36,11 @@ pub struct Compacted {
 
 impl Store {
     /// Compacts the log into a snapshot that `take` encodes
-    /// ([`super::snapshot_pieces::encode_in_pieces`] or
-    /// [`super::snapshot_file::encode_payload`]) as covering the records up to the one it is
-    /// given, reflecting at least those (`None` when another compaction is running).
+    /// ([`super::snapshot_file::encode_payload`]), with the last record it reflects (`None` when
+    /// another compaction is running).
     pub fn compact(
         &self,
-        take: impl FnOnce(u64) -> Payload,
+        take: impl FnOnce() -> (Payload, u64),
     ) -> Result<Option<Compacted>, StateError> {
         if self.shared.compacting.swap(true, Ordering::AcqRel) {
             return Ok(None);
@@ -55,7 +53,7 @@ impl Store {
         r.map(Some)
     }
 
-    fn compact_now(&self, take: impl FnOnce(u64) -> Payload) -> Result<Compacted, StateError> {
+    fn compact_now(&self, take: impl FnOnce() -> (Payload, u64)) -> Result<Compacted, StateError> {
         let io = |path: &std::path::Path| {
             let path = path.to_path_buf();
             move |source| StateError::Io { path, source }
@@ -81,9 +79,9 @@ impl Store {
             }
             w.start
         };
-        // 2, 3. The snapshot, covering every record before the new segment.
-        let seq = start - 1;
-        let encoded = take(seq).seal();
+        // 2, 3. The snapshot.
+        let (payload, seq) = take();
+        let encoded = payload.seal();
         write_atomic(&self.state, &encoded, 0o600, Durability::Synced).map_err(io(&self.state))?;
         let bytes = encoded.len() as u64;
         drop(encoded);

@@ -5,7 +5,6 @@
 //! |---|---|
 //! | [`frame`] | a record on disk: length, CRC-32, [`LogRecord`] in `postcard` (JSON read) |
 //! | [`snapshot_file`] | the snapshot on disk: header, CRC-32, `postcard` (JSON read) |
-//! | [`snapshot_pieces`] | a snapshot read from the scheduler a piece at a time, between commands |
 //! | [`segments`] | the log's files `STATE.log.SEQ` beside the snapshot `STATE` |
 //! | [`committer`] | group commit: all pending records in one write; overlapping fsyncs |
 //! | [`waiters`] | the handlers waiting for their records, woken when those are durable |
@@ -25,7 +24,6 @@ pub mod frame;
 pub mod recovery;
 pub mod segments;
 pub mod snapshot_file;
-pub mod snapshot_pieces;
 pub mod waiters;
 
 use std::path::{Path, PathBuf};

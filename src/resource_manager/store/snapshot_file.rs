@@ -40,26 +40,14 @@ pub fn encode_payload<S: Serialize>(snapshot: &S, log_seq: u64) -> Payload {
         log_seq,
         snapshot,
     };
-    Payload(
-        postcard::to_extend(&file, unsealed_header(1 << 20)).expect("a snapshot always serialises"),
-    )
-}
-
-/// The header of a snapshot file, checksum and length still 0, in a buffer of `capacity`.
-pub(super) fn unsealed_header(capacity: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(capacity.max(HEADER));
+    let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&STATE_VERSION.to_le_bytes());
     out.extend_from_slice(&[0; 12]);
-    out
+    Payload(postcard::to_extend(&file, out).expect("a snapshot always serialises"))
 }
 
 impl Payload {
-    /// A file's bytes as [`unsealed_header`] started them, the payload after it.
-    pub(super) fn from_unsealed(bytes: Vec<u8>) -> Payload {
-        Payload(bytes)
-    }
-
     /// The file's bytes, with the payload's checksum and length in the header.
     pub fn seal(self) -> Vec<u8> {
         let mut out = self.0;

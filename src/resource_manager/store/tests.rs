@@ -225,11 +225,10 @@ fn a_crash_at_any_step_of_a_compaction_recovers_the_same_state() {
     // Crash 1: after the rotation, before the snapshot is written.
     let mut crash1 = None;
     let done = store
-        .compact(|covers| {
-            assert_eq!(covers, src.seq, "every record was written");
+        .compact(|| {
             crash1 = Some(copy_state(&state));
             let snap = src.sched.snapshot_view(Millis(2));
-            snapshot_file::encode_payload(&snap, covers)
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
         })
         .unwrap()
         .unwrap();
@@ -340,9 +339,9 @@ fn a_json_snapshot_and_json_log_of_an_earlier_build_migrate_to_binary() {
     );
     // The next compaction rewrites the snapshot in binary.
     store
-        .compact(|covers| {
-            assert_eq!(covers, src.seq, "every record was written");
-            snapshot_file::encode_payload(&src.sched.snapshot(Millis(3)), covers)
+        .compact(|| {
+            let snap = src.sched.snapshot(Millis(3));
+            (snapshot_file::encode_payload(&snap, src.seq), src.seq)
         })
         .unwrap()
         .unwrap();
@@ -396,19 +395,20 @@ fn close_makes_every_queued_record_durable_and_concurrent_writers_all_finish() {
     assert_eq!((got.len(), r.last_seq), (250, 250));
 }
 
-/// Compactions that read the scheduler in pieces while writers keep changing it (grants and
-/// releases, each appended under the lock and waited for, like handlers): after the store is
-/// closed, what is on disk recovers to the state the scheduler has.
+/// Compactions while writers keep changing the scheduler (grants and releases, each appended
+/// under the lock and waited for, like handlers; the snapshot encoded under the same lock, as
+/// the resource manager does): after the store is closed, what is on disk recovers to the
+/// state the scheduler has.
 #[test]
-fn compactions_between_concurrent_changes_recover_the_schedulers_state() {
-    use crate::resource_manager::store::snapshot_pieces::encode_in_pieces;
+fn compactions_during_concurrent_changes_recover_the_schedulers_state() {
     use crate::scheduler::journal::tests::observed;
     use crate::scheduler::LeaseRequest;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("rm-state");
     let src = std::sync::Mutex::new(Source::new());
-    let (store, _) = Store::open(&state, 100, 1).unwrap();
+    let keep_ended = Config::default().keep_ended;
+    let (store, _) = Store::open(&state, keep_ended, 1).unwrap();
     for i in 1..=4 {
         let r = src.lock().unwrap().register(&format!("n{i}"));
         store.append(r);
@@ -441,8 +441,10 @@ fn compactions_between_concurrent_changes_recover_the_schedulers_state() {
         let mut compactions = 0;
         while writers_done.load(Ordering::Acquire) < 4 || compactions == 0 {
             let done = store
-                .compact(|covers| {
-                    encode_in_pieces(covers, Millis(0), 2, |f| f(&src.lock().unwrap().sched))
+                .compact(|| {
+                    let src = src.lock().unwrap();
+                    let view = src.sched.snapshot_view(Millis(0));
+                    (snapshot_file::encode_payload(&view, src.seq), src.seq)
                 })
                 .unwrap();
             compactions += usize::from(done.is_some());
@@ -451,7 +453,7 @@ fn compactions_between_concurrent_changes_recover_the_schedulers_state() {
     });
     store.close().unwrap();
     let src = src.into_inner().unwrap();
-    let r = recovery::recover(&state, Config::default().keep_ended).unwrap();
+    let r = recovery::recover(&state, keep_ended).unwrap();
     let expected = observed(src.sched.snapshot(Millis(0)));
     assert_eq!(expected.1.len(), 120, "half the 240 grants are still live");
     assert_eq!(observed(r.snapshot.unwrap()), expected);
