@@ -8,7 +8,7 @@
 //! It defines the C `main` itself (`#![no_main]`), so that the Rust runtime's start-up does not
 //! run: that start-up reads `/proc/self/maps` (through `pthread_getattr_np`, to place a guard
 //! for the main thread's stack), installs stack-overflow handlers and an alternate signal stack
-//! for every thread, and checks descriptors 0-2, about 50 µs of a fresh executor's start on the
+//! for every thread, and checks descriptors 0-2, 30-50 µs of a fresh executor's start on the
 //! project's VM (A/B of `exec` to standby report, 400 starts each). What is lost: a stack
 //! overflow ends the process with SIGSEGV instead of a message and SIGABRT, and SIGPIPE is
 //! handled here (a flag: a write to a closed pipe fails with EPIPE instead of killing the
