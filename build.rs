@@ -19,10 +19,17 @@ fn main() {
 /// it gives up is address-space randomisation of its own code (libraries, stacks and heap stay
 /// randomised): an executor serves a single tenant, whose own code runs inside it anyway.
 /// Every other binary keeps the toolchain's default (PIE).
+///
+/// It also loads `libm` at start (`--no-as-needed`: nothing in the executor itself calls it):
+/// every Rust function library needs it, and a pooled executor then has it loaded before its
+/// allocation comes instead of loading it with the library, on the cold start's path.
 fn executor_link_args() {
     let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
     if linux {
         println!("cargo:rustc-link-arg-bin=rfaas-executor=-no-pie");
+        println!(
+            "cargo:rustc-link-arg-bin=rfaas-executor=-Wl,--push-state,--no-as-needed,-lm,--pop-state"
+        );
     }
 }
 
