@@ -569,3 +569,25 @@ pub(crate) fn connect(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::ShmFabric;
+    use crate::rdma::Fabric;
+
+    /// A listener's drop closes its socket before it returns (the domain's control thread,
+    /// which accepts for it, may still hold its acceptor): the address binds again at once, on
+    /// the same domain, and not while the listener is open.
+    #[test]
+    fn a_closed_listener_frees_its_address_at_once() {
+        let f = ShmFabric::new().unwrap();
+        let addr = format!("@rfaas-test-rebind-{}", std::process::id());
+        for round in 0..50 {
+            let l = f
+                .listen(&addr)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(f.listen(&addr).is_err(), "round {round}: bound twice");
+            drop(l);
+        }
+    }
+}
