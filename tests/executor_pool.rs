@@ -262,12 +262,25 @@ fn pool_size_zero_spawns_fresh_and_bad_sizes_are_refused() {
     assert!(err.contains("pool_size"), "{err}");
 }
 
-/// Whether `pid` runs a thread named `name` (`/proc/<pid>/task/*/comm`).
-fn has_thread(pid: u32, name: &str) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks.flatten().any(|t| {
-                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+/// Whether `pid` holds a listening Unix socket (the shm listener): an inode in
+/// `/proc/net/unix` with the listening flag (`__SO_ACCEPTCON`, 0x10000) among its descriptors.
+fn listens(pid: u32) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let listening: std::collections::HashSet<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            let inode = f.get(6)?;
+            (flags & 0x10000 != 0).then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|t| listening.contains(t.to_string_lossy().as_ref()))
             })
         })
         .unwrap_or(false)
@@ -280,13 +293,13 @@ fn a_pooled_process_is_ready_only_once_its_fabric_listens() {
     for round in 0..3 {
         let a = allocate(&m, &lib);
         // Its end starts the replacement: from then on, every status that lists a process as
-        // ready must find it listening (the shm listener's accept thread runs).
+        // ready must find it listening (its shm listener's socket listens).
         release(&m, &a);
         let pid = wait_for(DID_NOT_HANG, "the replacement to be ready", || {
             let p = m.status().pool;
             let pid = *p.ready.first()?;
             assert!(
-                has_thread(pid, "rfaas-shm-accep") || !alive(pid as i32),
+                listens(pid) || !alive(pid as i32),
                 "round {round}: pid {pid} is listed ready but does not listen yet"
             );
             Some(pid)

@@ -167,6 +167,38 @@ impl Segment {
         Ok(Segment { map, fd, writable })
     }
 
+    /// Faults in the pages of `[off, off + len)` (rounded out to pages, clipped to the
+    /// segment) for writing, so that their first use does not fault. The segment must be
+    /// writable.
+    pub fn prefault(&self, off: usize, len: usize) {
+        const PAGE: usize = 4096;
+        let start = (off / PAGE * PAGE).min(self.len());
+        let end = (off + len)
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(self.len());
+        if !self.writable || start >= end {
+            return;
+        }
+        // SAFETY: [start, end) lies inside the mapping (clipped above). MADV_POPULATE_WRITE
+        // only faults pages in.
+        let r = unsafe {
+            libc::madvise(
+                self.as_ptr().add(start).cast(),
+                end - start,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        if r != 0 {
+            // Older kernels: touch every page (writing the zero that is already there).
+            for p in (start..end).step_by(PAGE) {
+                // SAFETY: `p` is inside the mapping, which is writable (checked above);
+                // volatile so the store is not elided. Callers prefault memory nobody uses yet.
+                unsafe { std::ptr::write_volatile(self.as_ptr().add(p), 0) };
+            }
+        }
+    }
+
     /// True when mapped read-write.
     pub fn writable(&self) -> bool {
         self.writable

@@ -68,28 +68,8 @@ impl Arena {
             }
             o
         };
-        self.prefault(off, want);
+        self.seg.prefault(off, want);
         Ok((off, want))
-    }
-
-    fn prefault(&self, off: usize, len: usize) {
-        // SAFETY: [off, off+len) lies inside the mapping (it came from the free list, which only
-        // holds ranges of the arena). MADV_POPULATE_WRITE only faults pages in.
-        let r = unsafe {
-            libc::madvise(
-                self.seg.as_ptr().add(off).cast(),
-                len,
-                libc::MADV_POPULATE_WRITE,
-            )
-        };
-        if r != 0 {
-            // Older kernels: touch every page (writing the zero that is already there).
-            for p in (off..off + len).step_by(PAGE) {
-                // SAFETY: `p` is inside the mapping, which is writable; volatile so the store is
-                // not elided. Nobody else uses this freshly carved range yet.
-                unsafe { std::ptr::write_volatile(self.seg.as_ptr().add(p), 0) };
-            }
-        }
     }
 
     /// Returns a range to the arena and gives its pages back to the system (so the next user

@@ -1,10 +1,11 @@
-//! shm connection setup: the listener (accept thread plus one short-lived thread per handshake,
-//! so a stalled or malicious client never blocks the others), incoming requests, and `connect`.
+//! shm connection setup: the listener (accepted on the domain's control thread, see
+//! [`super::control`]; a handshake whose connect message is not there yet gets a short-lived
+//! thread of its own, so a stalled or malicious client never blocks the others), incoming
+//! requests, and `connect`.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc, Mutex, Weak};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -13,13 +14,14 @@ use nix::sys::socket::{
 };
 
 use super::addr::{candidate_port, ShmAddr};
+use super::control::OnReadable;
 use super::qp::{Peer, QpShared, RecvState, ShmQp};
 use super::ring::{ring_bytes, Ring};
 use super::wire::{self, Hello, Kind, NUM_FDS};
 use super::{Domain, ShmFabric, TABLE_CAP};
 use crate::rdma::error::{FabricError, Result};
 use crate::rdma::mr_table::{Entry, TableView, ENTRY_SIZE};
-use crate::rdma::notify::{new_eventfd, wait_either_readable, Notifier};
+use crate::rdma::notify::{new_eventfd, Notifier};
 use crate::rdma::segment::Segment;
 use crate::rdma::{ConnRequest, Listener, QpInit, RecvWr, MAX_PRIVATE_DATA};
 
@@ -32,10 +34,18 @@ const MAX_INFLIGHT: usize = 64;
 struct LShared {
     rx: Mutex<mpsc::Receiver<ShmRequest>>,
     efd: OwnedFd,
-    /// Written on drop so the accept thread stops at once.
-    stop_fd: OwnedFd,
-    stop: AtomicBool,
     inflight: AtomicUsize,
+}
+
+/// A listener's accepting side, called by the domain's control thread when its socket is
+/// readable.
+struct Acceptor {
+    /// Weak: the domain's control thread holds this, and the domain holds that thread.
+    dom: Weak<Domain>,
+    /// The listening socket (non-blocking); `None` once the listener is closed.
+    sock: Mutex<Option<OwnedFd>>,
+    sh: Arc<LShared>,
+    tx: mpsc::Sender<ShmRequest>,
 }
 
 /// A listening shm endpoint.
@@ -43,8 +53,19 @@ struct LShared {
 pub struct ShmListener {
     addr: String,
     sh: Arc<LShared>,
-    thread: Option<JoinHandle<()>>,
+    dom: Arc<Domain>,
+    acceptor: Arc<Acceptor>,
+    /// Its registration with the domain's control thread.
+    token: u64,
     path: Option<String>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("sock", &self.sock)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A well-formed incoming connection, waiting for `accept` or `reject`.
@@ -92,7 +113,13 @@ impl ShmListener {
             } else {
                 parsed.clone()
             };
-            let sock = seqpacket()?;
+            let sock = socket(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .map_err(|e| FabricError::io("create unix socket", e))?;
             if let ShmAddr::Path(p) = &a {
                 remove_stale_socket(p);
             }
@@ -126,20 +153,24 @@ impl ShmListener {
         let sh = Arc::new(LShared {
             rx: Mutex::new(rx),
             efd: new_eventfd()?,
-            stop_fd: new_eventfd()?,
-            stop: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
         });
-        let (sh2, dom2) = (sh.clone(), dom.clone());
-        let thread = std::thread::Builder::new()
-            .name("rfaas-shm-accept".into())
-            .spawn(move || accept_loop(&dom2, &sock, &sh2, &tx))
-            .map_err(|e| FabricError::io("spawn accept thread", e))?;
+        let raw = sock.as_raw_fd();
+        let acceptor = Arc::new(Acceptor {
+            dom: Arc::downgrade(dom),
+            sock: Mutex::new(Some(sock)),
+            sh: sh.clone(),
+            tx,
+        });
+        // The socket stays open (in `acceptor`) until the listener's drop forgets it.
+        let token = dom.control.watch_readable(raw, acceptor.clone())?;
         tracing::debug!(%addr, "shm listening");
         Ok(ShmListener {
             addr,
             sh,
-            thread: Some(thread),
+            dom: dom.clone(),
+            acceptor,
+            token,
             path,
         })
     }
@@ -154,41 +185,48 @@ fn remove_stale_socket(path: &str) {
     }
 }
 
-fn accept_loop(
-    dom: &Arc<Domain>,
-    sock: &OwnedFd,
-    sh: &Arc<LShared>,
-    tx: &mpsc::Sender<ShmRequest>,
-) {
-    while !sh.stop.load(Ordering::Acquire) {
-        match wait_either_readable(
-            sock.as_raw_fd(),
-            sh.stop_fd.as_raw_fd(),
-            Duration::from_secs(1),
-        ) {
-            Ok(true) if sh.stop.load(Ordering::Acquire) => break,
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::error!("shm listener: {e}");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        }
-        let raw = match accept4(sock.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!("shm listener: accept: {e}");
-                continue;
-            }
+impl OnReadable for Acceptor {
+    /// Accepts every connection waiting on the listening socket.
+    fn on_readable(&self) {
+        let Some(dom) = self.dom.upgrade() else {
+            return;
         };
-        // SAFETY: `accept4` returned a fresh descriptor that nothing else owns.
-        let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+        loop {
+            let accepted = {
+                let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(sock) = sock.as_ref() else {
+                    return; // closed
+                };
+                accept4(sock.as_raw_fd(), SockFlag::SOCK_CLOEXEC)
+            };
+            let raw = match accepted {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => continue,
+                Err(e) => {
+                    // Out of descriptors or memory: the socket stays readable, so the control
+                    // thread comes back; not at once.
+                    tracing::warn!("shm listener: accept: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
+            };
+            // SAFETY: `accept4` returned a fresh descriptor that nothing else owns.
+            let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+            self.take(&dom, conn);
+        }
+    }
+}
+
+impl Acceptor {
+    /// Hands an accepted connection to its handshake.
+    fn take(&self, dom: &Arc<Domain>, conn: OwnedFd) {
+        let (sh, tx) = (&self.sh, &self.tx);
         if sh.inflight.load(Ordering::Acquire) >= MAX_INFLIGHT {
             tracing::warn!(
                 "shm listener: refused a connection: {MAX_INFLIGHT} handshakes already in progress"
             );
-            continue;
+            return;
         }
         sh.inflight.fetch_add(1, Ordering::AcqRel);
         // A client sends its connect message right after `connect`: when it is there already,
@@ -196,7 +234,7 @@ fn accept_loop(
         // start's path). Otherwise a thread of its own waits for it (bounded).
         if readable_now(&conn) {
             handshake(dom, conn, sh, tx);
-            continue;
+            return;
         }
         let (dom, sh, tx) = (dom.clone(), sh.clone(), tx.clone());
         let spawned = std::thread::Builder::new()
@@ -477,11 +515,14 @@ impl Listener<ShmFabric> for ShmListener {
 
 impl Drop for ShmListener {
     fn drop(&mut self) {
-        self.sh.stop.store(true, Ordering::Release);
-        let _ = nix::unistd::write(&self.sh.stop_fd, &1u64.to_ne_bytes());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        let mut sock = self.acceptor.sock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sock.as_ref() {
+            self.dom.control.forget_readable(self.token, s.as_raw_fd());
         }
+        // Closed now (an accept running on the control thread holds this lock): the address
+        // is free again when the drop returns.
+        *sock = None;
+        drop(sock);
         if let Some(p) = &self.path {
             let _ = std::fs::remove_file(p);
         }
@@ -525,6 +566,28 @@ pub(crate) fn connect(
             let peer = attach_peer(&reply, fds)?;
             let qp = assemble(dom, sock, qp_num, rs, &init, peer)?;
             Ok((qp, reply.private_data))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ShmFabric;
+    use crate::rdma::Fabric;
+
+    /// A listener's drop closes its socket before it returns (the domain's control thread,
+    /// which accepts for it, may still hold its acceptor): the address binds again at once, on
+    /// the same domain, and not while the listener is open.
+    #[test]
+    fn a_closed_listener_frees_its_address_at_once() {
+        let f = ShmFabric::new().unwrap();
+        let addr = format!("@rfaas-test-rebind-{}", std::process::id());
+        for round in 0..50 {
+            let l = f
+                .listen(&addr)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert!(f.listen(&addr).is_err(), "round {round}: bound twice");
+            drop(l);
         }
     }
 }

@@ -53,6 +53,8 @@ use control::Control;
 
 /// Regions a domain can register.
 const TABLE_CAP: usize = 4096;
+/// Entries of the region table faulted in when a domain opens (one page).
+const TABLE_PREFAULT: usize = 4096 / ENTRY_SIZE;
 /// Default size of the read-write arena (address space; only touched pages use memory); the
 /// read-only arena is a quarter of it (at least 1 MiB).
 pub const DEFAULT_ARENA_BYTES: usize = 16 << 30;
@@ -106,11 +108,16 @@ impl ShmFabric {
         let arena = arena_bytes()?;
         let rw = Arena::new(ArenaClass::ReadWrite, arena)?;
         let ro = Arena::new(ArenaClass::ReadOnly, (arena / 4).max(1 << 20))?;
+        // Not pre-faulted whole: 32 pages of shared memory cost a fresh executor about 60 µs
+        // before it can report, while a process registers a handful of regions, from the
+        // lowest free slot up. The first page (128 entries) is faulted in now; later ones on
+        // first registration there, off the data path (peers fault on their first read anyway).
         let table_seg = Arc::new(Segment::create(
             "rfaas-shm-table",
             TABLE_CAP * ENTRY_SIZE,
-            true,
+            false,
         )?);
+        table_seg.prefault(0, TABLE_PREFAULT * ENTRY_SIZE);
         // SAFETY: the segment is zeroed, page aligned (so aligned for `Entry`), holds TABLE_CAP
         // entries, and is kept alive by the domain next to the table.
         let table = unsafe { MrTable::new(table_seg.as_ptr().cast::<Entry>(), TABLE_CAP) };
