@@ -324,6 +324,18 @@ fn a_wrong_token_is_rejected() {
         Err(e) => panic!("wrong token gave {e}"),
         Ok(_) => panic!("a wrong token was accepted"),
     }
+    // And says so in its log (the lean `rfaas-executor` too: it once set up no logging).
+    let logs = m.dir.path().join("run").join("logs");
+    common::wait_for(
+        Duration::from_secs(10),
+        "the refusal in the executor's log",
+        || {
+            std::fs::read_dir(&logs).ok()?.flatten().find(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("refused a connection: wrong allocation token"))
+            })
+        },
+    );
     // The real client still gets in.
     let exec = Executor::connect(
         fabric,

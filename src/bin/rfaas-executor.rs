@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // As `rfaas executor` does: warnings (a refused token, a failed invocation) to its log
+    // file (standard error), more with `RUST_LOG`, and the default signal actions back.
+    rfaas::logging::init("warn");
     // The executor already reported its failure to the manager on standard output.
     if rfaas::executor::main_stdin().is_ok() {
         ExitCode::SUCCESS
