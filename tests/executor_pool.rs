@@ -418,6 +418,10 @@ fn a_pooled_process_woken_for_a_failed_request_sleeps_again_and_serves_the_next(
     };
     for round in 0..3 {
         asleep();
+        // After a nudge that no allocation used, a manager nudges again only `NUDGE_INTERVAL`
+        // later (a stream of refused requests must not keep a rentable core busy): the rounds
+        // are that far apart.
+        std::thread::sleep(rfaas::executor_manager::pool::NUDGE_INTERVAL);
         let switches = voluntary_switches(pooled);
         let body = alloc_body(&unknown, &["echo"], 1);
         let (code, body) = m.call("POST", "/v1/allocations", Some(body.as_bytes()));

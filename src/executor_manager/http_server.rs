@@ -171,9 +171,6 @@ async fn allocate(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiFailure> {
-    // The pooled executor this allocation will likely take wakes now, while the request is
-    // read, checked and its cores reserved (see `Pool::nudge`).
-    st.service.nudge_pool();
     let bytes = read_body(
         &headers,
         body,
@@ -182,6 +179,10 @@ async fn allocate(
     )
     .await?;
     let req: AllocationRequest = parse_json(&bytes, "allocation request")?;
+    // The pooled executor this allocation will likely take wakes now, while the request is
+    // checked and its cores reserved (see `Pool::nudge`); a request that is not even an
+    // allocation request wakes nothing.
+    st.service.nudge_pool();
     let task = tokio::spawn(st.service.clone().allocate(req));
     let outcome = task
         .await

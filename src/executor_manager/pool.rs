@@ -40,6 +40,10 @@ use crate::control::executor_manager_api::{ExecutorEvent, PoolStatus};
 
 use super::spawn;
 
+/// Shortest time between a nudge that no allocation used and the next ([`Pool::nudge`]): five
+/// times [`NUDGE_SPIN`](crate::executor::config_input::NUDGE_SPIN).
+pub const NUDGE_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Longest wait for a pooled process's watcher to hand it over.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -84,6 +88,8 @@ struct State {
     /// Moving average of start-to-standby times, ns (0: none measured yet).
     standby_ns: u64,
     closed: bool,
+    /// When [`Pool::nudge`] last wrote.
+    nudged_at: Option<Instant>,
     seq: u64,
     taken: u64,
     empty: u64,
@@ -376,11 +382,24 @@ impl Pool {
     /// [`NUDGE_SPIN`](crate::executor::config_input::NUDGE_SPIN)). Call it as an allocation
     /// request arrives: the process wakes while the request is checked and its cores reserved,
     /// not after its configuration was written. Harmless when no configuration follows.
+    ///
+    /// After a nudge that no allocation followed (the request was refused: the node is full,
+    /// the library unknown), the next one waits [`NUDGE_INTERVAL`]: a stream of refused
+    /// requests keeps a pooled process polling for at most a fifth of a rentable core's time,
+    /// where tenants' executors run. A nudge that a taken process used allows the next at once.
     pub fn nudge(&self) {
-        let st = self.state();
+        let mut st = self.state();
+        let now = Instant::now();
+        if st
+            .nudged_at
+            .is_some_and(|t| now.duration_since(t) < NUDGE_INTERVAL)
+        {
+            return;
+        }
         if let Some(fd) = st.ready.front().and_then(|e| e.nudge.as_ref()) {
             // Non-blocking pipe, empty but for earlier nudges: a full one needs no more.
             let _ = nix::unistd::write(fd, crate::executor::config_input::NUDGE);
+            st.nudged_at = Some(now);
         }
     }
 
@@ -403,7 +422,11 @@ impl Pool {
             let entry = {
                 let mut st = self.state();
                 match st.ready.pop_front() {
-                    Some(e) => Some(e),
+                    Some(e) => {
+                        // The nudge served its purpose: the next request may nudge at once.
+                        st.nudged_at = None;
+                        Some(e)
+                    }
                     // Each starting process is waited for by one allocation at most.
                     None if wait.is_none() && st.starting.len() > st.waiting && !st.closed => {
                         st.waiting += 1;

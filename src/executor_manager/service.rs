@@ -502,7 +502,7 @@ impl Service {
     }
 
     /// Wakes the pooled executor the next allocation would take ([`Pool::nudge`]): call it as
-    /// an authenticated allocation request arrives, before its body is read.
+    /// an authenticated allocation request has been read and parsed, before it is checked.
     pub fn nudge_pool(&self) {
         if !self.shutting_down.load(Ordering::Acquire) {
             self.pool.nudge();
