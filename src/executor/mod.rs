@@ -159,7 +159,7 @@ impl FabricUser for Early {
             let address = early.as_ref().map(|l| l.local_addr());
             report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
             // While it waits: worker 0's queue and buffers in the clients' default shape.
-            spare = Spare::make(&fabric);
+            spare = WorkerBuffers::spare(&fabric);
         }
         let cfg = read_config()?;
         tracing::debug!(allocation = cfg.allocation, "configuration read");
@@ -186,42 +186,53 @@ impl FabricUser for Early {
     }
 }
 
-/// Slots of the [`Spare`] buffers: the client's default (`AllocationSpec::new`).
+/// Slots of the spare buffers ([`WorkerBuffers::spare`]): the client's default
+/// (`AllocationSpec::new`).
 const SPARE_SLOTS: u32 = 4;
 
-/// Input and output capacity of the [`Spare`] buffers, bytes: the client's default.
-const SPARE_CAPACITY: usize = 4096;
+/// Input and output capacity of the spare buffers, bytes: the client's default.
+const SPARE_CAPACITY: u32 = 4096;
 
-/// Worker 0's completion queue and buffers, made by a pooled executor while it waits for its
-/// configuration (they depend on nothing of an allocation: fresh, zeroed, pre-faulted memory),
-/// in the client's default shape ([`SPARE_SLOTS`] slots of [`SPARE_CAPACITY`] bytes). An
-/// allocation whose slots and capacities fit in them uses them (larger buffers than it needs:
-/// offsets are computed from its own sizes); any other makes its own, as without them.
-struct Spare<F: Fabric> {
+/// A worker's completion queue and its pre-faulted input and output buffers.
+struct WorkerBuffers<F: Fabric> {
     cq: F::Cq,
     cq_depth: u32,
     input: F::Mr,
     output: F::Mr,
 }
 
-impl<F: Fabric> Spare<F> {
-    /// Makes them (`None` if the fabric refuses: the allocation then makes its own).
-    fn make(fabric: &F) -> Option<Spare<F>> {
-        let cq_depth = worker_qp::cq_depth(SPARE_SLOTS);
-        let stride = input_stride(SPARE_CAPACITY as u32);
-        let made = (|| -> Result<Spare<F>, crate::rdma::FabricError> {
-            Ok(Spare {
-                cq: fabric.create_cq(cq_depth)?,
-                cq_depth,
-                input: fabric.alloc_mr(
-                    stride * SPARE_SLOTS as usize,
-                    Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-                )?,
-                output: fabric
-                    .alloc_mr(SPARE_CAPACITY * SPARE_SLOTS as usize, Access::LOCAL_WRITE)?,
-            })
-        })();
-        made.inspect_err(|e| tracing::debug!("no spare worker buffers: {e}"))
+impl<F: Fabric> WorkerBuffers<F> {
+    /// For `slots` slots of `input_capacity` and `output_capacity` bytes.
+    fn make(
+        fabric: &F,
+        slots: u32,
+        input_capacity: u32,
+        output_capacity: u32,
+    ) -> Result<WorkerBuffers<F>, crate::rdma::FabricError> {
+        let cq_depth = worker_qp::cq_depth(slots);
+        Ok(WorkerBuffers {
+            cq: fabric.create_cq(cq_depth)?,
+            cq_depth,
+            input: fabric.alloc_mr(
+                input_stride(input_capacity) * slots as usize,
+                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
+            )?,
+            output: fabric.alloc_mr(
+                output_capacity as usize * slots as usize,
+                Access::LOCAL_WRITE,
+            )?,
+        })
+    }
+
+    /// Worker 0's, made by a pooled executor while it waits for its configuration (they depend
+    /// on nothing of an allocation: fresh, zeroed, pre-faulted memory), in the client's default
+    /// shape ([`SPARE_SLOTS`] slots of [`SPARE_CAPACITY`] bytes). An allocation whose slots and
+    /// capacities fit in them uses them (larger buffers than it needs: offsets are computed
+    /// from its own sizes); any other makes its own, as without them. `None` if the fabric
+    /// refuses: the allocation then makes its own.
+    fn spare(fabric: &F) -> Option<WorkerBuffers<F>> {
+        WorkerBuffers::make(fabric, SPARE_SLOTS, SPARE_CAPACITY, SPARE_CAPACITY)
+            .inspect_err(|e| tracing::debug!("no spare worker buffers: {e}"))
             .ok()
     }
 
@@ -415,7 +426,7 @@ impl<W: Write + Send> Serve<'_, W> {
         self,
         fabric: F,
         listener: Option<F::Listener>,
-        spare: Option<Spare<F>>,
+        spare: Option<WorkerBuffers<F>>,
     ) -> Result<(), ExecutorError> {
         let cfg = self.cfg;
         let listener = match listener {
@@ -546,7 +557,7 @@ fn accept_workers<F: Fabric>(
     token: &[u8; TOKEN_LEN],
     table: &FunctionTable,
     stop: &AtomicBool,
-    spare: Option<Spare<F>>,
+    spare: Option<WorkerBuffers<F>>,
 ) -> Result<Vec<Worker<F>>, ExecutorError> {
     let n = cfg.cores.len();
     let mut slots: Vec<Option<Worker<F>>> = (0..n).map(|_| None).collect();
@@ -559,19 +570,13 @@ fn accept_workers<F: Fabric>(
     let mut spare = spare.filter(|s| s.fits(cfg));
     let mut prepared = (0..n)
         .map(|_| -> Result<_, ExecutorError> {
-            if let Some(s) = spare.take() {
-                return Ok(Some((s.cq, s.input, s.output)));
-            }
-            let cq = fabric.create_cq(worker_qp::cq_depth(cfg.slots))?;
-            let input = fabric.alloc_mr(
-                stride * cfg.slots as usize,
-                Access::LOCAL_WRITE | Access::REMOTE_WRITE,
-            )?;
-            let output = fabric.alloc_mr(
-                cfg.output_capacity as usize * cfg.slots as usize,
-                Access::LOCAL_WRITE,
-            )?;
-            Ok(Some((cq, input, output)))
+            let buffers = match spare.take() {
+                Some(s) => s,
+                None => {
+                    WorkerBuffers::make(fabric, cfg.slots, cfg.input_capacity, cfg.output_capacity)?
+                }
+            };
+            Ok(Some(buffers))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let spin_until = Instant::now() + CONNECT_SPIN;
@@ -630,7 +635,9 @@ fn accept_workers<F: Fabric>(
             continue;
         }
         // Present: worker `w` was not connected before (checked above).
-        let (cq, input, output) = prepared[w]
+        let WorkerBuffers {
+            cq, input, output, ..
+        } = prepared[w]
             .take()
             .ok_or_else(|| ExecutorError::Config(format!("worker {w} connected twice")))?;
         let recvs = worker_qp::receives(cfg.slots);
