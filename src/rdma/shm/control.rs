@@ -112,22 +112,31 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token, Arc::downgrade(qp));
+        let events = libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR;
+        if let Err(e) = self.epoll_add(sock, events, token) {
+            self.forget(token);
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// Adds `fd` (which the caller keeps open while it is watched) to the epoll set for
+    /// `events`, reported under `token`.
+    fn epoll_add(&self, fd: RawFd, events: libc::c_int, token: u64) -> Result<()> {
         let mut ev = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32,
+            events: events as u32,
             u64: token,
         };
-        // SAFETY: valid epoll fd, valid socket fd owned by the queue pair, valid event pointer.
-        let r = unsafe {
-            libc::epoll_ctl(self.sh.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, sock, &mut ev)
-        };
+        // SAFETY: valid epoll fd, `fd` open (the caller's contract), valid event pointer.
+        let r =
+            unsafe { libc::epoll_ctl(self.sh.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if r != 0 {
-            self.forget(token);
             return Err(FabricError::io(
                 "epoll_ctl add",
                 std::io::Error::last_os_error(),
             ));
         }
-        Ok(token)
+        Ok(())
     }
 
     /// Calls `what` on the control thread whenever `fd` is readable (level-triggered), until
@@ -139,21 +148,13 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token, what);
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
-        // SAFETY: valid epoll fd, `fd` open (the caller's contract), valid event pointer.
-        let r =
-            unsafe { libc::epoll_ctl(self.sh.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = self.epoll_add(fd, libc::EPOLLIN, token) {
             self.sh
                 .readable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&token);
-            return Err(FabricError::io("epoll_ctl add", e));
+            return Err(e);
         }
         Ok(token)
     }
