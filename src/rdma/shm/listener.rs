@@ -78,11 +78,12 @@ pub struct ShmRequest {
     desc: String,
 }
 
-fn seqpacket() -> Result<OwnedFd> {
+/// A Unix seqpacket socket, close-on-exec, with `flags` besides.
+fn seqpacket(flags: SockFlag) -> Result<OwnedFd> {
     socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | flags,
         None,
     )
     .map_err(|e| FabricError::io("create unix socket", e))
@@ -113,13 +114,8 @@ impl ShmListener {
             } else {
                 parsed.clone()
             };
-            let sock = socket(
-                AddressFamily::Unix,
-                SockType::SeqPacket,
-                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-                None,
-            )
-            .map_err(|e| FabricError::io("create unix socket", e))?;
+            // Non-blocking: the control thread accepts until the socket says it is empty.
+            let sock = seqpacket(SockFlag::SOCK_NONBLOCK)?;
             if let ShmAddr::Path(p) = &a {
                 remove_stale_socket(p);
             }
@@ -545,7 +541,7 @@ pub(crate) fn connect(
     let (qp_num, rs) = new_recv_state(dom, &init, initial_recvs)?;
     let (hello, owned) = our_side(dom, Kind::Connect, qp_num, &rs, &init, private_data)?;
     let fds = fd_list(dom, &owned, &rs, &init);
-    let sock = seqpacket()?;
+    let sock = seqpacket(SockFlag::empty())?;
     sock_connect(sock.as_raw_fd(), &a.unix()?)
         .map_err(|e| FabricError::io(format!("connect to shm address {addr}"), e))?;
     check_peer_uid(&sock).map_err(FabricError::Handshake)?;
