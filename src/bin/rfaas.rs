@@ -8,6 +8,13 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rfaas::cluster::{local, restart, status};
 
+/// The managers serve many small HTTP requests on several threads; glibc's malloc made them
+/// wait on its arena locks (a resource manager under 30,000 requests/s: 10,600-11,100 against
+/// 12,000-12,900 grants/s with mimalloc, paired runs of `rm_load_benchmark`). Executors
+/// (`rfaas-executor`) keep glibc's: mimalloc's start-up cost a pooled cold start about 25 µs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serverless functions for supercomputers, invoked in microseconds over RDMA.
 #[derive(Parser)]
 #[command(name = "rfaas", version, about, long_about = None)]
