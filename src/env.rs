@@ -52,3 +52,6 @@ pub const EXECUTOR_LISTEN: &str = crate::executor::EARLY_LISTEN_ENV;
 /// Internal, set by an executor manager for the executors of its pool: print a standby event
 /// once the fabric is open (see [`crate::executor::EARLY_STANDBY_ENV`]).
 pub const EXECUTOR_STANDBY: &str = crate::executor::EARLY_STANDBY_ENV;
+/// Internal, set by an executor manager for the executors it starts: the cpuset they pin their
+/// threads within (see [`crate::executor::CPUSET_ENV`]).
+pub const EXECUTOR_CPUSET: &str = crate::executor::CPUSET_ENV;

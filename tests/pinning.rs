@@ -1,7 +1,8 @@
 //! Executor workers are pinned, one per core, to the cores the executor manager reports, as the
 //! operating system sees it (`/proc/PID/task/TID/status` and `sched_getaffinity`); concurrent
 //! allocations never share a core; the order cores are rented out in (nearest the NIC first)
-//! and a named NIC show in the status; `rfaas status` finds the executor managers through the
+//! and a named NIC show in the status; the manager's own threads stay off the cores it rents
+//! out; `rfaas status` finds the executor managers through the
 //! resource manager when the cluster file lists none.
 //!
 //! Workers run warm (`hot_timeout_ms` 0): busy-polling workers would starve a 2-core machine.
@@ -173,6 +174,87 @@ fn each_worker_runs_on_its_own_core_as_the_manager_reports() {
         "the manager logs the cores of each allocation:\n{log}"
     );
     exec.deallocate().unwrap();
+}
+
+/// `Cpus_allowed_list` of every thread of `pid`, with the thread's name.
+fn thread_bindings(pid: i32) -> Vec<(String, Vec<u32>)> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process runs");
+    dir.flatten()
+        .filter_map(|e| {
+            let tid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((comm.trim().to_string(), allowed_list(pid, tid)?))
+        })
+        .collect()
+}
+
+/// A manager that rents out some of its cores runs its own threads on the others (the default,
+/// `manager_cores = "auto"`), and its executors still pin their workers to the rented cores;
+/// `manager_cores = "all"` leaves its threads on its whole cpuset.
+#[test]
+fn the_manager_keeps_its_own_threads_off_the_cores_it_rents_out() {
+    let all = cores();
+    if all.len() < 2 {
+        skip_unless_ci(&format!(
+            "this test needs 2 cores, this process may use {all:?}"
+        ));
+        return;
+    }
+    let rented = vec![all[0]];
+    let own: Vec<u32> = all[1..].to_vec();
+    let m = Manager::start_with(ManagerOptions {
+        cores: rented.clone(),
+        ..Default::default()
+    });
+    // Two allocations in a row: from the pool, then from its replacement (or a fresh spawn).
+    let manager = ManagerClient::new(&m.http, &m.secret);
+    for round in 0..2 {
+        let exec = Executor::allocate(
+            ShmFabric::new().unwrap(),
+            &manager,
+            &warm_spec(1),
+            ClientOptions::default(),
+        )
+        .expect("allocate the rented core");
+        let echo = exec.function("echo").unwrap();
+        let mut out = [0u8; 16];
+        assert_eq!(exec.invoke(echo, b"off", &mut out).unwrap(), 3);
+        let a = exec.allocation().clone();
+        assert_eq!(a.workers[0].core, rented[0], "round {round}");
+        check_pinned(a.pid as i32, &rented);
+        // Every thread of the manager, those that served these requests too.
+        let threads = thread_bindings(m.child.id() as i32);
+        assert!(threads.len() >= 2, "{threads:?}");
+        for (name, allowed) in &threads {
+            assert_eq!(
+                allowed, &own,
+                "manager thread {name} runs on {allowed:?}, not only on the cores it does not rent out ({own:?})"
+            );
+        }
+        exec.deallocate().unwrap();
+    }
+    let log = m.log_text();
+    assert!(
+        log.contains("manager threads bound off the rented cores"),
+        "the manager logs where its threads run:\n{log}"
+    );
+    drop(m);
+
+    let m = Manager::start_with(ManagerOptions {
+        cores: rented.clone(),
+        extra: format!(
+            "{}manager_cores = \"all\"\n",
+            ManagerOptions::default().extra
+        ),
+        ..Default::default()
+    });
+    m.status();
+    for (name, allowed) in thread_bindings(m.child.id() as i32) {
+        assert_eq!(
+            allowed, all,
+            "manager thread {name} with manager_cores = all"
+        );
+    }
 }
 
 #[test]

@@ -87,6 +87,13 @@ pub const EARLY_LISTEN_ENV: &str = "RFAAS_EXECUTOR_LISTEN";
 /// on them.
 pub const EARLY_STANDBY_ENV: &str = "RFAAS_EXECUTOR_STANDBY";
 
+/// Environment variable with the cpuset (a cpulist) within which an executor pins its threads,
+/// set by its manager: the cpuset the manager was started with. A manager keeps its own threads
+/// off the cores it rents out (`manager_cores`), so what an executor inherits from it is not
+/// where its workers may run. Without it (or when it does not parse), the process's own
+/// affinity at its first pin is the cpuset.
+pub const CPUSET_ENV: &str = "RFAAS_EXECUTOR_CPUSET";
+
 /// What a manager and the executor binary it starts must agree on: the version and the
 /// features that change what an executor can do (its fabric providers, its pinning). Printed
 /// by `rfaas-executor build-info`; a manager uses that binary only when it prints the same.
@@ -113,6 +120,12 @@ pub fn main_stdin() -> Result<(), ExecutorError> {
     let early = std::env::var(EARLY_PROVIDER_ENV)
         .ok()
         .and_then(|p| p.parse::<crate::rdma::Provider>().ok());
+    // A pooled process (or a fresh one answered early) waits on the cores it was told before
+    // its fabric starts threads of its own (they inherit the binding): the manager's binding,
+    // which it inherited, keeps the manager's own threads off those cores.
+    if let Some(cores) = early.and(std::env::var(EARLY_STANDBY_ENV).ok()) {
+        wait_on(&cores);
+    }
     let result = match early {
         Some(provider) => provider
             .run(Early)
@@ -154,8 +167,7 @@ impl FabricUser for Early {
             None => None,
         };
         let mut spare = None;
-        if let Ok(cores) = std::env::var(EARLY_STANDBY_ENV) {
-            wait_on(&cores);
+        if std::env::var(EARLY_STANDBY_ENV).is_ok() {
             let address = early.as_ref().map(|l| l.local_addr());
             report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
             // While it waits: worker 0's queue and buffers in the clients' default shape.
@@ -259,9 +271,15 @@ static CPUSET: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
 /// Whether the main thread has pinned itself to its first core.
 static MAIN_PINNED: AtomicBool = AtomicBool::new(false);
 
-/// [`CPUSET`], read the first time.
+/// [`CPUSET`], read the first time: [`CPUSET_ENV`], else the process's affinity.
 fn cpuset() -> &'static [usize] {
-    CPUSET.get_or_init(crate::pin::allowed_cores)
+    CPUSET.get_or_init(|| {
+        std::env::var(CPUSET_ENV)
+            .ok()
+            .and_then(|list| crate::executor_manager::config::parse_cpulist(&list).ok())
+            .map(|cores| cores.into_iter().map(|c| c as usize).collect())
+            .unwrap_or_else(crate::pin::allowed_cores)
+    })
 }
 
 /// While a pooled executor waits for its configuration, its main thread runs only on the

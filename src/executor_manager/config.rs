@@ -7,6 +7,8 @@
 //! provider = "tcp"                # shm | tcp | verbs | ofi (default: $RFAAS_PROVIDER, else shm)
 //! fabric_host = "10.0.0.7"        # where executors and the billing listener bind
 //! cores = "2-15"                  # cores it may rent: a cpulist or [2, 3, 4]; default: its cpuset
+//! manager_cores = "auto"          # where the manager's own threads run: auto (its cpuset but
+//!                                 # the rented cores, if that leaves any), all, or a cpulist
 //! nic = "mlx5_0"                  # order cores by this NIC (RDMA device or interface, e.g.
 //!                                 # eth0); default: the RDMA device hwloc finds, if any
 //! memory = "32GiB"                # memory it may rent (bytes or with a unit); default: MemTotal
@@ -56,6 +58,7 @@ The config file takes every flag as a key, with '_' for '-':
   provider = \"tcp\"
   fabric_host = \"10.0.0.7\"
   cores = \"2-15\"
+  manager_cores = \"0-1\"         # its own threads (default auto: all but the rented cores)
   nic = \"mlx5_0\"                  # rent the cores nearest this NIC first
   memory = \"32GiB\"
   secret_file = \"/run/rfaas/secret\"   # mode 0600; never put the secret on a command line
@@ -80,6 +83,11 @@ pub struct ManagerArgs {
     /// Cores it may rent out, as a cpulist (e.g. 2-7,12). Default: this process's cpuset.
     #[arg(long, value_name = "CPULIST")]
     pub cores: Option<String>,
+    /// Cores the manager's own threads run on: `auto` (default: its cpuset but the cores it
+    /// rents out, or its whole cpuset when that leaves none), `all` (its whole cpuset), or a
+    /// cpulist. Executors are not bound by it.
+    #[arg(long, value_name = "auto|all|CPULIST")]
+    pub manager_cores: Option<String>,
     /// NIC whose nearest cores are rented out first: an RDMA device (mlx5_0) or a network
     /// interface (eth0). Default: the RDMA device hwloc finds (feature hwloc), else cpuset order.
     #[arg(long, value_name = "NAME")]
@@ -147,6 +155,7 @@ struct FileConfig {
     provider: Option<Provider>,
     fabric_host: Option<String>,
     cores: Option<CoresValue>,
+    manager_cores: Option<String>,
     nic: Option<String>,
     memory: Option<SizeValue>,
     run_dir: Option<PathBuf>,
@@ -231,6 +240,11 @@ pub struct ManagerConfig {
     pub max_allocations: u32,
     /// Executor processes kept started ahead of allocations (0: none).
     pub pool_size: usize,
+    /// The cores the manager's own threads are bound to (`None`: not bound, its whole cpuset).
+    pub manager_cores: Option<Vec<u32>>,
+    /// The cpuset the manager was started with: executors, which inherit the manager's binding,
+    /// are given it to pin themselves within ([`crate::executor::CPUSET_ENV`]).
+    pub node_cpuset: Vec<u32>,
     /// How long an allocation waits for a starting pooled process (`None`: twice the recent
     /// start time, at least 5 ms).
     pub pool_wait: Option<Duration>,
@@ -288,6 +302,28 @@ impl ManagerConfig {
                 .map(|c| c as u32)
                 .collect(),
         };
+        let node_cpuset: Vec<u32> = crate::pin::allowed_cores()
+            .into_iter()
+            .map(|c| c as u32)
+            .collect();
+        let manager_cores = match args
+            .manager_cores
+            .as_deref()
+            .or(file.manager_cores.as_deref())
+            .map(str::trim)
+            .unwrap_or("auto")
+        {
+            "auto" => Some(
+                node_cpuset
+                    .iter()
+                    .copied()
+                    .filter(|c| !cores.contains(c))
+                    .collect::<Vec<u32>>(),
+            )
+            .filter(|own| !own.is_empty()),
+            "all" => None,
+            list => Some(parse_cpulist(list)?),
+        };
         let memory = match (&args.memory, file.memory) {
             (Some(s), _) => parse_size(s)?,
             (None, Some(SizeValue::Text(s))) => parse_size(&s)?,
@@ -323,6 +359,8 @@ impl ManagerConfig {
                 .or(file.pool_size)
                 .unwrap_or(DEFAULT_POOL_SIZE),
             pool_wait: file.pool_wait_ms.map(Duration::from_millis),
+            manager_cores,
+            node_cpuset,
             node,
             listen,
             provider,
@@ -394,6 +432,17 @@ impl ManagerConfig {
         if let Some(c) = self.cores.iter().find(|c| !allowed.contains(c)) {
             return bad(format!(
                 "core {c} is not in this process's cpuset {}: executors could not be pinned there",
+                format_cpulist(&allowed)
+            ));
+        }
+        if let Some(c) = self
+            .manager_cores
+            .iter()
+            .flatten()
+            .find(|c| !allowed.contains(c))
+        {
+            return bad(format!(
+                "manager_cores: core {c} is not in this process's cpuset {}",
                 format_cpulist(&allowed)
             ));
         }
@@ -554,6 +603,58 @@ mod tests {
         let want = std::env::current_dir().unwrap().join("some/relative/dir");
         assert_eq!(cfg.run_dir, want);
         assert!(cfg.cache_dir.is_absolute(), "{:?}", cfg.cache_dir);
+    }
+
+    #[test]
+    fn manager_cores_default_to_the_cores_not_rented_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let allowed: Vec<u32> = crate::pin::allowed_cores()
+            .into_iter()
+            .map(|c| c as u32)
+            .collect();
+        let load = |cores: &[u32], manager_cores: Option<&str>| {
+            ManagerConfig::load(&ManagerArgs {
+                server: ServerArgs {
+                    secret_file: Some(secret.clone()),
+                    ..Default::default()
+                },
+                cores: Some(format_cpulist(cores)),
+                manager_cores: manager_cores.map(str::to_string),
+                ..Default::default()
+            })
+        };
+        // Renting out every core leaves the manager unbound, whatever the setting but a list.
+        let cfg = load(&allowed, None).unwrap();
+        assert_eq!(cfg.manager_cores, None);
+        assert_eq!(cfg.node_cpuset, allowed);
+        assert_eq!(load(&allowed, Some("all")).unwrap().manager_cores, None);
+        let last = *allowed.last().unwrap();
+        assert_eq!(
+            load(&allowed, Some(&last.to_string()))
+                .unwrap()
+                .manager_cores,
+            Some(vec![last])
+        );
+        if allowed.len() >= 2 {
+            // Auto: every core of its cpuset but the rented ones.
+            let cfg = load(&allowed[..1], Some(" auto ")).unwrap();
+            assert_eq!(cfg.manager_cores.as_deref(), Some(&allowed[1..]));
+            assert_eq!(
+                cfg.node_cpuset, allowed,
+                "executors pin within the whole cpuset"
+            );
+            assert_eq!(
+                load(&allowed[..1], Some("all")).unwrap().manager_cores,
+                None
+            );
+        }
+        // A core outside its cpuset, or a malformed list, is refused.
+        let outside = allowed.iter().max().unwrap() + 1;
+        let e = load(&allowed, Some(&outside.to_string())).unwrap_err();
+        assert!(e.to_string().contains("manager_cores"), "{e}");
+        assert!(load(&allowed, Some("some")).is_err());
     }
 
     #[test]

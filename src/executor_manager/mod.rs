@@ -98,7 +98,32 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
     let exe = executor_exe(
         std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?,
     );
+    bind_manager_threads(&cfg);
     manager_process::block_on("rfaas-em", serve(cfg, auth, rm_secret, exe))
+}
+
+/// Binds the calling thread, before it starts any other, to `manager_cores`: every thread of
+/// the manager inherits the binding, so none of them runs on a core an executor was rented
+/// (a cold start's executor then shares its core with nothing: woken by its configuration, it
+/// need not wait for the manager thread that wrote it to block). Executors pin themselves
+/// within the node's cpuset ([`crate::executor::CPUSET_ENV`]), not this binding.
+fn bind_manager_threads(cfg: &ManagerConfig) {
+    let Some(own) = &cfg.manager_cores else {
+        tracing::info!(
+            "manager threads on its whole cpuset (manager_cores = all, or it rents out every core)"
+        );
+        return;
+    };
+    match crate::pin::bind_current_thread_to(own.iter().map(|&c| c as usize)) {
+        Ok(()) => tracing::info!(
+            cores = %config::format_cpulist(own),
+            "manager threads bound off the rented cores"
+        ),
+        Err(e) => tracing::warn!(
+            cores = %config::format_cpulist(own),
+            "manager threads not bound: {e}"
+        ),
+    }
 }
 
 /// The executable that executors run as (`<exe> executor`): `rfaas-executor` when it lies

@@ -132,6 +132,8 @@ pub struct StandbyAt {
     /// The cores allocations are rented from: they wait on those (see
     /// [`spawn::spawn_executor`]).
     pub cores: Vec<u32>,
+    /// The node's cpuset, which they pin themselves within.
+    pub cpuset: Vec<u32>,
 }
 
 /// The pool's time limits.
@@ -225,6 +227,7 @@ impl Pool {
                 self.provider,
                 &self.standby.listen,
                 Some(&self.standby.cores),
+                &self.standby.cpuset,
             );
             let child = match spawned {
                 Ok(c) => c,

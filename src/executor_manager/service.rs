@@ -296,6 +296,7 @@ impl Service {
             StandbyAt {
                 listen: executor_listen(&cfg),
                 cores: order.cores.clone(),
+                cpuset: cfg.node_cpuset.clone(),
             },
             PoolTiming {
                 start_timeout: cfg.executor_start_timeout,
@@ -786,6 +787,7 @@ impl Service {
                     self.cfg.provider,
                     &executor_listen(&self.cfg),
                     early.then_some(&res.cores[..]),
+                    &self.cfg.node_cpuset,
                 )
             },
             Ok,

@@ -66,6 +66,8 @@ pub enum StartError {
 /// [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (the pool's processes: the rentable
 /// cores) it prints [`ExecutorEvent::Standby`] once it listens
 /// ([`crate::executor::EARLY_STANDBY_ENV`]), and waits for its configuration on those cores.
+/// `cpuset` is the node's (the manager's own at its start): the executor pins itself within it
+/// ([`crate::executor::CPUSET_ENV`]), whatever binding it inherits from the manager.
 pub fn spawn_executor(
     exe: &Path,
     log: &Path,
@@ -73,6 +75,7 @@ pub fn spawn_executor(
     provider: crate::rdma::Provider,
     listen: &str,
     standby: Option<&[u32]>,
+    cpuset: &[u32],
 ) -> Result<Child, StartError> {
     let exe_s = exe.display().to_string();
     let err = |source| StartError::Spawn {
@@ -88,7 +91,11 @@ pub fn spawn_executor(
     let mut cmd = Command::new(exe);
     cmd.arg("executor")
         .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
-        .env(crate::executor::EARLY_LISTEN_ENV, listen);
+        .env(crate::executor::EARLY_LISTEN_ENV, listen)
+        .env(
+            crate::executor::CPUSET_ENV,
+            super::config::format_cpulist(cpuset),
+        );
     if let Some(cores) = standby {
         cmd.env(
             crate::executor::EARLY_STANDBY_ENV,
