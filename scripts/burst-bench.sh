@@ -4,6 +4,8 @@
 # `cold_benchmark --modes cached --bursts 1,8,32,64 --hot-timeout 0`, REPETITIONS rounds of
 # each burst, the client threads on the other core. Run once with the default pool (1) and once
 # with a pool as large as the largest burst. Prints p50/p99 per burst and pool size.
+# MANAGER_CORES sets the manager's manager_cores (default auto: the core it does not rent out,
+# where the client threads run too; "all" lets it run on the executors' core as well).
 # Release build; BUILD=0 skips it.
 # Usage: scripts/burst-bench.sh [REPETITIONS] [OUT_DIR] [BURSTS]
 set -euo pipefail
@@ -11,6 +13,7 @@ cd "$(dirname "$0")/.."
 REPS=${1:-10}
 OUT=${2:-$(mktemp -d /tmp/rfaas-burst-bench.XXXXXX)}
 BURSTS=${3:-1,8,32,64}
+MANAGER_CORES=${MANAGER_CORES:-auto}
 R=target/release
 if [[ ${BUILD:-1} != 0 ]]; then
     cargo build --release -p rfaas --bin rfaas --bin rfaas-executor --bin cold_benchmark
@@ -20,11 +23,12 @@ mkdir -p "$OUT"
 largest=$(tr ',' '\n' <<<"$BURSTS" | sort -n | tail -1)
 for pool in 1 "$largest"; do
     run="$OUT/run-pool$pool"
-    printf 'pool_size = %s\noversubscribe = 64\n' "$pool" > "$OUT/em-pool$pool.toml"
+    printf 'pool_size = %s\noversubscribe = 64\nmanager_cores = "%s"\n' "$pool" "$MANAGER_CORES" \
+        > "$OUT/em-pool$pool.toml"
     "$R/rfaas" local-cluster start --run-dir "$run" --provider shm --cores-per-node 1 \
         --manager-config "$OUT/em-pool$pool.toml" --no-resource-manager >/dev/null
     trap '"$R/rfaas" local-cluster stop --run-dir "$run" >/dev/null' EXIT
-    echo "== pool_size = $pool, oversubscribe = 64 (one core), bursts $BURSTS"
+    echo "== pool_size = $pool, oversubscribe = 64 (one core), manager_cores = $MANAGER_CORES, bursts $BURSTS"
     "$R/cold_benchmark" --cluster "$run/cluster.json" --library "$R/libfunctions.so" \
         --function empty --modes cached --sizes 64 --hot-timeout 0 --bursts "$BURSTS" \
         --repetitions "$REPS" --output "$OUT/burst-pool$pool.csv"
