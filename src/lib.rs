@@ -49,7 +49,7 @@
 //!
 //! | feature | what it adds | build dependencies (Debian) |
 //! |---|---|---|
-//! | (default) | shm and tcp providers, managers, client, benchmarks: pure Rust | — |
+//! | (default) | shm and tcp providers, managers, client, benchmarks: Rust, and mimalloc (the `rfaas` binary's allocator, built from C) | a C compiler (`build-essential`) |
 //! | `verbs` | the InfiniBand/RoCE provider (`rdma-sys`, rdma_cm) | `libibverbs-dev librdmacm-dev libclang-dev` |
 //! | `hwloc` | topology-aware pinning near the NIC (`hwlocality`) | `libhwloc-dev libudev-dev` |
 //! | `mpi` | the MPI client layer (rsmpi over OpenMPI) | `libopenmpi-dev libclang-dev` |
