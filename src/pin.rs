@@ -23,6 +23,9 @@ pub enum PinError {
     /// The system call failed.
     #[error("sched_setaffinity: {0}")]
     Os(#[from] nix::Error),
+    /// This process's threads could not be listed (`/proc/self/task`).
+    #[error("list this process's threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// The cores this process may run on, in ascending order.
@@ -68,6 +71,41 @@ pub fn bind_current_thread_to(cores: impl IntoIterator<Item = usize>) -> Result<
         sched_setaffinity(Pid::from_raw(0), &set)?;
     }
     Ok(())
+}
+
+/// Binds every other thread of this process to the set of `cores` (threads that end meanwhile
+/// are skipped; nothing happens when `cores` holds none a CPU set can). Threads started later
+/// inherit their creator's binding. Returns how many threads were bound.
+pub fn bind_other_threads_to(cores: impl IntoIterator<Item = usize>) -> Result<usize, PinError> {
+    let mut set = CpuSet::new();
+    let mut any = false;
+    for c in cores {
+        any |= set.set(c).is_ok();
+    }
+    if !any {
+        return Ok(0);
+    }
+    let me = nix::unistd::gettid().as_raw();
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(PinError::Threads)?;
+    let mut bound = 0;
+    for entry in tasks.flatten() {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if tid == me {
+            continue;
+        }
+        match sched_setaffinity(Pid::from_raw(tid), &set) {
+            Ok(()) => bound += 1,
+            Err(nix::errno::Errno::ESRCH) => {} // ended meanwhile
+            Err(e) => return Err(PinError::Os(e)),
+        }
+    }
+    Ok(bound)
 }
 
 fn bind(core: usize) -> Result<(), PinError> {

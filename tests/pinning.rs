@@ -257,6 +257,71 @@ fn the_manager_keeps_its_own_threads_off_the_cores_it_rents_out() {
     }
 }
 
+/// Every thread of an executor (its workers, its fabric's threads, billing) runs on its
+/// allocation's cores once it serves: a pooled executor (answered early) and a fresh one
+/// answered when ready (as the MPI layer asks), whose fabric threads started before their
+/// allocation's cores were known.
+#[test]
+fn every_thread_of_an_executor_runs_on_its_allocations_cores() {
+    let all = cores();
+    if all.len() < 2 {
+        skip_unless_ci(&format!(
+            "this test needs 2 cores, this process may use {all:?}"
+        ));
+        return;
+    }
+    for (pool, early) in [(1, true), (0, false)] {
+        let m = Manager::start_with(ManagerOptions {
+            extra: format!("{}pool_size = {pool}\n", ManagerOptions::default().extra),
+            ..Default::default()
+        });
+        let manager = ManagerClient::new(&m.http, &m.secret);
+        let spec = warm_spec(1);
+        let mut req = spec.request("pinning test".into());
+        req.early_answer = early;
+        manager.upload_for(&spec).expect("upload the library");
+        let allocation = manager.allocate(&req).expect("allocate one core");
+        assert_eq!(allocation.early, early, "pool {pool}");
+        let exec = Executor::connect(
+            ShmFabric::new().unwrap(),
+            Some(manager.clone()),
+            allocation,
+            &spec,
+            None,
+            ClientOptions::default(),
+        )
+        .expect("connect");
+        let echo = exec.function("echo").unwrap();
+        let mut out = [0u8; 16];
+        assert_eq!(exec.invoke(echo, b"mine", &mut out).unwrap(), 4);
+        let a = exec.allocation().clone();
+        let core = a.workers[0].core;
+        check_pinned(a.pid as i32, &[core]);
+        // Its billing thread starts after the first result: wait until it is there, so that it
+        // is checked too.
+        wait_for(NO_HANG, "the executor's billing thread", || {
+            thread_bindings(a.pid as i32)
+                .iter()
+                .any(|(name, _)| name == "rfaas-billing")
+                .then_some(())
+        });
+        let threads = thread_bindings(a.pid as i32);
+        assert!(
+            threads.len() >= 3,
+            "worker, fabric and billing threads: {threads:?}"
+        );
+        for (name, allowed) in &threads {
+            assert_eq!(
+                allowed,
+                &vec![core],
+                "executor thread {name} (pool {pool}, early answer {early}) may run on {allowed:?}, \
+                 not only on its allocation's core {core}"
+            );
+        }
+        exec.deallocate().unwrap();
+    }
+}
+
 #[test]
 fn two_concurrent_one_core_allocations_get_different_cores() {
     let all = cores();

@@ -163,6 +163,34 @@ pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> C
     move |source| ClusterError::Io { context, source }
 }
 
+/// The `--manager-cores` of a local cluster's executor managers, unless the manager
+/// configuration sets `manager_cores` itself: the cores of `allowed` that no manager rents out
+/// (`groups`), or `all` when they rent out every one. Each manager's own default (its cpuset
+/// but its own rented cores) would put it on the cores the other managers rent out.
+fn local_manager_cores(
+    allowed: &[u32],
+    groups: &[Vec<u32>],
+    manager_config: Option<&Path>,
+) -> Option<String> {
+    let set_in_file = manager_config
+        .and_then(|p| fs::read_to_string(p).ok())
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("manager_cores"));
+    if set_in_file {
+        return None;
+    }
+    let free: Vec<u32> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !groups.iter().flatten().any(|g| g == c))
+        .collect();
+    Some(if free.is_empty() {
+        "all".into()
+    } else {
+        format_cpulist(&free)
+    })
+}
+
 /// Splits `cores` into `nodes` disjoint sets of `per_node` (default: an even share).
 pub fn split_cores(
     cores: &[u32],
@@ -394,14 +422,12 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
     }
     let _ = fs::remove_file(dir.cluster_file());
     let _ = crate::atomic_write::remove_stale_temporaries(&args.run_dir);
-    let groups = split_cores(
-        &crate::pin::allowed_cores()
-            .into_iter()
-            .map(|c| c as u32)
-            .collect::<Vec<_>>(),
-        args.nodes,
-        args.cores_per_node,
-    )?;
+    let allowed: Vec<u32> = crate::pin::allowed_cores()
+        .into_iter()
+        .map(|c| c as u32)
+        .collect();
+    let groups = split_cores(&allowed, args.nodes, args.cores_per_node)?;
+    let manager_cores = local_manager_cores(&allowed, &groups, args.manager_config.as_deref());
     for path in [dir.secret(), dir.node_secret()] {
         if path.exists() {
             crate::control::secret::read_secret_file(&path)?;
@@ -456,6 +482,9 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             ]);
             if let Some(m) = &args.memory_per_node {
                 em.extend(["--memory".into(), m.clone()]);
+            }
+            if let Some(m) = &manager_cores {
+                em.extend(["--manager-cores".into(), m.clone()]);
             }
             if let Some((_, addr, _)) = &rm {
                 em.extend(["--resource-manager".into(), addr.clone()]);
@@ -680,6 +709,36 @@ fn remove_temporaries_below(dir: &Path, depth: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_managers_run_on_the_cores_none_of_them_rents_out() {
+        // Two managers renting every core between them: each would otherwise move onto the
+        // other's rented core.
+        assert_eq!(
+            local_manager_cores(&[0, 1], &[vec![0], vec![1]], None).as_deref(),
+            Some("all")
+        );
+        assert_eq!(
+            local_manager_cores(&[0, 1, 2, 3, 5], &[vec![0], vec![1]], None).as_deref(),
+            Some("2-3,5")
+        );
+        // A manager configuration that says where the managers run is left to say it.
+        let dir = tempfile::tempdir().unwrap();
+        let (with, without) = (
+            dir.path().join("with.toml"),
+            dir.path().join("without.toml"),
+        );
+        fs::write(&with, "pool_size = 2\nmanager_cores = \"all\"\n").unwrap();
+        fs::write(&without, "pool_size = 2\n").unwrap();
+        assert_eq!(
+            local_manager_cores(&[0, 1, 2], &[vec![0]], Some(&with)),
+            None
+        );
+        assert_eq!(
+            local_manager_cores(&[0, 1, 2], &[vec![0]], Some(&without)).as_deref(),
+            Some("1-2")
+        );
+    }
 
     #[test]
     fn splits_cores_evenly_or_refuses() {

@@ -299,9 +299,10 @@ fn wait_on(list: &str) {
 }
 
 /// Pins the main thread, which becomes worker 0, to the first core (once): from then on
-/// neither loading the library nor the first invocation waits for a migration. Call it once
-/// the fabric is open (its threads, started by this one, would inherit the binding). The other
-/// workers pin themselves within the cpuset the process had before.
+/// neither loading the library nor the first invocation waits for a migration; binds the
+/// threads the fabric started to the allocation's cores. Call it once the fabric is open (its
+/// threads, started by this one, would otherwise inherit worker 0's binding). The other
+/// workers pin themselves within the node's cpuset ([`cpuset`]).
 fn pin_main(cfg: &ExecutorConfig) {
     let Some(&core) = cfg.cores.first() else {
         return;
@@ -312,6 +313,13 @@ fn pin_main(cfg: &ExecutorConfig) {
     }
     if let Err(e) = crate::pin::pin_current_thread_within(core as usize, cpuset) {
         tracing::warn!(core, "not pinned: {e}");
+    }
+    // The threads its fabric started (a listener's, a progress thread) were bound as this
+    // process was before its configuration: to the rentable cores, or the manager's. From now
+    // on they run on the allocation's cores only, never on another tenant's or the manager's.
+    let cores = cfg.cores.iter().map(|&c| c as usize);
+    if let Err(e) = crate::pin::bind_other_threads_to(cores.filter(|c| cpuset.contains(c))) {
+        tracing::warn!("fabric threads not bound to the allocation's cores: {e}");
     }
 }
 

@@ -85,7 +85,7 @@ pub struct ManagerArgs {
     pub cores: Option<String>,
     /// Cores the manager's own threads run on: `auto` (default: its cpuset but the cores it
     /// rents out, or its whole cpuset when that leaves none), `all` (its whole cpuset), or a
-    /// cpulist. Executors are not bound by it.
+    /// cpulist. Executors are not bound by it: they run on their allocation's cores.
     #[arg(long, value_name = "auto|all|CPULIST")]
     pub manager_cores: Option<String>,
     /// NIC whose nearest cores are rented out first: an RDMA device (mlx5_0) or a network
@@ -310,7 +310,8 @@ impl ManagerConfig {
             .manager_cores
             .as_deref()
             .or(file.manager_cores.as_deref())
-            .map(str::trim)
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
             .unwrap_or("auto")
         {
             "auto" => Some(
@@ -322,7 +323,11 @@ impl ManagerConfig {
             )
             .filter(|own| !own.is_empty()),
             "all" => None,
-            list => Some(parse_cpulist(list)?),
+            list => Some(parse_cpulist(list).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "manager_cores {list:?}: expected auto, all or a cpulist such as 0-1"
+                ))
+            })?),
         };
         let memory = match (&args.memory, file.memory) {
             (Some(s), _) => parse_size(s)?,

@@ -114,10 +114,25 @@ fn bind_manager_threads(cfg: &ManagerConfig) {
         );
         return;
     };
+    let shared: Vec<u32> = own
+        .iter()
+        .copied()
+        .filter(|c| cfg.cores.contains(c))
+        .collect();
+    if !shared.is_empty() {
+        tracing::warn!(
+            cores = %config::format_cpulist(&shared),
+            "manager_cores includes cores it rents out: executors there share them with the manager"
+        );
+    }
     match crate::pin::bind_current_thread_to(own.iter().map(|&c| c as usize)) {
-        Ok(()) => tracing::info!(
+        Ok(()) if shared.is_empty() => tracing::info!(
             cores = %config::format_cpulist(own),
             "manager threads bound off the rented cores"
+        ),
+        Ok(()) => tracing::info!(
+            cores = %config::format_cpulist(own),
+            "manager threads bound to manager_cores"
         ),
         Err(e) => tracing::warn!(
             cores = %config::format_cpulist(own),
