@@ -157,9 +157,16 @@ pub fn render(
     }
     out.push_str(&table(&rows));
     let cpus = crate::executor_manager::config::format_cpulist;
-    let mut pinning = vec![["MANAGER", "NIC", "NEAR NIC", "CORE ORDER", "FREE CORES"]
-        .map(String::from)
-        .to_vec()];
+    let mut pinning = vec![[
+        "MANAGER",
+        "NIC",
+        "NEAR NIC",
+        "CORE ORDER",
+        "FREE CORES",
+        "OWN THREADS ON",
+    ]
+    .map(String::from)
+    .to_vec()];
     for (e, st) in statuses {
         let Ok(s) = st else { continue };
         let or_dash = |v: &[u32]| {
@@ -175,6 +182,10 @@ pub fn render(
             or_dash(&s.nic_cores),
             or_dash(&s.core_order),
             or_dash(&s.free_cores),
+            match s.manager_cores.is_empty() {
+                true => "all".to_string(),
+                false => cpus(&s.manager_cores),
+            },
         ]);
     }
     if pinning.len() > 1 {
@@ -394,6 +405,7 @@ mod tests {
             nic_cores: vec![0, 1],
             core_order: vec![0, 1],
             free_cores: vec![1],
+            manager_cores: vec![2, 3],
             pool: crate::control::executor_manager_api::PoolStatus {
                 size: 2,
                 ready: vec![77],
@@ -424,7 +436,7 @@ mod tests {
             .find(|l| l.starts_with("em-0") && l.contains("mlx5_0"))
             .unwrap_or_else(|| panic!("no pinning row: {text}"));
         let cols: Vec<&str> = pin_row.split_whitespace().collect();
-        assert_eq!(cols, ["em-0", "mlx5_0", "0-1", "0-1", "1"], "{text}");
+        assert_eq!(cols, ["em-0", "mlx5_0", "0-1", "0-1", "1", "2-3"], "{text}");
         assert!(
             text.contains("NEAR NIC") && text.contains("CORE ORDER"),
             "{text}"
@@ -444,6 +456,10 @@ mod tests {
                       "memory_free":1,"allocations":[]}"#;
         let st: ManagerStatus = serde_json::from_str(old).unwrap();
         assert_eq!((st.nic, st.core_order.len()), (None, 0));
+        assert!(
+            st.manager_cores.is_empty(),
+            "shown as all: older managers did not bind"
+        );
     }
 
     #[test]

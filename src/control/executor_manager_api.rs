@@ -241,6 +241,10 @@ pub struct ManagerStatus {
     /// Its free cores, in that order.
     #[serde(default)]
     pub free_cores: Vec<u32>,
+    /// The cores its own threads are bound to (`manager_cores`); empty: not bound, its whole
+    /// cpuset (also what managers from before the setting report).
+    #[serde(default)]
+    pub manager_cores: Vec<u32>,
     /// Its pool of pre-started executors.
     #[serde(default)]
     pub pool: PoolStatus,
