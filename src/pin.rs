@@ -73,9 +73,16 @@ pub fn bind_current_thread_to(cores: impl IntoIterator<Item = usize>) -> Result<
     Ok(())
 }
 
-/// Binds every other thread of this process to the set of `cores` (threads that end meanwhile
-/// are skipped; nothing happens when `cores` holds none a CPU set can). Threads started later
-/// inherit their creator's binding. Returns how many threads were bound.
+/// Most passes over the thread list of [`bind_other_threads_to`].
+const BIND_PASSES: usize = 8;
+
+/// Binds every other thread of this process to the set of `cores` (nothing happens when `cores`
+/// holds none a CPU set can): the whole process, so only for a process that is ours alone (an
+/// executor), never a host that embeds this library. The thread list is read again until a
+/// pass finds no thread it had not bound (a thread started meanwhile by one not yet bound kept
+/// the old binding), at most [`BIND_PASSES`] times; threads that end meanwhile are skipped.
+/// Threads started later inherit their creator's binding. Returns how many threads besides the
+/// caller it found, or the first error after trying every one.
 pub fn bind_other_threads_to(cores: impl IntoIterator<Item = usize>) -> Result<usize, PinError> {
     let mut set = CpuSet::new();
     let mut any = false;
@@ -86,26 +93,32 @@ pub fn bind_other_threads_to(cores: impl IntoIterator<Item = usize>) -> Result<u
         return Ok(0);
     }
     let me = nix::unistd::gettid().as_raw();
-    let tasks = std::fs::read_dir("/proc/self/task").map_err(PinError::Threads)?;
-    let mut bound = 0;
-    for entry in tasks.flatten() {
-        let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|t| t.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if tid == me {
-            continue;
+    let mut done = std::collections::BTreeSet::from([me]);
+    let mut first_error = None;
+    for _ in 0..BIND_PASSES {
+        let tasks = std::fs::read_dir("/proc/self/task").map_err(PinError::Threads)?;
+        let tids: Vec<i32> = tasks
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|t| t.parse().ok()))
+            .filter(|tid| !done.contains(tid))
+            .collect();
+        if tids.is_empty() {
+            break;
         }
-        match sched_setaffinity(Pid::from_raw(tid), &set) {
-            Ok(()) => bound += 1,
-            Err(nix::errno::Errno::ESRCH) => {} // ended meanwhile
-            Err(e) => return Err(PinError::Os(e)),
+        for tid in tids {
+            done.insert(tid);
+            match sched_setaffinity(Pid::from_raw(tid), &set) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {} // ESRCH: ended meanwhile
+                Err(e) => {
+                    first_error.get_or_insert(PinError::Os(e));
+                }
+            }
         }
     }
-    Ok(bound)
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(done.len() - 1),
+    }
 }
 
 fn bind(core: usize) -> Result<(), PinError> {

@@ -235,7 +235,7 @@ fn the_manager_keeps_its_own_threads_off_the_cores_it_rents_out() {
     }
     assert_eq!(
         m.status().manager_cores,
-        own,
+        Some(own.clone()),
         "the status says where it runs"
     );
     let log = m.log_text();
@@ -253,8 +253,9 @@ fn the_manager_keeps_its_own_threads_off_the_cores_it_rents_out() {
         ),
         ..Default::default()
     });
-    assert!(
-        m.status().manager_cores.is_empty(),
+    assert_eq!(
+        m.status().manager_cores,
+        Some(vec![]),
         "not bound: shown as all"
     );
     for (name, allowed) in thread_bindings(m.child.id() as i32) {
@@ -322,6 +323,32 @@ fn every_thread_of_an_executor_runs_on_its_allocations_cores() {
         }
         exec.deallocate().unwrap();
     }
+    // Several cores: each worker on its own, the fabric's threads on all of the allocation's.
+    let m = Manager::start();
+    let manager = ManagerClient::new(&m.http, &m.secret);
+    let exec = Executor::allocate(
+        ShmFabric::new().unwrap(),
+        &manager,
+        &warm_spec(2),
+        ClientOptions::default(),
+    )
+    .expect("allocate two cores");
+    let echo = exec.function("echo").unwrap();
+    let mut out = [0u8; 16];
+    for i in 0..exec.workers() {
+        assert_eq!(exec.invoke_on(i, echo, b"two", &mut out).unwrap(), 3);
+    }
+    let a = exec.allocation().clone();
+    let mut cores: Vec<u32> = a.workers.iter().map(|w| w.core).collect();
+    check_pinned(a.pid as i32, &cores);
+    cores.sort_unstable();
+    for (name, allowed) in thread_bindings(a.pid as i32) {
+        assert!(
+            !allowed.is_empty() && allowed.iter().all(|c| cores.contains(c)),
+            "executor thread {name} may run on {allowed:?}, outside its allocation's {cores:?}"
+        );
+    }
+    exec.deallocate().unwrap();
 }
 
 #[test]

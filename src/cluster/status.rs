@@ -182,9 +182,10 @@ pub fn render(
             or_dash(&s.nic_cores),
             or_dash(&s.core_order),
             or_dash(&s.free_cores),
-            match s.manager_cores.is_empty() {
-                true => "all".to_string(),
-                false => cpus(&s.manager_cores),
+            match s.manager_cores.as_deref() {
+                None => "-".to_string(),
+                Some([]) => "all".to_string(),
+                Some(own) => cpus(own),
             },
         ]);
     }
@@ -405,7 +406,7 @@ mod tests {
             nic_cores: vec![0, 1],
             core_order: vec![0, 1],
             free_cores: vec![1],
-            manager_cores: vec![2, 3],
+            manager_cores: Some(vec![2, 3]),
             pool: crate::control::executor_manager_api::PoolStatus {
                 size: 2,
                 ready: vec![77],
@@ -456,10 +457,7 @@ mod tests {
                       "memory_free":1,"allocations":[]}"#;
         let st: ManagerStatus = serde_json::from_str(old).unwrap();
         assert_eq!((st.nic, st.core_order.len()), (None, 0));
-        assert!(
-            st.manager_cores.is_empty(),
-            "shown as all: older managers did not bind"
-        );
+        assert_eq!(st.manager_cores, None, "not reported: shown as -");
     }
 
     #[test]

@@ -242,9 +242,9 @@ pub struct ManagerStatus {
     #[serde(default)]
     pub free_cores: Vec<u32>,
     /// The cores its own threads are bound to (`manager_cores`); empty: not bound, its whole
-    /// cpuset (also what managers from before the setting report).
+    /// cpuset; `None`: not reported (a manager from before the setting).
     #[serde(default)]
-    pub manager_cores: Vec<u32>,
+    pub manager_cores: Option<Vec<u32>>,
     /// Its pool of pre-started executors.
     #[serde(default)]
     pub pool: PoolStatus,

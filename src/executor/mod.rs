@@ -415,7 +415,8 @@ fn load(cfg: &ExecutorConfig) -> Result<FunctionTable, ExecutorError> {
     Ok(table)
 }
 
-/// Runs an executor with `cfg`, reporting readiness on `out`.
+/// Runs an executor with `cfg`, reporting readiness on `out`. It must own its process: it
+/// binds every thread of it to the allocation's cores (see `pin_main`).
 pub fn run(cfg: ExecutorConfig, out: &mut (impl Write + Send)) -> Result<(), ExecutorError> {
     let (token, table, code_load_ns, stop) = prepare(&cfg)?;
     cfg.provider.run(Serve {

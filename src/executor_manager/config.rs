@@ -323,9 +323,9 @@ impl ManagerConfig {
             )
             .filter(|own| !own.is_empty()),
             "all" => None,
-            list => Some(parse_cpulist(list).map_err(|_| {
+            list => Some(parse_cpulist(list).map_err(|e| {
                 ConfigError::Invalid(format!(
-                    "manager_cores {list:?}: expected auto, all or a cpulist such as 0-1"
+                    "manager_cores: expected auto, all or a cpulist: {e}"
                 ))
             })?),
         };
@@ -635,6 +635,8 @@ mod tests {
         assert_eq!(cfg.manager_cores, None);
         assert_eq!(cfg.node_cpuset, allowed);
         assert_eq!(load(&allowed, Some("all")).unwrap().manager_cores, None);
+        assert_eq!(load(&allowed, Some(" ALL ")).unwrap().manager_cores, None);
+        assert_eq!(load(&allowed, Some("Auto")).unwrap().manager_cores, None);
         let last = *allowed.last().unwrap();
         assert_eq!(
             load(&allowed, Some(&last.to_string()))
@@ -659,7 +661,8 @@ mod tests {
         let outside = allowed.iter().max().unwrap() + 1;
         let e = load(&allowed, Some(&outside.to_string())).unwrap_err();
         assert!(e.to_string().contains("manager_cores"), "{e}");
-        assert!(load(&allowed, Some("some")).is_err());
+        let e = load(&allowed, Some("some")).unwrap_err().to_string();
+        assert!(e.contains("auto, all or a cpulist"), "{e}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
     if args.server.new_session {
         manager_process::new_session()?;
     }
-    let cfg = ManagerConfig::load(args)?;
+    let mut cfg = ManagerConfig::load(args)?;
     let auth = cfg.credentials.authenticator()?;
     // What it presents to the resource manager: the node credential when there is one.
     let c = &cfg.credentials;
@@ -98,7 +98,8 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
     let exe = executor_exe(
         std::env::current_exe().map_err(io_err("find this executable (to spawn executors)"))?,
     );
-    bind_manager_threads(&cfg);
+    // What `rfaas status` reports is what was bound, not what was asked for.
+    cfg.manager_cores = bind_manager_threads(&cfg);
     manager_process::block_on("rfaas-em", serve(cfg, auth, rm_secret, exe))
 }
 
@@ -107,12 +108,13 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
 /// (a cold start's executor then shares its core with nothing: woken by its configuration, it
 /// need not wait for the manager thread that wrote it to block). Executors pin themselves
 /// within the node's cpuset ([`crate::executor::CPUSET_ENV`]), not this binding.
-fn bind_manager_threads(cfg: &ManagerConfig) {
+/// Returns the cores it bound to (`None`: not bound).
+fn bind_manager_threads(cfg: &ManagerConfig) -> Option<Vec<u32>> {
     let Some(own) = &cfg.manager_cores else {
         tracing::info!(
             "manager threads on its whole cpuset (manager_cores = all, or it rents out every core)"
         );
-        return;
+        return None;
     };
     let shared: Vec<u32> = own
         .iter()
@@ -134,11 +136,15 @@ fn bind_manager_threads(cfg: &ManagerConfig) {
             cores = %config::format_cpulist(own),
             "manager threads bound to manager_cores"
         ),
-        Err(e) => tracing::warn!(
-            cores = %config::format_cpulist(own),
-            "manager threads not bound: {e}"
-        ),
+        Err(e) => {
+            tracing::warn!(
+                cores = %config::format_cpulist(own),
+                "manager threads not bound: {e}"
+            );
+            return None;
+        }
     }
+    Some(own.clone())
 }
 
 /// The executable that executors run as (`<exe> executor`): `rfaas-executor` when it lies

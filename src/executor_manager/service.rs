@@ -1163,7 +1163,7 @@ impl Service {
             nic_cores: self.order.near_nic(),
             core_order: reg.cores().order(),
             free_cores: reg.cores().free_cores(),
-            manager_cores: self.cfg.manager_cores.clone().unwrap_or_default(),
+            manager_cores: Some(self.cfg.manager_cores.clone().unwrap_or_default()),
             pool: self.pool.status(),
         }
     }
