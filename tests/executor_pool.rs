@@ -416,20 +416,16 @@ fn a_pooled_process_woken_for_a_failed_request_sleeps_again_and_serves_the_next(
             (main_thread_state(pooled) == Some('S')).then_some(())
         })
     };
-    // When the last refused request went out: after a nudge that no allocation used, a
-    // manager nudges again only `NUDGE_INTERVAL` later (a stream of refused requests must not
-    // keep a rentable core busy). That window is a time the manager keeps and does not
-    // report, so a round waits out what is left of it: no event to wait for instead.
-    let mut last_sent: Option<std::time::Instant> = None;
     for round in 0..3 {
         asleep();
-        if let Some(sent) = last_sent {
-            let window = rfaas::executor_manager::pool::NUDGE_INTERVAL;
-            std::thread::sleep(window.saturating_sub(sent.elapsed()));
-        }
+        // After a nudge that no allocation used, a manager nudges again only `NUDGE_INTERVAL`
+        // later (a stream of refused requests must not keep a rentable core busy): the status
+        // says when it would nudge again.
+        wait_for(DID_NOT_HANG, "the manager to nudge again", || {
+            m.status().pool.nudge_ready.then_some(())
+        });
         let switches = voluntary_switches(pooled);
         let body = alloc_body(&unknown, &["echo"], 1);
-        last_sent = Some(std::time::Instant::now());
         let (code, body) = m.call("POST", "/v1/allocations", Some(body.as_bytes()));
         assert_eq!(code, 404, "round {round}: an unknown library: {body}");
         // Its configuration never comes: after its bounded poll it sleeps in read(2) again,

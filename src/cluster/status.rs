@@ -414,6 +414,7 @@ mod tests {
                 taken: 5,
                 empty: 1,
                 died: 0,
+                nudge_ready: true,
             },
         };
         let text = render(

@@ -212,6 +212,10 @@ pub struct PoolStatus {
     pub empty: u64,
     /// Pooled processes that died before they were used (and were replaced).
     pub died: u64,
+    /// Whether the next allocation request would nudge a pooled process now: false for
+    /// `NUDGE_INTERVAL` after a nudge that no allocation used (false from older managers).
+    #[serde(default)]
+    pub nudge_ready: bool,
 }
 
 /// The executor manager's view of its node.

@@ -393,10 +393,7 @@ impl Pool {
     pub fn nudge(&self) {
         let mut st = self.state();
         let now = Instant::now();
-        if st
-            .nudged_at
-            .is_some_and(|t| now.duration_since(t) < NUDGE_INTERVAL)
-        {
+        if !st.may_nudge(now) {
             return;
         }
         if let Some(fd) = st.ready.front().and_then(|e| e.nudge.as_ref()) {
@@ -522,7 +519,18 @@ impl Pool {
             taken: st.taken,
             empty: st.empty,
             died: st.died,
+            nudge_ready: st.may_nudge(Instant::now()),
         }
+    }
+}
+
+impl State {
+    /// Whether a nudge may go out at `now`: none went out unused in the last
+    /// [`NUDGE_INTERVAL`].
+    fn may_nudge(&self, now: Instant) -> bool {
+        !self
+            .nudged_at
+            .is_some_and(|t| now.duration_since(t) < NUDGE_INTERVAL)
     }
 }
 
