@@ -62,15 +62,21 @@ pub fn pin_current_thread_within(core: usize, cpuset: &[usize]) -> Result<(), Pi
 /// Binds the calling thread to the set of `cores` (any of them; cores beyond what a CPU set
 /// holds are left out, and nothing happens when none is left).
 pub fn bind_current_thread_to(cores: impl IntoIterator<Item = usize>) -> Result<(), PinError> {
+    if let Some(set) = cpu_set(cores) {
+        sched_setaffinity(Pid::from_raw(0), &set)?;
+    }
+    Ok(())
+}
+
+/// The CPU set of `cores` (cores beyond what a CPU set holds are left out); `None` when none
+/// is left.
+fn cpu_set(cores: impl IntoIterator<Item = usize>) -> Option<CpuSet> {
     let mut set = CpuSet::new();
     let mut any = false;
     for c in cores {
         any |= set.set(c).is_ok();
     }
-    if any {
-        sched_setaffinity(Pid::from_raw(0), &set)?;
-    }
-    Ok(())
+    any.then_some(set)
 }
 
 /// Most passes over the thread list of [`bind_other_threads_to`].
@@ -84,14 +90,9 @@ const BIND_PASSES: usize = 8;
 /// Threads started later inherit their creator's binding. Returns how many threads besides the
 /// caller it found, or the first error after trying every one.
 pub fn bind_other_threads_to(cores: impl IntoIterator<Item = usize>) -> Result<usize, PinError> {
-    let mut set = CpuSet::new();
-    let mut any = false;
-    for c in cores {
-        any |= set.set(c).is_ok();
-    }
-    if !any {
+    let Some(set) = cpu_set(cores) else {
         return Ok(0);
-    }
+    };
     let me = nix::unistd::gettid().as_raw();
     let mut done = std::collections::BTreeSet::from([me]);
     let mut first_error = None;

@@ -430,14 +430,12 @@ impl ManagerConfig {
         if self.cores.is_empty() {
             return bad("no cores to rent out".into());
         }
-        let allowed: Vec<u32> = crate::pin::allowed_cores()
-            .into_iter()
-            .map(|c| c as u32)
-            .collect();
+        // The cpuset `load` read (once) for the executors.
+        let allowed = &self.node_cpuset;
         if let Some(c) = self.cores.iter().find(|c| !allowed.contains(c)) {
             return bad(format!(
                 "core {c} is not in this process's cpuset {}: executors could not be pinned there",
-                format_cpulist(&allowed)
+                format_cpulist(allowed)
             ));
         }
         if let Some(c) = self
@@ -448,7 +446,7 @@ impl ManagerConfig {
         {
             return bad(format!(
                 "manager_cores: core {c} is not in this process's cpuset {}",
-                format_cpulist(&allowed)
+                format_cpulist(allowed)
             ));
         }
         if self.max_allocations == 0 {
