@@ -601,9 +601,10 @@ fn executors_die_with_a_manager_killed_with_sigkill() {
 #[test]
 fn executor_timeouts_end_allocations_and_say_why() {
     // Ready too late: the executor is killed and the allocation fails with a clear error. A
-    // fresh one (no pool): a pooled executor can report ready within the millisecond.
+    // fresh one, exec'd: a pooled or forked executor can report ready within the millisecond,
+    // an exec'd one cannot (its dynamic linking and glibc's start-up alone take longer).
     let m = Manager::start_with(ManagerOptions {
-        extra: "executor_start_timeout_ms = 1\npool_size = 0\n".into(),
+        extra: "executor_start_timeout_ms = 1\npool_size = 0\nexecutor_start = \"exec\"\n".into(),
         ..Default::default()
     });
     let lib = m.upload(functions_library());

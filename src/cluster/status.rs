@@ -200,6 +200,7 @@ pub fn render(
         "FROM POOL",
         "FOUND EMPTY",
         "DIED IN POOL",
+        "EXECUTORS START",
     ]
     .map(String::from)
     .to_vec()];
@@ -213,6 +214,12 @@ pub fn render(
             p.taken.to_string(),
             p.empty.to_string(),
             p.died.to_string(),
+            match (p.executor_start.as_str(), p.zygote) {
+                ("fork", Some(pid)) => format!("fork (zygote {pid})"),
+                ("fork", None) => "fork (no zygote: exec)".to_string(),
+                ("", _) => "-".to_string(),
+                (how, _) => how.to_string(),
+            },
         ]);
     }
     if pools.len() > 1 {
@@ -415,6 +422,8 @@ mod tests {
                 empty: 1,
                 died: 0,
                 nudge_ready: true,
+                executor_start: "fork".into(),
+                zygote: Some(76),
             },
         };
         let text = render(
@@ -449,7 +458,11 @@ mod tests {
             .nth(1)
             .unwrap_or_else(|| panic!("no pool row: {text}"));
         let cols: Vec<&str> = pool_row.split_whitespace().collect();
-        assert_eq!(cols, ["em-0", "1/2", "3.0", "MiB", "5", "1", "0"], "{text}");
+        assert_eq!(
+            cols,
+            ["em-0", "1/2", "3.0", "MiB", "5", "1", "0", "fork", "(zygote", "76)"],
+            "{text}"
+        );
     }
 
     #[test]

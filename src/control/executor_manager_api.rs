@@ -216,6 +216,12 @@ pub struct PoolStatus {
     /// `NUDGE_INTERVAL` after a nudge that no allocation used (false from older managers).
     #[serde(default)]
     pub nudge_ready: bool,
+    /// How executors start: `fork` (from the zygote) or `exec` (empty from older managers).
+    #[serde(default)]
+    pub executor_start: String,
+    /// The pid of the zygote executors are forked from, while one runs.
+    #[serde(default)]
+    pub zygote: Option<u32>,
 }
 
 /// The executor manager's view of its node.

@@ -19,6 +19,7 @@ mod billing;
 pub mod config_input;
 pub mod deadline;
 mod worker;
+pub mod zygote;
 
 use std::io::Write;
 use std::path::Path;
@@ -115,6 +116,10 @@ pub fn build_info() -> String {
 /// Reports failure to start as an [`ExecutorEvent::Failed`] line too, so the manager can tell
 /// the client why.
 pub fn main_stdin() -> Result<(), ExecutorError> {
+    // A zygote returns here only in the executors it forks.
+    if std::env::var_os(zygote::ZYGOTE_ENV).is_some() && zygote::serve()? == zygote::Role::Zygote {
+        return Ok(());
+    }
     // Die with the manager, whatever killed it.
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
     let early = std::env::var(EARLY_PROVIDER_ENV)
@@ -172,6 +177,12 @@ impl FabricUser for Early {
             report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
             // While it waits: worker 0's queue and buffers in the clients' default shape.
             spare = WorkerBuffers::spare(&fabric);
+            // And, forked for the pool, its own copy of what it still shares with the zygote.
+            if zygote::pooled_child() {
+                let t0 = Instant::now();
+                let pages = zygote::unshare_memory();
+                tracing::debug!(?pages, us = t0.elapsed().as_micros() as u64, "unshared");
+            }
         }
         let cfg = read_config()?;
         tracing::debug!(allocation = cfg.allocation, "configuration read");

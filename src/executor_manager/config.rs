@@ -23,6 +23,8 @@
 //! max_allocations = 64            # live allocations at once (default: one per core)
 //! pool_size = 1                   # executor processes kept started ahead of allocations
 //!                                 # (default 1; 0 turns the pool off)
+//! executor_start = "fork"        # fork executors from a zygote started with the manager
+//!                                 # (default), or "exec" each one
 //! pool_wait_ms = 20               # how long an allocation waits for a starting pooled
 //!                                 # process before it spawns a fresh one (default: twice the
 //!                                 # recent start time, at least 5 ms)
@@ -45,6 +47,8 @@ use serde::Deserialize;
 use crate::control::executor_manager_api::MAX_LIBRARY_BYTES;
 use crate::control::server_args::{Credentials, ServerArgs};
 use crate::rdma::Provider;
+
+pub use super::spawn::StartMethod;
 
 pub use crate::control::server_args::ConfigError;
 
@@ -113,6 +117,10 @@ pub struct ManagerArgs {
     /// Executor processes kept started ahead of allocations (default 1; 0: no pool).
     #[arg(long, value_name = "N")]
     pub pool_size: Option<usize>,
+    /// How executors start: `fork` (default: forked from a zygote process the manager starts
+    /// once, about 1 ms sooner than `exec` on a VM) or `exec` (each one runs the executable).
+    #[arg(long, value_name = "fork|exec")]
+    pub executor_start: Option<StartMethod>,
     /// Benchmarks only: each core counts N times, so N executors share it (default 1: one
     /// executor per core). Refused together with a resource manager; the manager warns at start.
     #[arg(long, value_name = "N")]
@@ -164,6 +172,7 @@ struct FileConfig {
     executor_connect_timeout_ms: Option<u64>,
     max_allocations: Option<u32>,
     pool_size: Option<usize>,
+    executor_start: Option<StartMethod>,
     pool_wait_ms: Option<u64>,
     oversubscribe: Option<u32>,
     request_timeout_ms: Option<u64>,
@@ -240,6 +249,8 @@ pub struct ManagerConfig {
     pub max_allocations: u32,
     /// Executor processes kept started ahead of allocations (0: none).
     pub pool_size: usize,
+    /// How executors start.
+    pub executor_start: StartMethod,
     /// The cores the manager's own threads are bound to (`None`: not bound, its whole cpuset).
     pub manager_cores: Option<Vec<u32>>,
     /// The cpuset the manager was started with: executors, which inherit the manager's binding,
@@ -363,6 +374,10 @@ impl ManagerConfig {
                 .pool_size
                 .or(file.pool_size)
                 .unwrap_or(DEFAULT_POOL_SIZE),
+            executor_start: args
+                .executor_start
+                .or(file.executor_start)
+                .unwrap_or_default(),
             pool_wait: file.pool_wait_ms.map(Duration::from_millis),
             manager_cores,
             node_cpuset,
@@ -586,6 +601,34 @@ mod tests {
                 && parse_size("99999999999T").is_err()
         );
         assert!(total_memory() > 0);
+    }
+
+    #[test]
+    fn executor_start_reads_from_file_and_flag_in_any_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x").unwrap();
+        let load = |file: &str, flag: Option<StartMethod>| {
+            let config = dir.path().join("em.toml");
+            std::fs::write(&config, file).unwrap();
+            ManagerConfig::load(&ManagerArgs {
+                server: ServerArgs {
+                    secret_file: Some(secret.clone()),
+                    config: Some(config),
+                    ..Default::default()
+                },
+                executor_start: flag,
+                ..Default::default()
+            })
+        };
+        assert_eq!(load("", None).unwrap().executor_start, StartMethod::Fork);
+        let exec = load("executor_start = \"Exec\"\n", None).unwrap();
+        assert_eq!(exec.executor_start, StartMethod::Exec);
+        let flag = load("executor_start = \"exec\"\n", Some(StartMethod::Fork)).unwrap();
+        assert_eq!(flag.executor_start, StartMethod::Fork, "the flag wins");
+        let err = load("executor_start = \"vfork\"\n", None).unwrap_err();
+        assert!(err.to_string().contains("fork or exec"), "{err}");
+        assert_eq!("FORK".parse::<StartMethod>(), Ok(StartMethod::Fork));
     }
 
     #[test]

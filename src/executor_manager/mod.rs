@@ -11,7 +11,8 @@
 //! | [`registry`] | allocation states and the resources they hold (pure, clock injected) |
 //! | [`libraries`] | the content-hash library cache (the manager never loads code) |
 //! | [`pool`] | executor processes started ahead of allocations, one allocation each |
-//! | [`spawn`] | starting executors from the manager's own executable, reaping them |
+//! | [`spawn`] | starting executors (forked or spawned), supervising them |
+//! | [`zygote`] | the fork server executors are started from |
 //! | [`billing`] | fabric records executors fetch-add their execution and polling time into |
 //! | [`service`] | the actions: allocate, deallocate, status, shutdown |
 //! | [`resource_manager_link`] | registration and heartbeats with the resource manager, lease checks |
@@ -37,6 +38,7 @@ pub mod resource_manager_link;
 pub mod service;
 pub mod spawn;
 pub mod topology;
+pub mod zygote;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

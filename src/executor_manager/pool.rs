@@ -33,12 +33,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdout};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::control::executor_manager_api::{ExecutorEvent, PoolStatus};
 
-use super::spawn;
+use super::spawn::{self, ExecutorChild, ExecutorStdout, Launcher};
 
 /// Shortest time between a nudge that no allocation used and the next ([`Pool::nudge`]): five
 /// times [`NUDGE_SPIN`](crate::executor::config_input::NUDGE_SPIN).
@@ -61,7 +60,7 @@ const MIN_STARTING_WAIT: Duration = Duration::from_millis(5);
 #[derive(Debug)]
 pub struct Pooled {
     /// The process, with its standard input and output pipes.
-    pub child: Child,
+    pub child: ExecutorChild,
     /// The log its standard error goes to (rename it to the allocation's).
     pub log: PathBuf,
     /// The fabric address it listens on, as its standby report said.
@@ -99,12 +98,11 @@ struct State {
 /// The executor pool of one manager.
 pub struct Pool {
     size: usize,
-    exe: PathBuf,
+    launcher: Arc<Launcher>,
     logs: PathBuf,
-    cwd: PathBuf,
-    provider: crate::rdma::Provider,
-    /// Where its processes wait for their allocation.
-    standby: StandbyAt,
+    /// The cores allocations are rented from: its processes wait for their allocation on
+    /// those (see [`Launcher::start`]).
+    standby: Vec<u32>,
     /// Longest start-to-standby time before a starting process is killed.
     start_timeout: Duration,
     /// How long an allocation waits for a starting process (`None`: adaptive).
@@ -124,18 +122,6 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-/// Where pooled processes wait for their allocation.
-#[derive(Debug, Clone)]
-pub struct StandbyAt {
-    /// The fabric address they listen on (`fabric_host:0`).
-    pub listen: String,
-    /// The cores allocations are rented from: they wait on those (see
-    /// [`spawn::spawn_executor`]).
-    pub cores: Vec<u32>,
-    /// The node's cpuset, which they pin themselves within.
-    pub cpuset: Vec<u32>,
-}
-
 /// The pool's time limits.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolTiming {
@@ -147,17 +133,15 @@ pub struct PoolTiming {
 }
 
 impl Pool {
-    /// A pool of `size` processes of `exe` (0: no pool), logging to `logs`, run in `cwd`, their
-    /// fabric `provider` open, waiting as `standby` says; one that is not on standby within
-    /// `timing.start_timeout` is killed; an allocation waits `timing.wait` for a starting one
-    /// (`None`: see [`Pool::take`]). Nothing starts before [`Pool::refill`].
+    /// A pool of `size` processes (0: no pool) started by `launcher`, logging to `logs`,
+    /// waiting for their allocation on the `standby` cores (the rentable ones); one that is not
+    /// on standby within `timing.start_timeout` is killed; an allocation waits `timing.wait`
+    /// for a starting one (`None`: see [`Pool::take`]). Nothing starts before [`Pool::refill`].
     pub fn new(
         size: usize,
-        exe: &Path,
+        launcher: Arc<Launcher>,
         logs: &Path,
-        cwd: &Path,
-        provider: crate::rdma::Provider,
-        standby: StandbyAt,
+        standby: Vec<u32>,
         timing: PoolTiming,
     ) -> Arc<Pool> {
         let PoolTiming {
@@ -166,10 +150,8 @@ impl Pool {
         } = timing;
         Arc::new(Pool {
             size,
-            exe: exe.to_path_buf(),
+            launcher,
             logs: logs.to_path_buf(),
-            cwd: cwd.to_path_buf(),
-            provider,
             standby,
             start_timeout,
             wait,
@@ -202,12 +184,12 @@ impl Pool {
         };
         if n > 0 {
             let me = self.clone();
-            tokio::spawn(async move { me.fork(n) });
+            tokio::spawn(async move { me.fork(n).await });
         }
     }
 
     /// Forks `n` processes counted as starting (with pid 0) by [`Pool::refill`].
-    fn fork(self: &Arc<Self>, n: usize) {
+    async fn fork(self: &Arc<Self>, n: usize) {
         for _ in 0..n {
             let seq = {
                 let mut st = self.state();
@@ -220,15 +202,7 @@ impl Pool {
             };
             let log = self.logs.join(format!("executor-pool-{seq}.log"));
             let t0 = Instant::now();
-            let spawned = spawn::spawn_executor(
-                &self.exe,
-                &log,
-                &self.cwd,
-                self.provider,
-                &self.standby.listen,
-                Some(&self.standby.cores),
-                &self.standby.cpuset,
-            );
+            let spawned = self.launcher.start(&log, Some(&self.standby), true).await;
             let child = match spawned {
                 Ok(c) => c,
                 Err(e) => {
@@ -239,7 +213,7 @@ impl Pool {
                     continue;
                 }
             };
-            let pid = child.id().unwrap_or(0);
+            let pid = child.id();
             {
                 let mut st = self.state();
                 if let Some(p) = st.starting.iter_mut().find(|p| **p == 0) {
@@ -254,14 +228,14 @@ impl Pool {
     /// The watcher of a pooled process: waits for its standby line (then it is ready), hands
     /// it over when claimed, kills it when the pool drops its entry or shuts down, reaps and
     /// replaces it when it dies in the pool.
-    fn watch(self: &Arc<Self>, mut child: Child, log: PathBuf, forked: Instant) {
+    fn watch(self: &Arc<Self>, mut child: ExecutorChild, log: PathBuf, forked: Instant) {
         let me = Arc::downgrade(self);
-        // Out of the child while it waits: tokio's `Child::wait` closes standard input.
+        // Out of the child while it waits (handed over with it when it is claimed).
         let (stdin, mut stdout) = (child.stdin.take(), child.stdout.take());
         let mut closed = self.closed.subscribe();
         let timeout = self.start_timeout;
         tokio::spawn(async move {
-            let pid = child.id().unwrap_or(0);
+            let pid = child.id();
             // Starting: until it is on standby (or dies, or times out, or the pool closes).
             let standby = tokio::select! {
                 r = tokio::time::timeout(timeout, read_standby(stdout.as_mut())) => match r {
@@ -314,7 +288,7 @@ impl Pool {
                     // again. The next allocation that finds the pool empty refills it.
                     tracing::error!(pid, "pooled executor {why} (log: {})", log.display());
                 }
-                let _ = child.start_kill();
+                child.start_kill();
                 let _ = child.wait().await;
                 spawn::forget_shm_regions(pid);
                 if std::fs::metadata(&log).is_ok_and(|m| m.len() == 0) {
@@ -352,7 +326,7 @@ impl Pool {
                         let _ = reply.send(Pooled { child, log, address });
                     }
                     Err(_) => {
-                        let _ = child.start_kill();
+                        child.start_kill();
                         let _ = child.wait().await;
                         spawn::forget_shm_regions(pid);
                         let _ = std::fs::remove_file(&log);
@@ -464,7 +438,7 @@ impl Pool {
                 continue;
             };
             // Killed but not yet seen by its watcher: not worth an allocation.
-            if !matches!(p.child.try_wait(), Ok(None)) {
+            if p.child.has_exited() {
                 self.state().died += 1;
                 continue;
             }
@@ -520,6 +494,9 @@ impl Pool {
             empty: st.empty,
             died: st.died,
             nudge_ready: st.may_nudge(Instant::now()),
+            // The service's to fill in.
+            executor_start: String::new(),
+            zygote: None,
         }
     }
 }
@@ -571,7 +548,7 @@ impl std::fmt::Display for NotStandby {
 /// Reads an executor's first line, byte by byte (what follows stays in the pipe for the
 /// allocation), and checks that it is [`ExecutorEvent::Standby`]; the address it listens on.
 pub(crate) async fn read_standby(
-    stdout: Option<&mut ChildStdout>,
+    stdout: Option<&mut ExecutorStdout>,
 ) -> Result<Option<String>, NotStandby> {
     let other = |what: &str| Err(NotStandby::Other(what.to_string()));
     let Some(out) = stdout else {

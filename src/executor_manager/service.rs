@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, AssetRef, ExecutorAsset, ExecutorConfig,
-    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, INIT_FAILED_CODE, TOKEN_LEN,
+    ExecutorEvent, LibraryStored, ManagerStatus, PoolStatus, WorkerInfo, INIT_FAILED_CODE,
+    TOKEN_LEN,
 };
 use crate::control::secret::new_token;
 use crate::function::ContentHash;
@@ -25,10 +26,10 @@ use super::billing::Billing;
 use super::config::ManagerConfig;
 use super::libraries::Libraries;
 use super::memory::allocation_bytes;
-use super::pool::{NotStandby, Pool, PoolTiming, StandbyAt};
+use super::pool::{NotStandby, Pool, PoolTiming};
 use super::registry::{Registry, RegistryError, Reservation, Spec, State, StopAction};
 use super::resource_manager_link::{LeaseHold, RmLink};
-use super::spawn::{self, ExecutorHandle, StopRequest};
+use super::spawn::{self, ExecutorHandle, Launcher, StopRequest};
 use super::topology::CoreOrder;
 use super::ManagerError;
 
@@ -167,7 +168,8 @@ pub fn validate(req: &AllocationRequest) -> Result<ContentHash, ServiceError> {
 /// The executor manager's state and actions.
 pub struct Service {
     cfg: ManagerConfig,
-    exe: PathBuf,
+    /// Starts executors (forked from the zygote, or spawned).
+    launcher: Arc<Launcher>,
     logs: PathBuf,
     libraries: Libraries,
     /// Function assets, cached like libraries in `<cache dir>/assets`.
@@ -193,8 +195,8 @@ struct Spawned {
     id: u64,
     pid: u32,
     log: PathBuf,
-    stdin: Option<tokio::process::ChildStdin>,
-    stdout: Option<tokio::process::ChildStdout>,
+    stdin: Option<spawn::ExecutorStdin>,
+    stdout: Option<spawn::ExecutorStdout>,
     /// Held until its standard output is drained (see [`spawn::supervise`]).
     stdout_tx: Option<spawn::StdoutOpen>,
     handle: ExecutorHandle,
@@ -287,29 +289,33 @@ impl Service {
                 cfg.oversubscribe
             );
         }
+        let launcher = Arc::new(Launcher::new(
+            &exe,
+            &cfg.run_dir,
+            &logs,
+            cfg.provider,
+            &executor_listen(&cfg),
+            &cfg.node_cpuset,
+            cfg.executor_start,
+        ));
         let pool = Pool::new(
             cfg.pool_size,
-            &exe,
+            launcher.clone(),
             &logs,
-            &cfg.run_dir,
-            cfg.provider,
-            StandbyAt {
-                listen: executor_listen(&cfg),
-                cores: order.cores.clone(),
-                cpuset: cfg.node_cpuset.clone(),
-            },
+            order.cores.clone(),
             PoolTiming {
                 start_timeout: cfg.executor_start_timeout,
                 wait: cfg.pool_wait,
             },
         );
         if tokio::runtime::Handle::try_current().is_ok() {
+            launcher.prepare();
             pool.refill();
         }
         Ok(Service {
             pool,
             cfg,
-            exe,
+            launcher,
             logs,
             libraries,
             assets,
@@ -778,20 +784,14 @@ impl Service {
             p.child
         });
         let fresh = pooled.is_none();
-        let mut child = match pooled.map_or_else(
-            || {
-                spawn::spawn_executor(
-                    &self.exe,
-                    &log,
-                    &self.cfg.run_dir,
-                    self.cfg.provider,
-                    &executor_listen(&self.cfg),
-                    early.then_some(&res.cores[..]),
-                    &self.cfg.node_cpuset,
-                )
-            },
-            Ok,
-        ) {
+        let started = match pooled {
+            Some(child) => Ok(child),
+            None => {
+                let standby = early.then_some(&res.cores[..]);
+                self.launcher.start(&log, standby, false).await
+            }
+        };
+        let mut child = match started {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("allocation {id}: {e}");
@@ -802,7 +802,7 @@ impl Service {
             }
         };
         let (stdin, stdout) = (child.stdin.take(), child.stdout.take());
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         self.registry().spawned(id, pid);
         let (stdout_tx, stdout_rx) = spawn::stdout_open();
         let handle = {
@@ -1164,7 +1164,11 @@ impl Service {
             core_order: reg.cores().order(),
             free_cores: reg.cores().free_cores(),
             manager_cores: Some(self.cfg.manager_cores.clone().unwrap_or_default()),
-            pool: self.pool.status(),
+            pool: PoolStatus {
+                executor_start: self.cfg.executor_start.to_string(),
+                zygote: self.launcher.zygote_pid(),
+                ..self.pool.status()
+            },
         }
     }
 

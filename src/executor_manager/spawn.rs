@@ -1,30 +1,40 @@
-//! Spawning executor processes and reaping them.
+//! Starting executor processes, and supervising them.
 //!
 //! * The executor is the manager's own executable (`std::env::current_exe()`, resolved once at
-//!   start) run as `rfaas executor`: never looked up on `PATH`, and no argument but that word.
+//!   start, or `rfaas-executor` beside it) run as `rfaas executor`: never looked up on `PATH`,
+//!   and no argument but that word. By default ([`StartMethod::Fork`]) the manager runs it once
+//!   as its zygote and forks every executor from that ([`super::zygote`]: about 1.3 ms less per
+//!   fresh start on a VM); with `executor_start = "exec"` each executor is that executable,
+//!   spawned ([`Launcher`]).
 //! * Its [`ExecutorConfig`] (with the allocation token) goes to its standard input, so nothing
 //!   secret is visible in `ps`; its first line of standard output is an [`ExecutorEvent`], read
 //!   with a timeout; later lines are drained into the manager's log; its standard error goes to
 //!   a log file of its own (`RUN_DIR/logs/executor-<id>.log`, removed when empty).
-//! * A supervisor task per child owns the process: it alone waits for it and signals it, so a
-//!   pid is never signalled after it was reaped (and possibly reused). When the process is gone
-//!   it calls back at once (the service frees the cores there), then tells waiters.
-//! * Spawning happens on a runtime worker thread, never on a short-lived blocking thread: the
-//!   executor's `PR_SET_PDEATHSIG` fires when the *thread* that forked it exits.
+//! * A supervisor task per child owns the process ([`ExecutorChild`]): it alone waits for it
+//!   and signals it, so a pid is never signalled after it was reaped (and possibly reused): a
+//!   spawned child is the manager's, signalled by pid until tokio reaps it; a forked one is
+//!   signalled through its pidfd, and its zygote reaps it and reports how it ended. When the
+//!   process is gone the supervisor calls back at once (the service frees the cores there),
+//!   then tells waiters.
+//! * Starting happens on a runtime worker thread, never on a short-lived blocking thread: the
+//!   executor's (or the zygote's) `PR_SET_PDEATHSIG` fires when the *thread* that started it
+//!   exits.
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 
 use crate::control::executor_manager_api::{ExecutorConfig, ExecutorEvent};
+
+use super::zygote::{ForkedChild, Zygote, ZygoteSpec};
 
 /// Longest first line an executor may print.
 const MAX_EVENT_LINE: u64 = 64 << 10;
@@ -60,64 +70,272 @@ pub enum StartError {
     },
 }
 
-/// Starts `exe executor` with its standard error appended to `log`; the child is killed if
-/// it is dropped unreaped. It opens the fabric of `provider` and listens on `listen` before it
-/// reads its configuration (see [`crate::executor::EARLY_PROVIDER_ENV`] and
-/// [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (the pool's processes: the rentable
-/// cores) it prints [`ExecutorEvent::Standby`] once it listens
-/// ([`crate::executor::EARLY_STANDBY_ENV`]), and waits for its configuration on those cores.
-/// `cpuset` is the node's (the manager's own at its start): the executor pins itself within it
-/// ([`crate::executor::CPUSET_ENV`]), whatever binding it inherits from the manager.
-pub fn spawn_executor(
-    exe: &Path,
-    log: &Path,
-    cwd: &Path,
-    provider: crate::rdma::Provider,
-    listen: &str,
-    standby: Option<&[u32]>,
-    cpuset: &[u32],
-) -> Result<Child, StartError> {
-    let exe_s = exe.display().to_string();
-    let err = |source| StartError::Spawn {
-        exe: exe_s.clone(),
-        source,
-    };
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(log)
-        .map_err(err)?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("executor")
-        .env(crate::executor::EARLY_PROVIDER_ENV, provider.name())
-        .env(crate::executor::EARLY_LISTEN_ENV, listen)
-        .env(
-            crate::executor::CPUSET_ENV,
-            super::config::format_cpulist(cpuset),
-        );
-    if let Some(cores) = standby {
-        cmd.env(
-            crate::executor::EARLY_STANDBY_ENV,
-            super::config::format_cpulist(cores),
-        );
-    } else {
-        // Inherited from the manager's own environment it would make a fresh executor report
-        // standby first, which its allocation would take for a failure.
-        cmd.env_remove(crate::executor::EARLY_STANDBY_ENV);
+/// The manager's end of an executor's standard input.
+pub type ExecutorStdin = tokio::net::unix::pipe::Sender;
+/// The manager's end of an executor's standard output.
+pub type ExecutorStdout = tokio::net::unix::pipe::Receiver;
+
+/// How executors are started (`executor_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum StartMethod {
+    /// Forked from the manager's zygote ([`super::zygote`]), `exec` while it is not up.
+    #[default]
+    Fork,
+    /// `exec` of the executor executable, every time.
+    Exec,
+}
+
+impl std::str::FromStr for StartMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StartMethod, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "fork" => Ok(StartMethod::Fork),
+            "exec" => Ok(StartMethod::Exec),
+            other => Err(format!(
+                "executor_start must be fork or exec, not {other:?}"
+            )),
+        }
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .current_dir(cwd)
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(err)
+}
+
+impl TryFrom<String> for StartMethod {
+    type Error = String;
+    fn try_from(s: String) -> Result<StartMethod, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for StartMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartMethod::Fork => "fork",
+            StartMethod::Exec => "exec",
+        })
+    }
+}
+
+/// An executor process as the manager holds it, forked or spawned: killed if it is dropped
+/// before it ended.
+#[derive(Debug)]
+pub struct ExecutorChild {
+    /// Its standard input (its configuration goes there).
+    pub stdin: Option<ExecutorStdin>,
+    /// Its standard output (its events come from there).
+    pub stdout: Option<ExecutorStdout>,
+    pid: u32,
+    process: Process,
+}
+
+#[derive(Debug)]
+enum Process {
+    Spawned(Child),
+    Forked(ForkedChild),
+}
+
+impl ExecutorChild {
+    /// Its pid.
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it was forked from the zygote.
+    pub fn forked(&self) -> bool {
+        matches!(self.process, Process::Forked(_))
+    }
+
+    /// Sends it `signal`, unless it was reaped already.
+    pub fn signal(&mut self, signal: Signal) {
+        match &mut self.process {
+            Process::Spawned(child) => {
+                if let Some(pid) = child.id() {
+                    let _ = kill(Pid::from_raw(pid as i32), signal);
+                }
+            }
+            Process::Forked(child) => child.signal(signal),
+        }
+    }
+
+    /// Sends it SIGKILL, unless it was reaped already.
+    pub fn start_kill(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+
+    /// Whether it ended (or was killed and is about to be seen ended).
+    pub fn has_exited(&mut self) -> bool {
+        match &mut self.process {
+            Process::Spawned(child) => !matches!(child.try_wait(), Ok(None)),
+            Process::Forked(child) => child.has_exited(),
+        }
+    }
+
+    /// Waits until it ended.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match &mut self.process {
+            Process::Spawned(child) => child.wait().await,
+            Process::Forked(child) => {
+                child.wait().await.map(ExitStatus::from_raw).ok_or_else(|| {
+                    std::io::Error::other("it ended, but its zygote did not report how")
+                })
+            }
+        }
+    }
+}
+
+/// Starts executors: forked from the zygote, or spawned with `exec`.
+#[derive(Debug)]
+pub struct Launcher {
+    exe: PathBuf,
+    cwd: PathBuf,
+    provider: crate::rdma::Provider,
+    listen: String,
+    cpuset: Vec<u32>,
+    zygote: Option<Zygote>,
+}
+
+impl Launcher {
+    /// Executors of `exe`, run in `cwd` (the zygote logs to `logs/zygote.log`), their fabric
+    /// `provider` open early and listening on `listen`, pinned within `cpuset` (the node's: the
+    /// manager's own at its start, see [`crate::executor::CPUSET_ENV`]), started as `method`
+    /// says.
+    pub fn new(
+        exe: &Path,
+        cwd: &Path,
+        logs: &Path,
+        provider: crate::rdma::Provider,
+        listen: &str,
+        cpuset: &[u32],
+        method: StartMethod,
+    ) -> Launcher {
+        let zygote = (method == StartMethod::Fork).then(|| {
+            Zygote::new(ZygoteSpec {
+                exe: exe.to_path_buf(),
+                cwd: cwd.to_path_buf(),
+                log: logs.join("zygote.log"),
+                env: vec![
+                    (
+                        crate::executor::EARLY_PROVIDER_ENV,
+                        provider.name().to_string(),
+                    ),
+                    (crate::executor::EARLY_LISTEN_ENV, listen.to_string()),
+                    (
+                        crate::executor::CPUSET_ENV,
+                        super::config::format_cpulist(cpuset),
+                    ),
+                ],
+            })
+        });
+        Launcher {
+            exe: exe.to_path_buf(),
+            cwd: cwd.to_path_buf(),
+            provider,
+            listen: listen.to_string(),
+            cpuset: cpuset.to_vec(),
+            zygote,
+        }
+    }
+
+    /// Starts the zygote (if executors are forked) unless it runs. Call it from a runtime
+    /// worker thread, as [`Launcher::start`].
+    pub fn prepare(&self) {
+        if let Some(z) = &self.zygote {
+            z.prepare();
+        }
+    }
+
+    /// The running zygote's pid, if executors are forked and it runs.
+    pub fn zygote_pid(&self) -> Option<u32> {
+        self.zygote.as_ref().and_then(Zygote::pid)
+    }
+
+    /// Starts an executor with its standard error appended to `log`. It opens its fabric and
+    /// listens before it reads its configuration (see [`crate::executor::EARLY_PROVIDER_ENV`]
+    /// and [`crate::executor::EARLY_LISTEN_ENV`]). With `standby` (a pooled process: the
+    /// rentable cores; a fresh one answered early: its allocation's) it prints
+    /// [`ExecutorEvent::Standby`] once it listens ([`crate::executor::EARLY_STANDBY_ENV`]), and
+    /// waits for its configuration on those cores; `pooled`: for the pool (forked, it makes the
+    /// memory it shares with the zygote its own while it waits). Forked from the zygote when
+    /// there is one (its children are not the manager's: the zygote reaps them), else spawned;
+    /// call it on a runtime worker thread, never on a short-lived blocking thread: an
+    /// executor's (and the zygote's) `PR_SET_PDEATHSIG` fires when the *thread* that started it
+    /// exits.
+    pub async fn start(
+        &self,
+        log: &Path,
+        standby: Option<&[u32]>,
+        pooled: bool,
+    ) -> Result<ExecutorChild, StartError> {
+        if let Some(zygote) = &self.zygote {
+            match zygote.fork(log, standby, pooled).await {
+                Ok((child, stdin, stdout)) => {
+                    return Ok(ExecutorChild {
+                        stdin: Some(stdin),
+                        stdout: Some(stdout),
+                        pid: child.pid,
+                        process: Process::Forked(child),
+                    })
+                }
+                Err(e) => tracing::debug!("executor started with exec: {e}"),
+            }
+        }
+        self.spawn(log, standby)
+    }
+
+    /// Starts `exe executor` with `exec`.
+    fn spawn(&self, log: &Path, standby: Option<&[u32]>) -> Result<ExecutorChild, StartError> {
+        let exe_s = self.exe.display().to_string();
+        let err = |source| StartError::Spawn {
+            exe: exe_s.clone(),
+            source,
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(log)
+            .map_err(err)?;
+        let pipe =
+            || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| err(e.into()));
+        let ((stdin_r, stdin_w), (stdout_r, stdout_w)) = (pipe()?, pipe()?);
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("executor")
+            .env(crate::executor::EARLY_PROVIDER_ENV, self.provider.name())
+            .env(crate::executor::EARLY_LISTEN_ENV, &self.listen)
+            .env(
+                crate::executor::CPUSET_ENV,
+                super::config::format_cpulist(&self.cpuset),
+            )
+            .env_remove(crate::executor::zygote::ZYGOTE_ENV);
+        if let Some(cores) = standby {
+            cmd.env(
+                crate::executor::EARLY_STANDBY_ENV,
+                super::config::format_cpulist(cores),
+            );
+        } else {
+            // Inherited from the manager's own environment it would make a fresh executor
+            // report standby first, which its allocation would take for a failure.
+            cmd.env_remove(crate::executor::EARLY_STANDBY_ENV);
+        }
+        let child = cmd
+            .stdin(Stdio::from(stdin_r))
+            .stdout(Stdio::from(stdout_w))
+            .stderr(Stdio::from(log))
+            .current_dir(&self.cwd)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(err)?;
+        Ok(ExecutorChild {
+            stdin: Some(ExecutorStdin::from_owned_fd(stdin_w).map_err(err)?),
+            stdout: Some(ExecutorStdout::from_owned_fd(stdout_r).map_err(err)?),
+            pid: child.id().unwrap_or(0),
+            process: Process::Spawned(child),
+        })
+    }
 }
 
 /// Writes `cfg` to the child's standard input and closes it.
 pub async fn send_config(
-    mut stdin: ChildStdin,
+    mut stdin: ExecutorStdin,
     cfg: &ExecutorConfig,
     timeout: Duration,
 ) -> Result<(), StartError> {
@@ -138,10 +356,10 @@ pub async fn send_config(
 /// `since` is when the configuration went out (the executor cannot answer before that): the
 /// answer counts as in time only if it came within `timeout` of it.
 pub async fn first_event(
-    stdout: ChildStdout,
+    stdout: ExecutorStdout,
     timeout: Duration,
     since: std::time::Instant,
-) -> Result<(ExecutorEvent, BufReader<ChildStdout>), StartError> {
+) -> Result<(ExecutorEvent, BufReader<ExecutorStdout>), StartError> {
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     let read = async {
@@ -174,7 +392,7 @@ pub async fn first_event(
 /// `open` is dropped when the output closes (see [`supervise`]).
 pub fn drain_stdout(
     id: u64,
-    reader: BufReader<ChildStdout>,
+    reader: BufReader<ExecutorStdout>,
     open: StdoutOpen,
     on_failure: impl Fn(String) + Send + 'static,
     on_serving: impl FnOnce() + Send + 'static,
@@ -288,11 +506,11 @@ impl ExecutorHandle {
 /// [`StdoutOpen`] paired with `stdout_open` drops it, so that a last report the executor printed
 /// before exiting (why it gave up) is read first.
 pub fn supervise(
-    mut child: Child,
+    mut child: ExecutorChild,
     mut stdout_open: watch::Receiver<()>,
     on_exit: impl FnOnce(String) + Send + 'static,
 ) -> ExecutorHandle {
-    let pid = child.id().unwrap_or(0);
+    let pid = child.id();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<StopRequest>();
     let (exit_tx, exit_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -301,19 +519,17 @@ pub fn supervise(
             status = child.wait() => status,
             Some(how) = stop_rx.recv() => {
                 if let StopRequest::Graceful(grace) = how {
-                    if let Some(pid) = child.id() {
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-                    }
+                    child.signal(Signal::SIGTERM);
                     match tokio::time::timeout(grace, child.wait()).await {
                         Ok(status) => status,
                         Err(_) => {
                             tracing::warn!(pid, "executor ignored SIGTERM for {grace:?}; killing it");
-                            let _ = child.start_kill();
+                            child.start_kill();
                             child.wait().await
                         }
                     }
                 } else {
-                    let _ = child.start_kill();
+                    child.start_kill();
                     child.wait().await
                 }
             }
@@ -350,6 +566,15 @@ pub(super) fn forget_shm_regions(pid: u32) {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    fn spawned(child: Child) -> ExecutorChild {
+        ExecutorChild {
+            stdin: None,
+            stdout: None,
+            pid: child.id().unwrap(),
+            process: Process::Spawned(child),
+        }
+    }
 
     #[test]
     fn exit_reasons_read_well() {
@@ -396,7 +621,9 @@ mod tests {
                 })
             };
             let (tx, rx) = std::sync::mpsc::channel();
-            let h = supervise(child, stdout_open().1, move |r| tx.send(r).unwrap());
+            let h = supervise(spawned(child), stdout_open().1, move |r| {
+                tx.send(r).unwrap()
+            });
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while !ignores_term() {
                 assert!(
@@ -416,7 +643,7 @@ mod tests {
             assert!(h.has_exited());
             // One that exits on its own is reaped without being asked.
             let child = Command::new("sh").args(["-c", "exit 7"]).spawn().unwrap();
-            let h = supervise(child, stdout_open().1, |_| {});
+            let h = supervise(spawned(child), stdout_open().1, |_| {});
             assert_eq!(
                 h.wait_exit(Duration::from_secs(60)).await.unwrap(),
                 "exited with status 7"
