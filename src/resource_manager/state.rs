@@ -9,11 +9,13 @@
 //! share one write and one fsync (group commit). Heartbeats are not saved: a restored
 //! scheduler gives every node a full heartbeat timeout anyway.
 //!
-//! Renewals wait for the disk only when they must ([`RmState::renew`]): a renewal is logged
-//! like every change, but its handler waits only when it moves the lease's deadline more than
-//! half a TTL beyond the last deadline a handler waited for. A crash can therefore take back
-//! at most half a TTL of a lease's life, and a client renewing every third of its TTL (as
-//! [`crate::client`] does) still renews in time.
+//! Renewals wait for the disk only when they must ([`RmState::renew`]): a renewal's handler
+//! waits only when it moves the lease's deadline more than half a TTL beyond the last
+//! deadline a handler waited for, and only such a renewal is logged (one that is not waited
+//! for would be taken back by a crash before its record was synced anyway). A crash can
+//! therefore take back at most half a TTL of a lease's life, and a client renewing every third
+//! of its TTL (as [`crate::client`] does) still renews in time. A clean stop writes a snapshot
+//! when renewals were not logged, so every lease has its last deadline back after it.
 //!
 //! The scheduler's clock reads wall-clock milliseconds since the Unix epoch (anchored once at
 //! start, then advanced by the monotonic clock), so every time in the state file is a
@@ -114,6 +116,8 @@ struct Inner {
     seq: u64,
     /// Per live lease, the deadline a handler last waited to be durable, and its record.
     promised: HashMap<LeaseId, (Millis, u64)>,
+    /// Renewals not logged since the last snapshot (see [`RmState::renew`]).
+    unlogged: u64,
 }
 
 /// The scheduler, its clock, and its durable copy.
@@ -216,6 +220,7 @@ impl RmState {
                 sched,
                 seq,
                 promised,
+                unlogged: 0,
             }),
             origin,
             origin_unix_ms,
@@ -293,9 +298,10 @@ impl RmState {
         Ok((r?, seq))
     }
 
-    /// Renews a lease: `(new deadline, now, TTL, record to wait for)`. The renewal is logged,
-    /// but the record to wait for is an earlier one when that already holds a deadline at most
-    /// half a TTL before the new one (see the module's documentation).
+    /// Renews a lease: `(new deadline, now, TTL, record to wait for)`. When an earlier record
+    /// already holds a deadline at most half a TTL before the new one, that is the record to
+    /// wait for and the renewal is not logged (see the module's documentation); else the
+    /// renewal is logged and its own record is the one.
     pub fn renew(
         &self,
         lease: LeaseId,
@@ -318,6 +324,18 @@ impl RmState {
         };
         if changes.is_empty() {
             return inner.seq;
+        }
+        // A renewal that its handler need not wait for is not logged at all: what a crash
+        // would restore is the same whether its record was written or not.
+        if renewal && changes.len() == 1 {
+            if let Change::Lease(l) = &changes[0] {
+                if let Some(&(d, s)) = inner.promised.get(&l.id) {
+                    if l.expires_at.0.saturating_sub(d.0) <= l.ttl_ms / 2 {
+                        inner.unlogged += 1;
+                        return s;
+                    }
+                }
+            }
         }
         inner.seq += 1;
         let seq = inner.seq;
@@ -384,12 +402,14 @@ impl RmState {
         let mut locked = std::time::Duration::ZERO;
         let done = store.compact(|| {
             let t = Instant::now();
-            let inner = self.lock();
+            let mut inner = self.lock();
             let view = inner.sched.snapshot_view(self.now());
             let encoded = (
                 super::store::snapshot_file::encode_payload(&view, inner.seq),
                 inner.seq,
             );
+            // What was not logged is in this snapshot.
+            inner.unlogged = 0;
             drop(inner);
             locked = t.elapsed();
             encoded
@@ -407,9 +427,17 @@ impl RmState {
         Ok(())
     }
 
-    /// Writes what is pending and stops the log (at shutdown); the last write's error.
+    /// Writes what is pending and stops the log (at shutdown); the last write's error. With
+    /// renewals that were not logged, a snapshot is written first: after a clean stop every
+    /// lease has its last deadline back.
     pub fn close(&self) -> Result<(), String> {
-        self.store.as_ref().map_or(Ok(()), Store::close)
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        if self.lock().unlogged > 0 {
+            self.compact().map_err(|e| e.to_string())?;
+        }
+        store.close()
     }
 }
 
@@ -518,11 +546,13 @@ mod tests {
         // Later than half the TTL: this renewal's own record must be on disk.
         tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
         let (to, _, _, wait) = st.renew(g.lease, &g.token).unwrap();
-        assert!(wait > granted + 1, "{wait} after {granted}");
+        // Its own record, the next after the grant's: the lazy renewal before logged none.
+        assert_eq!(wait, granted + 1);
         st.durable(wait).await.unwrap();
         let (again, _, _, lazy) = st.renew(g.lease, &g.token).unwrap();
         assert_eq!(lazy, wait);
-        // Lazy renewals are logged all the same: after a clean stop the last deadline is back.
+        // Lazy renewals are not logged, but a clean stop writes a snapshot: the last deadline
+        // is back.
         st.close().unwrap();
         drop(st);
         let (st, _) = RmState::open(Config::default(), Some(path)).unwrap();
