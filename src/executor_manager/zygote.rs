@@ -137,8 +137,9 @@ impl Zygote {
         }
     }
 
-    /// Starts the zygote now unless it runs (call it from a runtime worker thread: the
-    /// zygote's death signal fires when the thread that started it exits).
+    /// Starts the zygote now unless it runs. Call it from a thread that lives as long as the
+    /// manager (the runtime's main thread or a worker thread, never a blocking-pool thread):
+    /// the zygote's death signal fires when the thread that started it exits.
     pub fn prepare(&self) {
         if let Err(e) = self.link() {
             tracing::warn!("{e}");
