@@ -168,3 +168,34 @@ fn the_zygote_dies_with_the_manager() {
     gone(z, "the orphaned zygote to die");
     gone(a.pid, "the orphaned executor to die");
 }
+
+#[test]
+fn a_stopped_zygote_neither_keeps_executors_alive_nor_blocks_allocations() {
+    let m = manager("pool_size = 0\n");
+    let lib = m.upload(functions_library());
+    let z = zygote(&m);
+    let a = m.allocate(&lib, &["echo"], 1);
+    kill(Pid::from_raw(z as i32), Signal::SIGSTOP).unwrap();
+    // Released while its zygote cannot reap it or say how it ended: the manager signals it
+    // through its pidfd, sees it end there, and frees its core.
+    release(&m, &a);
+    gone(a.pid, "the released executor to end");
+    wait_for(DID_NOT_HANG, "its core to come back", || {
+        let st = m.status();
+        (st.cores_free == st.cores_total).then_some(())
+    });
+    // The next allocation does not wait for the stopped zygote beyond its answer timeout: it is
+    // retired, the executor exec'd.
+    let b = m.allocate(&lib, &["echo"], 1);
+    assert_eq!(parent(b.pid), Some(m.pid() as u32), "{b:?}");
+    release(&m, &b);
+    // The retired zygote had no children left: it is killed (stopped or not).
+    let _ = kill(Pid::from_raw(z as i32), Signal::SIGCONT);
+    gone(z, "the retired zygote to be killed");
+    // And the one after gets a new zygote.
+    let c = m.allocate(&lib, &["echo"], 1);
+    let z2 = zygote(&m);
+    assert_ne!(z2, z);
+    assert_eq!(parent(c.pid), Some(z2), "{c:?}");
+    release(&m, &c);
+}

@@ -173,16 +173,17 @@ impl FabricUser for Early {
         };
         let mut spare = None;
         if std::env::var(EARLY_STANDBY_ENV).is_ok() {
-            let address = early.as_ref().map(|l| l.local_addr());
-            report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
-            // While it waits: worker 0's queue and buffers in the clients' default shape.
-            spare = WorkerBuffers::spare(&fabric);
-            // And, forked for the pool, its own copy of what it still shares with the zygote.
+            // Forked for the pool: its own copy of what it still shares with the zygote, before
+            // it counts as ready (an allocation would otherwise wait for it).
             if zygote::pooled_child() {
                 let t0 = Instant::now();
                 let pages = zygote::unshare_memory();
                 tracing::debug!(?pages, us = t0.elapsed().as_micros() as u64, "unshared");
             }
+            let address = early.as_ref().map(|l| l.local_addr());
+            report(&mut std::io::stdout(), &ExecutorEvent::Standby { address });
+            // While it waits: worker 0's queue and buffers in the clients' default shape.
+            spare = WorkerBuffers::spare(&fabric);
         }
         let cfg = read_config()?;
         tracing::debug!(allocation = cfg.allocation, "configuration read");

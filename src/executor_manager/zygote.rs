@@ -12,12 +12,11 @@
 //!   it hands to the [`ForkedChild`] of each.
 //! * The manager signals a child through its pidfd (`pidfd_send_signal`): never another
 //!   process that got its pid, and not through the zygote, so a stopped or hung zygote does not
-//!   keep a child alive that the manager kills. A child that was signalled and whose end the
-//!   zygote does not report within [`UNREPORTED_GRACE`] of its pidfd saying it ended counts as
-//!   ended all the same.
-//! * A zygote that does not answer a fork request within [`FORK_ANSWER_TIMEOUT`] is retired:
-//!   it gets no more requests, and is told to exit (its socket shut down) once its last child
-//!   ended. When a zygote dies, its children die too (their `PR_SET_PDEATHSIG`): each is
+//!   keep a child alive that the manager kills. A child whose end the zygote does not report
+//!   within [`UNREPORTED_GRACE`] of its pidfd saying it ended counts as ended all the same.
+//! * A zygote that does not answer a fork request within [`FORK_ANSWER_TIMEOUT`] (or whose
+//!   socket fails) is retired: it gets no more requests, and is killed once its last child
+//!   ended (through its pidfd). When a zygote dies, its children die too (their `PR_SET_PDEATHSIG`): each is
 //!   reported killed by SIGKILL once its pidfd says it is gone.
 
 use std::collections::HashMap;
@@ -58,6 +57,10 @@ pub const UNREPORTED_GRACE: Duration = Duration::from_millis(200);
 /// How often a signalled child's pidfd is looked at.
 const PIDFD_POLL: Duration = Duration::from_millis(5);
 
+/// How often any other child's pidfd is looked at (its zygote reports its end at once, unless
+/// the zygote is stopped or hung).
+const PIDFD_IDLE_POLL: Duration = Duration::from_secs(1);
+
 /// How long, once a zygote is gone, each of its children is waited for (they were sent
 /// SIGKILL by the kernel) before it is reported killed.
 const ORPHAN_WAIT: Duration = Duration::from_secs(2);
@@ -94,6 +97,9 @@ pub struct Zygote {
 #[derive(Debug)]
 pub struct Link {
     pid: u32,
+    /// The zygote's pidfd: signalled through it, never a process that reused its pid once the
+    /// reader task reaped it.
+    pidfd: OwnedFd,
     /// A `SOCK_SEQPACKET` socket: tokio's datagram type waits for it to be readable, and the
     /// messages are read and written with `recvmsg` and `sendmsg` (they carry descriptors).
     socket: UnixDatagram,
@@ -120,6 +126,7 @@ struct LinkState {
 pub struct ForkedChild {
     /// Its pid.
     pub pid: u32,
+    link: std::sync::Weak<Link>,
     pidfd: Arc<OwnedFd>,
     exit: watch::Receiver<Option<i32>>,
     /// Signalled: its end is also watched for on its pidfd.
@@ -269,8 +276,14 @@ impl Link {
         let Some(pid) = child.id() else {
             return Err(fail(std::io::Error::other("it exited at once")));
         };
+        // Opened before anything can reap it (only the reader task below does).
+        let pidfd = rustix::process::Pid::from_raw(pid as i32)
+            .ok_or(rustix::io::Errno::SRCH)
+            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+            .map_err(|e| fail(std::io::Error::other(format!("pidfd_open: {e}"))))?;
         let link = Arc::new(Link {
             pid,
+            pidfd,
             socket: UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(ours))
                 .map_err(fail)?,
             state: Mutex::new(LinkState::default()),
@@ -299,11 +312,18 @@ impl Link {
                     s.map_or_else(|e| e.to_string(), super::spawn::exit_reason)
                 ),
             }
-            // Sent SIGKILL by the kernel as the zygote died: reported once gone.
+            // Sent SIGKILL by the kernel as the zygote died (and here once more, through their
+            // pidfds, should that have missed one): reported once gone.
+            for (_, (_, pidfd)) in &orphans {
+                let _ = rustix::process::pidfd_send_signal(&**pidfd, rustix::process::Signal::KILL);
+            }
             let until = Instant::now() + ORPHAN_WAIT;
-            for (_, (tx, pidfd)) in orphans {
+            for (pid, (tx, pidfd)) in orphans {
                 while !ended(&pidfd) && Instant::now() < until {
                     tokio::time::sleep(PIDFD_POLL).await;
+                }
+                if !ended(&pidfd) {
+                    tracing::error!(pid, "executor still alive {ORPHAN_WAIT:?} after SIGKILL");
                 }
                 let _ = tx.send(Some(KILLED));
             }
@@ -354,9 +374,14 @@ impl Link {
             Ok(_) => Ok((id, rx)),
             Err(e) => {
                 self.state().forks.remove(&id);
-                // A full socket is no reason to give the zygote up (this one is exec'd).
-                if e != rustix::io::Errno::AGAIN {
-                    self.kill(&format!("sending a fork request failed: {e}"));
+                let why = format!("sending a fork request failed: {e}");
+                match e {
+                    // A full socket is no reason to give the zygote up (this one is exec'd).
+                    rustix::io::Errno::AGAIN => {}
+                    // It is gone: its reader task sees the end too.
+                    rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => self.close(&why),
+                    // Its executors are left alone; the next fork starts another zygote.
+                    _ => self.retire(&why),
                 }
                 Err(format!("cannot reach the zygote: {e}"))
             }
@@ -418,6 +443,7 @@ impl Link {
                 st.exits.insert(pid, (tx, pidfd.clone()));
                 let child = ForkedChild {
                     pid,
+                    link: Arc::downgrade(self),
                     pidfd,
                     exit: rx,
                     signalled: false,
@@ -444,7 +470,7 @@ impl Link {
                 }
                 if st.retired && st.exits.is_empty() {
                     drop(st);
-                    self.shut_down();
+                    self.kill("");
                 }
             }
         }
@@ -461,7 +487,8 @@ impl Link {
         st.forks.clear();
     }
 
-    /// Takes no more requests, and exits once its last child ended.
+    /// Takes no more requests, and is killed once its last child ended (it may not answer
+    /// any more: it is not asked to exit).
     fn retire(&self, why: &str) {
         self.close(why);
         let mut st = self.state();
@@ -469,22 +496,25 @@ impl Link {
         let idle = st.exits.is_empty();
         drop(st);
         if idle {
-            self.shut_down();
+            self.kill("");
         }
     }
 
-    /// Tells the zygote to exit (it reads the end of its socket).
-    fn shut_down(&self) {
-        let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Write);
+    /// A child whose end its zygote did not report: no longer waited for.
+    fn forget(&self, pid: u32) {
+        let mut st = self.state();
+        st.exits.remove(&pid);
+        let idle = st.retired && st.exits.is_empty();
+        drop(st);
+        if idle {
+            self.kill("");
+        }
     }
 
     /// Takes no more requests and kills the zygote now (its children die with it).
     fn kill(&self, why: &str) {
         self.close(why);
-        // Its pid is still its own: only the reader task reaps it, after the socket closed,
-        // which it does not before the zygote exits.
-        let _ =
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
     }
 }
 
@@ -506,21 +536,31 @@ impl ForkedChild {
         }
     }
 
-    /// Waits until it ended: its raw wait status, as its zygote reported it; `None` when it was
-    /// signalled and ended but its zygote did not say how within [`UNREPORTED_GRACE`].
+    /// Waits until it ended: its raw wait status, as its zygote reported it; `None` when its
+    /// pidfd says it ended but its zygote did not say how within [`UNREPORTED_GRACE`] (a
+    /// stopped or hung zygote). The pidfd is looked at every [`PIDFD_POLL`] once the child
+    /// was signalled, else every [`PIDFD_IDLE_POLL`].
     pub async fn wait(&mut self) -> Option<i32> {
         let mut ended_at: Option<Instant> = None;
         loop {
+            let poll = match (self.signalled, ended_at) {
+                (false, None) => PIDFD_IDLE_POLL,
+                _ => PIDFD_POLL,
+            };
             tokio::select! {
                 r = self.exit.wait_for(|s| s.is_some()) => {
                     return Some(r.ok().and_then(|s| *s).unwrap_or(KILLED));
                 }
-                _ = tokio::time::sleep(PIDFD_POLL), if self.signalled => {
+                _ = tokio::time::sleep(poll) => {
                     if !ended(&self.pidfd) {
                         continue;
                     }
                     let at = *ended_at.get_or_insert_with(Instant::now);
                     if at.elapsed() >= UNREPORTED_GRACE {
+                        if let Some(link) = self.link.upgrade() {
+                            tracing::warn!(pid = self.pid, zygote = link.pid, "executor ended, and its zygote did not report how");
+                            link.forget(self.pid);
+                        }
                         return None;
                     }
                 }

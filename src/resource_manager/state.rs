@@ -339,20 +339,10 @@ impl RmState {
         }
         inner.seq += 1;
         let seq = inner.seq;
-        let mut wait_for = seq;
         for c in &changes {
             match c {
                 Change::Lease(l) => {
-                    let lazy = renewal
-                        && changes.len() == 1
-                        && inner.promised.get(&l.id).is_some_and(|(d, _)| {
-                            l.expires_at.0.saturating_sub(d.0) <= l.ttl_ms / 2
-                        });
-                    if lazy {
-                        wait_for = inner.promised[&l.id].1;
-                    } else {
-                        inner.promised.insert(l.id, (l.expires_at, seq));
-                    }
+                    inner.promised.insert(l.id, (l.expires_at, seq));
                 }
                 Change::Ended(e) => {
                     inner.promised.remove(&e.view.id);
@@ -364,7 +354,7 @@ impl RmState {
             }
         }
         store.append(LogRecord { seq, meta, changes });
-        wait_for
+        seq
     }
 
     /// Lets time pass (expiries, missed heartbeats); what happened is logged.
@@ -391,55 +381,84 @@ impl RmState {
     }
 
     /// Writes a snapshot of the state and drops the log it covers (blocking: the snapshot is
-    /// encoded under the scheduler's lock, then written). Nothing without a state file.
-    pub fn compact(&self) -> Result<(), StateError> {
+    /// encoded under the scheduler's lock, then written). Nothing without a state file; `false`
+    /// when another compaction was running (this one did nothing).
+    pub fn compact(&self) -> Result<bool, StateError> {
         let Some(store) = &self.store else {
-            return Ok(());
+            return Ok(false);
         };
         // Encoded under the lock straight from the scheduler (no copy of it first); the
         // checksum and the write come after the lock is released.
         let started = Instant::now();
         let mut locked = std::time::Duration::ZERO;
+        let mut covered = 0;
         let done = store.compact(|| {
             let t = Instant::now();
-            let mut inner = self.lock();
+            let inner = self.lock();
             let view = inner.sched.snapshot_view(self.now());
             let encoded = (
                 super::store::snapshot_file::encode_payload(&view, inner.seq),
                 inner.seq,
             );
-            // What was not logged is in this snapshot.
-            inner.unlogged = 0;
+            // The renewals not logged so far are in this snapshot once it is written.
+            covered = inner.unlogged;
             drop(inner);
             locked = t.elapsed();
             encoded
         })?;
-        if let Some(c) = done {
-            tracing::info!(
-                seq = c.seq,
-                bytes = c.snapshot_bytes,
-                segments_removed = c.segments_removed,
-                locked_ms = locked.as_secs_f64() * 1e3,
-                total_ms = started.elapsed().as_secs_f64() * 1e3,
-                "state compacted into a snapshot"
-            );
+        let Some(c) = done else {
+            return Ok(false);
+        };
+        {
+            let mut inner = self.lock();
+            inner.unlogged = inner.unlogged.saturating_sub(covered);
         }
-        Ok(())
+        tracing::info!(
+            seq = c.seq,
+            bytes = c.snapshot_bytes,
+            segments_removed = c.segments_removed,
+            locked_ms = locked.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "state compacted into a snapshot"
+        );
+        Ok(true)
     }
 
-    /// Writes what is pending and stops the log (at shutdown); the last write's error. With
-    /// renewals that were not logged, a snapshot is written first: after a clean stop every
-    /// lease has its last deadline back.
+    /// Writes what is pending and stops the log (at shutdown); the first error. With renewals
+    /// that were not logged, a snapshot is written first (after a compaction that may still
+    /// run, at most [`CLOSE_COMPACTION_WAIT`]): after a clean stop every lease has its last
+    /// deadline back.
     pub fn close(&self) -> Result<(), String> {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        if self.lock().unlogged > 0 {
-            self.compact().map_err(|e| e.to_string())?;
+        let until = Instant::now() + CLOSE_COMPACTION_WAIT;
+        let mut snapshot = Ok(());
+        while self.lock().unlogged > 0 {
+            match self.compact() {
+                Ok(true) => {}
+                Ok(false) if Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Ok(false) => {
+                    snapshot = Err("a compaction did not end in time: renewals since the last \
+                                    snapshot were not saved"
+                        .to_string());
+                    break;
+                }
+                Err(e) => {
+                    snapshot = Err(e.to_string());
+                    break;
+                }
+            }
         }
-        store.close()
+        let closed = store.close();
+        snapshot.and(closed)
     }
 }
+
+/// Longest [`RmState::close`] waits for a running compaction before its own.
+pub const CLOSE_COMPACTION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Writes `value` as JSON to `path` atomically and durably (mode 0600; see
 /// [`crate::atomic_write`]).
