@@ -600,14 +600,20 @@ fn executors_die_with_a_manager_killed_with_sigkill() {
 
 #[test]
 fn executor_timeouts_end_allocations_and_say_why() {
-    // Ready too late: the executor is killed and the allocation fails with a clear error. A
-    // fresh one, exec'd: a pooled or forked executor can report ready within the millisecond,
-    // an exec'd one cannot (its dynamic linking and glibc's start-up alone take longer).
+    // Ready too late: the executor is killed and the allocation fails with a clear error. Its
+    // library's constructor sleeps 300 ms, and the library loads after the configuration went
+    // out, when the 1 ms start timeout counts from: no executor can be ready in time.
+    let Some(slow) = c_library(
+        "slow",
+        "#include <unistd.h>\n__attribute__((constructor)) static void slow(void) { usleep(300000); }\n",
+    ) else {
+        return;
+    };
     let m = Manager::start_with(ManagerOptions {
-        extra: "executor_start_timeout_ms = 1\npool_size = 0\nexecutor_start = \"exec\"\n".into(),
+        extra: "executor_start_timeout_ms = 1\n".into(),
         ..Default::default()
     });
-    let lib = m.upload(functions_library());
+    let lib = m.upload(&std::fs::read(&slow).unwrap());
     let (code, body) = m.call(
         "POST",
         "/v1/allocations",
@@ -645,25 +651,38 @@ fn executor_timeouts_end_allocations_and_say_why() {
     assert_eq!(st.cores_free, st.cores_total);
 }
 
-#[test]
-fn a_library_whose_constructor_exits_is_a_client_error_not_a_server_error() {
+/// A shared library built with `cc` from C `source` (a temporary file: gone when dropped);
+/// `None` (after `skip_unless_ci`) without a C compiler.
+fn c_library(name: &str, source: &str) -> Option<tempfile::TempPath> {
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("exits.c");
-    std::fs::write(
-        &src,
-        "#include <stdlib.h>\n__attribute__((constructor)) static void bye(void) { exit(7); }\n",
-    )
-    .unwrap();
-    let so = dir.path().join("libexits.so");
+    let src = dir.path().join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let so = tempfile::Builder::new()
+        .prefix(&format!("lib{name}"))
+        .suffix(".so")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
     let built = Command::new("cc")
         .args(["-shared", "-fPIC", "-o"])
         .arg(&so)
         .arg(&src)
         .status();
     if !built.is_ok_and(|s| s.success()) {
-        skip_unless_ci("no C compiler (cc) to build a library whose constructor exits");
-        return;
+        skip_unless_ci(&format!("no C compiler (cc) to build the {name} library"));
+        return None;
     }
+    Some(so)
+}
+
+#[test]
+fn a_library_whose_constructor_exits_is_a_client_error_not_a_server_error() {
+    let Some(so) = c_library(
+        "exits",
+        "#include <stdlib.h>\n__attribute__((constructor)) static void bye(void) { exit(7); }\n",
+    ) else {
+        return;
+    };
     let m = Manager::start();
     let lib = m.upload(&std::fs::read(&so).unwrap());
     let (code, body) = m.call(
