@@ -228,12 +228,7 @@ pub fn serve() -> Result<Role, ExecutorError> {
                 let pid = child.as_raw() as u32;
                 // Opened before the child can be reaped: it is this child, whatever its pid
                 // becomes later.
-                let pidfd = rustix::process::Pid::from_raw(child.as_raw())
-                    .ok_or(rustix::io::Errno::SRCH)
-                    .and_then(|p| {
-                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                    });
-                match pidfd {
+                match pidfd_of(pid) {
                     Ok(fd) => send(&control, &ZygoteReply::Forked { id, pid }, Some(fd.as_fd()))?,
                     Err(e) => {
                         let _ = kill(child, Signal::SIGKILL);
@@ -248,6 +243,15 @@ pub fn serve() -> Result<Role, ExecutorError> {
             }
         }
     }
+}
+
+/// A pidfd of process `pid` (`pidfd_open`, Linux 5.3 or later).
+pub fn pidfd_of(pid: u32) -> rustix::io::Result<OwnedFd> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(rustix::io::Errno::SRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
 }
 
 /// Whether this process is a pooled child of a zygote (set in the child, before it runs as an

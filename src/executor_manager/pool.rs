@@ -494,9 +494,8 @@ impl Pool {
             empty: st.empty,
             died: st.died,
             nudge_ready: st.may_nudge(Instant::now()),
-            // The service's to fill in.
-            executor_start: String::new(),
-            zygote: None,
+            executor_start: self.launcher.method().to_string(),
+            zygote: self.launcher.zygote_pid(),
         }
     }
 }

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::control::executor_manager_api::{
     Allocation, AllocationRequest, AllocationStatus, AssetRef, ExecutorAsset, ExecutorConfig,
-    ExecutorEvent, LibraryStored, ManagerStatus, PoolStatus, WorkerInfo, INIT_FAILED_CODE,
-    TOKEN_LEN,
+    ExecutorEvent, LibraryStored, ManagerStatus, WorkerInfo, INIT_FAILED_CODE, TOKEN_LEN,
 };
 use crate::control::secret::new_token;
 use crate::function::ContentHash;
@@ -1164,11 +1163,7 @@ impl Service {
             core_order: reg.cores().order(),
             free_cores: reg.cores().free_cores(),
             manager_cores: Some(self.cfg.manager_cores.clone().unwrap_or_default()),
-            pool: PoolStatus {
-                executor_start: self.cfg.executor_start.to_string(),
-                zygote: self.launcher.zygote_pid(),
-                ..self.pool.status()
-            },
+            pool: self.pool.status(),
         }
     }
 

@@ -20,6 +20,7 @@
 //!   executor's (or the zygote's) `PR_SET_PDEATHSIG` fires when the *thread* that started it
 //!   exits.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::control::executor_manager_api::{ExecutorConfig, ExecutorEvent};
 
-use super::zygote::{ForkedChild, Zygote, ZygoteSpec};
+use super::zygote::{ForkedChild, Zygote};
 
 /// Longest first line an executor may print.
 const MAX_EVENT_LINE: u64 = 64 << 10;
@@ -139,11 +140,6 @@ impl ExecutorChild {
         self.pid
     }
 
-    /// Whether it was forked from the zygote.
-    pub fn forked(&self) -> bool {
-        matches!(self.process, Process::Forked(_))
-    }
-
     /// Sends it `signal`, unless it was reaped already.
     pub fn signal(&mut self, signal: Signal) {
         match &mut self.process {
@@ -182,14 +178,80 @@ impl ExecutorChild {
     }
 }
 
+/// What every executor of a manager is started from, forked or spawned.
+#[derive(Debug, Clone)]
+pub struct ExecutorImage {
+    /// The executor executable (`rfaas executor`'s).
+    pub exe: PathBuf,
+    /// Its working directory.
+    pub cwd: PathBuf,
+    /// Its environment: the early fabric, listen address and cpuset
+    /// ([`crate::executor::EARLY_PROVIDER_ENV`], [`crate::executor::EARLY_LISTEN_ENV`],
+    /// [`crate::executor::CPUSET_ENV`]).
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl ExecutorImage {
+    /// `exe executor` in `cwd` with `env`, its standard error to `stderr`; killed if it is
+    /// dropped unreaped. Neither the zygote's variable nor a standby list comes from the
+    /// manager's own environment.
+    pub(super) fn command(&self, stderr: impl Into<Stdio>) -> Command {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("executor")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove(crate::executor::zygote::ZYGOTE_ENV)
+            .env_remove(crate::executor::EARLY_STANDBY_ENV)
+            .stderr(stderr)
+            .current_dir(&self.cwd)
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
+/// Opens a new executor's standard streams: two pipes (close-on-exec) and its log `log`
+/// (appended to, mode 0600). The child's ends (standard input, output, error), and the
+/// manager's.
+pub(super) fn open_streams(log: &Path) -> std::io::Result<([OwnedFd; 3], ManagerEnds)> {
+    let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+    let ((stdin_r, stdin_w), (stdout_r, stdout_w)) = (pipe()?, pipe()?);
+    let log = open_log(log)?;
+    let ours = ManagerEnds {
+        stdin: stdin_w,
+        stdout: stdout_r,
+    };
+    Ok(([stdin_r, stdout_w, log.into()], ours))
+}
+
+/// Opens a log an executor (or the zygote) writes its standard error to: appended to, created
+/// with mode 0600.
+pub(super) fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// The manager's ends of an executor's standard input and output.
+pub(super) struct ManagerEnds {
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+}
+
+impl ManagerEnds {
+    /// Registered with the runtime.
+    pub(super) fn into_pipes(self) -> std::io::Result<(ExecutorStdin, ExecutorStdout)> {
+        Ok((
+            ExecutorStdin::from_owned_fd(self.stdin)?,
+            ExecutorStdout::from_owned_fd(self.stdout)?,
+        ))
+    }
+}
+
 /// Starts executors: forked from the zygote, or spawned with `exec`.
 #[derive(Debug)]
 pub struct Launcher {
-    exe: PathBuf,
-    cwd: PathBuf,
-    provider: crate::rdma::Provider,
-    listen: String,
-    cpuset: Vec<u32>,
+    image: ExecutorImage,
     zygote: Option<Zygote>,
 }
 
@@ -207,31 +269,31 @@ impl Launcher {
         cpuset: &[u32],
         method: StartMethod,
     ) -> Launcher {
-        let zygote = (method == StartMethod::Fork).then(|| {
-            Zygote::new(ZygoteSpec {
-                exe: exe.to_path_buf(),
-                cwd: cwd.to_path_buf(),
-                log: logs.join("zygote.log"),
-                env: vec![
-                    (
-                        crate::executor::EARLY_PROVIDER_ENV,
-                        provider.name().to_string(),
-                    ),
-                    (crate::executor::EARLY_LISTEN_ENV, listen.to_string()),
-                    (
-                        crate::executor::CPUSET_ENV,
-                        super::config::format_cpulist(cpuset),
-                    ),
-                ],
-            })
-        });
-        Launcher {
+        let image = ExecutorImage {
             exe: exe.to_path_buf(),
             cwd: cwd.to_path_buf(),
-            provider,
-            listen: listen.to_string(),
-            cpuset: cpuset.to_vec(),
-            zygote,
+            env: vec![
+                (
+                    crate::executor::EARLY_PROVIDER_ENV,
+                    provider.name().to_string(),
+                ),
+                (crate::executor::EARLY_LISTEN_ENV, listen.to_string()),
+                (
+                    crate::executor::CPUSET_ENV,
+                    super::config::format_cpulist(cpuset),
+                ),
+            ],
+        };
+        let zygote = (method == StartMethod::Fork)
+            .then(|| Zygote::new(image.clone(), logs.join("zygote.log")));
+        Launcher { image, zygote }
+    }
+
+    /// How executors start.
+    pub fn method(&self) -> StartMethod {
+        match self.zygote {
+            Some(_) => StartMethod::Fork,
+            None => StartMethod::Exec,
         }
     }
 
@@ -283,50 +345,23 @@ impl Launcher {
 
     /// Starts `exe executor` with `exec`.
     fn spawn(&self, log: &Path, standby: Option<&[u32]>) -> Result<ExecutorChild, StartError> {
-        let exe_s = self.exe.display().to_string();
         let err = |source| StartError::Spawn {
-            exe: exe_s.clone(),
+            exe: self.image.exe.display().to_string(),
             source,
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(log)
-            .map_err(err)?;
-        let pipe =
-            || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| err(e.into()));
-        let ((stdin_r, stdin_w), (stdout_r, stdout_w)) = (pipe()?, pipe()?);
-        let mut cmd = Command::new(&self.exe);
-        cmd.arg("executor")
-            .env(crate::executor::EARLY_PROVIDER_ENV, self.provider.name())
-            .env(crate::executor::EARLY_LISTEN_ENV, &self.listen)
-            .env(
-                crate::executor::CPUSET_ENV,
-                super::config::format_cpulist(&self.cpuset),
-            )
-            .env_remove(crate::executor::zygote::ZYGOTE_ENV);
+        let ([stdin, stdout, stderr], ours) = open_streams(log).map_err(err)?;
+        let mut cmd = self.image.command(stderr);
         if let Some(cores) = standby {
             cmd.env(
                 crate::executor::EARLY_STANDBY_ENV,
                 super::config::format_cpulist(cores),
             );
-        } else {
-            // Inherited from the manager's own environment it would make a fresh executor
-            // report standby first, which its allocation would take for a failure.
-            cmd.env_remove(crate::executor::EARLY_STANDBY_ENV);
         }
-        let child = cmd
-            .stdin(Stdio::from(stdin_r))
-            .stdout(Stdio::from(stdout_w))
-            .stderr(Stdio::from(log))
-            .current_dir(&self.cwd)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(err)?;
+        let child = cmd.stdin(stdin).stdout(stdout).spawn().map_err(err)?;
+        let (stdin, stdout) = ours.into_pipes().map_err(err)?;
         Ok(ExecutorChild {
-            stdin: Some(ExecutorStdin::from_owned_fd(stdin_w).map_err(err)?),
-            stdout: Some(ExecutorStdout::from_owned_fd(stdout_r).map_err(err)?),
+            stdin: Some(stdin),
+            stdout: Some(stdout),
             pid: child.id().unwrap_or(0),
             process: Process::Spawned(child),
         })

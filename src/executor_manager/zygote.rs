@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,7 +40,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::executor::zygote::{ZygoteReply, ZygoteRequest, FORK_FDS, MAX_MESSAGE, ZYGOTE_ENV};
 
-use super::spawn::{ExecutorStdin, ExecutorStdout};
+use super::spawn::{open_log, open_streams, ExecutorImage, ExecutorStdin, ExecutorStdout};
 
 /// Longest wait for the zygote to answer a fork request before the executor is started with
 /// `exec` instead and the zygote retired (a fork takes well under a millisecond).
@@ -68,29 +67,24 @@ const ORPHAN_WAIT: Duration = Duration::from_secs(2);
 /// Raw wait status of a process killed by SIGKILL: what a zygote's children get when it dies.
 const KILLED: i32 = Signal::SIGKILL as i32;
 
-/// What a zygote is started with: the executor's executable and what every executor of this
-/// manager shares.
-#[derive(Debug, Clone)]
-pub struct ZygoteSpec {
-    /// The executor executable (`rfaas executor`'s).
-    pub exe: PathBuf,
-    /// Working directory of the zygote and its children.
-    pub cwd: PathBuf,
-    /// The zygote's own log.
-    pub log: PathBuf,
-    /// Environment of every executor: the early fabric, listen address and cpuset.
-    pub env: Vec<(&'static str, String)>,
-}
-
 /// The manager's zygote: started on first use, replaced when it dies.
 #[derive(Debug)]
 pub struct Zygote {
-    spec: ZygoteSpec,
-    link: Mutex<Option<Arc<Link>>>,
+    /// What it and its children are started from.
+    image: ExecutorImage,
+    /// Its own log.
+    log: PathBuf,
+    slot: Mutex<Slot>,
+}
+
+/// The running zygote, and what restarting one takes into account.
+#[derive(Debug, Default)]
+struct Slot {
+    link: Option<Arc<Link>>,
     /// No new zygote before this (the last one did not work).
-    retry_at: Mutex<Option<Instant>>,
+    retry_at: Option<Instant>,
     /// Zygotes that ended and were (or will be) replaced.
-    replaced: Mutex<u64>,
+    replaced: u64,
 }
 
 /// One running zygote.
@@ -115,7 +109,7 @@ struct LinkState {
     exits: HashMap<u32, (watch::Sender<Option<i32>>, Arc<OwnedFd>)>,
     /// It takes no more requests (it ended, failed, or was retired).
     closed: bool,
-    /// Retired: it exits once its last child ended.
+    /// Retired: it is killed once its last child ended.
     retired: bool,
     /// Children it forked.
     forked: u64,
@@ -129,18 +123,17 @@ pub struct ForkedChild {
     link: std::sync::Weak<Link>,
     pidfd: Arc<OwnedFd>,
     exit: watch::Receiver<Option<i32>>,
-    /// Signalled: its end is also watched for on its pidfd.
+    /// Signalled: its pidfd is looked at often ([`PIDFD_POLL`]).
     signalled: bool,
 }
 
 impl Zygote {
-    /// A zygote started as `spec` says, on first use.
-    pub fn new(spec: ZygoteSpec) -> Zygote {
+    /// A zygote of `image` logging to `log`, started on first use.
+    pub fn new(image: ExecutorImage, log: PathBuf) -> Zygote {
         Zygote {
-            spec,
-            link: Mutex::new(None),
-            retry_at: Mutex::new(None),
-            replaced: Mutex::new(0),
+            image,
+            log,
+            slot: Mutex::new(Slot::default()),
         }
     }
 
@@ -155,8 +148,11 @@ impl Zygote {
 
     /// The pid of the running zygote, if one runs.
     pub fn pid(&self) -> Option<u32> {
-        let link = lock(&self.link);
-        link.as_ref().filter(|l| !l.state().closed).map(|l| l.pid)
+        let slot = lock(&self.slot);
+        slot.link
+            .as_ref()
+            .filter(|l| !l.state().closed)
+            .map(|l| l.pid)
     }
 
     /// Forks an executor with its standard error appended to `log`; `standby`: the cores it
@@ -169,16 +165,14 @@ impl Zygote {
         pooled: bool,
     ) -> Result<(ForkedChild, ExecutorStdin, ExecutorStdout), String> {
         let link = self.link()?;
-        let flags = rustix::pipe::PipeFlags::CLOEXEC;
-        let pipe = || rustix::pipe::pipe_with(flags).map_err(|e| format!("pipe: {e}"));
-        let ((stdin_r, stdin_w), (stdout_r, stdout_w)) = (pipe()?, pipe()?);
-        let stderr = open_log(log).map_err(|e| format!("open {}: {e}", log.display()))?;
+        let (theirs, ours) = open_streams(log)
+            .map_err(|e| format!("executor streams (log {}): {e}", log.display()))?;
         let (id, answer) = link.request(
             standby.map(super::config::format_cpulist),
             pooled,
-            [stdin_r.as_fd(), stdout_w.as_fd(), stderr.as_fd()],
+            theirs.each_ref().map(|fd| fd.as_fd()),
         )?;
-        drop((stdin_r, stdout_w, stderr));
+        drop(theirs);
         let child = match tokio::time::timeout(FORK_ANSWER_TIMEOUT, answer).await {
             Ok(Ok(r)) => r?,
             Ok(Err(_)) => return Err("the zygote ended".into()),
@@ -192,17 +186,16 @@ impl Zygote {
                 return Err("the zygote did not answer".into());
             }
         };
-        let stdin =
-            ExecutorStdin::from_owned_fd(stdin_w).map_err(|e| format!("executor stdin: {e}"))?;
-        let stdout =
-            ExecutorStdout::from_owned_fd(stdout_r).map_err(|e| format!("executor stdout: {e}"))?;
+        let (stdin, stdout) = ours
+            .into_pipes()
+            .map_err(|e| format!("executor streams: {e}"))?;
         Ok((child, stdin, stdout))
     }
 
     /// The running zygote, started if none runs.
     fn link(&self) -> Result<Arc<Link>, String> {
-        let mut link = lock(&self.link);
-        if let Some(old) = link.as_ref() {
+        let mut slot = lock(&self.slot);
+        if let Some(old) = &slot.link {
             let st = old.state();
             if !st.closed {
                 drop(st);
@@ -212,25 +205,27 @@ impl Zygote {
             // zygote, a start-up that fails): not again at every allocation.
             let useless = st.forked == 0;
             drop(st);
-            *link = None;
-            *lock(&self.replaced) += 1;
+            slot.link = None;
+            slot.replaced += 1;
             if useless {
-                *lock(&self.retry_at) = Some(Instant::now() + RETRY_AFTER);
+                slot.retry_at = Some(Instant::now() + RETRY_AFTER);
             }
         }
-        if let Some(at) = *lock(&self.retry_at) {
-            if Instant::now() < at {
-                return Err("no zygote (the last one did not work)".into());
-            }
+        if slot.retry_at.is_some_and(|at| Instant::now() < at) {
+            return Err("no zygote (the last one did not work)".into());
         }
-        let started = Link::start(&self.spec).inspect_err(|_| {
-            *lock(&self.retry_at) = Some(Instant::now() + RETRY_AFTER);
-        })?;
-        match *lock(&self.replaced) {
+        let started = match Link::start(&self.image, &self.log) {
+            Ok(l) => l,
+            Err(e) => {
+                slot.retry_at = Some(Instant::now() + RETRY_AFTER);
+                return Err(e);
+            }
+        };
+        match slot.replaced {
             0 => tracing::info!(pid = started.pid, "executor zygote started"),
             n => tracing::warn!(pid = started.pid, replaced = n, "executor zygote restarted"),
         }
-        *link = Some(started.clone());
+        slot.link = Some(started.clone());
         Ok(started)
     }
 }
@@ -238,7 +233,7 @@ impl Zygote {
 impl Drop for Zygote {
     fn drop(&mut self) {
         // Its executors were stopped before (a manager's shutdown stops them first).
-        if let Some(link) = lock(&self.link).take() {
+        if let Some(link) = lock(&self.slot).link.take() {
             link.kill("");
         }
     }
@@ -246,7 +241,7 @@ impl Drop for Zygote {
 
 impl Link {
     /// Starts a zygote and the task that reads its answers.
-    fn start(spec: &ZygoteSpec) -> Result<Arc<Link>, String> {
+    fn start(image: &ExecutorImage, log: &Path) -> Result<Arc<Link>, String> {
         let fail = |e: std::io::Error| format!("cannot start the executor zygote: {e}");
         let (ours, theirs) = rustix::net::socketpair(
             rustix::net::AddressFamily::UNIX,
@@ -257,29 +252,19 @@ impl Link {
         .map_err(|e| fail(e.into()))?;
         // The zygote's end blocks: it waits in `poll` and answers at once.
         rustix::io::ioctl_fionbio(&theirs, false).map_err(|e| fail(e.into()))?;
-        let log = open_log(&spec.log).map_err(fail)?;
-        let mut cmd = tokio::process::Command::new(&spec.exe);
-        cmd.arg("executor")
+        let log = open_log(log).map_err(fail)?;
+        let mut child = image
+            .command(log)
             .env(ZYGOTE_ENV, "1")
-            .env_remove(crate::executor::EARLY_STANDBY_ENV);
-        for (k, v) in &spec.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .current_dir(&spec.cwd)
-            .kill_on_drop(true)
             .spawn()
             .map_err(fail)?;
         let Some(pid) = child.id() else {
             return Err(fail(std::io::Error::other("it exited at once")));
         };
         // Opened before anything can reap it (only the reader task below does).
-        let pidfd = rustix::process::Pid::from_raw(pid as i32)
-            .ok_or(rustix::io::Errno::SRCH)
-            .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()))
+        let pidfd = crate::executor::zygote::pidfd_of(pid)
             .map_err(|e| fail(std::io::Error::other(format!("pidfd_open: {e}"))))?;
         let link = Arc::new(Link {
             pid,
@@ -579,14 +564,6 @@ impl Drop for ForkedChild {
         // As `kill_on_drop` does for a spawned one.
         self.signal(Signal::SIGKILL);
     }
-}
-
-fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
