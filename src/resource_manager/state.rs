@@ -327,15 +327,17 @@ impl RmState {
         }
         // A renewal that its handler need not wait for is not logged at all: what a crash
         // would restore is the same whether its record was written or not.
-        if renewal && changes.len() == 1 {
-            if let Change::Lease(l) = &changes[0] {
-                if let Some(&(d, s)) = inner.promised.get(&l.id) {
-                    if l.expires_at.0.saturating_sub(d.0) <= l.ttl_ms / 2 {
-                        inner.unlogged += 1;
-                        return s;
-                    }
-                }
-            }
+        let lazy = match changes.as_slice() {
+            [Change::Lease(l)] if renewal => inner
+                .promised
+                .get(&l.id)
+                .filter(|(d, _)| l.expires_at.0.saturating_sub(d.0) <= l.ttl_ms / 2)
+                .map(|&(_, seq)| seq),
+            _ => None,
+        };
+        if let Some(seq) = lazy {
+            inner.unlogged += 1;
+            return seq;
         }
         inner.seq += 1;
         let seq = inner.seq;
