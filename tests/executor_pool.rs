@@ -50,18 +50,6 @@ fn allocate(m: &Manager, lib: &str) -> Allocation {
     m.allocate(lib, &["echo"], 1)
 }
 
-fn release(m: &Manager, a: &Allocation) {
-    let (code, body) = m.call("DELETE", &format!("/v1/allocations/{}", a.id), None);
-    assert_eq!(code, 204, "{body}");
-}
-
-/// Whether `pid` maps a file whose path contains `needle`.
-fn maps_contain(pid: u32, needle: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap_or_default()
-        .contains(needle)
-}
-
 #[test]
 fn every_allocation_gets_a_process_of_its_own_from_the_pool() {
     let m = manager_with_pool(1);
@@ -84,7 +72,7 @@ fn every_allocation_gets_a_process_of_its_own_from_the_pool() {
             maps_contain(a.pid, &lib),
             "round {round}: the taken process loaded the library"
         );
-        release(&m, &a);
+        m.release(&a);
         assert!(!alive(a.pid as i32), "round {round}: never reused");
     }
     // The replacement of the last one starts once that one has ended.
@@ -185,14 +173,14 @@ fn killed_pooled_executors_are_replaced_and_lose_nothing() {
     // Allocating right away works, whether the pool noticed yet or not.
     let a = allocate(&m, &lib);
     assert!(!victims.contains(&a.pid), "{a:?}");
-    release(&m, &a);
+    m.release(&a);
     let fresh = pool_ready(&m, 2);
     assert!(fresh.iter().all(|p| !victims.contains(p)), "{fresh:?}");
     let p = m.status().pool;
     assert!(p.died >= 1, "the deaths are counted: {p:?}");
     let b = allocate(&m, &lib);
     assert!(b.pooled && fresh.contains(&b.pid), "{b:?} from {fresh:?}");
-    release(&m, &b);
+    m.release(&b);
 }
 
 #[test]
@@ -212,7 +200,7 @@ fn a_burst_of_allocations_against_a_pool_of_one_loses_nothing() {
         assert_eq!(got.len(), burst, "round {round}");
         for a in &got {
             assert!(pids.insert(a.pid), "round {round}: pid {} reused", a.pid);
-            release(&m, a);
+            m.release(a);
         }
     }
     let p = m.status().pool;
@@ -251,15 +239,8 @@ fn pool_size_zero_spawns_fresh_and_bad_sizes_are_refused() {
     assert!(!a.pooled);
     let p = m.status().pool;
     assert_eq!((p.size, p.ready.len(), p.taken), (0, 0, 0), "{p:?}");
-    release(&m, &a);
-    let out = std::process::Command::new(rfaas_bin())
-        .args(["executor-manager", "--pool-size", "100000"])
-        .args(["--secret-file", "/nonexistent"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pool_size"), "{err}");
+    m.release(&a);
+    manager_refuses(&["--pool-size", "100000"], "pool_size");
 }
 
 /// Whether `pid` holds a listening Unix socket (the shm listener): an inode in
@@ -294,7 +275,7 @@ fn a_pooled_process_is_ready_only_once_its_fabric_listens() {
         let a = allocate(&m, &lib);
         // Its end starts the replacement: from then on, every status that lists a process as
         // ready must find it listening (its shm listener's socket listens).
-        release(&m, &a);
+        m.release(&a);
         let pid = wait_for(DID_NOT_HANG, "the replacement to be ready", || {
             let p = m.status().pool;
             let pid = *p.ready.first()?;
@@ -324,14 +305,14 @@ fn an_allocation_waits_for_a_starting_pooled_process_instead_of_spawning_another
         assert!(a.pooled, "round {round}: {a:?}");
         // Released without an invocation: the replacement starts as the executor ends, before
         // the answer, and the next allocation comes while it starts.
-        release(&m, &a);
+        m.release(&a);
         let b = allocate(&m, &lib);
         assert!(
             b.pooled,
             "round {round}: the allocation waited for the starting process: {b:?}\n{}",
             m.log_text()
         );
-        release(&m, &b);
+        m.release(&b);
         pool_ready(&m, 1);
     }
     let p = m.status().pool;
@@ -369,7 +350,7 @@ fn oversubscribe_rents_each_core_several_times_and_only_without_a_resource_manag
     );
     assert_eq!(code, 409, "a fourth does not fit: {body}");
     for a in &got {
-        release(&m, a);
+        m.release(a);
     }
     assert_eq!(m.status().cores_free, 3);
     // Refused with a resource manager, and out of range.
@@ -381,15 +362,7 @@ fn oversubscribe_rents_each_core_several_times_and_only_without_a_resource_manag
         (vec!["--oversubscribe", "0"], "oversubscribe"),
         (vec!["--oversubscribe", "1000"], "oversubscribe"),
     ] {
-        let out = std::process::Command::new(rfaas_bin())
-            .arg("executor-manager")
-            .args(&flags)
-            .args(["--secret-file", "/nonexistent"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{flags:?}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{flags:?}: {err}");
+        manager_refuses(&flags, needle);
     }
 }
 
@@ -444,7 +417,7 @@ fn a_pooled_process_woken_for_a_failed_request_sleeps_again_and_serves_the_next(
     let a = allocate(&m, &lib);
     assert!(a.pooled, "{a:?}");
     assert_eq!(a.pid, pooled, "the nudged process took the allocation");
-    release(&m, &a);
+    m.release(&a);
 }
 
 /// How often `pid`'s main thread gave up its core voluntarily (slept).

@@ -17,7 +17,6 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rfaas::client::{AllocationSpec, ClientOptions, Executor, ManagerClient};
-use rfaas::control::executor_manager_api::Allocation;
 
 const DID_NOT_HANG: Duration = Duration::from_secs(20);
 
@@ -30,12 +29,9 @@ fn manager(extra: &str) -> Manager {
     })
 }
 
-/// The parent of `pid`, from `/proc/PID/stat` (the field after the state, which follows the
-/// command name in parentheses).
+/// The parent of `pid`.
 fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    rfaas::cluster::procs::stat(pid as i32).map(|s| s.ppid as u32)
 }
 
 /// The running zygote's pid, as the manager reports it.
@@ -45,17 +41,6 @@ fn zygote(m: &Manager) -> u32 {
         assert_eq!(p.executor_start, "fork", "{p:?}");
         p.zygote.filter(|&z| alive(z as i32))
     })
-}
-
-fn maps_contain(pid: u32, needle: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .unwrap_or_default()
-        .contains(needle)
-}
-
-fn release(m: &Manager, a: &Allocation) {
-    let (code, body) = m.call("DELETE", &format!("/v1/allocations/{}", a.id), None);
-    assert_eq!(code, 204, "{body}");
 }
 
 fn gone(pid: u32, what: &str) {
@@ -115,15 +100,8 @@ fn with_exec_there_is_no_zygote_and_bad_values_are_refused() {
         ("exec", None),
         "{p:?}"
     );
-    release(&m, &a);
-    let out = std::process::Command::new(rfaas_bin())
-        .args(["executor-manager", "--executor-start", "vfork"])
-        .args(["--secret-file", "/nonexistent"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("fork or exec"), "{err}");
+    m.release(&a);
+    manager_refuses(&["--executor-start", "vfork"], "fork or exec");
 }
 
 #[test]
@@ -149,7 +127,7 @@ fn a_killed_zygote_takes_its_executors_and_is_replaced() {
     let z2 = zygote(&m);
     assert_ne!(z2, z);
     assert_eq!(parent(b.pid), Some(z2), "{b:?}");
-    release(&m, &b);
+    m.release(&b);
 }
 
 #[test]
@@ -178,7 +156,7 @@ fn a_stopped_zygote_neither_keeps_executors_alive_nor_blocks_allocations() {
     kill(Pid::from_raw(z as i32), Signal::SIGSTOP).unwrap();
     // Released while its zygote cannot reap it or say how it ended: the manager signals it
     // through its pidfd, sees it end there, and frees its core.
-    release(&m, &a);
+    m.release(&a);
     gone(a.pid, "the released executor to end");
     wait_for(DID_NOT_HANG, "its core to come back", || {
         let st = m.status();
@@ -188,7 +166,7 @@ fn a_stopped_zygote_neither_keeps_executors_alive_nor_blocks_allocations() {
     // retired, the executor exec'd.
     let b = m.allocate(&lib, &["echo"], 1);
     assert_eq!(parent(b.pid), Some(m.pid() as u32), "{b:?}");
-    release(&m, &b);
+    m.release(&b);
     // The retired zygote had no children left: it is killed (stopped or not).
     let _ = kill(Pid::from_raw(z as i32), Signal::SIGCONT);
     gone(z, "the retired zygote to be killed");
@@ -197,5 +175,5 @@ fn a_stopped_zygote_neither_keeps_executors_alive_nor_blocks_allocations() {
     let z2 = zygote(&m);
     assert_ne!(z2, z);
     assert_eq!(parent(c.pid), Some(z2), "{c:?}");
-    release(&m, &c);
+    m.release(&c);
 }

@@ -75,6 +75,27 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Whether `pid` maps a file whose path contains `needle`.
+pub fn maps_contain(pid: u32, needle: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains(needle)
+}
+
+/// `rfaas executor-manager FLAGS` (with a secret file that does not exist) fails, and its
+/// error names `needle`: a bad flag is refused before anything else is looked at.
+pub fn manager_refuses(flags: &[&str], needle: &str) {
+    let out = Command::new(rfaas_bin())
+        .arg("executor-manager")
+        .args(flags)
+        .args(["--secret-file", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{flags:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{flags:?}: {err}");
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     rfaas::cluster::procs::alive(pid)
@@ -227,6 +248,12 @@ impl Manager {
             self.log_text()
         );
         serde_json::from_str(&body).unwrap()
+    }
+
+    /// Releases allocation `a` (`DELETE /v1/allocations/{id}`); fails the test unless 204.
+    pub fn release(&self, a: &rfaas::control::executor_manager_api::Allocation) {
+        let (code, body) = self.call("DELETE", &format!("/v1/allocations/{}", a.id), None);
+        assert_eq!(code, 204, "{body}");
     }
 
     /// Uploads a library; its hash.
