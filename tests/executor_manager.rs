@@ -578,6 +578,47 @@ fn local_cluster(provider: &str) {
 }
 
 #[test]
+fn a_local_cluster_is_started_once_its_managers_are_registered_with_its_resource_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let nodes = if cores().len() >= 2 { 2 } else { 1 };
+    let out = Command::new(rfaas_bin())
+        .args([
+            "local-cluster",
+            "start",
+            "--nodes",
+            &nodes.to_string(),
+            "--run-dir",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "start: {out:?}");
+    // Right away: every manager is a live node, and a lease of one core is granted.
+    let cluster = rfaas::cluster::ClusterFile::load(&run.join("cluster.json")).unwrap();
+    let secret = rfaas::control::secret::read_secret_file(&cluster.secret_file).unwrap();
+    let rm = rfaas::client::RmClient::new(cluster.resource_manager.as_deref().unwrap(), &secret);
+    let listed = rm.nodes().unwrap().nodes;
+    for i in 0..nodes {
+        let name = format!("em-{i}");
+        assert!(
+            listed
+                .iter()
+                .any(|n| n.name == name && n.state == rfaas::scheduler::NodeState::Alive),
+            "{name} not a live node: {listed:?}"
+        );
+    }
+    let lease = rfaas::client::Lease::acquire(&rm, 1, &rfaas::client::LeaseOptions::default());
+    let stop = Command::new(rfaas_bin())
+        .args(["local-cluster", "stop", "--run-dir"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(lease.is_ok(), "{:?}", lease.err());
+    assert!(stop.status.success(), "stop: {stop:?}");
+}
+
+#[test]
 fn local_cluster_on_shm_starts_and_stops_without_leftovers() {
     local_cluster("shm");
 }

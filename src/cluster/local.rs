@@ -493,7 +493,22 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
             started.push((name.clone(), child));
             em_args.push((name, em));
         }
-        wait_ready(&dir, &mut started, Duration::from_secs(args.timeout_s))
+        // With a resource manager, ready means registered there: a lease asked for right
+        // after `start` must find the managers' cores.
+        let rm_client = match &rm {
+            Some((_, addr, _)) => Some(crate::client::RmClient::new(
+                addr,
+                &crate::control::secret::read_secret_file(&secret_file)
+                    .map_err(|e| io("read the cluster secret")(std::io::Error::other(e)))?,
+            )),
+            None => None,
+        };
+        wait_ready(
+            &dir,
+            &mut started,
+            rm_client.as_ref(),
+            Duration::from_secs(args.timeout_s),
+        )
     })();
     let entries = match result {
         Ok(entries) => entries,
@@ -544,9 +559,12 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
     Ok(cluster)
 }
 
+/// Waits until every manager in `started` has written its ready file and answers
+/// `/v1/health`, and, with `rm`, is registered there and alive; their entries.
 fn wait_ready(
     dir: &RunDir,
     started: &mut [(String, Child)],
+    rm: Option<&crate::client::RmClient>,
     timeout: Duration,
 ) -> Result<Vec<ManagerEntry>, ClusterError> {
     let deadline = Instant::now() + timeout;
@@ -578,11 +596,23 @@ fn wait_ready(
                 }
             }
         }
-        if ready.iter().all(Option::is_some) {
+        // The first manager not ready yet (not listening, or not registered and alive).
+        let waiting = match ready.iter().position(Option::is_none) {
+            Some(i) => Some(i),
+            None => rm.and_then(|rm| {
+                let nodes = rm.nodes().map(|l| l.nodes).unwrap_or_default();
+                ready.iter().flatten().position(|e| {
+                    !nodes
+                        .iter()
+                        .any(|n| n.name == e.node && n.state == crate::scheduler::NodeState::Alive)
+                })
+            }),
+        };
+        let Some(waiting) = waiting else {
             return Ok(ready.into_iter().flatten().collect());
-        }
+        };
         if Instant::now() >= deadline {
-            let (name, _) = &started[ready.iter().position(Option::is_none).unwrap_or(0)];
+            let (name, _) = &started[waiting];
             return Err(ClusterError::NotReady {
                 name: name.clone(),
                 timeout,
