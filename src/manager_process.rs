@@ -36,14 +36,15 @@ pub fn new_session() -> Result<(), IoFailure> {
         .map_err(|e| io_err("setsid")(e.into()))
 }
 
-/// Runs `main` to its end on a runtime of two worker threads named `thread_name` (a manager is
-/// not on the invocation path: the cores are for rent), then gives its tasks a second to stop.
+/// Runs `main` to its end on a runtime of `threads` worker threads named `thread_name`, then
+/// gives its tasks a second to stop.
 pub fn block_on<T, E: From<IoFailure>>(
     thread_name: &str,
+    threads: usize,
     main: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads.max(1))
         .thread_name(thread_name)
         .enable_all()
         .build()

@@ -102,7 +102,8 @@ pub fn run(args: &ManagerArgs) -> Result<(), ManagerError> {
     );
     // What `rfaas status` reports is what was bound, not what was asked for.
     cfg.manager_cores = bind_manager_threads(&cfg);
-    manager_process::block_on("rfaas-em", serve(cfg, auth, rm_secret, exe))
+    // Two threads: a manager is not on the invocation path, the cores are for rent.
+    manager_process::block_on("rfaas-em", 2, serve(cfg, auth, rm_secret, exe))
 }
 
 /// Binds the calling thread, before it starts any other, to `manager_cores`: every thread of

@@ -121,7 +121,7 @@ pub fn run(args: &RmArgs) -> Result<(), RmError> {
     }
     let cfg = RmConfig::load(args)?;
     let auth = cfg.credentials.authenticator()?;
-    manager_process::block_on("rfaas-rm", serve(cfg, auth))
+    manager_process::block_on("rfaas-rm", cfg.threads, serve(cfg, auth))
 }
 
 async fn serve(cfg: RmConfig, auth: crate::http::Authenticator) -> Result<(), RmError> {

@@ -2,15 +2,17 @@
 //! moment, appends them to the newest segment in one write, makes what was written durable
 //! with `fdatasync`, then tells the waiting handlers ([`super::waiters`]).
 //!
-//! The syncs overlap: while one thread syncs, the next records are taken, written and synced
-//! by another, and a sync covers every record written before it started, so a record written
-//! while another sync is in flight does not wait for that one to end before its own starts
-//! (with one sync at a time a change waited 1.5 syncs on average, and the disk's cache
-//! flushes were not shared). The kernel joins overlapping `fdatasync` calls of one file into
-//! one journal commit where it can. The thread that writes a batch syncs it: a record goes
-//! from its handler to a log thread and back, two hand-offs (a separate writer thread that
-//! passed the batch on to a syncer made three), and a log thread is woken only when one is
-//! idle and records wait.
+//! With more than one thread the syncs overlap: while one thread syncs, the next records are
+//! taken, written and synced by another, and a sync covers every record written before it
+//! started. That shortens the wait of a change that arrives during a sync (with one sync at
+//! a time it waits 1.5 syncs on average), but every sync costs CPU (here about 55 µs of
+//! system time, the virtio doorbell and two context switches), and overlapping syncs are
+//! smaller: under load one thread did more with less (`rm_load_benchmark` on 2 cores,
+//! 64 clients: 12,100-14,000 grants/s with one, 11,700-12,000 with two, 10,100-10,500 with
+//! four), so [`LOG_THREADS`] is 1; a device with slow but parallel syncs may want more. The
+//! thread that writes a batch syncs it: a record goes from its handler to a log thread and
+//! back, two hand-offs (a separate writer thread that passed the batch on to a syncer made
+//! three), and a log thread is woken only when one is idle and records wait.
 //!
 //! A failed write is cut back off the segment and retried with the next batch (or after
 //! [`RETRY`]); the handlers of the failed batch get its error. A failed `fdatasync` leaves the
@@ -33,8 +35,9 @@ use super::{segments, Shared};
 /// How long a failed batch waits before it is retried (unless new records come first).
 const RETRY: Duration = Duration::from_millis(100);
 
-/// Threads that write and `fdatasync` the log: at most this many syncs are in flight at once.
-pub const LOG_THREADS: usize = 4;
+/// Threads that write and `fdatasync` the log: at most this many syncs are in flight at once
+/// (one: see the module's documentation).
+pub const LOG_THREADS: usize = 1;
 
 /// What the log threads wrote, and whether a sync failed (under [`Shared`]'s `sync`).
 #[derive(Debug, Default)]
