@@ -88,6 +88,22 @@ fn the_load_generator_completes_every_cycle_and_the_restart_restores_every_held_
         get("first_10pct", "grant_release_count"),
         f64::from(CYCLES / 10)
     );
+    for k in 1..=10 {
+        let tenth = format!("tenth_{k}");
+        assert_eq!(
+            get(&tenth, "grant_release_count"),
+            f64::from(CYCLES / 10),
+            "{tenth}"
+        );
+    }
+    assert_eq!(
+        get("tenth_1", "grant_release_p50"),
+        get("first_10pct", "grant_release_p50")
+    );
+    assert_eq!(
+        get("tenth_10", "grant_release_p50"),
+        get("last_10pct", "grant_release_p50")
+    );
     assert_eq!(get("floor", "health_count"), 2000.0);
     assert_eq!(get("background", "heartbeat_failed"), 0.0);
     assert_eq!(get("background", "renewal_failed"), 0.0);

@@ -8,7 +8,8 @@
 //!    TTL, as the client library does.
 //! 4. With C concurrent clients, runs M cycles of grant → renew → release, timing each call:
 //!    p50/p99 per call, grants per second, and the grant + release round trip of the first and
-//!    the last 10% of the cycles side by side (it must not grow with the leases ever granted).
+//!    the last 10% of the cycles side by side (it must not grow with the leases ever granted),
+//!    and of every tenth of them in order (`tenth_1` ... `tenth_10`).
 //! 5. The manager's RSS and CPU (`/proc`), the load generator's own CPU and the machine's
 //!    load average around the cycles (what else the cores served), its state's size
 //!    (snapshot + log), what the background load achieved (late or failed heartbeats and
@@ -542,6 +543,14 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
     }
     rows.latencies("first_10pct", "grant_release", &first);
     rows.latencies("last_10pct", "grant_release", &last);
+    // Every tenth, in order: a trend shows as a slope, a warm-up as a first tenth apart.
+    for (k, tenth) in c.round_trips.chunks(tenth).take(10).enumerate() {
+        let mut l = Latencies::new();
+        for (_, d) in tenth {
+            l.record(*d);
+        }
+        rows.latencies(&format!("tenth_{}", k + 1), "grant_release", &l);
+    }
     rows.add(
         "rm",
         "cpu_percent",
