@@ -1,9 +1,11 @@
 //! Recovery at start: the snapshot file, then every record of the log segments after the
 //! sequence number it covers, in order and without gaps.
 //!
-//! * A damaged frame in the newest segment with nothing valid after it is a torn tail (the
+//! * A damaged frame in the newest segment with no later record after it is a torn tail (the
 //!   process died while appending, so nobody was told about those records): it is dropped
-//!   with a warning and the segment cut back to its last valid frame.
+//!   with a warning and the segment cut back to its last valid frame. Valid frames of
+//!   earlier records in such a tail are stale blocks of a deleted segment (a power cut on a
+//!   file system without a journal can save a file's size before its data), not this log.
 //! * Anything else is refused with a [`StateError::Corrupt`] naming the file and the offset:
 //!   damage before valid records, in an older segment, a record that does not parse although
 //!   its checksum matches, a gap in the sequence numbers, an unreadable snapshot, or a log
@@ -169,7 +171,7 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
         }
         let end = seg.end;
         if let Some(stop) = seg.stop {
-            check_tail(path, &seg.bytes, end, &stop, newest)?;
+            check_tail(path, &seg.bytes, end, &stop, newest, next - 1)?;
             let cut = seg.bytes.len() - end;
             tracing::warn!(
                 "dropping a torn tail of {cut} bytes at byte {end} of {} ({stop:?}): \
@@ -206,13 +208,14 @@ pub fn recover(state: &Path, keep_ended: usize) -> Result<Recovered, StateError>
 }
 
 /// Whether decoding `bytes` of segment `path` may stop at `end` for `stop` (a torn tail) or
-/// must be refused.
+/// must be refused; `last` is the last record read before `end`.
 fn check_tail(
     path: &Path,
     bytes: &[u8],
     end: usize,
     stop: &Stop,
     newest: bool,
+    last: u64,
 ) -> Result<(), StateError> {
     let at = |what: &str| {
         corrupt(
@@ -230,19 +233,26 @@ fn check_tail(
             "a damaged record ({stop:?}) in a segment that is not the newest"
         )));
     }
-    // A torn append leaves nothing valid behind it; a valid frame further on means the
-    // damage is in the middle of acknowledged records.
-    if let Some(off) = (end + 1..bytes.len()).find(|&o| valid_frame_at(&bytes[o..])) {
+    // A torn append leaves no later record behind it; a valid frame of a later record further
+    // on means the damage is in the middle of acknowledged records. A valid frame of a record
+    // already read (or older) is not this log's: a block that held a deleted segment, reused
+    // for this one and exposed by a power cut that saved the file's new size but not the data
+    // appended into it (possible on a file system without a journal).
+    if let Some((off, seq)) = (end + 1..bytes.len())
+        .filter_map(|o| frame_seq_at(&bytes[o..]).map(|seq| (o, seq)))
+        .find(|&(_, seq)| seq > last)
+    {
         return Err(at(&format!(
-            "a damaged record ({stop:?}) followed by a valid one at byte {off}"
+            "a damaged record ({stop:?}) followed by a valid one (record {seq}) at byte {off}"
         )));
     }
     Ok(())
 }
 
-fn valid_frame_at(rest: &[u8]) -> bool {
+/// The sequence number of the valid frame at the start of `rest`, if there is one.
+fn frame_seq_at(rest: &[u8]) -> Option<u64> {
     let (records, _, _) = frame::decode(rest.get(..frame_len(rest)).unwrap_or(&[]));
-    !records.is_empty()
+    records.first().map(|r| r.seq)
 }
 
 /// The length of the frame starting `rest` as its header claims (0 if absurd).

@@ -460,3 +460,46 @@ fn compactions_during_concurrent_changes_recover_the_schedulers_state() {
     assert!(compactions > 0);
     assert_eq!(r.last_seq, src.seq);
 }
+
+#[test]
+fn old_records_after_a_torn_tail_are_stale_blocks_and_dropped_with_it_but_a_later_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("rm.json");
+    let mut src = Source::new();
+    write_nodes(&state, &mut src, 1, 3);
+    let seg = newest_segment(&state);
+    let clean = std::fs::read(&seg).unwrap();
+    let (recs, _, _) = frame::decode(&clean);
+    // A power cut saved the segment's new size but not the record appended into it: the tail
+    // holds what the reused blocks held before, here frames of records 1 and 2 of a deleted
+    // segment between bytes that are no frame at all.
+    let mut stale = Vec::new();
+    frame::encode(&recs[1], &mut stale);
+    stale.extend_from_slice(&[0xa5; 37]);
+    frame::encode(&recs[0], &mut stale);
+    let mut bytes = clean.clone();
+    bytes.extend_from_slice(&[0x5a; 11]);
+    bytes.extend_from_slice(&stale);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (got, r) = nodes_on_disk(&state);
+    assert_eq!(got, names("n", 3));
+    assert_eq!(
+        (r.last_seq, r.dropped),
+        (3, (bytes.len() - clean.len()) as u64)
+    );
+    assert_eq!(std::fs::read(&seg).unwrap(), clean, "the tail was cut off");
+
+    // A frame of a record after the last one read is this log's: the damage before it is in
+    // the middle of acknowledged records, and the state is refused as it is.
+    let mut later = Source::new();
+    for i in 1..=3 {
+        later.register(&format!("n{i}"));
+    }
+    let mut bytes = clean.clone();
+    bytes.extend_from_slice(&[0x5a; 11]);
+    frame::encode(&later.register("n4"), &mut bytes);
+    std::fs::write(&seg, &bytes).unwrap();
+    let e = corrupt_message(recovery::recover(&state, 100).unwrap_err());
+    assert!(e.contains("followed by a valid one (record 4)"), "{e}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "nothing was cut");
+}
