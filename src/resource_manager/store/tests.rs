@@ -147,14 +147,20 @@ fn a_torn_tail_is_dropped_and_the_log_continues_after_the_last_good_record() {
     assert_eq!((r.last_seq, r.dropped), (4, 0));
 }
 
-#[test]
-fn damage_before_valid_records_or_a_bad_snapshot_is_refused() {
+/// A state of nodes n1..n3 in one segment: (its directory, the state file, the segment, its
+/// bytes).
+fn three_nodes() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("rm.json");
-    let mut src = Source::new();
-    write_nodes(&state, &mut src, 1, 3);
+    write_nodes(&state, &mut Source::new(), 1, 3);
     let seg = newest_segment(&state);
     let clean = std::fs::read(&seg).unwrap();
+    (dir, state, seg, clean)
+}
+
+#[test]
+fn damage_before_valid_records_or_a_bad_snapshot_is_refused() {
+    let (_dir, state, seg, clean) = three_nodes();
 
     // A bit flipped in record 2 of 3.
     let mut bytes = clean.clone();
@@ -463,12 +469,7 @@ fn compactions_during_concurrent_changes_recover_the_schedulers_state() {
 
 #[test]
 fn old_records_after_a_torn_tail_are_stale_blocks_and_dropped_with_it_but_a_later_one_is_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("rm.json");
-    let mut src = Source::new();
-    write_nodes(&state, &mut src, 1, 3);
-    let seg = newest_segment(&state);
-    let clean = std::fs::read(&seg).unwrap();
+    let (_dir, state, seg, clean) = three_nodes();
     let (recs, _, _) = frame::decode(&clean);
     // A power cut saved the segment's new size but not the record appended into it: the tail
     // holds what the reused blocks held before, here frames of records 1 and 2 of a deleted
