@@ -532,24 +532,26 @@ pub fn run(args: &RmLoadArgs) -> Result<Vec<Row>, RmLoadError> {
         (bg_renew.load(Ordering::Relaxed) - rn0) as f64 / secs,
         "1/s",
     );
-    let tenth = (c.round_trips.len() / 10).max(1);
-    let mut first = Latencies::new();
-    let mut last = Latencies::new();
-    for (_, d) in c.round_trips.iter().take(tenth) {
-        first.record(*d);
-    }
-    for (_, d) in c.round_trips.iter().rev().take(tenth) {
-        last.record(*d);
-    }
+    let trips = &c.round_trips;
+    let tenth = (trips.len() / 10).max(1);
+    let latencies = |part: &[(u64, Duration)]| {
+        let mut l = Latencies::new();
+        for (_, d) in part {
+            l.record(*d);
+        }
+        l
+    };
+    let first = latencies(&trips[..tenth.min(trips.len())]);
+    let last = latencies(&trips[trips.len().saturating_sub(tenth)..]);
     rows.latencies("first_10pct", "grant_release", &first);
     rows.latencies("last_10pct", "grant_release", &last);
     // Every tenth, in order: a trend shows as a slope, a warm-up as a first tenth apart.
-    for (k, tenth) in c.round_trips.chunks(tenth).take(10).enumerate() {
-        let mut l = Latencies::new();
-        for (_, d) in tenth {
-            l.record(*d);
-        }
-        rows.latencies(&format!("tenth_{}", k + 1), "grant_release", &l);
+    for (k, part) in trips.chunks(tenth).take(10).enumerate() {
+        rows.latencies(
+            &format!("tenth_{}", k + 1),
+            "grant_release",
+            &latencies(part),
+        );
     }
     rows.add(
         "rm",
