@@ -579,24 +579,11 @@ fn local_cluster(provider: &str) {
 
 #[test]
 fn a_local_cluster_is_started_once_its_managers_are_registered_with_its_resource_manager() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
     let nodes = if cores().len() >= 2 { 2 } else { 1 };
-    let out = Command::new(rfaas_bin())
-        .args([
-            "local-cluster",
-            "start",
-            "--nodes",
-            &nodes.to_string(),
-            "--run-dir",
-        ])
-        .arg(&run)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "start: {out:?}");
+    let lc = common::local_cluster::LocalCluster::start(&[], &["--nodes", &nodes.to_string()]);
     // Right away: every manager is a live node, and a lease of one core is granted.
-    let cluster = rfaas::cluster::ClusterFile::load(&run.join("cluster.json")).unwrap();
-    let secret = rfaas::control::secret::read_secret_file(&cluster.secret_file).unwrap();
+    let cluster = rfaas::cluster::ClusterFile::load(&lc.cluster_file()).unwrap();
+    let secret = cluster.secret().unwrap();
     let rm = rfaas::client::RmClient::new(cluster.resource_manager.as_deref().unwrap(), &secret);
     let listed = rm.nodes().unwrap().nodes;
     for i in 0..nodes {
@@ -609,11 +596,7 @@ fn a_local_cluster_is_started_once_its_managers_are_registered_with_its_resource
         );
     }
     let lease = rfaas::client::Lease::acquire(&rm, 1, &rfaas::client::LeaseOptions::default());
-    let stop = Command::new(rfaas_bin())
-        .args(["local-cluster", "stop", "--run-dir"])
-        .arg(&run)
-        .output()
-        .unwrap();
+    let stop = lc.stop();
     assert!(lease.is_ok(), "{:?}", lease.err());
     assert!(stop.status.success(), "stop: {stop:?}");
 }
