@@ -428,13 +428,15 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         .collect();
     let groups = split_cores(&allowed, args.nodes, args.cores_per_node)?;
     let manager_cores = local_manager_cores(&allowed, &groups, args.manager_config.as_deref());
-    for path in [dir.secret(), dir.node_secret()] {
+    let read_or_create = |path: PathBuf| {
         if path.exists() {
-            crate::control::secret::read_secret_file(&path)?;
+            crate::control::secret::read_secret_file(&path)
         } else {
-            crate::control::secret::create_secret_file(&path)?;
+            crate::control::secret::create_secret_file(&path)
         }
-    }
+    };
+    let secret = read_or_create(dir.secret())?;
+    read_or_create(dir.node_secret())?;
     let secret_file = fs::canonicalize(dir.secret()).map_err(io("resolve the secret file"))?;
     let node_secret_file =
         fs::canonicalize(dir.node_secret()).map_err(io("resolve the node secret file"))?;
@@ -495,14 +497,9 @@ pub fn start(args: &StartArgs) -> Result<ClusterFile, ClusterError> {
         }
         // With a resource manager, ready means registered there: a lease asked for right
         // after `start` must find the managers' cores.
-        let rm_client = match &rm {
-            Some((_, addr, _)) => Some(crate::client::RmClient::new(
-                addr,
-                &crate::control::secret::read_secret_file(&secret_file)
-                    .map_err(|e| io("read the cluster secret")(std::io::Error::other(e)))?,
-            )),
-            None => None,
-        };
+        let rm_client = rm
+            .as_ref()
+            .map(|(_, addr, _)| crate::client::RmClient::new(addr, &secret));
         wait_ready(
             &dir,
             &mut started,
