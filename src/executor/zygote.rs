@@ -185,10 +185,12 @@ pub fn serve() -> Result<Role, ExecutorError> {
             let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
             (ready(&fds[0]), ready(&fds[1]))
         };
+        // Drained before reaping: a child that ends after the reaping leaves a signal that
+        // wakes the next poll.
         if child_exited {
             while let Ok(Some(_)) = signals.read_signal() {}
+            reap(&control)?;
         }
-        reap(&control)?;
         if !request {
             continue;
         }
