@@ -31,9 +31,7 @@ const DID_NOT_HANG: Duration = Duration::from_secs(20);
 
 fn manager_with_pool(size: usize) -> Manager {
     Manager::start_with(ManagerOptions {
-        extra: format!(
-            "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\npool_size = {size}\n"
-        ),
+        extra: format!("{}pool_size = {size}\n", ManagerOptions::default().extra),
         ..Default::default()
     })
 }

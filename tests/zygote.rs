@@ -22,9 +22,7 @@ const DID_NOT_HANG: Duration = Duration::from_secs(20);
 
 fn manager(extra: &str) -> Manager {
     Manager::start_with(ManagerOptions {
-        extra: format!(
-            "request_timeout_ms = 1000\nexecutor_connect_timeout_ms = 30000\nstop_grace_ms = 1000\n{extra}"
-        ),
+        extra: format!("{}{extra}", ManagerOptions::default().extra),
         ..Default::default()
     })
 }
