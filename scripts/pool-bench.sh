@@ -22,7 +22,7 @@ mkdir -p "$OUT"
 CONFIGS=${CONFIGS:-1:fork 0:fork 0:exec}
 csvs=()
 for config in $CONFIGS; do
-    size=${config%%:*} start=${config##*:} name=pool${config%%:*}-${config##*:}
+    size=${config%%:*} start=${config##*:} name=pool$size-$start
     run="$OUT/run-$name"
     printf 'pool_size = %s\nexecutor_start = "%s"\n' "$size" "$start" > "$OUT/em-$name.toml"
     "$R/rfaas" local-cluster start --run-dir "$run" --provider shm --cores-per-node 1 \
